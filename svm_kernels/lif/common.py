@@ -1,0 +1,85 @@
+"""Argument checking shared by the LIF reference and the fused kernels.
+
+Valid ranges (checked here, once, for every backend):
+
+* ``x``: floating point (fp16, bf16, fp32, fp64), at least one dimension, ``T = x.shape[0] >= 1``.
+* ``tau > 1``: with ``tau == 1`` the neuron forgets everything each step; below 1 it is unstable.
+* ``v_threshold``: finite. ``v_reset``: ``None`` (soft reset) or a finite float below
+  ``v_threshold`` (otherwise a neuron would fire forever).
+* ``surrogate`` in {"sigmoid", "atan"}; ``alpha > 0`` (default 4 for sigmoid, 2 for atan, as
+  spikingjelly).
+* ``v_init``: ``None`` (start from 0) or a floating tensor of shape ``x.shape[1:]`` on x's device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..utils import check_floating
+
+SURROGATE_DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0}
+
+
+@dataclass(frozen=True)
+class LIFParams:
+    tau: float
+    v_threshold: float
+    v_reset: Optional[float]
+    decay_input: bool
+    detach_reset: bool
+    surrogate: str
+    alpha: float
+
+
+def make_params(
+    tau=2.0,
+    v_threshold=1.0,
+    v_reset=0.0,
+    decay_input=True,
+    detach_reset=False,
+    surrogate="sigmoid",
+    alpha=None,
+) -> LIFParams:
+    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 1.0:
+        raise ValueError(f"tau must be a finite number > 1, got {tau!r}")
+    if not isinstance(v_threshold, (int, float)) or not math.isfinite(v_threshold):
+        raise ValueError(f"v_threshold must be a finite number, got {v_threshold!r}")
+    if v_reset is not None:
+        if not isinstance(v_reset, (int, float)) or not math.isfinite(v_reset):
+            raise ValueError(f"v_reset must be None (soft reset) or a finite number, got {v_reset!r}")
+        if v_reset >= v_threshold:
+            raise ValueError(f"v_reset ({v_reset}) must be below v_threshold ({v_threshold})")
+    if surrogate not in SURROGATE_DEFAULT_ALPHA:
+        raise ValueError(f"surrogate must be one of {sorted(SURROGATE_DEFAULT_ALPHA)}, got {surrogate!r}")
+    if alpha is None:
+        alpha = SURROGATE_DEFAULT_ALPHA[surrogate]
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    return LIFParams(
+        float(tau),
+        float(v_threshold),
+        None if v_reset is None else float(v_reset),
+        bool(decay_input),
+        bool(detach_reset),
+        surrogate,
+        float(alpha),
+    )
+
+
+def check_inputs(x: torch.Tensor, v_init: Optional[torch.Tensor]) -> None:
+    check_floating("x", x)
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension (time first), got a 0-d tensor")
+    if x.shape[0] == 0:
+        raise ValueError("x must have at least one time step, got T = 0")
+    if v_init is not None:
+        check_floating("v_init", v_init)
+        if tuple(v_init.shape) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"v_init must have shape x.shape[1:] = {tuple(x.shape[1:])}, got {tuple(v_init.shape)}"
+            )
+        if v_init.device != x.device:
+            raise ValueError(f"v_init is on {v_init.device} but x is on {x.device}")

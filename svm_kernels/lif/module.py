@@ -1,0 +1,61 @@
+"""``MultiStepLIF``: the module wrapper around :func:`multistep_lif`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .common import make_params
+from .fused import multistep_lif
+
+
+class MultiStepLIF(nn.Module):
+    """Multi-step LIF neuron layer over inputs of shape (T, *).
+
+    Stateless by default: every forward starts from v = 0, so nothing leaks from one batch (or
+    one image) to the next. With ``stateful=True`` the final membrane potential is kept and the
+    next call continues from it (streaming a long sequence in chunks); call :meth:`reset` to
+    start over. Arguments are those of :func:`svm_kernels.multistep_lif`.
+    """
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: Optional[float] = 0.0,
+        decay_input: bool = True,
+        detach_reset: bool = False,
+        surrogate: str = "sigmoid",
+        alpha: Optional[float] = None,
+        backend: str = "auto",
+        stateful: bool = False,
+    ):
+        super().__init__()
+        self.params = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+        self.backend = backend
+        self.stateful = stateful
+        self.v: Optional[torch.Tensor] = None
+
+    def reset(self) -> None:
+        self.v = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        kwargs = dict(
+            tau=p.tau, v_threshold=p.v_threshold, v_reset=p.v_reset, decay_input=p.decay_input,
+            detach_reset=p.detach_reset, surrogate=p.surrogate, alpha=p.alpha, backend=self.backend,
+        )
+        if not self.stateful:
+            return multistep_lif(x, **kwargs)
+        v_init = self.v if (self.v is not None and self.v.shape == x.shape[1:]) else None
+        spikes, self.v = multistep_lif(x, v_init=v_init, return_v=True, **kwargs)
+        return spikes
+
+    def extra_repr(self) -> str:
+        p = self.params
+        return (
+            f"tau={p.tau}, v_threshold={p.v_threshold}, v_reset={p.v_reset}, "
+            f"decay_input={p.decay_input}, detach_reset={p.detach_reset}, "
+            f"surrogate={p.surrogate}(alpha={p.alpha}), backend={self.backend!r}, stateful={self.stateful}"
+        )

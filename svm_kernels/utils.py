@@ -1,0 +1,120 @@
+"""Shared plumbing for the kernels: backend choice, input checks and Triton availability.
+
+Every public op takes ``backend`` in {"auto", "triton", "torch"}:
+
+* ``"torch"``  -- the plain PyTorch reference (``naive.py`` beside each op); runs anywhere.
+* ``"triton"`` -- the fused kernels; needs CUDA tensors, or CPU tensors while Triton's
+  interpreter is on (``TRITON_INTERPRET=1`` set before ``triton`` is first imported).
+* ``"auto"``   -- Triton for CUDA tensors, the reference otherwise, so that a model
+  trains on any machine.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+try:  # triton is a Linux-only dependency; the reference paths work without it.
+    import triton  # noqa: F401
+    import triton.language as tl  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only on platforms without triton
+    HAS_TRITON = False
+
+# Triton reads this variable when a kernel is *defined*, so it must be read once, at import.
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def resolve_backend(backend: str, *tensors: Optional[torch.Tensor]) -> str:
+    """Turn ``backend`` into "triton" or "torch" for the given tensors, or raise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    devices = {t.device.type for t in tensors if t is not None}
+    on_cuda = devices == {"cuda"}
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        return "triton" if (on_cuda and HAS_TRITON) else "torch"
+    # backend == "triton"
+    if not HAS_TRITON:
+        raise RuntimeError("backend='triton' needs the triton package, which is not installed")
+    if not on_cuda and not TRITON_INTERPRET:
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (got device "
+            f"{sorted(devices)}); on the CPU set TRITON_INTERPRET=1 before importing "
+            "triton, or use backend='torch'"
+        )
+    return "triton"
+
+
+def check_floating(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_shape(name: str, t: torch.Tensor, shape: Sequence[int]) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_same_device(ref_name: str, ref: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True when ``t`` covers its storage span exactly once (any dimension order).
+
+    Such a tensor can be walked as a flat array of ``numel`` elements; ``empty_like``
+    reproduces its strides, so an output indexed by the same flat offsets lines up.
+    """
+    if t.numel() <= 1:
+        return True
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def time_major_dense(x: torch.Tensor) -> bool:
+    """True when ``x`` (T, *) is dense with time as its outermost dimension in memory.
+
+    Then step t starts at ``t * x.stride(0)`` and every step is the same flat block, whatever
+    the order of the inner dimensions (contiguous, channels_last, transposed...).
+    """
+    return is_dense(x) and (x.shape[0] == 1 or x.stride(0) == x[0].numel())
+
+
+def autotune_configs(configs: list, interpreter_config) -> list:
+    """Autotuning under the interpreter would run every config serially on the CPU: use one."""
+    return [interpreter_config] if TRITON_INTERPRET else configs
+
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape and the same strides on every dimension that has more than one element."""
+    return a.shape == b.shape and all(
+        sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1
+    )
+
+
+# Tests set this to fill every kernel output with NaN before launch, so that an element the
+# kernel forgets to write fails the comparison instead of passing with stale memory.
+POISON_OUTPUTS = False
+
+
+def new_output(like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``empty_like`` (strides kept for dense tensors), NaN-filled when POISON_OUTPUTS is on."""
+    out = torch.empty_like(like, dtype=dtype)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out

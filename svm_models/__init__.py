@@ -1,0 +1,1 @@
+"""svm_models: SVMamba, VMamba and QKFormer built on svm_kernels."""
