@@ -1,0 +1,122 @@
+"""Public four-direction selective scan ops: argument checks and backend dispatch."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..utils import resolve_backend
+from .common import MAX_D_STATE, check_scan_inputs, default_out_dtype
+from .naive import cross_selective_scan_naive, lowrank_delta
+
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _pick_backend(backend: str, u: torch.Tensor, N: int, *tensors) -> str:
+    use = resolve_backend(backend, u, *tensors)
+    if use == "triton":
+        from .fused import triton_supports  # imported lazily: the reference needs no triton
+
+        reason = triton_supports(u, N)
+        if reason is not None:
+            if backend == "triton":
+                raise ValueError(f"backend='triton' cannot run this scan: {reason}")
+            use = "torch"
+    return use
+
+
+def cross_selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = True,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """VMamba's SS2D scan: cross-scan, selective scan in four directions, cross-merge, fused.
+
+    Direction k visits the H x W positions row-major (k=0), column-major (k=1), or the reversal
+    of those (k=2, 3). Per direction, channel d and state n, along that order:
+    ``dt = softplus(delta + delta_bias)``, ``x[p] = exp(dt * A) * x[p-1] + dt * B[p] * u[p]``,
+    ``y[p] = sum_n C[p] * x[p] + D * u[p]``; the four y are summed back at their positions.
+
+    Args:
+        u: (B, D, H, W) input, any strides (channels_last included).
+        delta: (B, 4, D, H, W) time steps before softplus, in spatial order.
+        A: (4, D, N) state matrix (negative reals), N <= 16 on the Triton backend.
+        B, C: (B, 4, N, H, W) input-dependent projections, in spatial order.
+        D: optional (4, D) skip; delta_bias: optional (4, D) bias added before softplus.
+        delta_softplus: apply softplus (values above 20 pass through unchanged, as mamba).
+        out_dtype: output dtype; default fp32 for half inputs, else u's dtype.
+        backend: "auto" (Triton on CUDA, PyTorch otherwise), "triton" or "torch".
+
+    Returns:
+        (B, D, H, W) tensor in ``out_dtype``. Gradients flow to every tensor argument.
+    """
+    batch, d_inner, H, W, N = check_scan_inputs(u, A, B, C, D, delta_bias, "delta_bias", delta=delta)
+    if delta.shape != (batch, 4, d_inner, H, W):
+        raise ValueError(f"delta must have shape {(batch, 4, d_inner, H, W)}, got {tuple(delta.shape)}")
+    dtype = default_out_dtype(u, out_dtype)
+    use = _pick_backend(backend, u, N, delta, A, B, C, D, delta_bias)
+    if batch == 0:
+        return u.new_empty(u.shape, dtype=dtype)
+    if use == "torch":
+        return cross_selective_scan_naive(u, delta, A, B, C, D, delta_bias, delta_softplus).to(dtype)
+    from .fused import ss2d_triton
+
+    return ss2d_triton(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, dtype)
+
+
+def cross_selective_scan_lowrank(
+    u: torch.Tensor,
+    dt_low: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = True,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`cross_selective_scan` with ``delta[:, k] = dt_weight[k] @ dt_low[:, k]`` done in-kernel.
+
+    The (B, 4, D, H, W) delta tensor never exists in memory, forward or backward: the kernels
+    rebuild dt from the rank-R projection (R = dt_rank, a handful) where they need it.
+
+    Args:
+        dt_low: (B, 4, R, H, W) low-rank time-step features, in spatial order.
+        dt_weight: (4, D, R) per-direction up-projection.
+        dt_bias: optional (4, D) bias added before softplus.
+        Other arguments as :func:`cross_selective_scan`.
+    """
+    batch, d_inner, H, W, N = check_scan_inputs(u, A, B, C, D, dt_bias, "dt_bias", dt_low=dt_low)
+    if dt_low.dim() != 5 or dt_low.shape[:2] != (batch, 4) or dt_low.shape[3:] != (H, W):
+        raise ValueError(f"dt_low must have shape (B={batch}, 4, R, H={H}, W={W}), got {tuple(dt_low.shape)}")
+    R = dt_low.shape[2]
+    if R == 0:
+        raise ValueError("dt_low has rank R = 0")
+    if not isinstance(dt_weight, torch.Tensor) or not dt_weight.is_floating_point():
+        raise TypeError("dt_weight must be a floating-point tensor")
+    if dt_weight.shape != (4, d_inner, R):
+        raise ValueError(f"dt_weight must have shape (4, D={d_inner}, R={R}), got {tuple(dt_weight.shape)}")
+    if dt_weight.device != u.device:
+        raise ValueError(f"dt_weight is on {dt_weight.device} but u is on {u.device}")
+    dtype = default_out_dtype(u, out_dtype)
+    use = _pick_backend(backend, u, N, dt_low, dt_weight, A, B, C, D, dt_bias)
+    if batch == 0:
+        return u.new_empty(u.shape, dtype=dtype)
+    if use == "torch":
+        delta = lowrank_delta(dt_low, dt_weight.to(dt_low.dtype))
+        return cross_selective_scan_naive(u, delta, A, B, C, D, dt_bias, delta_softplus).to(dtype)
+    from .fused import ss2d_triton
+
+    return ss2d_triton(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, dtype)
+
+
+__all__ = ["cross_selective_scan", "cross_selective_scan_lowrank", "MAX_D_STATE"]
