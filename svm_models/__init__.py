@@ -1,1 +1,9 @@
-"""svm_models: SVMamba, VMamba and QKFormer built on svm_kernels."""
+"""svm_models: SVMamba, VMamba and QKFormer built on svm_kernels.
+
+``create_model(name, num_classes=..., img_size=..., **overrides)`` builds a registered model;
+``list_models()`` names them. Importing the model modules below registers them.
+"""
+from .registry import create_model, list_models, register_model
+from . import vmamba  # noqa: F401  (registers vmamba_*)
+
+__all__ = ["create_model", "list_models", "register_model"]
