@@ -118,3 +118,47 @@ def new_output(like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch
     if POISON_OUTPUTS:
         out.fill_(float("nan"))
     return out
+
+
+class OpaqueTorchOp(torch.autograd.Function):
+    """Runs a plain PyTorch function as a single autograd node (one ``prim::PythonOp`` when traced).
+
+    The reference paths are long chains of small aten ops (a Python loop over time steps or
+    positions). Wrapping them makes a traced model show one node per op, named after the
+    subclass, so FLOP counters can attribute the op as a whole; autograd still differentiates
+    the wrapped function through the graph recorded inside ``forward``.
+    Subclass it (the subclass name is the traced op name) and call ``Sub.apply(fn, *args)``;
+    tensor arguments may be None.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, *args):
+        # While torch.jit.trace records (FLOP counting), nothing will be differentiated: run
+        # without the inner graph, whose detached leaves the tracer cannot map.
+        tracing = torch._C._get_tracing_state() is not None
+        grad_wanted = not tracing and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        leaves = [
+            a.detach().requires_grad_(a.requires_grad) if grad_wanted and isinstance(a, torch.Tensor) else a
+            for a in args
+        ]
+        with torch.enable_grad() if grad_wanted else torch.no_grad():
+            outs = fn(*leaves)
+        single = isinstance(outs, torch.Tensor)
+        outs = (outs,) if single else tuple(outs)
+        ctx.leaves, ctx.outs = (leaves, outs) if grad_wanted else ([None] * len(args), ())
+        result = tuple(o.detach() for o in outs) if grad_wanted else outs
+        return result[0] if single else result
+
+    @staticmethod
+    def backward(ctx, *grads):
+        wanted = [i for i, a in enumerate(ctx.leaves) if isinstance(a, torch.Tensor) and a.requires_grad]
+        pairs = [(o, g) for o, g in zip(ctx.outs, grads) if g is not None and o.requires_grad]
+        result = [None] * (1 + len(ctx.leaves))
+        if wanted and pairs:
+            got = torch.autograd.grad(
+                [o for o, _ in pairs], [ctx.leaves[i] for i in wanted], [g for _, g in pairs], allow_unused=True
+            )
+            for i, g in zip(wanted, got):
+                result[1 + i] = g
+        ctx.outs = ()
+        return tuple(result)

@@ -309,3 +309,13 @@ def test_more_than_2_31_elements_cuda():
     s = multistep_lif(x, backend="triton")
     tail = multistep_lif(x[:, -1000:].contiguous(), backend="torch")
     assert torch.equal(s[:, -1000:], tail)
+
+
+@pytest.mark.parametrize("backend,name", [("torch", "prim::PythonOp"), ("triton", "svmamba::lif_fwd")])
+def test_traces_as_one_node(backend, name):
+    """FLOP counters (fvcore traces the model) see the neuron as one named op, nothing inside it."""
+    graph, _ = torch.jit._get_trace_graph(lambda x: multistep_lif(x, backend=backend), (torch.randn(4, 6),))
+    kinds = [n.kind() for n in graph.nodes() if n.kind() not in ("prim::Constant", "prim::TupleUnpack")]
+    assert kinds == [name]
+    if backend == "torch":
+        assert next(iter(graph.nodes())).pyname() == "MultiStepLIFTorch"

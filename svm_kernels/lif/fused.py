@@ -18,6 +18,7 @@ import torch
 
 from ..utils import (
     HAS_TRITON,
+    OpaqueTorchOp,
     autotune_configs,
     new_output,
     resolve_backend,
@@ -324,6 +325,10 @@ def _backward(ctx, grad_s, grad_v):
 _lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class MultiStepLIFTorch(OpaqueTorchOp):
+    """The reference LIF as one traced node (``prim::PythonOp.MultiStepLIFTorch``)."""
+
+
 def multistep_lif(
     x: torch.Tensor,
     *,
@@ -369,7 +374,7 @@ def multistep_lif(
         empty_v = x.new_zeros(x.shape[1:], dtype=torch.float32)
         return (torch.empty_like(x), empty_v) if return_v else torch.empty_like(x)
     if use == "torch":
-        spikes, v = multistep_lif_naive(x, p, v_init)
+        spikes, v = MultiStepLIFTorch.apply(lambda x, v0: multistep_lif_naive(x, p, v0), x, v_init)
     else:
         spikes, v = _lif_fwd_op(
             x, v_init, p.tau, p.v_threshold, p.v_reset, p.decay_input, p.detach_reset,

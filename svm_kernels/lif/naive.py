@@ -54,8 +54,10 @@ def lif_step(v: torch.Tensor, x: torch.Tensor, p: LIFParams, smooth: bool = Fals
     h = lif_charge(v, x, p)
     if smooth:
         s = surrogate_primitive(h - p.v_threshold, p.surrogate, p.alpha)
-    else:
+    elif torch.is_grad_enabled():
         s = _HeavisideSurrogate.apply(h - p.v_threshold, p.surrogate, p.alpha)
+    else:  # no backward to shape: a plain comparison (and one traced op fewer)
+        s = (h >= p.v_threshold).to(h.dtype)
     s_reset = s.detach() if p.detach_reset else s
     if p.v_reset is None:
         v = h - p.v_threshold * s_reset

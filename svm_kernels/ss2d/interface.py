@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ..utils import resolve_backend
+from ..utils import OpaqueTorchOp, resolve_backend
 from .common import MAX_D_STATE, check_scan_inputs, default_out_dtype
 from .naive import cross_selective_scan_naive, lowrank_delta
 
@@ -23,6 +23,14 @@ def _pick_backend(backend: str, u: torch.Tensor, N: int, *tensors) -> str:
                 raise ValueError(f"backend='triton' cannot run this scan: {reason}")
             use = "torch"
     return use
+
+
+class CrossSelectiveScanTorch(OpaqueTorchOp):
+    """The reference scan as one traced node (``prim::PythonOp.CrossSelectiveScanTorch``)."""
+
+
+class CrossSelectiveScanLowrankTorch(OpaqueTorchOp):
+    """The low-rank reference as one traced node (``prim::PythonOp.CrossSelectiveScanLowrankTorch``)."""
 
 
 def cross_selective_scan(
@@ -65,7 +73,9 @@ def cross_selective_scan(
     if batch == 0:
         return u.new_empty(u.shape, dtype=dtype)
     if use == "torch":
-        return cross_selective_scan_naive(u, delta, A, B, C, D, delta_bias, delta_softplus).to(dtype)
+        return CrossSelectiveScanTorch.apply(
+            lambda *t: cross_selective_scan_naive(*t, delta_softplus).to(dtype), u, delta, A, B, C, D, delta_bias
+        )
     from .fused import ss2d_triton
 
     return ss2d_triton(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, dtype)
@@ -112,8 +122,12 @@ def cross_selective_scan_lowrank(
     if batch == 0:
         return u.new_empty(u.shape, dtype=dtype)
     if use == "torch":
-        delta = lowrank_delta(dt_low, dt_weight.to(dt_low.dtype))
-        return cross_selective_scan_naive(u, delta, A, B, C, D, dt_bias, delta_softplus).to(dtype)
+
+        def reference(u, dt_low, dt_weight, A, B, C, D, dt_bias):
+            delta = lowrank_delta(dt_low, dt_weight.to(dt_low.dtype))
+            return cross_selective_scan_naive(u, delta, A, B, C, D, dt_bias, delta_softplus).to(dtype)
+
+        return CrossSelectiveScanLowrankTorch.apply(reference, u, dt_low, dt_weight, A, B, C, D, dt_bias)
     from .fused import ss2d_triton
 
     return ss2d_triton(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, dtype)
