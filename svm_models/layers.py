@@ -86,12 +86,26 @@ def encode_direct(images: torch.Tensor, T: int) -> torch.Tensor:
 
 
 class ConvBN(nn.Sequential):
-    """Conv2d (no bias: the BatchNorm's shift replaces it) followed by BatchNorm2d."""
+    """Conv2d ("same" padding) -> BatchNorm2d, optionally -> MaxPool(3, 2, 1), on (N, C, H, W).
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1):
+    No conv bias by default: the BatchNorm's shift makes it redundant (QKFormer keeps some, so
+    ``bias`` is there to reproduce its parameter count).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
+                 bias: bool = False, pool: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_ch)
+        if pool:
+            self.pool = nn.MaxPool2d(3, 2, 1)
+
+
+class SeqConvBN(ConvBN):
+    """:class:`ConvBN` on a (T, B, C, H, W) sequence, time folded into the batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return unfold_time(super().forward(fold_time(x)), x.shape[0])
 
 
 class Linear2d(nn.Conv2d):
@@ -134,7 +148,7 @@ class DropPath(nn.Module):
 
 def stem_strides(patch_size: int) -> Tuple[int, int]:
     """Strides of the two 3x3 stem convs, whose product is the patch size (2, 2) for 4, (2, 1) for 2."""
-    table = {1: (1, 1), 2: (2, 1), 4: (2, 2), 8: (4, 2)}
+    table = {1: (1, 1), 2: (2, 1), 4: (2, 2)}
     if patch_size not in table:
         raise ValueError(f"patch_size must be one of {sorted(table)}, got {patch_size!r}")
     return table[patch_size]
