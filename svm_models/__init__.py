@@ -4,6 +4,6 @@
 ``list_models()`` names them. Importing the model modules below registers them.
 """
 from .registry import create_model, list_models, register_model
-from . import svmamba, vmamba  # noqa: F401  (importing registers the models)
+from . import qkformer, svmamba, vmamba  # noqa: F401  (importing registers the models)
 
 __all__ = ["create_model", "list_models", "register_model"]
