@@ -1,0 +1,595 @@
+"""Fused four-direction selective scan (SS2D): Triton kernels, launchers, autograd, torch.library ops.
+
+Directions come in two *orientations*: row-major (k=0 forward, k=2 its reversal) and
+column-major (k=1, k=3). A program owns one image b and a block of channels, and reads every
+direction's sequence straight from the spatial tensors by index arithmetic (sequence index p ->
+(h, w)), so the four ordered copies of ``cross_scan`` are never made.
+
+Forward (``fused_ss2d_fwd_kernel``): the whole sequence of a channel block sits in registers;
+each direction is one ``tl.associative_scan`` (reversed for k=2, 3). The row-major orientation
+writes ``out``; the column-major one adds to it (same program, after a barrier), so ``out`` is
+written once per orientation and no (B, 4, D, L) intermediate exists. With the low-rank variant,
+dt = dt_weight[k] @ dt_low[k] is rebuilt in registers from the R-row projection.
+
+Backward (``fused_ss2d_bwd_kernel``): per orientation, two passes over chunks of CHUNK positions.
+Pass 1 walks forward and stores the chunk-start values of the two prefix recurrences (the
+forward direction's state and the reversed direction's adjoint); pass 2 walks backward carrying
+the two suffix recurrences (the forward direction's adjoint and the reversed direction's state)
+and recomputes the prefix ones from the stored chunk starts. With the four of them it forms
+every gradient of both directions at once. Gradients that sum over channels (dB, dC, d dt_low)
+are reduced over the program's BLOCK_D channels in registers and written as one partial per
+channel block; the launcher sums the partials in a fixed order. Parameter gradients (dA, dD,
+d bias, d dt_weight) are written per image and summed over the batch the same way. No float
+atomics: the backward is deterministic.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..utils import HAS_TRITON, TRITON_INTERPRET, is_dense, new_output
+from .common import MAX_D_STATE
+
+# Largest sequence the forward keeps whole in registers (a 128 x 128 feature map).
+MAX_FWD_SEQ = 16384
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _ssm_combine(a_l, b_l, a_r, b_r):
+        # (a_l, b_l) applied first, then (a_r, b_r): x -> a_r * (a_l * x + b_l) + b_r.
+        return a_l * a_r, a_r * b_l + b_r
+
+    @triton.jit
+    def _log1p(y):
+        # log(1 + y) without libdevice: correct the rounding of 1 + y (Goldberg's trick).
+        z = 1.0 + y
+        return tl.where(z == 1.0, y, tl.log(z) * (y / (z - 1.0)))
+
+    @triton.jit
+    def _softplus(x):
+        # mamba's softplus: values above 20 pass through unchanged.
+        return tl.where(x > 20.0, x, _log1p(tl.exp(tl.minimum(x, 20.0))))
+
+    @triton.jit
+    def _softplus_grad(x):
+        return tl.where(x > 20.0, 1.0, tl.sigmoid(x))
+
+    @triton.jit
+    def _orient_hw(p, H, W, COLUMN: tl.constexpr):
+        # Sequence index p of the row-major (COLUMN=False) or column-major orientation -> (h, w).
+        if COLUMN:
+            h = p % H
+            w = p // H
+        else:
+            h = p // W
+            w = p % W
+        return h, w
+
+    @triton.jit
+    def _column(tile, idx, j):
+        # tile[:, j] of a [rows, cols] tile, idx = arange(cols).
+        return tl.sum(tl.where(idx[None, :] == j, tile, 0.0), axis=1)
+
+    @triton.jit
+    def _dt_raw(
+        delta_ptr, s_dd, s_dh, s_dw,
+        low_ptr, s_lr, s_lh, s_lw,
+        w_ptr, R, offs_d, mask_d, h, w, mask_p, bias,
+        LOWRANK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):
+        # delta + bias at positions (h, w) for a block of channels, before the softplus.
+        # Pointers are already offset to the image and direction.
+        if LOWRANK:
+            dt = tl.zeros([BLOCK_D, BLOCK_P], dtype=tl.float32)
+            for r in range(R):
+                wr = tl.load(w_ptr + offs_d * R + r, mask=mask_d, other=0.0)
+                lr = tl.load(low_ptr + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
+                dt += wr[:, None] * lr[None, :]
+        else:
+            offs = offs_d[:, None] * s_dd + (h * s_dh + w * s_dw)[None, :]
+            dt = tl.load(delta_ptr + offs, mask=mask_d[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+        return dt + bias[:, None]
+
+    @triton.jit
+    def fused_ss2d_fwd_kernel(
+        u_ptr, delta_ptr, low_ptr, w_ptr, A_ptr, B_ptr, C_ptr, Ds_ptr, bias_ptr, out_ptr,
+        s_ub, s_ud, s_uh, s_uw,
+        s_db, s_dk, s_dd, s_dh, s_dw,
+        s_lb, s_lk, s_lr, s_lh, s_lw,
+        s_Bb, s_Bk, s_Bn, s_Bh, s_Bw,
+        s_Cb, s_Ck, s_Cn, s_Ch, s_Cw,
+        s_ob, s_od, s_oh, s_ow,
+        D, H, W, N, R,
+        LOWRANK: tl.constexpr,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+    ):
+        pid_b = tl.program_id(0).to(tl.int64)
+        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        p = tl.arange(0, BLOCK_L)
+        mask_p = p < H * W
+        mask = mask_d[:, None] & mask_p[None, :]
+        for o in tl.static_range(2):
+            h, w = _orient_hw(p, H, W, o == 1)
+            u_offs = offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :]
+            u = tl.load(u_ptr + pid_b * s_ub + u_offs, mask=mask, other=0.0).to(tl.float32)
+            acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+            for rev in tl.static_range(2):
+                k = o + 2 * rev
+                if HAS_BIAS:
+                    bias = tl.load(bias_ptr + k * D + offs_d, mask=mask_d, other=0.0)
+                else:
+                    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+                dt = _dt_raw(
+                    delta_ptr + pid_b * s_db + k * s_dk, s_dd, s_dh, s_dw,
+                    low_ptr + pid_b * s_lb + k * s_lk, s_lr, s_lh, s_lw,
+                    w_ptr + k * D * R, R, offs_d, mask_d, h, w, mask_p, bias,
+                    LOWRANK, BLOCK_D, BLOCK_L,
+                )
+                if DELTA_SOFTPLUS:
+                    dt = _softplus(dt)
+                dtu = dt * u
+                for n in range(N):
+                    a_n = tl.load(A_ptr + (k * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                    pos_B = pid_b * s_Bb + k * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
+                    pos_C = pid_b * s_Cb + k * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
+                    b_n = tl.load(B_ptr + pos_B, mask=mask_p, other=0.0).to(tl.float32)
+                    c_n = tl.load(C_ptr + pos_C, mask=mask_p, other=0.0).to(tl.float32)
+                    decay = tl.exp(dt * a_n[:, None])
+                    _, x = tl.associative_scan((decay, dtu * b_n[None, :]), 1, _ssm_combine, reverse=rev == 1)
+                    acc += x * c_n[None, :]
+                if HAS_D:
+                    skip = tl.load(Ds_ptr + k * D + offs_d, mask=mask_d, other=0.0)
+                    acc += skip[:, None] * u
+            out_ptrs = out_ptr + pid_b * s_ob + offs_d[:, None] * s_od + (h * s_oh + w * s_ow)[None, :]
+            if o == 1:
+                # The row-major pass stored its half from other threads of this program.
+                tl.debug_barrier()
+                acc += tl.load(out_ptrs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def fused_ss2d_bwd_kernel(
+        u_ptr, delta_ptr, low_ptr, w_ptr, A_ptr, B_ptr, C_ptr, Ds_ptr, bias_ptr, g_ptr,
+        du_ptr, ddelta_ptr, pBC_ptr, pLow_ptr, pA_ptr, pDs_ptr, pBias_ptr, pW_ptr, carry_ptr,
+        s_ub, s_ud, s_uh, s_uw,
+        s_db, s_dk, s_dd, s_dh, s_dw,
+        s_eb, s_ek, s_ed, s_eh, s_ew,
+        s_lb, s_lk, s_lr, s_lh, s_lw,
+        s_Bb, s_Bk, s_Bn, s_Bh, s_Bw,
+        s_Cb, s_Ck, s_Cn, s_Ch, s_Cw,
+        s_gb, s_gd, s_gh, s_gw,
+        n_batch, D, H, W, N, R, n_dblk, n_chunks,
+        LOWRANK: tl.constexpr,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        CHUNK: tl.constexpr,
+        NP: tl.constexpr,
+        RP: tl.constexpr,
+    ):
+        pid_b = tl.program_id(0).to(tl.int64)
+        pid_d = tl.program_id(1)
+        L = H * W
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        n_idx = tl.arange(0, NP)
+        r_idx = tl.arange(0, RP)
+        c_idx = tl.arange(0, CHUNK)
+        tile_nd = tl.arange(0, BLOCK_D)[:, None] * NP + n_idx[None, :]
+        carry_base = carry_ptr + (pid_b * n_dblk + pid_d) * (4 * n_chunks * BLOCK_D * NP)
+        u_base = u_ptr + pid_b * s_ub
+        g_base = g_ptr + pid_b * s_gb
+        d_sum = tl.zeros([BLOCK_D], dtype=tl.float32)  # sum over positions of g * u, for dD
+        for o in tl.static_range(2):
+            kf = o  # the orientation's forward direction
+            kr = o + 2  # ... and its reversal
+            if HAS_BIAS:
+                bias_f = tl.load(bias_ptr + kf * D + offs_d, mask=mask_d, other=0.0)
+                bias_r = tl.load(bias_ptr + kr * D + offs_d, mask=mask_d, other=0.0)
+            else:
+                bias_f = tl.zeros([BLOCK_D], dtype=tl.float32)
+                bias_r = tl.zeros([BLOCK_D], dtype=tl.float32)
+            delta_f = delta_ptr + pid_b * s_db + kf * s_dk
+            delta_r = delta_ptr + pid_b * s_db + kr * s_dk
+            low_f = low_ptr + pid_b * s_lb + kf * s_lk
+            low_r = low_ptr + pid_b * s_lb + kr * s_lk
+            w_f = w_ptr + kf * D * R
+            w_r = w_ptr + kr * D * R
+
+            # ---- pass 1: forward over chunks, storing chunk-start values of the prefix recurrences
+            carry_x = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state of direction kf
+            carry_l = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint of direction kr
+            for c in range(n_chunks):
+                slot = carry_base + ((o * n_chunks + c) * 2) * BLOCK_D * NP
+                tl.store(slot + tile_nd, carry_x)
+                tl.store(slot + BLOCK_D * NP + tile_nd, carry_l)
+                p = c * CHUNK + c_idx
+                mask_p = p < L
+                mask = mask_d[:, None] & mask_p[None, :]
+                h, w = _orient_hw(p, H, W, o == 1)
+                hm, wm = _orient_hw(p - 1, H, W, o == 1)
+                mask_pm = mask_p & (p >= 1)
+                u = tl.load(u_base + offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                g = tl.load(g_base + offs_d[:, None] * s_gd + (h * s_gh + w * s_gw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                dt_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
+                               h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
+                dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
+                                hm, wm, mask_pm, bias_r, LOWRANK, BLOCK_D, CHUNK)
+                if DELTA_SOFTPLUS:
+                    dt_f = _softplus(dt_f)
+                    dt_rm = _softplus(dt_rm)
+                for n in range(N):
+                    a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                    a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                    b_f = tl.load(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw,
+                                  mask=mask_p, other=0.0).to(tl.float32)
+                    c_r = tl.load(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw,
+                                  mask=mask_p, other=0.0).to(tl.float32)
+                    sa, sb = tl.associative_scan(
+                        (tl.exp(dt_f * a_f[:, None]), dt_f * u * b_f[None, :]), 1, _ssm_combine)
+                    x_f = sb + sa * _column(carry_x, n_idx, n)[:, None]
+                    # adjoint of kr: lam[p] = C[p] g[p] + exp(dt[p-1] A) lam[p-1]
+                    la, lb = tl.associative_scan(
+                        (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine)
+                    lam_r = lb + la * _column(carry_l, n_idx, n)[:, None]
+                    carry_x = tl.where(n_idx[None, :] == n, _column(x_f, c_idx, CHUNK - 1)[:, None], carry_x)
+                    carry_l = tl.where(n_idx[None, :] == n, _column(lam_r, c_idx, CHUNK - 1)[:, None], carry_l)
+            # pass 2 reads the chunk starts (and, for o = 1, du) written by other threads
+            tl.debug_barrier()
+
+            # ---- pass 2: backward over chunks; every gradient of directions kf and kr
+            carry_xr = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state of kr, from the right
+            carry_lf = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint of kf, from the right
+            grad_a_f = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+            grad_a_r = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+            grad_bias_f = tl.zeros([BLOCK_D], dtype=tl.float32)
+            grad_bias_r = tl.zeros([BLOCK_D], dtype=tl.float32)
+            grad_w_f = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
+            grad_w_r = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
+            for i in range(n_chunks):
+                c = n_chunks - 1 - i
+                slot = carry_base + ((o * n_chunks + c) * 2) * BLOCK_D * NP
+                start_x = tl.load(slot + tile_nd)
+                start_l = tl.load(slot + BLOCK_D * NP + tile_nd)
+                p = c * CHUNK + c_idx
+                mask_p = p < L
+                mask = mask_d[:, None] & mask_p[None, :]
+                h, w = _orient_hw(p, H, W, o == 1)
+                hp, wp = _orient_hw(p + 1, H, W, o == 1)
+                hm, wm = _orient_hw(p - 1, H, W, o == 1)
+                mask_pp = (p + 1) < L
+                mask_pm = mask_p & (p >= 1)
+                s = h * W + w  # spatial index, for the contiguous fp32 outputs
+                u = tl.load(u_base + offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                g = tl.load(g_base + offs_d[:, None] * s_gd + (h * s_gh + w * s_gw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                raw_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
+                                h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
+                raw_r = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
+                                h, w, mask_p, bias_r, LOWRANK, BLOCK_D, CHUNK)
+                dt_fp = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
+                                hp, wp, mask_pp, bias_f, LOWRANK, BLOCK_D, CHUNK)
+                dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
+                                hm, wm, mask_pm, bias_r, LOWRANK, BLOCK_D, CHUNK)
+                if DELTA_SOFTPLUS:
+                    dt_f = _softplus(raw_f)
+                    dt_r = _softplus(raw_r)
+                    dt_fp = _softplus(dt_fp)
+                    dt_rm = _softplus(dt_rm)
+                else:
+                    dt_f = raw_f
+                    dt_r = raw_r
+                du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+                ddt_f = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+                ddt_r = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+                for n in range(N):
+                    a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                    a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                    pos_Bf = pid_b * s_Bb + kf * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
+                    pos_Br = pid_b * s_Bb + kr * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
+                    pos_Cf = pid_b * s_Cb + kf * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
+                    pos_Cr = pid_b * s_Cb + kr * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
+                    b_f = tl.load(B_ptr + pos_Bf, mask=mask_p, other=0.0).to(tl.float32)
+                    b_r = tl.load(B_ptr + pos_Br, mask=mask_p, other=0.0).to(tl.float32)
+                    c_f = tl.load(C_ptr + pos_Cf, mask=mask_p, other=0.0).to(tl.float32)
+                    c_r = tl.load(C_ptr + pos_Cr, mask=mask_p, other=0.0).to(tl.float32)
+                    # state of kf (prefix), from the stored chunk start
+                    in_f = dt_f * u * b_f[None, :]
+                    sa, sb = tl.associative_scan((tl.exp(dt_f * a_f[:, None]), in_f), 1, _ssm_combine)
+                    x_f = sb + sa * _column(start_x, n_idx, n)[:, None]
+                    # adjoint of kf (suffix): lam[p] = C[p] g[p] + exp(dt[p+1] A) lam[p+1]
+                    ta, tb = tl.associative_scan(
+                        (tl.exp(dt_fp * a_f[:, None]), g * c_f[None, :]), 1, _ssm_combine, reverse=True)
+                    lam_f = tb + ta * _column(carry_lf, n_idx, n)[:, None]
+                    # state of kr (suffix), carried from the right
+                    in_r = dt_r * u * b_r[None, :]
+                    ra, rb = tl.associative_scan((tl.exp(dt_r * a_r[:, None]), in_r), 1, _ssm_combine, reverse=True)
+                    x_r = rb + ra * _column(carry_xr, n_idx, n)[:, None]
+                    # adjoint of kr (prefix), from the stored chunk start
+                    qa, qb = tl.associative_scan(
+                        (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine)
+                    lam_r = qb + qa * _column(start_l, n_idx, n)[:, None]
+                    # channel-summed gradients of B and C at these positions (one partial per block)
+                    row = pBC_ptr + ((pid_d * n_batch + pid_b) * 4 * 2 * N + n) * L + s
+                    tl.store(row + (kf * 2 * N) * L, tl.sum(lam_f * dt_f * u, axis=0), mask=mask_p)
+                    tl.store(row + (kf * 2 * N + N) * L, tl.sum(g * x_f, axis=0), mask=mask_p)
+                    tl.store(row + (kr * 2 * N) * L, tl.sum(lam_r * dt_r * u, axis=0), mask=mask_p)
+                    tl.store(row + (kr * 2 * N + N) * L, tl.sum(g * x_r, axis=0), mask=mask_p)
+                    du += lam_f * dt_f * b_f[None, :] + lam_r * dt_r * b_r[None, :]
+                    # exp(dt A) * x[previous] = x - input: no shifted state needed
+                    carry_term_f = lam_f * (x_f - in_f)
+                    carry_term_r = lam_r * (x_r - in_r)
+                    ddt_f += lam_f * u * b_f[None, :] + a_f[:, None] * carry_term_f
+                    ddt_r += lam_r * u * b_r[None, :] + a_r[:, None] * carry_term_r
+                    grad_a_f += tl.where(n_idx[None, :] == n, tl.sum(carry_term_f * dt_f, axis=1)[:, None], 0.0)
+                    grad_a_r += tl.where(n_idx[None, :] == n, tl.sum(carry_term_r * dt_r, axis=1)[:, None], 0.0)
+                    carry_lf = tl.where(n_idx[None, :] == n, _column(lam_f, c_idx, 0)[:, None], carry_lf)
+                    carry_xr = tl.where(n_idx[None, :] == n, _column(x_r, c_idx, 0)[:, None], carry_xr)
+                if HAS_D:
+                    skip = tl.load(Ds_ptr + kf * D + offs_d, mask=mask_d, other=0.0) + \
+                        tl.load(Ds_ptr + kr * D + offs_d, mask=mask_d, other=0.0)
+                    du += skip[:, None] * g
+                    if o == 0:
+                        d_sum += tl.sum(g * u, axis=1)
+                if DELTA_SOFTPLUS:
+                    ddt_f = ddt_f * _softplus_grad(raw_f)
+                    ddt_r = ddt_r * _softplus_grad(raw_r)
+                grad_bias_f += tl.sum(ddt_f, axis=1)
+                grad_bias_r += tl.sum(ddt_r, axis=1)
+                if LOWRANK:
+                    low_row = pLow_ptr + ((pid_d * n_batch + pid_b) * 4 * R) * L + s
+                    for r in range(R):
+                        wr_f = tl.load(w_f + offs_d * R + r, mask=mask_d, other=0.0)
+                        wr_r = tl.load(w_r + offs_d * R + r, mask=mask_d, other=0.0)
+                        lr_f = tl.load(low_f + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
+                        lr_r = tl.load(low_r + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
+                        tl.store(low_row + (kf * R + r) * L, tl.sum(wr_f[:, None] * ddt_f, axis=0), mask=mask_p)
+                        tl.store(low_row + (kr * R + r) * L, tl.sum(wr_r[:, None] * ddt_r, axis=0), mask=mask_p)
+                        grad_w_f += tl.where(r_idx[None, :] == r, tl.sum(ddt_f * lr_f[None, :], axis=1)[:, None], 0.0)
+                        grad_w_r += tl.where(r_idx[None, :] == r, tl.sum(ddt_r * lr_r[None, :], axis=1)[:, None], 0.0)
+                else:
+                    e_offs = offs_d[:, None] * s_ed + (h * s_eh + w * s_ew)[None, :]
+                    e_base = ddelta_ptr + pid_b * s_eb
+                    tl.store(e_base + kf * s_ek + e_offs, ddt_f.to(ddelta_ptr.dtype.element_ty), mask=mask)
+                    tl.store(e_base + kr * s_ek + e_offs, ddt_r.to(ddelta_ptr.dtype.element_ty), mask=mask)
+                du_ptrs = du_ptr + (pid_b * D + offs_d[:, None]) * L + s[None, :]
+                if o == 1:
+                    du += tl.load(du_ptrs, mask=mask, other=0.0)
+                tl.store(du_ptrs, du, mask=mask)
+            # per-image parameter gradients; the launcher sums them over the batch
+            nd = (pid_b * 4 * D + offs_d[:, None]) * NP + n_idx[None, :]
+            mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
+            tl.store(pA_ptr + (nd + kf * D * NP), grad_a_f, mask=mask_dn)
+            tl.store(pA_ptr + (nd + kr * D * NP), grad_a_r, mask=mask_dn)
+            tl.store(pBias_ptr + pid_b * 4 * D + kf * D + offs_d, grad_bias_f, mask=mask_d)
+            tl.store(pBias_ptr + pid_b * 4 * D + kr * D + offs_d, grad_bias_r, mask=mask_d)
+            if LOWRANK:
+                dr = (pid_b * 4 * D + offs_d[:, None]) * RP + r_idx[None, :]
+                mask_dr = mask_d[:, None] & (r_idx[None, :] < R)
+                tl.store(pW_ptr + (dr + kf * D * RP), grad_w_f, mask=mask_dr)
+                tl.store(pW_ptr + (dr + kr * D * RP), grad_w_r, mask=mask_dr)
+        if HAS_D:
+            for k in tl.static_range(4):
+                tl.store(pDs_ptr + pid_b * 4 * D + k * D + offs_d, d_sum, mask=mask_d)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def triton_supports(u: torch.Tensor, N: int) -> Optional[str]:
+    """None when the fused kernels can run this problem, else the reason they cannot."""
+    if u.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {u.dtype} (fp16, bf16 or fp32 only)"
+    if N > MAX_D_STATE:
+        return f"d_state N = {N} > {MAX_D_STATE}"
+    if u.shape[2] * u.shape[3] > MAX_FWD_SEQ:
+        return f"H * W = {u.shape[2] * u.shape[3]} > {MAX_FWD_SEQ} positions"
+    return None
+
+
+def _fwd_config(D: int, L: int):
+    block_l = _next_pow2(L)
+    budget = 256 if TRITON_INTERPRET else 4096
+    block_d = max(1, min(_next_pow2(D), budget // block_l))
+    num_warps = 4 if block_d * block_l <= 2048 else (8 if block_d * block_l <= 8192 else 16)
+    return block_d, block_l, num_warps
+
+
+def _bwd_config(D: int, L: int):
+    # registers hold ~25 [BLOCK_D, CHUNK] tiles: keep BLOCK_D * CHUNK near 1024 on the GPU
+    if TRITON_INTERPRET:
+        chunk, block_d = min(_next_pow2(L), 8), min(_next_pow2(D), 4)
+    else:
+        chunk = min(_next_pow2(L), 32)
+        block_d = min(_next_pow2(D), 1024 // chunk)
+    return block_d, chunk, 4
+
+
+def _strides(t: Optional[torch.Tensor], n: int):
+    return tuple(t.stride()) if t is not None else (0,) * n
+
+
+def _small_f32(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Parameters (A, D, bias, dt_weight) as contiguous fp32; a dummy pointer when absent."""
+    return like.new_empty(1, dtype=torch.float32) if t is None else t.detach().float().contiguous()
+
+
+def ss2d_fwd(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype) -> torch.Tensor:
+    """Launcher of the forward kernel; out has u's shape and memory layout, in out_dtype."""
+    batch, d_inner, H, W = u.shape
+    N = A.shape[2]
+    lowrank = dt_low is not None
+    R = dt_low.shape[2] if lowrank else 0
+    out = new_output(u, dtype=out_dtype)
+    block_d, block_l, num_warps = _fwd_config(d_inner, H * W)
+    dummy = u.new_empty(1, dtype=torch.float32)
+    grid = (batch, triton.cdiv(d_inner, block_d))
+    fused_ss2d_fwd_kernel[grid](
+        u, delta if delta is not None else dummy, dt_low if lowrank else dummy,
+        _small_f32(dt_weight, u), _small_f32(A, u), B, C, _small_f32(D, u), _small_f32(bias, u), out,
+        *u.stride(), *_strides(delta, 5), *_strides(dt_low, 5), *B.stride(), *C.stride(), *out.stride(),
+        d_inner, H, W, N, R,
+        LOWRANK=lowrank, HAS_D=D is not None, HAS_BIAS=bias is not None, DELTA_SOFTPLUS=softplus,
+        BLOCK_D=block_d, BLOCK_L=block_l, num_warps=num_warps,
+    )
+    return out
+
+
+def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool):
+    """Launcher of the backward kernel. Returns (du, ddelta_or_None, d_dt_low_or_None,
+    d_dt_weight_or_None, dA, dB, dC, dD_or_None, dbias_or_None), each in its input's dtype."""
+    batch, d_inner, H, W = u.shape
+    L = H * W
+    N = A.shape[2]
+    lowrank = dt_low is not None
+    R = dt_low.shape[2] if lowrank else 0
+    block_d, chunk, num_warps = _bwd_config(d_inner, L)
+    n_dblk = triton.cdiv(d_inner, block_d)
+    n_chunks = triton.cdiv(L, chunk)
+    NP, RP = _next_pow2(N), _next_pow2(max(R, 1))
+    f32 = dict(dtype=torch.float32, device=u.device)
+    du = torch.empty(batch, d_inner, L, **f32)
+    if lowrank:
+        ddelta = u.new_empty(1, dtype=torch.float32)
+        d_low_parts = torch.empty(n_dblk, batch, 4, R, L, **f32)
+    else:
+        ddelta = new_output(delta) if is_dense(delta) else torch.empty(delta.shape, dtype=delta.dtype, device=u.device)
+        d_low_parts = u.new_empty(1, dtype=torch.float32)
+    bc_parts = torch.empty(n_dblk, batch, 4, 2, N, L, **f32)
+    a_parts = torch.empty(batch, 4, d_inner, NP, **f32)
+    skip_parts = torch.empty(batch, 4, d_inner, **f32)
+    bias_parts = torch.empty(batch, 4, d_inner, **f32)
+    w_parts = torch.empty(batch, 4, d_inner, RP, **f32) if lowrank else u.new_empty(1, dtype=torch.float32)
+    carries = torch.empty(batch * n_dblk * 4 * n_chunks * block_d * NP, **f32)
+    dummy = u.new_empty(1, dtype=torch.float32)
+    fused_ss2d_bwd_kernel[(batch, n_dblk)](
+        u, delta if delta is not None else dummy, dt_low if lowrank else dummy,
+        _small_f32(dt_weight, u), _small_f32(A, u), B, C, _small_f32(D, u), _small_f32(bias, u), grad_out,
+        du, ddelta, bc_parts, d_low_parts, a_parts, skip_parts, bias_parts, w_parts, carries,
+        *u.stride(), *_strides(delta, 5), *(_strides(ddelta, 5) if not lowrank else (0,) * 5),
+        *_strides(dt_low, 5), *B.stride(), *C.stride(), *grad_out.stride(),
+        batch, d_inner, H, W, N, R, n_dblk, n_chunks,
+        LOWRANK=lowrank, HAS_D=D is not None, HAS_BIAS=bias is not None, DELTA_SOFTPLUS=softplus,
+        BLOCK_D=block_d, CHUNK=chunk, NP=NP, RP=RP, num_warps=num_warps,
+    )
+    # fixed-order sums over channel blocks and images: deterministic
+    bc_parts = bc_parts.view(n_dblk, batch, 4, 2, N, H, W)
+    dB = bc_parts[:, :, :, 0].sum(0).to(B.dtype)  # two sums: two separate tensors, no aliasing
+    dC = bc_parts[:, :, :, 1].sum(0).to(C.dtype)
+    dA = a_parts[..., :N].sum(0).to(A.dtype)
+    dD = skip_parts.sum(0).to(D.dtype) if D is not None else None
+    dbias = bias_parts.sum(0).to(bias.dtype) if bias is not None else None
+    if lowrank:
+        d_low = d_low_parts.sum(0).view(batch, 4, R, H, W).to(dt_low.dtype)
+        d_weight = w_parts[..., :R].sum(0).to(dt_weight.dtype)
+        ddelta = None
+    else:
+        d_low = d_weight = None
+    return du.view(batch, d_inner, H, W).to(u.dtype), ddelta, d_low, d_weight, dA, dB, dC, dD, dbias
+
+
+# ---- torch.library ops: torch.compile traces through them; FLOP counters see one node per scan.
+
+_EMPTY = (0,)
+
+
+def _or_none(t: torch.Tensor) -> Optional[torch.Tensor]:
+    return None if t.numel() == 0 and t.dim() == 1 else t
+
+
+def _or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(_EMPTY) if t is None else t
+
+
+@torch.library.custom_op("svmamba::ss2d_fwd", mutates_args=())
+def _ss2d_fwd_op(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    return ss2d_fwd(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+
+
+@torch.library.custom_op("svmamba::ss2d_lowrank_fwd", mutates_args=())
+def _ss2d_lowrank_fwd_op(
+    u: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+    C: torch.Tensor, D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], delta_softplus: bool,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    return ss2d_fwd(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype)
+
+
+@_ss2d_fwd_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
+    return torch.empty_like(u, dtype=out_dtype)
+
+
+@_ss2d_lowrank_fwd_op.register_fake
+def _(u, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype):
+    return torch.empty_like(u, dtype=out_dtype)
+
+
+@torch.library.custom_op("svmamba::ss2d_bwd", mutates_args=())
+def _ss2d_bwd_op(
+    grad_out: torch.Tensor, u: torch.Tensor, delta: Optional[torch.Tensor], dt_low: Optional[torch.Tensor],
+    dt_weight: Optional[torch.Tensor], A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: Optional[torch.Tensor], bias: Optional[torch.Tensor], delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor, torch.Tensor]:
+    grads = ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus)
+    return tuple(_or_empty(g, u) for g in grads)
+
+
+@_ss2d_bwd_op.register_fake
+def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
+    like = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
+    return tuple(u.new_empty(_EMPTY) if t is None else torch.empty_like(t) for t in like)
+
+
+def _backward(ctx, grad_out):
+    u, delta, dt_low, dt_weight, A, B, C, D, bias = ctx.saved_tensors
+    grads = _ss2d_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, ctx.delta_softplus)
+    du, ddelta, d_low, d_weight, dA, dB, dC, dD, dbias = (_or_none(g) for g in grads)
+    return du, ddelta, d_low, d_weight, dA, dB, dC, dD, dbias
+
+
+def _setup_full(ctx, inputs, output):
+    u, delta, A, B, C, D, bias, softplus, _ = inputs
+    ctx.delta_softplus = softplus
+    ctx.save_for_backward(u, delta, None, None, A, B, C, D, bias)
+
+
+def _setup_lowrank(ctx, inputs, output):
+    u, dt_low, dt_weight, A, B, C, D, bias, softplus, _ = inputs
+    ctx.delta_softplus = softplus
+    ctx.save_for_backward(u, None, dt_low, dt_weight, A, B, C, D, bias)
+
+
+def _backward_full(ctx, grad_out):
+    du, ddelta, _, _, dA, dB, dC, dD, dbias = _backward(ctx, grad_out)
+    return du, ddelta, dA, dB, dC, dD, dbias, None, None
+
+
+def _backward_lowrank(ctx, grad_out):
+    du, _, d_low, d_weight, dA, dB, dC, dD, dbias = _backward(ctx, grad_out)
+    return du, d_low, d_weight, dA, dB, dC, dD, dbias, None, None
+
+
+_ss2d_fwd_op.register_autograd(_backward_full, setup_context=_setup_full)
+_ss2d_lowrank_fwd_op.register_autograd(_backward_lowrank, setup_context=_setup_lowrank)
+
+
+def ss2d_triton(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
+    """Dispatch to the full-delta or low-rank fused op (both differentiable)."""
+    if dt_low is None:
+        return _ss2d_fwd_op(u, delta, A, B, C, D, bias, softplus, out_dtype)
+    return _ss2d_lowrank_fwd_op(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
