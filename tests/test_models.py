@@ -1,0 +1,388 @@
+"""Network definitions in svm_models: registry, forward/backward, spikes, state, parameter counts.
+
+Everything runs on the CPU with backend="torch" at tiny sizes, except the parameter-count tests
+(which only build the published configurations) and the Triton comparison at the end (the
+Triton kernels under the interpreter).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_close_rel
+from torch import nn
+
+import svm_models
+from svm_kernels import MultiStepLIF
+from svm_models import create_model, list_models
+from svm_models.layers import CrossScanSSM, DropPath, set_backend
+
+NUM_CLASSES = 5
+# Tiny versions of every registered model: (img_size, overrides).
+SMALL = {
+    "svmamba_t": (32, dict(dims=8, depths=(1, 1, 1), T=2)),
+    "svmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), T=2, d_state=2)),
+    # 64 px: the last stage must be larger than 1x1, or A (which acts from the 2nd position on) gets no gradient.
+    "vmamba_t": (64, dict(dims=8, depths=(1, 1, 1, 1), drop_path_rate=0.0)),
+    "vmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), d_state=2, drop_path_rate=0.0)),
+    # QKFormer's SSA fires only when Q K^T V * 0.125 reaches 0.5: tiny widths need enough tokens
+    # (stage 3 at 8x8) and wide heads, or the attention LIF stays silent at init.
+    "qkformer_cifar": (32, dict(embed_dim=32, num_heads=1, depths=(1, 1, 1), T=2)),
+    "qkformer_10_384": (128, dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), T=2)),
+    "qkformer_10_512": (128, dict(embed_dim=48, num_heads=3, depths=(1, 1, 1), T=2)),
+    "qkformer_10_768": (128, dict(embed_dim=32, num_heads=2, depths=(1, 0, 1), T=3)),
+}
+SPIKING = ["svmamba_t", "svmamba_cifar", "qkformer_cifar", "qkformer_10_384"]
+
+
+def small_model(name, backend="torch", **extra):
+    img, overrides = SMALL[name]
+    model = create_model(name, num_classes=NUM_CLASSES, img_size=img, backend=backend, **{**overrides, **extra})
+    return model, img
+
+
+def images(batch, img, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, img, img, generator=g)
+
+
+def param_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_registry_lists_every_model():
+    assert list_models() == sorted(SMALL), "every registered model needs a tiny test config in SMALL"
+    assert list_models("qkformer_10_*") == ["qkformer_10_384", "qkformer_10_512", "qkformer_10_768"]
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(ValueError, match="svmamba_t"):
+        create_model("svmamba_huge")
+
+
+def test_unknown_override_is_named():
+    with pytest.raises(TypeError, match="d_stat"):
+        create_model("svmamba_cifar", d_stat=4)
+
+
+def test_overrides_and_img_size_reach_the_model():
+    model = create_model("svmamba_cifar", num_classes=7, img_size=24, dims=16, depths=[1, 1], T=3, d_state=2)
+    assert (model.num_classes, model.img_size, model.T, model.dims, model.depths) == (7, 24, 3, [16, 32], [1, 1])
+    assert model.head.out_features == 7
+    ssm = model.stages[0].block0.mixer.ssm
+    assert (ssm.d_state, ssm.dt_rank) == (2, 1)
+    assert create_model("vmamba_cifar").img_size == 32 and create_model("svmamba_t").img_size == 224
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(shortcut="resnet"), "shortcut"),
+    (dict(T=0), "T"),
+    (dict(patch_size=3), "patch_size"),
+    (dict(dims=[8, 16]), "dims"),
+])
+def test_bad_svmamba_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model("svmamba_cifar", **kwargs)
+
+
+def test_qkformer_heads_must_divide_widths():
+    with pytest.raises(ValueError, match="num_heads"):
+        create_model("qkformer_cifar", embed_dim=64, num_heads=3)
+
+
+def test_model_attributes():
+    for name in list_models():
+        model, _ = small_model(name)
+        assert model.spiking == name.startswith(("svmamba", "qkformer")), name
+        assert model.T == (1 if name.startswith("vmamba") else SMALL[name][1]["T"]), name
+        first = model.first_conv
+        assert isinstance(first, nn.Conv2d) and first.in_channels == 3, name
+        assert any(first is m for m in model.modules())
+
+
+# --------------------------------------------------------------------------------------------
+# Forward and backward
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_forward_backward_reaches_every_parameter(name):
+    model, img = small_model(name)
+    model.train()
+    x = images(3, img)
+    logits = model(x)
+    assert logits.shape == (3, NUM_CLASSES)
+    loss = F.cross_entropy(logits, torch.tensor([0, 1, 2]))
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name}: {pname} has an all-zero gradient"
+
+
+def test_svmamba_sew_forward_backward():
+    model, img = small_model("svmamba_cifar", shortcut="sew")
+    logits = model(images(2, img))
+    assert logits.shape == (2, NUM_CLASSES)
+    logits.logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_vmamba_half_precision_autocast():
+    """Under bf16 autocast the scan gets bf16 u/B/C/dt_low and returns fp32 (VMamba's oflex)."""
+    model, img = small_model("vmamba_cifar")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images(2, img))
+    assert torch.isfinite(logits).all() and logits.shape == (2, NUM_CLASSES)
+
+
+# --------------------------------------------------------------------------------------------
+# Spikes
+
+
+def record_lif_outputs(model):
+    outputs = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: outputs.append((mod, out.detach())))
+             for m in model.modules() if isinstance(m, MultiStepLIF)]
+    return outputs, hooks
+
+
+@pytest.mark.parametrize("name,extra", [(n, {}) for n in SPIKING] + [("svmamba_cifar", dict(shortcut="sew"))])
+def test_every_lif_output_is_binary(name, extra):
+    model, img = small_model(name, **extra)
+    outputs, hooks = record_lif_outputs(model)
+    model(images(2, img))
+    for h in hooks:
+        h.remove()
+    lifs = [m for m in model.modules() if isinstance(m, MultiStepLIF)]
+    assert len(lifs) > 5
+    assert {id(m) for m, _ in outputs} == {id(m) for m in lifs}, "some LIF never ran"
+    assert len(outputs) == len(lifs), "a LIF ran more than once per forward"
+    for mod, out in outputs:
+        assert out.shape[0] == model.T, "LIFs must integrate over T (time first)"
+        assert ((out == 0) | (out == 1)).all(), f"non-binary output from {mod}"
+    rate = sum(out.sum() for _, out in outputs) / sum(out.numel() for _, out in outputs)
+    assert 0 < rate < 1, f"firing rate {rate}"
+
+
+def inputs_of_weight_layers(model):
+    """(module name, input) of every Conv2d / Linear, and the scan input u of every SS2D core."""
+    names = {m: n for n, m in model.named_modules()}
+    seen = []
+    kinds = (nn.Conv2d, nn.Linear, CrossScanSSM)
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.append((names[mod], inp[0].detach())))
+             for m in model.modules() if isinstance(m, kinds)]
+    return seen, hooks
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("svmamba_cifar", {}), ("svmamba_cifar", dict(shortcut="sew")), ("qkformer_cifar", {}), ("qkformer_10_384", {}),
+])
+def test_only_the_first_conv_sees_real_values(name, extra):
+    """Spike-driven: every weight layer but the stem's first conv gets spikes (sew: spike counts).
+
+    The head is the exception of a different kind: it reads the mean over T and space of
+    spikes, which equals the mean of the per-step linear maps of binary inputs.
+    """
+    model, img = small_model(name, **extra)
+    seen, hooks = inputs_of_weight_layers(model)
+    model(images(2, img))
+    for h in hooks:
+        h.remove()
+    first = model.first_conv
+    first_name = [n for n, m in model.named_modules() if m is first][0]
+    binary_stream = name.startswith("svmamba") and extra.get("shortcut", "membrane") == "membrane"
+    checked = 0
+    for lname, inp in seen:
+        if lname in (first_name, "head"):
+            continue
+        checked += 1
+        if binary_stream:
+            assert ((inp == 0) | (inp == 1)).all(), f"{lname} receives non-spikes"
+        else:  # SEW: sums of spikes, non-negative integers
+            assert (inp >= 0).all() and (inp == inp.round()).all(), f"{lname} receives non-spike-counts"
+    assert checked > 10
+
+
+# --------------------------------------------------------------------------------------------
+# No leaked state; batch independence
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_same_input_twice_gives_identical_logits(name):
+    model, img = small_model(name)
+    x = images(2, img)
+    model.train()  # BN batch statistics; LIFs must still restart from v = 0
+    assert torch.equal(model(x), model(x))
+    model.eval()
+    first = model(x)
+    model(images(2, img, seed=7))  # a different batch in between must not matter either
+    assert torch.equal(model(x), first)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_batch_of_one_matches_row_of_batch(name):
+    """In eval mode every sample is computed on its own (fp64 so that no spike sits on a rounding edge)."""
+    model, img = small_model(name)
+    model = model.double().eval()
+    x = images(3, img).double()
+    with torch.no_grad():
+        batch = model(x)
+        for i in range(3):
+            single = model(x[i:i + 1])
+            torch.testing.assert_close(single[0], batch[i], rtol=1e-9, atol=1e-9)
+
+
+def test_batch_of_one_matches_row_of_batch_fp32():
+    model, img = small_model("svmamba_cifar")
+    model.eval()
+    x = images(4, img)
+    with torch.no_grad():
+        batch = model(x)
+        singles = torch.cat([model(x[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(singles, batch, rtol=1e-5, atol=1e-5)
+
+
+def test_drop_path():
+    dp = DropPath(0.5).train()
+    x = torch.ones(64, 3, 2, 2)
+    y = dp(x)
+    per_sample = y.flatten(1)
+    assert ((per_sample == 0).all(1) | (per_sample == 2).all(1)).all()
+    assert 0 < (per_sample[:, 0] == 0).sum() < 64
+    assert torch.equal(dp.eval()(x), x)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter counts of the published configurations
+
+
+PUBLISHED = [
+    ("vmamba_t", 1000, 30_249_064),  # VMamba-T[s1l8], VMamba v2
+    ("qkformer_cifar", 100, 6_740_884),  # HST-4-384, CIFAR-100
+    ("qkformer_cifar", 10, 6_706_234),  # HST-4-384, CIFAR-10
+    ("qkformer_10_384", 1000, 16_473_688),
+    ("qkformer_10_512", 1000, 29_079_336),
+    ("qkformer_10_768", 1000, 64_962_760),
+]
+
+
+@pytest.mark.parametrize("name,classes,expected", PUBLISHED)
+def test_published_parameter_counts(name, classes, expected):
+    assert param_count(create_model(name, num_classes=classes)) == expected
+
+
+def svmamba_param_formula(C, depths, classes, d_state=1, mlp_ratio=4, ssm_ratio=1):
+    """SVMamba's parameter count from its definition (independent of the module code)."""
+    dims = [C * 2 ** i for i in range(len(depths))]
+    total = 27 * (C // 2) + C + 9 * (C // 2) * C + 2 * C  # stem: conv, BN, conv, BN
+    for i, (d, depth) in enumerate(zip(dims, depths)):
+        if i:
+            total += 9 * dims[i - 1] * d + 2 * d  # downsample conv + BN
+        Di, R, N, h = int(ssm_ratio * d), math.ceil(d / 16), d_state, int(mlp_ratio * d)
+        mixer = (d * 2 * Di + 4 * Di) + (9 * Di + 2 * Di)  # in_proj (+gate) + BN, dwconv + BN
+        mixer += 4 * (R + 2 * N) * Di + 4 * Di * R + 4 * Di + 4 * Di * N + 4 * Di  # x_proj, dt w/b, A, D
+        mixer += 2 * Di + Di * d + 2 * d  # y_norm, out_proj + BN
+        mlp = d * h + 2 * h + h * d + 2 * d
+        total += depth * (mixer + mlp)
+    return total + dims[-1] * classes + classes
+
+
+@pytest.mark.parametrize("name", ["svmamba_t", "svmamba_cifar"])
+def test_svmamba_parameter_count(name, capsys):
+    model = create_model(name, num_classes=1000)
+    n = param_count(model)
+    assert n == svmamba_param_formula(96, [1, 2, 4], 1000)
+    small = create_model(name, num_classes=10, dims=32, depths=[2, 1], d_state=4, mlp_ratio=2)
+    assert param_count(small) == svmamba_param_formula(32, [2, 1], 10, d_state=4, mlp_ratio=2)
+    with capsys.disabled():
+        print(f"\n{name}: {n:,} parameters at 1000 classes")
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation
+
+
+def test_ssm_init_follows_vmamba():
+    torch.manual_seed(0)
+    ssm = CrossScanSSM(d_inner=64, d_state=4, dt_rank=4)
+    dt = F.softplus(ssm.dt_projs_bias)
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
+    assert dt.max() > 0.05 and dt.min() < 2e-3  # log-uniform over [1e-3, 0.1]
+    assert ssm.dt_projs_weight.abs().max() <= 4 ** -0.5
+    assert torch.equal(ssm.A_logs, torch.log(torch.arange(1.0, 5.0)).repeat(4 * 64, 1))
+    assert torch.equal(ssm.Ds, torch.ones(4 * 64))
+    assert ssm.x_proj_weight.shape == (4, 4 + 8, 64) and ssm.x_proj_weight.abs().max() <= 64 ** -0.5
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+
+
+@pytest.mark.parametrize("name", ["svmamba_cifar", "vmamba_cifar", "qkformer_cifar"])
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+def test_backend_reaches_every_lif_and_scan(name, backend):
+    model, _ = small_model(name, backend=backend)
+    kernels = [m for m in model.modules() if isinstance(m, (MultiStepLIF, CrossScanSSM))]
+    assert kernels and all(m.backend == backend for m in kernels)
+    set_backend(model, "torch")
+    assert all(m.backend == "torch" for m in kernels) and model.backend == "torch"
+
+
+def test_auto_backend_runs_torch_on_cpu():
+    model, img = small_model("svmamba_cifar", backend="auto")
+    reference, _ = small_model("svmamba_cifar", backend="torch")
+    reference.load_state_dict(model.state_dict())
+    x = images(2, img)
+    assert torch.equal(model(x), reference(x))
+
+
+def run_fwd_bwd(model, x):
+    model.zero_grad()
+    logits = model(x)
+    (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def compare_backends(triton_model, torch_model, x):
+    lt, gt = run_fwd_bwd(triton_model, x)
+    lr, gr = run_fwd_bwd(torch_model, x)
+    assert_close_rel(lt, lr, 1e-4, "logits")
+    for n in gr:
+        assert_close_rel(gt[n], gr[n], 1e-3, n)
+
+
+TINY_TRITON = dict(num_classes=4, img_size=8, dims=8, depths=(1, 1), T=2, d_state=2)
+
+
+def test_svmamba_triton_lif_matches_torch():
+    """The Triton LIF kernels (interpreter) inside a small SVMamba, scans on the torch backend."""
+    torch.manual_seed(0)
+    model = create_model("svmamba_cifar", backend="triton", **TINY_TRITON)
+    for m in model.modules():
+        if isinstance(m, CrossScanSSM):
+            m.backend = "torch"
+    reference = create_model("svmamba_cifar", backend="torch", **TINY_TRITON)
+    reference.load_state_dict(model.state_dict())
+    compare_backends(model, reference, images(2, 8))
+
+
+def test_svmamba_triton_matches_torch():
+    """The whole small SVMamba on the Triton kernels (LIF and fused scan) against the torch backend.
+
+    Needs svm_kernels' Triton SS2D scan (svm_kernels/ss2d/fused.py).
+    """
+    torch.manual_seed(0)
+    model = create_model("svmamba_cifar", backend="triton", **TINY_TRITON)
+    reference = create_model("svmamba_cifar", backend="torch", **TINY_TRITON)
+    reference.load_state_dict(model.state_dict())
+    compare_backends(model, reference, images(2, 8))
+
+
+def test_package_exports():
+    assert set(svm_models.__all__) == {"create_model", "list_models", "register_model"}
