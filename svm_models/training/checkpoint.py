@@ -1,0 +1,121 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), flexible weight files.
+
+A training checkpoint is a dict ``{model, optimizer, scheduler, epoch, best_acc, config, ...}``.
+Weight files given as ``pretrained`` / ``checkpoint`` may also be a bare state_dict or a dict
+holding it under ``model`` or ``state_dict``; a ``module.`` prefix (DDP) is stripped.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from .config import ConfigError
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any point leaves either the old file or the new one, never a torn file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_file(path: str, what: str = "checkpoint") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, disallowed globals
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load {what} {path}: {first}") from None
+
+
+def extract_state_dict(obj: Any, path: str = "") -> Dict[str, torch.Tensor]:
+    """The model weights in a loaded file: a bare state_dict, or under ``model`` / ``state_dict``."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"{path or 'checkpoint'} holds no state_dict (expected a dict of tensors, "
+                          "or a dict with a 'model' or 'state_dict' entry)")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: nn.Module, path: str, strict: bool = True, what: str = "checkpoint") -> Tuple[List[str], List[str]]:
+    """Load the weights in ``path`` into ``model``.
+
+    ``strict=True`` (evaluation): every key must match in name and shape, else ConfigError.
+    ``strict=False`` (pretrained start): tensors whose shape differs (e.g. a classifier head for
+    another number of classes) and keys the model lacks are skipped. Returns (skipped, missing).
+    """
+    state = extract_state_dict(load_file(path, what), path)
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state]
+    if strict:
+        problems = []
+        if mismatched:
+            k = mismatched[0]
+            problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {k}: file {tuple(state[k].shape)} "
+                            f"vs model {tuple(own[k].shape)}")
+        if missing:
+            problems.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        if problems:
+            raise ConfigError(f"{what} {path} does not fit the model: {'; '.join(problems)}")
+        model.load_state_dict(state)
+        return [], []
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not keep:
+        raise ConfigError(f"{what} {path} shares no weights with the model")
+    model.load_state_dict(keep, strict=False)
+    return sorted(mismatched + unexpected), missing

@@ -1,0 +1,110 @@
+"""Test-time evaluation (test.py, and the end of train.py): top-1/top-5 on the test split, then the
+energy accounting report (params, MACs, SOPs, energy per image, per-layer firing rates), printed
+as a table and written as JSON and PNG next to the checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from . import distributed as dist_utils
+from .checkpoint import atomic_write_text, extract_state_dict, load_file
+from .config import ConfigError, require_file, run_dir
+from .engine import build_model, build_split, eval_loader, evaluate
+
+ACCOUNTING_IMAGES = 64  # images the accounting pass averages firing rates over
+
+
+def default_checkpoint(cfg: Dict[str, Any]) -> str:
+    return os.path.join(run_dir(cfg), "best.pt")
+
+
+def load_trained_model(cfg: Dict[str, Any], checkpoint: Optional[str] = None,
+                       device: torch.device = torch.device("cpu")):
+    """Build the config's model and load trained weights (strictly).
+
+    Weights: ``checkpoint`` if given, else the config's ``checkpoint``, else
+    ``output_dir/task_name/best.pt``. Returns (model in eval mode, path, metadata dict).
+    The metadata holds ``classes`` / ``num_classes`` when the file is a checkpoint of train.py.
+    """
+    path = checkpoint or cfg["checkpoint"] or default_checkpoint(cfg)
+    require_file(path, "checkpoint" if (checkpoint or cfg["checkpoint"]) else
+                 "checkpoint (no 'checkpoint' in the config, so the run's best.pt; train first)")
+    obj = load_file(path, "checkpoint")
+    state = extract_state_dict(obj, path)
+    meta = obj if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) else {}
+    num_classes = meta.get("num_classes")
+    if num_classes is None:  # a bare state_dict: the dataset decides, or the classifier's shape
+        from .. import data as D
+
+        try:
+            num_classes = D.num_classes(cfg["dataset"], cfg["root_path"])
+        except D.DataError:
+            heads = [v for k, v in state.items() if k.endswith("head.weight")]
+            if not heads:
+                raise
+            num_classes = heads[-1].shape[0]
+    model = build_model(cfg, int(num_classes))
+    from .checkpoint import load_weights
+
+    load_weights(model, path, strict=True)
+    return model.to(device).eval(), path, meta
+
+
+def _first_images(loader, n: int) -> torch.Tensor:
+    batches, got = [], 0
+    for images, _ in loader:
+        batches.append(images)
+        got += images.shape[0]
+        if got >= n:
+            break
+    return torch.cat(batches)[:n]
+
+
+def accounting_report(model: nn.Module, images: torch.Tensor):
+    """``svm_models.accounting.profile`` on a batch of test images."""
+    from .. import accounting
+
+    return accounting.profile(model, images)
+
+
+def run_test(cfg: Dict[str, Any], model: nn.Module, checkpoint_path: str,
+             info: Optional[dist_utils.DistInfo] = None, out_dir: Optional[str] = None,
+             num_classes: Optional[int] = None, prefix: str = "test") -> Dict[str, Any]:
+    """Top-1/top-5 on the test split and the accounting report.
+
+    Writes ``<out_dir>/<prefix>_report.json`` (accuracy + accounting) and
+    ``<out_dir>/<prefix>_report.png``; prints the accuracy and the report table. Returns the dict
+    that went into the JSON.
+    """
+    info = info or dist_utils.DistInfo(device=next(model.parameters()).device)
+    out_dir = out_dir or run_dir(cfg)
+    ds = build_split(cfg, "test", augment=False)
+    num_classes = num_classes or getattr(model, "num_classes", None) or len(getattr(ds, "classes", []))
+    loader = eval_loader(ds, cfg, info)
+    acc = evaluate(model, loader, cfg, info, num_classes)
+    result: Dict[str, Any] = {
+        "task_name": cfg["task_name"], "model": cfg["model"], "dataset": cfg["dataset"],
+        "checkpoint": checkpoint_path, "test_images": acc["n"],
+        "top1": round(acc["val_top1"], 4), "top5": round(acc["val_top5"], 4), "loss": round(acc["val_loss"], 6),
+    }
+    print(f"{cfg['task_name']}: {cfg['model']} on {cfg['dataset']} test split ({acc['n']} images): "
+          f"top-1 {acc['val_top1']:.2f}%  top-5 {acc['val_top5']:.2f}%", flush=True)
+
+    images = _first_images(eval_loader(ds, dict(cfg, batch_size=ACCOUNTING_IMAGES, workers=0),
+                                       dist_utils.DistInfo()), ACCOUNTING_IMAGES).to(info.device)
+    report = accounting_report(model, images)
+    print(report.to_markdown(), flush=True)
+    result["accounting"] = json.loads(report.to_json())
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"{prefix}_report.json")
+    png_path = os.path.join(out_dir, f"{prefix}_report.png")
+    atomic_write_text(json.dumps(result, indent=2) + "\n", json_path)
+    report.plot(png_path)
+    print(f"wrote {json_path} and {png_path}", flush=True)
+    result["json_path"], result["png_path"] = json_path, png_path
+    return result

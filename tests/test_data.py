@@ -1,0 +1,177 @@
+"""Dataset builders on scikit-learn's digits and on small fabricated datasets in the real formats."""
+import collections
+import os
+
+import numpy as np
+import pytest
+import torch
+from test_training_fixtures import make_cifar10, make_cifar100, make_mini_imagenet, save_digit_png
+
+from svm_models import data as D
+from svm_models.data import transforms as T
+
+
+# ----------------------------------------------------------------------------------------------
+# digits
+# ----------------------------------------------------------------------------------------------
+def test_digits_split_is_fixed_stratified_and_disjoint():
+    from sklearn.datasets import load_digits
+
+    tr = D.build_dataset("digits", "train", img_size=16, augment=False)
+    te = D.build_dataset("digits", "test", img_size=16)
+    assert (len(tr), len(te)) == (1437, 360)
+    assert tr.classes == [str(i) for i in range(10)]
+    counts = collections.Counter(te.targets)
+    assert set(counts) == set(range(10)) and min(counts.values()) >= 35 and max(counts.values()) <= 37
+    # the same split every time, and no test image appears in train
+    again = D.build_dataset("digits", "test", img_size=16)
+    assert torch.equal(again.images, te.images) and again.targets == te.targets
+    flat_tr = {tuple(x[0].flatten().tolist()) for x in tr.images}
+    overlap = sum(tuple(x[0].flatten().tolist()) in flat_tr for x in te.images)
+    # a handful of digits are exact duplicates in the dataset itself; the split is by index
+    assert overlap <= 3
+    x, y = te[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and isinstance(y, int)
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # gray in 3 channels
+    # normalised with the dataset's statistics (measured at the native 8x8)
+    native = D.build_dataset("digits", "train", img_size=8, augment=False).images
+    assert abs(native.mean().item()) < 0.05 and abs(native.std().item() - 1.0) < 0.05
+    assert len(load_digits().target) == len(tr) + len(te)
+
+
+def test_digits_upscaling_keeps_the_8x8_content():
+    te = D.build_dataset("digits", "test", img_size=8)
+    te32 = D.build_dataset("digits", "test", img_size=32)
+    down = torch.nn.functional.avg_pool2d(te32.images, 4).flatten()  # back to 8x8 by area
+    corr = torch.corrcoef(torch.stack([down, te.images.flatten()]))[0, 1]
+    assert corr > 0.95  # the bilinear x4 upscaling only smooths
+    assert te32.images.shape == (360, 3, 32, 32)
+
+
+def test_digits_train_augmentation_is_random_but_shape_preserving():
+    tr = D.build_dataset("digits", "train", img_size=16, augment=True)
+    torch.manual_seed(0)
+    a = tr[3][0]
+    torch.manual_seed(1)
+    b = tr[3][0]
+    assert a.shape == b.shape == (3, 16, 16) and not torch.equal(a, b)
+    plain = D.build_dataset("digits", "train", img_size=16, augment=False)
+    assert torch.equal(plain[3][0], plain[3][0])
+
+
+def test_digit_image_transform_matches_the_dataset(tmp_path):
+    """A digit saved as an image and read back (predict.py's path) equals the training tensor."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    te = D.build_dataset("digits", "test", img_size=16)
+    # find test sample 0 among the raw digits (same pixels)
+    raw = torch.from_numpy(d.images).float() / 16.0
+    target = T.upscale_digits(raw, 16)
+    idx = int(((target - te.images[0]) ** 2).flatten(1).sum(1).argmin())
+    path = tmp_path / "digit.png"
+    save_digit_png(path, d.images[idx])
+    x = D.image_transform("digits", 16)(Image.open(path))
+    assert x.shape == (3, 16, 16)
+    assert torch.allclose(x, te.images[0], atol=0.02)  # 8-bit quantisation only
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR
+# ----------------------------------------------------------------------------------------------
+def test_cifar10_loads_the_pickle_batches(tmp_path):
+    written = make_cifar10(tmp_path)
+    tr = D.build_dataset("cifar10", "train", root=str(tmp_path), augment=False)
+    te = D.build_dataset("cifar10", "test", root=str(tmp_path))
+    assert (len(tr), len(te)) == (30, 5)
+    assert tr.classes[0] == "airplane" and len(tr.classes) == 10
+    # the first train image is data_batch_1's first row, CHW planes -> HWC
+    expect = written["data_batch_1"][0].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(tr.data[0], expect)
+    x, y = te[2]
+    assert x.shape == (3, 32, 32) and y == 2
+    mean = torch.tensor(T.CIFAR10_MEAN)[:, None, None]
+    std = torch.tensor(T.CIFAR10_STD)[:, None, None]
+    raw = torch.from_numpy(written["test_batch"][2].reshape(3, 32, 32)).float() / 255
+    assert torch.allclose(x, (raw - mean) / std, atol=1e-5)
+    assert D.dataset_classes("cifar10", str(tmp_path)) == tr.classes
+
+
+def test_cifar_train_transform_applies_the_paper_augmentation(tmp_path):
+    make_cifar10(tmp_path)
+    aug = D.build_dataset("cifar10", "train", root=str(tmp_path), augment=True)
+    plain = D.build_dataset("cifar10", "train", root=str(tmp_path), augment=False)
+    names = [type(t).__name__ for t in aug.transform.transforms]
+    assert {"RandomHorizontalFlip", "RandAugment", "RandomErasing", "Normalize"} <= set(names)
+    torch.manual_seed(0)
+    differs = sum(not torch.equal(aug[i][0], plain[i][0]) for i in range(10))
+    assert differs >= 5
+    up = D.build_dataset("cifar10", "test", root=str(tmp_path), img_size=48)
+    assert up[0][0].shape == (3, 48, 48)
+
+
+def test_cifar100_fine_labels_and_meta(tmp_path):
+    written = make_cifar100(tmp_path)
+    tr = D.build_dataset("cifar100", "train", root=str(tmp_path))
+    te = D.build_dataset("cifar100", "test", root=str(tmp_path))
+    assert (len(tr), len(te)) == (8, 4)
+    assert tr.targets == [(7 * i + 1) % 100 for i in range(8)]
+    assert tr.classes[5] == "fine_05" and len(tr.classes) == 100
+    assert np.array_equal(te.data[1], written["test"][1].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert D.dataset_classes("cifar100", str(tmp_path))[99] == "fine_99"
+    # "val" is the test split for datasets without a validation split
+    assert len(D.build_dataset("cifar100", "val", root=str(tmp_path))) == 4
+
+
+def test_cifar_missing_folder_or_file_names_the_layout(tmp_path):
+    with pytest.raises(D.DataError, match=r"cifar-10-batches-py.*expected layout: <root>/cifar-10/cifar-10-batches-py"):
+        D.build_dataset("cifar10", "train", root=str(tmp_path))
+    make_cifar100(tmp_path)
+    os.remove(tmp_path / "cifar-100" / "cifar-100-python" / "meta")
+    with pytest.raises(D.DataError, match=r"missing meta .*cifar-100-python"):
+        D.build_dataset("cifar100", "test", root=str(tmp_path))
+
+
+def test_cifar_corrupt_batch_is_a_data_error(tmp_path):
+    make_cifar10(tmp_path)
+    (tmp_path / "cifar-10" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(D.DataError, match="could not be read"):
+        D.build_dataset("cifar10", "train", root=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Mini-ImageNet
+# ----------------------------------------------------------------------------------------------
+def test_mini_imagenet_jpeg_folders(tmp_path):
+    make_mini_imagenet(tmp_path)
+    tr = D.build_dataset("mini_imagenet", "train", root=str(tmp_path), img_size=32)
+    va = D.build_dataset("mini_imagenet", "val", root=str(tmp_path), img_size=32)
+    te = D.build_dataset("mini_imagenet", "test", root=str(tmp_path), img_size=32)
+    assert len(tr) == len(va) == len(te) == 6
+    assert tr.classes == ["n01532829", "n01558993", "n01704323"]
+    torch.manual_seed(0)
+    x, y = tr[5]
+    assert x.shape == (3, 32, 32) and y == 2
+    # eval: resize to 32/0.875 then center-crop 32, deterministic
+    assert torch.equal(te[0][0], te[0][0]) and te[0][0].shape == (3, 32, 32)
+    assert D.num_classes("mini_imagenet", str(tmp_path)) == 3
+    assert D.dataset_classes("mini_imagenet", str(tmp_path)) == tr.classes
+
+
+def test_mini_imagenet_missing_or_mismatched_splits(tmp_path):
+    with pytest.raises(D.DataError, match=r"Mini-ImageNet-Dataset/train.*expected layout"):
+        D.build_dataset("mini_imagenet", "train", root=str(tmp_path))
+    make_mini_imagenet(tmp_path, splits=("train", "test"))
+    with pytest.raises(D.DataError, match=r"no folder .*Mini-ImageNet-Dataset/val"):
+        D.build_dataset("mini_imagenet", "val", root=str(tmp_path))
+    make_mini_imagenet(tmp_path, classes=("n09999999",), splits=("val",))
+    with pytest.raises(D.DataError, match="differ from those of train"):
+        D.build_dataset("mini_imagenet", "val", root=str(tmp_path))
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(D.DataError, match="unknown dataset 'imagenet'"):
+        D.build_dataset("imagenet", "train")
+    with pytest.raises(D.DataError, match="unknown split 'dev'"):
+        D.build_dataset("digits", "dev")
