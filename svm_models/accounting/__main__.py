@@ -1,0 +1,124 @@
+"""``python -m svm_models.accounting --model vmamba_t --img-size 224``: params, MACs, SOPs, energy.
+
+The model is freshly built (random weights) and fed random N(0, 1) images. That is all an ANN
+needs (its energy is E_MAC x MACs). For a spiking model the firing rates, hence SOPs and energy,
+come from those random weights and inputs, and the output says so; ``--calibrate-bn N`` first
+sets the BatchNorm statistics from N random batches, so that the layers see normalised inputs
+as in a trained network (the weights stay random).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+import torch
+
+from .calibrate import calibrate_batchnorm
+from .energy import ALIASES, PRESETS
+from .profiler import profile
+
+
+def _parse_override(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    import yaml
+
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m svm_models.accounting",
+        description="Params, MACs (fvcore, 1 MAC = 1 FLOP), SOPs and energy per image of a registered model, "
+                    "on random input with random weights.",
+    )
+    p.add_argument("--model", help="registered model name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the registered models and exit")
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
+                   metavar="KEY=VALUE", help="constructor override, e.g. --set T=2 --set backend=torch (repeatable)")
+    p.add_argument("--batch", type=int, default=1, help="random images in the firing-rate pass (spiking models)")
+    p.add_argument("--calibrate-bn", type=int, default=0, metavar="N",
+                   help="set BatchNorm statistics from N random batches first (spiking models)")
+    p.add_argument("--energy", default="45nm_fp32", choices=sorted(set(PRESETS) | set(ALIASES)))
+    p.add_argument("--first-layer-once", action="store_true", help="cost the first layer once, not T times")
+    p.add_argument("--count-batchnorm", action="store_true", help="count BatchNorm ops (default: folded, 0)")
+    p.add_argument("--integer-as", choices=("ac", "mac"), default="ac")
+    p.add_argument("--head-as", choices=("mac", "auto"), default="mac")
+    p.add_argument("--markdown", action="store_true", help="print the full Markdown report (stages)")
+    p.add_argument("--layers", action="store_true", help="with --markdown, include the per-layer table")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--png", metavar="PATH", help="write the energy-per-stage bar chart")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import svm_models
+
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print("\n".join(svm_models.list_models()))
+        return 0
+    if not args.model:
+        print("error: --model is required (see --list)", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    model = svm_models.create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
+                                    **dict(args.overrides))
+    model = model.to(args.device)
+    size = args.img_size or getattr(model, "img_size", None)
+    if size is None:
+        print("error: the model has no default img_size; pass --img-size", file=sys.stderr)
+        return 2
+    gen = torch.Generator().manual_seed(args.seed)
+    images = torch.randn(args.batch, 3, size, size, generator=gen).to(args.device)
+    spiking = bool(getattr(model, "spiking", True))
+    calibrated = calibrate_batchnorm(model, images, args.calibrate_bn) if spiking else 0
+    report = profile(
+        model, images, name=args.model, energy=args.energy, first_layer_T=not args.first_layer_once,
+        count_batchnorm=args.count_batchnorm, integer_as=args.integer_as, head_as=args.head_as,
+    )
+    if spiking:
+        report.rates_from = f"random weights, {args.batch} random N(0,1) image(s)" + (
+            f", BatchNorm statistics from {args.calibrate_bn} random batches" if calibrated else "")
+        report.notes.insert(0, "the firing rates come from random weights and random inputs (an untrained model): "
+                               "SOPs and energy illustrate the accounting, they are not the trained model's")
+    em = report.energy_model
+    print(f"{args.model} at {size} px, {args.num_classes} classes"
+          + (f", T = {report.T}" if spiking else " (ANN)"))
+    print(f"  params           {report.params:,}")
+    print(f"  MACs             {report.macs / 1e9:.9f} G per image (fvcore, 1 MAC = 1 FLOP"
+          + (", all time steps)" if spiking else ")"))
+    if spiking:
+        print(f"  MACs per step    {report.macs / report.T / 1e9:.9f} G")
+        print(f"  costed as MAC    {report.mac_ops / 1e9:.6f} G")
+        print(f"  SOPs             {report.sops / 1e9:.6f} G")
+        rate = "-" if report.mean_firing_rate is None else f"{report.mean_firing_rate:.4f}"
+        print(f"  mean firing rate {rate}")
+        print(f"  neuron updates   {report.neuron_updates / 1e9:.6f} G")
+    print(f"  energy           {report.energy_mj:.4f} mJ per image "
+          f"(E_MAC {em.e_mac_pj} pJ x MACs + E_AC {em.e_ac_pj} pJ x SOPs, {em.name})")
+    if report.unsupported_ops:
+        print("  uncounted ops    " + ", ".join(f"{k} x{v}" for k, v in report.unsupported_ops.items()))
+    if spiking:
+        print(f"Note: {report.notes[0]}.")
+    if args.markdown:
+        print()
+        print(report.to_markdown(layers=args.layers), end="")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(report.to_json() + "\n")
+        print(f"wrote {args.json}")
+    if args.png:
+        report.plot(args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
