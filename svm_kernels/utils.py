@@ -112,12 +112,18 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 POISON_OUTPUTS = False
 
 
+def _poisoned(out: torch.Tensor) -> torch.Tensor:
+    return out.fill_(float("nan")) if POISON_OUTPUTS and out.is_floating_point() else out
+
+
 def new_output(like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``empty_like`` (strides kept for dense tensors), NaN-filled when POISON_OUTPUTS is on."""
-    out = torch.empty_like(like, dtype=dtype)
-    if POISON_OUTPUTS:
-        out.fill_(float("nan"))
-    return out
+    return _poisoned(torch.empty_like(like, dtype=dtype))
+
+
+def new_buffer(*shape: int, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A contiguous buffer a kernel fills, NaN-filled when POISON_OUTPUTS is on."""
+    return _poisoned(torch.empty(shape, dtype=dtype, device=device))
 
 
 class OpaqueTorchOp(torch.autograd.Function):

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from ..utils import HAS_TRITON, TRITON_INTERPRET, is_dense, new_output
+from ..utils import HAS_TRITON, TRITON_INTERPRET, is_dense, new_buffer, new_output
 from .common import MAX_D_STATE
 
 # Largest sequence the forward keeps whole in registers (a 128 x 128 feature map).
@@ -398,21 +398,28 @@ def triton_supports(u: torch.Tensor, N: int) -> Optional[str]:
 
 
 def _fwd_config(D: int, L: int):
+    """(BLOCK_D, BLOCK_L, num_warps): the whole sequence of BLOCK_D channels per program.
+
+    About 15 [BLOCK_D, BLOCK_L] fp32 tiles are live: with 8 elements per thread they fit in
+    registers (bench/compile_check.py reports registers and spills per shape for sm_90).
+    """
     block_l = _next_pow2(L)
-    budget = 256 if TRITON_INTERPRET else 4096
+    budget = 256 if TRITON_INTERPRET else 2048
     block_d = max(1, min(_next_pow2(D), budget // block_l))
-    num_warps = 4 if block_d * block_l <= 2048 else (8 if block_d * block_l <= 8192 else 16)
+    num_warps = max(4, min(16, block_d * block_l // 256))
     return block_d, block_l, num_warps
 
 
-def _bwd_config(D: int, L: int):
-    # registers hold ~25 [BLOCK_D, CHUNK] tiles: keep BLOCK_D * CHUNK near 1024 on the GPU
+def _bwd_config(D: int, L: int, N: int):
+    """(BLOCK_D, CHUNK, num_warps): ~30 [BLOCK_D, CHUNK] tiles plus four [BLOCK_D, N] carries live.
+
+    Tiles of 1024 elements over 8 warps (4 per thread) compile without spills for N <= 4; the
+    carries of N = 16 need half the channels. Under the interpreter: small tiles, several chunks.
+    """
     if TRITON_INTERPRET:
-        chunk, block_d = min(_next_pow2(L), 8), min(_next_pow2(D), 4)
-    else:
-        chunk = min(_next_pow2(L), 32)
-        block_d = min(_next_pow2(D), 1024 // chunk)
-    return block_d, chunk, 4
+        return min(_next_pow2(D), 4), min(_next_pow2(L), 8), 4
+    block_d = min(_next_pow2(D), 32 if N <= 4 else 16)
+    return block_d, min(_next_pow2(L), 32), 8
 
 
 def _strides(t: Optional[torch.Tensor], n: int):
@@ -453,24 +460,25 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     N = A.shape[2]
     lowrank = dt_low is not None
     R = dt_low.shape[2] if lowrank else 0
-    block_d, chunk, num_warps = _bwd_config(d_inner, L)
+    block_d, chunk, num_warps = _bwd_config(d_inner, L, N)
     n_dblk = triton.cdiv(d_inner, block_d)
     n_chunks = triton.cdiv(L, chunk)
     NP, RP = _next_pow2(N), _next_pow2(max(R, 1))
-    f32 = dict(dtype=torch.float32, device=u.device)
-    du = torch.empty(batch, d_inner, L, **f32)
+    dev = u.device
+    du = new_buffer(batch, d_inner, L, device=dev)
     if lowrank:
         ddelta = u.new_empty(1, dtype=torch.float32)
-        d_low_parts = torch.empty(n_dblk, batch, 4, R, L, **f32)
+        d_low_parts = new_buffer(n_dblk, batch, 4, R, L, device=dev)
     else:
-        ddelta = new_output(delta) if is_dense(delta) else torch.empty(delta.shape, dtype=delta.dtype, device=u.device)
+        ddelta = new_output(delta) if is_dense(delta) else new_buffer(*delta.shape, device=dev, dtype=delta.dtype)
         d_low_parts = u.new_empty(1, dtype=torch.float32)
-    bc_parts = torch.empty(n_dblk, batch, 4, 2, N, L, **f32)
-    a_parts = torch.empty(batch, 4, d_inner, NP, **f32)
-    skip_parts = torch.empty(batch, 4, d_inner, **f32)
-    bias_parts = torch.empty(batch, 4, d_inner, **f32)
-    w_parts = torch.empty(batch, 4, d_inner, RP, **f32) if lowrank else u.new_empty(1, dtype=torch.float32)
-    carries = torch.empty(batch * n_dblk * 4 * n_chunks * block_d * NP, **f32)
+    bc_parts = new_buffer(n_dblk, batch, 4, 2, N, L, device=dev)
+    # padded columns (n >= N, r >= R) are neither written nor read back
+    a_parts = new_buffer(batch, 4, d_inner, NP, device=dev)
+    skip_parts = new_buffer(batch, 4, d_inner, device=dev)
+    bias_parts = new_buffer(batch, 4, d_inner, device=dev)
+    w_parts = new_buffer(batch, 4, d_inner, RP, device=dev) if lowrank else u.new_empty(1)
+    carries = new_buffer(batch * n_dblk * 4 * n_chunks * block_d * NP, device=dev)
     dummy = u.new_empty(1, dtype=torch.float32)
     fused_ss2d_bwd_kernel[(batch, n_dblk)](
         u, delta if delta is not None else dummy, dt_low if lowrank else dummy,

@@ -1,0 +1,262 @@
+"""Fused four-direction selective scan (Triton; the interpreter on CPU) against the plain reference."""
+import pytest
+import torch
+from helpers import assert_close_rel
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from svm_kernels import cross_merge, cross_scan, cross_selective_scan, cross_selective_scan_lowrank
+from svm_kernels import utils as kutils
+from svm_kernels.ss2d import fused
+from svm_kernels.ss2d.naive import cross_selective_scan_naive, lowrank_delta
+
+# Relative tolerance of the outputs and gradients per storage dtype (fp32 state and accumulation).
+TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setattr(kutils, "POISON_OUTPUTS", True)
+
+
+def make_inputs(batch, D, H, W, N, R=3, lowrank=True, dtype=torch.float32, skip=True, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    u = rnd(batch, D, H, W)
+    A = -(torch.rand(4, D, N, generator=g) + 0.2)
+    B, C = rnd(batch, 4, N, H, W), rnd(batch, 4, N, H, W)
+    Ds = torch.randn(4, D, generator=g) if skip else None
+    b = torch.randn(4, D, generator=g) * 0.3 if bias else None
+    if lowrank:
+        return dict(u=u, dt_low=rnd(batch, 4, R, H, W, scale=0.5), dt_weight=torch.randn(4, D, R, generator=g) * 0.5,
+                    A=A, B=B, C=C, D=Ds, dt_bias=b)
+    return dict(u=u, delta=rnd(batch, 4, D, H, W, scale=0.5), A=A, B=B, C=C, D=Ds, delta_bias=b)
+
+
+def run(inputs, backend, lowrank, grad_out, **kw):
+    """Output and the gradient of every tensor input (None for absent ones)."""
+    leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    y = op(**leaves, backend=backend, **kw)
+    (y.float() * grad_out).sum().backward()
+    return y, {k: (v.grad if v is not None else None) for k, v in leaves.items()}
+
+
+def check_against_reference(inputs, lowrank, tol=2e-5, **kw):
+    u = inputs["u"]
+    grad_out = torch.randn(u.shape, generator=torch.Generator().manual_seed(1))
+    y_ref, g_ref = run(inputs, "torch", lowrank, grad_out, **kw)
+    y, grads = run(inputs, "triton", lowrank, grad_out, **kw)
+    assert y.dtype == y_ref.dtype and y.shape == u.shape
+    assert_close_rel(y, y_ref, tol, "output")
+    for name, ref in g_ref.items():
+        if ref is None:
+            assert grads[name] is None
+            continue
+        assert grads[name].dtype == inputs[name].dtype, name
+        assert_close_rel(grads[name], ref, tol, f"grad {name}")
+
+
+CASES = [
+    # batch, D, H, W, N, lowrank, softplus, skip, bias
+    (2, 5, 3, 5, 1, False, True, True, True),  # odd H and W; D not a multiple of the block
+    (1, 6, 7, 4, 4, True, True, True, True),
+    (1, 3, 1, 6, 1, True, False, False, False),  # H = 1, no softplus, no D, no bias
+    (2, 5, 5, 1, 4, False, True, True, False),  # W = 1
+    (1, 5, 4, 3, 1, True, True, False, True),
+    (1, 3, 2, 3, 16, True, True, True, True),  # classic Mamba state size
+    (1, 2, 3, 2, 16, False, False, True, True),
+]
+
+
+@pytest.mark.parametrize("batch,D,H,W,N,lowrank,softplus,skip,bias", CASES)
+def test_fused_matches_reference(batch, D, H, W, N, lowrank, softplus, skip, bias):
+    inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank, skip=skip, bias=bias)
+    check_against_reference(inputs, lowrank, delta_softplus=softplus)
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_channels_last_and_sliced_projections(lowrank):
+    """u in channels_last and B, C, dt_low as slices of one projection: read in place."""
+    batch, D, H, W, N, R = 2, 6, 3, 5, 2, 3
+    inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=lowrank)
+    inputs["u"] = inputs["u"].contiguous(memory_format=torch.channels_last)
+    proj = torch.randn(batch, 4, R + 2 * N, H, W)  # as x_proj makes them: one tensor, sliced
+    inputs["B"], inputs["C"] = proj[:, :, R:R + N], proj[:, :, R + N:]
+    if lowrank:
+        inputs["dt_low"] = proj[:, :, :R] * 0.5
+    assert not inputs["B"].is_contiguous() and not inputs["u"].is_contiguous()
+    check_against_reference(inputs, lowrank)
+    y = cross_selective_scan_lowrank(**inputs, backend="triton") if lowrank else \
+        cross_selective_scan(**inputs, backend="triton")
+    assert y.is_contiguous(memory_format=torch.channels_last)  # the output follows u's layout
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(dtype):
+    inputs = make_inputs(2, 4, 3, 4, 2, lowrank=True, dtype=dtype)
+    check_against_reference(inputs, True, tol=TOL[dtype])
+    y = cross_selective_scan_lowrank(**inputs, backend="triton")
+    assert y.dtype == torch.float32  # "oflex": fp32 output for half inputs
+    y16 = cross_selective_scan_lowrank(**inputs, backend="triton", out_dtype=dtype)
+    assert y16.dtype == dtype
+    assert_close_rel(y16, y, TOL[dtype], "out_dtype")
+
+
+def test_lowrank_equals_full_delta():
+    inputs = make_inputs(2, 5, 3, 4, 2, lowrank=True)
+    full = dict(inputs)
+    full["delta"] = lowrank_delta(full.pop("dt_low"), full.pop("dt_weight"))
+    full["delta_bias"] = full.pop("dt_bias")
+    y_low = cross_selective_scan_lowrank(**inputs, backend="triton")
+    y_full = cross_selective_scan(**full, backend="triton")
+    assert_close_rel(y_low, y_full, 1e-5, "lowrank vs full")
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_backward_is_deterministic(lowrank):
+    inputs = make_inputs(2, 5, 3, 4, 1, lowrank=lowrank)
+    grad_out = torch.randn(inputs["u"].shape)
+    _, first = run(inputs, "triton", lowrank, grad_out)
+    _, second = run(inputs, "triton", lowrank, grad_out)
+    for name, g in first.items():
+        if g is not None:
+            assert torch.equal(g, second[name]), name
+
+
+class _LargestAllocation(TorchDispatchMode):
+    """Records the element count of the largest tensor allocated through the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_lowrank_never_allocates_a_per_direction_tensor(monkeypatch):
+    """Forward and backward allocate nothing of (B, 4, D, L) size (the GPU block sizes)."""
+    monkeypatch.setattr(fused, "_bwd_config", lambda D, L, N: (32, 8, 4))
+    batch, D, H, W, N, R = 1, 64, 3, 4, 1, 2
+    inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=True)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    with _LargestAllocation() as mode:
+        y = cross_selective_scan_lowrank(**leaves, backend="triton")
+        y.sum().backward()
+    per_direction = batch * 4 * D * H * W
+    assert mode.largest < per_direction / 2, (mode.largest, per_direction)
+    assert mode.largest >= batch * D * H * W  # sanity: the mode saw the (B, D, H, W) tensors
+
+
+def test_cross_scan_merge_inverse_and_adjoint():
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    ys = cross_scan(x)
+    assert ys.shape == (2, 4, 3, 35)
+    assert torch.equal(cross_merge(ys, 5, 7), 4 * x)
+    y = torch.randn_like(ys)
+    # <scan(x), y> == <x, merge(y)>: merge is the adjoint (so it is scan's backward)
+    torch.testing.assert_close((ys * y).sum(), (x * cross_merge(y, 5, 7)).sum())
+    assert torch.equal(cross_merge(y.view(2, 4, 3, 5, 7)), cross_merge(y, 5, 7))
+    # the directions visit what they should: k=1 is column-major, k=2 the reversal of k=0
+    assert torch.equal(ys[:, 1], x.transpose(2, 3).flatten(2))
+    assert torch.equal(ys[:, 2], x.flatten(2).flip(-1))
+
+
+def test_reference_gradcheck_float64():
+    inputs = make_inputs(1, 2, 2, 3, 2, lowrank=False)
+    tensors = {k: v.double().requires_grad_(True) for k, v in inputs.items()}
+    names = list(tensors)
+
+    def f(*args):
+        return cross_selective_scan_naive(**dict(zip(names, args)), delta_softplus=True)
+
+    assert torch.autograd.gradcheck(f, tuple(tensors.values()))
+
+
+def test_empty_batch():
+    inputs = make_inputs(1, 3, 2, 2, 1)
+    empty = {k: (v[:0] if k in ("u", "dt_low", "B", "C") else v) for k, v in inputs.items()}
+    y = cross_selective_scan_lowrank(**empty, backend="triton")
+    assert y.shape == (0, 3, 2, 2)
+
+
+def _bad(**changes):
+    inputs = make_inputs(1, 3, 2, 2, 2)
+    inputs.update(changes)
+    return inputs
+
+
+@pytest.mark.parametrize(
+    "inputs,err",
+    [
+        (_bad(u=torch.randn(3, 2, 2)), ValueError),
+        (_bad(u=torch.randint(0, 2, (1, 3, 2, 2))), TypeError),
+        (_bad(A=torch.randn(4, 3, 0)), ValueError),
+        (_bad(A=torch.randn(3, 3, 2)), ValueError),
+        (_bad(B=torch.randn(1, 4, 2, 2, 3)), ValueError),
+        (_bad(C=torch.randn(1, 4, 3, 2, 2)), ValueError),
+        (_bad(D=torch.randn(4, 2)), ValueError),
+        (_bad(dt_bias=torch.randn(3)), ValueError),
+        (_bad(dt_low=torch.randn(1, 4, 0, 2, 2)), ValueError),
+        (_bad(dt_weight=torch.randn(4, 3, 5)), ValueError),
+        (_bad(B=torch.randn(1, 4, 2, 2, 2, dtype=torch.float64)), TypeError),
+        (_bad(u=torch.randn(1, 0, 2, 2), dt_weight=torch.randn(4, 0, 3), A=torch.randn(4, 0, 2)), ValueError),
+        (_bad(u=torch.randn(1, 3, 2, 2, device="meta")), ValueError),
+    ],
+)
+def test_bad_inputs_raise(inputs, err):
+    for backend in ("triton", "torch"):
+        with pytest.raises(err):
+            cross_selective_scan_lowrank(**inputs, backend=backend)
+
+
+def test_full_delta_bad_shape_raises():
+    inputs = make_inputs(1, 3, 2, 2, 2, lowrank=False)
+    inputs["delta"] = inputs["delta"][:, :3]
+    with pytest.raises(ValueError, match="delta"):
+        cross_selective_scan(**inputs)
+
+
+def test_triton_limits_are_explicit():
+    inputs = make_inputs(1, 2, 2, 2, 17)  # N above the fused kernels' limit
+    with pytest.raises(ValueError, match="d_state"):
+        cross_selective_scan_lowrank(**inputs, backend="triton")
+    y = cross_selective_scan_lowrank(**inputs, backend="auto")  # falls back to the reference
+    assert y.shape == inputs["u"].shape
+
+
+@pytest.mark.parametrize("lowrank,name", [(False, "svmamba::ss2d_fwd"), (True, "svmamba::ss2d_lowrank_fwd")])
+def test_traces_as_one_node(lowrank, name):
+    inputs = make_inputs(1, 2, 2, 3, 1, lowrank=lowrank)
+    keys = list(inputs)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+
+    def f(*args):
+        return op(**dict(zip(keys, args)), backend="triton")
+
+    graph, _ = torch.jit._get_trace_graph(f, tuple(inputs.values()))
+    kinds = [n.kind() for n in graph.nodes() if n.kind() != "prim::Constant"]
+    assert kinds == [name]
+
+
+def test_torch_compile_traces_without_graph_breaks():
+    inputs = make_inputs(1, 3, 2, 3, 1, lowrank=True)
+    keys = list(inputs)
+
+    def f(*args):
+        return cross_selective_scan_lowrank(**dict(zip(keys, args)), backend="triton").sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    leaves = [v.clone().requires_grad_(True) for v in inputs.values()]
+    compiled(*leaves).backward()
+    ref = [v.clone().requires_grad_(True) for v in inputs.values()]
+    f(*ref).backward()
+    for a, b in zip(leaves, ref):
+        torch.testing.assert_close(a.grad, b.grad)
