@@ -25,3 +25,11 @@ def device():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def kernel_device():
+    """Kernel tests create their tensors on the GPU when there is one (bench/gpu_check.sh)."""
+    torch.set_default_device(DEVICE)
+    yield DEVICE
+    torch.set_default_device("cpu")

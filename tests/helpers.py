@@ -13,3 +13,4 @@ def assert_close_rel(actual, expected, tol, name=""):
     assert torch.isfinite(actual).all(), f"{name}: non-finite values (an element left unwritten?)"
     err = rel_err(actual, expected)
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -11,6 +11,8 @@ from svm_kernels import utils as kutils
 from svm_kernels.lif.common import make_params
 from svm_kernels.lif.naive import lif_charge, lif_step, multistep_lif_naive
 
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 # (reset, detach_reset, decay_input): every combination.
 COMBOS = list(itertools.product([0.0, None], [False, True], [False, True]))
 # Relative tolerance per storage dtype for the final state and the gradients.
@@ -27,16 +29,17 @@ def away_from_threshold(shape, p, margin=1e-3, scale=1.5, dtype=torch.float32, v
 
     Neurons are independent, so a neuron whose trajectory comes too close is redrawn whole.
     """
-    x = (torch.randn(shape, dtype=torch.float64) * scale + 0.5).to(dtype).double()
+    cpu = dict(device="cpu", dtype=torch.float64)
+    x = (torch.randn(shape, **cpu) * scale + 0.5).to(dtype).double()
     for _ in range(200):
-        v = torch.zeros(shape[1:], dtype=torch.float64) if v_init is None else v_init.double()
-        bad = torch.zeros(shape[1:], dtype=torch.bool)
+        v = torch.zeros(shape[1:], **cpu) if v_init is None else v_init.double().cpu()
+        bad = torch.zeros(shape[1:], dtype=torch.bool, device="cpu")
         for t in range(shape[0]):
             bad |= (lif_charge(v, x[t], p) - p.v_threshold).abs() < margin
             _, v = lif_step(v, x[t], p)
         if not bad.any():
-            return x.to(dtype)
-        x[:, bad] = (torch.randn((shape[0], int(bad.sum())), dtype=torch.float64) * scale + 0.5).to(dtype).double()
+            return x.to(dtype).to(torch.get_default_device())
+        x[:, bad] = (torch.randn((shape[0], int(bad.sum())), **cpu) * scale + 0.5).to(dtype).double()
     raise AssertionError("could not draw inputs away from the threshold")
 
 
@@ -250,7 +253,7 @@ def test_module_rejects_bad_arguments_at_construction(kwargs):
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
     monkeypatch.setattr(kutils, "TRITON_INTERPRET", False)
     with pytest.raises(ValueError, match="CUDA"):
-        multistep_lif(torch.zeros(2, 3), backend="triton")
+        multistep_lif(torch.zeros(2, 3, device="cpu"), backend="triton")
 
 
 def test_auto_backend_uses_reference_on_cpu(monkeypatch):
@@ -258,7 +261,7 @@ def test_auto_backend_uses_reference_on_cpu(monkeypatch):
     import svm_kernels.lif.fused as fused
 
     monkeypatch.setattr(fused, "multistep_lif_naive", lambda *a, **k: calls.append(1) or (a[0], a[0][0]))
-    multistep_lif(torch.zeros(2, 3), backend="auto")
+    multistep_lif(torch.zeros(2, 3, device="cpu"), backend="auto")
     assert calls == [1]
 
 

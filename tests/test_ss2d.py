@@ -9,6 +9,8 @@ from svm_kernels import utils as kutils
 from svm_kernels.ss2d import fused
 from svm_kernels.ss2d.naive import cross_selective_scan_naive, lowrank_delta
 
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 # Relative tolerance of the outputs and gradients per storage dtype (fp32 state and accumulation).
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
@@ -19,18 +21,19 @@ def poison_outputs(monkeypatch):
 
 
 def make_inputs(batch, D, H, W, N, R=3, lowrank=True, dtype=torch.float32, skip=True, bias=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU, the same on every machine
+    dev = torch.get_default_device()
 
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+    def rnd(*shape, scale=1.0, to=dtype):
+        return (torch.randn(*shape, generator=g, device="cpu") * scale).to(device=dev, dtype=to)
 
     u = rnd(batch, D, H, W)
-    A = -(torch.rand(4, D, N, generator=g) + 0.2)
+    A = -(torch.rand(4, D, N, generator=g, device="cpu") + 0.2).to(dev)
     B, C = rnd(batch, 4, N, H, W), rnd(batch, 4, N, H, W)
-    Ds = torch.randn(4, D, generator=g) if skip else None
-    b = torch.randn(4, D, generator=g) * 0.3 if bias else None
+    Ds = rnd(4, D, to=torch.float32) if skip else None
+    b = rnd(4, D, scale=0.3, to=torch.float32) if bias else None
     if lowrank:
-        return dict(u=u, dt_low=rnd(batch, 4, R, H, W, scale=0.5), dt_weight=torch.randn(4, D, R, generator=g) * 0.5,
+        return dict(u=u, dt_low=rnd(batch, 4, R, H, W, scale=0.5), dt_weight=rnd(4, D, R, scale=0.5, to=torch.float32),
                     A=A, B=B, C=C, D=Ds, dt_bias=b)
     return dict(u=u, delta=rnd(batch, 4, D, H, W, scale=0.5), A=A, B=B, C=C, D=Ds, delta_bias=b)
 
@@ -46,7 +49,7 @@ def run(inputs, backend, lowrank, grad_out, **kw):
 
 def check_against_reference(inputs, lowrank, tol=2e-5, **kw):
     u = inputs["u"]
-    grad_out = torch.randn(u.shape, generator=torch.Generator().manual_seed(1))
+    grad_out = torch.randn(u.shape, generator=torch.Generator().manual_seed(1), device="cpu").to(u.device)
     y_ref, g_ref = run(inputs, "torch", lowrank, grad_out, **kw)
     y, grads = run(inputs, "triton", lowrank, grad_out, **kw)
     assert y.dtype == y_ref.dtype and y.shape == u.shape
@@ -208,7 +211,7 @@ def _bad(**changes):
         (_bad(dt_weight=torch.randn(4, 3, 5)), ValueError),
         (_bad(B=torch.randn(1, 4, 2, 2, 2, dtype=torch.float64)), TypeError),
         (_bad(u=torch.randn(1, 0, 2, 2), dt_weight=torch.randn(4, 0, 3), A=torch.randn(4, 0, 2)), ValueError),
-        (_bad(u=torch.randn(1, 3, 2, 2, device="meta")), ValueError),
+        (_bad(B=torch.randn(1, 4, 2, 2, 2, device="meta")), ValueError),
     ],
 )
 def test_bad_inputs_raise(inputs, err):
