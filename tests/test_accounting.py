@@ -124,6 +124,48 @@ def test_integer_inputs_cost_one_ac_per_spike_or_macs_on_request():
     assert conv.cost == "mac" and conv.mac_ops == 240 and conv.sops == 0
 
 
+class ProductToy(nn.Module):
+    """Matrix products on the module's own inputs, as in spiking self-attention (no Conv/Linear)."""
+
+    spiking = True
+    T = 1
+
+    def forward(self, a, b):
+        return a @ b
+
+
+def test_matrix_products_on_spikes_cost_the_sparser_operands_rate():
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(2, 3, 4, 6, generator=g) < 0.5).float()
+    b = (torch.rand(2, 3, 6, 5, generator=g) < 0.2).float()
+    macs = 3 * 4 * 6 * 5  # per image
+
+    class Wrap(nn.Module):  # profile() feeds one tensor: split it into the two operands
+        spiking, T = True, 1
+
+        def __init__(self, make_b):
+            super().__init__()
+            self.attn, self.make_b = ProductToy(), make_b
+
+        def forward(self, x):
+            return self.attn(x, self.make_b(x))
+
+    r = accounting.profile(Wrap(lambda x: b[: x.shape[0]]), a)
+    row = rows_by(r, "attn", "matmul")
+    assert row.macs == macs and row.kind == "spike" and row.cost == "ac"
+    assert row.rate == pytest.approx(min(a.double().mean().item(), b.double().mean().item()), rel=1e-12)
+    assert row.sops == pytest.approx(row.rate * macs, rel=1e-12)
+    # A real operand times spikes: the spikes drive the accumulation.
+    r = accounting.profile(Wrap(lambda x: b[: x.shape[0]]), torch.randn(2, 3, 4, 6))
+    row = rows_by(r, "attn", "matmul")
+    assert row.cost == "ac" and row.rate == pytest.approx(b.double().mean().item(), rel=1e-12)
+    # Two real operands: MACs.
+    real_b = torch.randn(2, 3, 6, 5, generator=g)
+    r = accounting.profile(Wrap(lambda x: real_b[: x.shape[0]]), torch.randn(2, 3, 4, 6))
+    row = rows_by(r, "attn", "matmul")
+    assert row.kind == "real" and row.cost == "mac" and row.mac_ops == macs and row.sops == 0
+
+
 def test_rates_over_several_batches_equal_the_rate_of_their_concatenation():
     batches = [spike_batch(batch=b, ones=k) for b, k in ((1, 7), (3, 60), (2, 11))]
     split = accounting.profile(Toy(), batches)
@@ -322,6 +364,22 @@ def test_sew_residual_sums_are_integer_inputs():
     assert kinds["stages.0.block0.mixer.in_proj.conv"] == "spike"
     integer = [row for row in r.rows if row.kind == "integer" and row.op == "conv"]
     assert all(row.cost == "ac" and row.sops == pytest.approx(row.rate * row.macs) for row in integer)
+
+
+def test_qkformer_attention_products_run_on_spikes():
+    if "qkformer_cifar" not in list_models():
+        pytest.skip("QKFormer is not registered")
+    model, img = tiny("qkformer_cifar")
+    r = accounting.profile(model, images(2, img))
+    ssa = rows_by(r, "stage3.0.attn", "matmul")  # K^T V and (K^T V)^T Q
+    assert ssa.macs > 0 and ssa.cost == "ac" and ssa.sops == pytest.approx(ssa.rate * ssa.macs, rel=1e-12)
+    assert rows_by(r, model_first_conv_name(model), "conv").cost == "mac"
+    assert rows_by(r, "head", "linear").cost == "mac"
+    assert r.mac_ops < 0.2 * r.macs  # apart from the image conv and the head, everything accumulates
+
+
+def model_first_conv_name(model):
+    return {m: n for n, m in model.named_modules()}[model.first_conv]
 
 
 def test_labels_give_top1_and_loader_batches_are_accepted():

@@ -19,10 +19,13 @@ A, ...) for the low-rank one and (x, ...) for the LIF neuron; the handles read o
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
-from fvcore.nn.jit_handles import Handle, batchnorm_flop_jit, elementwise_flop_counter, get_shape
+with warnings.catch_warnings():  # importing fvcore.nn calls the deprecated torch.jit.script
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn.jit_handles import Handle, batchnorm_flop_jit, elementwise_flop_counter, get_shape
 
 K_DIRECTIONS = 4
 

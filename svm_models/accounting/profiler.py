@@ -25,10 +25,10 @@ from torch import nn
 from ..layers import CrossScanSSM
 from .energy import DEFAULT, EnergyModel, get_energy_model
 from .handles import INPUT_LINEAR_OPS, NEURON_OP, op_handles
-from .rates import INTEGER, REAL, SPIKE, InputStats, RateRecorder, modules_of_types
+from .rates import INTEGER, REAL, SPIKE, InputStats, OperandRecorder, ProductStats, RateRecorder, modules_of_types
 from .report import LayerRow, Report
 
-with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.jit.script
+with warnings.catch_warnings():  # importing fvcore.nn calls the deprecated torch.jit.script
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
@@ -286,7 +286,8 @@ def profile(
         correct = None
         labelled = 0
         recorder = RateRecorder(units if spiking else {})
-        with torch.no_grad(), recorder:
+        operands = OperandRecorder(model) if spiking else contextlib.nullcontext()
+        with torch.no_grad(), recorder, operands:
             for i, (x, y) in enumerate(_batches(data)):
                 if max_batches is not None and i >= max_batches:
                     break
@@ -304,6 +305,7 @@ def profile(
         if first_image is None:
             raise ValueError("data yielded no batch")
         stats = recorder.finalize()
+        products = operands.finalize() if spiking else {}
         top1 = 100.0 * correct.item() / labelled if correct is not None else None
         by_module, unsupported = trace_counts(model, (first_image,), count_batchnorm, fast_trace)
     finally:
@@ -325,6 +327,9 @@ def profile(
     for mod_name, ops in exclusive_counts(model, by_module).items():
         st: Optional[InputStats] = stats.get(mod_name)
         for op, count in ops.items():
+            if mod_name not in units and op in INPUT_LINEAR_OPS and mod_name in products:
+                rows.append(_product_row(mod_name, op, count, products[mod_name], em, stage_of(mod_name), integer_as))
+                continue
             rows.append(_row(mod_name, op, count, st, mod_name in units, spiking, T, em, stage_of(mod_name),
                              is_first=mod_name == first_name, is_head=mod_name == head_name,
                              first_layer_T=first_layer_T, integer_as=integer_as, head_as=head_as))
@@ -384,3 +389,37 @@ def _row(name, op, count, st, is_unit, spiking, T, em, stage, *, is_first, is_he
     elif input_linear and st is not None and spiking and (kind == SPIKE or (kind == INTEGER and integer_as == "ac")):
         mac_ops, sops, cost = 0.0, st.rate * count, "ac"
     return LayerRow(name, op, stage, kind, cost, rate, count, mac_ops, sops, em.mac_mj(mac_ops), em.ac_mj(sops))
+
+
+def _product_row(name, op, count, products: ProductStats, em, stage, integer_as) -> LayerRow:
+    """Matrix products inside a (non-hooked) module, e.g. spiking self-attention's Q K^T V.
+
+    Per call, the operand that drives the accumulation is a spike operand (or an integer one
+    with ``integer_as="ac"``), the sparser one when both are; the call then costs
+    ``its mean value x MACs`` accumulates, and MACs when no operand is spikes. fvcore's count for
+    the module's ``op`` is split in those proportions (the calls' own MACs are only weights).
+    """
+    count = float(count)
+    total = ac_weight = ac_macs = mac_macs = 0.0
+    kinds = set()
+    for call_op, macs, operands in products.calls:
+        if call_op != op:
+            continue
+        total += macs
+        drivers = [(mean, kind) for mean, kind in operands
+                   if kind == SPIKE or (kind == INTEGER and integer_as == "ac")]
+        if drivers:
+            mean, kind = min(drivers)
+            ac_weight += mean * macs
+            ac_macs += macs
+            kinds.add(kind)
+        else:
+            mac_macs += macs
+            kinds.add(REAL)
+    if total == 0:  # the pass never ran this op here: cost it as MACs
+        return LayerRow(name, op, stage, "-", "mac", None, count, count, 0.0, em.mac_mj(count), 0.0)
+    sops, mac_ops = count * ac_weight / total, count * mac_macs / total
+    cost = "ac" if mac_macs == 0 else ("mac" if ac_macs == 0 else "mixed")
+    rate = ac_weight / ac_macs if ac_macs else None
+    return LayerRow(name, op, stage, "+".join(sorted(kinds)), cost, rate, count, mac_ops, sops,
+                    em.mac_mj(mac_ops), em.ac_mj(sops))

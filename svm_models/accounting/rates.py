@@ -125,3 +125,124 @@ def modules_of_types(model: nn.Module, types: Iterable[type]) -> Dict[str, nn.Mo
     """Named modules of ``model`` that are instances of ``types`` (first name of shared modules)."""
     types = tuple(types)
     return {name: m for name, m in model.named_modules() if isinstance(m, types)}
+
+
+# --------------------------------------------------------------------------------------------
+# Operands of matrix products inside modules (spiking attention: Q K^T V on spikes)
+
+# torch function name -> the op name fvcore's count carries for it
+_PRODUCTS = {"matmul": "matmul", "__matmul__": "matmul", "__rmatmul__": "matmul", "mm": "mm", "bmm": "bmm",
+             "einsum": "einsum"}
+
+
+def _operand_stats(x: torch.Tensor) -> torch.Tensor:
+    """[mean, not_binary, not_nonneg_int] of x, on its device (float64)."""
+    return torch.stack([
+        x.sum(dtype=torch.float64) / max(x.numel(), 1),
+        ((x != 0) & (x != 1)).any().to(torch.float64),
+        ((x < 0) | (x != torch.round(x))).any().to(torch.float64),
+    ])
+
+
+def _product_macs(name: str, args, out: torch.Tensor) -> int:
+    """Multiply-accumulates of one matrix product (only used to weight its calls against each other)."""
+    if name == "einsum":
+        eq, ops = args[0], args[1:]
+        if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+            ops = ops[0]
+        sizes = {}
+        for term, t in zip(eq.replace(" ", "").split("->")[0].split(","), ops):
+            for letter, size in zip(term.replace("...", ""), t.shape[-len(term.replace("...", "")):] if term else ()):
+                sizes[letter] = size
+        macs = 1
+        for size in sizes.values():
+            macs *= size
+        return macs
+    a = args[1] if name == "__rmatmul__" else args[0]
+    return out.numel() * (a.shape[-1] if a.dim() > 0 else 1)
+
+
+@dataclass
+class ProductStats:
+    """The matrix products one module ran directly (not inside a child), over the pass.
+
+    ``calls`` holds, per product call, its op name (as fvcore names it), its MACs and, per
+    operand, (mean value, kind).
+    """
+
+    calls: List[Tuple[str, int, List[Tuple[float, str]]]]
+
+
+class OperandRecorder:
+    """Context manager: records the operands of every matrix product (``@``, matmul, bmm, einsum)
+    run by ``model``'s modules, attributed to the innermost module running it.
+
+    Statistics stay on the device until :meth:`finalize` (one transfer), as in RateRecorder.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._stack: List[str] = []
+        self._records: List[Tuple[str, str, int, List[torch.Tensor]]] = []
+        self._handles: List = []
+        self._mode = None
+
+    def __enter__(self) -> "OperandRecorder":
+        from torch.overrides import TorchFunctionMode
+
+        recorder = self
+
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = getattr(func, "__name__", "")
+                if name in _PRODUCTS and recorder._stack and isinstance(out, torch.Tensor):
+                    recorder._record(name, args, out)
+                return out
+
+        for name, module in self.model.named_modules():
+            self._handles.append(module.register_forward_pre_hook(self._push(name)))
+            self._handles.append(module.register_forward_hook(self._pop))
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._stack = []
+
+    def _push(self, name: str):
+        def hook(module, args):
+            self._stack.append(name)
+
+        return hook
+
+    def _pop(self, module, args, out):
+        if self._stack:
+            self._stack.pop()
+
+    def _record(self, name: str, args, out: torch.Tensor) -> None:
+        operands = [a for a in (args[1:] if name == "einsum" else args) if isinstance(a, torch.Tensor)]
+        if name == "einsum" and len(args) == 2 and isinstance(args[1], (list, tuple)):
+            operands = [a for a in args[1] if isinstance(a, torch.Tensor)]
+        with torch.no_grad():
+            stats = [_operand_stats(t.detach()) for t in operands]
+        self._records.append((self._stack[-1], _PRODUCTS[name], _product_macs(name, args, out), stats))
+
+    def finalize(self) -> Dict[str, ProductStats]:
+        if not self._records:
+            return {}
+        flat = [s for *_, stats in self._records for s in stats]
+        host = torch.stack(flat).cpu().tolist() if flat else []
+        out: Dict[str, ProductStats] = {}
+        i = 0
+        for module, op, macs, stats in self._records:
+            operands = []
+            for mean, not_binary, not_int in host[i:i + len(stats)]:
+                operands.append((mean, SPIKE if not not_binary else (INTEGER if not not_int else REAL)))
+            i += len(stats)
+            out.setdefault(module, ProductStats([])).calls.append((op, macs, operands))
+        return out
