@@ -2,11 +2,13 @@
 
 Two passes:
 
-1. **Rates** (spiking models): forward pre-hooks on every Conv/Linear and on the SS2D scan core
+1. **MACs**: fvcore's ``FlopCountAnalysis`` on a trace of the model with *one* image (the first
+   of ``data``), with our handles (:mod:`.handles`), so every count is per image whatever the
+   batch size.
+2. **Rates** (spiking models): forward pre-hooks on every Conv/Linear and on the SS2D scan core
    (:class:`svm_models.layers.CrossScanSSM`, whose input is the scan's u) accumulate input sums
-   on the device over all of ``data``; one host transfer at the end (:mod:`.rates`).
-2. **MACs**: fvcore's ``FlopCountAnalysis`` on a trace of the model with *one* image, with our
-   handles (:mod:`.handles`), so every count is per image whatever the batch size.
+   on the device over all of ``data``; one host transfer at the end (:mod:`.rates`). Matrix
+   products run outside those layers (spiking self-attention) have their operands recorded too.
 
 Each (module, op) pair of the trace becomes a row. Conv/matmul-type ops of a hooked module whose
 input is spikes cost ``rate x MACs`` accumulates (SOPs, E_AC each); everything else costs MACs
@@ -15,6 +17,7 @@ input is spikes cost ``rate x MACs`` accumulates (SOPs, E_AC each); everything e
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from collections import Counter
 from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
@@ -278,23 +281,29 @@ def profile(
     else:
         rates_from = "data"
 
+    batches = _batches(data)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("data yielded no batch")
+    first_image = first[0][:1].to(device)
     was_training = model.training
     model.eval()
     try:
-        first_image = None
-        images = 0
+        # MACs per image: one traced image.
+        by_module, unsupported = trace_counts(model, (first_image,), count_batchnorm, fast_trace)
+        own_ops = exclusive_counts(model, by_module)
+        # Matrix products outside Conv/Linear modules (spiking attention) need their operands recorded.
+        has_products = spiking and any(n not in units and op in INPUT_LINEAR_OPS for n, ops in own_ops.items() for op in ops)
+        images = labelled = 0
         correct = None
-        labelled = 0
         recorder = RateRecorder(units if spiking else {})
-        operands = OperandRecorder(model) if spiking else contextlib.nullcontext()
+        operands = OperandRecorder(model) if has_products else contextlib.nullcontext()
         with torch.no_grad(), recorder, operands:
-            for i, (x, y) in enumerate(_batches(data)):
+            for i, (x, y) in enumerate(itertools.chain([first], batches)):
                 if max_batches is not None and i >= max_batches:
                     break
-                if first_image is None:
-                    first_image = x[:1].to(device)
                 if not spiking and y is None:
-                    continue  # an ANN needs no rates; run only to measure accuracy
+                    break  # an ANN needs no rates; without labels there is nothing to measure
                 x = x.to(device)
                 out = model(x)
                 images += x.shape[0]
@@ -302,12 +311,9 @@ def profile(
                     hits = (out.argmax(dim=1) == y.to(out.device)).sum()
                     correct = hits if correct is None else correct + hits
                     labelled += x.shape[0]
-        if first_image is None:
-            raise ValueError("data yielded no batch")
         stats = recorder.finalize()
-        products = operands.finalize() if spiking else {}
+        products = operands.finalize() if has_products else {}
         top1 = 100.0 * correct.item() / labelled if correct is not None else None
-        by_module, unsupported = trace_counts(model, (first_image,), count_batchnorm, fast_trace)
     finally:
         model.train(was_training)
 
@@ -324,7 +330,7 @@ def profile(
         notes.append(f"{len(never)} hooked layer(s) were traced but not called in the rate pass; costed as MACs")
 
     rows = []
-    for mod_name, ops in exclusive_counts(model, by_module).items():
+    for mod_name, ops in own_ops.items():
         st: Optional[InputStats] = stats.get(mod_name)
         for op, count in ops.items():
             if mod_name not in units and op in INPUT_LINEAR_OPS and mod_name in products:
