@@ -201,6 +201,8 @@ class Report:
         xs = range(len(names))
         ax.bar(xs, mac, label=f"MAC ({self.energy_model.e_mac_pj} pJ)", color="#4c72b0")
         ax.bar(xs, ac, bottom=mac, label=f"AC ({self.energy_model.e_ac_pj} pJ)", color="#dd8452")
+        top = max([m + a for m, a in zip(mac, ac)] + [0.0])
+        ax.set_ylim(0.0, top * 1.15 if top > 0 else 1.0)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names, rotation=30, ha="right")
         ax.set_ylabel("energy per image (mJ)")
