@@ -20,25 +20,23 @@ TINY = "_tiny_test_net"
 
 
 class TinyNet(nn.Module):
-    """Conv-BN-ReLU, global pooling, linear head. ``poison`` makes the logits NaN (a switch the
-    non-finite-loss test flips mid-run)."""
+    """Conv-BN-ReLU, pooling to 4x4, linear head (a few thousand parameters). ``poison`` makes the
+    logits NaN (a switch the non-finite-loss test flips mid-run)."""
 
     T = 1
     spiking = False
     poison = False
 
-    def __init__(self, num_classes: int = 10, img_size: int = 8, width: int = 16):
+    def __init__(self, num_classes: int = 10, img_size: int = 8, width: int = 8):
         super().__init__()
         self.num_classes, self.img_size = num_classes, img_size
         self.conv = nn.Conv2d(3, width, 3, padding=1)
         self.bn = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
-        self.head = nn.Linear(width, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.head = nn.Linear(width * 16, num_classes)
 
     def forward(self, x):
-        x = torch.relu(self.bn(self.conv(x)))
-        x = torch.relu(self.conv2(x)).mean(dim=(2, 3))
-        out = self.head(x)
+        out = self.head(self.pool(torch.relu(self.bn(self.conv(x)))).flatten(1))
         if TinyNet.poison:
             out = out * float("nan")
         return out
@@ -69,9 +67,9 @@ def write_config(path, **entries) -> str:
 
 def tiny_cfg(tmp_path, **over) -> Dict:
     """A digits config for the tiny registered model: 8 px, 2 epochs, no workers."""
-    cfg = dict(task_name="tiny", model=TINY, dataset="digits", img_size=8, batch_size=64, lr=5e-3,
+    cfg = dict(task_name="tiny", model=TINY, dataset="digits", img_size=8, batch_size=64, lr=1e-2,
                epochs=2, warmup_epochs=0, workers=0, output_dir=str(tmp_path / "runs"), seed=0,
-               label_smoothing=0.0)
+               label_smoothing=0.0, augment=False)
     cfg.update(over)
     return cfg
 

@@ -1,0 +1,327 @@
+"""The training engine: config schema, optimiser/schedule, checkpoints, resume, EMA, non-finite
+loss, on small in-process runs with a tiny registered model (digits at 8 px)."""
+import os
+
+import pytest
+import torch
+import yaml
+from test_training_fixtures import TINY, TinyNet, register_tiny, tiny_cfg, write_config
+
+from svm_models.training import checkpoint as ckpt
+from svm_models.training import config as C
+from svm_models.training import engine, history, optim
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    return register_tiny(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
+    spinning makes two threads many times slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(tmp_path, **over):
+    return C.validate(tiny_cfg(tmp_path, **over), "test")
+
+
+# ----------------------------------------------------------------------------------------------
+# config schema
+# ----------------------------------------------------------------------------------------------
+def test_config_defaults_and_coercion(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("task_name: t\nmodel: svmamba_cifar\ndataset: digits\nlr: 1e-3\nT: 4\n"
+                 "model_args: {dims: [16, 32]}\n")
+    cfg = C.load_config(str(p))
+    assert cfg["lr"] == 1e-3 and isinstance(cfg["lr"], float)  # PyYAML reads 1e-3 as a string
+    assert cfg["batch_size"] == 64 and cfg["root_path"] == "data" and cfg["pretrained"] is False
+    assert cfg["model_args"] == {"dims": [16, 32]} and cfg["T"] == 4
+    assert set(cfg) == set(C.SCHEMA)
+    assert C.run_dir(cfg) == os.path.join("runs", "t")
+
+
+BAD = [
+    ("task_name: t\nmodel: m\ndataset: digits\nbach_size: 8\n", r"unknown key 'bach_size' \(did you mean 'batch_size'\?\)"),
+    ("task_name: t\nmodel: m\ndataset: digits\nbatch_size: '8'\n", r"'batch_size' must be an integer, got '8'"),
+    ("task_name: t\nmodel: m\ndataset: digits\nepochs: 2.5\n", r"'epochs' must be an integer, got 2.5"),
+    ("task_name: t\nmodel: m\ndataset: digits\nepochs: true\n", r"'epochs' must be an integer, got True"),
+    ("task_name: t\nmodel: m\ndataset: digits\nlr: fast\n", r"'lr' must be a number, got 'fast'"),
+    ("task_name: t\nmodel: m\ndataset: digits\nlr: .nan\n", r"'lr' must be finite"),
+    ("task_name: t\nmodel: m\ndataset: digits\namp: 1\n", r"'amp' must be true/false, got 1"),
+    ("task_name: t\nmodel: m\ndataset: digits\nmodel_args: [1, 2]\n", r"'model_args' must be a mapping, got list"),
+    ("task_name: t\nmodel: m\ndataset: digits\nseed: null\n", r"'seed' must be an integer, got null"),
+    ("task_name: t\nmodel: m\ndataset: digits\npretrained: 3\n", r"'pretrained' must be true/false or a string, got 3"),
+    ("task_name: t\nmodel: m\n", r"missing required key\(s\): dataset"),
+    ("task_name: t\nmodel: m\ndataset: imagenet21k\n", r"'dataset' must be one of digits, cifar10"),
+    ("task_name: t\nmodel: m\ndataset: digits\nepochs: 0\n", r"'epochs' must be >= 1, got 0"),
+    ("task_name: t\nmodel: m\ndataset: digits\nepochs: 5\nwarmup_epochs: 5\n", r"'warmup_epochs' must be >= 0 and below epochs"),
+    ("task_name: t\nmodel: m\ndataset: digits\nema: 1.0\n", r"'ema' must be in \[0, 1\)"),
+    ("task_name: t\nmodel: m\ndataset: digits\nlabel_smoothing: -0.1\n", r"'label_smoothing' must be in \[0, 1\)"),
+    ("task_name: a/b\nmodel: m\ndataset: digits\n", r"'task_name' must be a non-empty name without slashes"),
+    ("task_name: t\nmodel: m\ndataset: digits\nT: 4\nmodel_args: {T: 2}\n", r"set T either as the top-level key"),
+    ("task_name: t\nmodel: m\ndataset: digits\nmodel_args: {num_classes: 5}\n", r"must not set num_classes or img_size"),
+    ("- just\n- a list\n", r"the top level must be a mapping of keys, got list"),
+    ("", r"the top level must be a mapping of keys, got an empty file"),
+    ("task_name: t\n  model: [unclosed\n", r"not valid YAML \(line 2"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_config_errors_are_one_clear_line(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(C.ConfigError, match=message) as e:
+        C.load_config(str(p))
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_config_missing_file_and_folder(tmp_path):
+    with pytest.raises(C.ConfigError, match="config file not found: .*nope.yaml"):
+        C.load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(C.ConfigError, match="config path is not a file"):
+        C.load_config(str(tmp_path))
+
+
+def test_pretrained_path_rules(tmp_path):
+    cfg = _cfg(tmp_path, pretrained=True)
+    with pytest.raises(C.ConfigError, match="'pretrained: true' needs 'checkpoint'"):
+        C.pretrained_path(cfg)
+    with pytest.raises(C.ConfigError, match="pretrained weights .* not found"):
+        C.pretrained_path(dict(cfg, checkpoint=str(tmp_path / "w.pt")))
+    assert C.pretrained_path(_cfg(tmp_path)) is None
+
+
+def test_unknown_model_and_bad_override_are_config_errors(tmp_path, tiny):
+    with pytest.raises(C.ConfigError, match="unknown model 'svmambaa'; registered models: .*svmamba_cifar"):
+        engine.build_model(_cfg(tmp_path, model="svmambaa"), 10)
+    with pytest.raises(C.ConfigError, match=r"cannot build model .*unknown override\(s\) \['widht'\]"):
+        engine.build_model(_cfg(tmp_path, model_args={"widht": 3}), 10)
+    m = engine.build_model(_cfg(tmp_path, model_args={"width": 4}), 7)
+    assert m.conv.out_channels == 4 and m.head.out_features == 7 and m.img_size == 8
+
+
+def test_T_key_is_passed_as_the_model_override(tmp_path):
+    m = engine.build_model(_cfg(tmp_path, model="svmamba_cifar", T=3, img_size=16,
+                                model_args={"dims": [8, 16], "depths": [1, 1]}), 10)
+    assert m.T == 3 and m.img_size == 16 and m.dims == [8, 16]
+
+
+# ----------------------------------------------------------------------------------------------
+# optimiser and schedule
+# ----------------------------------------------------------------------------------------------
+def test_weight_decay_groups_skip_biases_and_1d():
+    m = TinyNet()
+    groups = optim.param_groups(m, 0.05)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert id(m.conv.weight) in decayed and id(m.head.weight) in decayed
+    assert id(m.conv.bias) not in decayed and id(m.bn.weight) not in decayed
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+
+
+def test_warmup_then_cosine_per_iteration():
+    m = TinyNet()
+    cfg = dict(lr=1e-2, weight_decay=0.0, epochs=5, warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5)
+    opt = optim.build_optimizer(m, cfg)
+    sched = optim.build_scheduler(opt, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(50):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # linear ramp
+    assert lrs[10] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay
+    assert lrs[30] == pytest.approx(1e-5 + (1e-2 - 1e-5) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 20 / 40)).item()))
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # min_lr after the last step
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+def test_atomic_save_keeps_the_old_file_when_a_write_dies(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pt")
+    ckpt.atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+    before = open(path, "rb").read()
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a zip file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
+
+
+def test_load_weights_accepts_the_usual_layouts(tmp_path):
+    src = TinyNet()
+    sd = src.state_dict()
+    layouts = {
+        "bare.pt": sd,
+        "model.pt": {"model": sd, "epoch": 3},
+        "state_dict.pt": {"state_dict": sd},
+        "ddp.pt": {"model": {f"module.{k}": v for k, v in sd.items()}},
+    }
+    for name, obj in layouts.items():
+        torch.save(obj, tmp_path / name)
+        dst = TinyNet()
+        ckpt.load_weights(dst, str(tmp_path / name), strict=True)
+        assert all(torch.equal(dst.state_dict()[k], v) for k, v in sd.items()), name
+
+
+def test_load_weights_errors_and_head_skipping(tmp_path):
+    torch.save(TinyNet(num_classes=10).state_dict(), tmp_path / "ten.pt")
+    with pytest.raises(C.ConfigError, match=r"does not fit the model: 2 shape mismatch\(es\), e.g. head"):
+        ckpt.load_weights(TinyNet(num_classes=5), str(tmp_path / "ten.pt"), strict=True)
+    five = TinyNet(num_classes=5)
+    skipped, missing = ckpt.load_weights(five, str(tmp_path / "ten.pt"), strict=False)
+    assert skipped == ["head.bias", "head.weight"] and missing == []
+    torch.save({"epoch": 1}, tmp_path / "nothing.pt")
+    with pytest.raises(C.ConfigError, match="holds no state_dict"):
+        ckpt.load_weights(TinyNet(), str(tmp_path / "nothing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(C.ConfigError, match="cannot load checkpoint .*junk.pt"):
+        ckpt.load_weights(TinyNet(), str(tmp_path / "junk.pt"))
+    with pytest.raises(C.ConfigError, match="checkpoint not found"):
+        ckpt.load_weights(TinyNet(), str(tmp_path / "absent.pt"))
+
+
+def test_weights_only_refuses_arbitrary_pickles(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": TinyNet().state_dict(), "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(C.ConfigError, match="cannot load checkpoint"):
+        ckpt.load_weights(TinyNet(), str(tmp_path / "evil.pt"))
+
+
+# ----------------------------------------------------------------------------------------------
+# whole runs (tiny model, digits at 8 px: a few seconds each)
+# ----------------------------------------------------------------------------------------------
+def _files(cfg):
+    return sorted(os.listdir(C.run_dir(cfg)))
+
+
+def test_fit_writes_checkpoints_log_and_curves(tmp_path, tiny):
+    cfg = _cfg(tmp_path, epochs=3)
+    res = engine.fit(cfg, progress=False)
+    assert _files(cfg) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    last = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "best_acc", "config", "history", "classes"} <= set(last)
+    assert last["epoch"] == 3 and last["config"]["model"] == TINY and last["classes"][3] == "3"
+    best = torch.load(os.path.join(C.run_dir(cfg), "best.pt"), weights_only=True)
+    assert best["best_acc"] == res["best_acc"] == max(r["val_top1"] for r in res["history"])
+    assert best["epoch"] == res["best_epoch"]
+    rows = history.read_csv(os.path.join(C.run_dir(cfg), "log.csv"))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(history.COLUMNS) == set(rows[0])
+    assert float(rows[-1]["val_top1"]) == pytest.approx(res["history"][-1]["val_top1"], rel=1e-4)
+    # the learning rate decays; the model learns something (chance is 10 %)
+    assert float(rows[0]["lr"]) > float(rows[-1]["lr"])
+    assert res["best_acc"] > 80.0
+    from PIL import Image
+
+    with Image.open(os.path.join(C.run_dir(cfg), "curves.png")) as im:
+        assert im.size[0] > 500 and im.size[1] > 200
+
+
+def test_resume_after_a_crash_continues_exactly(tmp_path, tiny):
+    """Crash after epoch 2 of 4, resume: the same weights, optimizer state and log as a run that
+    never stopped."""
+    full_cfg = _cfg(tmp_path, task_name="full", epochs=4, warmup_epochs=1, ema=0.9, clip_grad=1.0)
+    full = engine.fit(full_cfg, progress=False)
+
+    cfg = dict(full_cfg, task_name="crashed")
+
+    def crash(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, progress=False, on_epoch_end=crash)
+    mid = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
+    assert mid["epoch"] == 2 and len(history.read_csv(os.path.join(C.run_dir(cfg), "log.csv"))) == 2
+
+    resumed = engine.fit(cfg, resume=True, progress=False)
+    a = torch.load(os.path.join(C.run_dir(full_cfg), "last.pt"), weights_only=True)
+    b = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for k, v in a["ema"].items():
+        assert torch.equal(v, b["ema"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    assert a["scheduler"] == b["scheduler"]
+    keys = ("train_loss", "train_acc", "val_loss", "val_top1", "lr")
+    assert [[r[k] for k in keys] for r in full["history"]] == [[r[k] for k in keys] for r in resumed["history"]]
+    assert len(history.read_csv(os.path.join(C.run_dir(cfg), "log.csv"))) == 4
+
+
+def test_resume_needs_last_and_the_same_config(tmp_path, tiny):
+    cfg = _cfg(tmp_path, epochs=1)
+    with pytest.raises(C.ConfigError, match="nothing to resume, .*last.pt not found"):
+        engine.fit(cfg, resume=True, progress=False)
+    engine.fit(cfg, progress=False)
+    with pytest.raises(C.ConfigError, match="config differs .* in img_size"):
+        engine.fit(dict(cfg, img_size=16), resume=True, progress=False)
+
+
+def test_ema_weights_are_what_best_holds(tmp_path, tiny):
+    cfg = _cfg(tmp_path, epochs=1, ema=0.5)
+    engine.fit(cfg, progress=False)
+    last = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
+    ema_sd = {k[len("module."):]: v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert int(last["ema"]["n_averaged"]) == 1437 // 64  # one update per step (last batch dropped)
+    assert any(not torch.equal(ema_sd[k], last["model"][k]) for k in last["model"])
+    best = torch.load(os.path.join(C.run_dir(cfg), "best.pt"), weights_only=True)
+    assert best["epoch"] == 1  # the first epoch is always the best so far
+    assert set(best["model"]) == set(ema_sd)
+    assert all(torch.equal(best["model"][k], ema_sd[k]) for k in ema_sd)  # the evaluated weights
+
+
+def test_pretrained_start_skips_a_head_of_another_size(tmp_path, tiny, capsys):
+    src = TinyNet(num_classes=3)
+    torch.nn.init.constant_(src.conv.weight, 0.0123)
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "pre.pt")
+    cfg = _cfg(tmp_path, epochs=1, pretrained=str(tmp_path / "pre.pt"), lr=1e-9, warmup_lr=1e-9, min_lr=0.0)
+    res = engine.fit(cfg, progress=False)
+    assert "loaded pretrained weights" in capsys.readouterr().out
+    w = res["model"].conv.weight
+    assert torch.allclose(w, torch.full_like(w, 0.0123), atol=1e-5)  # lr ~ 0: still the loaded values
+    assert res["model"].head.out_features == 10
+
+
+def test_non_finite_loss_stops_without_a_poisoned_checkpoint(tmp_path, tiny):
+    cfg = _cfg(tmp_path, epochs=3)
+
+    def poison(epoch):
+        if epoch == 1:
+            TinyNet.poison = True
+
+    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 2, step 1"):
+        engine.fit(cfg, progress=False, on_epoch_end=poison)
+    TinyNet.poison = False
+    last = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert len(history.read_csv(os.path.join(C.run_dir(cfg), "log.csv"))) == 1
+
+
+def test_batch_size_must_split_over_processes(tmp_path):
+    from svm_models.training.distributed import DistInfo
+
+    with pytest.raises(C.ConfigError, match=r"'batch_size' \(63\) must be divisible by the number of processes \(2\)"):
+        engine.per_process_batch({"batch_size": 63}, DistInfo(rank=0, world_size=2))
