@@ -175,10 +175,10 @@ class QKFormer(nn.Module):
         attn_lif = partial(make_lif, backend=backend, tau=tau, v_threshold=0.5, detach_reset=True)
 
         def blocks(attn_cls, dim, depth):
-            return nn.Sequential(*[
-                SpikingTransformerBlock(attn_cls(dim, num_heads, lif, attn_lif), SpikingMLP(dim, int(dim * mlp_ratio), lif))
-                for _ in range(depth)
-            ])
+            def block():
+                return SpikingTransformerBlock(attn_cls(dim, num_heads, lif, attn_lif),
+                                               SpikingMLP(dim, int(dim * mlp_ratio), lif))
+            return nn.Sequential(*[block() for _ in range(depth)])
 
         self.patch_embed1 = PatchEmbedInit(in_chans, dims[0], layout, lif)
         self.stage1 = blocks(TokenQKAttention, dims[0], depths[0])
