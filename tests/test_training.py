@@ -325,3 +325,61 @@ def test_batch_size_must_split_over_processes(tmp_path):
 
     with pytest.raises(C.ConfigError, match=r"'batch_size' \(63\) must be divisible by the number of processes \(2\)"):
         engine.per_process_batch({"batch_size": 63}, DistInfo(rank=0, world_size=2))
+
+
+def test_mixup_cutmix_switch_and_stop():
+    from torchvision.transforms import v2
+
+    base = dict(mixup=0.0, cutmix=0.0, mixup_off_epoch=None)
+    assert engine.batch_mixing(base, 10, 0) is None
+    assert isinstance(engine.batch_mixing(dict(base, mixup=0.5), 10, 0), v2.MixUp)
+    both = engine.batch_mixing(dict(base, mixup=0.8, cutmix=1.0), 10, 0)
+    assert isinstance(both, v2.RandomChoice)
+    assert engine.batch_mixing(dict(base, mixup=0.5, mixup_off_epoch=3), 10, 2) is not None
+    assert engine.batch_mixing(dict(base, mixup=0.5, mixup_off_epoch=3), 10, 3) is None
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 10
+    xm, ym = engine.batch_mixing(dict(base, mixup=0.5), 10, 0)(x, y)
+    assert ym.shape == (8, 10) and torch.allclose(ym.sum(1), torch.ones(8))
+
+
+def test_fit_with_mixup_trains(tmp_path, tiny):
+    cfg = _cfg(tmp_path, epochs=2, mixup=0.5, cutmix=1.0, mixup_off_epoch=1, label_smoothing=0.1)
+    res = engine.fit(cfg, progress=False)
+    assert len(res["history"]) == 2 and res["best_acc"] > 50.0
+
+
+# ----------------------------------------------------------------------------------------------
+# the shipped configs
+# ----------------------------------------------------------------------------------------------
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def test_every_model_dataset_pair_has_a_valid_config():
+    import svm_models
+
+    names = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".yaml"))
+    want = sorted(f"{d}_{m}.yaml" for d in ("digits", "cifar10", "cifar100", "mini_imagenet")
+                  for m in ("svmamba", "vmamba", "qkformer"))
+    assert names == want
+    for name in names:
+        cfg = C.load_config(os.path.join(CONFIGS, name))
+        dataset, family = name[:-5].rsplit("_", 1)
+        assert cfg["dataset"] == dataset and cfg["task_name"] == name[:-5]
+        assert cfg["model"] in svm_models.list_models() and cfg["model"].startswith(family)
+        spiking = family != "vmamba"
+        assert (cfg["T"] is not None) == spiking, name
+        if dataset != "digits":  # the papers' recipes
+            assert cfg["label_smoothing"] == 0.1 and cfg["warmup_epochs"] >= 5 and cfg["augment"]
+            assert cfg["epochs"] >= 200 and cfg["weight_decay"] >= 0.05
+
+
+def test_digits_configs_share_one_budget_and_build():
+    keys = ("img_size", "batch_size", "epochs", "lr", "warmup_epochs", "weight_decay", "label_smoothing",
+            "seed", "augment", "min_lr", "warmup_lr")
+    cfgs = [C.load_config(os.path.join(CONFIGS, f"digits_{m}.yaml")) for m in ("svmamba", "qkformer", "vmamba")]
+    assert all(c[k] == cfgs[0][k] for c in cfgs for k in keys)
+    for c in cfgs:
+        m = engine.build_model(c, 10)
+        x = torch.randn(2, 3, c["img_size"], c["img_size"])
+        assert m(x).shape == (2, 10)

@@ -50,7 +50,8 @@ SCHEMA: Dict[str, Key] = {
     "min_lr": Key(_NUM, 1e-5, doc="learning rate at the end of the cosine decay"),
     "label_smoothing": Key(_NUM, 0.1),
     "mixup": Key(_NUM, 0.0, doc="mixup alpha; 0 = off"),
-    "mixup_off_epoch": Key((int,), None, nullable=True, doc="epoch from which mixup stops (null: never)"),
+    "cutmix": Key(_NUM, 0.0, doc="cutmix alpha; 0 = off (with mixup too, each batch picks one)"),
+    "mixup_off_epoch": Key((int,), None, nullable=True, doc="epoch from which mixup/cutmix stop (null: never)"),
     "augment": Key((bool,), True, doc="the dataset's training augmentation (see svm_models.data)"),
     "ema": Key(_NUM, 0.0, doc="EMA decay of the weights, e.g. 0.999; 0 = off"),
     "clip_grad": Key(_NUM, None, nullable=True, doc="max gradient norm; null = no clipping"),
@@ -96,7 +97,8 @@ def _check_ranges(c: Dict[str, Any]) -> None:
         if not cond:
             raise ConfigError(msg)
 
-    for k in ("lr", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "mixup", "ema"):
+    for k in ("lr", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "mixup", "cutmix",
+              "ema"):
         need(math.isfinite(c[k]), f"'{k}' must be finite, got {c[k]}")
     need(c["task_name"].strip() != "" and "/" not in c["task_name"] and "\\" not in c["task_name"],
          f"'task_name' must be a non-empty name without slashes, got {c['task_name']!r}")
@@ -113,6 +115,7 @@ def _check_ranges(c: Dict[str, Any]) -> None:
     need(0 <= c["min_lr"] <= c["lr"], f"'min_lr' must be >= 0 and <= lr, got {c['min_lr']}")
     need(0 <= c["label_smoothing"] < 1, f"'label_smoothing' must be in [0, 1), got {c['label_smoothing']}")
     need(c["mixup"] >= 0, f"'mixup' must be >= 0, got {c['mixup']}")
+    need(c["cutmix"] >= 0, f"'cutmix' must be >= 0, got {c['cutmix']}")
     need(0 <= c["ema"] < 1, f"'ema' must be in [0, 1) (0 = off), got {c['ema']}")
     need(c["clip_grad"] is None or (math.isfinite(c["clip_grad"]) and c["clip_grad"] > 0),
          f"'clip_grad' must be > 0 or null, got {c['clip_grad']}")

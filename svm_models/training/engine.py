@@ -110,6 +110,22 @@ def _all_finite(model: nn.Module) -> bool:
     return all(torch.isfinite(t).all() for t in unwrap(model).state_dict().values() if t.is_floating_point())
 
 
+def batch_mixing(cfg: Dict[str, Any], num_classes: int, epoch: int):
+    """MixUp and/or CutMix on whole batches (soft targets), until ``mixup_off_epoch``; None if off."""
+    if cfg["mixup_off_epoch"] is not None and epoch >= cfg["mixup_off_epoch"]:
+        return None
+    from torchvision.transforms import v2
+
+    ops = []
+    if cfg["mixup"] > 0:
+        ops.append(v2.MixUp(alpha=cfg["mixup"], num_classes=num_classes))
+    if cfg["cutmix"] > 0:
+        ops.append(v2.CutMix(alpha=cfg["cutmix"], num_classes=num_classes))
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+
 # ----------------------------------------------------------------------------------------------
 # one epoch / evaluation
 # ----------------------------------------------------------------------------------------------
@@ -118,12 +134,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, info, epoch, num_c
     from tqdm import tqdm
 
     model.train()
-    use_mixup = cfg["mixup"] > 0 and (cfg["mixup_off_epoch"] is None or epoch < cfg["mixup_off_epoch"])
-    mixup = None
-    if use_mixup:
-        from torchvision.transforms import v2
-
-        mixup = v2.MixUp(alpha=cfg["mixup"], num_classes=num_classes)
+    mixup = batch_mixing(cfg, num_classes, epoch)
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = seen = 0
     t0 = time.perf_counter()
