@@ -182,10 +182,12 @@ def test_rates_over_batches_of_a_spiking_model_equal_one_pass():
     split = accounting.profile(model, [(x[:2], torch.zeros(2)), (x[2:], torch.zeros(3))])
     whole = accounting.profile(model, x)
     assert split.mean_firing_rate > 0.005
-    assert split.mean_firing_rate == pytest.approx(whole.mean_firing_rate, rel=1e-9)
+    # Exact on this machine; the tolerance only allows a spike to flip if a different batch size
+    # changed a convolution's rounding (the exact property is test_rates_over_several_batches...).
+    assert split.mean_firing_rate == pytest.approx(whole.mean_firing_rate, rel=2e-3)
     for a, b in zip(split.rows, whole.rows):
         assert a.kind == b.kind
-        assert a.sops == pytest.approx(b.sops, rel=1e-9, abs=1e-9)
+        assert a.sops == pytest.approx(b.sops, rel=2e-3, abs=1e-9)
 
 
 def test_rate_hooks_do_not_sync_with_the_host_per_batch(monkeypatch):
@@ -323,8 +325,8 @@ def test_counts_are_per_image_whatever_the_batch_size():
     pairs = accounting.profile(model, [x[:2], x[2:]])
     for r in (singles, pairs):
         assert r.macs == one_batch.macs and r.mac_ops == one_batch.mac_ops
-        assert r.sops == pytest.approx(one_batch.sops, rel=1e-9)
-        assert r.energy_mj == pytest.approx(one_batch.energy_mj, rel=1e-9)
+        assert r.sops == pytest.approx(one_batch.sops, rel=2e-3)  # (see the test above)
+        assert r.energy_mj == pytest.approx(one_batch.energy_mj, rel=2e-3)
     just_one = accounting.profile(model, x[:1])
     assert just_one.macs == one_batch.macs
 
