@@ -5,6 +5,7 @@ as a table and written as JSON and PNG next to the checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional
 
@@ -16,7 +17,7 @@ from .checkpoint import atomic_write_text, extract_state_dict, load_file
 from .config import ConfigError, require_file, run_dir
 from .engine import build_model, build_split, eval_loader, evaluate
 
-ACCOUNTING_IMAGES = 64  # images the accounting pass averages firing rates over
+ACCOUNTING_IMAGES = 512  # test images the accounting pass averages the firing rates over (at most)
 
 
 def default_checkpoint(cfg: Dict[str, Any]) -> str:
@@ -55,27 +56,19 @@ def load_trained_model(cfg: Dict[str, Any], checkpoint: Optional[str] = None,
     return model.to(device).eval(), path, meta
 
 
-def _first_images(loader, n: int) -> torch.Tensor:
-    batches, got = [], 0
-    for images, _ in loader:
-        batches.append(images)
-        got += images.shape[0]
-        if got >= n:
-            break
-    return torch.cat(batches)[:n]
-
-
-def accounting_report(model: nn.Module, images: torch.Tensor):
-    """``svm_models.accounting.profile`` on a batch of test images."""
+def accounting_report(model: nn.Module, loader, cfg: Dict[str, Any]):
+    """``svm_models.accounting.profile`` over up to ACCOUNTING_IMAGES test images."""
     from .. import accounting
 
-    return accounting.profile(model, images)
+    max_batches = max(1, math.ceil(ACCOUNTING_IMAGES / max(1, loader.batch_size or 1)))
+    return accounting.profile(model, loader, max_batches=max_batches, name=cfg["model"])
 
 
 def run_test(cfg: Dict[str, Any], model: nn.Module, checkpoint_path: str,
              info: Optional[dist_utils.DistInfo] = None, out_dir: Optional[str] = None,
              num_classes: Optional[int] = None, prefix: str = "test") -> Dict[str, Any]:
-    """Top-1/top-5 on the test split and the accounting report.
+    """Top-1/top-5 on the test split and the accounting report (firing rates over up to
+    ACCOUNTING_IMAGES test images).
 
     Writes ``<out_dir>/<prefix>_report.json`` (accuracy + accounting) and
     ``<out_dir>/<prefix>_report.png``; prints the accuracy and the report table. Returns the dict
@@ -95,9 +88,7 @@ def run_test(cfg: Dict[str, Any], model: nn.Module, checkpoint_path: str,
     print(f"{cfg['task_name']}: {cfg['model']} on {cfg['dataset']} test split ({acc['n']} images): "
           f"top-1 {acc['val_top1']:.2f}%  top-5 {acc['val_top5']:.2f}%", flush=True)
 
-    images = _first_images(eval_loader(ds, dict(cfg, batch_size=ACCOUNTING_IMAGES, workers=0),
-                                       dist_utils.DistInfo()), ACCOUNTING_IMAGES).to(info.device)
-    report = accounting_report(model, images)
+    report = accounting_report(model, loader, cfg)
     print(report.to_markdown(), flush=True)
     result["accounting"] = json.loads(report.to_json())
     os.makedirs(out_dir, exist_ok=True)
