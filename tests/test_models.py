@@ -133,12 +133,15 @@ def test_svmamba_sew_forward_backward():
     assert not missing, f"parameters without gradient: {missing}"
 
 
-def test_vmamba_half_precision_autocast():
-    """Under bf16 autocast the scan gets bf16 u/B/C/dt_low and returns fp32 (VMamba's oflex)."""
-    model, img = small_model("vmamba_cifar")
+@pytest.mark.parametrize("name", ["vmamba_cifar", "svmamba_cifar", "qkformer_cifar"])
+def test_bf16_autocast(name):
+    """Under bf16 autocast the scan gets bf16 u/B/C/dt_low (returning fp32) and LIFs bf16 currents."""
+    model, img = small_model(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(images(2, img))
     assert torch.isfinite(logits).all() and logits.shape == (2, NUM_CLASSES)
+    logits.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 # --------------------------------------------------------------------------------------------
