@@ -139,10 +139,18 @@ class OpaqueTorchOp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fn, *args):
-        # While torch.jit.trace records (FLOP counting), nothing will be differentiated: run
-        # without the inner graph, whose detached leaves the tracer cannot map.
-        tracing = torch._C._get_tracing_state() is not None
-        grad_wanted = not tracing and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        tracing_state = torch._C._get_tracing_state()
+        if tracing_state is not None:
+            # torch.jit.trace (FLOP counting) records this op as one node; nothing will be
+            # differentiated. Pause the tracer inside: it would otherwise record every op of the
+            # wrapped loop into the node's subgraph (minutes for a long scan), for nobody.
+            torch._C._set_tracing_state(None)
+            try:
+                with torch.no_grad():
+                    return fn(*args)
+            finally:
+                torch._C._set_tracing_state(tracing_state)
+        grad_wanted = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
         leaves = [
             a.detach().requires_grad_(a.requires_grad) if grad_wanted and isinstance(a, torch.Tensor) else a
             for a in args

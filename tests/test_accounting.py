@@ -229,17 +229,16 @@ def scan_inputs(batch=2, d=8, h=5, w=6, n=3):
             torch.randn(4, d, generator=g))
 
 
-@pytest.mark.parametrize("fast_trace", [True, False])
-def test_scan_handle_reproduces_vmamba_formula(fast_trace):
+def test_scan_handle_reproduces_vmamba_formula():
     batch, d, h, w, n, r = 2, 8, 5, 6, 3, 2
     L = h * w
-    by_module, unsupported = accounting.trace_counts(ScanFull(), scan_inputs(batch, d, h, w, n), fast_trace=fast_trace)
+    by_module, unsupported = accounting.trace_counts(ScanFull(), scan_inputs(batch, d, h, w, n))
     assert not unsupported
     per_direction = 9 * batch * L * d * n + batch * d * L
     assert by_module[""] == Counter({"selective_scan": 4 * per_direction})
 
     ssm = CrossScanSSM(d, d_state=n, dt_rank=r, backend="torch")
-    by_module, unsupported = accounting.trace_counts(ssm, torch.randn(batch, d, h, w), fast_trace=fast_trace)
+    by_module, unsupported = accounting.trace_counts(ssm, torch.randn(batch, d, h, w))
     assert not unsupported
     assert by_module[""]["selective_scan"] == 4 * per_direction
     assert by_module[""]["scan_dt_proj"] == 4 * batch * L * d * r  # in-kernel dt projection

@@ -16,7 +16,7 @@ Command line: ``python -m svm_models.accounting --model vmamba_t --img-size 224`
 from .calibrate import calibrate_batchnorm
 from .energy import PRESETS, EnergyModel, get_energy_model
 from .handles import cross_scan_macs, lowrank_dt_macs, op_handles, selective_scan_macs
-from .profiler import default_stage, exclusive_counts, opaque_ops_untraced, profile, trace_counts
+from .profiler import default_stage, exclusive_counts, profile, trace_counts
 from .rates import InputStats, RateRecorder
 from .report import LayerRow, Report, StageRow
 
@@ -31,7 +31,6 @@ __all__ = [
     "op_handles",
     "trace_counts",
     "exclusive_counts",
-    "opaque_ops_untraced",
     "default_stage",
     "selective_scan_macs",
     "cross_scan_macs",

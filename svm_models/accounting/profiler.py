@@ -46,48 +46,10 @@ HEAD_AS = ("mac", "auto")
 # The MAC trace
 
 
-@contextlib.contextmanager
-def opaque_ops_untraced():
-    """While active, the reference ops' inner computations are not recorded by the tracer.
-
-    ``svm_kernels.utils.OpaqueTorchOp`` runs a reference op (LIF, scan) as one autograd
-    Function, i.e. one ``prim::PythonOp`` node. The tracer still records every op run *inside*
-    it into the node's "Subgraph" attribute, which fvcore never reads; for the scan that is a
-    Python loop over positions, and it made tracing VMamba-T take ~270 s instead of ~6 s on two
-    CPU cores. Here the inner function runs with the tracing state suspended (and without
-    autograd: nothing is differentiated during a trace). The node itself -- name, inputs,
-    outputs and their shapes -- is recorded exactly as before, so the counts do not change.
-    """
-    try:
-        from svm_kernels.utils import OpaqueTorchOp
-    except ImportError:  # pragma: no cover - svm_kernels ships with this package
-        yield
-        return
-    original = OpaqueTorchOp.__dict__["forward"]
-
-    def forward(ctx, fn, *args):
-        state = torch._C._get_tracing_state()
-        if state is None:
-            return original.__func__(ctx, fn, *args)
-        torch._C._set_tracing_state(None)
-        try:
-            with torch.no_grad():
-                return fn(*args)
-        finally:
-            torch._C._set_tracing_state(state)
-
-    OpaqueTorchOp.forward = staticmethod(forward)
-    try:
-        yield
-    finally:
-        OpaqueTorchOp.forward = original
-
-
 def trace_counts(
     model: nn.Module,
     inputs: Union[torch.Tensor, Tuple[torch.Tensor, ...]],
     count_batchnorm: bool = False,
-    fast_trace: bool = True,
 ) -> Tuple[Dict[str, Counter], Counter]:
     """fvcore counts of ``model(*inputs)`` with our handles.
 
@@ -98,7 +60,7 @@ def trace_counts(
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     fca = FlopCountAnalysis(model, inputs).set_op_handle(**op_handles(count_batchnorm))
     fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with torch.no_grad(), (opaque_ops_untraced() if fast_trace else contextlib.nullcontext()):
+    with torch.no_grad():
         by_module = fca.by_module_and_operator()
         unsupported = fca.unsupported_ops()
     return by_module, unsupported
@@ -221,7 +183,6 @@ def profile(
     head: Union[None, str, nn.Module] = None,
     stage_of: Optional[Callable[[str], str]] = None,
     name: Optional[str] = None,
-    fast_trace: bool = True,
 ) -> Report:
     """Params, MACs, SOPs, energy and firing rates of ``model``, per image.
 
@@ -247,8 +208,6 @@ def profile(
             (or ``model.classifier.head``), as a module or its name. Without either, the
             convention is not applied and the layer is costed by its detected input kind.
         stage_of: maps a module name to its stage label (default: :func:`stage_function`).
-        fast_trace: trace the reference ops without recording their internals
-            (:func:`opaque_ops_untraced`); the counts are the same either way.
     """
     if integer_as not in INTEGER_AS:
         raise ValueError(f"integer_as must be one of {INTEGER_AS}, got {integer_as!r}")
@@ -290,7 +249,7 @@ def profile(
     model.eval()
     try:
         # MACs per image: one traced image.
-        by_module, unsupported = trace_counts(model, (first_image,), count_batchnorm, fast_trace)
+        by_module, unsupported = trace_counts(model, (first_image,), count_batchnorm)
         own_ops = exclusive_counts(model, by_module)
         # Matrix products outside Conv/Linear modules (spiking attention) need their operands recorded.
         has_products = spiking and any(n not in units and op in INPUT_LINEAR_OPS for n, ops in own_ops.items() for op in ops)
