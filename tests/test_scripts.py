@@ -1,0 +1,312 @@
+"""train.py / test.py / predict.py as users run them: real processes, real files.
+
+* a short SVMamba training run on digits through train.py (module fixture), reused by the
+  test.py and predict.py tests;
+* a run killed with SIGKILL mid-training and continued with --resume;
+* a 2-process torchrun (gloo on the CPU);
+* predict on a folder holding a corrupt file and a text file;
+* every bad-config case: exit status 2, one ``error:`` line, no traceback.
+"""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from test_training_fixtures import TINY, register_tiny, save_digit_png, tiny_cfg, tiny_checkpoint, write_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+# Small models gain nothing from intra-op threads; on a busy 2-core machine two threads each
+# can be many times slower than one.
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+# A tiny real SVMamba for digits at 8 px (patch 2: 4x4 tokens).
+SVM_TINY = dict(model="svmamba_cifar", dataset="digits", img_size=8, batch_size=32, lr=5e-3, T=2,
+                warmup_epochs=0, label_smoothing=0.1, augment=False, workers=0, seed=0,
+                model_args={"dims": [16, 32], "depths": [1, 1], "v_threshold": 0.5})
+
+
+def run(args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def script(name):
+    """Import train.py / test.py / predict.py as a module (to call main in-process)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(ROOT, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def assert_one_error_line(stderr, *fragments):
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# the short end-to-end run
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = write_config(tmp / "svm.yaml", task_name="svm_tiny", output_dir=str(tmp / "runs"), epochs=3, **SVM_TINY)
+    t0 = time.perf_counter()
+    r = run(["train.py", "--config", cfg, "--no-test"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {"cfg": cfg, "dir": tmp / "runs" / "svm_tiny", "out": r.stdout, "err": r.stderr,
+            "seconds": time.perf_counter() - t0, "tmp": tmp}
+
+
+def test_train_script_learns_digits(trained):
+    d = trained["dir"]
+    assert sorted(os.listdir(d)) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    rows = open(d / "log.csv").read().strip().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("epoch,lr,train_loss")
+    best = torch.load(d / "best.pt", weights_only=True)
+    assert best["config"]["model"] == "svmamba_cifar" and best["num_classes"] == 10
+    assert best["best_acc"] >= 60.0, trained["out"]  # a modest bar: chance is 10 %
+    assert "svmamba_cifar" in trained["out"] and "best val top-1" in trained["out"]
+    # the tqdm bar (stderr) shows throughput and loss
+    assert "epoch 3/3" in trained["err"] and "img_s=" in trained["err"] and "loss=" in trained["err"]
+
+
+def test_test_script_reports_accuracy_and_energy(trained):
+    """test.py: top-1/top-5 on the test split, then the accounting report (table, JSON, PNG)."""
+    r = run(["test.py", "-config", trained["cfg"]])  # the original README's one-dash spelling
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "top-1" in r.stdout and "top-5" in r.stdout
+    report = json.loads((trained["dir"] / "test_report.json").read_text())
+    best = torch.load(trained["dir"] / "best.pt", weights_only=True)
+    assert report["test_images"] == 360
+    assert report["top1"] == pytest.approx(best["best_acc"], abs=1e-3)  # val split = test split for digits
+    assert report["top5"] >= report["top1"]
+    assert "accounting" in report and report["accounting"]
+    assert (trained["dir"] / "test_report.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------------------------
+# predict.py
+# ----------------------------------------------------------------------------------------------
+def _digit_folder(folder, n=3):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        save_digit_png(os.path.join(folder, f"digit_{i}_label{d.target[i]}.png"), d.images[i])
+    with open(os.path.join(folder, "broken.jpg"), "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    with open(os.path.join(folder, "notes.txt"), "w") as f:
+        f.write("not an image\n")
+    return folder
+
+
+def test_predict_skips_unreadable_files_and_predicts_the_rest(trained):
+    folder = _digit_folder(trained["tmp"] / "imgs")
+    class_json = trained["tmp"] / "classes.json"
+    names = {str(i): [f"d{i}", f"digit_{i}"] for i in range(10)}
+    class_json.write_text(json.dumps(names))
+    out = trained["tmp"] / "pred.json"
+    r = run(["predict.py", "--config", trained["cfg"], "--class_index_json", str(class_json),
+             "--img_folder", str(folder), "--topk", "3", "--output", str(out)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skipped" in r.stderr and "broken.jpg" in r.stderr and "notes.txt" in r.stderr
+    assert "Traceback" not in r.stderr
+    res = json.loads(out.read_text())
+    assert [os.path.basename(p["file"]) for p in res["predictions"]] == [
+        "digit_0_label0.png", "digit_1_label1.png", "digit_2_label2.png"]
+    assert sorted(os.path.basename(s["file"]) for s in res["skipped"]) == ["broken.jpg", "notes.txt"]
+    for p in res["predictions"]:
+        probs = [t["prob"] for t in p["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-5
+        assert all(t["class"] == f"digit_{t['class_index']} (d{t['class_index']})" for t in p["top"])
+    assert "digit_0_label0.png" in r.stdout and "rank" in r.stdout  # the table
+    # the trained model gets most of the three right
+    right = sum(p["top"][0]["class_index"] == int(os.path.basename(p["file"])[-5]) for p in res["predictions"])
+    assert right >= 2
+
+
+def test_predict_without_json_uses_the_dataset_names(trained):
+    folder = _digit_folder(trained["tmp"] / "imgs2", n=2)
+    r = run(["predict.py", "--config", trained["cfg"], "--img_folder", str(folder)])
+    assert r.returncode == 0, r.stderr
+    res = json.loads((trained["dir"] / "predictions.json").read_text())
+    assert len(res["predictions"]) == 2 and len(res["predictions"][0]["top"]) == 5
+    assert all(t["class"] == str(t["class_index"]) for p in res["predictions"] for t in p["top"])
+
+
+def test_predict_folder_of_only_bad_files_is_an_error(tmp_path, monkeypatch, capsys):
+    register_tiny(monkeypatch)
+    from test_training_fixtures import TinyNet
+
+    cfg = tiny_cfg(tmp_path)
+    tiny_checkpoint(tmp_path / "w.pt", TinyNet(), classes=[str(i) for i in range(10)])
+    cfg_path = write_config(tmp_path / "c.yaml", checkpoint=str(tmp_path / "w.pt"), **cfg)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(b"\x89PNG broken")
+    from svm_models.training import cli
+
+    rc = cli.run(script("predict").main, ["--config", cfg_path, "--img_folder", str(tmp_path / "imgs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "skipped" in err and "error: none of the 1 file(s)" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# crash + --resume through the CLI, and the 2-process gloo run
+# ----------------------------------------------------------------------------------------------
+LAUNCHER = """
+import runpy, sys
+sys.path.insert(0, {tests!r})
+import test_training_fixtures as F
+from svm_models import registry
+registry._MODELS[F.TINY] = F.tiny_factory   # the tiny test model, registered in this process only
+sys.argv = [{script!r}] + sys.argv[1:]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_killed_run_resumes_from_last(tmp_path):
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER.format(tests=TESTS, script=os.path.join(ROOT, "train.py")))
+    cfg = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=40, batch_size=256))
+    last = tmp_path / "runs" / "tiny" / "last.pt"
+    p = subprocess.Popen([sys.executable, str(launcher), "--config", cfg, "--no-test"], cwd=ROOT, env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not last.exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        os.kill(p.pid, signal.SIGKILL)  # no chance to clean up, as in a crash
+    finally:
+        p.wait()
+    assert p.returncode == -signal.SIGKILL
+    killed_at = torch.load(last, weights_only=True)["epoch"]
+    assert 1 <= killed_at < 40
+    r = run([str(launcher), "--config", cfg, "--no-test", "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {last} after epoch " in r.stdout
+    ck = torch.load(last, weights_only=True)
+    assert ck["epoch"] == 40
+    rows = open(last.parent / "log.csv").read().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 41))
+    assert [h["epoch"] for h in ck["history"]] == list(range(1, 41))
+
+
+def test_torchrun_two_processes_with_gloo(tmp_path):
+    cfg = write_config(tmp_path / "ddp.yaml", task_name="ddp", output_dir=str(tmp_path / "runs"), epochs=1,
+                       **dict(SVM_TINY, batch_size=64))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "train.py", "--config", cfg, "--no-test"], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 process(es) on cpu" in r.stdout
+    assert r.stdout.count("epoch 1/1: train loss") == 1  # only rank 0 prints
+    ck = torch.load(tmp_path / "runs" / "ddp" / "last.pt", weights_only=True)
+    assert ck["epoch"] == 1
+    # the evaluation shards the 360 test images without padding: the accuracy is k/360 exactly
+    top1 = ck["history"][0]["val_top1"]
+    assert abs(top1 * 360 / 100 - round(top1 * 360 / 100)) < 1e-6
+    # 1437 images over 2 processes x 32 per process: 22 steps each
+    assert ck["scheduler"]["last_epoch"] == 22
+
+
+# ----------------------------------------------------------------------------------------------
+# bad configs and missing files: exit status 2, one line, no traceback
+# ----------------------------------------------------------------------------------------------
+def test_bad_config_through_real_processes(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", task_name="t", model="svmamba_cifar", dataset="digits", bach_size=4)
+    r = run(["train.py", "--config", bad])
+    assert r.returncode == 2
+    assert_one_error_line(r.stderr, "unknown key 'bach_size' (did you mean 'batch_size'?)")
+    r = run(["test.py", "-config", str(tmp_path / "missing.yaml")])
+    assert r.returncode == 2
+    assert_one_error_line(r.stderr, "config file not found")
+    good = write_config(tmp_path / "good.yaml", task_name="t", model="svmamba_cifar", dataset="digits",
+                        output_dir=str(tmp_path / "runs"))
+    r = run(["predict.py", "--config", good, "--img_folder", str(tmp_path / "nowhere")])
+    assert r.returncode == 2
+    assert_one_error_line(r.stderr, "image folder not found")
+
+
+def _cases(tmp_path):
+    base = dict(task_name="t", model="svmamba_cifar", dataset="digits", output_dir=str(tmp_path / "runs"))
+    w = lambda name, **kw: write_config(tmp_path / f"{name}.yaml", **{**base, **kw})  # noqa: E731
+    (tmp_path / "broken.yaml").write_text("task_name: t\nmodel: [oops\n")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "cls.json").write_text("{not json")
+    return [
+        ("train", [w("type", batch_size="many")], "'batch_size' must be an integer"),
+        ("train", [str(tmp_path / "broken.yaml")], "not valid YAML"),
+        ("train", [w("missing", dataset=None)], "'dataset' must be a string, got null"),
+        ("train", [w("model", model="svmamba_xl")], "unknown model 'svmamba_xl'"),
+        ("train", [w("override", model_args={"depth": 3})], "unknown override(s) ['depth']"),
+        ("train", [w("nodata", dataset="cifar10", root_path=str(tmp_path / "data"))],
+         "expected layout: <root>/cifar-10/cifar-10-batches-py"),
+        ("train", [w("mini", dataset="mini_imagenet", root_path=str(tmp_path / "data"))],
+         "Mini-ImageNet-Dataset/train"),
+        ("train", [w("pre", pretrained=str(tmp_path / "absent.pt"))], "pretrained weights ('pretrained') not found"),
+        ("train", [w("res"), "--resume"], "nothing to resume"),
+        ("test", [w("nockpt")], "run's best.pt; train first"),
+        ("test", [w("ck", checkpoint=str(tmp_path / "x.pt"))], "checkpoint not found"),
+        ("test", [w("ckdir", checkpoint=str(tmp_path))], "checkpoint is not a file"),
+        ("predict", [w("p1"), "--img_folder", str(tmp_path / "imgs"), "--class_index_json",
+                     str(tmp_path / "nope.json")], "class index json not found"),
+        ("predict", [w("p2"), "--img_folder", str(tmp_path / "cls.json")], "image folder is not a folder"),
+        ("predict", [w("p3"), "--img_folder", str(tmp_path / "imgs")], "no files in image folder"),
+    ]
+
+
+def test_every_bad_case_exits_2_with_one_line(tmp_path, capsys):
+    from svm_models.training import cli
+
+    mains = {name: script(name).main for name in ("train", "test", "predict")}
+    for name, argv, fragment in _cases(tmp_path):
+        cfg, *rest = argv
+        rc = cli.run(mains[name], ["--config", cfg, *rest])
+        captured = capsys.readouterr()
+        assert rc == 2, (name, argv, captured.err)
+        assert_one_error_line(captured.err, fragment)
+
+
+def test_bad_class_index_json_content(tmp_path, monkeypatch, capsys):
+    register_tiny(monkeypatch)
+    from test_training_fixtures import TinyNet
+
+    from svm_models.training import cli
+
+    tiny_checkpoint(tmp_path / "w.pt", TinyNet())
+    cfg = write_config(tmp_path / "c.yaml", checkpoint=str(tmp_path / "w.pt"), **tiny_cfg(tmp_path))
+    folder = str(_digit_folder(tmp_path / "imgs", n=1))
+    for content, fragment in [("{not json", "cannot read class index json"),
+                              ('{"0": ["a", "b"]}', "no name for class(es) [1, 2, 3, 4, 5]"),
+                              ('{"zero": "a"}', "key 'zero' is not a class number"),
+                              ('{"0": 5}', "entry '0' must be [id, name] or a name")]:
+        (tmp_path / "c.json").write_text(content)
+        rc = cli.run(script("predict").main, ["--config", cfg, "--img_folder", folder,
+                                              "--class_index_json", str(tmp_path / "c.json")])
+        assert rc == 2
+        assert_one_error_line(capsys.readouterr().err, fragment)
+
+
+def test_checkpoint_for_another_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    register_tiny(monkeypatch)
+    from test_training_fixtures import TinyNet
+
+    from svm_models.training import cli
+
+    tiny_checkpoint(tmp_path / "w.pt", TinyNet(width=4))
+    cfg = write_config(tmp_path / "c.yaml", checkpoint=str(tmp_path / "w.pt"), **tiny_cfg(tmp_path))
+    rc = cli.run(script("test").main, ["--config", cfg])
+    assert rc == 2
+    assert_one_error_line(capsys.readouterr().err, "does not fit the model", "shape mismatch")
