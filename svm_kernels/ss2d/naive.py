@@ -77,9 +77,11 @@ def selective_scan_naive(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     Ct = C.transpose(-1, -2).unsqueeze(2)  # (B, K, 1, L, N)
     state = torch.zeros_like(dBu[:, :, :, 0])
     ys = []
-    for p in range(u.shape[-1]):
-        state = dA[:, :, :, p] * state + dBu[:, :, :, p]
-        ys.append((state * Ct[:, :, :, p]).sum(-1))
+    # unbind once: indexing position p inside the loop would make every step's backward
+    # allocate and fill a whole (B, K, D, L, N) gradient, quadratic in L.
+    for dA_p, dBu_p, C_p in zip(dA.unbind(3), dBu.unbind(3), Ct.unbind(3)):
+        state = dA_p * state + dBu_p
+        ys.append((state * C_p).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[None, :, :, None] * u
