@@ -40,7 +40,9 @@ def create_model(name: str, num_classes: int = 1000, img_size: Optional[int] = N
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     if img_size is not None:
         overrides["img_size"] = img_size
-    return _MODELS[name](num_classes=num_classes, **overrides)
+    model = _MODELS[name](num_classes=num_classes, **overrides)
+    model.model_name = name  # reports and checkpoints name the registered model, not the class
+    return model
 
 
 def build(cls: type, defaults: dict, overrides: dict, name: str = "") -> nn.Module:

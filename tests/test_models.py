@@ -389,3 +389,7 @@ def test_svmamba_triton_matches_torch():
 
 def test_package_exports():
     assert set(svm_models.__all__) == {"create_model", "list_models", "register_model"}
+
+
+def test_created_model_knows_its_registered_name():
+    assert svm_models.create_model("vmamba_cifar", num_classes=10).model_name == "vmamba_cifar"
