@@ -219,6 +219,16 @@ def test_torchrun_two_processes_with_gloo(tmp_path):
     assert abs(top1 * 360 / 100 - round(top1 * 360 / 100)) < 1e-6
     # 1437 images over 2 processes x 32 per process: 22 steps each
     assert ck["scheduler"]["last_epoch"] == 22
+    # the sharded evaluation equals one process evaluating the saved weights
+    from svm_models.training import config as C
+    from svm_models.training import engine
+    from svm_models.training.distributed import DistInfo
+
+    c = C.load_config(cfg)
+    model = engine.build_model(c, 10)
+    model.load_state_dict(torch.load(tmp_path / "runs" / "ddp" / "best.pt", weights_only=True)["model"])
+    single = engine.evaluate(model, engine.eval_loader(engine.build_split(c, "test"), c, DistInfo()), c, DistInfo(), 10)
+    assert single["n"] == 360 and single["val_top1"] == pytest.approx(top1, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------

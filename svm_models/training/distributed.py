@@ -66,6 +66,16 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return work.to(t.device)
 
 
+def broadcast_module(module: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Copy ``src``'s parameters and buffers to every process (BatchNorm running statistics
+    drift apart under DDP, each process updating them from its own shard)."""
+    if not info.distributed:
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=src)
+
+
 def broadcast_object(obj, info: DistInfo, src: int = 0):
     if not info.distributed:
         return obj

@@ -289,6 +289,7 @@ def fit(cfg: Dict[str, Any], info: Optional[dist_utils.DistInfo] = None, resume:
         stats = train_one_epoch(net, loader, optimizer, scheduler, cfg, info, epoch, num_classes, ema, progress)
         train_time += stats["epoch_time_s"]
         eval_model = ema.module if ema is not None else model
+        dist_utils.broadcast_module(eval_model, info)  # every process evaluates rank 0's weights
         val = evaluate(eval_model, val_loader, cfg, info, num_classes)
         if not _all_finite(eval_model) or not _all_finite(model):
             raise NonFiniteLossError(f"the weights became non-finite during epoch {epoch + 1}; training stopped, "
