@@ -15,10 +15,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
-from test_training_fixtures import TINY, register_tiny, save_digit_png, tiny_cfg, tiny_checkpoint, write_config
+from test_training_fixtures import register_tiny, save_digit_png, tiny_cfg, tiny_checkpoint, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")

@@ -4,8 +4,7 @@ import os
 
 import pytest
 import torch
-import yaml
-from test_training_fixtures import TINY, TinyNet, register_tiny, tiny_cfg, write_config
+from test_training_fixtures import TINY, TinyNet, register_tiny, tiny_cfg
 
 from svm_models.training import checkpoint as ckpt
 from svm_models.training import config as C

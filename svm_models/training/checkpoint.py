@@ -95,7 +95,12 @@ def load_weights(model: nn.Module, path: str, strict: bool = True, what: str = "
     ``strict=False`` (pretrained start): tensors whose shape differs (e.g. a classifier head for
     another number of classes) and keys the model lacks are skipped. Returns (skipped, missing).
     """
-    state = extract_state_dict(load_file(path, what), path)
+    return load_state(model, extract_state_dict(load_file(path, what), path), strict, f"{what} {path}")
+
+
+def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = True,
+               source: str = "checkpoint") -> Tuple[List[str], List[str]]:
+    """:func:`load_weights` for a state_dict already in memory (``source`` names it in errors)."""
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     unexpected = [k for k in state if k not in own]
@@ -111,11 +116,11 @@ def load_weights(model: nn.Module, path: str, strict: bool = True, what: str = "
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
         if problems:
-            raise ConfigError(f"{what} {path} does not fit the model: {'; '.join(problems)}")
+            raise ConfigError(f"{source} does not fit the model: {'; '.join(problems)}")
         model.load_state_dict(state)
         return [], []
     keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not keep:
-        raise ConfigError(f"{what} {path} shares no weights with the model")
+        raise ConfigError(f"{source} shares no weights with the model")
     model.load_state_dict(keep, strict=False)
     return sorted(mismatched + unexpected), missing

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
 from . import distributed as dist_utils
-from .checkpoint import atomic_write_text, extract_state_dict, load_file
-from .config import ConfigError, require_file, run_dir
+from .checkpoint import atomic_write_text, extract_state_dict, load_file, load_state
+from .config import require_file, run_dir
 from .engine import build_model, build_split, eval_loader, evaluate
 
 ACCOUNTING_IMAGES = 512  # test images the accounting pass averages the firing rates over (at most)
@@ -50,9 +50,7 @@ def load_trained_model(cfg: Dict[str, Any], checkpoint: Optional[str] = None,
                 raise
             num_classes = heads[-1].shape[0]
     model = build_model(cfg, int(num_classes))
-    from .checkpoint import load_weights
-
-    load_weights(model, path, strict=True)
+    load_state(model, state, strict=True, source=f"checkpoint {path}")
     return model.to(device).eval(), path, meta
 
 
