@@ -319,3 +319,20 @@ def test_checkpoint_for_another_model_is_a_clear_error(tmp_path, monkeypatch, ca
     rc = cli.run(script("test").main, ["--config", cfg])
     assert rc == 2
     assert_one_error_line(capsys.readouterr().err, "does not fit the model", "shape mismatch")
+
+
+def test_non_finite_loss_exits_1_with_a_message(tmp_path, monkeypatch, capsys):
+    register_tiny(monkeypatch)
+    from test_training_fixtures import TinyNet
+
+    from svm_models.training import cli
+
+    monkeypatch.setattr(TinyNet, "poison", True)
+    cfg = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path))
+    rc = cli.run(script("train").main, ["--config", cfg])
+    assert rc == 1
+    err = capsys.readouterr().err  # the progress bar shares stderr: the error is its last line
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: non-finite loss (nan) at epoch 1, step 1") and "no checkpoint" in last
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "tiny" / "last.pt").exists()
