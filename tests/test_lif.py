@@ -322,3 +322,13 @@ def test_traces_as_one_node(backend, name):
     assert kinds == [name]
     if backend == "torch":
         assert next(iter(graph.nodes())).pyname() == "MultiStepLIFTorch"
+
+
+def test_reference_path_second_backward_raises_like_autograd():
+    """The wrapped reference frees its inner graph on backward, as autograd does: a second
+    backward must fail loudly, never return silent zero gradients."""
+    x = torch.randn(3, 8, requires_grad=True)
+    s = multistep_lif(x, backend="torch")
+    (s * torch.randn_like(s)).sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second time"):
+        s.sum().backward()
