@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, List, Tuple
+from typing import IO, Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -16,8 +16,8 @@ from torch import nn
 from .config import ConfigError
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
+    """Write through ``write(f)`` to a temporary file in the same folder, fsync, then rename.
 
     A crash at any point leaves either the old file or the new one, never a torn file.
     """
@@ -25,8 +25,8 @@ def atomic_save(obj: Any, path: str) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,20 +46,14 @@ def atomic_save(obj: Any, path: str) -> None:
         pass
 
 
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+
+
 def atomic_write_text(text: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``text`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def load_file(path: str, what: str = "checkpoint") -> Any:
