@@ -49,7 +49,7 @@ EOF
 echo "copy_GBps: $COPY_GBPS" | tee -a "$OUT/environment.txt"
 
 echo "== benchmarks"
-K_LIF="${BENCH_K:-16777216}"  # N = 2^24 (the targets), T = 4 and 8; BENCH_K=" " runs all
+K_LIF="${BENCH_K:-16777216}"  # N = 2^24 (the targets), T = 4 and 8; BENCH_K="lif or ss2d" runs all
 K_SS2D="${BENCH_K:-not n16 or ours}"
 timeout 300 python3 -m pytest bench/bench_lif.py --benchmark-only -q -p no:cacheprovider -k "$K_LIF" \
     --benchmark-json="$OUT/bench_lif.json" --benchmark-columns=mean 2>&1 | tail -5
