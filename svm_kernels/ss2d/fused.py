@@ -17,8 +17,9 @@ forward direction's state and the reversed direction's adjoint); pass 2 walks ba
 the two suffix recurrences (the forward direction's adjoint and the reversed direction's state)
 and recomputes the prefix ones from the stored chunk starts. With the four of them it forms
 every gradient of both directions at once. Gradients that sum over channels (dB, dC, d dt_low)
-are reduced over the program's BLOCK_D channels in registers and written as one partial per
-channel block; the launcher sums the partials in a fixed order. Parameter gradients (dA, dD,
+are reduced over the program's BLOCK_D channels in registers; a program walks n_group channel
+blocks in turn, adding each block's sums into its one partial, and the launcher sums the few
+partials (together at most a quarter of one (B, 4, D, L) tensor) in a fixed order. Parameter gradients (dA, dD,
 d bias, d dt_weight) are written per image and summed over the batch the same way. No float
 atomics: the backward is deterministic.
 """
@@ -73,6 +74,13 @@ if HAS_TRITON:
     def _column(tile, idx, j):
         # tile[:, j] of a [rows, cols] tile, idx = arange(cols).
         return tl.sum(tl.where(idx[None, :] == j, tile, 0.0), axis=1)
+
+    @triton.jit
+    def _store_partial(ptr, value, mask, blk):
+        # Channel-block partial sums: the program's first block writes, later ones add (same
+        # program, fixed order: deterministic).
+        prev = tl.load(ptr, mask=mask & (blk > 0), other=0.0)
+        tl.store(ptr, prev + value, mask=mask)
 
     @triton.jit
     def _dt_raw(
@@ -167,7 +175,7 @@ if HAS_TRITON:
         s_Bb, s_Bk, s_Bn, s_Bh, s_Bw,
         s_Cb, s_Ck, s_Cn, s_Ch, s_Cw,
         s_gb, s_gd, s_gh, s_gw,
-        n_batch, D, H, W, N, R, n_dblk, n_chunks,
+        n_batch, D, H, W, N, R, n_parts, n_group, n_chunks,
         LOWRANK: tl.constexpr,
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
@@ -180,206 +188,209 @@ if HAS_TRITON:
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
         L = H * W
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
         n_idx = tl.arange(0, NP)
         r_idx = tl.arange(0, RP)
         c_idx = tl.arange(0, CHUNK)
         tile_nd = tl.arange(0, BLOCK_D)[:, None] * NP + n_idx[None, :]
-        carry_base = carry_ptr + (pid_b * n_dblk + pid_d) * (4 * n_chunks * BLOCK_D * NP)
+        carry_base = carry_ptr + (pid_b * n_parts + pid_d) * (4 * n_chunks * BLOCK_D * NP)
         u_base = u_ptr + pid_b * s_ub
         g_base = g_ptr + pid_b * s_gb
-        d_sum = tl.zeros([BLOCK_D], dtype=tl.float32)  # sum over positions of g * u, for dD
-        for o in tl.static_range(2):
-            kf = o  # the orientation's forward direction
-            kr = o + 2  # ... and its reversal
-            if HAS_BIAS:
-                bias_f = tl.load(bias_ptr + kf * D + offs_d, mask=mask_d, other=0.0)
-                bias_r = tl.load(bias_ptr + kr * D + offs_d, mask=mask_d, other=0.0)
-            else:
-                bias_f = tl.zeros([BLOCK_D], dtype=tl.float32)
-                bias_r = tl.zeros([BLOCK_D], dtype=tl.float32)
-            delta_f = delta_ptr + pid_b * s_db + kf * s_dk
-            delta_r = delta_ptr + pid_b * s_db + kr * s_dk
-            low_f = low_ptr + pid_b * s_lb + kf * s_lk
-            low_r = low_ptr + pid_b * s_lb + kr * s_lk
-            w_f = w_ptr + kf * D * R
-            w_r = w_ptr + kr * D * R
-
-            # ---- pass 1: forward over chunks, storing chunk-start values of the prefix recurrences
-            carry_x = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state of direction kf
-            carry_l = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint of direction kr
-            for c in range(n_chunks):
-                slot = carry_base + ((o * n_chunks + c) * 2) * BLOCK_D * NP
-                tl.store(slot + tile_nd, carry_x)
-                tl.store(slot + BLOCK_D * NP + tile_nd, carry_l)
-                p = c * CHUNK + c_idx
-                mask_p = p < L
-                mask = mask_d[:, None] & mask_p[None, :]
-                h, w = _orient_hw(p, H, W, o == 1)
-                hm, wm = _orient_hw(p - 1, H, W, o == 1)
-                mask_pm = mask_p & (p >= 1)
-                u = tl.load(u_base + offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :], mask=mask, other=0.0).to(tl.float32)
-                g = tl.load(g_base + offs_d[:, None] * s_gd + (h * s_gh + w * s_gw)[None, :], mask=mask, other=0.0).to(tl.float32)
-                dt_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
-                               h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
-                dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
-                                hm, wm, mask_pm, bias_r, LOWRANK, BLOCK_D, CHUNK)
-                if DELTA_SOFTPLUS:
-                    dt_f = _softplus(dt_f)
-                    dt_rm = _softplus(dt_rm)
-                for n in range(N):
-                    a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                    a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                    b_f = tl.load(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw,
-                                  mask=mask_p, other=0.0).to(tl.float32)
-                    c_r = tl.load(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw,
-                                  mask=mask_p, other=0.0).to(tl.float32)
-                    sa, sb = tl.associative_scan(
-                        (tl.exp(dt_f * a_f[:, None]), dt_f * u * b_f[None, :]), 1, _ssm_combine)
-                    x_f = sb + sa * _column(carry_x, n_idx, n)[:, None]
-                    # adjoint of kr: lam[p] = C[p] g[p] + exp(dt[p-1] A) lam[p-1]
-                    la, lb = tl.associative_scan(
-                        (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine)
-                    lam_r = lb + la * _column(carry_l, n_idx, n)[:, None]
-                    carry_x = tl.where(n_idx[None, :] == n, _column(x_f, c_idx, CHUNK - 1)[:, None], carry_x)
-                    carry_l = tl.where(n_idx[None, :] == n, _column(lam_r, c_idx, CHUNK - 1)[:, None], carry_l)
-            # pass 2 reads the chunk starts (and, for o = 1, du) written by other threads
-            tl.debug_barrier()
-
-            # ---- pass 2: backward over chunks; every gradient of directions kf and kr
-            carry_xr = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state of kr, from the right
-            carry_lf = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint of kf, from the right
-            grad_a_f = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-            grad_a_r = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-            grad_bias_f = tl.zeros([BLOCK_D], dtype=tl.float32)
-            grad_bias_r = tl.zeros([BLOCK_D], dtype=tl.float32)
-            grad_w_f = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
-            grad_w_r = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
-            for i in range(n_chunks):
-                c = n_chunks - 1 - i
-                slot = carry_base + ((o * n_chunks + c) * 2) * BLOCK_D * NP
-                start_x = tl.load(slot + tile_nd)
-                start_l = tl.load(slot + BLOCK_D * NP + tile_nd)
-                p = c * CHUNK + c_idx
-                mask_p = p < L
-                mask = mask_d[:, None] & mask_p[None, :]
-                h, w = _orient_hw(p, H, W, o == 1)
-                hp, wp = _orient_hw(p + 1, H, W, o == 1)
-                hm, wm = _orient_hw(p - 1, H, W, o == 1)
-                mask_pp = (p + 1) < L
-                mask_pm = mask_p & (p >= 1)
-                s = h * W + w  # spatial index, for the contiguous fp32 outputs
-                u = tl.load(u_base + offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :], mask=mask, other=0.0).to(tl.float32)
-                g = tl.load(g_base + offs_d[:, None] * s_gd + (h * s_gh + w * s_gw)[None, :], mask=mask, other=0.0).to(tl.float32)
-                raw_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
-                                h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
-                raw_r = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
-                                h, w, mask_p, bias_r, LOWRANK, BLOCK_D, CHUNK)
-                dt_fp = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
-                                hp, wp, mask_pp, bias_f, LOWRANK, BLOCK_D, CHUNK)
-                dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
-                                hm, wm, mask_pm, bias_r, LOWRANK, BLOCK_D, CHUNK)
-                if DELTA_SOFTPLUS:
-                    dt_f = _softplus(raw_f)
-                    dt_r = _softplus(raw_r)
-                    dt_fp = _softplus(dt_fp)
-                    dt_rm = _softplus(dt_rm)
+        # The program walks n_group channel blocks in turn; its channel-summed partials (dB, dC,
+        # d dt_low) cover all of them, so only n_parts partials exist per image.
+        for blk in range(n_group):
+            offs_d = (pid_d * n_group + blk) * BLOCK_D + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < D
+            d_sum = tl.zeros([BLOCK_D], dtype=tl.float32)  # sum over positions of g * u, for dD
+            for o in tl.static_range(2):
+                kf = o  # the orientation's forward direction
+                kr = o + 2  # ... and its reversal
+                if HAS_BIAS:
+                    bias_f = tl.load(bias_ptr + kf * D + offs_d, mask=mask_d, other=0.0)
+                    bias_r = tl.load(bias_ptr + kr * D + offs_d, mask=mask_d, other=0.0)
                 else:
-                    dt_f = raw_f
-                    dt_r = raw_r
-                du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-                ddt_f = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-                ddt_r = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-                for n in range(N):
-                    a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                    a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                    pos_Bf = pid_b * s_Bb + kf * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
-                    pos_Br = pid_b * s_Bb + kr * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
-                    pos_Cf = pid_b * s_Cb + kf * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
-                    pos_Cr = pid_b * s_Cb + kr * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
-                    b_f = tl.load(B_ptr + pos_Bf, mask=mask_p, other=0.0).to(tl.float32)
-                    b_r = tl.load(B_ptr + pos_Br, mask=mask_p, other=0.0).to(tl.float32)
-                    c_f = tl.load(C_ptr + pos_Cf, mask=mask_p, other=0.0).to(tl.float32)
-                    c_r = tl.load(C_ptr + pos_Cr, mask=mask_p, other=0.0).to(tl.float32)
-                    # state of kf (prefix), from the stored chunk start
-                    in_f = dt_f * u * b_f[None, :]
-                    sa, sb = tl.associative_scan((tl.exp(dt_f * a_f[:, None]), in_f), 1, _ssm_combine)
-                    x_f = sb + sa * _column(start_x, n_idx, n)[:, None]
-                    # adjoint of kf (suffix): lam[p] = C[p] g[p] + exp(dt[p+1] A) lam[p+1]
-                    ta, tb = tl.associative_scan(
-                        (tl.exp(dt_fp * a_f[:, None]), g * c_f[None, :]), 1, _ssm_combine, reverse=True)
-                    lam_f = tb + ta * _column(carry_lf, n_idx, n)[:, None]
-                    # state of kr (suffix), carried from the right
-                    in_r = dt_r * u * b_r[None, :]
-                    ra, rb = tl.associative_scan((tl.exp(dt_r * a_r[:, None]), in_r), 1, _ssm_combine, reverse=True)
-                    x_r = rb + ra * _column(carry_xr, n_idx, n)[:, None]
-                    # adjoint of kr (prefix), from the stored chunk start
-                    qa, qb = tl.associative_scan(
-                        (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine)
-                    lam_r = qb + qa * _column(start_l, n_idx, n)[:, None]
-                    # channel-summed gradients of B and C at these positions (one partial per block)
-                    row = pBC_ptr + ((pid_d * n_batch + pid_b) * 4 * 2 * N + n) * L + s
-                    tl.store(row + (kf * 2 * N) * L, tl.sum(lam_f * dt_f * u, axis=0), mask=mask_p)
-                    tl.store(row + (kf * 2 * N + N) * L, tl.sum(g * x_f, axis=0), mask=mask_p)
-                    tl.store(row + (kr * 2 * N) * L, tl.sum(lam_r * dt_r * u, axis=0), mask=mask_p)
-                    tl.store(row + (kr * 2 * N + N) * L, tl.sum(g * x_r, axis=0), mask=mask_p)
-                    du += lam_f * dt_f * b_f[None, :] + lam_r * dt_r * b_r[None, :]
-                    # exp(dt A) * x[previous] = x - input: no shifted state needed
-                    carry_term_f = lam_f * (x_f - in_f)
-                    carry_term_r = lam_r * (x_r - in_r)
-                    ddt_f += lam_f * u * b_f[None, :] + a_f[:, None] * carry_term_f
-                    ddt_r += lam_r * u * b_r[None, :] + a_r[:, None] * carry_term_r
-                    grad_a_f += tl.where(n_idx[None, :] == n, tl.sum(carry_term_f * dt_f, axis=1)[:, None], 0.0)
-                    grad_a_r += tl.where(n_idx[None, :] == n, tl.sum(carry_term_r * dt_r, axis=1)[:, None], 0.0)
-                    carry_lf = tl.where(n_idx[None, :] == n, _column(lam_f, c_idx, 0)[:, None], carry_lf)
-                    carry_xr = tl.where(n_idx[None, :] == n, _column(x_r, c_idx, 0)[:, None], carry_xr)
-                if HAS_D:
-                    skip = tl.load(Ds_ptr + kf * D + offs_d, mask=mask_d, other=0.0) + \
-                        tl.load(Ds_ptr + kr * D + offs_d, mask=mask_d, other=0.0)
-                    du += skip[:, None] * g
-                    if o == 0:
-                        d_sum += tl.sum(g * u, axis=1)
-                if DELTA_SOFTPLUS:
-                    ddt_f = ddt_f * _softplus_grad(raw_f)
-                    ddt_r = ddt_r * _softplus_grad(raw_r)
-                grad_bias_f += tl.sum(ddt_f, axis=1)
-                grad_bias_r += tl.sum(ddt_r, axis=1)
+                    bias_f = tl.zeros([BLOCK_D], dtype=tl.float32)
+                    bias_r = tl.zeros([BLOCK_D], dtype=tl.float32)
+                delta_f = delta_ptr + pid_b * s_db + kf * s_dk
+                delta_r = delta_ptr + pid_b * s_db + kr * s_dk
+                low_f = low_ptr + pid_b * s_lb + kf * s_lk
+                low_r = low_ptr + pid_b * s_lb + kr * s_lk
+                w_f = w_ptr + kf * D * R
+                w_r = w_ptr + kr * D * R
+
+                # ---- pass 1: forward over chunks, storing chunk-start values of the prefix recurrences
+                carry_x = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state of direction kf
+                carry_l = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint of direction kr
+                for c in range(n_chunks):
+                    slot = carry_base + ((o * n_chunks + c) * 2) * BLOCK_D * NP
+                    tl.store(slot + tile_nd, carry_x)
+                    tl.store(slot + BLOCK_D * NP + tile_nd, carry_l)
+                    p = c * CHUNK + c_idx
+                    mask_p = p < L
+                    mask = mask_d[:, None] & mask_p[None, :]
+                    h, w = _orient_hw(p, H, W, o == 1)
+                    hm, wm = _orient_hw(p - 1, H, W, o == 1)
+                    mask_pm = mask_p & (p >= 1)
+                    u = tl.load(u_base + offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                    g = tl.load(g_base + offs_d[:, None] * s_gd + (h * s_gh + w * s_gw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                    dt_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
+                                   h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
+                    dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
+                                    hm, wm, mask_pm, bias_r, LOWRANK, BLOCK_D, CHUNK)
+                    if DELTA_SOFTPLUS:
+                        dt_f = _softplus(dt_f)
+                        dt_rm = _softplus(dt_rm)
+                    for n in range(N):
+                        a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                        a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                        b_f = tl.load(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw,
+                                      mask=mask_p, other=0.0).to(tl.float32)
+                        c_r = tl.load(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw,
+                                      mask=mask_p, other=0.0).to(tl.float32)
+                        sa, sb = tl.associative_scan(
+                            (tl.exp(dt_f * a_f[:, None]), dt_f * u * b_f[None, :]), 1, _ssm_combine)
+                        x_f = sb + sa * _column(carry_x, n_idx, n)[:, None]
+                        # adjoint of kr: lam[p] = C[p] g[p] + exp(dt[p-1] A) lam[p-1]
+                        la, lb = tl.associative_scan(
+                            (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine)
+                        lam_r = lb + la * _column(carry_l, n_idx, n)[:, None]
+                        carry_x = tl.where(n_idx[None, :] == n, _column(x_f, c_idx, CHUNK - 1)[:, None], carry_x)
+                        carry_l = tl.where(n_idx[None, :] == n, _column(lam_r, c_idx, CHUNK - 1)[:, None], carry_l)
+                # pass 2 reads the chunk starts (and, for o = 1, du) written by other threads
+                tl.debug_barrier()
+
+                # ---- pass 2: backward over chunks; every gradient of directions kf and kr
+                carry_xr = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state of kr, from the right
+                carry_lf = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint of kf, from the right
+                grad_a_f = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+                grad_a_r = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+                grad_bias_f = tl.zeros([BLOCK_D], dtype=tl.float32)
+                grad_bias_r = tl.zeros([BLOCK_D], dtype=tl.float32)
+                grad_w_f = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
+                grad_w_r = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
+                for i in range(n_chunks):
+                    c = n_chunks - 1 - i
+                    slot = carry_base + ((o * n_chunks + c) * 2) * BLOCK_D * NP
+                    start_x = tl.load(slot + tile_nd)
+                    start_l = tl.load(slot + BLOCK_D * NP + tile_nd)
+                    p = c * CHUNK + c_idx
+                    mask_p = p < L
+                    mask = mask_d[:, None] & mask_p[None, :]
+                    h, w = _orient_hw(p, H, W, o == 1)
+                    hp, wp = _orient_hw(p + 1, H, W, o == 1)
+                    hm, wm = _orient_hw(p - 1, H, W, o == 1)
+                    mask_pp = (p + 1) < L
+                    mask_pm = mask_p & (p >= 1)
+                    s = h * W + w  # spatial index, for the contiguous fp32 outputs
+                    u = tl.load(u_base + offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                    g = tl.load(g_base + offs_d[:, None] * s_gd + (h * s_gh + w * s_gw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                    raw_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
+                                    h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
+                    raw_r = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
+                                    h, w, mask_p, bias_r, LOWRANK, BLOCK_D, CHUNK)
+                    dt_fp = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
+                                    hp, wp, mask_pp, bias_f, LOWRANK, BLOCK_D, CHUNK)
+                    dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
+                                    hm, wm, mask_pm, bias_r, LOWRANK, BLOCK_D, CHUNK)
+                    if DELTA_SOFTPLUS:
+                        dt_f = _softplus(raw_f)
+                        dt_r = _softplus(raw_r)
+                        dt_fp = _softplus(dt_fp)
+                        dt_rm = _softplus(dt_rm)
+                    else:
+                        dt_f = raw_f
+                        dt_r = raw_r
+                    du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+                    ddt_f = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+                    ddt_r = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+                    for n in range(N):
+                        a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                        a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
+                        pos_Bf = pid_b * s_Bb + kf * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
+                        pos_Br = pid_b * s_Bb + kr * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
+                        pos_Cf = pid_b * s_Cb + kf * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
+                        pos_Cr = pid_b * s_Cb + kr * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
+                        b_f = tl.load(B_ptr + pos_Bf, mask=mask_p, other=0.0).to(tl.float32)
+                        b_r = tl.load(B_ptr + pos_Br, mask=mask_p, other=0.0).to(tl.float32)
+                        c_f = tl.load(C_ptr + pos_Cf, mask=mask_p, other=0.0).to(tl.float32)
+                        c_r = tl.load(C_ptr + pos_Cr, mask=mask_p, other=0.0).to(tl.float32)
+                        # state of kf (prefix), from the stored chunk start
+                        in_f = dt_f * u * b_f[None, :]
+                        sa, sb = tl.associative_scan((tl.exp(dt_f * a_f[:, None]), in_f), 1, _ssm_combine)
+                        x_f = sb + sa * _column(start_x, n_idx, n)[:, None]
+                        # adjoint of kf (suffix): lam[p] = C[p] g[p] + exp(dt[p+1] A) lam[p+1]
+                        ta, tb = tl.associative_scan(
+                            (tl.exp(dt_fp * a_f[:, None]), g * c_f[None, :]), 1, _ssm_combine, reverse=True)
+                        lam_f = tb + ta * _column(carry_lf, n_idx, n)[:, None]
+                        # state of kr (suffix), carried from the right
+                        in_r = dt_r * u * b_r[None, :]
+                        ra, rb = tl.associative_scan((tl.exp(dt_r * a_r[:, None]), in_r), 1, _ssm_combine, reverse=True)
+                        x_r = rb + ra * _column(carry_xr, n_idx, n)[:, None]
+                        # adjoint of kr (prefix), from the stored chunk start
+                        qa, qb = tl.associative_scan(
+                            (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine)
+                        lam_r = qb + qa * _column(start_l, n_idx, n)[:, None]
+                        # channel-summed gradients of B and C at these positions (one partial per block)
+                        row = pBC_ptr + ((pid_d * n_batch + pid_b) * 4 * 2 * N + n) * L + s
+                        _store_partial(row + (kf * 2 * N) * L, tl.sum(lam_f * dt_f * u, axis=0), mask_p, blk)
+                        _store_partial(row + (kf * 2 * N + N) * L, tl.sum(g * x_f, axis=0), mask_p, blk)
+                        _store_partial(row + (kr * 2 * N) * L, tl.sum(lam_r * dt_r * u, axis=0), mask_p, blk)
+                        _store_partial(row + (kr * 2 * N + N) * L, tl.sum(g * x_r, axis=0), mask_p, blk)
+                        du += lam_f * dt_f * b_f[None, :] + lam_r * dt_r * b_r[None, :]
+                        # exp(dt A) * x[previous] = x - input: no shifted state needed
+                        carry_term_f = lam_f * (x_f - in_f)
+                        carry_term_r = lam_r * (x_r - in_r)
+                        ddt_f += lam_f * u * b_f[None, :] + a_f[:, None] * carry_term_f
+                        ddt_r += lam_r * u * b_r[None, :] + a_r[:, None] * carry_term_r
+                        grad_a_f += tl.where(n_idx[None, :] == n, tl.sum(carry_term_f * dt_f, axis=1)[:, None], 0.0)
+                        grad_a_r += tl.where(n_idx[None, :] == n, tl.sum(carry_term_r * dt_r, axis=1)[:, None], 0.0)
+                        carry_lf = tl.where(n_idx[None, :] == n, _column(lam_f, c_idx, 0)[:, None], carry_lf)
+                        carry_xr = tl.where(n_idx[None, :] == n, _column(x_r, c_idx, 0)[:, None], carry_xr)
+                    if HAS_D:
+                        skip = tl.load(Ds_ptr + kf * D + offs_d, mask=mask_d, other=0.0) + \
+                            tl.load(Ds_ptr + kr * D + offs_d, mask=mask_d, other=0.0)
+                        du += skip[:, None] * g
+                        if o == 0:
+                            d_sum += tl.sum(g * u, axis=1)
+                    if DELTA_SOFTPLUS:
+                        ddt_f = ddt_f * _softplus_grad(raw_f)
+                        ddt_r = ddt_r * _softplus_grad(raw_r)
+                    grad_bias_f += tl.sum(ddt_f, axis=1)
+                    grad_bias_r += tl.sum(ddt_r, axis=1)
+                    if LOWRANK:
+                        low_row = pLow_ptr + ((pid_d * n_batch + pid_b) * 4 * R) * L + s
+                        for r in range(R):
+                            wr_f = tl.load(w_f + offs_d * R + r, mask=mask_d, other=0.0)
+                            wr_r = tl.load(w_r + offs_d * R + r, mask=mask_d, other=0.0)
+                            lr_f = tl.load(low_f + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
+                            lr_r = tl.load(low_r + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
+                            _store_partial(low_row + (kf * R + r) * L, tl.sum(wr_f[:, None] * ddt_f, axis=0), mask_p, blk)
+                            _store_partial(low_row + (kr * R + r) * L, tl.sum(wr_r[:, None] * ddt_r, axis=0), mask_p, blk)
+                            grad_w_f += tl.where(r_idx[None, :] == r, tl.sum(ddt_f * lr_f[None, :], axis=1)[:, None], 0.0)
+                            grad_w_r += tl.where(r_idx[None, :] == r, tl.sum(ddt_r * lr_r[None, :], axis=1)[:, None], 0.0)
+                    else:
+                        e_offs = offs_d[:, None] * s_ed + (h * s_eh + w * s_ew)[None, :]
+                        e_base = ddelta_ptr + pid_b * s_eb
+                        tl.store(e_base + kf * s_ek + e_offs, ddt_f.to(ddelta_ptr.dtype.element_ty), mask=mask)
+                        tl.store(e_base + kr * s_ek + e_offs, ddt_r.to(ddelta_ptr.dtype.element_ty), mask=mask)
+                    du_ptrs = du_ptr + (pid_b * D + offs_d[:, None]) * L + s[None, :]
+                    if o == 1:
+                        du += tl.load(du_ptrs, mask=mask, other=0.0)
+                    tl.store(du_ptrs, du, mask=mask)
+                # per-image parameter gradients; the launcher sums them over the batch
+                nd = (pid_b * 4 * D + offs_d[:, None]) * NP + n_idx[None, :]
+                mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
+                tl.store(pA_ptr + (nd + kf * D * NP), grad_a_f, mask=mask_dn)
+                tl.store(pA_ptr + (nd + kr * D * NP), grad_a_r, mask=mask_dn)
+                tl.store(pBias_ptr + pid_b * 4 * D + kf * D + offs_d, grad_bias_f, mask=mask_d)
+                tl.store(pBias_ptr + pid_b * 4 * D + kr * D + offs_d, grad_bias_r, mask=mask_d)
                 if LOWRANK:
-                    low_row = pLow_ptr + ((pid_d * n_batch + pid_b) * 4 * R) * L + s
-                    for r in range(R):
-                        wr_f = tl.load(w_f + offs_d * R + r, mask=mask_d, other=0.0)
-                        wr_r = tl.load(w_r + offs_d * R + r, mask=mask_d, other=0.0)
-                        lr_f = tl.load(low_f + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
-                        lr_r = tl.load(low_r + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
-                        tl.store(low_row + (kf * R + r) * L, tl.sum(wr_f[:, None] * ddt_f, axis=0), mask=mask_p)
-                        tl.store(low_row + (kr * R + r) * L, tl.sum(wr_r[:, None] * ddt_r, axis=0), mask=mask_p)
-                        grad_w_f += tl.where(r_idx[None, :] == r, tl.sum(ddt_f * lr_f[None, :], axis=1)[:, None], 0.0)
-                        grad_w_r += tl.where(r_idx[None, :] == r, tl.sum(ddt_r * lr_r[None, :], axis=1)[:, None], 0.0)
-                else:
-                    e_offs = offs_d[:, None] * s_ed + (h * s_eh + w * s_ew)[None, :]
-                    e_base = ddelta_ptr + pid_b * s_eb
-                    tl.store(e_base + kf * s_ek + e_offs, ddt_f.to(ddelta_ptr.dtype.element_ty), mask=mask)
-                    tl.store(e_base + kr * s_ek + e_offs, ddt_r.to(ddelta_ptr.dtype.element_ty), mask=mask)
-                du_ptrs = du_ptr + (pid_b * D + offs_d[:, None]) * L + s[None, :]
-                if o == 1:
-                    du += tl.load(du_ptrs, mask=mask, other=0.0)
-                tl.store(du_ptrs, du, mask=mask)
-            # per-image parameter gradients; the launcher sums them over the batch
-            nd = (pid_b * 4 * D + offs_d[:, None]) * NP + n_idx[None, :]
-            mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
-            tl.store(pA_ptr + (nd + kf * D * NP), grad_a_f, mask=mask_dn)
-            tl.store(pA_ptr + (nd + kr * D * NP), grad_a_r, mask=mask_dn)
-            tl.store(pBias_ptr + pid_b * 4 * D + kf * D + offs_d, grad_bias_f, mask=mask_d)
-            tl.store(pBias_ptr + pid_b * 4 * D + kr * D + offs_d, grad_bias_r, mask=mask_d)
-            if LOWRANK:
-                dr = (pid_b * 4 * D + offs_d[:, None]) * RP + r_idx[None, :]
-                mask_dr = mask_d[:, None] & (r_idx[None, :] < R)
-                tl.store(pW_ptr + (dr + kf * D * RP), grad_w_f, mask=mask_dr)
-                tl.store(pW_ptr + (dr + kr * D * RP), grad_w_r, mask=mask_dr)
-        if HAS_D:
-            for k in tl.static_range(4):
-                tl.store(pDs_ptr + pid_b * 4 * D + k * D + offs_d, d_sum, mask=mask_d)
+                    dr = (pid_b * 4 * D + offs_d[:, None]) * RP + r_idx[None, :]
+                    mask_dr = mask_d[:, None] & (r_idx[None, :] < R)
+                    tl.store(pW_ptr + (dr + kf * D * RP), grad_w_f, mask=mask_dr)
+                    tl.store(pW_ptr + (dr + kr * D * RP), grad_w_r, mask=mask_dr)
+            if HAS_D:
+                for k in tl.static_range(4):
+                    tl.store(pDs_ptr + pid_b * 4 * D + k * D + offs_d, d_sum, mask=mask_d)
 
 
 def _next_pow2(n: int) -> int:
@@ -422,6 +433,19 @@ def _bwd_config(D: int, L: int, N: int):
     return block_d, min(_next_pow2(L), 32), 8
 
 
+def _partial_split(D: int, block_d: int, N: int, R: int):
+    """(n_parts, n_group): programs per image, and channel blocks each one walks in turn.
+
+    Each program writes one partial of the channel-summed gradients, (2N + R) values per
+    direction and position; n_parts is the largest count that keeps all partials within a
+    quarter of one (B, 4, D, L) tensor (D / 4 values), so more parallelism where it is cheap.
+    """
+    n_blocks = triton.cdiv(D, block_d)
+    n_parts = max(1, min(n_blocks, D // (4 * (2 * N + R))))
+    n_group = triton.cdiv(n_blocks, n_parts)
+    return triton.cdiv(n_blocks, n_group), n_group
+
+
 def _strides(t: Optional[torch.Tensor], n: int):
     return tuple(t.stride()) if t is not None else (0,) * n
 
@@ -461,37 +485,37 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     lowrank = dt_low is not None
     R = dt_low.shape[2] if lowrank else 0
     block_d, chunk, num_warps = _bwd_config(d_inner, L, N)
-    n_dblk = triton.cdiv(d_inner, block_d)
+    n_parts, n_group = _partial_split(d_inner, block_d, N, R)
     n_chunks = triton.cdiv(L, chunk)
     NP, RP = _next_pow2(N), _next_pow2(max(R, 1))
     dev = u.device
     du = new_buffer(batch, d_inner, L, device=dev)
     if lowrank:
         ddelta = u.new_empty(1, dtype=torch.float32)
-        d_low_parts = new_buffer(n_dblk, batch, 4, R, L, device=dev)
+        d_low_parts = new_buffer(n_parts, batch, 4, R, L, device=dev)
     else:
         ddelta = new_output(delta) if is_dense(delta) else new_buffer(*delta.shape, device=dev, dtype=delta.dtype)
         d_low_parts = u.new_empty(1, dtype=torch.float32)
-    bc_parts = new_buffer(n_dblk, batch, 4, 2, N, L, device=dev)
+    bc_parts = new_buffer(n_parts, batch, 4, 2, N, L, device=dev)
     # padded columns (n >= N, r >= R) are neither written nor read back
     a_parts = new_buffer(batch, 4, d_inner, NP, device=dev)
     skip_parts = new_buffer(batch, 4, d_inner, device=dev)
     bias_parts = new_buffer(batch, 4, d_inner, device=dev)
     w_parts = new_buffer(batch, 4, d_inner, RP, device=dev) if lowrank else u.new_empty(1)
-    carries = new_buffer(batch * n_dblk * 4 * n_chunks * block_d * NP, device=dev)
+    carries = new_buffer(batch * n_parts * 4 * n_chunks * block_d * NP, device=dev)
     dummy = u.new_empty(1, dtype=torch.float32)
-    fused_ss2d_bwd_kernel[(batch, n_dblk)](
+    fused_ss2d_bwd_kernel[(batch, n_parts)](
         u, delta if delta is not None else dummy, dt_low if lowrank else dummy,
         _small_f32(dt_weight, u), _small_f32(A, u), B, C, _small_f32(D, u), _small_f32(bias, u), grad_out,
         du, ddelta, bc_parts, d_low_parts, a_parts, skip_parts, bias_parts, w_parts, carries,
         *u.stride(), *_strides(delta, 5), *(_strides(ddelta, 5) if not lowrank else (0,) * 5),
         *_strides(dt_low, 5), *B.stride(), *C.stride(), *grad_out.stride(),
-        batch, d_inner, H, W, N, R, n_dblk, n_chunks,
+        batch, d_inner, H, W, N, R, n_parts, n_group, n_chunks,
         LOWRANK=lowrank, HAS_D=D is not None, HAS_BIAS=bias is not None, DELTA_SOFTPLUS=softplus,
         BLOCK_D=block_d, CHUNK=chunk, NP=NP, RP=RP, num_warps=num_warps,
     )
     # fixed-order sums over channel blocks and images: deterministic
-    bc_parts = bc_parts.view(n_dblk, batch, 4, 2, N, H, W)
+    bc_parts = bc_parts.view(n_parts, batch, 4, 2, N, H, W)
     dB = bc_parts[:, :, :, 0].sum(0).to(B.dtype)  # two sums: two separate tensors, no aliasing
     dC = bc_parts[:, :, :, 1].sum(0).to(C.dtype)
     dA = a_parts[..., :N].sum(0).to(A.dtype)
