@@ -19,7 +19,7 @@ import torch
 from conftest import DEVICE, DTYPES, SMOKE, require_device, run_benchmark
 
 from svm_kernels import cross_merge, cross_scan, cross_selective_scan, cross_selective_scan_lowrank
-from svm_kernels.ss2d.naive import lowrank_delta, selective_scan_naive
+from svm_kernels.ss2d.naive import lowrank_delta, order_by_direction, selective_scan_naive
 
 # name: (batch, D, H, W, N, R)
 SHAPES = {
@@ -47,16 +47,11 @@ def make(shape, dtype):
     )
 
 
-def _per_direction(t):
-    """(B, 4, X, H, W) in spatial order -> (B, 4, X, L) in each direction's order (copies)."""
-    return torch.stack([cross_scan(t[:, k])[:, k] for k in range(4)], dim=1)
-
-
 def unfused(x, scan=None):
     H, W = x["u"].shape[-2:]
     delta = lowrank_delta(x["dt_low"], x["dt_weight"].to(x["dt_low"].dtype))
-    us, deltas = cross_scan(x["u"]), _per_direction(delta)
-    Bs, Cs = _per_direction(x["B"]), _per_direction(x["C"])
+    us, deltas = cross_scan(x["u"]), order_by_direction(delta)  # the copies VMamba makes
+    Bs, Cs = order_by_direction(x["B"]), order_by_direction(x["C"])
     if scan is None:
         ys = selective_scan_naive(us, deltas, x["A"], Bs, Cs, x["D"], x["dt_bias"], True)
     else:

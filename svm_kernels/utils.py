@@ -27,6 +27,8 @@ except ImportError:  # pragma: no cover - exercised only on platforms without tr
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 BACKENDS = ("auto", "triton", "torch")
+# Storage dtypes the fused kernels read and write (they compute in fp32 whatever the storage).
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def resolve_backend(backend: str, *tensors: Optional[torch.Tensor]) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from ..utils import (
     HAS_TRITON,
+    TRITON_DTYPES,
     OpaqueTorchOp,
     autotune_configs,
     new_output,
@@ -179,9 +180,6 @@ if HAS_TRITON:
             grad_v = grad_h * decay
         if STORE_GRAD_INITIAL_STATE:
             tl.store(grad_v_init_ptr + offs, grad_v.to(grad_v_init_ptr.dtype.element_ty), mask=mask)
-
-
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _as_time_major(x: torch.Tensor) -> torch.Tensor:
@@ -366,7 +364,7 @@ def multistep_lif(
     p = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     check_inputs(x, v_init)
     use = resolve_backend(backend, x, v_init)
-    if use == "triton" and x.dtype not in _TRITON_DTYPES:
+    if use == "triton" and x.dtype not in TRITON_DTYPES:
         if backend == "triton":
             raise TypeError(f"backend='triton' supports fp16, bf16 and fp32 x, got {x.dtype}")
         use = "torch"

@@ -19,8 +19,8 @@ and recomputes the prefix ones from the stored chunk starts. With the four of th
 every gradient of both directions at once. Gradients that sum over channels (dB, dC, d dt_low)
 are reduced over the program's BLOCK_D channels in registers; a program walks n_group channel
 blocks in turn, adding each block's sums into its one partial, and the launcher sums the few
-partials (together at most a quarter of one (B, 4, D, L) tensor) in a fixed order. Parameter gradients (dA, dD,
-d bias, d dt_weight) are written per image and summed over the batch the same way. No float
+partials (together at most a quarter of one (B, 4, D, L) tensor) in a fixed order. Parameter
+gradients (dA, dD, d bias, d dt_weight) are written per image and summed over the batch the same way. No float
 atomics: the backward is deterministic.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from ..utils import HAS_TRITON, TRITON_INTERPRET, is_dense, new_buffer, new_output
+from ..utils import HAS_TRITON, TRITON_DTYPES, TRITON_INTERPRET, is_dense, new_buffer, new_output
 from .common import MAX_D_STATE
 
 # Largest sequence the forward keeps whole in registers (a 128 x 128 feature map).
@@ -76,6 +76,16 @@ if HAS_TRITON:
         return tl.sum(tl.where(idx[None, :] == j, tile, 0.0), axis=1)
 
     @triton.jit
+    def _load_tile(ptr, s_d, s_h, s_w, offs_d, h, w, mask):
+        # [channels, positions] fp32 tile of a (D, H, W) slice (ptr offset to it) at (h, w).
+        return tl.load(ptr + offs_d[:, None] * s_d + (h * s_h + w * s_w)[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _load_row(ptr, s_h, s_w, h, w, mask):
+        # fp32 values of an (H, W) plane (ptr offset to it) at the positions (h, w).
+        return tl.load(ptr + h * s_h + w * s_w, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _store_partial(ptr, value, mask, blk):
         # Channel-block partial sums: the program's first block writes, later ones add (same
         # program, fixed order: deterministic).
@@ -95,11 +105,10 @@ if HAS_TRITON:
             dt = tl.zeros([BLOCK_D, BLOCK_P], dtype=tl.float32)
             for r in range(R):
                 wr = tl.load(w_ptr + offs_d * R + r, mask=mask_d, other=0.0)
-                lr = tl.load(low_ptr + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
+                lr = _load_row(low_ptr + r * s_lr, s_lh, s_lw, h, w, mask_p)
                 dt += wr[:, None] * lr[None, :]
         else:
-            offs = offs_d[:, None] * s_dd + (h * s_dh + w * s_dw)[None, :]
-            dt = tl.load(delta_ptr + offs, mask=mask_d[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+            dt = _load_tile(delta_ptr, s_dd, s_dh, s_dw, offs_d, h, w, mask_d[:, None] & mask_p[None, :])
         return dt + bias[:, None]
 
     @triton.jit
@@ -127,8 +136,7 @@ if HAS_TRITON:
         mask = mask_d[:, None] & mask_p[None, :]
         for o in tl.static_range(2):
             h, w = _orient_hw(p, H, W, o == 1)
-            u_offs = offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :]
-            u = tl.load(u_ptr + pid_b * s_ub + u_offs, mask=mask, other=0.0).to(tl.float32)
+            u = _load_tile(u_ptr + pid_b * s_ub, s_ud, s_uh, s_uw, offs_d, h, w, mask)
             acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
             for rev in tl.static_range(2):
                 k = o + 2 * rev
@@ -147,10 +155,8 @@ if HAS_TRITON:
                 dtu = dt * u
                 for n in range(N):
                     a_n = tl.load(A_ptr + (k * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                    pos_B = pid_b * s_Bb + k * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
-                    pos_C = pid_b * s_Cb + k * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
-                    b_n = tl.load(B_ptr + pos_B, mask=mask_p, other=0.0).to(tl.float32)
-                    c_n = tl.load(C_ptr + pos_C, mask=mask_p, other=0.0).to(tl.float32)
+                    b_n = _load_row(B_ptr + pid_b * s_Bb + k * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
+                    c_n = _load_row(C_ptr + pid_b * s_Cb + k * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
                     decay = tl.exp(dt * a_n[:, None])
                     _, x = tl.associative_scan((decay, dtu * b_n[None, :]), 1, _ssm_combine, reverse=rev == 1)
                     acc += x * c_n[None, :]
@@ -230,8 +236,8 @@ if HAS_TRITON:
                     h, w = _orient_hw(p, H, W, o == 1)
                     hm, wm = _orient_hw(p - 1, H, W, o == 1)
                     mask_pm = mask_p & (p >= 1)
-                    u = tl.load(u_base + offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :], mask=mask, other=0.0).to(tl.float32)
-                    g = tl.load(g_base + offs_d[:, None] * s_gd + (h * s_gh + w * s_gw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                    u = _load_tile(u_base, s_ud, s_uh, s_uw, offs_d, h, w, mask)
+                    g = _load_tile(g_base, s_gd, s_gh, s_gw, offs_d, h, w, mask)
                     dt_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
                                    h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
                     dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
@@ -242,10 +248,8 @@ if HAS_TRITON:
                     for n in range(N):
                         a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
                         a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                        b_f = tl.load(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw,
-                                      mask=mask_p, other=0.0).to(tl.float32)
-                        c_r = tl.load(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw,
-                                      mask=mask_p, other=0.0).to(tl.float32)
+                        b_f = _load_row(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
+                        c_r = _load_row(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
                         sa, sb = tl.associative_scan(
                             (tl.exp(dt_f * a_f[:, None]), dt_f * u * b_f[None, :]), 1, _ssm_combine)
                         x_f = sb + sa * _column(carry_x, n_idx, n)[:, None]
@@ -281,8 +285,8 @@ if HAS_TRITON:
                     mask_pp = (p + 1) < L
                     mask_pm = mask_p & (p >= 1)
                     s = h * W + w  # spatial index, for the contiguous fp32 outputs
-                    u = tl.load(u_base + offs_d[:, None] * s_ud + (h * s_uh + w * s_uw)[None, :], mask=mask, other=0.0).to(tl.float32)
-                    g = tl.load(g_base + offs_d[:, None] * s_gd + (h * s_gh + w * s_gw)[None, :], mask=mask, other=0.0).to(tl.float32)
+                    u = _load_tile(u_base, s_ud, s_uh, s_uw, offs_d, h, w, mask)
+                    g = _load_tile(g_base, s_gd, s_gh, s_gw, offs_d, h, w, mask)
                     raw_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
                                     h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
                     raw_r = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
@@ -305,14 +309,10 @@ if HAS_TRITON:
                     for n in range(N):
                         a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
                         a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                        pos_Bf = pid_b * s_Bb + kf * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
-                        pos_Br = pid_b * s_Bb + kr * s_Bk + n * s_Bn + h * s_Bh + w * s_Bw
-                        pos_Cf = pid_b * s_Cb + kf * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
-                        pos_Cr = pid_b * s_Cb + kr * s_Ck + n * s_Cn + h * s_Ch + w * s_Cw
-                        b_f = tl.load(B_ptr + pos_Bf, mask=mask_p, other=0.0).to(tl.float32)
-                        b_r = tl.load(B_ptr + pos_Br, mask=mask_p, other=0.0).to(tl.float32)
-                        c_f = tl.load(C_ptr + pos_Cf, mask=mask_p, other=0.0).to(tl.float32)
-                        c_r = tl.load(C_ptr + pos_Cr, mask=mask_p, other=0.0).to(tl.float32)
+                        b_f = _load_row(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
+                        b_r = _load_row(B_ptr + pid_b * s_Bb + kr * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
+                        c_f = _load_row(C_ptr + pid_b * s_Cb + kf * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
+                        c_r = _load_row(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
                         # state of kf (prefix), from the stored chunk start
                         in_f = dt_f * u * b_f[None, :]
                         sa, sb = tl.associative_scan((tl.exp(dt_f * a_f[:, None]), in_f), 1, _ssm_combine)
@@ -361,8 +361,8 @@ if HAS_TRITON:
                         for r in range(R):
                             wr_f = tl.load(w_f + offs_d * R + r, mask=mask_d, other=0.0)
                             wr_r = tl.load(w_r + offs_d * R + r, mask=mask_d, other=0.0)
-                            lr_f = tl.load(low_f + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
-                            lr_r = tl.load(low_r + r * s_lr + h * s_lh + w * s_lw, mask=mask_p, other=0.0).to(tl.float32)
+                            lr_f = _load_row(low_f + r * s_lr, s_lh, s_lw, h, w, mask_p)
+                            lr_r = _load_row(low_r + r * s_lr, s_lh, s_lw, h, w, mask_p)
                             _store_partial(low_row + (kf * R + r) * L, tl.sum(wr_f[:, None] * ddt_f, axis=0), mask_p, blk)
                             _store_partial(low_row + (kr * R + r) * L, tl.sum(wr_r[:, None] * ddt_r, axis=0), mask_p, blk)
                             grad_w_f += tl.where(r_idx[None, :] == r, tl.sum(ddt_f * lr_f[None, :], axis=1)[:, None], 0.0)
@@ -399,7 +399,7 @@ def _next_pow2(n: int) -> int:
 
 def triton_supports(u: torch.Tensor, N: int) -> Optional[str]:
     """None when the fused kernels can run this problem, else the reason they cannot."""
-    if u.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if u.dtype not in TRITON_DTYPES:
         return f"dtype {u.dtype} (fp16, bf16 or fp32 only)"
     if N > MAX_D_STATE:
         return f"d_state N = {N} > {MAX_D_STATE}"

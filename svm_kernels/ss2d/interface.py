@@ -5,12 +5,9 @@ from typing import Optional
 
 import torch
 
-from ..utils import OpaqueTorchOp, resolve_backend
+from ..utils import OpaqueTorchOp, check_floating, check_same_device, resolve_backend
 from .common import MAX_D_STATE, check_scan_inputs, default_out_dtype
 from .naive import cross_selective_scan_naive, lowrank_delta
-
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
 
 def _pick_backend(backend: str, u: torch.Tensor, N: int, *tensors) -> str:
     use = resolve_backend(backend, u, *tensors)
@@ -111,12 +108,10 @@ def cross_selective_scan_lowrank(
     R = dt_low.shape[2]
     if R == 0:
         raise ValueError("dt_low has rank R = 0")
-    if not isinstance(dt_weight, torch.Tensor) or not dt_weight.is_floating_point():
-        raise TypeError("dt_weight must be a floating-point tensor")
+    check_floating("dt_weight", dt_weight)
     if dt_weight.shape != (4, d_inner, R):
         raise ValueError(f"dt_weight must have shape (4, D={d_inner}, R={R}), got {tuple(dt_weight.shape)}")
-    if dt_weight.device != u.device:
-        raise ValueError(f"dt_weight is on {dt_weight.device} but u is on {u.device}")
+    check_same_device("u", u, dt_weight=dt_weight)
     dtype = default_out_dtype(u, out_dtype)
     use = _pick_backend(backend, u, N, dt_low, dt_weight, A, B, C, D, dt_bias)
     if batch == 0:

@@ -88,7 +88,7 @@ def selective_scan_naive(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     return y
 
 
-def _ordered(t: torch.Tensor) -> torch.Tensor:
+def order_by_direction(t: torch.Tensor) -> torch.Tensor:
     """(B, 4, X, H, W) in spatial order -> (B, 4, X, L), each direction in its own visiting order."""
     return torch.stack([direction_order(t[:, k], k) for k in range(K_DIRECTIONS)], dim=1)
 
@@ -96,7 +96,10 @@ def _ordered(t: torch.Tensor) -> torch.Tensor:
 def cross_selective_scan_naive(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     """Reference SS2D: u (B, D, H, W), delta (B, 4, D, H, W), B/C (B, 4, N, H, W) -> (B, D, H, W)."""
     H, W = u.shape[-2:]
-    y = selective_scan_naive(cross_scan(u), _ordered(delta), A, _ordered(B), _ordered(C), D, delta_bias, delta_softplus)
+    y = selective_scan_naive(
+        cross_scan(u), order_by_direction(delta), A, order_by_direction(B), order_by_direction(C), D, delta_bias,
+        delta_softplus,
+    )
     return cross_merge(y, H, W)
 
 
