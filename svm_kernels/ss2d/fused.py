@@ -78,12 +78,14 @@ if HAS_TRITON:
     @triton.jit
     def _load_tile(ptr, s_d, s_h, s_w, offs_d, h, w, mask):
         # [channels, positions] fp32 tile of a (D, H, W) slice (ptr offset to it) at (h, w).
-        return tl.load(ptr + offs_d[:, None] * s_d + (h * s_h + w * s_w)[None, :], mask=mask, other=0.0).to(tl.float32)
+        # offsets summed before the pointer add: one 64-bit pointer tile, not two
+        offs = offs_d[:, None] * s_d + (h * s_h + w * s_w)[None, :]
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
     @triton.jit
     def _load_row(ptr, s_h, s_w, h, w, mask):
         # fp32 values of an (H, W) plane (ptr offset to it) at the positions (h, w).
-        return tl.load(ptr + h * s_h + w * s_w, mask=mask, other=0.0).to(tl.float32)
+        return tl.load(ptr + (h * s_h + w * s_w), mask=mask, other=0.0).to(tl.float32)
 
     @triton.jit
     def _store_partial(ptr, value, mask, blk):
