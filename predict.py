@@ -5,6 +5,7 @@
 Prints the top-k classes with probabilities per image and writes them as JSON (default
 output_dir/task_name/predictions.json). Unreadable or non-image files are reported and skipped.
 """
+
 import json
 import os
 import sys
@@ -48,7 +49,9 @@ def main(argv=None) -> int:
     if preds:
         print(inference.format_table(preds), flush=True)
     out = args.output or os.path.join(run_dir(cfg), "predictions.json")
-    atomic_write_text(json.dumps({"checkpoint": path, "predictions": preds, "skipped": skipped}, indent=2) + "\n", out)
+    atomic_write_text(
+        json.dumps({"checkpoint": path, "predictions": preds, "skipped": skipped}, indent=2) + "\n", out
+    )
     print(f"{len(preds)} image(s) predicted, {len(skipped)} skipped; wrote {out}", flush=True)
     if not preds:
         raise ConfigError(f"none of the {len(files)} file(s) in {args.img_folder} could be read as an image")

@@ -5,6 +5,7 @@
 
 Weights: --checkpoint, else the config's `checkpoint`, else output_dir/task_name/best.pt.
 """
+
 import sys
 
 import torch

@@ -7,6 +7,7 @@
 Writes last.pt, best.pt, log.csv, curves.png, test_report.json and test_report.png under
 output_dir/task_name/.
 """
+
 import sys
 
 from svm_models.training import cli, distributed, engine, evaluation
@@ -23,8 +24,11 @@ def main(argv=None) -> int:
     try:
         result = engine.fit(cfg, info, resume=args.resume)
         if info.is_main:
-            print(f"training time {result['train_time_s']:.1f}s; best val top-1 {result['best_acc']:.2f}% "
-                  f"at epoch {result['best_epoch']}", flush=True)
+            print(
+                f"training time {result['train_time_s']:.1f}s; best val top-1 {result['best_acc']:.2f}% "
+                f"at epoch {result['best_epoch']}",
+                flush=True,
+            )
             if not args.no_test:
                 model, path, _ = evaluation.load_trained_model(cfg, result["best_path"], info.device)
                 evaluation.run_test(cfg, model, path, num_classes=result["num_classes"])

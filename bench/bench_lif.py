@@ -4,6 +4,7 @@ Modes: "fwd" (spikes only), "bwd" (backward of a ready graph), "full" (forward +
 Bytes that must move per element-step, with s = storage bytes per element:
 fwd: read x, write spikes = 2s; bwd: read x (saved), read grad_s, write grad_x = 3s; full = 5s.
 """
+
 import pytest
 import torch
 from conftest import DEVICE, DTYPES, SMOKE, require_device, run_benchmark
@@ -33,8 +34,9 @@ def ours(x):
 def spikingjelly(x):
     from spikingjelly.activation_based import neuron, surrogate
 
-    node = neuron.LIFNode(tau=2.0, v_reset=0.0, detach_reset=True, surrogate_function=surrogate.Sigmoid(),
-                          step_mode="m")
+    node = neuron.LIFNode(
+        tau=2.0, v_reset=0.0, detach_reset=True, surrogate_function=surrogate.Sigmoid(), step_mode="m"
+    )
     return node(x)
 
 
@@ -67,5 +69,6 @@ def test_lif(benchmark, provider, T, n, dtype, mode):
         run_benchmark(benchmark, lambda: torch.autograd.grad(fn(x), x, grad), 5 * size, provider=provider)
         return
     out = fn(x)  # bwd: the same graph, differentiated again each round
-    run_benchmark(benchmark, lambda: torch.autograd.grad(out, x, grad, retain_graph=True), 3 * size,
-                  provider=provider)
+    run_benchmark(
+        benchmark, lambda: torch.autograd.grad(out, x, grad, retain_graph=True), 3 * size, provider=provider
+    )

@@ -14,6 +14,7 @@ Bytes that must move (s = storage bytes of u, B, C, dt_low; the output and grad_
 forward reads u, dt_low, B, C and writes out; backward reads them and grad_out and writes their
 gradients. The full-delta variant also reads delta (and writes its gradient).
 """
+
 import pytest
 import torch
 from conftest import DEVICE, DTYPES, SMOKE, require_device, run_benchmark
@@ -64,8 +65,16 @@ def unfused_mamba(x):
 
     def scan(us, deltas, A, Bs, Cs, Ds, bias):
         b, k, d, length = us.shape
-        y = selective_scan_fn(us.reshape(b, k * d, length), deltas.reshape(b, k * d, length), A.reshape(k * d, -1),
-                              Bs, Cs, Ds.reshape(-1), delta_bias=bias.reshape(-1), delta_softplus=True)
+        y = selective_scan_fn(
+            us.reshape(b, k * d, length),
+            deltas.reshape(b, k * d, length),
+            A.reshape(k * d, -1),
+            Bs,
+            Cs,
+            Ds.reshape(-1),
+            delta_bias=bias.reshape(-1),
+            delta_softplus=True,
+        )
         return y.view(b, k, d, length)
 
     return unfused(x, scan)
@@ -81,16 +90,24 @@ def compiled(x):
 
 
 def ours_full(x):
-    return cross_selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["dt_bias"], backend="triton")
+    return cross_selective_scan(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["dt_bias"], backend="triton"
+    )
 
 
 def ours_lowrank(x):
-    return cross_selective_scan_lowrank(x["u"], x["dt_low"], x["dt_weight"], x["A"], x["B"], x["C"], x["D"],
-                                        x["dt_bias"], backend="triton")
+    return cross_selective_scan_lowrank(
+        x["u"], x["dt_low"], x["dt_weight"], x["A"], x["B"], x["C"], x["D"], x["dt_bias"], backend="triton"
+    )
 
 
-PROVIDERS = {"unfused": unfused, "unfused_mamba": unfused_mamba, "compile": compiled, "ours_full": ours_full,
-             "ours_lowrank": ours_lowrank}
+PROVIDERS = {
+    "unfused": unfused,
+    "unfused_mamba": unfused_mamba,
+    "compile": compiled,
+    "ours_full": ours_full,
+    "ours_lowrank": ours_lowrank,
+}
 
 
 def bytes_moved(x, mode, full_delta):
@@ -131,10 +148,19 @@ def test_ss2d(benchmark, provider, shape, dtype, mode):
     grad = torch.randn(x["u"].shape, device=DEVICE)
     tensors = [x[k] for k in leaves]
     if mode == "full":
-        run_benchmark(benchmark, lambda: torch.autograd.grad(fn(x), tensors, grad, allow_unused=True), moved,
-                      rounds=rounds, **info)
+        run_benchmark(
+            benchmark,
+            lambda: torch.autograd.grad(fn(x), tensors, grad, allow_unused=True),
+            moved,
+            rounds=rounds,
+            **info,
+        )
         return
     out = fn(x)
-    run_benchmark(benchmark, lambda: torch.autograd.grad(out, tensors, grad, retain_graph=True, allow_unused=True),
-                  moved, rounds=rounds, **info)
-
+    run_benchmark(
+        benchmark,
+        lambda: torch.autograd.grad(out, tensors, grad, retain_graph=True, allow_unused=True),
+        moved,
+        rounds=rounds,
+        **info,
+    )

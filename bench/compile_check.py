@@ -9,6 +9,7 @@ loads are vectorised. Run it without TRITON_INTERPRET:
 
 Exit status 1 when a kernel fails to compile or spills more than --max-spill bytes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,13 @@ import tempfile
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter compiles nothing)")
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-from triton.runtime.autotuner import Autotuner  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.autotuner import Autotuner
 
-from svm_kernels.lif.fused import fused_lif_bwd_kernel, fused_lif_fwd_kernel  # noqa: E402
-from svm_kernels.ss2d import fused as ss2d  # noqa: E402
+from svm_kernels.lif.fused import fused_lif_bwd_kernel, fused_lif_fwd_kernel
+from svm_kernels.ss2d import fused as ss2d
 
 
 def _jit_fn(kernel):
@@ -65,8 +66,9 @@ def compile_variant(kernel, types, constexprs, num_warps, arch, divisible=()):
         with open(path, "w") as f:
             f.write(ptx)
         suffix = "a" if arch >= 90 else ""
-        out = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", path, "-o", os.devnull],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [ptxas, f"-arch=sm_{arch}{suffix}", "-v", path, "-o", os.devnull], capture_output=True, text=True
+        )
     report = out.stderr + out.stdout
     regs = re.search(r"Used (\d+) registers", report)
     spills = re.search(r"(\d+) bytes spill stores", report)
@@ -78,31 +80,86 @@ def compile_variant(kernel, types, constexprs, num_warps, arch, divisible=()):
 
 def variants():
     """(label, kernel, arg types, constexprs, num_warps, divisible args) for every shipped shape class."""
-    lif_types = {"T": "i32", "N": "i32", "tau": "fp32", "v_threshold": "fp32", "v_reset": "fp32", "alpha": "fp32"}
+    lif_types = {
+        "T": "i32",
+        "N": "i32",
+        "tau": "fp32",
+        "v_threshold": "fp32",
+        "v_reset": "fp32",
+        "alpha": "fp32",
+    }
     for dtype in ("bf16", "fp32"):
-        ptr = {"x_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "grad_s_ptr": f"*{dtype}", "grad_x_ptr": f"*{dtype}"}
+        ptr = {
+            "x_ptr": f"*{dtype}",
+            "s_ptr": f"*{dtype}",
+            "grad_s_ptr": f"*{dtype}",
+            "grad_x_ptr": f"*{dtype}",
+        }
         for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8)):
-            yield (f"lif_fwd {dtype} BLOCK_N={block} w{warps}", fused_lif_fwd_kernel, {**lif_types, **ptr},
-                   dict(USE_INITIAL_STATE=False, STORE_FINAL_STATE=False, HARD_RESET=True, DECAY_INPUT=True,
-                        BLOCK_N=block), warps, ("x_ptr", "s_ptr", "N"))
-            yield (f"lif_bwd {dtype} BLOCK_N={block} w{warps}", fused_lif_bwd_kernel, {**lif_types, **ptr},
-                   dict(USE_INITIAL_STATE=True, HAS_GRAD_FINAL_STATE=True, STORE_GRAD_INITIAL_STATE=True,
-                        HARD_RESET=True, DECAY_INPUT=True, DETACH_RESET=False, SURROGATE_ATAN=False,
-                        BLOCK_N=block), warps, ("x_ptr", "grad_s_ptr", "grad_x_ptr", "N"))
+            yield (
+                f"lif_fwd {dtype} BLOCK_N={block} w{warps}",
+                fused_lif_fwd_kernel,
+                {**lif_types, **ptr},
+                dict(
+                    USE_INITIAL_STATE=False,
+                    STORE_FINAL_STATE=False,
+                    HARD_RESET=True,
+                    DECAY_INPUT=True,
+                    BLOCK_N=block,
+                ),
+                warps,
+                ("x_ptr", "s_ptr", "N"),
+            )
+            yield (
+                f"lif_bwd {dtype} BLOCK_N={block} w{warps}",
+                fused_lif_bwd_kernel,
+                {**lif_types, **ptr},
+                dict(
+                    USE_INITIAL_STATE=True,
+                    HAS_GRAD_FINAL_STATE=True,
+                    STORE_GRAD_INITIAL_STATE=True,
+                    HARD_RESET=True,
+                    DECAY_INPUT=True,
+                    DETACH_RESET=False,
+                    SURROGATE_ATAN=False,
+                    BLOCK_N=block,
+                ),
+                warps,
+                ("x_ptr", "grad_s_ptr", "grad_x_ptr", "N"),
+            )
     # SS2D at the shapes the models use: (D, L) of VMamba-T / SVMamba stages and CIFAR stages.
     for dtype in ("bf16", "fp32"):
-        ptr = {"u_ptr": f"*{dtype}", "delta_ptr": f"*{dtype}", "low_ptr": f"*{dtype}", "B_ptr": f"*{dtype}",
-               "C_ptr": f"*{dtype}", "g_ptr": "*fp32", "ddelta_ptr": f"*{dtype}"}
+        ptr = {
+            "u_ptr": f"*{dtype}",
+            "delta_ptr": f"*{dtype}",
+            "low_ptr": f"*{dtype}",
+            "B_ptr": f"*{dtype}",
+            "C_ptr": f"*{dtype}",
+            "g_ptr": "*fp32",
+            "ddelta_ptr": f"*{dtype}",
+        }
         for D, L in ((96, 3136), (384, 196), (96, 256), (384, 16)):
             for lowrank in (True, False):
                 block_d, block_l, warps = ss2d._fwd_config(D, L)
                 flags = dict(LOWRANK=lowrank, HAS_D=True, HAS_BIAS=True, DELTA_SOFTPLUS=True)
-                yield (f"ss2d_fwd {dtype} D={D} L={L} lowrank={lowrank}", ss2d.fused_ss2d_fwd_kernel, ptr,
-                       dict(**flags, BLOCK_D=block_d, BLOCK_L=block_l), warps, ())
+                yield (
+                    f"ss2d_fwd {dtype} D={D} L={L} lowrank={lowrank}",
+                    ss2d.fused_ss2d_fwd_kernel,
+                    ptr,
+                    dict(**flags, BLOCK_D=block_d, BLOCK_L=block_l),
+                    warps,
+                    (),
+                )
                 for n in (1, 16):
                     block_d, chunk, warps = ss2d._bwd_config(D, L, n)
-                    yield (f"ss2d_bwd {dtype} D={D} L={L} N={n} lowrank={lowrank}", ss2d.fused_ss2d_bwd_kernel,
-                           ptr, dict(**flags, BLOCK_D=block_d, CHUNK=chunk, NP=n, RP=8), warps, ())
+                    yield (
+                        f"ss2d_bwd {dtype} D={D} L={L} N={n} lowrank={lowrank}",
+                        ss2d.fused_ss2d_bwd_kernel,
+                        ptr,
+                        dict(**flags, BLOCK_D=block_d, CHUNK=chunk, NP=n, RP=8),
+                        warps,
+                        (),
+                    )
 
 
 def main(argv=None):

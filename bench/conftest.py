@@ -4,6 +4,7 @@ Run on a CUDA machine:  pytest bench/ --benchmark-only --benchmark-json=out.json
 Without a GPU every provider that needs CUDA skips. ``SVM_BENCH_SMOKE=1`` runs tiny shapes on
 the CPU (Triton interpreter) to check the benchmark code itself; its timings mean nothing.
 """
+
 import os
 
 SMOKE = os.environ.get("SVM_BENCH_SMOKE", "0") == "1"

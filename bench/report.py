@@ -6,6 +6,7 @@ Writes OUT_DIR/summary.md and OUT_DIR/summary.png: one row per benchmark case (t
 without the provider), one column per provider with mean time in ms, achieved GB/s, and the
 speed-up of "ours" over each peer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def load_cases(paths):
             if not m:
                 continue
             test, provider, case = m.groups()
-            cases[(test, case)][provider] = dict(bench.get("extra_info", {}), mean_ms=bench["stats"]["mean"] * 1e3)
+            cases[(test, case)][provider] = dict(
+                bench.get("extra_info", {}), mean_ms=bench["stats"]["mean"] * 1e3
+            )
     return cases
 
 
@@ -32,10 +35,15 @@ def markdown(cases, copy_gbps=None) -> str:
     lines = []
     for test in sorted({t for t, _ in cases}):
         rows = {case: provs for (t, case), provs in cases.items() if t == test}
-        providers = sorted({p for provs in rows.values() for p in provs}, key=lambda p: (p.startswith("ours"), p))
+        providers = sorted(
+            {p for provs in rows.values() for p in provs}, key=lambda p: (p.startswith("ours"), p)
+        )
         ours = [p for p in providers if p.startswith("ours")]
-        head = ["case"] + [f"{p} ms (GB/s)" for p in providers] + [f"{o} speed-up vs {p}" for o in ours
-                                                                      for p in providers if not p.startswith("ours")]
+        head = (
+            ["case"]
+            + [f"{p} ms (GB/s)" for p in providers]
+            + [f"{o} speed-up vs {p}" for o in ours for p in providers if not p.startswith("ours")]
+        )
         if copy_gbps:
             head += [f"{o} % of copy BW" for o in ours]
         lines += [f"### {test}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

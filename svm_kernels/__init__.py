@@ -4,15 +4,16 @@
 * :func:`cross_selective_scan` / :func:`cross_selective_scan_lowrank` -- VMamba's four-direction
   selective scan (SS2D), fused; :func:`cross_scan` / :func:`cross_merge` are its explicit permutations.
 """
+
 from .lif import MultiStepLIF, multistep_lif
 from .ss2d import cross_merge, cross_scan, cross_selective_scan, cross_selective_scan_lowrank
 
 __all__ = [
-    "multistep_lif",
     "MultiStepLIF",
+    "cross_merge",
+    "cross_scan",
     "cross_selective_scan",
     "cross_selective_scan_lowrank",
-    "cross_scan",
-    "cross_merge",
+    "multistep_lif",
 ]
 __version__ = "0.1.0"

@@ -8,10 +8,11 @@ Every public op takes ``backend`` in {"auto", "triton", "torch"}:
 * ``"auto"``   -- Triton for CUDA tensors, the reference otherwise, so that a model
   trains on any machine.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,7 +32,7 @@ BACKENDS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def resolve_backend(backend: str, *tensors: Optional[torch.Tensor]) -> str:
+def resolve_backend(backend: str, *tensors: torch.Tensor | None) -> str:
     """Turn ``backend`` into "triton" or "torch" for the given tensors, or raise."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -65,7 +66,7 @@ def check_shape(name: str, t: torch.Tensor, shape: Sequence[int]) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
-def check_same_device(ref_name: str, ref: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
+def check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
     for name, t in others.items():
         if t is not None and t.device != ref.device:
             raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
@@ -104,9 +105,7 @@ def autotune_configs(configs: list, interpreter_config) -> list:
 
 def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same shape and the same strides on every dimension that has more than one element."""
-    return a.shape == b.shape and all(
-        sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1
-    )
+    return a.shape == b.shape and all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
 
 
 # Tests set this to fill every kernel output with NaN before launch, so that an element the
@@ -118,7 +117,7 @@ def _poisoned(out: torch.Tensor) -> torch.Tensor:
     return out.fill_(float("nan")) if POISON_OUTPUTS and out.is_floating_point() else out
 
 
-def new_output(like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def new_output(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``empty_like`` (strides kept for dense tensors), NaN-filled when POISON_OUTPUTS is on."""
     return _poisoned(torch.empty_like(like, dtype=dtype))
 
@@ -172,7 +171,10 @@ class OpaqueTorchOp(torch.autograd.Function):
         result = [None] * (1 + len(ctx.leaves))
         if wanted and pairs:
             got = torch.autograd.grad(
-                [o for o, _ in pairs], [ctx.leaves[i] for i in wanted], [g for _, g in pairs], allow_unused=True
+                [o for o, _ in pairs],
+                [ctx.leaves[i] for i in wanted],
+                [g for _, g in pairs],
+                allow_unused=True,
             )
             for i, g in zip(wanted, got):
                 result[1 + i] = g

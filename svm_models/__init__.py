@@ -3,7 +3,8 @@
 ``create_model(name, num_classes=..., img_size=..., **overrides)`` builds a registered model;
 ``list_models()`` names them. Importing the model modules below registers them.
 """
-from .registry import create_model, list_models, register_model
+
 from . import qkformer, svmamba, vmamba  # noqa: F401  (importing registers the models)
+from .registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

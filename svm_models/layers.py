@@ -10,10 +10,11 @@ Layout conventions:
 * Every ``backend`` argument ("auto", "torch", "triton") goes to each LIF and scan call;
   :func:`set_backend` switches a built model.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,13 @@ def make_lif(
 ) -> MultiStepLIF:
     """The one spiking neuron of every model: multi-step LIF with hard reset to 0, stateless."""
     return MultiStepLIF(
-        tau=tau, v_threshold=v_threshold, v_reset=0.0, decay_input=True,
-        detach_reset=detach_reset, surrogate=surrogate, backend=backend,
+        tau=tau,
+        v_threshold=v_threshold,
+        v_reset=0.0,
+        decay_input=True,
+        detach_reset=detach_reset,
+        surrogate=surrogate,
+        backend=backend,
     )
 
 
@@ -92,8 +98,16 @@ class ConvBN(nn.Sequential):
     ``bias`` is there to reproduce its parameter count).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
-                 bias: bool = False, pool: bool = False):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        pool: bool = False,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_ch)
@@ -146,7 +160,7 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-def stem_strides(patch_size: int) -> Tuple[int, int]:
+def stem_strides(patch_size: int) -> tuple[int, int]:
     """Strides of the two 3x3 stem convs, whose product is the patch size (2, 2) for 4, (2, 1) for 2."""
     table = {1: (1, 1), 2: (2, 1), 4: (2, 2)}
     if patch_size not in table:
@@ -154,17 +168,17 @@ def stem_strides(patch_size: int) -> Tuple[int, int]:
     return table[patch_size]
 
 
-def stage_dims(dims: Union[int, Sequence[int]], num_stages: int) -> list:
+def stage_dims(dims: int | Sequence[int], num_stages: int) -> list:
     """``dims`` as VMamba takes it: an int C (stages C, 2C, 4C, ...) or one width per stage."""
     if isinstance(dims, int):
-        return [dims * 2 ** i for i in range(num_stages)]
+        return [dims * 2**i for i in range(num_stages)]
     dims = [int(d) for d in dims]
     if len(dims) != num_stages:
         raise ValueError(f"dims has {len(dims)} entries but depths has {num_stages} stages")
     return dims
 
 
-def check_depths(depths: Sequence[int], num_stages: Optional[int] = None) -> list:
+def check_depths(depths: Sequence[int], num_stages: int | None = None) -> list:
     depths = [int(d) for d in depths]
     if num_stages is not None and len(depths) != num_stages:
         raise ValueError(f"depths must have {num_stages} entries, got {depths}")
@@ -188,7 +202,7 @@ def init_linears_trunc_normal(model: nn.Module, std: float = 0.02) -> None:
 K_DIRECTIONS = 4
 
 
-def resolve_dt_rank(dt_rank: Union[int, str], d_model: int) -> int:
+def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
     """Mamba's "auto" rank of the time-step projection: ceil(d_model / 16)."""
     if dt_rank == "auto":
         return math.ceil(d_model / 16)
@@ -238,14 +252,16 @@ class CrossScanSSM(nn.Module):
         self.reset_parameters(dt_min, dt_max, dt_init_floor)
 
     @torch.no_grad()
-    def reset_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+    def reset_parameters(
+        self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4
+    ) -> None:
         """VMamba's "v0" init (mamba_init): the parts that make the scan start out well-behaved."""
         D, N, R = self.d_inner, self.d_state, self.dt_rank
         # x_proj: nn.Linear's default init, U(-1/sqrt(D), 1/sqrt(D)), per direction.
         bound = 1.0 / math.sqrt(D)
         self.x_proj_weight.uniform_(-bound, bound)
         # dt_proj weight: U(-R^-0.5, R^-0.5) ("random", dt_scale 1).
-        std = R ** -0.5
+        std = R**-0.5
         self.dt_projs_weight.uniform_(-std, std)
         # dt_proj bias: softplus(bias) = dt, dt log-uniform in [dt_min, dt_max], floored.
         dt = torch.exp(torch.rand(K_DIRECTIONS, D) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
@@ -259,15 +275,22 @@ class CrossScanSSM(nn.Module):
         K, R, N = K_DIRECTIONS, self.dt_rank, self.d_state
         w = self.x_proj_weight.to(u.dtype).reshape(K * (R + 2 * N), self.d_inner, 1, 1)
         x_dbl = F.conv2d(u, w).unflatten(1, (K, R + 2 * N))
-        return x_dbl[:, :, :R], x_dbl[:, :, R:R + N], x_dbl[:, :, R + N:]
+        return x_dbl[:, :, :R], x_dbl[:, :, R : R + N], x_dbl[:, :, R + N :]
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         dt_low, Bs, Cs = self.project(u)
         K, D, N = K_DIRECTIONS, self.d_inner, self.d_state
         return cross_selective_scan_lowrank(
-            u, dt_low, self.dt_projs_weight, -torch.exp(self.A_logs.float()).view(K, D, N), Bs, Cs,
-            D=self.Ds.float().view(K, D), dt_bias=self.dt_projs_bias.float(),
-            delta_softplus=True, backend=self.backend,
+            u,
+            dt_low,
+            self.dt_projs_weight,
+            -torch.exp(self.A_logs.float()).view(K, D, N),
+            Bs,
+            Cs,
+            D=self.Ds.float().view(K, D),
+            dt_bias=self.dt_projs_bias.float(),
+            delta_softplus=True,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

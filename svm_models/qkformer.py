@@ -13,10 +13,11 @@ Difference from the original code, on purpose: the original SSA runs its last LI
 (T*B)-flattened tensor, so membrane potential flows from one sample to the next; here every LIF
 integrates over T only, and each forward starts from v = 0. Parameter counts are unchanged.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -31,8 +32,16 @@ LIFFactory = Callable[[], nn.Module]
 class ConvBNLIF(nn.Module):
     """Conv (-> BN -> optional MaxPool) on the folded batch, then a LIF over T."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, lif: LIFFactory, stride: int = 1,
-                 bias: bool = False, pool: bool = False):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        lif: LIFFactory,
+        stride: int = 1,
+        bias: bool = False,
+        pool: bool = False,
+    ):
         super().__init__()
         self.conv_bn = SeqConvBN(in_ch, out_ch, kernel_size, stride, bias=bias, pool=pool)
         self.lif = lif()
@@ -168,7 +177,9 @@ class QKFormer(nn.Module):
         depths = check_depths(depths, 3)
         dims = [embed_dim // 4, embed_dim // 2, embed_dim]
         if embed_dim % 8 or any(d % num_heads for d in dims):
-            raise ValueError(f"num_heads={num_heads} must divide every stage width {dims} (embed_dim / 4 even)")
+            raise ValueError(
+                f"num_heads={num_heads} must divide every stage width {dims} (embed_dim / 4 even)"
+            )
         self.num_classes, self.img_size, self.layout = num_classes, img_size, layout
         self.dims, self.depths, self.T, self.backend = dims, depths, T, backend
         lif = partial(make_lif, backend=backend, tau=tau, detach_reset=True)
@@ -176,8 +187,10 @@ class QKFormer(nn.Module):
 
         def blocks(attn_cls, dim, depth):
             def block():
-                return SpikingTransformerBlock(attn_cls(dim, num_heads, lif, attn_lif),
-                                               SpikingMLP(dim, int(dim * mlp_ratio), lif))
+                return SpikingTransformerBlock(
+                    attn_cls(dim, num_heads, lif, attn_lif), SpikingMLP(dim, int(dim * mlp_ratio), lif)
+                )
+
             return nn.Sequential(*[block() for _ in range(depth)])
 
         self.patch_embed1 = PatchEmbedInit(in_chans, dims[0], layout, lif)

@@ -4,15 +4,16 @@ A registered factory is a function ``name(num_classes, img_size, **overrides) ->
 usually a one-liner around :func:`build`, which merges the factory's defaults with the
 overrides (taken from YAML configs) and rejects names the model does not take.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import inspect
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 from torch import nn
 
-_MODELS: Dict[str, Callable[..., nn.Module]] = {}
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -24,12 +25,12 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def list_models(pattern: str = "*") -> List[str]:
+def list_models(pattern: str = "*") -> list[str]:
     """Sorted names of the registered models, optionally filtered by a shell-style pattern."""
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, num_classes: int = 1000, img_size: Optional[int] = None, **overrides) -> nn.Module:
+def create_model(name: str, num_classes: int = 1000, img_size: int | None = None, **overrides) -> nn.Module:
     """Build the registered model ``name``.
 
     ``img_size=None`` keeps the model's own default (224 for the ImageNet models, 32 for the

@@ -14,10 +14,11 @@ Images are presented directly at every one of T steps; activations are (T, B, C,
 * Every LIF is stateless (v = 0 at the start of every forward), so nothing leaks between
   batches or images.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ SHORTCUTS = ("membrane", "sew")
 LIFFactory = Callable[[], nn.Module]
 
 
-def branch_ends(shortcut: str, lif: LIFFactory) -> Tuple[nn.Module, nn.Module]:
+def branch_ends(shortcut: str, lif: LIFFactory) -> tuple[nn.Module, nn.Module]:
     """(entry, exit) of a residual branch: a LIF at the entry (membrane) or at the exit (sew)."""
     if shortcut == "membrane":
         return lif(), nn.Identity()
@@ -66,8 +67,9 @@ class SpikingStem(nn.Module):
 class SpikingSS2D(nn.Module):
     """The spiking SS2D token mixer (see the module docstring)."""
 
-    def __init__(self, dim: int, d_state: int, ssm_ratio: float, dt_rank, lif: LIFFactory, shortcut: str,
-                 backend: str):
+    def __init__(
+        self, dim: int, d_state: int, ssm_ratio: float, dt_rank, lif: LIFFactory, shortcut: str, backend: str
+    ):
         super().__init__()
         d_inner = int(ssm_ratio * dim)
         self.entry, self.exit = branch_ends(shortcut, lif)
@@ -107,8 +109,17 @@ class SpikingMLP(nn.Module):
 class SVMambaBlock(nn.Module):
     """x = x + Mixer(x); x = x + MLP(x)."""
 
-    def __init__(self, dim: int, mlp_ratio: float, d_state: int, ssm_ratio: float, dt_rank, lif: LIFFactory,
-                 shortcut: str, backend: str):
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float,
+        d_state: int,
+        ssm_ratio: float,
+        dt_rank,
+        lif: LIFFactory,
+        shortcut: str,
+        backend: str,
+    ):
         super().__init__()
         self.mixer = SpikingSS2D(dim, d_state, ssm_ratio, dt_rank, lif, shortcut, backend)
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), lif, shortcut)
@@ -141,7 +152,7 @@ class SVMamba(nn.Module):
         img_size: int = 224,
         in_chans: int = 3,
         patch_size: int = 4,
-        dims: Union[int, Sequence[int]] = 96,
+        dims: int | Sequence[int] = 96,
         depths: Sequence[int] = (1, 2, 4),
         T: int = 4,
         d_state: int = 1,
@@ -166,8 +177,14 @@ class SVMamba(nn.Module):
             raise ValueError(f"the first stage width must be even (the stem halves it), got {dims[0]}")
         self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
         self.dims, self.depths, self.T, self.shortcut, self.backend = dims, depths, T, shortcut, backend
-        lif = partial(make_lif, backend=backend, tau=tau, v_threshold=v_threshold, detach_reset=detach_reset,
-                      surrogate=surrogate)
+        lif = partial(
+            make_lif,
+            backend=backend,
+            tau=tau,
+            v_threshold=v_threshold,
+            detach_reset=detach_reset,
+            surrogate=surrogate,
+        )
 
         self.stem = SpikingStem(in_chans, dims[0], patch_size, lif, shortcut)
         self.stages = nn.ModuleList()
@@ -176,8 +193,10 @@ class SVMamba(nn.Module):
             if i > 0:
                 stage.add_module("downsample", SpikingDownsample(dims[i - 1], dims[i], lif, shortcut))
             for j in range(depth):
-                stage.add_module(f"block{j}", SVMambaBlock(dims[i], mlp_ratio, d_state, ssm_ratio, dt_rank, lif,
-                                                           shortcut, backend))
+                stage.add_module(
+                    f"block{j}",
+                    SVMambaBlock(dims[i], mlp_ratio, d_state, ssm_ratio, dt_rank, lif, shortcut, backend),
+                )
             self.stages.append(stage)
         # With the membrane shortcut the stream is real-valued: the head fires once more so that
         # the classifier, too, only accumulates spikes.
@@ -205,14 +224,32 @@ class SVMamba(nn.Module):
 @register_model
 def svmamba_t(num_classes: int = 1000, **overrides) -> SVMamba:
     """SVMamba-T, 224 px: C 96, depths [1, 2, 4], T 4, d_state 1, ssm_ratio 1, patch 4."""
-    defaults = dict(num_classes=num_classes, img_size=224, patch_size=4, dims=96, depths=(1, 2, 4), T=4,
-                    d_state=1, ssm_ratio=1.0, mlp_ratio=4.0)
+    defaults = dict(
+        num_classes=num_classes,
+        img_size=224,
+        patch_size=4,
+        dims=96,
+        depths=(1, 2, 4),
+        T=4,
+        d_state=1,
+        ssm_ratio=1.0,
+        mlp_ratio=4.0,
+    )
     return build(SVMamba, defaults, overrides, "svmamba_t")
 
 
 @register_model
 def svmamba_cifar(num_classes: int = 1000, **overrides) -> SVMamba:
     """SVMamba for 32 px inputs: as svmamba_t with patch 2 (stages at 16, 8 and 4 px)."""
-    defaults = dict(num_classes=num_classes, img_size=32, patch_size=2, dims=96, depths=(1, 2, 4), T=4,
-                    d_state=1, ssm_ratio=1.0, mlp_ratio=4.0)
+    defaults = dict(
+        num_classes=num_classes,
+        img_size=32,
+        patch_size=2,
+        dims=96,
+        depths=(1, 2, 4),
+        T=4,
+        d_state=1,
+        ssm_ratio=1.0,
+        mlp_ratio=4.0,
+    )
     return build(SVMamba, defaults, overrides, "svmamba_cifar")

@@ -8,9 +8,10 @@ depthwise conv without bias, patch embedding "v2" and downsampling "v3", drop pa
 
 The selective scan is svm_kernels' fused low-rank four-direction scan.
 """
+
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -53,12 +54,21 @@ class DownsampleV3(nn.Sequential):
 class SS2D(nn.Module):
     """VMamba's SS2D, forward type "v05_noz": in_proj -> DWConv3x3 -> SiLU -> scan -> LN -> out_proj."""
 
-    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 1.0, dt_rank="auto",
-                 d_conv: int = 3, backend: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 1,
+        ssm_ratio: float = 1.0,
+        dt_rank="auto",
+        d_conv: int = 3,
+        backend: str = "auto",
+    ):
         super().__init__()
         d_inner = int(ssm_ratio * dim)
         self.in_proj = Linear2d(dim, d_inner, bias=False)
-        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=False)
+        self.conv2d = nn.Conv2d(
+            d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=False
+        )
         self.act = nn.SiLU()
         self.ssm = CrossScanSSM(d_inner, d_state, resolve_dt_rank(dt_rank, dim), backend=backend)
         self.out_norm = LayerNorm2d(d_inner)
@@ -108,7 +118,7 @@ class VMamba(nn.Module):
         img_size: int = 224,
         in_chans: int = 3,
         patch_size: int = 4,
-        dims: Union[int, Sequence[int]] = 96,
+        dims: int | Sequence[int] = 96,
         depths: Sequence[int] = (2, 2, 8, 2),
         d_state: int = 1,
         ssm_ratio: float = 1.0,
@@ -127,11 +137,21 @@ class VMamba(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
-            blocks = nn.Sequential(*[
-                VSSBlock(dims[i], dpr[sum(depths[:i]) + j], mlp_ratio, d_state=d_state, ssm_ratio=ssm_ratio,
-                         dt_rank=dt_rank, d_conv=d_conv, backend=backend)
-                for j in range(depth)
-            ])
+            blocks = nn.Sequential(
+                *[
+                    VSSBlock(
+                        dims[i],
+                        dpr[sum(depths[:i]) + j],
+                        mlp_ratio,
+                        d_state=d_state,
+                        ssm_ratio=ssm_ratio,
+                        dt_rank=dt_rank,
+                        d_conv=d_conv,
+                        backend=backend,
+                    )
+                    for j in range(depth)
+                ]
+            )
             downsample = DownsampleV3(dims[i], dims[i + 1]) if i + 1 < len(depths) else nn.Identity()
             self.layers.append(nn.Sequential(blocks, downsample))
         self.classifier = nn.Sequential()
@@ -168,14 +188,32 @@ class VMamba(nn.Module):
 @register_model
 def vmamba_t(num_classes: int = 1000, **overrides) -> VMamba:
     """VMamba-T[s1l8], 224 px: 30,249,064 parameters, 4.9 GFLOPs (published)."""
-    defaults = dict(num_classes=num_classes, img_size=224, patch_size=4, dims=96, depths=(2, 2, 8, 2),
-                    d_state=1, ssm_ratio=1.0, mlp_ratio=4.0, drop_path_rate=0.2)
+    defaults = dict(
+        num_classes=num_classes,
+        img_size=224,
+        patch_size=4,
+        dims=96,
+        depths=(2, 2, 8, 2),
+        d_state=1,
+        ssm_ratio=1.0,
+        mlp_ratio=4.0,
+        drop_path_rate=0.2,
+    )
     return build(VMamba, defaults, overrides, "vmamba_t")
 
 
 @register_model
 def vmamba_cifar(num_classes: int = 1000, **overrides) -> VMamba:
     """A small 32 px VMamba with SVMamba-CIFAR's layout (patch 2, widths 96/192/384, depths 1/2/4)."""
-    defaults = dict(num_classes=num_classes, img_size=32, patch_size=2, dims=96, depths=(1, 2, 4),
-                    d_state=1, ssm_ratio=1.0, mlp_ratio=4.0, drop_path_rate=0.1)
+    defaults = dict(
+        num_classes=num_classes,
+        img_size=32,
+        patch_size=2,
+        dims=96,
+        depths=(1, 2, 4),
+        d_state=1,
+        ssm_ratio=1.0,
+        mlp_ratio=4.0,
+        drop_path_rate=0.1,
+    )
     return build(VMamba, defaults, overrides, "vmamba_cifar")

@@ -1,4 +1,5 @@
 """Comparison helpers shared by the tests (imported as ``from helpers import ...``)."""
+
 import torch
 
 
@@ -13,4 +14,6 @@ def assert_close_rel(actual, expected, tol, name=""):
     assert torch.isfinite(actual).all(), f"{name}: non-finite values (an element left unwritten?)"
     err = rel_err(actual, expected)
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -3,6 +3,7 @@
 Everything runs on the CPU with backend="torch" (the Triton op names are checked under the
 interpreter). The only full-size model is VMamba-T at 224 px (its published FLOPs).
 """
+
 import json
 from collections import Counter
 
@@ -223,10 +224,15 @@ class ScanFull(nn.Module):
 
 def scan_inputs(batch=2, d=8, h=5, w=6, n=3):
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(batch, d, h, w, generator=g), torch.randn(batch, 4, d, h, w, generator=g),
-            -torch.rand(4, d, n, generator=g) - 0.1, torch.randn(batch, 4, n, h, w, generator=g),
-            torch.randn(batch, 4, n, h, w, generator=g), torch.randn(4, d, generator=g),
-            torch.randn(4, d, generator=g))
+    return (
+        torch.randn(batch, d, h, w, generator=g),
+        torch.randn(batch, 4, d, h, w, generator=g),
+        -torch.rand(4, d, n, generator=g) - 0.1,
+        torch.randn(batch, 4, n, h, w, generator=g),
+        torch.randn(batch, 4, n, h, w, generator=g),
+        torch.randn(4, d, generator=g),
+        torch.randn(4, d, generator=g),
+    )
 
 
 def test_scan_handle_reproduces_vmamba_formula():
@@ -265,7 +271,10 @@ def test_handles_fire_for_the_triton_op_names():
     assert not unsupported, unsupported
     assert by_module[""] == Counter({"neuron_updates": 24})
     assert set(handles.LIF_OPS) == {"prim::PythonOp.MultiStepLIFTorch", "svmamba::lif_fwd"}
-    assert "svmamba::ss2d_fwd" in handles.SCAN_FULL_OPS and "svmamba::ss2d_lowrank_fwd" in handles.SCAN_LOWRANK_OPS
+    assert (
+        "svmamba::ss2d_fwd" in handles.SCAN_FULL_OPS
+        and "svmamba::ss2d_lowrank_fwd" in handles.SCAN_LOWRANK_OPS
+    )
 
 
 def test_handles_fire_for_the_triton_scan_ops():
@@ -320,7 +329,7 @@ def test_counts_are_per_image_whatever_the_batch_size():
     model, img = tiny()
     x = images(4, img, seed=5)
     one_batch = accounting.profile(model, x)
-    singles = accounting.profile(model, [x[i:i + 1] for i in range(4)])
+    singles = accounting.profile(model, [x[i : i + 1] for i in range(4)])
     pairs = accounting.profile(model, [x[:2], x[2:]])
     for r in (singles, pairs):
         assert r.macs == one_batch.macs and r.mac_ops == one_batch.mac_ops
@@ -424,7 +433,15 @@ def test_report_outputs(tmp_path):
     assert d["per_image"]["sops"] == pytest.approx(r.sops)
     assert len(d["layers"]) == len(r.rows) and d["energy_model"]["e_mac_pj"] == 4.6
     assert sum(s["energy_mj"] for s in d["stages"]) == pytest.approx(r.energy_mj, rel=1e-12)
-    assert [s.stage for s in r.stages] == ["(model)", "stem", "stages.0", "stages.1", "stages.2", "head_lif", "head"]
+    assert [s.stage for s in r.stages] == [
+        "(model)",
+        "stem",
+        "stages.0",
+        "stages.1",
+        "stages.2",
+        "head_lif",
+        "head",
+    ]
     md = r.to_markdown()
     assert "| params | " in md and "| stage |" in md and "stem.conv2.conv" in md
     assert "stem.conv2.conv" not in r.to_markdown(layers=False)
@@ -435,14 +452,56 @@ def test_report_outputs(tmp_path):
 
 
 def test_cli_ann_and_spiking(capsys, tmp_path):
-    assert cli_main(["--model", "vmamba_cifar", "--img-size", "16", "--num-classes", "5", "--set", "dims=8",
-                     "--set", "depths=[1, 1, 1]", "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        cli_main(
+            [
+                "--model",
+                "vmamba_cifar",
+                "--img-size",
+                "16",
+                "--num-classes",
+                "5",
+                "--set",
+                "dims=8",
+                "--set",
+                "depths=[1, 1, 1]",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "params" in out and "MACs" in out and "(ANN)" in out and "random weights" not in out
     assert json.loads((tmp_path / "r.json").read_text())["spiking"] is False
-    assert cli_main(["--model", "svmamba_cifar", "--img-size", "16", "--num-classes", "5", "--set", "dims=8",
-                     "--set", "depths=[1, 1, 1]", "--set", "T=2", "--set", "backend=torch", "--batch", "2",
-                     "--calibrate-bn", "1", "--markdown", "--png", str(tmp_path / "e.png")]) == 0
+    assert (
+        cli_main(
+            [
+                "--model",
+                "svmamba_cifar",
+                "--img-size",
+                "16",
+                "--num-classes",
+                "5",
+                "--set",
+                "dims=8",
+                "--set",
+                "depths=[1, 1, 1]",
+                "--set",
+                "T=2",
+                "--set",
+                "backend=torch",
+                "--batch",
+                "2",
+                "--calibrate-bn",
+                "1",
+                "--markdown",
+                "--png",
+                str(tmp_path / "e.png"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "SOPs" in out and "random weights" in out and "T = 2" in out and "| stage |" in out
     assert (tmp_path / "e.png").exists()

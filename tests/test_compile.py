@@ -4,6 +4,7 @@ The interpreter runs Python semantics and accepts code the compiler rejects (loo
 changes, unsupported ops). bench/compile_check.py compiles ahead of time, without a GPU; here a
 representative variant of each kernel is compiled in a subprocess with the interpreter off.
 """
+
 import json
 import os
 import subprocess
@@ -31,7 +32,11 @@ def test_kernels_compile_for_sm90(tmp_path, only, vectorised):
     out = tmp_path / "result.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "compile_check.py"), "--only", only, "--json", str(out)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kernels = json.loads(out.read_text())["kernels"]

@@ -1,4 +1,5 @@
 """Dataset builders on scikit-learn's digits and on small fabricated datasets in the real formats."""
+
 import collections
 import os
 
@@ -125,7 +126,9 @@ def test_cifar100_fine_labels_and_meta(tmp_path):
 
 
 def test_cifar_missing_folder_or_file_names_the_layout(tmp_path):
-    with pytest.raises(D.DataError, match=r"cifar-10-batches-py.*expected layout: <root>/cifar-10/cifar-10-batches-py"):
+    with pytest.raises(
+        D.DataError, match=r"cifar-10-batches-py.*expected layout: <root>/cifar-10/cifar-10-batches-py"
+    ):
         D.build_dataset("cifar10", "train", root=str(tmp_path))
     make_cifar100(tmp_path)
     os.remove(tmp_path / "cifar-100" / "cifar-100-python" / "meta")

@@ -1,4 +1,5 @@
 """Fused LIF (Triton; the interpreter on CPU) against the plain PyTorch reference."""
+
 import itertools
 
 import pytest
@@ -183,13 +184,25 @@ def test_matches_spikingjelly():
 
     for v_reset, detach_reset, decay_input in COMBOS:
         for name, fn in (("sigmoid", surrogate.Sigmoid(alpha=4.0)), ("atan", surrogate.ATan(alpha=2.0))):
-            node = neuron.LIFNode(tau=2.0, v_reset=v_reset, detach_reset=detach_reset,
-                                  decay_input=decay_input, surrogate_function=fn, step_mode="m")
+            node = neuron.LIFNode(
+                tau=2.0,
+                v_reset=v_reset,
+                detach_reset=detach_reset,
+                decay_input=decay_input,
+                surrogate_function=fn,
+                step_mode="m",
+            )
             x = torch.randn(5, 40) * 2
             x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
             s1 = node(x1)
-            s2 = multistep_lif(x2, v_reset=v_reset, detach_reset=detach_reset, decay_input=decay_input,
-                               surrogate=name, backend="triton")
+            s2 = multistep_lif(
+                x2,
+                v_reset=v_reset,
+                detach_reset=detach_reset,
+                decay_input=decay_input,
+                surrogate=name,
+                backend="triton",
+            )
             assert torch.equal(s1, s2)
             g = torch.randn_like(x)
             (s1 * g).sum().backward()
@@ -204,7 +217,7 @@ def test_saved_bytes_per_element_step():
         x = torch.randn(4, 2, 300, dtype=dtype, requires_grad=True)
         saved = []
 
-        def pack(t):
+        def pack(t, saved=saved):
             saved.append(t.numel() * t.element_size())
             return t
 

@@ -4,6 +4,7 @@ Everything runs on the CPU with backend="torch" at tiny sizes, except the parame
 (which only build the published configurations) and the Triton comparison at the end (the
 Triton kernels under the interpreter).
 """
+
 import math
 
 import pytest
@@ -37,7 +38,9 @@ SPIKING = ["svmamba_t", "svmamba_cifar", "qkformer_cifar", "qkformer_10_384"]
 
 def small_model(name, backend="torch", **extra):
     img, overrides = SMALL[name]
-    model = create_model(name, num_classes=NUM_CLASSES, img_size=img, backend=backend, **{**overrides, **extra})
+    model = create_model(
+        name, num_classes=NUM_CLASSES, img_size=img, backend=backend, **{**overrides, **extra}
+    )
     return model, img
 
 
@@ -71,19 +74,28 @@ def test_unknown_override_is_named():
 
 def test_overrides_and_img_size_reach_the_model():
     model = create_model("svmamba_cifar", num_classes=7, img_size=24, dims=16, depths=[1, 1], T=3, d_state=2)
-    assert (model.num_classes, model.img_size, model.T, model.dims, model.depths) == (7, 24, 3, [16, 32], [1, 1])
+    assert (model.num_classes, model.img_size, model.T, model.dims, model.depths) == (
+        7,
+        24,
+        3,
+        [16, 32],
+        [1, 1],
+    )
     assert model.head.out_features == 7
     ssm = model.stages[0].block0.mixer.ssm
     assert (ssm.d_state, ssm.dt_rank) == (2, 1)
     assert create_model("vmamba_cifar").img_size == 32 and create_model("svmamba_t").img_size == 224
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(shortcut="resnet"), "shortcut"),
-    (dict(T=0), "T"),
-    (dict(patch_size=3), "patch_size"),
-    (dict(dims=[8, 16]), "dims"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(shortcut="resnet"), "shortcut"),
+        (dict(T=0), "T"),
+        (dict(patch_size=3), "patch_size"),
+        (dict(dims=[8, 16]), "dims"),
+    ],
+)
 def test_bad_svmamba_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_model("svmamba_cifar", **kwargs)
@@ -98,7 +110,7 @@ def test_model_attributes():
     for name in list_models():
         model, _ = small_model(name)
         assert model.spiking == name.startswith(("svmamba", "qkformer")), name
-        assert model.T == (1 if name.startswith("vmamba") else SMALL[name][1]["T"]), name
+        assert (1 if name.startswith("vmamba") else SMALL[name][1]["T"]) == model.T, name
         first = model.first_conv
         assert isinstance(first, nn.Conv2d) and first.in_channels == 3, name
         assert any(first is m for m in model.modules())
@@ -150,8 +162,11 @@ def test_bf16_autocast(name):
 
 def record_lif_outputs(model):
     outputs = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: outputs.append((mod, out.detach())))
-             for m in model.modules() if isinstance(m, MultiStepLIF)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: outputs.append((mod, out.detach())))
+        for m in model.modules()
+        if isinstance(m, MultiStepLIF)
+    ]
     return outputs, hooks
 
 
@@ -178,14 +193,23 @@ def inputs_of_weight_layers(model):
     names = {m: n for n, m in model.named_modules()}
     seen = []
     kinds = (nn.Conv2d, nn.Linear, CrossScanSSM)
-    hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.append((names[mod], inp[0].detach())))
-             for m in model.modules() if isinstance(m, kinds)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, inp: seen.append((names[mod], inp[0].detach())))
+        for m in model.modules()
+        if isinstance(m, kinds)
+    ]
     return seen, hooks
 
 
-@pytest.mark.parametrize("name,extra", [
-    ("svmamba_cifar", {}), ("svmamba_cifar", dict(shortcut="sew")), ("qkformer_cifar", {}), ("qkformer_10_384", {}),
-])
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("svmamba_cifar", {}),
+        ("svmamba_cifar", dict(shortcut="sew")),
+        ("qkformer_cifar", {}),
+        ("qkformer_10_384", {}),
+    ],
+)
 def test_only_the_first_conv_sees_real_values(name, extra):
     """Spike-driven: every weight layer but the stem's first conv gets spikes (sew: spike counts).
 
@@ -198,7 +222,7 @@ def test_only_the_first_conv_sees_real_values(name, extra):
     for h in hooks:
         h.remove()
     first = model.first_conv
-    first_name = [n for n, m in model.named_modules() if m is first][0]
+    first_name = next(n for n, m in model.named_modules() if m is first)
     binary_stream = name.startswith("svmamba") and extra.get("shortcut", "membrane") == "membrane"
     checked = 0
     for lname, inp in seen:
@@ -237,7 +261,7 @@ def test_batch_of_one_matches_row_of_batch(name):
     with torch.no_grad():
         batch = model(x)
         for i in range(3):
-            single = model(x[i:i + 1])
+            single = model(x[i : i + 1])
             torch.testing.assert_close(single[0], batch[i], rtol=1e-9, atol=1e-9)
 
 
@@ -247,7 +271,7 @@ def test_batch_of_one_matches_row_of_batch_fp32():
     x = images(4, img)
     with torch.no_grad():
         batch = model(x)
-        singles = torch.cat([model(x[i:i + 1]) for i in range(4)])
+        singles = torch.cat([model(x[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(singles, batch, rtol=1e-5, atol=1e-5)
 
 
@@ -282,7 +306,7 @@ def test_published_parameter_counts(name, classes, expected):
 
 def svmamba_param_formula(C, depths, classes, d_state=1, mlp_ratio=4, ssm_ratio=1):
     """SVMamba's parameter count from its definition (independent of the module code)."""
-    dims = [C * 2 ** i for i in range(len(depths))]
+    dims = [C * 2**i for i in range(len(depths))]
     total = 27 * (C // 2) + C + 9 * (C // 2) * C + 2 * C  # stem: conv, BN, conv, BN
     for i, (d, depth) in enumerate(zip(dims, depths)):
         if i:
@@ -317,10 +341,10 @@ def test_ssm_init_follows_vmamba():
     dt = F.softplus(ssm.dt_projs_bias)
     assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
     assert dt.max() > 0.05 and dt.min() < 2e-3  # log-uniform over [1e-3, 0.1]
-    assert ssm.dt_projs_weight.abs().max() <= 4 ** -0.5
+    assert ssm.dt_projs_weight.abs().max() <= 4**-0.5
     assert torch.equal(ssm.A_logs, torch.log(torch.arange(1.0, 5.0)).repeat(4 * 64, 1))
     assert torch.equal(ssm.Ds, torch.ones(4 * 64))
-    assert ssm.x_proj_weight.shape == (4, 4 + 8, 64) and ssm.x_proj_weight.abs().max() <= 64 ** -0.5
+    assert ssm.x_proj_weight.shape == (4, 4 + 8, 64) and ssm.x_proj_weight.abs().max() <= 64**-0.5
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Fused four-direction selective scan (Triton; the interpreter on CPU) against the plain reference."""
+
 import pytest
 import torch
 from helpers import assert_close_rel
@@ -33,14 +34,24 @@ def make_inputs(batch, D, H, W, N, R=3, lowrank=True, dtype=torch.float32, skip=
     Ds = rnd(4, D, to=torch.float32) if skip else None
     b = rnd(4, D, scale=0.3, to=torch.float32) if bias else None
     if lowrank:
-        return dict(u=u, dt_low=rnd(batch, 4, R, H, W, scale=0.5), dt_weight=rnd(4, D, R, scale=0.5, to=torch.float32),
-                    A=A, B=B, C=C, D=Ds, dt_bias=b)
+        return dict(
+            u=u,
+            dt_low=rnd(batch, 4, R, H, W, scale=0.5),
+            dt_weight=rnd(4, D, R, scale=0.5, to=torch.float32),
+            A=A,
+            B=B,
+            C=C,
+            D=Ds,
+            dt_bias=b,
+        )
     return dict(u=u, delta=rnd(batch, 4, D, H, W, scale=0.5), A=A, B=B, C=C, D=Ds, delta_bias=b)
 
 
 def run(inputs, backend, lowrank, grad_out, **kw):
     """Output and the gradient of every tensor input (None for absent ones)."""
-    leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    leaves = {
+        k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()
+    }
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**leaves, backend=backend, **kw)
     (y.float() * grad_out).sum().backward()
@@ -87,13 +98,16 @@ def test_channels_last_and_sliced_projections(lowrank):
     inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=lowrank)
     inputs["u"] = inputs["u"].contiguous(memory_format=torch.channels_last)
     proj = torch.randn(batch, 4, R + 2 * N, H, W)  # as x_proj makes them: one tensor, sliced
-    inputs["B"], inputs["C"] = proj[:, :, R:R + N], proj[:, :, R + N:]
+    inputs["B"], inputs["C"] = proj[:, :, R : R + N], proj[:, :, R + N :]
     if lowrank:
         inputs["dt_low"] = proj[:, :, :R] * 0.5
     assert not inputs["B"].is_contiguous() and not inputs["u"].is_contiguous()
     check_against_reference(inputs, lowrank)
-    y = cross_selective_scan_lowrank(**inputs, backend="triton") if lowrank else \
-        cross_selective_scan(**inputs, backend="triton")
+    y = (
+        cross_selective_scan_lowrank(**inputs, backend="triton")
+        if lowrank
+        else cross_selective_scan(**inputs, backend="triton")
+    )
     assert y.is_contiguous(memory_format=torch.channels_last)  # the output follows u's layout
 
 

@@ -1,5 +1,6 @@
 """The training engine: config schema, optimiser/schedule, checkpoints, resume, EMA, non-finite
 loss, on small in-process runs with a tiny registered model (digits at 8 px)."""
+
 import os
 
 import pytest
@@ -35,8 +36,9 @@ def _cfg(tmp_path, **over):
 # ----------------------------------------------------------------------------------------------
 def test_config_defaults_and_coercion(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("task_name: t\nmodel: svmamba_cifar\ndataset: digits\nlr: 1e-3\nT: 4\n"
-                 "model_args: {dims: [16, 32]}\n")
+    p.write_text(
+        "task_name: t\nmodel: svmamba_cifar\ndataset: digits\nlr: 1e-3\nT: 4\nmodel_args: {dims: [16, 32]}\n"
+    )
     cfg = C.load_config(str(p))
     assert cfg["lr"] == 1e-3 and isinstance(cfg["lr"], float)  # PyYAML reads 1e-3 as a string
     assert cfg["batch_size"] == 64 and cfg["root_path"] == "data" and cfg["pretrained"] is False
@@ -46,25 +48,49 @@ def test_config_defaults_and_coercion(tmp_path):
 
 
 BAD = [
-    ("task_name: t\nmodel: m\ndataset: digits\nbach_size: 8\n", r"unknown key 'bach_size' \(did you mean 'batch_size'\?\)"),
-    ("task_name: t\nmodel: m\ndataset: digits\nbatch_size: '8'\n", r"'batch_size' must be an integer, got '8'"),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nbach_size: 8\n",
+        r"unknown key 'bach_size' \(did you mean 'batch_size'\?\)",
+    ),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nbatch_size: '8'\n",
+        r"'batch_size' must be an integer, got '8'",
+    ),
     ("task_name: t\nmodel: m\ndataset: digits\nepochs: 2.5\n", r"'epochs' must be an integer, got 2.5"),
     ("task_name: t\nmodel: m\ndataset: digits\nepochs: true\n", r"'epochs' must be an integer, got True"),
     ("task_name: t\nmodel: m\ndataset: digits\nlr: fast\n", r"'lr' must be a number, got 'fast'"),
     ("task_name: t\nmodel: m\ndataset: digits\nlr: .nan\n", r"'lr' must be finite"),
     ("task_name: t\nmodel: m\ndataset: digits\namp: 1\n", r"'amp' must be true/false, got 1"),
-    ("task_name: t\nmodel: m\ndataset: digits\nmodel_args: [1, 2]\n", r"'model_args' must be a mapping, got list"),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nmodel_args: [1, 2]\n",
+        r"'model_args' must be a mapping, got list",
+    ),
     ("task_name: t\nmodel: m\ndataset: digits\nseed: null\n", r"'seed' must be an integer, got null"),
-    ("task_name: t\nmodel: m\ndataset: digits\npretrained: 3\n", r"'pretrained' must be true/false or a string, got 3"),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\npretrained: 3\n",
+        r"'pretrained' must be true/false or a string, got 3",
+    ),
     ("task_name: t\nmodel: m\n", r"missing required key\(s\): dataset"),
     ("task_name: t\nmodel: m\ndataset: imagenet21k\n", r"'dataset' must be one of digits, cifar10"),
     ("task_name: t\nmodel: m\ndataset: digits\nepochs: 0\n", r"'epochs' must be >= 1, got 0"),
-    ("task_name: t\nmodel: m\ndataset: digits\nepochs: 5\nwarmup_epochs: 5\n", r"'warmup_epochs' must be >= 0 and below epochs"),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nepochs: 5\nwarmup_epochs: 5\n",
+        r"'warmup_epochs' must be >= 0 and below epochs",
+    ),
     ("task_name: t\nmodel: m\ndataset: digits\nema: 1.0\n", r"'ema' must be in \[0, 1\)"),
-    ("task_name: t\nmodel: m\ndataset: digits\nlabel_smoothing: -0.1\n", r"'label_smoothing' must be in \[0, 1\)"),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nlabel_smoothing: -0.1\n",
+        r"'label_smoothing' must be in \[0, 1\)",
+    ),
     ("task_name: a/b\nmodel: m\ndataset: digits\n", r"'task_name' must be a non-empty name without slashes"),
-    ("task_name: t\nmodel: m\ndataset: digits\nT: 4\nmodel_args: {T: 2}\n", r"set T either as the top-level key"),
-    ("task_name: t\nmodel: m\ndataset: digits\nmodel_args: {num_classes: 5}\n", r"must not set num_classes or img_size"),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nT: 4\nmodel_args: {T: 2}\n",
+        r"set T either as the top-level key",
+    ),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nmodel_args: {num_classes: 5}\n",
+        r"must not set num_classes or img_size",
+    ),
     ("- just\n- a list\n", r"the top level must be a mapping of keys, got list"),
     ("", r"the top level must be a mapping of keys, got an empty file"),
     ("task_name: t\n  model: [unclosed\n", r"not valid YAML \(line 2"),
@@ -106,8 +132,12 @@ def test_unknown_model_and_bad_override_are_config_errors(tmp_path, tiny):
 
 
 def test_T_key_is_passed_as_the_model_override(tmp_path):
-    m = engine.build_model(_cfg(tmp_path, model="svmamba_cifar", T=3, img_size=16,
-                                model_args={"dims": [8, 16], "depths": [1, 1]}), 10)
+    m = engine.build_model(
+        _cfg(
+            tmp_path, model="svmamba_cifar", T=3, img_size=16, model_args={"dims": [8, 16], "depths": [1, 1]}
+        ),
+        10,
+    )
     assert m.T == 3 and m.img_size == 16 and m.dims == [8, 16]
 
 
@@ -138,7 +168,9 @@ def test_warmup_then_cosine_per_iteration():
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # linear ramp
     assert lrs[10] == pytest.approx(1e-2)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay
-    assert lrs[30] == pytest.approx(1e-5 + (1e-2 - 1e-5) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 20 / 40)).item()))
+    assert lrs[30] == pytest.approx(
+        1e-5 + (1e-2 - 1e-5) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 20 / 40)).item())
+    )
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # min_lr after the last step
 
 
@@ -218,7 +250,9 @@ def test_fit_writes_checkpoints_log_and_curves(tmp_path, tiny):
     res = engine.fit(cfg, progress=False)
     assert _files(cfg) == ["best.pt", "curves.png", "last.pt", "log.csv"]
     last = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
-    assert {"model", "optimizer", "scheduler", "epoch", "best_acc", "config", "history", "classes"} <= set(last)
+    assert {"model", "optimizer", "scheduler", "epoch", "best_acc", "config", "history", "classes"} <= set(
+        last
+    )
     assert last["epoch"] == 3 and last["config"]["model"] == TINY and last["classes"][3] == "3"
     best = torch.load(os.path.join(C.run_dir(cfg), "best.pt"), weights_only=True)
     assert best["best_acc"] == res["best_acc"] == max(r["val_top1"] for r in res["history"])
@@ -265,7 +299,9 @@ def test_resume_after_a_crash_continues_exactly(tmp_path, tiny):
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
     assert a["scheduler"] == b["scheduler"]
     keys = ("train_loss", "train_acc", "val_loss", "val_top1", "lr")
-    assert [[r[k] for k in keys] for r in full["history"]] == [[r[k] for k in keys] for r in resumed["history"]]
+    assert [[r[k] for k in keys] for r in full["history"]] == [
+        [r[k] for k in keys] for r in resumed["history"]
+    ]
     assert len(history.read_csv(os.path.join(C.run_dir(cfg), "log.csv"))) == 4
 
 
@@ -282,7 +318,7 @@ def test_ema_weights_are_what_best_holds(tmp_path, tiny):
     cfg = _cfg(tmp_path, epochs=1, ema=0.5)
     engine.fit(cfg, progress=False)
     last = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
-    ema_sd = {k[len("module."):]: v for k, v in last["ema"].items() if k.startswith("module.")}
+    ema_sd = {k[len("module.") :]: v for k, v in last["ema"].items() if k.startswith("module.")}
     assert int(last["ema"]["n_averaged"]) == 1437 // 64  # one update per step (last batch dropped)
     assert any(not torch.equal(ema_sd[k], last["model"][k]) for k in last["model"])
     best = torch.load(os.path.join(C.run_dir(cfg), "best.pt"), weights_only=True)
@@ -322,7 +358,9 @@ def test_non_finite_loss_stops_without_a_poisoned_checkpoint(tmp_path, tiny):
 def test_batch_size_must_split_over_processes(tmp_path):
     from svm_models.training.distributed import DistInfo
 
-    with pytest.raises(C.ConfigError, match=r"'batch_size' \(63\) must be divisible by the number of processes \(2\)"):
+    with pytest.raises(
+        C.ConfigError, match=r"'batch_size' \(63\) must be divisible by the number of processes \(2\)"
+    ):
         engine.per_process_batch({"batch_size": 63}, DistInfo(rank=0, world_size=2))
 
 
@@ -338,7 +376,7 @@ def test_mixup_cutmix_switch_and_stop():
     assert engine.batch_mixing(dict(base, mixup=0.5, mixup_off_epoch=3), 10, 3) is None
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 10
-    xm, ym = engine.batch_mixing(dict(base, mixup=0.5), 10, 0)(x, y)
+    _xm, ym = engine.batch_mixing(dict(base, mixup=0.5), 10, 0)(x, y)
     assert ym.shape == (8, 10) and torch.allclose(ym.sum(1), torch.ones(8))
 
 
@@ -358,8 +396,11 @@ def test_every_model_dataset_pair_has_a_valid_config():
     import svm_models
 
     names = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".yaml"))
-    want = sorted(f"{d}_{m}.yaml" for d in ("digits", "cifar10", "cifar100", "mini_imagenet")
-                  for m in ("svmamba", "vmamba", "qkformer"))
+    want = sorted(
+        f"{d}_{m}.yaml"
+        for d in ("digits", "cifar10", "cifar100", "mini_imagenet")
+        for m in ("svmamba", "vmamba", "qkformer")
+    )
     assert names == want
     for name in names:
         cfg = C.load_config(os.path.join(CONFIGS, name))
@@ -374,9 +415,22 @@ def test_every_model_dataset_pair_has_a_valid_config():
 
 
 def test_digits_configs_share_one_budget_and_build():
-    keys = ("img_size", "batch_size", "epochs", "lr", "warmup_epochs", "weight_decay", "label_smoothing",
-            "seed", "augment", "min_lr", "warmup_lr")
-    cfgs = [C.load_config(os.path.join(CONFIGS, f"digits_{m}.yaml")) for m in ("svmamba", "qkformer", "vmamba")]
+    keys = (
+        "img_size",
+        "batch_size",
+        "epochs",
+        "lr",
+        "warmup_epochs",
+        "weight_decay",
+        "label_smoothing",
+        "seed",
+        "augment",
+        "min_lr",
+        "warmup_lr",
+    )
+    cfgs = [
+        C.load_config(os.path.join(CONFIGS, f"digits_{m}.yaml")) for m in ("svmamba", "qkformer", "vmamba")
+    ]
     assert all(c[k] == cfgs[0][k] for c in cfgs for k in keys)
     for c in cfgs:
         m = engine.build_model(c, 10)

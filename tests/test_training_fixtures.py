@@ -5,11 +5,11 @@
   test (``tiny_model`` fixture in the test modules), so that engine tests take seconds,
 * config writers.
 """
+
 from __future__ import annotations
 
 import os
 import pickle
-from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -65,11 +65,23 @@ def write_config(path, **entries) -> str:
     return str(path)
 
 
-def tiny_cfg(tmp_path, **over) -> Dict:
+def tiny_cfg(tmp_path, **over) -> dict:
     """A digits config for the tiny registered model: 8 px, 2 epochs, no workers."""
-    cfg = dict(task_name="tiny", model=TINY, dataset="digits", img_size=8, batch_size=64, lr=1e-2,
-               epochs=2, warmup_epochs=0, workers=0, output_dir=str(tmp_path / "runs"), seed=0,
-               label_smoothing=0.0, augment=False)
+    cfg = dict(
+        task_name="tiny",
+        model=TINY,
+        dataset="digits",
+        img_size=8,
+        batch_size=64,
+        lr=1e-2,
+        epochs=2,
+        warmup_epochs=0,
+        workers=0,
+        output_dir=str(tmp_path / "runs"),
+        seed=0,
+        label_smoothing=0.0,
+        augment=False,
+    )
     cfg.update(over)
     return cfg
 
@@ -87,7 +99,7 @@ def cifar_images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, 3072), dtype=np.uint8)
 
 
-def make_cifar10(root, n_train_per_batch: int = 6, n_test: int = 5) -> Dict[str, np.ndarray]:
+def make_cifar10(root, n_train_per_batch: int = 6, n_test: int = 5) -> dict[str, np.ndarray]:
     """``<root>/cifar-10/cifar-10-batches-py`` with data_batch_1..5, test_batch and batches.meta,
     dicts with the keys of the real files. Returns the arrays written, for checking."""
     folder = os.path.join(root, "cifar-10", "cifar-10-batches-py")
@@ -96,38 +108,84 @@ def make_cifar10(root, n_train_per_batch: int = 6, n_test: int = 5) -> Dict[str,
     for b in range(1, 6):
         data = cifar_images(n_train_per_batch, b)
         labels = [(b + i) % 10 for i in range(n_train_per_batch)]
-        _pickle({"batch_label": f"training batch {b} of 5", "labels": labels, "data": data,
-                 "filenames": [f"img_{b}_{i}.png" for i in range(n_train_per_batch)]},
-                os.path.join(folder, f"data_batch_{b}"))
+        _pickle(
+            {
+                "batch_label": f"training batch {b} of 5",
+                "labels": labels,
+                "data": data,
+                "filenames": [f"img_{b}_{i}.png" for i in range(n_train_per_batch)],
+            },
+            os.path.join(folder, f"data_batch_{b}"),
+        )
         written[f"data_batch_{b}"] = data
     data = cifar_images(n_test, 99)
-    _pickle({"batch_label": "testing batch 1 of 1", "labels": list(range(n_test)), "data": data,
-             "filenames": [f"test_{i}.png" for i in range(n_test)]}, os.path.join(folder, "test_batch"))
+    _pickle(
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": list(range(n_test)),
+            "data": data,
+            "filenames": [f"test_{i}.png" for i in range(n_test)],
+        },
+        os.path.join(folder, "test_batch"),
+    )
     written["test_batch"] = data
-    _pickle({"num_cases_per_batch": n_train_per_batch, "label_names":
-             ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-             "num_vis": 3072}, os.path.join(folder, "batches.meta"))
+    _pickle(
+        {
+            "num_cases_per_batch": n_train_per_batch,
+            "label_names": [
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ],
+            "num_vis": 3072,
+        },
+        os.path.join(folder, "batches.meta"),
+    )
     return written
 
 
-def make_cifar100(root, n_train: int = 8, n_test: int = 4) -> Dict[str, np.ndarray]:
+def make_cifar100(root, n_train: int = 8, n_test: int = 4) -> dict[str, np.ndarray]:
     folder = os.path.join(root, "cifar-100", "cifar-100-python")
     os.makedirs(folder, exist_ok=True)
     written = {}
     for name, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
         data = cifar_images(n, seed)
         fine = [(7 * i + seed) % 100 for i in range(n)]
-        _pickle({"filenames": [f"{name}_{i}.png" for i in range(n)], "batch_label": f"{name} batch",
-                 "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": data},
-                os.path.join(folder, name))
+        _pickle(
+            {
+                "filenames": [f"{name}_{i}.png" for i in range(n)],
+                "batch_label": f"{name} batch",
+                "fine_labels": fine,
+                "coarse_labels": [f // 5 for f in fine],
+                "data": data,
+            },
+            os.path.join(folder, name),
+        )
         written[name] = data
-    _pickle({"fine_label_names": [f"fine_{i:02d}" for i in range(100)],
-             "coarse_label_names": [f"coarse_{i:02d}" for i in range(20)]}, os.path.join(folder, "meta"))
+    _pickle(
+        {
+            "fine_label_names": [f"fine_{i:02d}" for i in range(100)],
+            "coarse_label_names": [f"coarse_{i:02d}" for i in range(20)],
+        },
+        os.path.join(folder, "meta"),
+    )
     return written
 
 
-def make_mini_imagenet(root, classes=("n01532829", "n01558993", "n01704323"), per_class: int = 2,
-                       splits=("train", "val", "test"), size=(40, 30)) -> str:
+def make_mini_imagenet(
+    root,
+    classes=("n01532829", "n01558993", "n01704323"),
+    per_class: int = 2,
+    splits=("train", "val", "test"),
+    size=(40, 30),
+) -> str:
     """``<root>/Mini-ImageNet-Dataset/{split}/<wnid>/*.jpg`` with small real JPEG files."""
     from PIL import Image
 
@@ -152,11 +210,16 @@ def save_digit_png(path, image8: np.ndarray, scale: int = 4) -> None:
     Image.fromarray(arr, mode="L").save(path)
 
 
-def tiny_checkpoint(path, model: nn.Module, classes: Optional[list] = None) -> str:
+def tiny_checkpoint(path, model: nn.Module, classes: list | None = None) -> str:
     from svm_models.training.checkpoint import atomic_save
 
-    state = {"model": model.state_dict(), "epoch": 0, "best_acc": 0.0, "config": {},
-             "num_classes": model.num_classes}
+    state = {
+        "model": model.state_dict(),
+        "epoch": 0,
+        "best_acc": 0.0,
+        "config": {},
+        "num_classes": model.num_classes,
+    }
     if classes is not None:
         state["classes"] = classes
     atomic_save(state, str(path))

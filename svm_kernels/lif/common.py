@@ -10,11 +10,11 @@ Valid ranges (checked here, once, for every backend):
   spikingjelly).
 * ``v_init``: ``None`` (start from 0) or a floating tensor of shape ``x.shape[1:]`` on x's device.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -27,7 +27,7 @@ SURROGATE_DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0}
 class LIFParams:
     tau: float
     v_threshold: float
-    v_reset: Optional[float]
+    v_reset: float | None
     decay_input: bool
     detach_reset: bool
     surrogate: str
@@ -69,7 +69,7 @@ def make_params(
     )
 
 
-def check_inputs(x: torch.Tensor, v_init: Optional[torch.Tensor]) -> None:
+def check_inputs(x: torch.Tensor, v_init: torch.Tensor | None) -> None:
     check_floating("x", x)
     if x.dim() < 1:
         raise ValueError("x must have at least one dimension (time first), got a 0-d tensor")

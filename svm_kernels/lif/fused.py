@@ -10,9 +10,8 @@ saved fp32 h/v sequence: walking t = T-1..0 it replays steps 0..t-1 (O(T^2) arit
 the replayed rows of x were just read by the same program and come from cache, so the DRAM
 traffic stays one read of x and grad_s and one write of grad_x per element-step).
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 
@@ -187,7 +186,7 @@ def _as_time_major(x: torch.Tensor) -> torch.Tensor:
     return x if time_major_dense(x) else x.contiguous()
 
 
-def _state_like(x: torch.Tensor, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def _state_like(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
     """A per-neuron tensor laid out like one step of x (so flat offsets match), or None."""
     if t is None or same_layout(t, x[0]):
         return t
@@ -198,7 +197,7 @@ def _launch_grid(meta, n):
     return (triton.cdiv(n, meta["BLOCK_N"]),)
 
 
-def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: spikes (x's dtype, x's layout) and final v (fp32; empty unless return_v)."""
     x = _as_time_major(x)
     T, n = x.shape[0], x[0].numel()
@@ -206,9 +205,15 @@ def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> Tuple[torch.Tensor, torc
     v_out = new_output(x[0], dtype=torch.float32) if return_v else x.new_empty(0, dtype=torch.float32)
     v_init = _state_like(x, v_init)
     fused_lif_fwd_kernel[lambda meta: _launch_grid(meta, n)](
-        x, v_init if v_init is not None else x, spikes, v_out if return_v else x,
-        T, n,
-        p.tau, p.v_threshold, 0.0 if p.v_reset is None else p.v_reset,
+        x,
+        v_init if v_init is not None else x,
+        spikes,
+        v_out if return_v else x,
+        T,
+        n,
+        p.tau,
+        p.v_threshold,
+        0.0 if p.v_reset is None else p.v_reset,
         USE_INITIAL_STATE=v_init is not None,
         STORE_FINAL_STATE=return_v,
         HARD_RESET=p.v_reset is not None,
@@ -229,10 +234,18 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     store_gvi = need_grad_v_init and v_init is not None
     grad_v_init = new_output(x[0], dtype=v_init.dtype) if store_gvi else x.new_empty(0)
     fused_lif_bwd_kernel[lambda meta: _launch_grid(meta, n)](
-        x, v_init if v_init is not None else x, grad_s, grad_v if grad_v is not None else x,
-        grad_x, grad_v_init if store_gvi else x,
-        T, n,
-        p.tau, p.v_threshold, 0.0 if p.v_reset is None else p.v_reset, p.alpha,
+        x,
+        v_init if v_init is not None else x,
+        grad_s,
+        grad_v if grad_v is not None else x,
+        grad_x,
+        grad_v_init if store_gvi else x,
+        T,
+        n,
+        p.tau,
+        p.v_threshold,
+        0.0 if p.v_reset is None else p.v_reset,
+        p.alpha,
         USE_INITIAL_STATE=v_init is not None,
         HAS_GRAD_FINAL_STATE=grad_v is not None,
         STORE_GRAD_INITIAL_STATE=store_gvi,
@@ -252,22 +265,24 @@ def _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alp
 
 
 def _out_like(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x) if time_major_dense(x) else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return (
+        torch.empty_like(x) if time_major_dense(x) else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    )
 
 
 @torch.library.custom_op("svmamba::lif_fwd", mutates_args=())
 def _lif_fwd_op(
     x: torch.Tensor,
-    v_init: Optional[torch.Tensor],
+    v_init: torch.Tensor | None,
     tau: float,
     v_threshold: float,
-    v_reset: Optional[float],
+    v_reset: float | None,
     decay_input: bool,
     detach_reset: bool,
     surrogate: str,
     alpha: float,
     return_v: bool,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     p = _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     return lif_fwd(x, v_init, p, return_v)
 
@@ -281,26 +296,42 @@ def _(x, v_init, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate
 @torch.library.custom_op("svmamba::lif_bwd", mutates_args=())
 def _lif_bwd_op(
     grad_s: torch.Tensor,
-    grad_v: Optional[torch.Tensor],
+    grad_v: torch.Tensor | None,
     x: torch.Tensor,
-    v_init: Optional[torch.Tensor],
+    v_init: torch.Tensor | None,
     tau: float,
     v_threshold: float,
-    v_reset: Optional[float],
+    v_reset: float | None,
     decay_input: bool,
     detach_reset: bool,
     surrogate: str,
     alpha: float,
     need_grad_v_init: bool,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     p = _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     return lif_bwd(grad_s, grad_v, x, v_init, p, need_grad_v_init)
 
 
 @_lif_bwd_op.register_fake
-def _(grad_s, grad_v, x, v_init, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
-      need_grad_v_init):
-    gvi = x.new_empty(x.shape[1:], dtype=v_init.dtype) if (need_grad_v_init and v_init is not None) else x.new_empty(0)
+def _(
+    grad_s,
+    grad_v,
+    x,
+    v_init,
+    tau,
+    v_threshold,
+    v_reset,
+    decay_input,
+    detach_reset,
+    surrogate,
+    alpha,
+    need_grad_v_init,
+):
+    gvi = (
+        x.new_empty(x.shape[1:], dtype=v_init.dtype)
+        if (need_grad_v_init and v_init is not None)
+        else x.new_empty(0)
+    )
     return _out_like(x), gvi
 
 
@@ -332,12 +363,12 @@ def multistep_lif(
     *,
     tau: float = 2.0,
     v_threshold: float = 1.0,
-    v_reset: Optional[float] = 0.0,
+    v_reset: float | None = 0.0,
     decay_input: bool = True,
     detach_reset: bool = False,
     surrogate: str = "sigmoid",
-    alpha: Optional[float] = None,
-    v_init: Optional[torch.Tensor] = None,
+    alpha: float | None = None,
+    v_init: torch.Tensor | None = None,
     return_v: bool = False,
     backend: str = "auto",
 ):
@@ -375,9 +406,15 @@ def multistep_lif(
         spikes, v = MultiStepLIFTorch.apply(lambda x, v0: multistep_lif_naive(x, p, v0), x, v_init)
     else:
         spikes, v = _lif_fwd_op(
-            x, v_init, p.tau, p.v_threshold, p.v_reset, p.decay_input, p.detach_reset,
-            p.surrogate, p.alpha, return_v,
+            x,
+            v_init,
+            p.tau,
+            p.v_threshold,
+            p.v_reset,
+            p.decay_input,
+            p.detach_reset,
+            p.surrogate,
+            p.alpha,
+            return_v,
         )
     return (spikes, v) if return_v else spikes
-
-

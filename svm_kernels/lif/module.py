@@ -1,7 +1,6 @@
 """``MultiStepLIF``: the module wrapper around :func:`multistep_lif`."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -23,11 +22,11 @@ class MultiStepLIF(nn.Module):
         self,
         tau: float = 2.0,
         v_threshold: float = 1.0,
-        v_reset: Optional[float] = 0.0,
+        v_reset: float | None = 0.0,
         decay_input: bool = True,
         detach_reset: bool = False,
         surrogate: str = "sigmoid",
-        alpha: Optional[float] = None,
+        alpha: float | None = None,
         backend: str = "auto",
         stateful: bool = False,
     ):
@@ -35,7 +34,7 @@ class MultiStepLIF(nn.Module):
         self.params = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
         self.backend = backend
         self.stateful = stateful
-        self.v: Optional[torch.Tensor] = None
+        self.v: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.v = None
@@ -43,8 +42,14 @@ class MultiStepLIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.params
         kwargs = dict(
-            tau=p.tau, v_threshold=p.v_threshold, v_reset=p.v_reset, decay_input=p.decay_input,
-            detach_reset=p.detach_reset, surrogate=p.surrogate, alpha=p.alpha, backend=self.backend,
+            tau=p.tau,
+            v_threshold=p.v_threshold,
+            v_reset=p.v_reset,
+            decay_input=p.decay_input,
+            detach_reset=p.detach_reset,
+            surrogate=p.surrogate,
+            alpha=p.alpha,
+            backend=self.backend,
         )
         if not self.stateful:
             return multistep_lif(x, **kwargs)

@@ -3,10 +3,10 @@
 It follows spikingjelly's multi-step ``LIFNode`` step by step, in float32 (float64 for
 float64 input), and lets autograd derive the backward through the surrogate spike function.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 
@@ -69,9 +69,9 @@ def lif_step(v: torch.Tensor, x: torch.Tensor, p: LIFParams, smooth: bool = Fals
 def multistep_lif_naive(
     x: torch.Tensor,
     p: LIFParams,
-    v_init: Optional[torch.Tensor] = None,
+    v_init: torch.Tensor | None = None,
     smooth: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference LIF over x of shape (T, *). Returns (spikes in x's dtype, final v in fp32).
 
     ``smooth=True`` replaces the Heaviside by the surrogate's primitive, so that

@@ -1,7 +1,6 @@
 """Input checks shared by the SS2D reference and the fused kernels."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -16,8 +15,8 @@ def check_scan_inputs(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
+    D: torch.Tensor | None,
+    bias: torch.Tensor | None,
     bias_name: str,
     **per_direction: torch.Tensor,
 ):
@@ -57,7 +56,7 @@ def check_scan_inputs(
     return batch, d_inner, H, W, N
 
 
-def default_out_dtype(u: torch.Tensor, out_dtype: Optional[torch.dtype]) -> torch.dtype:
+def default_out_dtype(u: torch.Tensor, out_dtype: torch.dtype | None) -> torch.dtype:
     """fp32 for half inputs (VMamba's "oflex"), else u's dtype, unless asked otherwise."""
     if out_dtype is not None:
         if not out_dtype.is_floating_point:

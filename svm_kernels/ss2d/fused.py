@@ -23,9 +23,8 @@ partials (together at most a quarter of one (B, 4, D, L) tensor) in a fixed orde
 gradients (dA, dD, d bias, d dt_weight) are written per image and summed over the batch the same way. No float
 atomics: the backward is deterministic.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -96,10 +95,25 @@ if HAS_TRITON:
 
     @triton.jit
     def _dt_raw(
-        delta_ptr, s_dd, s_dh, s_dw,
-        low_ptr, s_lr, s_lh, s_lw,
-        w_ptr, R, offs_d, mask_d, h, w, mask_p, bias,
-        LOWRANK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+        delta_ptr,
+        s_dd,
+        s_dh,
+        s_dw,
+        low_ptr,
+        s_lr,
+        s_lh,
+        s_lw,
+        w_ptr,
+        R,
+        offs_d,
+        mask_d,
+        h,
+        w,
+        mask_p,
+        bias,
+        LOWRANK: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_P: tl.constexpr,
     ):
         # delta + bias at positions (h, w) for a block of channels, before the softplus.
         # Pointers are already offset to the image and direction.
@@ -115,14 +129,49 @@ if HAS_TRITON:
 
     @triton.jit
     def fused_ss2d_fwd_kernel(
-        u_ptr, delta_ptr, low_ptr, w_ptr, A_ptr, B_ptr, C_ptr, Ds_ptr, bias_ptr, out_ptr,
-        s_ub, s_ud, s_uh, s_uw,
-        s_db, s_dk, s_dd, s_dh, s_dw,
-        s_lb, s_lk, s_lr, s_lh, s_lw,
-        s_Bb, s_Bk, s_Bn, s_Bh, s_Bw,
-        s_Cb, s_Ck, s_Cn, s_Ch, s_Cw,
-        s_ob, s_od, s_oh, s_ow,
-        D, H, W, N, R,
+        u_ptr,
+        delta_ptr,
+        low_ptr,
+        w_ptr,
+        A_ptr,
+        B_ptr,
+        C_ptr,
+        Ds_ptr,
+        bias_ptr,
+        out_ptr,
+        s_ub,
+        s_ud,
+        s_uh,
+        s_uw,
+        s_db,
+        s_dk,
+        s_dd,
+        s_dh,
+        s_dw,
+        s_lb,
+        s_lk,
+        s_lr,
+        s_lh,
+        s_lw,
+        s_Bb,
+        s_Bk,
+        s_Bn,
+        s_Bh,
+        s_Bw,
+        s_Cb,
+        s_Ck,
+        s_Cn,
+        s_Ch,
+        s_Cw,
+        s_ob,
+        s_od,
+        s_oh,
+        s_ow,
+        D,
+        H,
+        W,
+        N,
+        R,
         LOWRANK: tl.constexpr,
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
@@ -147,10 +196,25 @@ if HAS_TRITON:
                 else:
                     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
                 dt = _dt_raw(
-                    delta_ptr + pid_b * s_db + k * s_dk, s_dd, s_dh, s_dw,
-                    low_ptr + pid_b * s_lb + k * s_lk, s_lr, s_lh, s_lw,
-                    w_ptr + k * D * R, R, offs_d, mask_d, h, w, mask_p, bias,
-                    LOWRANK, BLOCK_D, BLOCK_L,
+                    delta_ptr + pid_b * s_db + k * s_dk,
+                    s_dd,
+                    s_dh,
+                    s_dw,
+                    low_ptr + pid_b * s_lb + k * s_lk,
+                    s_lr,
+                    s_lh,
+                    s_lw,
+                    w_ptr + k * D * R,
+                    R,
+                    offs_d,
+                    mask_d,
+                    h,
+                    w,
+                    mask_p,
+                    bias,
+                    LOWRANK,
+                    BLOCK_D,
+                    BLOCK_L,
                 )
                 if DELTA_SOFTPLUS:
                     dt = _softplus(dt)
@@ -174,16 +238,67 @@ if HAS_TRITON:
 
     @triton.jit
     def fused_ss2d_bwd_kernel(
-        u_ptr, delta_ptr, low_ptr, w_ptr, A_ptr, B_ptr, C_ptr, Ds_ptr, bias_ptr, g_ptr,
-        du_ptr, ddelta_ptr, pBC_ptr, pLow_ptr, pA_ptr, pDs_ptr, pBias_ptr, pW_ptr, carry_ptr,
-        s_ub, s_ud, s_uh, s_uw,
-        s_db, s_dk, s_dd, s_dh, s_dw,
-        s_eb, s_ek, s_ed, s_eh, s_ew,
-        s_lb, s_lk, s_lr, s_lh, s_lw,
-        s_Bb, s_Bk, s_Bn, s_Bh, s_Bw,
-        s_Cb, s_Ck, s_Cn, s_Ch, s_Cw,
-        s_gb, s_gd, s_gh, s_gw,
-        n_batch, D, H, W, N, R, n_parts, n_group, n_chunks,
+        u_ptr,
+        delta_ptr,
+        low_ptr,
+        w_ptr,
+        A_ptr,
+        B_ptr,
+        C_ptr,
+        Ds_ptr,
+        bias_ptr,
+        g_ptr,
+        du_ptr,
+        ddelta_ptr,
+        pBC_ptr,
+        pLow_ptr,
+        pA_ptr,
+        pDs_ptr,
+        pBias_ptr,
+        pW_ptr,
+        carry_ptr,
+        s_ub,
+        s_ud,
+        s_uh,
+        s_uw,
+        s_db,
+        s_dk,
+        s_dd,
+        s_dh,
+        s_dw,
+        s_eb,
+        s_ek,
+        s_ed,
+        s_eh,
+        s_ew,
+        s_lb,
+        s_lk,
+        s_lr,
+        s_lh,
+        s_lw,
+        s_Bb,
+        s_Bk,
+        s_Bn,
+        s_Bh,
+        s_Bw,
+        s_Cb,
+        s_Ck,
+        s_Cn,
+        s_Ch,
+        s_Cw,
+        s_gb,
+        s_gd,
+        s_gh,
+        s_gw,
+        n_batch,
+        D,
+        H,
+        W,
+        N,
+        R,
+        n_parts,
+        n_group,
+        n_chunks,
         LOWRANK: tl.constexpr,
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
@@ -240,10 +355,48 @@ if HAS_TRITON:
                     mask_pm = mask_p & (p >= 1)
                     u = _load_tile(u_base, s_ud, s_uh, s_uw, offs_d, h, w, mask)
                     g = _load_tile(g_base, s_gd, s_gh, s_gw, offs_d, h, w, mask)
-                    dt_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
-                                   h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
-                    dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
-                                    hm, wm, mask_pm, bias_r, LOWRANK, BLOCK_D, CHUNK)
+                    dt_f = _dt_raw(
+                        delta_f,
+                        s_dd,
+                        s_dh,
+                        s_dw,
+                        low_f,
+                        s_lr,
+                        s_lh,
+                        s_lw,
+                        w_f,
+                        R,
+                        offs_d,
+                        mask_d,
+                        h,
+                        w,
+                        mask_p,
+                        bias_f,
+                        LOWRANK,
+                        BLOCK_D,
+                        CHUNK,
+                    )
+                    dt_rm = _dt_raw(
+                        delta_r,
+                        s_dd,
+                        s_dh,
+                        s_dw,
+                        low_r,
+                        s_lr,
+                        s_lh,
+                        s_lw,
+                        w_r,
+                        R,
+                        offs_d,
+                        mask_d,
+                        hm,
+                        wm,
+                        mask_pm,
+                        bias_r,
+                        LOWRANK,
+                        BLOCK_D,
+                        CHUNK,
+                    )
                     if DELTA_SOFTPLUS:
                         dt_f = _softplus(dt_f)
                         dt_rm = _softplus(dt_rm)
@@ -253,14 +406,20 @@ if HAS_TRITON:
                         b_f = _load_row(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
                         c_r = _load_row(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
                         sa, sb = tl.associative_scan(
-                            (tl.exp(dt_f * a_f[:, None]), dt_f * u * b_f[None, :]), 1, _ssm_combine)
+                            (tl.exp(dt_f * a_f[:, None]), dt_f * u * b_f[None, :]), 1, _ssm_combine
+                        )
                         x_f = sb + sa * _column(carry_x, n_idx, n)[:, None]
                         # adjoint of kr: lam[p] = C[p] g[p] + exp(dt[p-1] A) lam[p-1]
                         la, lb = tl.associative_scan(
-                            (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine)
+                            (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine
+                        )
                         lam_r = lb + la * _column(carry_l, n_idx, n)[:, None]
-                        carry_x = tl.where(n_idx[None, :] == n, _column(x_f, c_idx, CHUNK - 1)[:, None], carry_x)
-                        carry_l = tl.where(n_idx[None, :] == n, _column(lam_r, c_idx, CHUNK - 1)[:, None], carry_l)
+                        carry_x = tl.where(
+                            n_idx[None, :] == n, _column(x_f, c_idx, CHUNK - 1)[:, None], carry_x
+                        )
+                        carry_l = tl.where(
+                            n_idx[None, :] == n, _column(lam_r, c_idx, CHUNK - 1)[:, None], carry_l
+                        )
                 # pass 2 reads the chunk starts (and, for o = 1, du) written by other threads
                 tl.debug_barrier()
 
@@ -289,14 +448,90 @@ if HAS_TRITON:
                     s = h * W + w  # spatial index, for the contiguous fp32 outputs
                     u = _load_tile(u_base, s_ud, s_uh, s_uw, offs_d, h, w, mask)
                     g = _load_tile(g_base, s_gd, s_gh, s_gw, offs_d, h, w, mask)
-                    raw_f = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
-                                    h, w, mask_p, bias_f, LOWRANK, BLOCK_D, CHUNK)
-                    raw_r = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
-                                    h, w, mask_p, bias_r, LOWRANK, BLOCK_D, CHUNK)
-                    dt_fp = _dt_raw(delta_f, s_dd, s_dh, s_dw, low_f, s_lr, s_lh, s_lw, w_f, R, offs_d, mask_d,
-                                    hp, wp, mask_pp, bias_f, LOWRANK, BLOCK_D, CHUNK)
-                    dt_rm = _dt_raw(delta_r, s_dd, s_dh, s_dw, low_r, s_lr, s_lh, s_lw, w_r, R, offs_d, mask_d,
-                                    hm, wm, mask_pm, bias_r, LOWRANK, BLOCK_D, CHUNK)
+                    raw_f = _dt_raw(
+                        delta_f,
+                        s_dd,
+                        s_dh,
+                        s_dw,
+                        low_f,
+                        s_lr,
+                        s_lh,
+                        s_lw,
+                        w_f,
+                        R,
+                        offs_d,
+                        mask_d,
+                        h,
+                        w,
+                        mask_p,
+                        bias_f,
+                        LOWRANK,
+                        BLOCK_D,
+                        CHUNK,
+                    )
+                    raw_r = _dt_raw(
+                        delta_r,
+                        s_dd,
+                        s_dh,
+                        s_dw,
+                        low_r,
+                        s_lr,
+                        s_lh,
+                        s_lw,
+                        w_r,
+                        R,
+                        offs_d,
+                        mask_d,
+                        h,
+                        w,
+                        mask_p,
+                        bias_r,
+                        LOWRANK,
+                        BLOCK_D,
+                        CHUNK,
+                    )
+                    dt_fp = _dt_raw(
+                        delta_f,
+                        s_dd,
+                        s_dh,
+                        s_dw,
+                        low_f,
+                        s_lr,
+                        s_lh,
+                        s_lw,
+                        w_f,
+                        R,
+                        offs_d,
+                        mask_d,
+                        hp,
+                        wp,
+                        mask_pp,
+                        bias_f,
+                        LOWRANK,
+                        BLOCK_D,
+                        CHUNK,
+                    )
+                    dt_rm = _dt_raw(
+                        delta_r,
+                        s_dd,
+                        s_dh,
+                        s_dw,
+                        low_r,
+                        s_lr,
+                        s_lh,
+                        s_lw,
+                        w_r,
+                        R,
+                        offs_d,
+                        mask_d,
+                        hm,
+                        wm,
+                        mask_pm,
+                        bias_r,
+                        LOWRANK,
+                        BLOCK_D,
+                        CHUNK,
+                    )
                     if DELTA_SOFTPLUS:
                         dt_f = _softplus(raw_f)
                         dt_r = _softplus(raw_r)
@@ -321,15 +556,19 @@ if HAS_TRITON:
                         x_f = sb + sa * _column(start_x, n_idx, n)[:, None]
                         # adjoint of kf (suffix): lam[p] = C[p] g[p] + exp(dt[p+1] A) lam[p+1]
                         ta, tb = tl.associative_scan(
-                            (tl.exp(dt_fp * a_f[:, None]), g * c_f[None, :]), 1, _ssm_combine, reverse=True)
+                            (tl.exp(dt_fp * a_f[:, None]), g * c_f[None, :]), 1, _ssm_combine, reverse=True
+                        )
                         lam_f = tb + ta * _column(carry_lf, n_idx, n)[:, None]
                         # state of kr (suffix), carried from the right
                         in_r = dt_r * u * b_r[None, :]
-                        ra, rb = tl.associative_scan((tl.exp(dt_r * a_r[:, None]), in_r), 1, _ssm_combine, reverse=True)
+                        ra, rb = tl.associative_scan(
+                            (tl.exp(dt_r * a_r[:, None]), in_r), 1, _ssm_combine, reverse=True
+                        )
                         x_r = rb + ra * _column(carry_xr, n_idx, n)[:, None]
                         # adjoint of kr (prefix), from the stored chunk start
                         qa, qb = tl.associative_scan(
-                            (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine)
+                            (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine
+                        )
                         lam_r = qb + qa * _column(start_l, n_idx, n)[:, None]
                         # channel-summed gradients of B and C at these positions (one partial per block)
                         row = pBC_ptr + ((pid_d * n_batch + pid_b) * 4 * 2 * N + n) * L + s
@@ -343,13 +582,18 @@ if HAS_TRITON:
                         carry_term_r = lam_r * (x_r - in_r)
                         ddt_f += lam_f * u * b_f[None, :] + a_f[:, None] * carry_term_f
                         ddt_r += lam_r * u * b_r[None, :] + a_r[:, None] * carry_term_r
-                        grad_a_f += tl.where(n_idx[None, :] == n, tl.sum(carry_term_f * dt_f, axis=1)[:, None], 0.0)
-                        grad_a_r += tl.where(n_idx[None, :] == n, tl.sum(carry_term_r * dt_r, axis=1)[:, None], 0.0)
+                        grad_a_f += tl.where(
+                            n_idx[None, :] == n, tl.sum(carry_term_f * dt_f, axis=1)[:, None], 0.0
+                        )
+                        grad_a_r += tl.where(
+                            n_idx[None, :] == n, tl.sum(carry_term_r * dt_r, axis=1)[:, None], 0.0
+                        )
                         carry_lf = tl.where(n_idx[None, :] == n, _column(lam_f, c_idx, 0)[:, None], carry_lf)
                         carry_xr = tl.where(n_idx[None, :] == n, _column(x_r, c_idx, 0)[:, None], carry_xr)
                     if HAS_D:
-                        skip = tl.load(Ds_ptr + kf * D + offs_d, mask=mask_d, other=0.0) + \
-                            tl.load(Ds_ptr + kr * D + offs_d, mask=mask_d, other=0.0)
+                        skip = tl.load(Ds_ptr + kf * D + offs_d, mask=mask_d, other=0.0) + tl.load(
+                            Ds_ptr + kr * D + offs_d, mask=mask_d, other=0.0
+                        )
                         du += skip[:, None] * g
                         if o == 0:
                             d_sum += tl.sum(g * u, axis=1)
@@ -365,15 +609,27 @@ if HAS_TRITON:
                             wr_r = tl.load(w_r + offs_d * R + r, mask=mask_d, other=0.0)
                             lr_f = _load_row(low_f + r * s_lr, s_lh, s_lw, h, w, mask_p)
                             lr_r = _load_row(low_r + r * s_lr, s_lh, s_lw, h, w, mask_p)
-                            _store_partial(low_row + (kf * R + r) * L, tl.sum(wr_f[:, None] * ddt_f, axis=0), mask_p, blk)
-                            _store_partial(low_row + (kr * R + r) * L, tl.sum(wr_r[:, None] * ddt_r, axis=0), mask_p, blk)
-                            grad_w_f += tl.where(r_idx[None, :] == r, tl.sum(ddt_f * lr_f[None, :], axis=1)[:, None], 0.0)
-                            grad_w_r += tl.where(r_idx[None, :] == r, tl.sum(ddt_r * lr_r[None, :], axis=1)[:, None], 0.0)
+                            _store_partial(
+                                low_row + (kf * R + r) * L, tl.sum(wr_f[:, None] * ddt_f, axis=0), mask_p, blk
+                            )
+                            _store_partial(
+                                low_row + (kr * R + r) * L, tl.sum(wr_r[:, None] * ddt_r, axis=0), mask_p, blk
+                            )
+                            grad_w_f += tl.where(
+                                r_idx[None, :] == r, tl.sum(ddt_f * lr_f[None, :], axis=1)[:, None], 0.0
+                            )
+                            grad_w_r += tl.where(
+                                r_idx[None, :] == r, tl.sum(ddt_r * lr_r[None, :], axis=1)[:, None], 0.0
+                            )
                     else:
                         e_offs = offs_d[:, None] * s_ed + (h * s_eh + w * s_ew)[None, :]
                         e_base = ddelta_ptr + pid_b * s_eb
-                        tl.store(e_base + kf * s_ek + e_offs, ddt_f.to(ddelta_ptr.dtype.element_ty), mask=mask)
-                        tl.store(e_base + kr * s_ek + e_offs, ddt_r.to(ddelta_ptr.dtype.element_ty), mask=mask)
+                        tl.store(
+                            e_base + kf * s_ek + e_offs, ddt_f.to(ddelta_ptr.dtype.element_ty), mask=mask
+                        )
+                        tl.store(
+                            e_base + kr * s_ek + e_offs, ddt_r.to(ddelta_ptr.dtype.element_ty), mask=mask
+                        )
                     du_ptrs = du_ptr + (pid_b * D + offs_d[:, None]) * L + s[None, :]
                     if o == 1:
                         du += tl.load(du_ptrs, mask=mask, other=0.0)
@@ -399,7 +655,7 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def triton_supports(u: torch.Tensor, N: int) -> Optional[str]:
+def triton_supports(u: torch.Tensor, N: int) -> str | None:
     """None when the fused kernels can run this problem, else the reason they cannot."""
     if u.dtype not in TRITON_DTYPES:
         return f"dtype {u.dtype} (fp16, bf16 or fp32 only)"
@@ -448,11 +704,11 @@ def _partial_split(D: int, block_d: int, N: int, R: int):
     return triton.cdiv(n_blocks, n_group), n_group
 
 
-def _strides(t: Optional[torch.Tensor], n: int):
+def _strides(t: torch.Tensor | None, n: int):
     return tuple(t.stride()) if t is not None else (0,) * n
 
 
-def _small_f32(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+def _small_f32(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """Parameters (A, D, bias, dt_weight) as contiguous fp32; a dummy pointer when absent."""
     return like.new_empty(1, dtype=torch.float32) if t is None else t.detach().float().contiguous()
 
@@ -468,12 +724,34 @@ def ss2d_fwd(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_
     dummy = u.new_empty(1, dtype=torch.float32)
     grid = (batch, triton.cdiv(d_inner, block_d))
     fused_ss2d_fwd_kernel[grid](
-        u, delta if delta is not None else dummy, dt_low if lowrank else dummy,
-        _small_f32(dt_weight, u), _small_f32(A, u), B, C, _small_f32(D, u), _small_f32(bias, u), out,
-        *u.stride(), *_strides(delta, 5), *_strides(dt_low, 5), *B.stride(), *C.stride(), *out.stride(),
-        d_inner, H, W, N, R,
-        LOWRANK=lowrank, HAS_D=D is not None, HAS_BIAS=bias is not None, DELTA_SOFTPLUS=softplus,
-        BLOCK_D=block_d, BLOCK_L=block_l, num_warps=num_warps,
+        u,
+        delta if delta is not None else dummy,
+        dt_low if lowrank else dummy,
+        _small_f32(dt_weight, u),
+        _small_f32(A, u),
+        B,
+        C,
+        _small_f32(D, u),
+        _small_f32(bias, u),
+        out,
+        *u.stride(),
+        *_strides(delta, 5),
+        *_strides(dt_low, 5),
+        *B.stride(),
+        *C.stride(),
+        *out.stride(),
+        d_inner,
+        H,
+        W,
+        N,
+        R,
+        LOWRANK=lowrank,
+        HAS_D=D is not None,
+        HAS_BIAS=bias is not None,
+        DELTA_SOFTPLUS=softplus,
+        BLOCK_D=block_d,
+        BLOCK_L=block_l,
+        num_warps=num_warps,
     )
     return out
 
@@ -496,7 +774,9 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         ddelta = u.new_empty(1, dtype=torch.float32)
         d_low_parts = new_buffer(n_parts, batch, 4, R, L, device=dev)
     else:
-        ddelta = new_output(delta) if is_dense(delta) else new_buffer(*delta.shape, device=dev, dtype=delta.dtype)
+        ddelta = (
+            new_output(delta) if is_dense(delta) else new_buffer(*delta.shape, device=dev, dtype=delta.dtype)
+        )
         d_low_parts = u.new_empty(1, dtype=torch.float32)
     bc_parts = new_buffer(n_parts, batch, 4, 2, N, L, device=dev)
     # padded columns (n >= N, r >= R) are neither written nor read back
@@ -507,14 +787,50 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     carries = new_buffer(batch * n_parts * 4 * n_chunks * block_d * NP, device=dev)
     dummy = u.new_empty(1, dtype=torch.float32)
     fused_ss2d_bwd_kernel[(batch, n_parts)](
-        u, delta if delta is not None else dummy, dt_low if lowrank else dummy,
-        _small_f32(dt_weight, u), _small_f32(A, u), B, C, _small_f32(D, u), _small_f32(bias, u), grad_out,
-        du, ddelta, bc_parts, d_low_parts, a_parts, skip_parts, bias_parts, w_parts, carries,
-        *u.stride(), *_strides(delta, 5), *(_strides(ddelta, 5) if not lowrank else (0,) * 5),
-        *_strides(dt_low, 5), *B.stride(), *C.stride(), *grad_out.stride(),
-        batch, d_inner, H, W, N, R, n_parts, n_group, n_chunks,
-        LOWRANK=lowrank, HAS_D=D is not None, HAS_BIAS=bias is not None, DELTA_SOFTPLUS=softplus,
-        BLOCK_D=block_d, CHUNK=chunk, NP=NP, RP=RP, num_warps=num_warps,
+        u,
+        delta if delta is not None else dummy,
+        dt_low if lowrank else dummy,
+        _small_f32(dt_weight, u),
+        _small_f32(A, u),
+        B,
+        C,
+        _small_f32(D, u),
+        _small_f32(bias, u),
+        grad_out,
+        du,
+        ddelta,
+        bc_parts,
+        d_low_parts,
+        a_parts,
+        skip_parts,
+        bias_parts,
+        w_parts,
+        carries,
+        *u.stride(),
+        *_strides(delta, 5),
+        *(_strides(ddelta, 5) if not lowrank else (0,) * 5),
+        *_strides(dt_low, 5),
+        *B.stride(),
+        *C.stride(),
+        *grad_out.stride(),
+        batch,
+        d_inner,
+        H,
+        W,
+        N,
+        R,
+        n_parts,
+        n_group,
+        n_chunks,
+        LOWRANK=lowrank,
+        HAS_D=D is not None,
+        HAS_BIAS=bias is not None,
+        DELTA_SOFTPLUS=softplus,
+        BLOCK_D=block_d,
+        CHUNK=chunk,
+        NP=NP,
+        RP=RP,
+        num_warps=num_warps,
     )
     # fixed-order sums over channel blocks and images: deterministic
     bc_parts = bc_parts.view(n_parts, batch, 4, 2, N, H, W)
@@ -537,26 +853,40 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
 _EMPTY = (0,)
 
 
-def _or_none(t: torch.Tensor) -> Optional[torch.Tensor]:
+def _or_none(t: torch.Tensor) -> torch.Tensor | None:
     return None if t.numel() == 0 and t.dim() == 1 else t
 
 
-def _or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+def _or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(_EMPTY) if t is None else t
 
 
 @torch.library.custom_op("svmamba::ss2d_fwd", mutates_args=())
 def _ss2d_fwd_op(
-    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool, out_dtype: torch.dtype,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    out_dtype: torch.dtype,
 ) -> torch.Tensor:
     return ss2d_fwd(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, out_dtype)
 
 
 @torch.library.custom_op("svmamba::ss2d_lowrank_fwd", mutates_args=())
 def _ss2d_lowrank_fwd_op(
-    u: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-    C: torch.Tensor, D: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], delta_softplus: bool,
+    u: torch.Tensor,
+    dt_low: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    delta_softplus: bool,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     return ss2d_fwd(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype)
@@ -574,11 +904,28 @@ def _(u, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype):
 
 @torch.library.custom_op("svmamba::ss2d_bwd", mutates_args=())
 def _ss2d_bwd_op(
-    grad_out: torch.Tensor, u: torch.Tensor, delta: Optional[torch.Tensor], dt_low: Optional[torch.Tensor],
-    dt_weight: Optional[torch.Tensor], A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    D: Optional[torch.Tensor], bias: Optional[torch.Tensor], delta_softplus: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor]:
+    grad_out: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor | None,
+    dt_low: torch.Tensor | None,
+    dt_weight: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
     grads = ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus)
     return tuple(_or_empty(g, u) for g in grads)
 

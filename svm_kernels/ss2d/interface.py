@@ -1,13 +1,13 @@
 """Public four-direction selective scan ops: argument checks and backend dispatch."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
 from ..utils import OpaqueTorchOp, check_floating, check_same_device, resolve_backend
 from .common import MAX_D_STATE, check_scan_inputs, default_out_dtype
 from .naive import cross_selective_scan_naive, lowrank_delta
+
 
 def _pick_backend(backend: str, u: torch.Tensor, N: int, *tensors) -> str:
     use = resolve_backend(backend, u, *tensors)
@@ -36,10 +36,10 @@ def cross_selective_scan(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: Optional[torch.Tensor] = None,
-    delta_bias: Optional[torch.Tensor] = None,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
-    out_dtype: Optional[torch.dtype] = None,
+    out_dtype: torch.dtype | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """VMamba's SS2D scan: cross-scan, selective scan in four directions, cross-merge, fused.
@@ -71,7 +71,14 @@ def cross_selective_scan(
         return u.new_empty(u.shape, dtype=dtype)
     if use == "torch":
         return CrossSelectiveScanTorch.apply(
-            lambda *t: cross_selective_scan_naive(*t, delta_softplus).to(dtype), u, delta, A, B, C, D, delta_bias
+            lambda *t: cross_selective_scan_naive(*t, delta_softplus).to(dtype),
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            delta_bias,
         )
     from .fused import ss2d_triton
 
@@ -85,10 +92,10 @@ def cross_selective_scan_lowrank(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: Optional[torch.Tensor] = None,
-    dt_bias: Optional[torch.Tensor] = None,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
-    out_dtype: Optional[torch.dtype] = None,
+    out_dtype: torch.dtype | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """:func:`cross_selective_scan` with ``delta[:, k] = dt_weight[k] @ dt_low[:, k]`` done in-kernel.
@@ -128,4 +135,4 @@ def cross_selective_scan_lowrank(
     return ss2d_triton(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, dtype)
 
 
-__all__ = ["cross_selective_scan", "cross_selective_scan_lowrank", "MAX_D_STATE"]
+__all__ = ["MAX_D_STATE", "cross_selective_scan", "cross_selective_scan_lowrank"]

@@ -5,9 +5,8 @@ k=0 row-major, k=1 column-major (position (h, w) at p = w * H + h), k=2 and k=3 
 k=0 and k=1. ``cross_scan`` makes the four ordered copies, a per-direction sequential scan runs
 over each, and ``cross_merge`` sums the four results back at their spatial positions.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +38,7 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([direction_order(x, k) for k in range(K_DIRECTIONS)], dim=1)
 
 
-def cross_merge(ys: torch.Tensor, H: Optional[int] = None, W: Optional[int] = None) -> torch.Tensor:
+def cross_merge(ys: torch.Tensor, H: int | None = None, W: int | None = None) -> torch.Tensor:
     """(B, 4, D, H, W) or (B, 4, D, L) with H and W given -> (B, D, H, W).
 
     ``ys[:, k]`` holds direction k's sequence (flattened, in visiting order); each value is added
@@ -49,7 +48,7 @@ def cross_merge(ys: torch.Tensor, H: Optional[int] = None, W: Optional[int] = No
     if ys.dim() == 5:
         H, W = ys.shape[-2:]
         ys = ys.flatten(-2)
-    if ys.dim() != 4 or ys.shape[1] != K_DIRECTIONS or H is None or W is None or H * W != ys.shape[-1]:
+    if ys.dim() != 4 or ys.shape[1] != K_DIRECTIONS or H is None or W is None or ys.shape[-1] != H * W:
         raise ValueError(
             f"cross_merge expects (B, 4, D, H, W), or (B, 4, D, L) with H * W = L; got {tuple(ys.shape)}, H={H}, W={W}"
         )
@@ -97,7 +96,13 @@ def cross_selective_scan_naive(u, delta, A, B, C, D=None, delta_bias=None, delta
     """Reference SS2D: u (B, D, H, W), delta (B, 4, D, H, W), B/C (B, 4, N, H, W) -> (B, D, H, W)."""
     H, W = u.shape[-2:]
     y = selective_scan_naive(
-        cross_scan(u), order_by_direction(delta), A, order_by_direction(B), order_by_direction(C), D, delta_bias,
+        cross_scan(u),
+        order_by_direction(delta),
+        A,
+        order_by_direction(B),
+        order_by_direction(C),
+        D,
+        delta_bias,
         delta_softplus,
     )
     return cross_merge(y, H, W)

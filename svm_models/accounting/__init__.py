@@ -13,6 +13,7 @@
 
 Command line: ``python -m svm_models.accounting --model vmamba_t --img-size 224``.
 """
+
 from .calibrate import calibrate_batchnorm
 from .energy import PRESETS, EnergyModel, get_energy_model
 from .handles import cross_scan_macs, lowrank_dt_macs, op_handles, selective_scan_macs
@@ -21,21 +22,21 @@ from .rates import InputStats, RateRecorder
 from .report import LayerRow, Report, StageRow
 
 __all__ = [
-    "profile",
-    "Report",
-    "LayerRow",
-    "StageRow",
-    "EnergyModel",
     "PRESETS",
-    "get_energy_model",
-    "op_handles",
-    "trace_counts",
-    "exclusive_counts",
-    "default_stage",
-    "selective_scan_macs",
-    "cross_scan_macs",
-    "lowrank_dt_macs",
-    "RateRecorder",
+    "EnergyModel",
     "InputStats",
+    "LayerRow",
+    "RateRecorder",
+    "Report",
+    "StageRow",
     "calibrate_batchnorm",
+    "cross_scan_macs",
+    "default_stage",
+    "exclusive_counts",
+    "get_energy_model",
+    "lowrank_dt_macs",
+    "op_handles",
+    "profile",
+    "selective_scan_macs",
+    "trace_counts",
 ]

@@ -6,11 +6,11 @@ come from those random weights and inputs, and the output says so; ``--calibrate
 sets the BatchNorm statistics from N random batches, so that the layers see normalised inputs
 as in a trained network (the weights stay random).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
 
 import torch
 
@@ -32,17 +32,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m svm_models.accounting",
         description="Params, MACs (fvcore, 1 MAC = 1 FLOP), SOPs and energy per image of a registered model, "
-                    "on random input with random weights.",
+        "on random input with random weights.",
     )
     p.add_argument("--model", help="registered model name (see --list)")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
-                   metavar="KEY=VALUE", help="constructor override, e.g. --set T=2 --set backend=torch (repeatable)")
-    p.add_argument("--batch", type=int, default=1, help="random images in the firing-rate pass (spiking models)")
-    p.add_argument("--calibrate-bn", type=int, default=0, metavar="N",
-                   help="set BatchNorm statistics from N random batches first (spiking models)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=_parse_override,
+        metavar="KEY=VALUE",
+        help="constructor override, e.g. --set T=2 --set backend=torch (repeatable)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=1, help="random images in the firing-rate pass (spiking models)"
+    )
+    p.add_argument(
+        "--calibrate-bn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="set BatchNorm statistics from N random batches first (spiking models)",
+    )
     p.add_argument("--energy", default="45nm_fp32", choices=sorted(set(PRESETS) | set(ALIASES)))
     p.add_argument("--first-layer-once", action="store_true", help="cost the first layer once, not T times")
     p.add_argument("--count-batchnorm", action="store_true", help="count BatchNorm ops (default: folded, 0)")
@@ -57,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import svm_models
 
     args = build_parser().parse_args(argv)
@@ -68,8 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: --model is required (see --list)", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
-    model = svm_models.create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
-                                    **dict(args.overrides))
+    model = svm_models.create_model(
+        args.model, num_classes=args.num_classes, img_size=args.img_size, **dict(args.overrides)
+    )
     model = model.to(args.device)
     size = args.img_size or getattr(model, "img_size", None)
     if size is None:
@@ -80,20 +95,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     spiking = bool(getattr(model, "spiking", True))
     calibrated = calibrate_batchnorm(model, images, args.calibrate_bn) if spiking else 0
     report = profile(
-        model, images, name=args.model, energy=args.energy, first_layer_T=not args.first_layer_once,
-        count_batchnorm=args.count_batchnorm, integer_as=args.integer_as, head_as=args.head_as,
+        model,
+        images,
+        name=args.model,
+        energy=args.energy,
+        first_layer_T=not args.first_layer_once,
+        count_batchnorm=args.count_batchnorm,
+        integer_as=args.integer_as,
+        head_as=args.head_as,
     )
     if spiking:
         report.rates_from = f"random weights, {args.batch} random N(0,1) image(s)" + (
-            f", BatchNorm statistics from {args.calibrate_bn} random batches" if calibrated else "")
-        report.notes.insert(0, "the firing rates come from random weights and random inputs (an untrained model): "
-                               "SOPs and energy illustrate the accounting, they are not the trained model's")
+            f", BatchNorm statistics from {args.calibrate_bn} random batches" if calibrated else ""
+        )
+        report.notes.insert(
+            0,
+            "the firing rates come from random weights and random inputs (an untrained model): "
+            "SOPs and energy illustrate the accounting, they are not the trained model's",
+        )
     em = report.energy_model
-    print(f"{args.model} at {size} px, {args.num_classes} classes"
-          + (f", T = {report.T}" if spiking else " (ANN)"))
+    print(
+        f"{args.model} at {size} px, {args.num_classes} classes"
+        + (f", T = {report.T}" if spiking else " (ANN)")
+    )
     print(f"  params           {report.params:,}")
-    print(f"  MACs             {report.macs / 1e9:.9f} G per image (fvcore, 1 MAC = 1 FLOP"
-          + (", all time steps)" if spiking else ")"))
+    print(
+        f"  MACs             {report.macs / 1e9:.9f} G per image (fvcore, 1 MAC = 1 FLOP"
+        + (", all time steps)" if spiking else ")")
+    )
     if spiking:
         print(f"  MACs per step    {report.macs / report.T / 1e9:.9f} G")
         print(f"  costed as MAC    {report.mac_ops / 1e9:.6f} G")
@@ -101,8 +130,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         rate = "-" if report.mean_firing_rate is None else f"{report.mean_firing_rate:.4f}"
         print(f"  mean firing rate {rate}")
         print(f"  neuron updates   {report.neuron_updates / 1e9:.6f} G")
-    print(f"  energy           {report.energy_mj:.4f} mJ per image "
-          f"(E_MAC {em.e_mac_pj} pJ x MACs + E_AC {em.e_ac_pj} pJ x SOPs, {em.name})")
+    print(
+        f"  energy           {report.energy_mj:.4f} mJ per image "
+        f"(E_MAC {em.e_mac_pj} pJ x MACs + E_AC {em.e_ac_pj} pJ x SOPs, {em.name})"
+    )
     if report.unsupported_ops:
         print("  uncounted ops    " + ", ".join(f"{k} x{v}" for k, v in report.unsupported_ops.items()))
     if spiking:

@@ -1,4 +1,5 @@
 """BatchNorm calibration for accounting an untrained spiking model on random input."""
+
 from __future__ import annotations
 
 import torch

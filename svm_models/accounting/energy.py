@@ -12,10 +12,11 @@ cites; Spikformer and QKFormer use E_MAC = 4.6 pJ, E_AC = 0.9 pJ):
  int8        0.2      0.03     0.23                  0.03
 =========== ======== ======== ===================== ============
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping, Union
 
 HOROWITZ = "Horowitz, ISSCC 2014 (45 nm CMOS, 0.9 V)"
 
@@ -56,7 +57,7 @@ ALIASES = {"fp32": "45nm_fp32", "default": "45nm_fp32", "45nm_fp16": "fp16", "45
 DEFAULT = "45nm_fp32"
 
 
-def get_energy_model(spec: Union[str, EnergyModel, Mapping] = DEFAULT) -> EnergyModel:
+def get_energy_model(spec: str | EnergyModel | Mapping = DEFAULT) -> EnergyModel:
     """A preset name ("45nm_fp32" (alias "fp32"), "fp16", "int8"), an EnergyModel, or a mapping
     with ``e_mac_pj`` and ``e_ac_pj`` (and optionally ``name``, ``source``)."""
     if isinstance(spec, EnergyModel):
@@ -64,12 +65,18 @@ def get_energy_model(spec: Union[str, EnergyModel, Mapping] = DEFAULT) -> Energy
     if isinstance(spec, str):
         key = ALIASES.get(spec, spec)
         if key not in PRESETS:
-            raise ValueError(f"unknown energy preset {spec!r}; choose one of {sorted(PRESETS)} or pass an EnergyModel")
+            raise ValueError(
+                f"unknown energy preset {spec!r}; choose one of {sorted(PRESETS)} or pass an EnergyModel"
+            )
         return PRESETS[key]
     if isinstance(spec, Mapping):
         missing = {"e_mac_pj", "e_ac_pj"} - set(spec)
         if missing:
             raise ValueError(f"an energy mapping needs {sorted(missing)}")
-        return EnergyModel(spec.get("name", "custom"), float(spec["e_mac_pj"]), float(spec["e_ac_pj"]),
-                           spec.get("source", ""))
+        return EnergyModel(
+            spec.get("name", "custom"),
+            float(spec["e_mac_pj"]),
+            float(spec["e_ac_pj"]),
+            spec.get("source", ""),
+        )
     raise TypeError(f"energy must be a preset name, an EnergyModel or a mapping, got {type(spec).__name__}")

@@ -17,11 +17,12 @@ Our ops appear in a trace under two names each:
 Either way the leading tensors are (u, delta, A, ...) for the full scan, (u, dt_low, dt_weight,
 A, ...) for the low-rank one and (x, ...) for the LIF neuron; the handles read only those.
 """
+
 from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 with warnings.catch_warnings():  # importing fvcore.nn calls the deprecated torch.jit.script
     warnings.simplefilter("ignore", FutureWarning)
@@ -47,22 +48,62 @@ INPUT_LINEAR_OPS = frozenset({"conv", "linear", "addmm", "matmul", "mm", "bmm", 
 # unlisted op shows up in ``Report.unsupported_ops`` instead of being dropped silently.
 IGNORED_OPS = (
     # residual adds, gates, scaling, signs
-    "aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::rsub", "aten::mul", "aten::mul_",
-    "aten::div", "aten::div_", "aten::neg", "aten::abs", "aten::pow", "aten::sqrt", "aten::rsqrt",
+    "aten::add",
+    "aten::add_",
+    "aten::sub",
+    "aten::sub_",
+    "aten::rsub",
+    "aten::mul",
+    "aten::mul_",
+    "aten::div",
+    "aten::div_",
+    "aten::neg",
+    "aten::abs",
+    "aten::pow",
+    "aten::sqrt",
+    "aten::rsqrt",
     # activations and exponentials (VMamba's -exp(A_logs) included)
-    "aten::exp", "aten::gelu", "aten::silu", "aten::sigmoid", "aten::relu", "aten::relu_",
-    "aten::tanh", "aten::softplus", "aten::softmax", "aten::log", "aten::hardtanh",
+    "aten::exp",
+    "aten::gelu",
+    "aten::silu",
+    "aten::sigmoid",
+    "aten::relu",
+    "aten::relu_",
+    "aten::tanh",
+    "aten::softplus",
+    "aten::softmax",
+    "aten::log",
+    "aten::hardtanh",
     # shapes, copies and comparisons
-    "aten::unflatten", "aten::flip", "aten::repeat", "aten::stack", "aten::expand_as",
-    "aten::type_as", "aten::to", "aten::where", "aten::lt", "aten::le", "aten::ne", "aten::round",
-    "aten::split", "aten::split_with_sizes", "aten::unbind", "aten::roll", "aten::pad",
+    "aten::unflatten",
+    "aten::flip",
+    "aten::repeat",
+    "aten::stack",
+    "aten::expand_as",
+    "aten::type_as",
+    "aten::to",
+    "aten::where",
+    "aten::lt",
+    "aten::le",
+    "aten::ne",
+    "aten::round",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::unbind",
+    "aten::roll",
+    "aten::pad",
     # reductions that are not averages, max pooling
-    "aten::sum", "aten::amax", "aten::max_pool1d", "aten::max_pool2d", "aten::max_pool3d",
-    "aten::dropout_", "aten::feature_dropout",
+    "aten::sum",
+    "aten::amax",
+    "aten::max_pool1d",
+    "aten::max_pool2d",
+    "aten::max_pool3d",
+    "aten::dropout_",
+    "aten::feature_dropout",
 )
 
 
-def _shape(value: Any, what: str) -> List[int]:
+def _shape(value: Any, what: str) -> list[int]:
     shape = get_shape(value)
     if shape is None:
         raise ValueError(f"svm_models.accounting: the traced {what} has no complete tensor shape")
@@ -103,25 +144,29 @@ def _scan_dims(u, A, what: str):
     return batch, d_inner, h * w, a_shape[2]
 
 
-def cross_scan_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
+def cross_scan_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter:
     """Handle for the full-delta scan: inputs (u, delta, A, B, C, ...)."""
     batch, d_inner, length, n = _scan_dims(inputs[0], inputs[2], "scan")
     return Counter({SCAN_OP: cross_scan_macs(batch, d_inner, length, n)})
 
 
-def cross_scan_lowrank_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
+def cross_scan_lowrank_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter:
     """Handle for the low-rank scan: inputs (u, dt_low, dt_weight, A, B, C, ...)."""
     batch, d_inner, length, n = _scan_dims(inputs[0], inputs[3], "low-rank scan")
     w_shape = _shape(inputs[2], "low-rank scan input dt_weight")
     if len(w_shape) != 3 or w_shape[:2] != [K_DIRECTIONS, d_inner]:
-        raise ValueError(f"svm_models.accounting: unexpected dt_weight shape {w_shape}, expected (4, {d_inner}, R)")
-    return Counter({
-        SCAN_OP: cross_scan_macs(batch, d_inner, length, n),
-        SCAN_DT_OP: lowrank_dt_macs(batch, d_inner, length, w_shape[2]),
-    })
+        raise ValueError(
+            f"svm_models.accounting: unexpected dt_weight shape {w_shape}, expected (4, {d_inner}, R)"
+        )
+    return Counter(
+        {
+            SCAN_OP: cross_scan_macs(batch, d_inner, length, n),
+            SCAN_DT_OP: lowrank_dt_macs(batch, d_inner, length, w_shape[2]),
+        }
+    )
 
 
-def lif_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
+def lif_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter:
     """Handle for the LIF neuron: no MACs; one neuron update per element of x (T, *)."""
     numel = 1
     for s in _shape(inputs[0], "LIF input x"):
@@ -129,12 +174,12 @@ def lif_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
     return Counter({NEURON_OP: numel})
 
 
-def zero_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
+def zero_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter:
     """A handle that counts nothing (for ops fvcore would count by default)."""
     return Counter()
 
 
-def op_handles(count_batchnorm: bool = False) -> Dict[str, Optional[Handle]]:
+def op_handles(count_batchnorm: bool = False) -> dict[str, Handle | None]:
     """The handles ``profile`` adds to fvcore's defaults (conv, linear, matmul, einsum, norms...).
 
     * our scans and LIF neuron, under both of their trace names;
@@ -143,7 +188,7 @@ def op_handles(count_batchnorm: bool = False) -> Dict[str, Optional[Handle]]:
     * ``aten::mean``: the number of averaged elements, as fvcore counts ``adaptive_avg_pool2d``;
     * ``IGNORED_OPS``: deliberately counted as zero.
     """
-    handles: Dict[str, Optional[Handle]] = {name: None for name in IGNORED_OPS}
+    handles: dict[str, Handle | None] = {name: None for name in IGNORED_OPS}
     handles.update({name: lif_flop_jit for name in LIF_OPS})
     handles.update({name: cross_scan_flop_jit for name in SCAN_FULL_OPS})
     handles.update({name: cross_scan_lowrank_flop_jit for name in SCAN_LOWRANK_OPS})

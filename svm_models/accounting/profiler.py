@@ -14,13 +14,14 @@ Each (module, op) pair of the trace becomes a row. Conv/matmul-type ops of a hoo
 input is spikes cost ``rate x MACs`` accumulates (SOPs, E_AC each); everything else costs MACs
 (E_MAC each). An ANN (``model.spiking`` False) is costed entirely as MACs.
 """
+
 from __future__ import annotations
 
 import contextlib
 import itertools
 import warnings
 from collections import Counter
-from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -28,7 +29,16 @@ from torch import nn
 from ..layers import CrossScanSSM
 from .energy import DEFAULT, EnergyModel, get_energy_model
 from .handles import INPUT_LINEAR_OPS, NEURON_OP, op_handles
-from .rates import INTEGER, REAL, SPIKE, InputStats, OperandRecorder, ProductStats, RateRecorder, modules_of_types
+from .rates import (
+    INTEGER,
+    REAL,
+    SPIKE,
+    InputStats,
+    OperandRecorder,
+    ProductStats,
+    RateRecorder,
+    modules_of_types,
+)
 from .report import LayerRow, Report
 
 with warnings.catch_warnings():  # importing fvcore.nn calls the deprecated torch.jit.script
@@ -48,9 +58,9 @@ HEAD_AS = ("mac", "auto")
 
 def trace_counts(
     model: nn.Module,
-    inputs: Union[torch.Tensor, Tuple[torch.Tensor, ...]],
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
     count_batchnorm: bool = False,
-) -> Tuple[Dict[str, Counter], Counter]:
+) -> tuple[dict[str, Counter], Counter]:
     """fvcore counts of ``model(*inputs)`` with our handles.
 
     Returns ``(by_module_and_operator, unsupported_ops)``: per module name (``""`` is the model)
@@ -66,7 +76,7 @@ def trace_counts(
     return by_module, unsupported
 
 
-def exclusive_counts(model: nn.Module, by_module: Dict[str, Counter]) -> Dict[str, Counter]:
+def exclusive_counts(model: nn.Module, by_module: dict[str, Counter]) -> dict[str, Counter]:
     """Each module's own ops: fvcore's (inclusive) count minus its children's counts."""
     out = {}
     for name, module in model.named_modules():
@@ -85,7 +95,7 @@ def exclusive_counts(model: nn.Module, by_module: Dict[str, Counter]) -> Dict[st
 # Data
 
 
-def _split(item) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _split(item) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(item, torch.Tensor):
         return item, None
     if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
@@ -94,18 +104,24 @@ def _split(item) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     if isinstance(item, dict):
         for key in ("image", "images", "input", "inputs", "x"):
             if key in item:
-                target = next((item[k] for k in ("label", "labels", "target", "targets", "y") if k in item), None)
+                target = next(
+                    (item[k] for k in ("label", "labels", "target", "targets", "y") if k in item), None
+                )
                 return item[key], target
-    raise TypeError(f"cannot find images in a batch of type {type(item).__name__}; "
-                    "pass a tensor, an (images, labels) pair or an iterable of those")
+    raise TypeError(
+        f"cannot find images in a batch of type {type(item).__name__}; "
+        "pass a tensor, an (images, labels) pair or an iterable of those"
+    )
 
 
-def _batches(data) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+def _batches(data) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """A tensor or an (images, labels) pair is one batch; anything else is iterated."""
     if data is None:
         return
     single = isinstance(data, (torch.Tensor, dict)) or (
-        isinstance(data, (tuple, list)) and data and isinstance(data[0], torch.Tensor)
+        isinstance(data, (tuple, list))
+        and data
+        and isinstance(data[0], torch.Tensor)
         and not (len(data) > 1 and isinstance(data[1], torch.Tensor) and data[1].dim() == data[0].dim())
     )
     if single:
@@ -136,7 +152,7 @@ def stage_function(model: nn.Module) -> Callable[[str], str]:
     return lambda name: default_stage(name, lists)
 
 
-def _resolve(model: nn.Module, spec, names: Dict[nn.Module, str]) -> Optional[str]:
+def _resolve(model: nn.Module, spec, names: dict[nn.Module, str]) -> str | None:
     if spec is None:
         return None
     if isinstance(spec, str):
@@ -150,7 +166,7 @@ def _resolve(model: nn.Module, spec, names: Dict[nn.Module, str]) -> Optional[st
     raise TypeError(f"expected a module or a module name, got {type(spec).__name__}")
 
 
-def _find_head(model: nn.Module) -> Optional[nn.Module]:
+def _find_head(model: nn.Module) -> nn.Module | None:
     head = getattr(model, "head", None)
     if isinstance(head, nn.Module):
         return head
@@ -170,19 +186,19 @@ def profile(
     model: nn.Module,
     data=None,
     *,
-    energy: Union[str, EnergyModel, dict] = DEFAULT,
+    energy: str | EnergyModel | dict = DEFAULT,
     first_layer_T: bool = True,
     count_batchnorm: bool = False,
     integer_as: str = "ac",
     head_as: str = "mac",
-    max_batches: Optional[int] = None,
-    img_size: Optional[int] = None,
+    max_batches: int | None = None,
+    img_size: int | None = None,
     in_chans: int = 3,
     random_batch: int = 1,
-    first_layer: Union[None, str, nn.Module] = None,
-    head: Union[None, str, nn.Module] = None,
-    stage_of: Optional[Callable[[str], str]] = None,
-    name: Optional[str] = None,
+    first_layer: str | nn.Module | None = None,
+    head: str | nn.Module | None = None,
+    stage_of: Callable[[str], str] | None = None,
+    name: str | None = None,
 ) -> Report:
     """Params, MACs, SOPs, energy and firing rates of ``model``, per image.
 
@@ -224,7 +240,9 @@ def profile(
 
     names = {m: n for n, m in model.named_modules()}
     units = modules_of_types(model, RATE_MODULE_TYPES)
-    first_name = _resolve(model, first_layer if first_layer is not None else getattr(model, "first_conv", None), names)
+    first_name = _resolve(
+        model, first_layer if first_layer is not None else getattr(model, "first_conv", None), names
+    )
     head_name = _resolve(model, head if head is not None else _find_head(model), names)
 
     if data is None:
@@ -235,8 +253,10 @@ def profile(
         data = torch.randn(random_batch, in_chans, size, size, generator=gen)
         rates_from = f"random input ({random_batch} N(0,1) image{'s' if random_batch > 1 else ''})"
         if spiking:
-            notes.append("firing rates come from random input images (and from random weights unless trained "
-                         "weights were loaded): they illustrate the accounting, they are not a trained model's rates")
+            notes.append(
+                "firing rates come from random input images (and from random weights unless trained "
+                "weights were loaded): they illustrate the accounting, they are not a trained model's rates"
+            )
     else:
         rates_from = "data"
 
@@ -252,7 +272,9 @@ def profile(
         by_module, unsupported = trace_counts(model, (first_image,), count_batchnorm)
         own_ops = exclusive_counts(model, by_module)
         # Matrix products outside Conv/Linear modules (spiking attention) need their operands recorded.
-        has_products = spiking and any(n not in units and op in INPUT_LINEAR_OPS for n, ops in own_ops.items() for op in ops)
+        has_products = spiking and any(
+            n not in units and op in INPUT_LINEAR_OPS for n, ops in own_ops.items() for op in ops
+        )
         images = labelled = 0
         correct = None
         recorder = RateRecorder(units if spiking else {})
@@ -279,32 +301,61 @@ def profile(
     if not spiking:
         rates_from = "none needed (ANN: every op is costed as a MAC)"
     if spiking and first_name is None:
-        notes.append("the model names no first layer (first_conv): the first-layer convention is not applied; "
-                     "every layer is costed by its detected input kind")
+        notes.append(
+            "the model names no first layer (first_conv): the first-layer convention is not applied; "
+            "every layer is costed by its detected input kind"
+        )
     if spiking and head_name is None:
         notes.append("the model names no head: the head convention is not applied")
-    never = sorted(n for n in units if spiking and n not in stats and any(
-        op in INPUT_LINEAR_OPS for op in by_module.get(n, {})))
+    never = sorted(
+        n
+        for n in units
+        if spiking and n not in stats and any(op in INPUT_LINEAR_OPS for op in by_module.get(n, {}))
+    )
     if never:
-        notes.append(f"{len(never)} hooked layer(s) were traced but not called in the rate pass; costed as MACs")
+        notes.append(
+            f"{len(never)} hooked layer(s) were traced but not called in the rate pass; costed as MACs"
+        )
 
     rows = []
     for mod_name, ops in own_ops.items():
-        st: Optional[InputStats] = stats.get(mod_name)
+        st: InputStats | None = stats.get(mod_name)
         for op, count in ops.items():
             if mod_name not in units and op in INPUT_LINEAR_OPS and mod_name in products:
-                rows.append(_product_row(mod_name, op, count, products[mod_name], em, stage_of(mod_name), integer_as))
+                rows.append(
+                    _product_row(mod_name, op, count, products[mod_name], em, stage_of(mod_name), integer_as)
+                )
                 continue
-            rows.append(_row(mod_name, op, count, st, mod_name in units, spiking, T, em, stage_of(mod_name),
-                             is_first=mod_name == first_name, is_head=mod_name == head_name,
-                             first_layer_T=first_layer_T, integer_as=integer_as, head_as=head_as))
+            rows.append(
+                _row(
+                    mod_name,
+                    op,
+                    count,
+                    st,
+                    mod_name in units,
+                    spiking,
+                    T,
+                    em,
+                    stage_of(mod_name),
+                    is_first=mod_name == first_name,
+                    is_head=mod_name == head_name,
+                    first_layer_T=first_layer_T,
+                    integer_as=integer_as,
+                    head_as=head_as,
+                )
+            )
 
     spike_stats = [s for s in stats.values() if s.kind == SPIKE]
-    mean_rate = (sum(s.total for s in spike_stats) / sum(s.numel for s in spike_stats)) if spike_stats else None
+    mean_rate = (
+        (sum(s.total for s in spike_stats) / sum(s.numel for s in spike_stats)) if spike_stats else None
+    )
     unsupported = dict(unsupported)
     if unsupported:
-        warnings.warn("svm_models.accounting: ops without a handle were counted as 0: "
-                      + ", ".join(f"{k} x{v}" for k, v in unsupported.items()), stacklevel=2)
+        warnings.warn(
+            "svm_models.accounting: ops without a handle were counted as 0: "
+            + ", ".join(f"{k} x{v}" for k, v in unsupported.items()),
+            stacklevel=2,
+        )
     conventions = {
         "mac_convention": "1 multiply-accumulate = 1 FLOP (fvcore)",
         "first_layer_T": first_layer_T,
@@ -338,8 +389,23 @@ def profile(
     )
 
 
-def _row(name, op, count, st, is_unit, spiking, T, em, stage, *, is_first, is_head, first_layer_T, integer_as,
-         head_as) -> LayerRow:
+def _row(
+    name,
+    op,
+    count,
+    st,
+    is_unit,
+    spiking,
+    T,
+    em,
+    stage,
+    *,
+    is_first,
+    is_head,
+    first_layer_T,
+    integer_as,
+    head_as,
+) -> LayerRow:
     count = float(count)
     if op == NEURON_OP:
         return LayerRow(name, op, stage, "-", "none", None, 0.0, 0.0, 0.0, 0.0, 0.0, neuron_updates=count)
@@ -351,9 +417,16 @@ def _row(name, op, count, st, is_unit, spiking, T, em, stage, *, is_first, is_he
         mac_ops = count if first_layer_T else count / T
     elif input_linear and is_head and head_as == "mac":
         pass
-    elif input_linear and st is not None and spiking and (kind == SPIKE or (kind == INTEGER and integer_as == "ac")):
+    elif (
+        input_linear
+        and st is not None
+        and spiking
+        and (kind == SPIKE or (kind == INTEGER and integer_as == "ac"))
+    ):
         mac_ops, sops, cost = 0.0, st.rate * count, "ac"
-    return LayerRow(name, op, stage, kind, cost, rate, count, mac_ops, sops, em.mac_mj(mac_ops), em.ac_mj(sops))
+    return LayerRow(
+        name, op, stage, kind, cost, rate, count, mac_ops, sops, em.mac_mj(mac_ops), em.ac_mj(sops)
+    )
 
 
 def _product_row(name, op, count, products: ProductStats, em, stage, integer_as) -> LayerRow:
@@ -371,8 +444,11 @@ def _product_row(name, op, count, products: ProductStats, em, stage, integer_as)
         if call_op != op:
             continue
         total += macs
-        drivers = [(mean, kind) for mean, kind in operands
-                   if kind == SPIKE or (kind == INTEGER and integer_as == "ac")]
+        drivers = [
+            (mean, kind)
+            for mean, kind in operands
+            if kind == SPIKE or (kind == INTEGER and integer_as == "ac")
+        ]
         if drivers:
             mean, kind = min(drivers)
             ac_weight += mean * macs
@@ -386,5 +462,16 @@ def _product_row(name, op, count, products: ProductStats, em, stage, integer_as)
     sops, mac_ops = count * ac_weight / total, count * mac_macs / total
     cost = "ac" if mac_macs == 0 else ("mac" if ac_macs == 0 else "mixed")
     rate = ac_weight / ac_macs if ac_macs else None
-    return LayerRow(name, op, stage, "+".join(sorted(kinds)), cost, rate, count, mac_ops, sops,
-                    em.mac_mj(mac_ops), em.ac_mj(sops))
+    return LayerRow(
+        name,
+        op,
+        stage,
+        "+".join(sorted(kinds)),
+        cost,
+        rate,
+        count,
+        mac_ops,
+        sops,
+        em.mac_mj(mac_ops),
+        em.ac_mj(sops),
+    )

@@ -15,10 +15,11 @@ Input kinds:
 The rate is the mean input value: the firing rate for spikes, the mean spike count per element
 for integer inputs (each spike is one accumulate).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ class _Accumulator:
     """Per-module running sums, kept as device tensors."""
 
     def __init__(self):
-        self.stats: Optional[torch.Tensor] = None  # float64: [sum, nonzero, not_binary, not_nonneg_int]
+        self.stats: torch.Tensor | None = None  # float64: [sum, nonzero, not_binary, not_nonneg_int]
         self.numel = 0
         self.calls = 0
 
@@ -52,12 +53,14 @@ class _Accumulator:
             return
         not_binary = ((x != 0) & (x != 1)).any()
         not_nonneg_int = ((x < 0) | (x != torch.round(x))).any()
-        batch = torch.stack([
-            x.sum(dtype=torch.float64),
-            (x != 0).sum().to(torch.float64),
-            not_binary.to(torch.float64),
-            not_nonneg_int.to(torch.float64),
-        ])
+        batch = torch.stack(
+            [
+                x.sum(dtype=torch.float64),
+                (x != 0).sum().to(torch.float64),
+                not_binary.to(torch.float64),
+                not_nonneg_int.to(torch.float64),
+            ]
+        )
         if self.stats is None:
             self.stats = batch
         else:
@@ -76,16 +79,16 @@ class RateRecorder:
     >>> rec.finalize()["fc"].rate
     """
 
-    def __init__(self, modules: Dict[str, nn.Module]):
+    def __init__(self, modules: dict[str, nn.Module]):
         self.modules = dict(modules)
-        self._acc: Dict[str, _Accumulator] = {name: _Accumulator() for name in self.modules}
-        self._handles: List = []
-        self.call_order: List[str] = []  # names in order of their first call
+        self._acc: dict[str, _Accumulator] = {name: _Accumulator() for name in self.modules}
+        self._handles: list = []
+        self.call_order: list[str] = []  # names in order of their first call
 
     def _hook(self, name: str):
         acc = self._acc[name]
 
-        def hook(module: nn.Module, args: Tuple) -> None:
+        def hook(module: nn.Module, args: tuple) -> None:
             if not args or not isinstance(args[0], torch.Tensor):
                 return
             if acc.calls == 0:
@@ -94,7 +97,7 @@ class RateRecorder:
 
         return hook
 
-    def __enter__(self) -> "RateRecorder":
+    def __enter__(self) -> RateRecorder:
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_pre_hook(self._hook(name)))
         return self
@@ -107,7 +110,7 @@ class RateRecorder:
             h.remove()
         self._handles = []
 
-    def finalize(self) -> Dict[str, InputStats]:
+    def finalize(self) -> dict[str, InputStats]:
         """Per-module statistics of everything recorded so far (one device-to-host transfer)."""
         called = [(n, a) for n, a in self._acc.items() if a.stats is not None]
         if not called:
@@ -116,12 +119,18 @@ class RateRecorder:
         out = {}
         for (name, acc), (total, nonzero, not_binary, not_int) in zip(called, host):
             kind = SPIKE if not not_binary else (INTEGER if not not_int else REAL)
-            out[name] = InputStats(kind=kind, rate=total / acc.numel, nonzero_rate=nonzero / acc.numel,
-                                   numel=acc.numel, total=total, calls=acc.calls)
+            out[name] = InputStats(
+                kind=kind,
+                rate=total / acc.numel,
+                nonzero_rate=nonzero / acc.numel,
+                numel=acc.numel,
+                total=total,
+                calls=acc.calls,
+            )
         return out
 
 
-def modules_of_types(model: nn.Module, types: Iterable[type]) -> Dict[str, nn.Module]:
+def modules_of_types(model: nn.Module, types: Iterable[type]) -> dict[str, nn.Module]:
     """Named modules of ``model`` that are instances of ``types`` (first name of shared modules)."""
     types = tuple(types)
     return {name: m for name, m in model.named_modules() if isinstance(m, types)}
@@ -131,17 +140,25 @@ def modules_of_types(model: nn.Module, types: Iterable[type]) -> Dict[str, nn.Mo
 # Operands of matrix products inside modules (spiking attention: Q K^T V on spikes)
 
 # torch function name -> the op name fvcore's count carries for it
-_PRODUCTS = {"matmul": "matmul", "__matmul__": "matmul", "__rmatmul__": "matmul", "mm": "mm", "bmm": "bmm",
-             "einsum": "einsum"}
+_PRODUCTS = {
+    "matmul": "matmul",
+    "__matmul__": "matmul",
+    "__rmatmul__": "matmul",
+    "mm": "mm",
+    "bmm": "bmm",
+    "einsum": "einsum",
+}
 
 
 def _operand_stats(x: torch.Tensor) -> torch.Tensor:
     """[mean, not_binary, not_nonneg_int] of x, on its device (float64)."""
-    return torch.stack([
-        x.sum(dtype=torch.float64) / max(x.numel(), 1),
-        ((x != 0) & (x != 1)).any().to(torch.float64),
-        ((x < 0) | (x != torch.round(x))).any().to(torch.float64),
-    ])
+    return torch.stack(
+        [
+            x.sum(dtype=torch.float64) / max(x.numel(), 1),
+            ((x != 0) & (x != 1)).any().to(torch.float64),
+            ((x < 0) | (x != torch.round(x))).any().to(torch.float64),
+        ]
+    )
 
 
 def _product_macs(name: str, args, out: torch.Tensor) -> int:
@@ -152,7 +169,9 @@ def _product_macs(name: str, args, out: torch.Tensor) -> int:
             ops = ops[0]
         sizes = {}
         for term, t in zip(eq.replace(" ", "").split("->")[0].split(","), ops):
-            for letter, size in zip(term.replace("...", ""), t.shape[-len(term.replace("...", "")):] if term else ()):
+            for letter, size in zip(
+                term.replace("...", ""), t.shape[-len(term.replace("...", "")) :] if term else ()
+            ):
                 sizes[letter] = size
         macs = 1
         for size in sizes.values():
@@ -170,7 +189,7 @@ class ProductStats:
     operand, (mean value, kind).
     """
 
-    calls: List[Tuple[str, int, List[Tuple[float, str]]]]
+    calls: list[tuple[str, int, list[tuple[float, str]]]]
 
 
 class OperandRecorder:
@@ -182,12 +201,12 @@ class OperandRecorder:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self._stack: List[str] = []
-        self._records: List[Tuple[str, str, int, List[torch.Tensor]]] = []
-        self._handles: List = []
+        self._stack: list[str] = []
+        self._records: list[tuple[str, str, int, list[torch.Tensor]]] = []
+        self._handles: list = []
         self._mode = None
 
-    def __enter__(self) -> "OperandRecorder":
+    def __enter__(self) -> OperandRecorder:
         from torch.overrides import TorchFunctionMode
 
         recorder = self
@@ -232,16 +251,16 @@ class OperandRecorder:
             stats = [_operand_stats(t.detach()) for t in operands]
         self._records.append((self._stack[-1], _PRODUCTS[name], _product_macs(name, args, out), stats))
 
-    def finalize(self) -> Dict[str, ProductStats]:
+    def finalize(self) -> dict[str, ProductStats]:
         if not self._records:
             return {}
         flat = [s for *_, stats in self._records for s in stats]
         host = torch.stack(flat).cpu().tolist() if flat else []
-        out: Dict[str, ProductStats] = {}
+        out: dict[str, ProductStats] = {}
         i = 0
         for module, op, macs, stats in self._records:
             operands = []
-            for mean, not_binary, not_int in host[i:i + len(stats)]:
+            for mean, not_binary, not_int in host[i : i + len(stats)]:
                 operands.append((mean, SPIKE if not not_binary else (INTEGER if not not_int else REAL)))
             i += len(stats)
             out.setdefault(module, ProductStats([])).calls.append((op, macs, operands))

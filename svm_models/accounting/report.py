@@ -1,10 +1,10 @@
 """The accounting report: totals per image, per-layer rows, per-stage sums, JSON, Markdown, PNG."""
+
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 from .energy import EnergyModel
 
@@ -23,7 +23,7 @@ class LayerRow:
     stage: str
     kind: str  # input kind: "spike", "integer", "real" ("-" for LIF rows)
     cost: str  # "mac", "ac" or "none"
-    rate: Optional[float]  # mean input value of the module (None: not a hooked module)
+    rate: float | None  # mean input value of the module (None: not a hooked module)
     macs: float
     mac_ops: float
     sops: float
@@ -51,7 +51,7 @@ class StageRow:
         return self.energy_mac_mj + self.energy_ac_mj
 
     @property
-    def ac_rate(self) -> Optional[float]:
+    def ac_rate(self) -> float | None:
         """SOPs per dense MAC of the AC-costed layers (the MAC-weighted mean input rate)."""
         return None if self.macs == self.mac_ops else self.sops / (self.macs - self.mac_ops)
 
@@ -64,22 +64,22 @@ class Report:
     params: int
     T: int
     spiking: bool
-    input_shape: Tuple[int, ...]  # one image, (C, H, W)
+    input_shape: tuple[int, ...]  # one image, (C, H, W)
     images: int  # images the firing rates were averaged over (0: no rate pass)
     rates_from: str
     energy_model: EnergyModel
-    conventions: Dict[str, object]
+    conventions: dict[str, object]
     macs: float  # dense MACs (fvcore), all time steps
     mac_ops: float  # of which costed as MACs
     sops: float  # synaptic (accumulate) operations
     energy_mac_mj: float
     energy_ac_mj: float
     neuron_updates: float
-    mean_firing_rate: Optional[float]  # element-weighted over every spike input
-    rows: List[LayerRow] = field(default_factory=list)
-    unsupported_ops: Dict[str, int] = field(default_factory=dict)
-    top1: Optional[float] = None  # top-1 accuracy (%) of the rate pass, when labels were given
-    notes: List[str] = field(default_factory=list)
+    mean_firing_rate: float | None  # element-weighted over every spike input
+    rows: list[LayerRow] = field(default_factory=list)
+    unsupported_ops: dict[str, int] = field(default_factory=dict)
+    top1: float | None = None  # top-1 accuracy (%) of the rate pass, when labels were given
+    notes: list[str] = field(default_factory=list)
 
     # ---- derived views
 
@@ -88,9 +88,9 @@ class Report:
         return self.energy_mac_mj + self.energy_ac_mj
 
     @property
-    def stages(self) -> List[StageRow]:
+    def stages(self) -> list[StageRow]:
         """Rows summed per stage, in the order the stages first appear."""
-        out: Dict[str, StageRow] = {}
+        out: dict[str, StageRow] = {}
         for r in self.rows:
             s = out.setdefault(r.stage, StageRow(r.stage, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
             s.macs += r.macs
@@ -101,7 +101,7 @@ class Report:
             s.energy_ac_mj += r.energy_ac_mj
         return list(out.values())
 
-    def totals(self) -> Dict[str, object]:
+    def totals(self) -> dict[str, object]:
         return {
             "params": self.params,
             "macs": self.macs,
@@ -116,7 +116,7 @@ class Report:
 
     # ---- serialisation
 
-    def to_dict(self) -> Dict[str, object]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "model": self.model,
             "per_image": self.totals(),
@@ -134,7 +134,7 @@ class Report:
             "notes": list(self.notes),
         }
 
-    def to_json(self, indent: Optional[int] = 2) -> str:
+    def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=_json_default)
 
     def summary(self) -> str:
@@ -154,17 +154,24 @@ class Report:
         lines.append(f"| MACs (dense, all time steps) | {_g(self.macs)} G |")
         lines.append(f"| costed as MAC | {_g(self.mac_ops)} G |")
         lines.append(f"| SOPs (costed as AC) | {_g(self.sops)} G |")
-        lines.append(f"| energy | {self.energy_mj:.4f} mJ (MAC {self.energy_mac_mj:.4f} + AC {self.energy_ac_mj:.4f}) |")
+        lines.append(
+            f"| energy | {self.energy_mj:.4f} mJ (MAC {self.energy_mac_mj:.4f} + AC {self.energy_ac_mj:.4f}) |"
+        )
         lines.append(f"| mean firing rate | {_rate(self.mean_firing_rate)} |")
         lines.append(f"| neuron updates | {_g(self.neuron_updates)} G |")
         if self.top1 is not None:
             lines.append(f"| top-1 (rate pass) | {self.top1:.2f}% |")
-        lines.append(f"| energy model | {em.name}: E_MAC {em.e_mac_pj} pJ, E_AC {em.e_ac_pj} pJ ({em.source}) |")
+        lines.append(
+            f"| energy model | {em.name}: E_MAC {em.e_mac_pj} pJ, E_AC {em.e_ac_pj} pJ ({em.source}) |"
+        )
         lines.append(f"| firing rates from | {self.rates_from} |")
         conv = ", ".join(f"{k}={v}" for k, v in self.conventions.items())
         lines.append(f"| conventions | {conv} |")
-        lines += ["", "| stage | MACs (M) | as MAC (M) | SOPs (M) | AC rate | neuron updates (M) | E_MAC (mJ) | E_AC (mJ) | energy (mJ) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| stage | MACs (M) | as MAC (M) | SOPs (M) | AC rate | neuron updates (M) | E_MAC (mJ) | E_AC (mJ) | energy (mJ) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for s in self.stages:
             lines.append(
                 f"| {s.stage} | {_m(s.macs)} | {_m(s.mac_ops)} | {_m(s.sops)} | {_rate(s.ac_rate)} | "
@@ -172,21 +179,31 @@ class Report:
             )
         if layers:
             shown = [r for r in self.rows if r.macs > 0]
-            lines += ["", "| layer | op | input | rate | MACs (M) | SOPs (M) | energy (mJ) |",
-                      "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+            lines += [
+                "",
+                "| layer | op | input | rate | MACs (M) | SOPs (M) | energy (mJ) |",
+                "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+            ]
             for r in shown:
-                lines.append(f"| {r.name or '(model)'} | {r.op} | {r.kind} ({r.cost}) | {_rate(r.rate)} | "
-                             f"{_m(r.macs)} | {_m(r.sops)} | {r.energy_mj:.6f} |")
+                lines.append(
+                    f"| {r.name or '(model)'} | {r.op} | {r.kind} ({r.cost}) | {_rate(r.rate)} | "
+                    f"{_m(r.macs)} | {_m(r.sops)} | {r.energy_mj:.6f} |"
+                )
             hidden = len(self.rows) - len(shown)
             if hidden:
-                lines.append(f"\n{hidden} neuron rows (no MACs) are left out; their updates are in the stage table.")
+                lines.append(
+                    f"\n{hidden} neuron rows (no MACs) are left out; their updates are in the stage table."
+                )
         if self.unsupported_ops:
-            lines.append("\nUncounted ops (no handle): " + ", ".join(f"{k} x{v}" for k, v in self.unsupported_ops.items()))
+            lines.append(
+                "\nUncounted ops (no handle): "
+                + ", ".join(f"{k} x{v}" for k, v in self.unsupported_ops.items())
+            )
         for note in self.notes:
             lines.append(f"\nNote: {note}")
         return "\n".join(lines) + "\n"
 
-    def plot(self, path: str, title: Optional[str] = None) -> str:
+    def plot(self, path: str, title: str | None = None) -> str:
         """Bar chart of energy per stage (mJ per image), stacked MAC and AC energy; writes a PNG."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -231,5 +248,5 @@ def _m(x: float) -> str:
     return f"{x / 1e6:.3f}"
 
 
-def _rate(x: Optional[float]) -> str:
+def _rate(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"

@@ -1,4 +1,5 @@
 """Datasets of the project: digits (scikit-learn), CIFAR-10/100, Mini-ImageNet. Never downloads."""
+
 from .datasets import (
     DATASETS,
     SPLITS,
@@ -14,6 +15,15 @@ from .datasets import (
 from .errors import DataError
 
 __all__ = [
-    "DATASETS", "SPLITS", "DatasetInfo", "DigitsDataset", "DataError", "build_dataset",
-    "dataset_classes", "dataset_info", "default_transform", "image_transform", "num_classes",
+    "DATASETS",
+    "SPLITS",
+    "DataError",
+    "DatasetInfo",
+    "DigitsDataset",
+    "build_dataset",
+    "dataset_classes",
+    "dataset_info",
+    "default_transform",
+    "image_transform",
+    "num_classes",
 ]

@@ -10,11 +10,12 @@ Layout under ``root_path`` (the original project's ``data/`` folder)::
 Splits: ``train``, ``val`` and ``test``. Mini-ImageNet has all three folders. digits and CIFAR have
 no validation split: ``val`` is their test split, which is what the papers report.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset
@@ -37,17 +38,23 @@ class DatasetInfo:
 DATASETS = {
     "digits": DatasetInfo("digits", 10, 32, "scikit-learn's bundled digits (no files needed)"),
     "cifar10": DatasetInfo(
-        "cifar10", 10, 32,
+        "cifar10",
+        10,
+        32,
         "<root>/cifar-10/cifar-10-batches-py/{data_batch_1..data_batch_5, test_batch, batches.meta} "
         "(the python version of CIFAR-10, as unpacked from cifar-10-python.tar.gz)",
     ),
     "cifar100": DatasetInfo(
-        "cifar100", 100, 32,
+        "cifar100",
+        100,
+        32,
         "<root>/cifar-100/cifar-100-python/{train, test, meta} "
         "(the python version of CIFAR-100, as unpacked from cifar-100-python.tar.gz)",
     ),
     "mini_imagenet": DatasetInfo(
-        "mini_imagenet", 100, 224,
+        "mini_imagenet",
+        100,
+        224,
         "<root>/Mini-ImageNet-Dataset/{train,val,test}/<class folder>/*.jpg "
         "(the same class folders in every split)",
     ),
@@ -77,7 +84,7 @@ class DigitsDataset(Dataset):
 
     classes = DIGITS_CLASSES
 
-    def __init__(self, split: str, img_size: int = 32, transform: Optional[Callable] = None):
+    def __init__(self, split: str, img_size: int = 32, transform: Callable | None = None):
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
@@ -85,8 +92,10 @@ class DigitsDataset(Dataset):
         images = torch.from_numpy(digits.images).float() / 16.0  # (N, 8, 8), 0..16 -> 0..1
         labels = torch.from_numpy(digits.target).long()
         idx_train, idx_test = train_test_split(
-            list(range(len(labels))), test_size=DIGITS_TEST_FRACTION,
-            stratify=digits.target, random_state=DIGITS_SPLIT_SEED,
+            list(range(len(labels))),
+            test_size=DIGITS_TEST_FRACTION,
+            stratify=digits.target,
+            random_state=DIGITS_SPLIT_SEED,
         )
         idx = torch.tensor(idx_train if split == "train" else idx_test)
         self.images = T.upscale_digits(images[idx], img_size)
@@ -96,7 +105,7 @@ class DigitsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = self.images[i]
         if self.transform is not None:
             x = self.transform(x)
@@ -129,17 +138,21 @@ class CIFAR100Files(tvd.CIFAR100):
 _CIFAR = {"cifar10": (CIFAR10Files, "cifar-10"), "cifar100": (CIFAR100Files, "cifar-100")}
 
 
-def _cifar_folder(name: str, root: str) -> Tuple[type, str]:
+def _cifar_folder(name: str, root: str) -> tuple[type, str]:
     cls, sub = _CIFAR[name]
     parent = os.path.join(root, sub)
     folder = os.path.join(parent, cls.base_folder)
     needed = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
     if not os.path.isdir(folder):
-        raise DataError(f"{name} data not found: no folder {folder}; expected layout: {DATASETS[name].layout}")
+        raise DataError(
+            f"{name} data not found: no folder {folder}; expected layout: {DATASETS[name].layout}"
+        )
     if missing:
-        raise DataError(f"{name} data incomplete: missing {', '.join(missing)} in {folder}; "
-                        f"expected layout: {DATASETS[name].layout}")
+        raise DataError(
+            f"{name} data incomplete: missing {', '.join(missing)} in {folder}; "
+            f"expected layout: {DATASETS[name].layout}"
+        )
     return cls, parent
 
 
@@ -148,8 +161,10 @@ def _load_cifar(name: str, root: str, train: bool, transform) -> Dataset:
     try:
         return cls(parent, train=train, transform=transform, download=False)
     except Exception as e:  # unpickling errors, wrong keys or shapes in a batch
-        raise DataError(f"{name} files under {os.path.join(parent, cls.base_folder)} could not be read: "
-                        f"{type(e).__name__}: {e}") from None
+        raise DataError(
+            f"{name} files under {os.path.join(parent, cls.base_folder)} could not be read: "
+            f"{type(e).__name__}: {e}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,12 +174,14 @@ def _mini_imagenet_split(root: str, split: str) -> str:
     base = os.path.join(root, "Mini-ImageNet-Dataset")
     folder = os.path.join(base, split)
     if not os.path.isdir(folder):
-        raise DataError(f"mini_imagenet data not found: no folder {folder}; "
-                        f"expected layout: {DATASETS['mini_imagenet'].layout}")
+        raise DataError(
+            f"mini_imagenet data not found: no folder {folder}; "
+            f"expected layout: {DATASETS['mini_imagenet'].layout}"
+        )
     return folder
 
 
-def _class_folders(folder: str) -> List[str]:
+def _class_folders(folder: str) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir())
 
 
@@ -172,8 +189,10 @@ def _load_mini_imagenet(root: str, split: str, transform) -> Dataset:
     folder = _mini_imagenet_split(root, split)
     classes = _class_folders(folder)
     if not classes:
-        raise DataError(f"mini_imagenet: {folder} holds no class folders; "
-                        f"expected layout: {DATASETS['mini_imagenet'].layout}")
+        raise DataError(
+            f"mini_imagenet: {folder} holds no class folders; "
+            f"expected layout: {DATASETS['mini_imagenet'].layout}"
+        )
     if split != "train":
         train_classes = _class_folders(_mini_imagenet_split(root, "train"))
         if classes != train_classes:
@@ -211,8 +230,14 @@ def image_transform(name: str, img_size: int):
     return default_transform(name, img_size, train=False)
 
 
-def build_dataset(name: str, split: str, root: str = "data", img_size: Optional[int] = None,
-                  augment: bool = True, transform: Optional[Callable] = None) -> Dataset:
+def build_dataset(
+    name: str,
+    split: str,
+    root: str = "data",
+    img_size: int | None = None,
+    augment: bool = True,
+    transform: Callable | None = None,
+) -> Dataset:
     """One split of a dataset, as a map-style dataset of (image tensor, label).
 
     ``augment`` applies the training augmentation (only ever to ``split="train"``); ``transform``
@@ -232,7 +257,7 @@ def build_dataset(name: str, split: str, root: str = "data", img_size: Optional[
     return _load_mini_imagenet(root, split, transform)
 
 
-def dataset_classes(name: str, root: str = "data") -> List[str]:
+def dataset_classes(name: str, root: str = "data") -> list[str]:
     """The class names of a dataset without loading its images (reads only the metadata)."""
     dataset_info(name)
     if name == "digits":

@@ -11,11 +11,11 @@
 
 torchvision's RandAugment has no magnitude noise (timm's ``mstd``); that is the one difference.
 """
+
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -69,7 +69,9 @@ def upscale_digits(x: torch.Tensor, img_size: int) -> torch.Tensor:
     """(N, 8, 8) gray levels in [0, 1] -> (N, 3, img_size, img_size), normalised."""
     x = x.float().unsqueeze(1)
     if img_size != x.shape[-1]:
-        x = torch.nn.functional.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+        x = torch.nn.functional.interpolate(
+            x, size=(img_size, img_size), mode="bilinear", align_corners=False
+        )
     mean, std = DIGITS_MEAN[0], DIGITS_STD[0]
     return ((x - mean) / std).expand(-1, 3, -1, -1).contiguous()
 

@@ -7,11 +7,22 @@
 * :mod:`.evaluation` -- the test split's accuracy plus the accounting report.
 * :mod:`.inference` -- predicting a folder of images.
 """
+
 from .checkpoint import atomic_save, extract_state_dict, load_weights
 from .config import SCHEMA, ConfigError, load_config, run_dir, validate
 from .engine import NonFiniteLossError, build_model, evaluate, fit
 
 __all__ = [
-    "SCHEMA", "ConfigError", "NonFiniteLossError", "atomic_save", "build_model", "evaluate",
-    "extract_state_dict", "fit", "load_config", "load_weights", "run_dir", "validate",
+    "SCHEMA",
+    "ConfigError",
+    "NonFiniteLossError",
+    "atomic_save",
+    "build_model",
+    "evaluate",
+    "extract_state_dict",
+    "fit",
+    "load_config",
+    "load_weights",
+    "run_dir",
+    "validate",
 ]

@@ -4,11 +4,14 @@ A training checkpoint is a dict ``{model, optimizer, scheduler, epoch, best_acc,
 Weight files given as ``pretrained`` / ``checkpoint`` may also be a bare state_dict or a dict
 holding it under ``model`` or ``state_dict``; a ``module.`` prefix (DDP) is stripped.
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from typing import IO, Any, Callable, Dict, List, Tuple
+from collections.abc import Callable
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -25,16 +28,14 @@ def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     try:  # make the rename itself durable
         dfd = os.open(folder, os.O_RDONLY)
@@ -67,7 +68,7 @@ def load_file(path: str, what: str = "checkpoint") -> Any:
         raise ConfigError(f"cannot load {what} {path}: {first}") from None
 
 
-def extract_state_dict(obj: Any, path: str = "") -> Dict[str, torch.Tensor]:
+def extract_state_dict(obj: Any, path: str = "") -> dict[str, torch.Tensor]:
     """The model weights in a loaded file: a bare state_dict, or under ``model`` / ``state_dict``."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
@@ -75,14 +76,18 @@ def extract_state_dict(obj: Any, path: str = "") -> Dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{path or 'checkpoint'} holds no state_dict (expected a dict of tensors, "
-                          "or a dict with a 'model' or 'state_dict' entry)")
+        raise ConfigError(
+            f"{path or 'checkpoint'} holds no state_dict (expected a dict of tensors, "
+            "or a dict with a 'model' or 'state_dict' entry)"
+        )
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
-def load_weights(model: nn.Module, path: str, strict: bool = True, what: str = "checkpoint") -> Tuple[List[str], List[str]]:
+def load_weights(
+    model: nn.Module, path: str, strict: bool = True, what: str = "checkpoint"
+) -> tuple[list[str], list[str]]:
     """Load the weights in ``path`` into ``model``.
 
     ``strict=True`` (evaluation): every key must match in name and shape, else ConfigError.
@@ -92,8 +97,9 @@ def load_weights(model: nn.Module, path: str, strict: bool = True, what: str = "
     return load_state(model, extract_state_dict(load_file(path, what), path), strict, f"{what} {path}")
 
 
-def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = True,
-               source: str = "checkpoint") -> Tuple[List[str], List[str]]:
+def load_state(
+    model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True, source: str = "checkpoint"
+) -> tuple[list[str], list[str]]:
     """:func:`load_weights` for a state_dict already in memory (``source`` names it in errors)."""
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -103,8 +109,10 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], strict: bool = 
         problems = []
         if mismatched:
             k = mismatched[0]
-            problems.append(f"{len(mismatched)} shape mismatch(es), e.g. {k}: file {tuple(state[k].shape)} "
-                            f"vs model {tuple(own[k].shape)}")
+            problems.append(
+                f"{len(mismatched)} shape mismatch(es), e.g. {k}: file {tuple(state[k].shape)} "
+                f"vs model {tuple(own[k].shape)}"
+            )
         if missing:
             problems.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
         if unexpected:

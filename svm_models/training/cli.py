@@ -3,11 +3,12 @@
 User-fixable problems (a bad config, a missing file or dataset) print ``error: <one line>`` on
 stderr and exit with status 2, without a traceback; a non-finite loss exits with status 1.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 from ..data import DataError
 from .config import ConfigError
@@ -21,7 +22,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)`` and turn the known failures into one line and an exit status."""
     try:
         return main(argv) or 0

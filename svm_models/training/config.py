@@ -4,13 +4,14 @@ Every problem is a :class:`ConfigError` with a one-line message; the scripts pri
 ``error: <message>`` and exit with status 2. Paths in a config are relative to the current
 directory.
 """
+
 from __future__ import annotations
 
 import difflib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import yaml
 
@@ -21,7 +22,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Key:
-    types: Tuple[type, ...]
+    types: tuple[type, ...]
     default: Any = None
     required: bool = False
     nullable: bool = False
@@ -31,7 +32,7 @@ class Key:
 _NUM = (int, float)
 
 # The original project's keys come first, then the ones this package adds.
-SCHEMA: Dict[str, Key] = {
+SCHEMA: dict[str, Key] = {
     "task_name": Key((str,), required=True, doc="experiment name; outputs go to output_dir/task_name/"),
     "model": Key((str,), required=True, doc="a registered model name (svm_models.list_models())"),
     "dataset": Key((str,), required=True, doc="digits | cifar10 | cifar100 | mini_imagenet"),
@@ -40,8 +41,9 @@ SCHEMA: Dict[str, Key] = {
     "batch_size": Key((int,), 64, doc="global batch size (split over the processes of a torchrun job)"),
     "lr": Key(_NUM, 1e-3, doc="peak learning rate (AdamW)"),
     "pretrained": Key((bool, str), False, doc="true: start from `checkpoint`; a path: start from it"),
-    "checkpoint": Key((str,), None, nullable=True,
-                      doc="weights file; test/predict default to output_dir/task_name/best.pt"),
+    "checkpoint": Key(
+        (str,), None, nullable=True, doc="weights file; test/predict default to output_dir/task_name/best.pt"
+    ),
     "epochs": Key((int,), 100),
     "T": Key((int,), None, nullable=True, doc="timesteps of a spiking model (model override T)"),
     "weight_decay": Key(_NUM, 0.05, doc="AdamW decay; never applied to biases and 1-D parameters"),
@@ -51,7 +53,9 @@ SCHEMA: Dict[str, Key] = {
     "label_smoothing": Key(_NUM, 0.1),
     "mixup": Key(_NUM, 0.0, doc="mixup alpha; 0 = off"),
     "cutmix": Key(_NUM, 0.0, doc="cutmix alpha; 0 = off (with mixup too, each batch picks one)"),
-    "mixup_off_epoch": Key((int,), None, nullable=True, doc="epoch from which mixup/cutmix stop (null: never)"),
+    "mixup_off_epoch": Key(
+        (int,), None, nullable=True, doc="epoch from which mixup/cutmix stop (null: never)"
+    ),
     "augment": Key((bool,), True, doc="the dataset's training augmentation (see svm_models.data)"),
     "ema": Key(_NUM, 0.0, doc="EMA decay of the weights, e.g. 0.999; 0 = off"),
     "clip_grad": Key(_NUM, None, nullable=True, doc="max gradient norm; null = no clipping"),
@@ -65,7 +69,7 @@ SCHEMA: Dict[str, Key] = {
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "mini_imagenet")
 
 
-def _type_name(types: Tuple[type, ...]) -> str:
+def _type_name(types: tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}
     if types == _NUM:
         return "a number"
@@ -92,44 +96,65 @@ def _coerce(key: str, spec: Key, value: Any) -> Any:
     raise ConfigError(f"'{key}' must be {_type_name(spec.types)}, got {shown}")
 
 
-def _check_ranges(c: Dict[str, Any]) -> None:
+def _check_ranges(c: dict[str, Any]) -> None:
     def need(cond: bool, msg: str):
         if not cond:
             raise ConfigError(msg)
 
-    for k in ("lr", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "mixup", "cutmix",
-              "ema"):
+    for k in (
+        "lr",
+        "weight_decay",
+        "warmup_epochs",
+        "warmup_lr",
+        "min_lr",
+        "label_smoothing",
+        "mixup",
+        "cutmix",
+        "ema",
+    ):
         need(math.isfinite(c[k]), f"'{k}' must be finite, got {c[k]}")
-    need(c["task_name"].strip() != "" and "/" not in c["task_name"] and "\\" not in c["task_name"],
-         f"'task_name' must be a non-empty name without slashes, got {c['task_name']!r}")
-    need(c["dataset"] in DATASET_NAMES,
-         f"'dataset' must be one of {', '.join(DATASET_NAMES)}, got {c['dataset']!r}")
+    need(
+        c["task_name"].strip() != "" and "/" not in c["task_name"] and "\\" not in c["task_name"],
+        f"'task_name' must be a non-empty name without slashes, got {c['task_name']!r}",
+    )
+    need(
+        c["dataset"] in DATASET_NAMES,
+        f"'dataset' must be one of {', '.join(DATASET_NAMES)}, got {c['dataset']!r}",
+    )
     need(c["img_size"] is None or c["img_size"] >= 8, f"'img_size' must be >= 8, got {c['img_size']}")
     need(c["batch_size"] >= 1, f"'batch_size' must be >= 1, got {c['batch_size']}")
     need(c["epochs"] >= 1, f"'epochs' must be >= 1, got {c['epochs']}")
     need(c["lr"] > 0, f"'lr' must be > 0, got {c['lr']}")
     need(c["weight_decay"] >= 0, f"'weight_decay' must be >= 0, got {c['weight_decay']}")
-    need(0 <= c["warmup_epochs"] < c["epochs"],
-         f"'warmup_epochs' must be >= 0 and below epochs ({c['epochs']}), got {c['warmup_epochs']}")
+    need(
+        0 <= c["warmup_epochs"] < c["epochs"],
+        f"'warmup_epochs' must be >= 0 and below epochs ({c['epochs']}), got {c['warmup_epochs']}",
+    )
     need(0 < c["warmup_lr"] <= c["lr"], f"'warmup_lr' must be > 0 and <= lr, got {c['warmup_lr']}")
     need(0 <= c["min_lr"] <= c["lr"], f"'min_lr' must be >= 0 and <= lr, got {c['min_lr']}")
     need(0 <= c["label_smoothing"] < 1, f"'label_smoothing' must be in [0, 1), got {c['label_smoothing']}")
     need(c["mixup"] >= 0, f"'mixup' must be >= 0, got {c['mixup']}")
     need(c["cutmix"] >= 0, f"'cutmix' must be >= 0, got {c['cutmix']}")
     need(0 <= c["ema"] < 1, f"'ema' must be in [0, 1) (0 = off), got {c['ema']}")
-    need(c["clip_grad"] is None or (math.isfinite(c["clip_grad"]) and c["clip_grad"] > 0),
-         f"'clip_grad' must be > 0 or null, got {c['clip_grad']}")
+    need(
+        c["clip_grad"] is None or (math.isfinite(c["clip_grad"]) and c["clip_grad"] > 0),
+        f"'clip_grad' must be > 0 or null, got {c['clip_grad']}",
+    )
     need(c["T"] is None or c["T"] >= 1, f"'T' must be >= 1, got {c['T']}")
     need(c["workers"] >= 0, f"'workers' must be >= 0, got {c['workers']}")
     for k in c["model_args"]:
         need(isinstance(k, str), f"'model_args' keys must be strings, got {k!r}")
-    need("num_classes" not in c["model_args"] and "img_size" not in c["model_args"],
-         "'model_args' must not set num_classes or img_size (they come from dataset and img_size)")
-    need(not ("T" in c["model_args"] and c["T"] is not None),
-         "set T either as the top-level key 'T' or in 'model_args', not both")
+    need(
+        "num_classes" not in c["model_args"] and "img_size" not in c["model_args"],
+        "'model_args' must not set num_classes or img_size (they come from dataset and img_size)",
+    )
+    need(
+        not ("T" in c["model_args"] and c["T"] is not None),
+        "set T either as the top-level key 'T' or in 'model_args', not both",
+    )
 
 
-def validate(raw: Any, source: str = "config") -> Dict[str, Any]:
+def validate(raw: Any, source: str = "config") -> dict[str, Any]:
     """Check a parsed config against :data:`SCHEMA`; returns a full dict with defaults filled."""
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else type(raw).__name__
@@ -154,14 +179,14 @@ def validate(raw: Any, source: str = "config") -> Dict[str, Any]:
     return out
 
 
-def load_config(path: str) -> Dict[str, Any]:
+def load_config(path: str) -> dict[str, Any]:
     """Read and validate a YAML config file."""
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
     if not os.path.isfile(path):
         raise ConfigError(f"config path is not a file: {path}")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -173,7 +198,7 @@ def load_config(path: str) -> Dict[str, Any]:
     return validate(raw, path)
 
 
-def run_dir(cfg: Dict[str, Any]) -> str:
+def run_dir(cfg: dict[str, Any]) -> str:
     """``output_dir/task_name``: where checkpoints, logs and reports go."""
     return os.path.join(cfg["output_dir"], cfg["task_name"])
 
@@ -194,7 +219,7 @@ def require_dir(path: str, what: str) -> str:
     return path
 
 
-def pretrained_path(cfg: Dict[str, Any]) -> Optional[str]:
+def pretrained_path(cfg: dict[str, Any]) -> str | None:
     """The weights train.py starts from: ``pretrained: <path>``, or `checkpoint` with ``pretrained: true``."""
     p = cfg["pretrained"]
     if p is False:

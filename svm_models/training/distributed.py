@@ -3,6 +3,7 @@
 Launched as ``torchrun --nproc_per_node=N train.py --config ...``, each process reads RANK,
 WORLD_SIZE and LOCAL_RANK from the environment; a plain ``python train.py`` is world size 1.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,12 @@ def setup() -> DistInfo:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world,
-                                **({"device_id": device} if cuda else {}))
+        dist.init_process_group(
+            backend="nccl" if cuda else "gloo",
+            rank=rank,
+            world_size=world,
+            **({"device_id": device} if cuda else {}),
+        )
     return DistInfo(rank, world, local, device)
 
 

@@ -4,14 +4,16 @@ Reproducibility: every epoch reseeds (Python, NumPy, torch, the sampler) from ``
 so the randomness of epoch e does not depend on how the run got there, and ``--resume`` from
 ``last.pt`` continues exactly as if the run had never stopped (bit for bit on the CPU).
 """
+
 from __future__ import annotations
 
 import math
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,60 +45,83 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def img_size_of(cfg: Dict[str, Any]) -> int:
+def img_size_of(cfg: dict[str, Any]) -> int:
     return cfg["img_size"] or D.dataset_info(cfg["dataset"]).default_img_size
 
 
-def build_model(cfg: Dict[str, Any], num_classes: int) -> nn.Module:
+def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """``svm_models.create_model(model, num_classes, img_size, T=..., **model_args)``."""
     import svm_models
 
     if cfg["model"] not in svm_models.list_models():
-        raise ConfigError(f"unknown model {cfg['model']!r}; registered models: {', '.join(svm_models.list_models())}")
+        raise ConfigError(
+            f"unknown model {cfg['model']!r}; registered models: {', '.join(svm_models.list_models())}"
+        )
     args = dict(cfg["model_args"])
     if cfg["T"] is not None:
         args["T"] = cfg["T"]
     try:
-        return svm_models.create_model(cfg["model"], num_classes=num_classes, img_size=img_size_of(cfg), **args)
+        return svm_models.create_model(
+            cfg["model"], num_classes=num_classes, img_size=img_size_of(cfg), **args
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build model {cfg['model']!r} with these settings: {e}") from None
 
 
-def build_split(cfg: Dict[str, Any], split: str, augment: Optional[bool] = None) -> Dataset:
+def build_split(cfg: dict[str, Any], split: str, augment: bool | None = None) -> Dataset:
     if augment is None:
         augment = cfg["augment"]
-    return D.build_dataset(cfg["dataset"], split, root=cfg["root_path"], img_size=img_size_of(cfg),
-                           augment=augment and split == "train")
+    return D.build_dataset(
+        cfg["dataset"],
+        split,
+        root=cfg["root_path"],
+        img_size=img_size_of(cfg),
+        augment=augment and split == "train",
+    )
 
 
-def per_process_batch(cfg: Dict[str, Any], info: dist_utils.DistInfo) -> int:
+def per_process_batch(cfg: dict[str, Any], info: dist_utils.DistInfo) -> int:
     b = cfg["batch_size"]
     if b % info.world_size:
-        raise ConfigError(f"'batch_size' ({b}) must be divisible by the number of processes ({info.world_size})")
+        raise ConfigError(
+            f"'batch_size' ({b}) must be divisible by the number of processes ({info.world_size})"
+        )
     return b // info.world_size
 
 
-def train_loader(ds: Dataset, cfg: Dict[str, Any], info: dist_utils.DistInfo) -> DataLoader:
+def train_loader(ds: Dataset, cfg: dict[str, Any], info: dist_utils.DistInfo) -> DataLoader:
     """Shuffled by a DistributedSampler (also for one process): the order is a function of
     (seed, epoch) only. The last incomplete batch is dropped when there are at least two full ones."""
     batch = per_process_batch(cfg, info)
     shard = math.ceil(len(ds) / info.world_size)
-    sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg["seed"], drop_last=False)
-    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=cfg["workers"],
-                      pin_memory=info.device.type == "cuda", drop_last=shard >= 2 * batch,
-                      persistent_workers=False)
+    sampler = DistributedSampler(
+        ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg["seed"], drop_last=False
+    )
+    return DataLoader(
+        ds,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=cfg["workers"],
+        pin_memory=info.device.type == "cuda",
+        drop_last=shard >= 2 * batch,
+        persistent_workers=False,
+    )
 
 
-def eval_loader(ds: Dataset, cfg: Dict[str, Any], info: dist_utils.DistInfo) -> DataLoader:
+def eval_loader(ds: Dataset, cfg: dict[str, Any], info: dist_utils.DistInfo) -> DataLoader:
     """Each process takes every world_size-th image (no padding, so the metrics are exact)."""
     if info.distributed:
         ds = Subset(ds, range(info.rank, len(ds), info.world_size))
-    return DataLoader(ds, batch_size=per_process_batch(cfg, info), shuffle=False,
-                      num_workers=cfg["workers"], pin_memory=info.device.type == "cuda")
+    return DataLoader(
+        ds,
+        batch_size=per_process_batch(cfg, info),
+        shuffle=False,
+        num_workers=cfg["workers"],
+        pin_memory=info.device.type == "cuda",
+    )
 
 
-def autocast(cfg: Dict[str, Any], device: torch.device):
+def autocast(cfg: dict[str, Any], device: torch.device):
     if cfg["amp"] and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -110,7 +135,7 @@ def _all_finite(model: nn.Module) -> bool:
     return all(torch.isfinite(t).all() for t in unwrap(model).state_dict().values() if t.is_floating_point())
 
 
-def batch_mixing(cfg: Dict[str, Any], num_classes: int, epoch: int):
+def batch_mixing(cfg: dict[str, Any], num_classes: int, epoch: int):
     """MixUp and/or CutMix on whole batches (soft targets), until ``mixup_off_epoch``; None if off."""
     if cfg["mixup_off_epoch"] is not None and epoch >= cfg["mixup_off_epoch"]:
         return None
@@ -129,8 +154,18 @@ def batch_mixing(cfg: Dict[str, Any], num_classes: int, epoch: int):
 # ----------------------------------------------------------------------------------------------
 # one epoch / evaluation
 # ----------------------------------------------------------------------------------------------
-def train_one_epoch(model, loader, optimizer, scheduler, cfg, info, epoch, num_classes,
-                    ema: Optional[AveragedModel] = None, progress: bool = True) -> Dict[str, float]:
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    cfg,
+    info,
+    epoch,
+    num_classes,
+    ema: AveragedModel | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
     from tqdm import tqdm
 
     model.train()
@@ -138,8 +173,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, info, epoch, num_c
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = seen = 0
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not (progress and info.is_main),
-               leave=True, dynamic_ncols=True, unit="batch")
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+        disable=not (progress and info.is_main),
+        leave=True,
+        dynamic_ncols=True,
+        unit="batch",
+    )
     for step, (images, targets) in enumerate(bar):
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)
@@ -170,20 +211,29 @@ def train_one_epoch(model, loader, optimizer, scheduler, cfg, info, epoch, num_c
         seen += n
         if info.is_main:
             rate = seen * info.world_size / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{rate:.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}",
+                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                img_s=f"{rate:.0f}",
+                refresh=False,
+            )
     bar.close()
     elapsed = time.perf_counter() - t0
     totals = torch.tensor([loss_sum.item(), correct, seen], dtype=torch.float64)
     totals = dist_utils.all_reduce_sum(totals, info)
     n_all = max(totals[2].item(), 1.0)
-    return {"train_loss": totals[0].item() / n_all, "train_acc": 100.0 * totals[1].item() / n_all,
-            "epoch_time_s": elapsed, "images_per_s": totals[2].item() / max(elapsed, 1e-9)}
+    return {
+        "train_loss": totals[0].item() / n_all,
+        "train_acc": 100.0 * totals[1].item() / n_all,
+        "epoch_time_s": elapsed,
+        "images_per_s": totals[2].item() / max(elapsed, 1e-9),
+    }
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, cfg: Dict[str, Any], info: dist_utils.DistInfo,
-             num_classes: int) -> Dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, cfg: dict[str, Any], info: dist_utils.DistInfo, num_classes: int
+) -> dict[str, float]:
     """Loss (plain cross-entropy), top-1 and top-5 accuracy in percent, over all processes."""
     model.eval()
     k = min(5, num_classes)
@@ -202,8 +252,12 @@ def evaluate(model: nn.Module, loader: DataLoader, cfg: Dict[str, Any], info: di
         sums[3] += targets.numel()
     sums = dist_utils.all_reduce_sum(sums, info)
     n = max(sums[3].item(), 1.0)
-    return {"val_loss": sums[0].item() / n, "val_top1": 100.0 * sums[1].item() / n,
-            "val_top5": 100.0 * sums[2].item() / n, "n": int(sums[3].item())}
+    return {
+        "val_loss": sums[0].item() / n,
+        "val_top1": 100.0 * sums[1].item() / n,
+        "val_top5": 100.0 * sums[2].item() / n,
+        "n": int(sums[3].item()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,8 +270,13 @@ def _log(info: dist_utils.DistInfo, msg: str) -> None:
         tqdm.write(msg)
 
 
-def fit(cfg: Dict[str, Any], info: Optional[dist_utils.DistInfo] = None, resume: bool = False,
-        progress: bool = True, on_epoch_end: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
+def fit(
+    cfg: dict[str, Any],
+    info: dist_utils.DistInfo | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Train ``cfg`` to completion (or continue from last.pt with ``resume``).
 
     Writes ``last.pt`` (every epoch), ``best.pt`` (when the validation top-1 improves),
@@ -242,13 +301,21 @@ def fit(cfg: Dict[str, Any], info: Optional[dist_utils.DistInfo] = None, resume:
         start = pretrained_path(cfg)
         if start:
             skipped, missing = load_weights(model, start, strict=False, what="pretrained weights")
-            _log(info, f"loaded pretrained weights from {start} ({len(skipped)} skipped, {len(missing)} left as initialised)")
+            _log(
+                info,
+                f"loaded pretrained weights from {start} ({len(skipped)} skipped, {len(missing)} left as initialised)",
+            )
     model.to(info.device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True) if cfg["ema"] > 0 else None
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
+        if cfg["ema"] > 0
+        else None
+    )
     net = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
 
     loader = train_loader(train_ds, cfg, info)
     val_loader = eval_loader(val_ds, cfg, info)
@@ -262,10 +329,15 @@ def fit(cfg: Dict[str, Any], info: Optional[dist_utils.DistInfo] = None, resume:
         ck = load_file(last_path, "checkpoint to resume")
         if not isinstance(ck, dict) or "optimizer" not in ck or "epoch" not in ck:
             raise ConfigError(f"{last_path} is not a training checkpoint")
-        changed = [k for k in ("model", "dataset", "img_size", "model_args", "T", "batch_size", "epochs")
-                   if ck.get("config", {}).get(k) != cfg[k]]
+        changed = [
+            k
+            for k in ("model", "dataset", "img_size", "model_args", "T", "batch_size", "epochs")
+            if ck.get("config", {}).get(k) != cfg[k]
+        ]
         if changed:
-            raise ConfigError(f"--resume: the config differs from the one in {last_path} in {', '.join(changed)}")
+            raise ConfigError(
+                f"--resume: the config differs from the one in {last_path} in {', '.join(changed)}"
+            )
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -279,49 +351,81 @@ def fit(cfg: Dict[str, Any], info: Optional[dist_utils.DistInfo] = None, resume:
         _log(info, f"resuming from {last_path} after epoch {start_epoch} (best top-1 {best_acc:.2f}%)")
 
     n_params = sum(p.numel() for p in model.parameters())
-    _log(info, f"{cfg['task_name']}: {cfg['model']} ({n_params / 1e6:.3f}M params) on {cfg['dataset']} "
-               f"[{len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes], "
-               f"{info.world_size} process(es) on {info.device.type}, {len(loader)} steps/epoch")
+    _log(
+        info,
+        f"{cfg['task_name']}: {cfg['model']} ({n_params / 1e6:.3f}M params) on {cfg['dataset']} "
+        f"[{len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes], "
+        f"{info.world_size} process(es) on {info.device.type}, {len(loader)} steps/epoch",
+    )
 
     for epoch in range(start_epoch, cfg["epochs"]):
         seed_everything(cfg["seed"] + 1000 * epoch + info.rank)
         loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(net, loader, optimizer, scheduler, cfg, info, epoch, num_classes, ema, progress)
+        stats = train_one_epoch(
+            net, loader, optimizer, scheduler, cfg, info, epoch, num_classes, ema, progress
+        )
         train_time += stats["epoch_time_s"]
         eval_model = ema.module if ema is not None else model
         dist_utils.broadcast_module(eval_model, info)  # every process evaluates rank 0's weights
         val = evaluate(eval_model, val_loader, cfg, info, num_classes)
         if not _all_finite(eval_model) or not _all_finite(model):
-            raise NonFiniteLossError(f"the weights became non-finite during epoch {epoch + 1}; training stopped, "
-                                     "no checkpoint was written for this epoch")
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats,
-               **{k: v for k, v in val.items() if k != "n"}}
+            raise NonFiniteLossError(
+                f"the weights became non-finite during epoch {epoch + 1}; training stopped, "
+                "no checkpoint was written for this epoch"
+            )
+        row = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            **stats,
+            **{k: v for k, v in val.items() if k != "n"},
+        }
         history.append(row)
         improved = val["val_top1"] > best_acc
         if improved:
             best_acc, best_epoch = val["val_top1"], epoch + 1
         if info.is_main:
             state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch + 1, "best_acc": best_acc, "best_epoch": best_epoch, "config": dict(cfg),
-                "history": history, "classes": classes, "num_classes": num_classes,
-                "train_time_s": train_time, "version": CHECKPOINT_VERSION,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch + 1,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "config": dict(cfg),
+                "history": history,
+                "classes": classes,
+                "num_classes": num_classes,
+                "train_time_s": train_time,
+                "version": CHECKPOINT_VERSION,
             }
             atomic_save(state, last_path)
             if improved:
                 # best.pt holds the weights that were evaluated (the EMA ones when ema is on).
                 atomic_save(dict(state, model=eval_model.state_dict()), best_path)
             write_csv(history, os.path.join(out, "log.csv"))
-            plot_curves(history, os.path.join(out, "curves.png"), title=f"{cfg['task_name']} ({cfg['model']})")
-        _log(info, f"epoch {epoch + 1}/{cfg['epochs']}: train loss {stats['train_loss']:.4f} "
-                   f"acc {stats['train_acc']:.2f}% | val loss {val['val_loss']:.4f} top-1 {val['val_top1']:.2f}% "
-                   f"top-5 {val['val_top5']:.2f}% | {stats['images_per_s']:.0f} img/s, {stats['epoch_time_s']:.1f}s"
-                   + (" *best*" if improved else ""))
+            plot_curves(
+                history, os.path.join(out, "curves.png"), title=f"{cfg['task_name']} ({cfg['model']})"
+            )
+        _log(
+            info,
+            f"epoch {epoch + 1}/{cfg['epochs']}: train loss {stats['train_loss']:.4f} "
+            f"acc {stats['train_acc']:.2f}% | val loss {val['val_loss']:.4f} top-1 {val['val_top1']:.2f}% "
+            f"top-5 {val['val_top5']:.2f}% | {stats['images_per_s']:.0f} img/s, {stats['epoch_time_s']:.1f}s"
+            + (" *best*" if improved else ""),
+        )
         dist_utils.barrier(info)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
 
-    return {"best_acc": best_acc, "best_epoch": best_epoch, "history": history, "best_path": best_path,
-            "last_path": last_path, "train_time_s": train_time, "num_classes": num_classes,
-            "classes": classes, "model": model}
+    return {
+        "best_acc": best_acc,
+        "best_epoch": best_epoch,
+        "history": history,
+        "best_path": best_path,
+        "last_path": last_path,
+        "train_time_s": train_time,
+        "num_classes": num_classes,
+        "classes": classes,
+        "model": model,
+    }

@@ -2,12 +2,13 @@
 energy accounting report (params, MACs, SOPs, energy per image, per-layer firing rates), printed
 as a table and written as JSON and PNG next to the checkpoints.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,12 +21,13 @@ from .engine import build_model, build_split, eval_loader, evaluate
 ACCOUNTING_IMAGES = 512  # test images the accounting pass averages the firing rates over (at most)
 
 
-def default_checkpoint(cfg: Dict[str, Any]) -> str:
+def default_checkpoint(cfg: dict[str, Any]) -> str:
     return os.path.join(run_dir(cfg), "best.pt")
 
 
-def load_trained_model(cfg: Dict[str, Any], checkpoint: Optional[str] = None,
-                       device: torch.device = torch.device("cpu")):
+def load_trained_model(
+    cfg: dict[str, Any], checkpoint: str | None = None, device: torch.device = torch.device("cpu")
+):
     """Build the config's model and load trained weights (strictly).
 
     Weights: ``checkpoint`` if given, else the config's ``checkpoint``, else
@@ -33,8 +35,12 @@ def load_trained_model(cfg: Dict[str, Any], checkpoint: Optional[str] = None,
     The metadata holds ``classes`` / ``num_classes`` when the file is a checkpoint of train.py.
     """
     path = checkpoint or cfg["checkpoint"] or default_checkpoint(cfg)
-    require_file(path, "checkpoint" if (checkpoint or cfg["checkpoint"]) else
-                 "checkpoint (no 'checkpoint' in the config, so the run's best.pt; train first)")
+    require_file(
+        path,
+        "checkpoint"
+        if (checkpoint or cfg["checkpoint"])
+        else "checkpoint (no 'checkpoint' in the config, so the run's best.pt; train first)",
+    )
     obj = load_file(path, "checkpoint")
     state = extract_state_dict(obj, path)
     meta = obj if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) else {}
@@ -54,7 +60,7 @@ def load_trained_model(cfg: Dict[str, Any], checkpoint: Optional[str] = None,
     return model.to(device).eval(), path, meta
 
 
-def accounting_report(model: nn.Module, loader, cfg: Dict[str, Any]):
+def accounting_report(model: nn.Module, loader, cfg: dict[str, Any]):
     """``svm_models.accounting.profile`` over up to ACCOUNTING_IMAGES test images."""
     from .. import accounting
 
@@ -62,9 +68,15 @@ def accounting_report(model: nn.Module, loader, cfg: Dict[str, Any]):
     return accounting.profile(model, loader, max_batches=max_batches, name=cfg["model"])
 
 
-def run_test(cfg: Dict[str, Any], model: nn.Module, checkpoint_path: str,
-             info: Optional[dist_utils.DistInfo] = None, out_dir: Optional[str] = None,
-             num_classes: Optional[int] = None, prefix: str = "test") -> Dict[str, Any]:
+def run_test(
+    cfg: dict[str, Any],
+    model: nn.Module,
+    checkpoint_path: str,
+    info: dist_utils.DistInfo | None = None,
+    out_dir: str | None = None,
+    num_classes: int | None = None,
+    prefix: str = "test",
+) -> dict[str, Any]:
     """Top-1/top-5 on the test split and the accounting report (firing rates over up to
     ACCOUNTING_IMAGES test images).
 
@@ -78,13 +90,21 @@ def run_test(cfg: Dict[str, Any], model: nn.Module, checkpoint_path: str,
     num_classes = num_classes or getattr(model, "num_classes", None) or len(getattr(ds, "classes", []))
     loader = eval_loader(ds, cfg, info)
     acc = evaluate(model, loader, cfg, info, num_classes)
-    result: Dict[str, Any] = {
-        "task_name": cfg["task_name"], "model": cfg["model"], "dataset": cfg["dataset"],
-        "checkpoint": checkpoint_path, "test_images": acc["n"],
-        "top1": round(acc["val_top1"], 4), "top5": round(acc["val_top5"], 4), "loss": round(acc["val_loss"], 6),
+    result: dict[str, Any] = {
+        "task_name": cfg["task_name"],
+        "model": cfg["model"],
+        "dataset": cfg["dataset"],
+        "checkpoint": checkpoint_path,
+        "test_images": acc["n"],
+        "top1": round(acc["val_top1"], 4),
+        "top5": round(acc["val_top5"], 4),
+        "loss": round(acc["val_loss"], 6),
     }
-    print(f"{cfg['task_name']}: {cfg['model']} on {cfg['dataset']} test split ({acc['n']} images): "
-          f"top-1 {acc['val_top1']:.2f}%  top-5 {acc['val_top5']:.2f}%", flush=True)
+    print(
+        f"{cfg['task_name']}: {cfg['model']} on {cfg['dataset']} test split ({acc['n']} images): "
+        f"top-1 {acc['val_top1']:.2f}%  top-5 {acc['val_top5']:.2f}%",
+        flush=True,
+    )
 
     report = accounting_report(model, loader, cfg)
     print(report.to_markdown(), flush=True)

@@ -3,20 +3,29 @@
 Both are regenerated from the history stored in the checkpoint, so after a resume they hold
 exactly the epochs the checkpoint has seen.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import os
-from typing import Dict, List
 
 from .checkpoint import atomic_write_text
 
-COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
-           "epoch_time_s", "images_per_s"]
+COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "epoch_time_s",
+    "images_per_s",
+]
 
 
-def write_csv(history: List[Dict[str, float]], path: str) -> None:
+def write_csv(history: list[dict[str, float]], path: str) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -25,12 +34,12 @@ def write_csv(history: List[Dict[str, float]], path: str) -> None:
     atomic_write_text(buf.getvalue(), path)
 
 
-def read_csv(path: str) -> List[Dict[str, str]]:
+def read_csv(path: str) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def plot_curves(history: List[Dict[str, float]], path: str, title: str = "") -> None:
+def plot_curves(history: list[dict[str, float]], path: str, title: str = "") -> None:
     """Loss (train/val) and accuracy (train/val top-1, val top-5) against the epoch."""
     import matplotlib
 
@@ -45,7 +54,13 @@ def plot_curves(history: List[Dict[str, float]], path: str, title: str = "") -> 
     b.plot(ep, [r["train_acc"] for r in history], "o-", label="train top-1")
     b.plot(ep, [r["val_top1"] for r in history], "s-", label="val top-1")
     b.plot(ep, [r["val_top5"] for r in history], "^--", label="val top-5", alpha=0.6)
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)"), b.set_title("accuracy"), b.legend(), b.grid(alpha=0.3)
+    (
+        b.set_xlabel("epoch"),
+        b.set_ylabel("accuracy (%)"),
+        b.set_title("accuracy"),
+        b.legend(),
+        b.grid(alpha=0.3),
+    )
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -5,11 +5,13 @@ original project's Mini-ImageNet file), else from the names stored in the checkp
 train.py, else from the dataset's own metadata. A file PIL cannot read is reported and skipped;
 the others are still predicted.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,21 +19,22 @@ from torch import nn
 from .config import ConfigError, require_dir, require_file
 
 
-def read_class_index(path: str, num_classes: Optional[int] = None) -> List[str]:
+def read_class_index(path: str, num_classes: int | None = None) -> list[str]:
     """Class names from a class2index JSON, indexed by class number.
 
     Each value is ``[wnid, name]`` (shown as ``name (wnid)``), a one-element list, or a string.
     """
     require_file(path, "class index json")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read class index json {path}: {e}") from None
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"class index json {path}: expected a mapping like "
-                          '{"0": ["n01532829", "house_finch"], ...}')
-    names: Dict[int, str] = {}
+        raise ConfigError(
+            f'class index json {path}: expected a mapping like {{"0": ["n01532829", "house_finch"], ...}}'
+        )
+    names: dict[int, str] = {}
     for k, v in raw.items():
         try:
             idx = int(k)
@@ -48,13 +51,15 @@ def read_class_index(path: str, num_classes: Optional[int] = None) -> List[str]:
     n = num_classes if num_classes is not None else max(names) + 1
     missing = [i for i in range(n) if i not in names]
     if missing:
-        raise ConfigError(f"class index json {path}: no name for class(es) {missing[:5]} "
-                          f"(the model has {n} classes)")
+        raise ConfigError(
+            f"class index json {path}: no name for class(es) {missing[:5]} (the model has {n} classes)"
+        )
     return [names[i] for i in range(n)]
 
 
-def class_names(cfg: Dict[str, Any], meta: Dict[str, Any], num_classes: int,
-                class_index_json: Optional[str] = None) -> List[str]:
+def class_names(
+    cfg: dict[str, Any], meta: dict[str, Any], num_classes: int, class_index_json: str | None = None
+) -> list[str]:
     if class_index_json:
         return read_class_index(class_index_json, num_classes)
     stored = meta.get("classes")
@@ -71,11 +76,12 @@ def class_names(cfg: Dict[str, Any], meta: Dict[str, Any], num_classes: int,
     return [str(i) for i in range(num_classes)]
 
 
-def list_files(folder: str) -> List[str]:
+def list_files(folder: str) -> list[str]:
     """The files directly in ``folder`` (not recursive), sorted by name; hidden files are left out."""
     require_dir(folder, "image folder")
-    return sorted(os.path.join(folder, e.name) for e in os.scandir(folder)
-                  if e.is_file() and not e.name.startswith("."))
+    return sorted(
+        os.path.join(folder, e.name) for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")
+    )
 
 
 def _open(path: str):
@@ -87,40 +93,60 @@ def _open(path: str):
 
 
 @torch.no_grad()
-def predict_files(model: nn.Module, files: Sequence[str], transform, classes: Sequence[str], topk: int = 5,
-                  batch_size: int = 32, device: torch.device = torch.device("cpu")) -> Tuple[List[dict], List[dict]]:
+def predict_files(
+    model: nn.Module,
+    files: Sequence[str],
+    transform,
+    classes: Sequence[str],
+    topk: int = 5,
+    batch_size: int = 32,
+    device: torch.device = torch.device("cpu"),
+) -> tuple[list[dict], list[dict]]:
     """Returns (predictions, skipped). Each prediction is
     ``{"file", "top": [{"rank", "class_index", "class", "prob"}, ...]}``; each skipped entry is
     ``{"file", "error"}``."""
     model.eval()
     k = max(1, min(topk, len(classes)))
     preds, skipped = [], []
-    tensors: List[Tuple[str, torch.Tensor]] = []
+    tensors: list[tuple[str, torch.Tensor]] = []
     for path in files:
         try:
             tensors.append((path, transform(_open(path))))
         except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), ...
-            skipped.append({"file": path, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+            skipped.append(
+                {"file": path, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            )
     for i in range(0, len(tensors), batch_size):
-        chunk = tensors[i:i + batch_size]
+        chunk = tensors[i : i + batch_size]
         x = torch.stack([t for _, t in chunk]).to(device)
         probs = model(x).float().softmax(dim=1).cpu()
         p, idx = probs.topk(k, dim=1)
         for (path, _), pr, ix in zip(chunk, p.tolist(), idx.tolist()):
-            preds.append({"file": path, "top": [
-                {"rank": r + 1, "class_index": c, "class": classes[c], "prob": round(q, 6)}
-                for r, (q, c) in enumerate(zip(pr, ix))
-            ]})
+            preds.append(
+                {
+                    "file": path,
+                    "top": [
+                        {"rank": r + 1, "class_index": c, "class": classes[c], "prob": round(q, 6)}
+                        for r, (q, c) in enumerate(zip(pr, ix))
+                    ],
+                }
+            )
     return preds, skipped
 
 
-def format_table(preds: List[dict]) -> str:
+def format_table(preds: list[dict]) -> str:
     """A plain-text table: one line per image and rank."""
     rows = [("file", "rank", "class", "prob")]
     for p in preds:
         for t in p["top"]:
-            rows.append((os.path.basename(p["file"]) if t["rank"] == 1 else "", str(t["rank"]),
-                         f"{t['class_index']}: {t['class']}", f"{t['prob']:.4f}"))
+            rows.append(
+                (
+                    os.path.basename(p["file"]) if t["rank"] == 1 else "",
+                    str(t["rank"]),
+                    f"{t['class_index']}: {t['class']}",
+                    f"{t['prob']:.4f}",
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -1,14 +1,15 @@
 """AdamW with the usual decay grouping, and a per-iteration linear-warmup + cosine schedule."""
+
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: decayed weights, and undecayed biases / 1-D parameters (norms, D skips) plus
     anything a model lists in ``no_weight_decay()`` (VMamba's and timm's convention)."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
@@ -24,17 +25,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: Dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
+def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8
+    )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], steps_per_epoch: int) -> LRScheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: dict[str, Any], steps_per_epoch: int
+) -> LRScheduler:
     """Stepped once per iteration: linear from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then a
     cosine from ``lr`` down to ``min_lr`` at the last iteration."""
     total = max(1, cfg["epochs"] * steps_per_epoch)
-    warmup = min(int(round(cfg["warmup_epochs"] * steps_per_epoch)), total - 1)
+    warmup = min(round(cfg["warmup_epochs"] * steps_per_epoch), total - 1)
     cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=cfg["min_lr"])
     if warmup == 0:
         return cosine
-    linear = LinearLR(optimizer, start_factor=cfg["warmup_lr"] / cfg["lr"], end_factor=1.0, total_iters=warmup)
+    linear = LinearLR(
+        optimizer, start_factor=cfg["warmup_lr"] / cfg["lr"], end_factor=1.0, total_iters=warmup
+    )
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
