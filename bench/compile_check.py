@@ -26,15 +26,17 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.autotuner import Autotuner
+from triton.runtime.autotuner import Autotuner, Heuristics
 
 from svm_kernels.lif.fused import fused_lif_bwd_kernel, fused_lif_fwd_kernel
 from svm_kernels.ss2d import fused as ss2d
 
 
 def _jit_fn(kernel):
-    """The JITFunction under an Autotuner (or the kernel itself)."""
-    return kernel.fn if isinstance(kernel, Autotuner) else kernel
+    """The JITFunction under autotuners and heuristics (or the kernel itself)."""
+    while isinstance(kernel, (Autotuner, Heuristics)):
+        kernel = kernel.fn
+    return kernel
 
 
 def _signature(fn, types: dict, constexprs: dict):
@@ -140,13 +142,28 @@ def variants():
         }
         for D, L in ((96, 3136), (384, 196), (96, 256), (384, 16)):
             for lowrank in (True, False):
-                block_d, block_l, warps = ss2d._fwd_config(D, L)
                 flags = dict(LOWRANK=lowrank, HAS_D=True, HAS_BIAS=True, DELTA_SOFTPLUS=True)
+                # the forward's output pass (the state pass is the same walk without C and out)
+                block_d, block_c, _, warps = ss2d._fwd_config(D, L, 1)
+                absent = dict(
+                    dtsum_ptr=None, **({"delta_ptr": None} if lowrank else {"low_ptr": None, "w_ptr": None})
+                )
                 yield (
                     f"ss2d_fwd {dtype} D={D} L={L} lowrank={lowrank}",
-                    ss2d.fused_ss2d_fwd_kernel,
+                    ss2d.ss2d_fwd_chunk_kernel,
                     ptr,
-                    dict(**flags, BLOCK_D=block_d, BLOCK_L=block_l),
+                    dict(
+                        **flags,
+                        **absent,
+                        N=1,
+                        R=6 if lowrank else 1,
+                        NP=1,
+                        OUTPUT=True,
+                        HAS_STATE=True,
+                        ACCUMULATE=False,
+                        BLOCK_D=block_d,
+                        BLOCK_C=block_c,
+                    ),
                     warps,
                     (),
                 )

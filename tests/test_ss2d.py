@@ -283,3 +283,33 @@ def test_torch_compile_traces_without_graph_breaks():
     f(*ref).backward()
     for a, b in zip(leaves, ref):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_opcheck(lowrank):
+    """Schema, fake (meta) kernels with the real strides, autograd registration, AOT dispatch."""
+    inputs = make_inputs(1, 3, 2, 3, 2, lowrank=lowrank)
+    inputs["u"] = inputs["u"].contiguous(memory_format=torch.channels_last)  # du is contiguous
+    params = [v.clone().requires_grad_(True) if v is not None else None for v in inputs.values()]
+    if lowrank:
+        u, dt_low, dt_weight, A, B, C, D, bias = params
+        fwd_args = (u, dt_low, dt_weight, A, B, C, D, bias, True, torch.float32)
+        delta = None
+    else:
+        u, delta, A, B, C, D, bias = params
+        fwd_args = (u, delta, A, B, C, D, bias, True, torch.float32)
+        dt_low = dt_weight = None
+    op = fused._ss2d_lowrank_fwd_op if lowrank else fused._ss2d_fwd_op
+    torch.library.opcheck(op, fwd_args)
+    detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in (u, delta, dt_low, dt_weight)]
+    bwd_args = (
+        torch.randn(u.shape),
+        *detached,
+        A.detach(),
+        B.detach(),
+        C.detach(),
+        D.detach(),
+        bias.detach(),
+        True,
+    )
+    torch.library.opcheck(fused._ss2d_bwd_op, bwd_args)

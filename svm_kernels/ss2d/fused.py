@@ -945,10 +945,6 @@ def _partial_split(D: int, block_d: int, N: int, R: int):
     return triton.cdiv(n_blocks, n_group), n_group
 
 
-def _strides(t: torch.Tensor | None, n: int):
-    return tuple(t.stride()) if t is not None else (0,) * n
-
-
 def _small_f32(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """Parameters (A, D, bias, dt_weight) as contiguous fp32; a dummy pointer when absent."""
     return like.new_empty(1, dtype=torch.float32) if t is None else t.detach().float().contiguous()
@@ -1115,52 +1111,53 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     w_parts = new_buffer(batch, 4, d_inner, RP, device=dev) if lowrank else u.new_empty(1)
     carries = new_buffer(batch * n_parts * 4 * n_chunks * block_d * NP, device=dev)
     dummy = u.new_empty(1, dtype=torch.float32)
-    fused_ss2d_bwd_kernel[(batch, n_parts)](
-        u,
-        delta if delta is not None else dummy,
-        dt_low if lowrank else dummy,
-        _small_f32(dt_weight, u),
-        _small_f32(A, u),
-        B,
-        C,
-        _small_f32(D, u),
-        _small_f32(bias, u),
-        grad_out,
-        du,
-        ddelta,
-        bc_parts,
-        d_low_parts,
-        a_parts,
-        skip_parts,
-        bias_parts,
-        w_parts,
-        carries,
-        *u.stride(),
-        *_strides(delta, 5),
-        *(_strides(ddelta, 5) if not lowrank else (0,) * 5),
-        *_strides(dt_low, 5),
-        *B.stride(),
-        *C.stride(),
-        *grad_out.stride(),
-        batch,
-        d_inner,
-        H,
-        W,
-        N,
-        R,
-        n_parts,
-        n_group,
-        n_chunks,
-        LOWRANK=lowrank,
-        HAS_D=D is not None,
-        HAS_BIAS=bias is not None,
-        DELTA_SOFTPLUS=softplus,
-        BLOCK_D=block_d,
-        CHUNK=chunk,
-        NP=NP,
-        RP=RP,
-        num_warps=num_warps,
-    )
+    with _on_device(u):
+        fused_ss2d_bwd_kernel[(batch, n_parts)](
+            u_ptr=u,
+            delta_ptr=delta if delta is not None else dummy,
+            low_ptr=dt_low if lowrank else dummy,
+            w_ptr=_small_f32(dt_weight, u),
+            A_ptr=_small_f32(A, u),
+            B_ptr=B,
+            C_ptr=C,
+            Ds_ptr=_small_f32(D, u),
+            bias_ptr=_small_f32(bias, u),
+            g_ptr=grad_out,
+            du_ptr=du,
+            ddelta_ptr=ddelta,
+            pBC_ptr=bc_parts,
+            pLow_ptr=d_low_parts,
+            pA_ptr=a_parts,
+            pDs_ptr=skip_parts,
+            pBias_ptr=bias_parts,
+            pW_ptr=w_parts,
+            carry_ptr=carries,
+            **_named_strides("u", u, False, "bdhw"),
+            **_named_strides("d", delta, False, "bkdhw"),
+            **_named_strides("e", None if lowrank else ddelta, False, "bkdhw"),
+            **_named_strides("l", dt_low, False, "bkrhw"),
+            **_named_strides("B", B, False, "bknhw"),
+            **_named_strides("C", C, False, "bknhw"),
+            **_named_strides("g", grad_out, False, "bdhw"),
+            n_batch=batch,
+            D=d_inner,
+            H=H,
+            W=W,
+            N=N,
+            R=R,
+            n_parts=n_parts,
+            n_group=n_group,
+            n_chunks=n_chunks,
+            LOWRANK=lowrank,
+            HAS_D=D is not None,
+            HAS_BIAS=bias is not None,
+            DELTA_SOFTPLUS=softplus,
+            BLOCK_D=block_d,
+            CHUNK=chunk,
+            NP=NP,
+            RP=RP,
+            num_warps=num_warps,
+        )
     # fixed-order sums over channel blocks and images: deterministic
     bc_parts = bc_parts.view(n_parts, batch, 4, 2, N, H, W)
     dB = bc_parts[:, :, :, 0].sum(0).to(B.dtype)  # two sums: two separate tensors, no aliasing
@@ -1259,10 +1256,20 @@ def _ss2d_bwd_op(
     return tuple(_or_empty(g, u) for g in grads)
 
 
+def _grad_like(t: torch.Tensor | None, name: str, u: torch.Tensor) -> torch.Tensor:
+    """An empty gradient with the strides ss2d_bwd gives it: d(delta) keeps delta's layout when
+    delta is dense; every other gradient is a fresh contiguous tensor (a channels_last u too)."""
+    if t is None:
+        return u.new_empty(_EMPTY)
+    if name == "delta" and is_dense(t):
+        return torch.empty_like(t)
+    return t.new_empty(t.shape)
+
+
 @_ss2d_bwd_op.register_fake
 def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
-    like = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
-    return tuple(u.new_empty(_EMPTY) if t is None else torch.empty_like(t) for t in like)
+    like = dict(u=u, delta=delta, dt_low=dt_low, dt_weight=dt_weight, A=A, B=B, C=C, D=D, bias=bias)
+    return tuple(_grad_like(t, name, u) for name, t in like.items())
 
 
 def _backward(ctx, grad_out):
