@@ -1,15 +1,17 @@
 """Fused four-direction selective scan (SS2D): Triton kernels, launchers, autograd, torch.library ops.
 
 Directions come in two *orientations*: row-major (k=0 forward, k=2 its reversal) and
-column-major (k=1, k=3). A program owns one image b and a block of channels, and reads every
-direction's sequence straight from the spatial tensors by index arithmetic (sequence index p ->
-(h, w)), so the four ordered copies of ``cross_scan`` are never made.
+column-major (k=1, k=3). Kernels read every direction's sequence straight from the spatial
+tensors (sequence index p -> (h, w)), so the four ordered copies of ``cross_scan`` are never made.
 
-Forward (``fused_ss2d_fwd_kernel``): the whole sequence of a channel block sits in registers;
-each direction is one ``tl.associative_scan`` (reversed for k=2, 3). The row-major orientation
-writes ``out``; the column-major one adds to it (same program, after a barrier), so ``out`` is
-written once per orientation and no (B, 4, D, L) intermediate exists. With the low-rank variant,
-dt = dt_weight[k] @ dt_low[k] is rebuilt in registers from the R-row projection.
+Forward (``ss2d_fwd_chunk_kernel``, ``ss2d_fwd_chain_kernel``): each orientation's sequence is
+cut into chunks; a program holds a block of channels x a block of chunks across its lanes and
+walks its chunks one position per step (no associative scan, no tile over L, so any H x W).
+A state pass stores each chunk's exit state from a zero entry and its summed dt; a chain pass
+per direction turns them into entering states; the output pass walks the chunks again from
+those, the row-major orientation storing ``out`` and the column-major one adding to it. With
+the low-rank variant, dt = dt_weight[k] @ dt_low[k] is rebuilt per position from R rows shared
+by the program's channels.
 
 Backward (``fused_ss2d_bwd_kernel``): per orientation, two passes over chunks of CHUNK positions.
 Pass 1 walks forward and stores the chunk-start values of the two prefix recurrences (the
