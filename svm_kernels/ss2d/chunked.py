@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .naive import lowrank_delta, softplus_thresholded
+from .naive import softplus_thresholded
 
 # Positions per chunk: the intra-chunk decay matrices hold CHUNK times the state's elements.
 CHUNK = 16
@@ -127,7 +127,7 @@ class _Scan:
 
     def __init__(self, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus):
         dtype = _compute_dtype(u)
-        batch, d_inner, self.H, self.W = u.shape
+        _, d_inner, self.H, self.W = u.shape
         N = A.shape[-1]
         self.u = to_orientations(u.to(dtype).unsqueeze(1).expand(-1, 2, -1, -1, -1))  # (B, O, D, L)
         if dt_low is not None:
@@ -162,7 +162,9 @@ class _Scan:
         dC = (g.unsqueeze(-2) * self.x).sum(3)
         # Adjoint recurrence: the gradient of x[p] flows to x[p -/+ 1] through the decay of that
         # step, i.e. the reversed scan with a_log shifted by one position.
-        a_next = torch.stack((F.pad(self.a_log[:, 0, ..., 1:], (0, 1)), F.pad(self.a_log[:, 1, ..., :-1], (1, 0))), 1)
+        a_next = torch.stack(
+            (F.pad(self.a_log[:, 0, ..., 1:], (0, 1)), F.pad(self.a_log[:, 1, ..., :-1], (1, 0))), 1
+        )
         gx = chunked_scan(a_next, g.unsqueeze(-2) * self.C.unsqueeze(3), reverse_first=True)
         g_alog = gx * (self.x - self.b)  # d x[p] / d a_log[p] = a[p] x[p -/+ 1] = x[p] - b[p]
         gx_B = (gx * self.B.unsqueeze(3)).sum(-2)  # (B, 2, 2, D, L)
@@ -190,3 +192,132 @@ class _Scan:
         else:
             grads["delta"] = _ungrid(gz, H, W)
         return grads
+
+
+# ---- torch.library ops: one node per scan for torch.compile (no graph break, dynamic shapes
+# included) and for the FLOP counters; the backward is a custom op too.
+
+_EMPTY = (0,)
+_GRAD_NAMES = ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "bias")
+
+
+def _or_none(t: torch.Tensor) -> torch.Tensor | None:
+    return None if t.dim() == 1 and t.numel() == 0 else t
+
+
+def _new_like(t: torch.Tensor) -> torch.Tensor:
+    # contiguous, as the eager results below: a fake must promise the strides the real op returns
+    return t.new_empty(t.shape)
+
+
+@torch.library.custom_op("svmamba::ss2d_torch_fwd", mutates_args=())
+def _ss2d_torch_fwd_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    y = _Scan(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus).output()
+    return y.to(out_dtype).contiguous()
+
+
+@torch.library.custom_op("svmamba::ss2d_torch_lowrank_fwd", mutates_args=())
+def _ss2d_torch_lowrank_fwd_op(
+    u: torch.Tensor,
+    dt_low: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    y = _Scan(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus).output()
+    return y.to(out_dtype).contiguous()
+
+
+@_ss2d_torch_fwd_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
+    return u.new_empty(u.shape, dtype=out_dtype)
+
+
+@_ss2d_torch_lowrank_fwd_op.register_fake
+def _(u, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype):
+    return u.new_empty(u.shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("svmamba::ss2d_torch_bwd", mutates_args=())
+def _ss2d_torch_bwd_op(
+    grad_out: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor | None,
+    dt_low: torch.Tensor | None,
+    dt_weight: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> list[torch.Tensor]:
+    inputs = dict(u=u, delta=delta, dt_low=dt_low, dt_weight=dt_weight, A=A, B=B, C=C, D=D, bias=bias)
+    # The forward's intermediates are recomputed (one scan) rather than saved: the saved
+    # tensors stay the inputs, as for the Triton op.
+    grads = _Scan(u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus).grads(
+        grad_out, delta_softplus
+    )
+    return [
+        u.new_empty(_EMPTY) if inputs[k] is None else grads[k].to(inputs[k].dtype).contiguous()
+        for k in _GRAD_NAMES
+    ]
+
+
+@_ss2d_torch_bwd_op.register_fake
+def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
+    like = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
+    return [u.new_empty(_EMPTY) if t is None else _new_like(t) for t in like]
+
+
+def _setup_full(ctx, inputs, output):
+    u, delta, A, B, C, D, bias, softplus, _ = inputs
+    ctx.delta_softplus = softplus
+    ctx.save_for_backward(u, delta, None, None, A, B, C, D, bias)
+
+
+def _setup_lowrank(ctx, inputs, output):
+    u, dt_low, dt_weight, A, B, C, D, bias, softplus, _ = inputs
+    ctx.delta_softplus = softplus
+    ctx.save_for_backward(u, None, dt_low, dt_weight, A, B, C, D, bias)
+
+
+def _backward(ctx, grad_out):
+    grads = _ss2d_torch_bwd_op(grad_out, *ctx.saved_tensors, ctx.delta_softplus)
+    return dict(zip(_GRAD_NAMES, (_or_none(g) for g in grads)))
+
+
+def _backward_full(ctx, grad_out):
+    g = _backward(ctx, grad_out)
+    return g["u"], g["delta"], g["A"], g["B"], g["C"], g["D"], g["bias"], None, None
+
+
+def _backward_lowrank(ctx, grad_out):
+    g = _backward(ctx, grad_out)
+    return g["u"], g["dt_low"], g["dt_weight"], g["A"], g["B"], g["C"], g["D"], g["bias"], None, None
+
+
+_ss2d_torch_fwd_op.register_autograd(_backward_full, setup_context=_setup_full)
+_ss2d_torch_lowrank_fwd_op.register_autograd(_backward_lowrank, setup_context=_setup_lowrank)
+
+
+def ss2d_torch(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
+    """Dispatch to the full-delta or low-rank vectorised op (both differentiable)."""
+    if dt_low is None:
+        return _ss2d_torch_fwd_op(u, delta, A, B, C, D, bias, softplus, out_dtype)
+    return _ss2d_torch_lowrank_fwd_op(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
