@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..utils import check_floating, check_same_device, resolve_backend
-from .chunked import ss2d_torch
 from .common import MAX_D_STATE, check_scan_inputs, default_out_dtype
+from .vectorised import ss2d_torch
 
 
 def _pick_backend(backend: str, u: torch.Tensor, N: int, *tensors) -> str:
@@ -50,7 +50,7 @@ def cross_selective_scan(
         delta_softplus: apply softplus (values above 20 pass through unchanged, as mamba).
         out_dtype: output dtype; default fp32 for half inputs, else u's dtype.
         backend: "auto" (Triton on CUDA, PyTorch otherwise), "triton" or "torch" (the vectorised
-            PyTorch scan of ``chunked.py``, any device and dtype).
+            PyTorch scan of ``vectorised.py``, any device and dtype).
 
     Returns:
         (B, D, H, W) tensor in ``out_dtype``. Gradients flow to every tensor argument.
