@@ -7,10 +7,9 @@ convention of the VMamba and spiking-transformer papers, so fvcore's counts are 
 
 Our ops appear in a trace under two names each:
 
-* the PyTorch LIF reference runs as one autograd Function (``svm_kernels.utils.OpaqueTorchOp``):
-  ``prim::PythonOp.MultiStepLIFTorch``; its node inputs are the tensor arguments in call order
-  (the Python function and absent optionals are scalar arguments, not inputs);
-* the Triton paths and the PyTorch scan are ``torch.library`` custom ops: ``svmamba::lif_fwd``,
+* older versions ran the PyTorch LIF as one autograd Function, ``prim::PythonOp.MultiStepLIFTorch``,
+  whose node inputs are the tensor arguments in call order;
+* every op is a ``torch.library`` custom op, whatever the backend: ``svmamba::lif_fwd``,
   ``svmamba::ss2d_fwd``, ``svmamba::ss2d_lowrank_fwd``, ``svmamba::ss2d_torch_fwd`` and
   ``svmamba::ss2d_torch_lowrank_fwd``; every argument is a node input.
 
