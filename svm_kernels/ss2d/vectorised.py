@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..utils import new_output
 from .naive import softplus_thresholded
 
 
@@ -49,7 +50,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torc
     if pad:  # zero input beyond the end: nothing flows from there into real positions
         a, b = F.pad(a, (0, pad)), F.pad(b, (0, pad))
     a, b = a.unflatten(-1, (n_chunks, chunk)), b.unflatten(-1, (n_chunks, chunk))
-    x, P = torch.empty_like(b), torch.empty_like(a)
+    x, P = new_output(b), new_output(a)  # every element is written below
     steps = list(range(chunk))
     if reverse:
         steps.reverse()
