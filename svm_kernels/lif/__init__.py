@@ -1,4 +1,4 @@
-from .fused import multistep_lif
+from .interface import multistep_lif
 from .module import MultiStepLIF
 from .naive import multistep_lif_naive
 

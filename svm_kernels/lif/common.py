@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..utils import check_floating
+from ..utils import check_floating, new_output, same_layout, time_major_dense
 
 SURROGATE_DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0}
 
@@ -83,3 +83,37 @@ def check_inputs(x: torch.Tensor, v_init: torch.Tensor | None) -> None:
             )
         if v_init.device != x.device:
             raise ValueError(f"v_init is on {v_init.device} but x is on {x.device}")
+
+
+def as_time_major(x: torch.Tensor) -> torch.Tensor:
+    """x itself when it is dense with time outermost in memory (any inner order), else a copy.
+
+    Every implementation walks x as T rows of numel / T neurons and gives its outputs x's
+    strides, so one flat offset addresses the same neuron in x, the spikes and the gradients.
+    """
+    return x if time_major_dense(x) else x.contiguous()
+
+
+def layout_like(like: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` laid out like ``like`` (itself when it already is, else a copy), or None."""
+    if t is None or same_layout(t, like):
+        return t
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+
+
+def state_like(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-neuron tensor laid out like one step of ``x`` (so flat offsets match), or None."""
+    return layout_like(x[0], t)
+
+
+def empty_outputs(x: torch.Tensor, return_v: bool):
+    """Forward outputs of every implementation (and of the fake): spikes like x, final v (fp32)."""
+    v_like = x[0] if return_v else x.new_empty(0)
+    return new_output(x), new_output(v_like, dtype=torch.float32)
+
+
+def empty_grads(x: torch.Tensor, v_init: torch.Tensor | None, need_grad_v_init: bool):
+    """Backward outputs: grad_x like x, grad_v_init like one step of x in v_init's dtype (or empty)."""
+    if need_grad_v_init and v_init is not None:
+        return new_output(x), new_output(x[0], dtype=v_init.dtype)
+    return new_output(x), x.new_empty(0)

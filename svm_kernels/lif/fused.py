@@ -1,109 +1,238 @@
-"""Fused multi-step LIF neuron: one Triton launch for the forward over all T steps, one for the backward.
+"""Fused multi-step LIF neuron (Triton): one launch for the forward over all T steps, one for the backward.
 
-Layout: x (T, *) is walked as T consecutive rows of N = numel / T elements. Any dense layout with time
-outermost in memory (contiguous, channels_last, transposed inner dims) is read in place; the
-outputs take x's strides, so the same flat offset addresses the same neuron everywhere.
+Layout: x (T, *) is walked as T consecutive rows of N = numel / T neurons; any dense layout with
+time outermost in memory is read in place and the outputs take its strides (``common.py``).
 
-Memory: the forward saves only x for backward (one tensor of x's dtype per element-step).
-The backward recomputes the membrane potential h[t] from x and v_init instead of reading a
-saved fp32 h/v sequence: walking t = T-1..0 it replays steps 0..t-1 (O(T^2) arithmetic, but
-the replayed rows of x were just read by the same program and come from cache, so the DRAM
-traffic stays one read of x and grad_s and one write of grad_x per element-step).
+The time loop is specialised at compile time in segments of at most ``MAX_SEGMENT`` steps
+(T itself when T <= 16): a segment is fully unrolled, so its values live in registers.
+
+* Forward: walk the segments, one read of x and one write of the spikes per element-step.
+* Backward (only x is saved): within a segment, ``_lif_bwd_steps`` charges step k from v[k-1],
+  recurses into steps k+1.. (so h[k] stays in a register, never in memory) and, on the way back,
+  applies the chain rule for step k: h[0..T-1] is recomputed once and the time walk is O(T).
+  With several segments a first pass stores v at each segment start (fp32, one row per
+  segment, a scratch buffer freed after the launch); then the segments run from last to first.
+
+Arithmetic is fp32 whatever the storage dtype. The charge divides by tau with a correctly
+rounded division (``tl.div_rn``), in spikingjelly's order of operations, so h lands exactly on
+v_threshold where spikingjelly's does and the spikes are bit-identical.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from ..utils import (
-    HAS_TRITON,
-    TRITON_DTYPES,
-    OpaqueTorchOp,
-    autotune_configs,
-    new_output,
-    resolve_backend,
-    same_layout,
-    time_major_dense,
-)
-from .common import LIFParams, check_inputs, make_params
-from .naive import multistep_lif_naive
+from ..utils import HAS_TRITON, autotune_configs
+from . import vectorized
+from .common import LIFParams, as_time_major, empty_grads, empty_outputs, layout_like, state_like
+
+# Longest stretch of time steps unrolled (and held in registers by the backward): T = 16 keeps
+# 16 fp32 h values x 8 neurons per thread under the 255-register cap at sm_90 (no spills).
+MAX_SEGMENT = 16
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    # Eight neurons per thread at every configuration: 128-bit accesses at bf16 and a bounded
+    # register count for the backward's unrolled segment.
     _CONFIGS = autotune_configs(
         [
             triton.Config({"BLOCK_N": 1024}, num_warps=4),
-            triton.Config({"BLOCK_N": 2048}, num_warps=4),
             triton.Config({"BLOCK_N": 2048}, num_warps=8),
-            triton.Config({"BLOCK_N": 4096}, num_warps=8),
         ],
         triton.Config({"BLOCK_N": 256}, num_warps=4),
     )
 
+    def _segments(args):
+        seg = min(args["T"], MAX_SEGMENT)
+        num_seg = triton.cdiv(args["T"], seg)
+        return {"SEG": seg, "NUM_SEG": num_seg, "LAST_SEG": args["T"] - (num_seg - 1) * seg}
+
+    _HEURISTICS = {
+        "SEG": lambda args: _segments(args)["SEG"],
+        "NUM_SEG": lambda args: _segments(args)["NUM_SEG"],
+        "LAST_SEG": lambda args: _segments(args)["LAST_SEG"],
+        "USE_INITIAL_STATE": lambda args: args["v_init_ptr"] is not None,
+    }
+    _FWD_HEURISTICS = {**_HEURISTICS, "STORE_FINAL_STATE": lambda args: args["v_out_ptr"] is not None}
+
     @triton.jit
-    def _lif_charge(v, x, tau, v_reset, DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr):
-        # spikingjelly's charge; with soft reset the resting potential is 0.
+    def _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr):
+        # spikingjelly's charge, its order of operations and a correctly rounded division:
+        # h = v + (x - (v - v_reset)) / tau, or v - (v - v_reset) / tau + x (rest 0 with soft reset).
         if HARD_RESET:
-            if DECAY_INPUT:
-                h = v + (x - (v - v_reset)) / tau
-            else:
-                h = v - (v - v_reset) / tau + x
+            b_leak = v - v_reset
         else:
-            if DECAY_INPUT:
-                h = v + (x - v) / tau
-            else:
-                h = v - v / tau + x
+            b_leak = v
+        if DECAY_INPUT:
+            h = v + tl.div_rn(b_x - b_leak, tau)
+        else:
+            h = v - tl.div_rn(b_leak, tau) + b_x
         return h
 
     @triton.jit
-    def _lif_reset(h, s, v_threshold, v_reset, HARD_RESET: tl.constexpr):
+    def _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET: tl.constexpr):
+        # Equal to spikingjelly's s * v_reset + (1 - s) * h and h - s * v_threshold for s in {0, 1}.
         if HARD_RESET:
-            v = h * (1.0 - s) + v_reset * s
+            v = tl.where(b_s, v_reset, h)
         else:
-            v = h - v_threshold * s
+            v = tl.where(b_s, h - v_threshold, h)
         return v
 
-    @triton.autotune(configs=_CONFIGS, key=["N"])
+    @triton.jit
+    def _lif_fwd_steps(
+        p_x,
+        p_s,
+        m_n,
+        v,
+        N,
+        tau,
+        v_threshold,
+        v_reset,
+        STEPS: tl.constexpr,
+        STORE_SPIKES: tl.constexpr,
+        DECAY_INPUT: tl.constexpr,
+        HARD_RESET: tl.constexpr,
+    ):
+        """STEPS forward steps from v; returns v and the pointers advanced by STEPS rows."""
+        for _ in tl.static_range(STEPS):
+            b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
+            h = _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
+            b_s = h >= v_threshold
+            v = _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET)
+            if STORE_SPIKES:
+                tl.store(p_s, b_s.to(p_s.dtype.element_ty), mask=m_n)
+                p_s += N
+            p_x += N
+        return v, p_x, p_s
+
+    @triton.jit
+    def _lif_bwd_steps(
+        p_x,
+        p_gs,
+        p_gx,
+        m_n,
+        v,
+        grad_v_end,
+        N,
+        tau,
+        v_threshold,
+        v_reset,
+        alpha,
+        STEPS: tl.constexpr,
+        DECAY_INPUT: tl.constexpr,
+        HARD_RESET: tl.constexpr,
+        DETACH_RESET: tl.constexpr,
+        SURROGATE_ATAN: tl.constexpr,
+    ):
+        """Gradients of STEPS steps starting from v (= v[k-1]); grad_v_end is dL/dv after the last.
+
+        Unrolled by recursion on STEPS: h of this step is live across the recursive call, so
+        the segment's h sequence is held in registers. Returns dL/dv[k-1].
+        """
+        b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
+        h = _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
+        b_s = h >= v_threshold
+        if STEPS > 1:
+            grad_v = _lif_bwd_steps(
+                p_x + N,
+                p_gs + N,
+                p_gx + N,
+                m_n,
+                _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET),
+                grad_v_end,
+                N,
+                tau,
+                v_threshold,
+                v_reset,
+                alpha,
+                STEPS - 1,
+                DECAY_INPUT,
+                HARD_RESET,
+                DETACH_RESET,
+                SURROGATE_ATAN,
+            )
+        else:
+            grad_v = grad_v_end
+        b_z = h - v_threshold
+        if SURROGATE_ATAN:
+            b_q = 1.5707963267948966 * alpha * b_z
+            b_sg = alpha / (2.0 * (1.0 + b_q * b_q))
+        else:
+            b_sig = tl.sigmoid(alpha * b_z)
+            b_sg = alpha * b_sig * (1.0 - b_sig)
+        # dv/dh of the reset; with detach_reset the spike in the reset term carries no gradient.
+        if HARD_RESET:
+            b_dv_dh = tl.where(b_s, 0.0, 1.0)
+            if not DETACH_RESET:
+                b_dv_dh += (v_reset - h) * b_sg
+            b_gh = grad_v * b_dv_dh
+        else:
+            if DETACH_RESET:
+                b_gh = grad_v
+            else:
+                b_gh = grad_v * (1.0 - v_threshold * b_sg)
+        b_gs = tl.load(p_gs, mask=m_n, other=0.0).to(tl.float32)
+        b_gh += b_gs * b_sg
+        if DECAY_INPUT:
+            b_gx = b_gh / tau
+        else:
+            b_gx = b_gh
+        tl.store(p_gx, b_gx.to(p_gx.dtype.element_ty), mask=m_n)
+        return b_gh - b_gh / tau
+
+    @triton.autotune(configs=_CONFIGS, key=["N", "T"])
+    @triton.heuristics(_FWD_HEURISTICS)
     @triton.jit
     def fused_lif_fwd_kernel(
         x_ptr,
         v_init_ptr,
         s_ptr,
         v_out_ptr,
-        T,
         N,
         tau,
         v_threshold,
         v_reset,
-        USE_INITIAL_STATE: tl.constexpr,
-        STORE_FINAL_STATE: tl.constexpr,
+        T: tl.constexpr,
         HARD_RESET: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
+        SEG: tl.constexpr,
+        NUM_SEG: tl.constexpr,
+        LAST_SEG: tl.constexpr,
+        USE_INITIAL_STATE: tl.constexpr,
+        STORE_FINAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
         # 64-bit offsets: tensors of more than 2^31 elements are addressed correctly.
         offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask = offs < N
+        m_n = offs < N
         if USE_INITIAL_STATE:
-            v = tl.load(v_init_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
         else:
             v = tl.zeros([BLOCK_N], dtype=tl.float32)
-        x_ptrs = x_ptr + offs
-        s_ptrs = s_ptr + offs
-        for _ in range(T):
-            x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-            h = _lif_charge(v, x, tau, v_reset, DECAY_INPUT, HARD_RESET)
-            s = (h >= v_threshold).to(tl.float32)
-            v = _lif_reset(h, s, v_threshold, v_reset, HARD_RESET)
-            tl.store(s_ptrs, s.to(s_ptr.dtype.element_ty), mask=mask)
-            x_ptrs += N
-            s_ptrs += N
+        p_x = x_ptr + offs
+        p_s = s_ptr + offs
+        for _ in range(NUM_SEG - 1):
+            v, p_x, p_s = _lif_fwd_steps(
+                p_x, p_s, m_n, v, N, tau, v_threshold, v_reset, SEG, True, DECAY_INPUT, HARD_RESET
+            )
+        v, p_x, p_s = _lif_fwd_steps(
+            p_x, p_s, m_n, v, N, tau, v_threshold, v_reset, LAST_SEG, True, DECAY_INPUT, HARD_RESET
+        )
         if STORE_FINAL_STATE:
-            tl.store(v_out_ptr + offs, v, mask=mask)
+            tl.store(v_out_ptr + offs, v, mask=m_n)
 
-    @triton.autotune(configs=_CONFIGS, key=["N"])
+    @triton.autotune(configs=_CONFIGS, key=["N", "T"])
+    @triton.heuristics(
+        {
+            **_HEURISTICS,
+            "HAS_GRAD_FINAL_STATE": lambda args: args["grad_v_ptr"] is not None,
+            "STORE_GRAD_INITIAL_STATE": lambda args: args["grad_v_init_ptr"] is not None,
+        }
+    )
     @triton.jit
     def fused_lif_bwd_kernel(
         x_ptr,
@@ -112,162 +241,162 @@ if HAS_TRITON:
         grad_v_ptr,
         grad_x_ptr,
         grad_v_init_ptr,
-        T,
+        v_start_ptr,
         N,
         tau,
         v_threshold,
         v_reset,
         alpha,
-        USE_INITIAL_STATE: tl.constexpr,
-        HAS_GRAD_FINAL_STATE: tl.constexpr,
-        STORE_GRAD_INITIAL_STATE: tl.constexpr,
+        T: tl.constexpr,
         HARD_RESET: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
         DETACH_RESET: tl.constexpr,
         SURROGATE_ATAN: tl.constexpr,
+        SEG: tl.constexpr,
+        NUM_SEG: tl.constexpr,
+        LAST_SEG: tl.constexpr,
+        USE_INITIAL_STATE: tl.constexpr,
+        HAS_GRAD_FINAL_STATE: tl.constexpr,
+        STORE_GRAD_INITIAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
         offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask = offs < N
+        m_n = offs < N
         if USE_INITIAL_STATE:
-            v0 = tl.load(v_init_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
         else:
-            v0 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        # dL/dv[t] flowing back from later steps; at t = T-1 it is the final state's gradient.
+            v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        # dL/dv after the last step: the final state's gradient.
         if HAS_GRAD_FINAL_STATE:
-            grad_v = tl.load(grad_v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            grad_v = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
         else:
             grad_v = tl.zeros([BLOCK_N], dtype=tl.float32)
-        decay = 1.0 - 1.0 / tau
-        for i in range(T):
-            t = T - 1 - i
-            # Replay steps 0..t-1 to get v[t-1] (see the module docstring for why).
-            v = v0
-            x_ptrs = x_ptr + offs
-            for _ in range(t):
-                xj = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-                hj = _lif_charge(v, xj, tau, v_reset, DECAY_INPUT, HARD_RESET)
-                v = _lif_reset(hj, (hj >= v_threshold).to(tl.float32), v_threshold, v_reset, HARD_RESET)
-                x_ptrs += N
-            x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-            h = _lif_charge(v, x, tau, v_reset, DECAY_INPUT, HARD_RESET)
-            s = (h >= v_threshold).to(tl.float32)
-            z = h - v_threshold
-            if SURROGATE_ATAN:
-                q = 1.5707963267948966 * alpha * z
-                sg = alpha / (2.0 * (1.0 + q * q))
-            else:
-                sig = tl.sigmoid(alpha * z)
-                sg = alpha * sig * (1.0 - sig)
-            # dv[t]/dh[t]; with detach_reset the spike in the reset term carries no gradient.
-            if HARD_RESET:
-                dv_dh = 1.0 - s
-                if not DETACH_RESET:
-                    dv_dh += (v_reset - h) * sg
-            else:
-                dv_dh = tl.full([BLOCK_N], 1.0, dtype=tl.float32)
-                if not DETACH_RESET:
-                    dv_dh -= v_threshold * sg
-            t_off = t.to(tl.int64) * N
-            gs = tl.load(grad_s_ptr + t_off + offs, mask=mask, other=0.0).to(tl.float32)
-            grad_h = gs * sg + grad_v * dv_dh
-            if DECAY_INPUT:
-                grad_x = grad_h / tau
-            else:
-                grad_x = grad_h
-            tl.store(grad_x_ptr + t_off + offs, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
-            grad_v = grad_h * decay
+        # First pass (several segments only): v at the start of each segment, rows 0..NUM_SEG-1.
+        if NUM_SEG > 1:
+            p_x = x_ptr + offs
+            p_v = v_start_ptr + offs
+            for _ in range(NUM_SEG - 1):
+                tl.store(p_v, v, mask=m_n)
+                v, p_x, p_v = _lif_fwd_steps(
+                    p_x, p_v, m_n, v, N, tau, v_threshold, v_reset, SEG, False, DECAY_INPUT, HARD_RESET
+                )
+                p_v += N
+        # The last segment (v is its start), then the full segments from last to first.
+        row = tl.full([], (NUM_SEG - 1) * SEG, tl.int64) * N
+        grad_v = _lif_bwd_steps(
+            x_ptr + row + offs,
+            grad_s_ptr + row + offs,
+            grad_x_ptr + row + offs,
+            m_n,
+            v,
+            grad_v,
+            N,
+            tau,
+            v_threshold,
+            v_reset,
+            alpha,
+            LAST_SEG,
+            DECAY_INPUT,
+            HARD_RESET,
+            DETACH_RESET,
+            SURROGATE_ATAN,
+        )
+        if NUM_SEG > 1:
+            for i in range(NUM_SEG - 1):
+                i_seg = NUM_SEG - 2 - i
+                row = (i_seg * SEG).to(tl.int64) * N
+                v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
+                grad_v = _lif_bwd_steps(
+                    x_ptr + row + offs,
+                    grad_s_ptr + row + offs,
+                    grad_x_ptr + row + offs,
+                    m_n,
+                    v,
+                    grad_v,
+                    N,
+                    tau,
+                    v_threshold,
+                    v_reset,
+                    alpha,
+                    SEG,
+                    DECAY_INPUT,
+                    HARD_RESET,
+                    DETACH_RESET,
+                    SURROGATE_ATAN,
+                )
         if STORE_GRAD_INITIAL_STATE:
-            tl.store(grad_v_init_ptr + offs, grad_v.to(grad_v_init_ptr.dtype.element_ty), mask=mask)
+            tl.store(grad_v_init_ptr + offs, grad_v.to(grad_v_init_ptr.dtype.element_ty), mask=m_n)
 
 
-def _as_time_major(x: torch.Tensor) -> torch.Tensor:
-    """x itself when the kernel can walk it in place, else a contiguous copy."""
-    return x if time_major_dense(x) else x.contiguous()
+def _on_device(x: torch.Tensor):
+    """Launch on x's GPU (not the current one); nothing to select for CPU tensors (interpreter)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _state_like(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
-    """A per-neuron tensor laid out like one step of x (so flat offsets match), or None."""
-    if t is None or same_layout(t, x[0]):
-        return t
-    return torch.empty_like(x[0], dtype=t.dtype).copy_(t)
-
-
-def _launch_grid(meta, n):
-    return (triton.cdiv(n, meta["BLOCK_N"]),)
+def _grid(n: int):
+    return lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)
 
 
 def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: spikes (x's dtype, x's layout) and final v (fp32; empty unless return_v)."""
-    x = _as_time_major(x)
+    x = as_time_major(x)
     T, n = x.shape[0], x[0].numel()
-    spikes = new_output(x)
-    v_out = new_output(x[0], dtype=torch.float32) if return_v else x.new_empty(0, dtype=torch.float32)
-    v_init = _state_like(x, v_init)
-    fused_lif_fwd_kernel[lambda meta: _launch_grid(meta, n)](
-        x,
-        v_init if v_init is not None else x,
-        spikes,
-        v_out if return_v else x,
-        T,
-        n,
-        p.tau,
-        p.v_threshold,
-        0.0 if p.v_reset is None else p.v_reset,
-        USE_INITIAL_STATE=v_init is not None,
-        STORE_FINAL_STATE=return_v,
-        HARD_RESET=p.v_reset is not None,
-        DECAY_INPUT=p.decay_input,
-    )
+    spikes, v_out = empty_outputs(x, return_v)
+    with _on_device(x):
+        fused_lif_fwd_kernel[_grid(n)](
+            x_ptr=x,
+            v_init_ptr=state_like(x, v_init),
+            s_ptr=spikes,
+            v_out_ptr=v_out if return_v else None,
+            N=n,
+            tau=p.tau,
+            v_threshold=p.v_threshold,
+            v_reset=0.0 if p.v_reset is None else p.v_reset,
+            T=T,
+            HARD_RESET=p.v_reset is not None,
+            DECAY_INPUT=p.decay_input,
+        )
     return spikes, v_out
 
 
 def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     """Launcher: (grad_x in x's dtype and layout, grad_v_init in v_init's dtype or empty)."""
-    x = _as_time_major(x)
+    x = as_time_major(x)
     T, n = x.shape[0], x[0].numel()
-    if not same_layout(grad_s, x):
-        grad_s = torch.empty_like(x).copy_(grad_s)
-    grad_v = _state_like(x, grad_v)
-    v_init = _state_like(x, v_init)
-    grad_x = new_output(x)
-    store_gvi = need_grad_v_init and v_init is not None
-    grad_v_init = new_output(x[0], dtype=v_init.dtype) if store_gvi else x.new_empty(0)
-    fused_lif_bwd_kernel[lambda meta: _launch_grid(meta, n)](
-        x,
-        v_init if v_init is not None else x,
-        grad_s,
-        grad_v if grad_v is not None else x,
-        grad_x,
-        grad_v_init if store_gvi else x,
-        T,
-        n,
-        p.tau,
-        p.v_threshold,
-        0.0 if p.v_reset is None else p.v_reset,
-        p.alpha,
-        USE_INITIAL_STATE=v_init is not None,
-        HAS_GRAD_FINAL_STATE=grad_v is not None,
-        STORE_GRAD_INITIAL_STATE=store_gvi,
-        HARD_RESET=p.v_reset is not None,
-        DECAY_INPUT=p.decay_input,
-        DETACH_RESET=p.detach_reset,
-        SURROGATE_ATAN=p.surrogate == "atan",
-    )
+    grad_s = layout_like(x, grad_s)
+    grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
+    num_seg = -(-T // MAX_SEGMENT)
+    # Scratch for the membrane potential at each segment start (several segments only).
+    v_start = torch.empty((num_seg, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
+    with _on_device(x):
+        fused_lif_bwd_kernel[_grid(n)](
+            x_ptr=x,
+            v_init_ptr=state_like(x, v_init),
+            grad_s_ptr=grad_s,
+            grad_v_ptr=state_like(x, grad_v),
+            grad_x_ptr=grad_x,
+            grad_v_init_ptr=grad_v_init if grad_v_init.numel() else None,
+            v_start_ptr=v_start,
+            N=n,
+            tau=p.tau,
+            v_threshold=p.v_threshold,
+            v_reset=0.0 if p.v_reset is None else p.v_reset,
+            alpha=p.alpha,
+            T=T,
+            HARD_RESET=p.v_reset is not None,
+            DECAY_INPUT=p.decay_input,
+            DETACH_RESET=p.detach_reset,
+            SURROGATE_ATAN=p.surrogate == "atan",
+        )
     return grad_x, grad_v_init
 
 
-# ---- torch.library registration: torch.compile traces through these ops without graph breaks.
+# ---- torch.library custom ops: one autograd node whatever the implementation, so torch.compile
+# traces through with no graph break and the backward recomputes from x (the only saved tensor).
 
 
 def _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha) -> LIFParams:
     return LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-
-
-def _out_like(x: torch.Tensor) -> torch.Tensor:
-    return (
-        torch.empty_like(x) if time_major_dense(x) else torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    )
 
 
 @torch.library.custom_op("svmamba::lif_fwd", mutates_args=())
@@ -282,15 +411,17 @@ def _lif_fwd_op(
     surrogate: str,
     alpha: float,
     return_v: bool,
+    use_triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     p = _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    return lif_fwd(x, v_init, p, return_v)
+    return (lif_fwd if use_triton else vectorized.lif_forward)(x, v_init, p, return_v)
 
 
 @_lif_fwd_op.register_fake
-def _(x, v_init, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_v):
-    v_shape = x.shape[1:] if return_v else (0,)
-    return _out_like(x), x.new_empty(v_shape, dtype=torch.float32)
+def _(
+    x, v_init, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_v, use_triton
+):
+    return empty_outputs(as_time_major(x), return_v)
 
 
 @torch.library.custom_op("svmamba::lif_bwd", mutates_args=())
@@ -307,9 +438,12 @@ def _lif_bwd_op(
     surrogate: str,
     alpha: float,
     need_grad_v_init: bool,
+    use_triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     p = _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    return lif_bwd(grad_s, grad_v, x, v_init, p, need_grad_v_init)
+    return (lif_bwd if use_triton else vectorized.lif_backward)(
+        grad_s, grad_v, x, v_init, p, need_grad_v_init
+    )
 
 
 @_lif_bwd_op.register_fake
@@ -326,95 +460,40 @@ def _(
     surrogate,
     alpha,
     need_grad_v_init,
+    use_triton,
 ):
-    gvi = (
-        x.new_empty(x.shape[1:], dtype=v_init.dtype)
-        if (need_grad_v_init and v_init is not None)
-        else x.new_empty(0)
-    )
-    return _out_like(x), gvi
+    return empty_grads(as_time_major(x), v_init, need_grad_v_init)
 
 
 def _setup_context(ctx, inputs, output):
-    x, v_init, *params, return_v = inputs
-    ctx.params = params
-    ctx.return_v = return_v
+    x, v_init, *params, return_v, use_triton = inputs
+    ctx.params, ctx.return_v, ctx.use_triton = params, return_v, use_triton
     ctx.save_for_backward(x, v_init)
 
 
 def _backward(ctx, grad_s, grad_v):
     x, v_init = ctx.saved_tensors
     need_gvi = v_init is not None and ctx.needs_input_grad[1]
-    grad_x, grad_v_init = _lif_bwd_op(
-        grad_s, grad_v if ctx.return_v else None, x, v_init, *ctx.params, need_gvi
-    )
-    return (grad_x, grad_v_init if need_gvi else None) + (None,) * 8
+    grad_v = grad_v if ctx.return_v else None
+    grad_x, grad_v_init = _lif_bwd_op(grad_s, grad_v, x, v_init, *ctx.params, need_gvi, ctx.use_triton)
+    return (grad_x, grad_v_init if need_gvi else None) + (None,) * 9
 
 
 _lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class MultiStepLIFTorch(OpaqueTorchOp):
-    """The reference LIF as one traced node (``prim::PythonOp.MultiStepLIFTorch``)."""
-
-
-def multistep_lif(
-    x: torch.Tensor,
-    *,
-    tau: float = 2.0,
-    v_threshold: float = 1.0,
-    v_reset: float | None = 0.0,
-    decay_input: bool = True,
-    detach_reset: bool = False,
-    surrogate: str = "sigmoid",
-    alpha: float | None = None,
-    v_init: torch.Tensor | None = None,
-    return_v: bool = False,
-    backend: str = "auto",
-):
-    """Multi-step leaky integrate-and-fire neuron with a surrogate gradient.
-
-    Semantics are spikingjelly's multi-step ``LIFNode``: for t = 0..T-1,
-    ``h = v + (x[t] - (v - v_reset)) / tau`` (``decay_input=True``; otherwise
-    ``h = v - (v - v_reset) / tau + x[t]``), ``s[t] = (h >= v_threshold)``, then a hard reset
-    ``v = h * (1 - s) + v_reset * s`` or, with ``v_reset=None``, a soft reset
-    ``v = h - v_threshold * s``. The backward replaces the Heaviside by the surrogate's derivative
-    at ``h - v_threshold`` ("sigmoid", alpha 4 by default, or "atan", alpha 2);
-    ``detach_reset`` stops the gradient through the spike in the reset term.
-
-    Args:
-        x: (T, *) input currents, time first; fp16, bf16, fp32 (fp64 on the torch backend).
-        v_init: optional initial membrane potential of shape ``x.shape[1:]`` (default 0).
-        return_v: also return the final membrane potential (fp32).
-        backend: "auto" (Triton on CUDA, PyTorch otherwise), "triton" or "torch".
-
-    Returns:
-        Spikes of x's shape and dtype (exact 0/1), or ``(spikes, v_final)`` when ``return_v``.
-        Arithmetic is fp32 whatever the storage dtype.
-    """
-    p = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    check_inputs(x, v_init)
-    use = resolve_backend(backend, x, v_init)
-    if use == "triton" and x.dtype not in TRITON_DTYPES:
-        if backend == "triton":
-            raise TypeError(f"backend='triton' supports fp16, bf16 and fp32 x, got {x.dtype}")
-        use = "torch"
-    if x.numel() == 0:
-        empty_v = x.new_zeros(x.shape[1:], dtype=torch.float32)
-        return (torch.empty_like(x), empty_v) if return_v else torch.empty_like(x)
-    if use == "torch":
-        spikes, v = MultiStepLIFTorch.apply(lambda x, v0: multistep_lif_naive(x, p, v0), x, v_init)
-    else:
-        spikes, v = _lif_fwd_op(
-            x,
-            v_init,
-            p.tau,
-            p.v_threshold,
-            p.v_reset,
-            p.decay_input,
-            p.detach_reset,
-            p.surrogate,
-            p.alpha,
-            return_v,
-        )
-    return (spikes, v) if return_v else spikes
+def lif_op(x, v_init, p: LIFParams, return_v: bool, use_triton: bool):
+    """(spikes, final v) through the custom op: the Triton kernels or the vectorised PyTorch path."""
+    return _lif_fwd_op(
+        x,
+        v_init,
+        p.tau,
+        p.v_threshold,
+        p.v_reset,
+        p.decay_input,
+        p.detach_reset,
+        p.surrogate,
+        p.alpha,
+        return_v,
+        use_triton,
+    )

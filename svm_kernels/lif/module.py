@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .common import make_params
-from .fused import multistep_lif
+from .interface import multistep_lif
 
 
 class MultiStepLIF(nn.Module):

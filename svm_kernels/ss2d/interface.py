@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import OpaqueTorchOp, check_floating, check_same_device, resolve_backend
+from ..utils import check_floating, check_same_device, resolve_backend
 from .common import MAX_D_STATE, check_scan_inputs, default_out_dtype
-from .naive import cross_selective_scan_naive, lowrank_delta
+from .vectorised import ss2d_torch
 
 
 def _pick_backend(backend: str, u: torch.Tensor, N: int, *tensors) -> str:
@@ -20,14 +20,6 @@ def _pick_backend(backend: str, u: torch.Tensor, N: int, *tensors) -> str:
                 raise ValueError(f"backend='triton' cannot run this scan: {reason}")
             use = "torch"
     return use
-
-
-class CrossSelectiveScanTorch(OpaqueTorchOp):
-    """The reference scan as one traced node (``prim::PythonOp.CrossSelectiveScanTorch``)."""
-
-
-class CrossSelectiveScanLowrankTorch(OpaqueTorchOp):
-    """The low-rank reference as one traced node (``prim::PythonOp.CrossSelectiveScanLowrankTorch``)."""
 
 
 def cross_selective_scan(
@@ -57,7 +49,8 @@ def cross_selective_scan(
         D: optional (4, D) skip; delta_bias: optional (4, D) bias added before softplus.
         delta_softplus: apply softplus (values above 20 pass through unchanged, as mamba).
         out_dtype: output dtype; default fp32 for half inputs, else u's dtype.
-        backend: "auto" (Triton on CUDA, PyTorch otherwise), "triton" or "torch".
+        backend: "auto" (Triton on CUDA, PyTorch otherwise), "triton" or "torch" (the vectorised
+            PyTorch scan of ``vectorised.py``, any device and dtype).
 
     Returns:
         (B, D, H, W) tensor in ``out_dtype``. Gradients flow to every tensor argument.
@@ -70,16 +63,7 @@ def cross_selective_scan(
     if batch == 0:
         return u.new_empty(u.shape, dtype=dtype)
     if use == "torch":
-        return CrossSelectiveScanTorch.apply(
-            lambda *t: cross_selective_scan_naive(*t, delta_softplus).to(dtype),
-            u,
-            delta,
-            A,
-            B,
-            C,
-            D,
-            delta_bias,
-        )
+        return ss2d_torch(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, dtype)
     from .fused import ss2d_triton
 
     return ss2d_triton(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, dtype)
@@ -124,12 +108,7 @@ def cross_selective_scan_lowrank(
     if batch == 0:
         return u.new_empty(u.shape, dtype=dtype)
     if use == "torch":
-
-        def reference(u, dt_low, dt_weight, A, B, C, D, dt_bias):
-            delta = lowrank_delta(dt_low, dt_weight.to(dt_low.dtype))
-            return cross_selective_scan_naive(u, delta, A, B, C, D, dt_bias, delta_softplus).to(dtype)
-
-        return CrossSelectiveScanLowrankTorch.apply(reference, u, dt_low, dt_weight, A, B, C, D, dt_bias)
+        return ss2d_torch(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, dtype)
     from .fused import ss2d_triton
 
     return ss2d_triton(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, dtype)

@@ -7,12 +7,11 @@ convention of the VMamba and spiking-transformer papers, so fvcore's counts are 
 
 Our ops appear in a trace under two names each:
 
-* the PyTorch reference paths run as one autograd Function (``svm_kernels.utils.OpaqueTorchOp``):
-  ``prim::PythonOp.MultiStepLIFTorch``, ``prim::PythonOp.CrossSelectiveScanTorch``,
-  ``prim::PythonOp.CrossSelectiveScanLowrankTorch``; their node inputs are the tensor arguments
-  in call order (the Python function and absent optionals are scalar arguments, not inputs);
-* the Triton paths are ``torch.library`` custom ops: ``svmamba::lif_fwd``,
-  ``svmamba::ss2d_fwd`` and ``svmamba::ss2d_lowrank_fwd``; every argument is a node input.
+* older versions ran the PyTorch LIF as one autograd Function, ``prim::PythonOp.MultiStepLIFTorch``,
+  whose node inputs are the tensor arguments in call order;
+* every op is a ``torch.library`` custom op, whatever the backend: ``svmamba::lif_fwd``,
+  ``svmamba::ss2d_fwd``, ``svmamba::ss2d_lowrank_fwd``, ``svmamba::ss2d_torch_fwd`` and
+  ``svmamba::ss2d_torch_lowrank_fwd``; every argument is a node input.
 
 Either way the leading tensors are (u, delta, A, ...) for the full scan, (u, dt_low, dt_weight,
 A, ...) for the low-rank one and (x, ...) for the LIF neuron; the handles read only those.
@@ -36,8 +35,8 @@ SCAN_DT_OP = "scan_dt_proj"
 NEURON_OP = "neuron_updates"  # not MACs: reported on their own, never added to the MAC total
 
 LIF_OPS = ("prim::PythonOp.MultiStepLIFTorch", "svmamba::lif_fwd")
-SCAN_FULL_OPS = ("prim::PythonOp.CrossSelectiveScanTorch", "svmamba::ss2d_fwd")
-SCAN_LOWRANK_OPS = ("prim::PythonOp.CrossSelectiveScanLowrankTorch", "svmamba::ss2d_lowrank_fwd")
+SCAN_FULL_OPS = ("svmamba::ss2d_torch_fwd", "svmamba::ss2d_fwd")
+SCAN_LOWRANK_OPS = ("svmamba::ss2d_torch_lowrank_fwd", "svmamba::ss2d_lowrank_fwd")
 
 # Ops that fvcore's handles count as products with their first input (conv / matmul family): a
 # layer whose input is spikes performs these as accumulates (SOPs) instead of MACs.

@@ -64,6 +64,10 @@ SCHEMA: dict[str, Key] = {
     "workers": Key((int,), 4, doc="DataLoader worker processes"),
     "output_dir": Key((str,), "runs"),
     "model_args": Key((dict,), None, nullable=True, doc="overrides passed to create_model"),
+    "compile": Key(
+        (bool,), False, doc="torch.compile the model (one graph) for training and testing; off by default"
+    ),
+    "eval_every": Key((int,), 1, doc="validate every N epochs (and always after the last one)"),
 }
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "mini_imagenet")
@@ -142,6 +146,7 @@ def _check_ranges(c: dict[str, Any]) -> None:
     )
     need(c["T"] is None or c["T"] >= 1, f"'T' must be >= 1, got {c['T']}")
     need(c["workers"] >= 0, f"'workers' must be >= 0, got {c['workers']}")
+    need(c["eval_every"] >= 1, f"'eval_every' must be >= 1, got {c['eval_every']}")
     for k in c["model_args"]:
         need(isinstance(k, str), f"'model_args' keys must be strings, got {k!r}")
     need(

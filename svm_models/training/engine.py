@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .. import data as D
+from . import compiling
 from . import distributed as dist_utils
 from .checkpoint import atomic_save, load_file, load_weights
 from .config import ConfigError, pretrained_path, run_dir
@@ -181,6 +182,7 @@ def train_one_epoch(
         dynamic_ncols=True,
         unit="batch",
     )
+    first_step_s = 0.0
     for step, (images, targets) in enumerate(bar):
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)
@@ -209,6 +211,8 @@ def train_one_epoch(
         loss_sum += loss.detach().double().cpu() * n
         correct += (logits.argmax(dim=1) == hard).sum().item()
         seen += n
+        if step == 0:  # with compile: true, the first step also compiles the model
+            first_step_s = time.perf_counter() - t0
         if info.is_main:
             rate = seen * info.world_size / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(
@@ -227,6 +231,7 @@ def train_one_epoch(
         "train_acc": 100.0 * totals[1].item() / n_all,
         "epoch_time_s": elapsed,
         "images_per_s": totals[2].item() / max(elapsed, 1e-9),
+        "first_step_s": first_step_s,
     }
 
 
@@ -279,8 +284,9 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``cfg`` to completion (or continue from last.pt with ``resume``).
 
-    Writes ``last.pt`` (every epoch), ``best.pt`` (when the validation top-1 improves),
-    ``log.csv`` and ``curves.png`` under ``output_dir/task_name``. Returns a summary dict with
+    Writes ``last.pt`` and ``log.csv`` (every epoch), ``best.pt`` (when the validation top-1
+    improves; validation runs every ``eval_every`` epochs and after the last) and ``curves.png``
+    (with best.pt and after the last epoch) under ``output_dir/task_name``. Returns a summary dict with
     the best accuracy, the history and the path of best.pt. ``on_epoch_end(epoch)`` is called
     after each epoch's files are written (tests use it to simulate a crash).
     """
@@ -316,6 +322,7 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
+    net = compiling.maybe_compile(net, cfg)
 
     loader = train_loader(train_ds, cfg, info)
     val_loader = eval_loader(val_ds, cfg, info)
@@ -365,9 +372,17 @@ def fit(
             net, loader, optimizer, scheduler, cfg, info, epoch, num_classes, ema, progress
         )
         train_time += stats["epoch_time_s"]
+        if cfg["compile"] and epoch == start_epoch:
+            _log(
+                info,
+                f"torch.compile: the first training step took {stats['first_step_s']:.1f}s (compilation)",
+            )
+        last_epoch = epoch + 1 == cfg["epochs"]
         eval_model = ema.module if ema is not None else model
-        dist_utils.broadcast_module(eval_model, info)  # every process evaluates rank 0's weights
-        val = evaluate(eval_model, val_loader, cfg, info, num_classes)
+        val = None
+        if (epoch + 1) % cfg["eval_every"] == 0 or last_epoch:
+            dist_utils.broadcast_module(eval_model, info)  # every process evaluates rank 0's weights
+            val = evaluate(eval_model, val_loader, cfg, info, num_classes)
         if not _all_finite(eval_model) or not _all_finite(model):
             raise NonFiniteLossError(
                 f"the weights became non-finite during epoch {epoch + 1}; training stopped, "
@@ -377,10 +392,10 @@ def fit(
             "epoch": epoch + 1,
             "lr": optimizer.param_groups[0]["lr"],
             **stats,
-            **{k: v for k, v in val.items() if k != "n"},
+            **{k: v for k, v in (val or {}).items() if k != "n"},
         }
         history.append(row)
-        improved = val["val_top1"] > best_acc
+        improved = val is not None and val["val_top1"] > best_acc
         if improved:
             best_acc, best_epoch = val["val_top1"], epoch + 1
         if info.is_main:
@@ -404,14 +419,19 @@ def fit(
                 # best.pt holds the weights that were evaluated (the EMA ones when ema is on).
                 atomic_save(dict(state, model=eval_model.state_dict()), best_path)
             write_csv(history, os.path.join(out, "log.csv"))
-            plot_curves(
-                history, os.path.join(out, "curves.png"), title=f"{cfg['task_name']} ({cfg['model']})"
-            )
+            if improved or last_epoch:  # rendering costs more than the csv: not every epoch
+                plot_curves(
+                    history, os.path.join(out, "curves.png"), title=f"{cfg['task_name']} ({cfg['model']})"
+                )
+        val_msg = (
+            f"val loss {val['val_loss']:.4f} top-1 {val['val_top1']:.2f}% top-5 {val['val_top5']:.2f}%"
+            if val is not None
+            else "not validated (eval_every)"
+        )
         _log(
             info,
             f"epoch {epoch + 1}/{cfg['epochs']}: train loss {stats['train_loss']:.4f} "
-            f"acc {stats['train_acc']:.2f}% | val loss {val['val_loss']:.4f} top-1 {val['val_top1']:.2f}% "
-            f"top-5 {val['val_top5']:.2f}% | {stats['images_per_s']:.0f} img/s, {stats['epoch_time_s']:.1f}s"
+            f"acc {stats['train_acc']:.2f}% | {val_msg} | {stats['images_per_s']:.0f} img/s, {stats['epoch_time_s']:.1f}s"
             + (" *best*" if improved else ""),
         )
         dist_utils.barrier(info)

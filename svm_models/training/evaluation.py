@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import compiling
 from . import distributed as dist_utils
 from .checkpoint import atomic_write_text, extract_state_dict, load_file, load_state
 from .config import require_file, run_dir
@@ -89,7 +90,7 @@ def run_test(
     ds = build_split(cfg, "test", augment=False)
     num_classes = num_classes or getattr(model, "num_classes", None) or len(getattr(ds, "classes", []))
     loader = eval_loader(ds, cfg, info)
-    acc = evaluate(model, loader, cfg, info, num_classes)
+    acc = evaluate(compiling.maybe_compile(model, cfg), loader, cfg, info, num_classes)
     result: dict[str, Any] = {
         "task_name": cfg["task_name"],
         "model": cfg["model"],

@@ -47,13 +47,15 @@ def plot_curves(history: list[dict[str, float]], path: str, title: str = "") -> 
     import matplotlib.pyplot as plt
 
     ep = [r["epoch"] for r in history]
+    validated = [r for r in history if "val_loss" in r]  # every eval_every epochs
+    val_ep = [r["epoch"] for r in validated]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
-    a.plot(ep, [r["val_loss"] for r in history], "s-", label="val")
+    a.plot(val_ep, [r["val_loss"] for r in validated], "s-", label="val")
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.set_title("loss"), a.legend(), a.grid(alpha=0.3)
     b.plot(ep, [r["train_acc"] for r in history], "o-", label="train top-1")
-    b.plot(ep, [r["val_top1"] for r in history], "s-", label="val top-1")
-    b.plot(ep, [r["val_top5"] for r in history], "^--", label="val top-5", alpha=0.6)
+    b.plot(val_ep, [r["val_top1"] for r in validated], "s-", label="val top-1")
+    b.plot(val_ep, [r["val_top5"] for r in validated], "^--", label="val top-5", alpha=0.6)
     (
         b.set_xlabel("epoch"),
         b.set_ylabel("accuracy (%)"),

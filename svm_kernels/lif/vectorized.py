@@ -1,0 +1,127 @@
+"""Multi-step LIF in plain PyTorch, vectorised over neurons: the path for CPU tensors.
+
+Whole-tensor ops per time step, no autograd inside (the custom op in ``fused.py`` makes the
+neuron one autograd node that saves only x). The backward runs the forward again to rebuild
+h[0..T-1], evaluates the surrogate and the reset's derivative for all steps at once, and walks
+back through time with one multiply-add per step.
+
+Neurons are processed in blocks of ``BLOCK`` (all T steps of a block before the next): the
+block's temporaries stay in the CPU cache and are reused, instead of every op streaming
+T x N-element tensors through memory (and page-faulting fresh allocations).
+
+Every rounding that decides a spike matches spikingjelly's: ``(x - (v - v_reset)) / tau`` is a
+correctly rounded division (never a multiplication by 1/tau), so h lands on v_threshold exactly
+where theirs does and the spikes are bit-identical. Arithmetic is fp32 (fp64 for fp64 x).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import LIFParams, as_time_major, empty_grads, empty_outputs, state_like
+from .naive import surrogate_grad
+
+# Neurons per block: T x BLOCK fp32 temporaries (h, surrogate, ...) fit a 2 MiB L2 at T <= 16.
+BLOCK = 1 << 15
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A dense, time-major (T, *) tensor as a (T, neurons) view of the same memory."""
+    n = t[0].numel()
+    return t.as_strided((t.shape[0], n), (n, 1))
+
+
+def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A dense per-neuron tensor as a 1-d view of the same memory (None stays None)."""
+    return None if t is None else t.as_strided((t.numel(),), (1,))
+
+
+def _charge_block(x: torch.Tensor, v: torch.Tensor | None, p: LIFParams, h: torch.Tensor, spikes=None):
+    """Fills ``h[t]`` (T, block) with the charged potential of each step (and ``spikes[t]`` when
+    given); returns the final v."""
+    v = torch.zeros_like(h[0]) if v is None else v.to(h.dtype, copy=True)
+    leak = torch.empty_like(v)
+    fired = torch.empty_like(v)
+    for t in range(x.shape[0]):
+        # spikingjelly's order of operations: v + (x - (v - v_rest)) / tau, or v - (v - v_rest) / tau + x.
+        if p.v_reset:
+            torch.sub(v, p.v_reset, out=leak)
+        if p.decay_input:
+            torch.sub(x[t], leak if p.v_reset else v, out=leak)
+            torch.add(v, leak.div_(p.tau), out=h[t])
+        else:
+            torch.div(leak if p.v_reset else v, p.tau, out=leak)
+            torch.sub(v, leak, out=h[t]).add_(x[t])
+        s = spikes[t] if spikes is not None and spikes.dtype == h.dtype else fired
+        torch.ge(h[t], p.v_threshold, out=s)
+        if spikes is not None and s is fired:
+            spikes[t].copy_(fired)
+        # spikingjelly's h - s * v_threshold, or s * v_reset + (1 - s) * h: exact for s in {0, 1}.
+        if p.v_reset is None:
+            torch.add(h[t], s, alpha=-p.v_threshold, out=v)
+        else:
+            torch.addcmul(h[t], h[t], s, value=-1.0, out=v)
+            if p.v_reset:
+                v.add_(s, alpha=p.v_reset)
+    return v
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def lif_forward(x: torch.Tensor, v_init: torch.Tensor | None, p: LIFParams, return_v: bool):
+    """(spikes in x's dtype and layout, final v in fp32 or an empty tensor)."""
+    x = as_time_major(x)
+    spikes, v_out = empty_outputs(x, return_v)
+    x2, s2 = _rows(x), _rows(spikes)
+    v0, v_flat = _flat(state_like(x, v_init)), _flat(v_out) if return_v else None
+    h = torch.empty((x.shape[0], min(BLOCK, x2.shape[1])), dtype=_compute_dtype(x), device=x.device)
+    for i in range(0, x2.shape[1], BLOCK):
+        j = min(i + BLOCK, x2.shape[1])
+        v = _charge_block(x2[:, i:j], None if v0 is None else v0[i:j], p, h[:, : j - i], s2[:, i:j])
+        if return_v:
+            v_flat[i:j].copy_(v)
+    return spikes, v_out
+
+
+def lif_backward(
+    grad_s: torch.Tensor,
+    grad_v: torch.Tensor | None,
+    x: torch.Tensor,
+    v_init: torch.Tensor | None,
+    p: LIFParams,
+    need_grad_v_init: bool,
+):
+    """(grad_x in x's dtype and layout, grad_v_init in v_init's dtype or an empty tensor)."""
+    x = as_time_major(x)
+    grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
+    x2, gx2 = _rows(x), _rows(grad_x)
+    gs2 = _rows(grad_s if grad_s.stride() == x.stride() else torch.empty_like(x).copy_(grad_s))
+    v0, gv, gvi = _flat(state_like(x, v_init)), _flat(state_like(x, grad_v)), _flat(grad_v_init)
+    h = torch.empty((x.shape[0], min(BLOCK, x2.shape[1])), dtype=_compute_dtype(x), device=x.device)
+    decay = 1.0 - 1.0 / p.tau
+    for i in range(0, x2.shape[1], BLOCK):
+        j = min(i + BLOCK, x2.shape[1])
+        hb = h[:, : j - i]
+        _charge_block(x2[:, i:j], None if v0 is None else v0[i:j], p, hb)
+        z = hb - p.v_threshold
+        sg = surrogate_grad(z, p.surrogate, p.alpha)
+        # d v[t] / d h[t]: the reset's Jacobian (the spike's part is dropped by detach_reset).
+        if p.v_reset is None:
+            dv_dh = None if p.detach_reset else torch.mul(sg, -p.v_threshold).add_(1.0)
+        else:
+            dv_dh = torch.lt(z, 0.0, out=torch.empty_like(z))
+            if not p.detach_reset:
+                dv_dh.addcmul_(hb.neg_().add_(p.v_reset), sg)
+        # grad_h[t] = grad_s[t] * sg[t] + grad_v[t] * dv_dh[t], with grad_v[t] = grad_h[t+1] * decay.
+        grad_h = sg.mul_(gs2[:, i:j])
+        carry = None if gv is None else gv[i:j].to(grad_h.dtype)
+        for t in range(x.shape[0] - 1, -1, -1):
+            if carry is not None:
+                grad_h[t].add_(carry) if dv_dh is None else grad_h[t].addcmul_(carry, dv_dh[t])
+            carry = grad_h[t] * decay
+        torch.mul(grad_h, 1.0 / p.tau, out=gx2[:, i:j]) if p.decay_input else gx2[:, i:j].copy_(grad_h)
+        if gvi.numel():
+            gvi[i:j].copy_(carry)
+    return grad_x, grad_v_init

@@ -1,0 +1,184 @@
+"""The vectorised PyTorch scan (backend="torch") against the per-position reference, in float64.
+
+The reference (``naive.py``) walks the positions one at a time and lets autograd derive the
+backward; the vectorised ops solve the recurrence in chunks and have an analytic backward.
+"""
+
+import pytest
+import torch
+from helpers import assert_close_rel
+
+from svm_kernels import cross_selective_scan, cross_selective_scan_lowrank
+from svm_kernels import utils as kutils
+from svm_kernels.ss2d import vectorised
+from svm_kernels.ss2d.naive import cross_selective_scan_naive, lowrank_delta
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setattr(kutils, "POISON_OUTPUTS", True)
+
+
+def sequential_scan(a, b, reverse):
+    x, state = torch.zeros_like(b), torch.zeros_like(b[..., 0])
+    L = b.shape[-1]
+    for p in range(L - 1, -1, -1) if reverse else range(L):
+        state = a[..., p] * state + b[..., p]
+        x[..., p] = state
+    return x
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 7, 16, 17, 50, 64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_scan_matches_the_sequential_recurrence(L, reverse):
+    g = torch.Generator().manual_seed(L)
+    a = torch.rand(2, 3, L, generator=g, dtype=torch.float64)
+    b = torch.randn(2, 3, L, generator=g, dtype=torch.float64)
+    assert_close_rel(vectorised.linear_scan(a, b, reverse), sequential_scan(a, b, reverse), 1e-13)
+
+
+def test_linear_scan_keeps_tiny_decays_finite():
+    a = torch.full((4, 40), 1e-30)  # exp(dt * A) far below what a cumulative-sum trick could divide by
+    b = torch.randn(4, 40)
+    x = vectorised.linear_scan(a, b)
+    assert torch.isfinite(x).all() and torch.allclose(x, b, rtol=1e-6)
+
+
+def make_inputs(batch, D, H, W, N, R, lowrank, skip, bias, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    inputs = dict(
+        u=rnd(batch, D, H, W),
+        A=-(torch.rand(4, D, N, generator=g, dtype=torch.float64) + 0.2),
+        B=rnd(batch, 4, N, H, W),
+        C=rnd(batch, 4, N, H, W),
+        D=rnd(4, D) if skip else None,
+    )
+    if lowrank:
+        inputs.update(dt_low=rnd(batch, 4, R, H, W, scale=0.5), dt_weight=rnd(4, D, R, scale=0.5))
+        inputs["dt_bias"] = rnd(4, D, scale=0.3) if bias else None
+    else:
+        inputs.update(delta=rnd(batch, 4, D, H, W, scale=0.5))
+        inputs["delta_bias"] = rnd(4, D, scale=0.3) if bias else None
+    return inputs
+
+
+def reference(inputs, lowrank, softplus):
+    i = dict(inputs)
+    if lowrank:
+        i["delta"] = lowrank_delta(i.pop("dt_low"), i.pop("dt_weight"))
+        i["delta_bias"] = i.pop("dt_bias")
+    return cross_selective_scan_naive(**i, delta_softplus=softplus)
+
+
+def output_and_grads(fn, inputs, grad_out):
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    y = fn(leaves)
+    (y.double() * grad_out).sum().backward()
+    return y, {k: None if v is None else v.grad for k, v in leaves.items()}
+
+
+CASES = [
+    # batch, D, H, W, N, R, lowrank, softplus, skip, bias
+    (2, 3, 5, 7, 1, 2, True, True, True, True),  # odd H and W, the models' N = 1
+    (1, 4, 8, 8, 4, 3, True, True, True, True),
+    (2, 5, 3, 5, 2, 1, False, True, True, True),
+    (1, 3, 1, 6, 1, 1, True, False, False, False),  # H = 1, no softplus, no D, no bias
+    (1, 2, 1, 1, 3, 1, False, True, True, True),  # a single position
+    (3, 2, 17, 3, 1, 2, False, False, True, False),  # L = 51: a ragged last chunk
+]
+
+
+@pytest.mark.parametrize("batch,D,H,W,N,R,lowrank,softplus,skip,bias", CASES)
+def test_matches_per_position_reference_float64(batch, D, H, W, N, R, lowrank, softplus, skip, bias):
+    inputs = make_inputs(batch, D, H, W, N, R, lowrank, skip, bias)
+    grad_out = torch.randn(batch, D, H, W, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    y, grads = output_and_grads(lambda t: op(**t, delta_softplus=softplus, backend="torch"), inputs, grad_out)
+    y_ref, ref = output_and_grads(lambda t: reference(t, lowrank, softplus), inputs, grad_out)
+    assert y.dtype == torch.float64
+    assert_close_rel(y, y_ref, 1e-12, "output")
+    for name, g in ref.items():
+        if g is None:
+            assert grads[name] is None, name
+        else:
+            assert grads[name].dtype == inputs[name].dtype
+            assert_close_rel(grads[name], g, 1e-11, f"grad {name}")
+
+
+def test_float32_and_bfloat16_inputs():
+    inputs = make_inputs(2, 4, 6, 5, 1, 2, True, True, True)
+    grad_out = torch.randn(2, 4, 6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y_ref, ref = output_and_grads(lambda t: reference(t, True, True), inputs, grad_out)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        low = {k: v if k in ("A", "D", "dt_bias", "dt_weight") else v.to(dtype) for k, v in inputs.items()}
+        y, grads = output_and_grads(
+            lambda t: cross_selective_scan_lowrank(**t, backend="torch"), low, grad_out
+        )
+        assert y.dtype == torch.float32  # fp32 for half inputs, else u's dtype
+        assert_close_rel(y, y_ref, tol, f"output {dtype}")
+        for name, g in ref.items():
+            assert grads[name].dtype == low[name].dtype
+            assert_close_rel(grads[name], g, tol * 10, f"grad {name} {dtype}")
+
+
+def test_strided_inputs_channels_last_and_sliced():
+    inputs = make_inputs(2, 4, 5, 6, 2, 2, True, True, True, dtype=torch.float32)
+    y_ref = cross_selective_scan_lowrank(**inputs, backend="torch")
+    strided = dict(inputs)
+    strided["u"] = inputs["u"].to(memory_format=torch.channels_last)
+    packed = torch.cat([inputs["dt_low"], inputs["B"], inputs["C"]], dim=2)  # as the models' x_proj
+    strided["dt_low"], strided["B"], strided["C"] = packed[:, :, :2], packed[:, :, 2:4], packed[:, :, 4:]
+    assert_close_rel(cross_selective_scan_lowrank(**strided, backend="torch"), y_ref, 1e-6)
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_custom_ops_pass_opcheck(lowrank):
+    inputs = make_inputs(2, 3, 4, 5, 2, 2, lowrank, True, True, dtype=torch.float32)
+    args = {k: v.requires_grad_(True) if v is not None else None for k, v in inputs.items()}
+    if lowrank:
+        op, order = (
+            torch.ops.svmamba.ss2d_torch_lowrank_fwd,
+            ("u", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias"),
+        )
+    else:
+        op, order = torch.ops.svmamba.ss2d_torch_fwd, ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    torch.library.opcheck(op, (*(args[k] for k in order), True, torch.float32))
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_traces_as_one_node(lowrank):
+    inputs = make_inputs(1, 3, 4, 4, 1, 2, lowrank, True, True, dtype=torch.float32)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    keys = list(inputs)
+
+    def f(*args):
+        return op(**dict(zip(keys, args)), backend="torch")
+
+    graph, _ = torch.jit._get_trace_graph(f, tuple(inputs.values()))
+    name = "svmamba::ss2d_torch_lowrank_fwd" if lowrank else "svmamba::ss2d_torch_fwd"
+    assert [n.kind() for n in graph.nodes()].count(name) == 1
+
+
+def test_torch_compile_fullgraph_dynamic_matches_eager():
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda t: cross_selective_scan_lowrank(**t, backend="torch"),
+        fullgraph=True,
+        backend="aot_eager",
+        dynamic=True,
+    )
+    for shape in ((2, 3, 5, 7), (1, 3, 4, 4)):  # the second reuses the symbolic graph
+        batch, D, H, W = shape
+        inputs = make_inputs(batch, D, H, W, 1, 2, True, True, True, dtype=torch.float32)
+        grad_out = torch.randn(shape, dtype=torch.float64)
+        y, grads = output_and_grads(compiled, inputs, grad_out)
+        y_ref, ref = output_and_grads(
+            lambda t: cross_selective_scan_lowrank(**t, backend="torch"), inputs, grad_out
+        )
+        assert_close_rel(y, y_ref, 1e-6, "output")
+        for name, g in ref.items():
+            assert_close_rel(grads[name], g, 1e-6, f"grad {name}")
