@@ -198,12 +198,12 @@ def spike_driven(v: Volumes, theta_in: float, is_conv: bool, hw: HardwareModel) 
     """
     fan_out = v.macs / v.inputs if v.inputs else 0.0
     sops = theta_in * fan_out
+    if hw.e_synop_pj is not None:  # a chip's synaptic op: accumulate, weight and potential access
+        return Components(compute=sops * hw.e_synop_pj)
     if is_conv:
         addressing = theta_in * (2 * hw.e_mac_pj + v.kernel * hw.e_add_pj)
     else:
         addressing = sops * hw.e_add_pj
-    if hw.e_synop_pj is not None:  # a chip's synaptic op: accumulate, weight and potential access
-        return Components(compute=sops * hw.e_synop_pj)
     return Components(
         compute=sops * hw.e_add_pj,
         addressing=addressing,
