@@ -48,6 +48,7 @@ HAS_CUDA = torch.cuda.is_available() and not SMOKE
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 PHASES = ("check", "ours", "peer")
 KERNEL_ORDER = ("device", "lif", "ss2d")  # within a phase; other kernels follow
+LAST = ("torch_compile",)  # slow to prepare (compiles): after every other peer
 REPS, GROUPS = 10, 7
 
 
@@ -194,7 +195,7 @@ def all_cases(smoke: bool) -> list[Case]:
         except Exception as exc:  # a provider that cannot even list its cases still leaves a row
             cases.append(Case(kernel, "provider", "check", {"shape": "-"}, _raiser(exc)))
     first = {k: i for i, k in enumerate(KERNEL_ORDER)}
-    return sorted(cases, key=lambda c: (PHASES.index(c.phase), first.get(c.kernel, len(first))))
+    return sorted(cases, key=lambda c: (PHASES.index(c.phase), c.impl in LAST, first.get(c.kernel, len(first))))
 
 
 def _raiser(exc: Exception):
