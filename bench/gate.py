@@ -195,7 +195,9 @@ def all_cases(smoke: bool) -> list[Case]:
         except Exception as exc:  # a provider that cannot even list its cases still leaves a row
             cases.append(Case(kernel, "provider", "check", {"shape": "-"}, _raiser(exc)))
     first = {k: i for i, k in enumerate(KERNEL_ORDER)}
-    return sorted(cases, key=lambda c: (PHASES.index(c.phase), c.impl in LAST, first.get(c.kernel, len(first))))
+    return sorted(
+        cases, key=lambda c: (PHASES.index(c.phase), c.impl in LAST, first.get(c.kernel, len(first)))
+    )
 
 
 def _raiser(exc: Exception):
