@@ -10,7 +10,10 @@ short still holds the rows it reached. Every case runs under its own time limit 
 case stuck inside one long C call overruns it until the call returns; the shell's outer
 ``timeout`` bounds the whole run), a case that raises writes a row with the error, and
 :class:`Skip` writes a row with the reason. When the run's time budget is spent the remaining
-cases are written as skipped.
+cases are written as skipped; after an error that loses the CUDA context (illegal address,
+device assert) the process's remaining cases are skipped with that reason. On a GPU,
+bench/gpu_check.sh runs each phase in its own process (``--phase``), so one phase's lost context
+does not cost the next phase its rows.
 
 Timing (``timing: "back_to_back"``): after two warm-up calls (compilation, autotuning,
 allocator), ``GROUPS`` groups of ``REPS`` back-to-back calls between two CUDA events, no
@@ -49,6 +52,13 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 PHASES = ("check", "ours", "peer")
 KERNEL_ORDER = ("device", "lif", "ss2d")  # within a phase; other kernels follow
 LAST = ("torch_compile",)  # slow to prepare (compiles): after every other peer
+# errors after which the process's CUDA context is unusable
+CUDA_FATAL = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "illegal instruction",
+)
 REPS, GROUPS = 10, 7
 
 
@@ -225,26 +235,34 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--budget-s", type=float, default=120.0 if SMOKE else 420.0)
+    parser.add_argument("--phase", choices=PHASES, help="run only this phase's cases")
     parser.add_argument("--only", default="", help="substring filter on 'kernel impl' (debugging)")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    cases = [c for c in all_cases(SMOKE) if args.only in f"{c.kernel} {c.impl}"]
+    cases = [
+        c for c in all_cases(SMOKE) if args.only in f"{c.kernel} {c.impl}" and args.phase in (None, c.phase)
+    ]
     print(
         f"gate: {len(cases)} cases, device {DEVICE}, smoke={SMOKE}, budget {args.budget_s:.0f} s", flush=True
     )
-    failed = 0
+    failed, poisoned = 0, None
     with open(out / "results.jsonl", "a") as f:
         for c in cases:
             left = deadline - time.monotonic()
-            if left < 5:
+            if left < 5 or poisoned:
                 row = dict(kernel=c.kernel, impl=c.impl, phase=c.phase, case=c.case, wall_s=0.0)
-                row["skipped"] = "the gate's time budget was spent before this case"
+                row["skipped"] = poisoned or "the gate's time budget was spent before this case"
             else:
                 c.limit_s = min(c.limit_s, left - 2)
                 row = run_case(c)
+                if any(m in row.get("error", "") for m in CUDA_FATAL):
+                    # the CUDA context is lost: every later case of this process would fail
+                    poisoned = (
+                        f"CUDA context lost at {c.kernel} {c.impl} {describe(row).split(']')[1][:60].strip()}"
+                    )
             failed += "error" in row or row.get("ok") is False
             f.write(json.dumps(row, default=str) + "\n")
             f.flush()
