@@ -60,7 +60,7 @@ def timing_tables(rows) -> list[str]:
     timed = [r for r in rows if "ms" in r and r["phase"] != "check"]
     copy = [r["gbps"] for r in rows if r["kernel"] == "device" and "gbps" in r]
     if copy:
-        lines += [f"Device copy bandwidth: {copy[0]:.0f} GB/s (read + write).", ""]
+        lines += [f"Device copy bandwidth: {copy[0]:.4g} GB/s (read + write).", ""]
     for kernel in sorted({r["kernel"] for r in timed}):
         cases = defaultdict(dict)
         for r in timed:
@@ -78,7 +78,7 @@ def timing_tables(rows) -> list[str]:
             for i in impls:
                 r = c.get(i)
                 cells.append(
-                    f"{r['ms']:.4g} ({r['gbps']:.0f}, {_fmt(r.get('peak_mib'), '.0f')})" if r else "-"
+                    f"{r['ms']:.4g} ({r['gbps']:.3g}, {_fmt(r.get('peak_mib'), '.0f')})" if r else "-"
                 )
             for o in ours:
                 for p in peers:
@@ -113,14 +113,13 @@ def problems(rows) -> list[str]:
 
 
 def markdown(rows) -> str:
-    timing = {r.get("timing") for r in rows if "timing" in r}
-    head = [
-        "# GPU gate summary",
-        "",
-        f"{len(rows)} rows; timing method: {', '.join(sorted(t for t in timing if t)) or '-'} "
-        "(median of CUDA-event groups of back-to-back calls; see bench/gate.py).",
-        "",
-    ]
+    timing = sorted({r["timing"] for r in rows if r.get("timing")})
+    how = {
+        "back_to_back": "median of CUDA-event groups of back-to-back calls",
+        "cpu_wall_smoke": "one call on the CPU under the interpreter, meaningless as a speed",
+    }
+    methods = "; ".join(f"{t} ({how.get(t, 'see bench/gate.py')})" for t in timing) or "-"
+    head = ["# GPU gate summary", "", f"{len(rows)} rows; timing: {methods}.", ""]
     return "\n".join(head + checks_table(rows) + timing_tables(rows) + problems(rows))
 
 
