@@ -304,7 +304,9 @@ def ptx_profile(ptx: str, env: dict) -> dict:
     instructions (by their ``.loc`` line, or the line of the call an inlined helper came from)
     and counts its trip count: the range evaluated with the launch's argument values (``env``).
     A loop that matches no source loop, or whose range cannot be evaluated, counts once and is
-    reported in ``untraced_loops``. Nested loops multiply.
+    reported in ``untraced_loops``. Nested loops multiply. Triton 3.6 writes no call sites of
+    inlined helpers into the PTX line info, so there a loop whose body is mostly helper code is
+    untraced and the per-element figures undercount (the budgets are set with Triton 3.8).
     """
     instrs, labels = _instructions(ptx)
     loops = {}
