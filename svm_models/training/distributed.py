@@ -29,16 +29,25 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup() -> DistInfo:
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), readable before :func:`setup`."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def setup(device_name: str | None = None) -> DistInfo:
+    """Join the torchrun process group (if any) on ``device_name`` (the config's ``device``)."""
+    from .runtime import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
+    device = resolve_device(device_name, local)
+    cuda = device.type == "cuda"
     if cuda:
-        torch.cuda.set_device(local % torch.cuda.device_count())
-        device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",
