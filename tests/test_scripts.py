@@ -90,7 +90,14 @@ def trained(tmp_path_factory):
 
 def test_train_script_learns_digits(trained):
     d = trained["dir"]
-    assert sorted(os.listdir(d)) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    assert sorted(os.listdir(d)) == [
+        "best.pt",
+        "config.yaml",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+        "train.log",
+    ]
     rows = open(d / "log.csv").read().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,lr,train_loss")
     best = torch.load(d / "best.pt", weights_only=True)

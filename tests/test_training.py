@@ -248,7 +248,7 @@ def _files(cfg):
 def test_fit_writes_checkpoints_log_and_curves(tmp_path, tiny):
     cfg = _cfg(tmp_path, epochs=3)
     res = engine.fit(cfg, progress=False)
-    assert _files(cfg) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    assert _files(cfg) == ["best.pt", "config.yaml", "curves.png", "last.pt", "log.csv", "train.log"]
     last = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "best_acc", "config", "history", "classes"} <= set(
         last

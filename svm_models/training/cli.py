@@ -20,10 +20,26 @@ from .distributed import env_rank
 from .engine import NonFiniteLossError
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations at all. The original README's one-dash ``-config`` is rewritten to
+    ``--config`` before parsing: registered as a one-dash option, Python 3.11's argparse would
+    still take ``-c`` or ``-conf`` for it, even with ``allow_abbrev=False``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        args = [
+            "--config" + a[len("-config") :] if a == "-config" or a.startswith("-config=") else a
+            for a in args
+        ]
+        return super().parse_known_args(args, namespace)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """``--config`` (and the original README's ``-config``), ``--opts``, ``--device``, ``--output-dir``."""
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False)
-    p.add_argument("--config", "-config", required=True, metavar="YAML", help="experiment config file")
+    p = _Parser(description=description, allow_abbrev=False)
+    p.add_argument(
+        "--config", required=True, metavar="YAML", help="experiment config file (-config works too)"
+    )
     p.add_argument(
         "--opts",
         nargs="+",
