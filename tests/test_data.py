@@ -191,7 +191,9 @@ def test_cifar_label_out_of_range_is_a_data_error_at_load_time(tmp_path):
     batch = pickle.loads(path.read_bytes())
     batch["labels"][4] = 12
     path.write_bytes(pickle.dumps(batch, protocol=2))
-    with pytest.raises(D.DataError, match=r"cifar10 train split: 1 label\(s\) outside 0..9, the first is 12 at image 10"):
+    with pytest.raises(
+        D.DataError, match=r"cifar10 train split: 1 label\(s\) outside 0..9, the first is 12 at image 10"
+    ):
         D.build_dataset("cifar10", "train", root=str(tmp_path))
     D.build_dataset("cifar10", "test", root=str(tmp_path))  # the test split is fine
 
@@ -219,7 +221,9 @@ def test_unreadable_folder_images_become_none_and_are_reported(tmp_path):
     log = D.unreadable_log(torch.utils.data.Subset(ds, range(3)))
     got = dict(log.drain())
     assert sorted(got) == bad and log.drain() == []
-    assert "UnidentifiedImageError" in got[bad[1]] and got[bad[2]].startswith("OSError: image file is truncated")
+    assert "UnidentifiedImageError" in got[bad[1]] and got[bad[2]].startswith(
+        "OSError: image file is truncated"
+    )
     images, targets = D.collate_skipping_unreadable(items[:4])
     assert images.shape[0] == targets.shape[0] == sum(x is not None for x in items[:4])
     images, targets = D.collate_skipping_unreadable([None, None])
@@ -243,7 +247,14 @@ def test_training_skips_unreadable_images_and_counts_them(tmp_path, monkeypatch,
     bad = _spoil(tmp_path / "Mini-ImageNet-Dataset" / "train" / "n01532829")
     monkeypatch.setattr("svm_models.data.images.MAX_UNREADABLE_FRACTION", 0.5)  # 3 of 9 is fine here
     cfg = C.validate(
-        tiny_cfg(tmp_path, dataset="mini_imagenet", root_path=str(tmp_path), batch_size=3, workers=workers, epochs=2),
+        tiny_cfg(
+            tmp_path,
+            dataset="mini_imagenet",
+            root_path=str(tmp_path),
+            batch_size=3,
+            workers=workers,
+            epochs=2,
+        ),
         "test",
     )
     res = engine.fit(cfg, progress=False)
@@ -253,5 +264,7 @@ def test_training_skips_unreadable_images_and_counts_them(tmp_path, monkeypatch,
         assert out.count(f"warning: skipped unreadable image {path}") == 1, out
     assert "epoch 1: 3 unreadable image(s) skipped" in out and "epoch 2: 3 unreadable image(s) skipped" in out
     monkeypatch.setattr("svm_models.data.images.MAX_UNREADABLE_FRACTION", 0.01)
-    with pytest.raises(D.DataError, match=r"3 of 9 images of the train split could not be read \(more than 1%\)"):
+    with pytest.raises(
+        D.DataError, match=r"3 of 9 images of the train split could not be read \(more than 1%\)"
+    ):
         engine.fit(dict(cfg, epochs=3), resume=True, progress=False)
