@@ -576,9 +576,8 @@ def test_accounting_cli_bad_arguments_are_one_line(capsys):
 
 
 def test_accounting_cli_num_classes_defaults_to_the_models_own(capsys):
-    from svm_models.accounting.__main__ import main
-
     import svm_models
+    from svm_models.accounting.__main__ import main
 
     small = ["--model", "vmamba_cifar", "--set", "dims=[8, 16]", "--set", "depths=[1, 1]"]
     own = svm_models.create_model("vmamba_cifar", dims=[8, 16], depths=[1, 1]).num_classes

@@ -88,7 +88,9 @@ def _load_failure(path: str, e: Exception) -> str:
     """Why torch.load failed, as one readable clause (no ANSI colours, no cut sentence)."""
     text = " ".join(_ANSI.sub("", str(e)).split())
     if isinstance(e, pickle_errors()) and "weights_only" in text.lower():
-        found = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+|Unsupported operand \S+)", text)
+        found = re.search(
+            r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+|Unsupported operand \S+)", text
+        )
         detail = f" ({found.group(1)})" if found else ""
         return (
             f"it holds Python objects beyond tensors{detail}, which safe loading (weights_only) refuses; "
