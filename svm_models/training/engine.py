@@ -484,7 +484,8 @@ def announce(t: Training, p: Progress, cfg: dict[str, Any], info, resume: bool, 
         info,
         f"{cfg['task_name']}: {cfg['model']} ({n_params / 1e6:.3f}M params) on {cfg['dataset']} "
         f"[{len(t.loader.dataset)} train / {len(getattr(t.val_loader.dataset, 'dataset', t.val_loader.dataset))} val images, {t.num_classes} classes], "
-        f"{info.world_size} process(es) on {info.device.type}, {len(t.loader)} steps/epoch",
+        f"{info.world_size} process(es) on {info.device} ({torch.get_num_threads()} CPU thread(s) each), "
+        f"{len(t.loader)} steps/epoch",
         run,
     )
 
