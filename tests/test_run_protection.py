@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -134,8 +135,9 @@ def test_lock_is_released_when_the_run_fails(tmp_path, tiny):
 
 
 @pytest.mark.slow
-def test_two_concurrent_runs_into_one_directory(tmp_path):
-    """Two real train.py processes started together: one trains, the other exits 2 at once."""
+def test_two_concurrent_runs_into_one_directory(tmp_path, tiny, capsys):
+    """A real train.py process trains; a second run started meanwhile into the same directory
+    exits 2 at once, and the first one finishes undisturbed."""
     launcher = tmp_path / "launch.py"
     launcher.write_text(
         "import runpy, sys\n"
@@ -146,28 +148,31 @@ def test_two_concurrent_runs_into_one_directory(tmp_path):
         f"sys.argv = [{os.path.join(ROOT, 'train.py')!r}] + sys.argv[1:]\n"
         f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n"
     )
-    cfg = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=2))
+    cfg = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=3))
+    lock = tmp_path / "runs" / "tiny" / ".lock"
+    main = _train_main()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(launcher), "--config", cfg, "--no-test"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
-    codes = sorted(r[0] for r in results)
-    assert codes == [0, 2], results
-    loser = next(r for r in results if r[0] == 2)
-    assert "error: " in loser[2] and (
-        "in use by another run" in loser[2] or "already holds a run" in loser[2]
+    first = subprocess.Popen(
+        [sys.executable, str(launcher), "--config", cfg, "--no-test"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        deadline = time.time() + 300
+        while not lock.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert lock.exists(), "the first run never took the lock"
+        assert cli.run(main, ["--config", cfg, "--no-test"]) == 2  # while the first one trains
+        _one_error(capsys.readouterr().err, f"in use by another run (pid {first.pid} on this machine)")
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
     rows = history.read_csv(str(tmp_path / "runs" / "tiny" / "log.csv"))
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert not lock.exists()
 
 
 # ----------------------------------------------------------------------------------------------
