@@ -16,7 +16,7 @@ from typing import Any
 
 from ..data import DataError
 from .config import ConfigError, load_config, parse_overrides
-from .distributed import env_rank
+from .distributed import env_rank, fail_together
 from .engine import NonFiniteLossError
 
 
@@ -79,6 +79,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     def fail(message: str, status: int) -> int:
         if env_rank() == 0:  # under torchrun every rank fails alike; one report is enough
             print(message, file=sys.stderr, flush=True)
+        fail_together(status)
         return status
 
     try:
