@@ -60,10 +60,13 @@ def open_rgb(path: str):
         return _to_8bit(im).convert("RGB")
 
 
-def describe_error(e: BaseException) -> str:
-    """``Type: first line of the message`` (PIL's messages never name the file)."""
+def describe_error(e: BaseException, path: str | None = None) -> str:
+    """``Type: first line of the message``, without the file name (shown next to it anyway)."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    first = text[0] if text else ""
+    if path:
+        first = first.replace(f" {path!r}", "").replace(f" {path}", "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 class UnreadableImages:
@@ -110,7 +113,8 @@ class ImageFolderSkippingUnreadable(tvd.ImageFolder):
         try:
             return super().__getitem__(index)
         except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated, empty), ...
-            self.unreadable.report(self.samples[index][0], describe_error(e))
+            path = self.samples[index][0]
+            self.unreadable.report(path, describe_error(e, path))
             return None
 
 

@@ -141,7 +141,7 @@ def predict_files(
         try:
             tensors.append((path, transform(D.open_rgb(path))))
         except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), ...
-            skipped.append({"file": path, "error": D.describe_error(e)})
+            skipped.append({"file": path, "error": D.describe_error(e, path)})
     for i in range(0, len(tensors), batch_size):
         chunk = tensors[i : i + batch_size]
         x = torch.stack([t for _, t in chunk]).to(device)
