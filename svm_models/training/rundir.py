@@ -82,6 +82,14 @@ class RunLock:
             return True
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner + "\n")
+            return True
         finally:
             os.unlink(tmp)
 
@@ -145,7 +153,10 @@ class RunDir:
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         ensure_writable(self.path)
-        self.lock.acquire()
+        try:
+            self.lock.acquire()
+        except OSError as e:
+            raise write_error(self.lock.path, e, "the lock file") from None
         try:
             notes = []
             removed = remove_temp_files(self.path)
