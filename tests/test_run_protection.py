@@ -336,3 +336,16 @@ def test_thread_count_precedence(monkeypatch):
         assert runtime.set_threads({"threads": 2}) == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(n)
+
+
+def test_lock_without_hard_links_still_excludes(tmp_path, monkeypatch):
+    def no_links(*a):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(rundir.os, "link", no_links)
+    first = rundir.RunLock(str(tmp_path)).acquire()
+    with pytest.raises(C.ConfigError, match="in use by another run"):
+        rundir.RunLock(str(tmp_path)).acquire()  # same pid, alive: refused
+    first.release()
+    assert not (tmp_path / ".lock").exists()
+    assert sorted(os.listdir(tmp_path)) == []  # no temporary file left either
