@@ -136,10 +136,13 @@ def unreadable_log(dataset) -> UnreadableImages | None:
     return None
 
 
-def check_unreadable_fraction(files: list[str], total: int, split: str) -> None:
-    """DataError when more than MAX_UNREADABLE_FRACTION of the ``total`` images were unreadable."""
-    if total and len(files) > MAX_UNREADABLE_FRACTION * total:
+def check_unreadable_fraction(files: list[str], total: int, split: str, count: int | None = None) -> None:
+    """DataError when more than MAX_UNREADABLE_FRACTION of ``total`` images were unreadable;
+    ``count`` (default ``len(files)``) may include files other processes found."""
+    count = len(files) if count is None else count
+    if total and count > MAX_UNREADABLE_FRACTION * total:
+        shown = f", e.g. {', '.join(files[:SHOWN_FILES])}" if files else ""
         raise DataError(
-            f"{len(files)} of {total} images of the {split} split could not be read "
-            f"(more than {MAX_UNREADABLE_FRACTION:.0%}), e.g. {', '.join(files[:SHOWN_FILES])}"
+            f"{count} of {total} images of the {split} split could not be read "
+            f"(more than {MAX_UNREADABLE_FRACTION:.0%}){shown}"
         )

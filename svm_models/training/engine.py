@@ -405,7 +405,9 @@ def restore(t: Training, cfg: dict[str, Any], path: str) -> Progress:
 
 
 def check_unreadable(loader: DataLoader, split: str, seen: dict[str, str], info, run) -> int:
-    """Warn once per unreadable file of ``loader``'s dataset, refuse a broken split; returns the count."""
+    """Warn once per unreadable file of ``loader``'s dataset; refuse a split where more than
+    ``MAX_UNREADABLE_FRACTION`` was unreadable (counted over all processes, so that every process
+    stops together). Returns the count of this epoch, over all processes."""
     log = D.unreadable_log(loader.dataset)
     if log is None:
         return 0
@@ -414,8 +416,10 @@ def check_unreadable(loader: DataLoader, split: str, seen: dict[str, str], info,
         if path not in seen:
             _log(info, f"warning: skipped unreadable image {path} ({reason})", run)
     seen.update(found)
-    D.check_unreadable_fraction(sorted(found), len(loader.dataset), split)
-    return len(found)
+    counts = torch.tensor([len(found), len(loader.sampler)], dtype=torch.float64)
+    bad, total = (int(v) for v in dist_utils.all_reduce_sum(counts, info).tolist())
+    D.check_unreadable_fraction(sorted(found), total, split, count=bad)
+    return bad
 
 
 def run_epoch(
