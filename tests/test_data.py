@@ -178,3 +178,93 @@ def test_unknown_dataset_and_split():
         D.build_dataset("imagenet", "train")
     with pytest.raises(D.DataError, match="unknown split 'dev'"):
         D.build_dataset("digits", "dev")
+
+
+# ----------------------------------------------------------------------------------------------
+# bad labels and unreadable images: found at load time or skipped, never a crash mid-epoch
+# ----------------------------------------------------------------------------------------------
+def test_cifar_label_out_of_range_is_a_data_error_at_load_time(tmp_path):
+    import pickle
+
+    make_cifar10(tmp_path)
+    path = tmp_path / "cifar-10" / "cifar-10-batches-py" / "data_batch_2"
+    batch = pickle.loads(path.read_bytes())
+    batch["labels"][4] = 12
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(
+        D.DataError, match=r"cifar10 train split: 1 label\(s\) outside 0..9, the first is 12 at image 10"
+    ):
+        D.build_dataset("cifar10", "train", root=str(tmp_path))
+    D.build_dataset("cifar10", "test", root=str(tmp_path))  # the test split is fine
+
+
+def _spoil(folder):
+    """Three unreadable .jpg files: 0 bytes, text, a truncated real JPEG."""
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image\n")
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])  # header intact
+    return sorted(str(folder / n) for n in ("empty.jpg", "text.jpg", "truncated.jpg"))
+
+
+def test_unreadable_folder_images_become_none_and_are_reported(tmp_path):
+    base = make_mini_imagenet(tmp_path, per_class=2, size=(8, 8))
+    bad = _spoil(tmp_path / "Mini-ImageNet-Dataset" / "train" / "n01532829")
+    ds = D.build_dataset("mini_imagenet", "train", root=str(tmp_path), img_size=8, augment=False)
+    items = [ds[i] for i in range(len(ds))]
+    assert sum(x is None for x in items) == 3 and len(ds) == 9
+    log = D.unreadable_log(torch.utils.data.Subset(ds, range(3)))
+    got = dict(log.drain())
+    assert sorted(got) == bad and log.drain() == []
+    assert "UnidentifiedImageError" in got[bad[1]] and got[bad[2]].startswith(
+        "OSError: image file is truncated"
+    )
+    images, targets = D.collate_skipping_unreadable(items[:4])
+    assert images.shape[0] == targets.shape[0] == sum(x is not None for x in items[:4])
+    images, targets = D.collate_skipping_unreadable([None, None])
+    assert images.numel() == 0 and targets.numel() == 0
+    with pytest.raises(D.DataError, match=r"3 of 9 images of the train split could not be read .*empty.jpg"):
+        D.check_unreadable_fraction(sorted(got), len(ds), "train")
+    D.check_unreadable_fraction(bad[:1], 101, "train")  # under 1 %: fine
+    assert base
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_skips_unreadable_images_and_counts_them(tmp_path, monkeypatch, capsys, workers):
+    from test_training_fixtures import register_tiny, tiny_cfg
+
+    from svm_models.training import config as C
+    from svm_models.training import engine
+
+    register_tiny(monkeypatch)
+    torch.set_num_threads(1)
+    make_mini_imagenet(tmp_path, per_class=2, size=(8, 8))
+    bad = _spoil(tmp_path / "Mini-ImageNet-Dataset" / "train" / "n01532829")
+    monkeypatch.setattr("svm_models.data.images.MAX_UNREADABLE_FRACTION", 0.5)  # 3 of 9 is fine here
+    cfg = C.validate(
+        tiny_cfg(
+            tmp_path,
+            dataset="mini_imagenet",
+            root_path=str(tmp_path),
+            batch_size=3,
+            workers=workers,
+            epochs=2,
+        ),
+        "test",
+    )
+    res = engine.fit(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert res["history"][-1]["epoch"] == 2
+    for path in bad:  # each file named once, not every epoch
+        assert out.count(f"warning: skipped unreadable image {path}") == 1, out
+    assert "epoch 1: 3 unreadable image(s) skipped" in out and "epoch 2: 3 unreadable image(s) skipped" in out
+    monkeypatch.setattr("svm_models.data.images.MAX_UNREADABLE_FRACTION", 0.01)
+    with pytest.raises(
+        D.DataError, match=r"3 of 9 images of the train split could not be read \(more than 1%\)"
+    ):
+        engine.fit(dict(cfg, epochs=3), resume=True, progress=False)

@@ -90,7 +90,14 @@ def trained(tmp_path_factory):
 
 def test_train_script_learns_digits(trained):
     d = trained["dir"]
-    assert sorted(os.listdir(d)) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    assert sorted(os.listdir(d)) == [
+        "best.pt",
+        "config.yaml",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+        "train.log",
+    ]
     rows = open(d / "log.csv").read().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,lr,train_loss")
     best = torch.load(d / "best.pt", weights_only=True)
@@ -432,3 +439,198 @@ def test_non_finite_loss_exits_1_with_a_message(tmp_path, monkeypatch, capsys):
     assert last.startswith("error: non-finite loss (nan) at epoch 1, step 1") and "no checkpoint" in last
     assert "Traceback" not in err
     assert not (tmp_path / "runs" / "tiny" / "last.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# test.py / predict.py refuse a checkpoint trained under other settings
+# ----------------------------------------------------------------------------------------------
+def _trained_tiny(tmp_path, monkeypatch):
+    """A train.py-style checkpoint of the tiny model trained at img_size 8 (stored config)."""
+    register_tiny(monkeypatch)
+    from test_training_fixtures import TinyNet
+
+    from svm_models.training import config as C
+    from svm_models.training.checkpoint import atomic_save
+
+    stored = C.validate(tiny_cfg(tmp_path), "test")
+    atomic_save(
+        {"model": TinyNet().state_dict(), "epoch": 1, "config": stored, "num_classes": 10}, tmp_path / "w.pt"
+    )
+    return str(tmp_path / "w.pt")
+
+
+def test_test_and_predict_refuse_a_checkpoint_of_other_settings(tmp_path, monkeypatch, capsys):
+    from svm_models.training import cli
+
+    weights = _trained_tiny(tmp_path, monkeypatch)
+    folder = str(_digit_folder(tmp_path / "imgs", n=1))
+    bad = write_config(tmp_path / "c.yaml", checkpoint=weights, **tiny_cfg(tmp_path, img_size=16, T=2))
+    for name, extra in (("test", []), ("predict", ["--img_folder", folder])):
+        rc = cli.run(script(name).main, ["--config", bad, *extra])
+        assert rc == 2
+        assert_one_error_line(
+            capsys.readouterr().err,
+            "does not match checkpoint",
+            "img_size 16 (checkpoint: 8)",
+            "T 2 (checkpoint: None)",
+        )
+    assert not (tmp_path / "runs" / "tiny" / "test_report.json").exists()
+    # --opts can set the keys back; --allow-mismatch evaluates anyway (the rare intended case)
+    rc = cli.run(script("test").main, ["--config", bad, "--opts", "img_size=8", "T=null"])
+    assert rc == 0 and (tmp_path / "runs" / "tiny" / "test_report.json").exists()
+    rc = cli.run(
+        script("predict").main,
+        ["--config", bad, "--img_folder", folder, "--allow-mismatch", "--opts", "T=null"],
+    )
+    assert rc == 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# predict.py: bit depths, odd folder entries, class-index files of the wrong size
+# ----------------------------------------------------------------------------------------------
+def test_predict_scales_16bit_and_float_images_like_their_8bit_copy(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from svm_models.training import cli
+
+    weights = _trained_tiny(tmp_path, monkeypatch)
+    cfg = write_config(tmp_path / "c.yaml", checkpoint=weights, **tiny_cfg(tmp_path))
+    arr8 = np.random.default_rng(0).integers(0, 256, size=(32, 32), dtype=np.uint8)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(arr8, mode="L").save(folder / "a_8bit.png")
+    Image.fromarray(arr8.astype(np.uint16) * 257).save(folder / "b_16bit.png")
+    Image.fromarray(arr8.astype(np.float32) / 255.0, mode="F").save(folder / "c_float.tiff")
+    Image.fromarray(arr8.astype(np.float32) * 4.0 - 100.0, mode="F").save(folder / "d_float_range.tiff")
+    out = tmp_path / "p.json"
+    rc = cli.run(script("predict").main, ["--config", cfg, "--img_folder", str(folder), "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    preds = json.loads(out.read_text())["predictions"]
+    assert len(preds) == 4
+    ref = preds[0]["top"]
+    for p in preds[1:]:
+        assert [t["class_index"] for t in p["top"]] == [t["class_index"] for t in ref], p["file"]
+        assert [t["prob"] for t in p["top"]] == pytest.approx([t["prob"] for t in ref], abs=1e-6), p["file"]
+
+
+def test_predict_lists_symlink_loops_dangling_links_and_folders_as_skipped(tmp_path, monkeypatch, capsys):
+    from svm_models.training import cli
+
+    weights = _trained_tiny(tmp_path, monkeypatch)
+    cfg = write_config(tmp_path / "c.yaml", checkpoint=weights, **tiny_cfg(tmp_path))
+    folder = _digit_folder(tmp_path / "imgs", n=2)
+    os.symlink("loop_b.png", folder / "loop_a.png")
+    os.symlink("loop_a.png", folder / "loop_b.png")
+    os.symlink(str(tmp_path / "gone.png"), folder / "dangling.png")
+    (folder / "x.jpg").mkdir()
+    out = tmp_path / "p.json"
+    rc = cli.run(script("predict").main, ["--config", cfg, "--img_folder", str(folder), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    res = json.loads(out.read_text())
+    assert len(res["predictions"]) == 2
+    reasons = {os.path.basename(s["file"]): s["error"] for s in res["skipped"]}
+    assert reasons["loop_a.png"] == reasons["loop_b.png"] == "symlink loop"
+    assert reasons["dangling.png"].startswith("dangling symlink to ")
+    assert reasons["x.jpg"].startswith("a directory")
+    assert set(reasons) == {"loop_a.png", "loop_b.png", "dangling.png", "x.jpg", "broken.jpg", "notes.txt"}
+    for name in reasons:
+        assert f"skipped {folder / name}: " in err
+
+
+def test_class_index_json_with_more_names_than_classes_is_refused(tmp_path, monkeypatch, capsys):
+    from svm_models.training import cli
+
+    weights = _trained_tiny(tmp_path, monkeypatch)
+    cfg = write_config(tmp_path / "c.yaml", checkpoint=weights, **tiny_cfg(tmp_path))
+    folder = str(_digit_folder(tmp_path / "imgs", n=1))
+    (tmp_path / "c.json").write_text(json.dumps({str(i): [f"n{i}", f"c{i}"] for i in range(100)}))
+    rc = cli.run(
+        script("predict").main,
+        ["--config", cfg, "--img_folder", folder, "--class_index_json", str(tmp_path / "c.json")],
+    )
+    assert rc == 2
+    assert_one_error_line(capsys.readouterr().err, "100 names for a model of 10 classes")
+
+
+# ----------------------------------------------------------------------------------------------
+# the accounting CLI: bad arguments are one line, exit 2
+# ----------------------------------------------------------------------------------------------
+def test_accounting_cli_bad_arguments_are_one_line(capsys):
+    from svm_models.accounting.__main__ import main
+
+    cases = [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--model", "svmamba_cifar", "--set", "T=0"], "cannot build svmamba_cifar with these settings"),
+        (["--model", "svmamba_cifar", "--img-size", "0"], "--img-size must be >= 8, got 0"),
+        (["--model", "svmamba_cifar", "--batch", "0"], "--batch must be >= 1, got 0"),
+        (["--model", "svmamba_cifar", "--num-classes", "0"], "--num-classes must be >= 1"),
+        (["--model", "svmamba_cifar", "--device", "nonsense"], "--device"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--model", "svmamba_cifar", "--device", "cuda"], "no CUDA device is available"))
+    for argv, fragment in cases:
+        assert main(argv) == 2, argv
+        assert_one_error_line(capsys.readouterr().err, fragment)
+
+
+def test_accounting_cli_num_classes_defaults_to_the_models_own(capsys):
+    import svm_models
+    from svm_models.accounting.__main__ import main
+
+    small = ["--model", "vmamba_cifar", "--set", "dims=[8, 16]", "--set", "depths=[1, 1]"]
+    own = svm_models.create_model("vmamba_cifar", dims=[8, 16], depths=[1, 1]).num_classes
+    assert main(small) == 0
+    assert f"at 32 px, {own} classes" in capsys.readouterr().out
+    assert main([*small, "--num-classes", "10"]) == 0
+    assert "at 32 px, 10 classes" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun with an invalid config: one report, every rank exits 2
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_torchrun_invalid_config_is_reported_once(tmp_path):
+    bad = write_config(
+        tmp_path / "bad.yaml", task_name="t", model="svmamba_cifar", dataset="digits", bach_size=4
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train.py",
+            "--config",
+            bad,
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    both = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert both.count("error: ") == 1 and "unknown key 'bach_size' (did you mean 'batch_size'?)" in both
+    # both ranks exit with status 2 (a SIGTERM from torchrun meanwhile also exits 2, not -15)
+    assert both.count("exitcode  : 2") == 2 and "exitcode  : -15" not in both, both
+    children = both.split("torch/distributed/elastic")[0]  # before torchrun's own report
+    assert "Traceback" not in children and "init_process_group" not in both
+
+
+def test_every_rank_exits_2_on_a_bad_config_and_only_rank_0_reports(tmp_path, monkeypatch, capsys):
+    from svm_models.training import cli, distributed
+
+    bad = write_config(
+        tmp_path / "bad.yaml", task_name="t", model="svmamba_cifar", dataset="digits", bach_size=4
+    )
+    monkeypatch.setattr(distributed, "setup", lambda *a: pytest.fail("the process group must not start"))
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert cli.run(script("train").main, ["--config", bad]) == 2
+        err = capsys.readouterr().err
+        assert (err == "") if rank == "1" else err.startswith("error: ")

@@ -187,7 +187,7 @@ def test_atomic_save_keeps_the_old_file_when_a_write_dies(tmp_path, monkeypatch)
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", dying_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ckpt.SaveError, match=r"cannot write .*last.pt: disk full"):
         ckpt.atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert open(path, "rb").read() == before
@@ -234,8 +234,28 @@ def test_weights_only_refuses_arbitrary_pickles(tmp_path):
             return (os.system, ("echo pwned",))
 
     torch.save({"model": TinyNet().state_dict(), "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(C.ConfigError, match="cannot load checkpoint"):
+    with pytest.raises(C.ConfigError, match="cannot load checkpoint") as e:
         ckpt.load_weights(TinyNet(), str(tmp_path / "evil.pt"))
+    msg = str(e.value)  # one whole sentence: no colour codes, no line breaks, not cut off
+    assert "\x1b" not in msg and "\n" not in msg and msg.endswith("if you trust the file")
+    assert "GLOBAL posix.system" in msg or "GLOBAL os.system" in msg  # what it refused
+
+
+def test_empty_text_and_truncated_checkpoints_are_named_plainly(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("epoch: 3\nnot a checkpoint\n")
+    good = tmp_path / "good.pt"
+    torch.save({"model": TinyNet().state_dict()}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
+    for name, fragment in [
+        ("empty.pt", "the file is empty (0 bytes)"),
+        ("text.pt", "not a PyTorch checkpoint, or a truncated one"),
+        ("cut.pt", "not a PyTorch checkpoint, or a truncated one"),
+    ]:
+        with pytest.raises(C.ConfigError) as e:
+            ckpt.load_weights(TinyNet(), str(tmp_path / name))
+        assert str(e.value).startswith(f"cannot load checkpoint {tmp_path / name}: {fragment}"), str(e.value)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,7 +268,7 @@ def _files(cfg):
 def test_fit_writes_checkpoints_log_and_curves(tmp_path, tiny):
     cfg = _cfg(tmp_path, epochs=3)
     res = engine.fit(cfg, progress=False)
-    assert _files(cfg) == ["best.pt", "curves.png", "last.pt", "log.csv"]
+    assert _files(cfg) == ["best.pt", "config.yaml", "curves.png", "last.pt", "log.csv", "train.log"]
     last = torch.load(os.path.join(C.run_dir(cfg), "last.pt"), weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "best_acc", "config", "history", "classes"} <= set(
         last

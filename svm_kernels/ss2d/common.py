@@ -43,6 +43,8 @@ def check_scan_inputs(
     N = A.shape[2]
     if N == 0:
         raise ValueError("A has N = 0 states")
+    if B.dim() == C.dim() == 5 and B.shape[2] == C.shape[2] != N:  # B and C agree: A is the odd one
+        raise ValueError(f"A has N={N} states but B and C have N={B.shape[2]}: A must have shape (4, D, N)")
     check_shape("B", B, (batch, 4, N, H, W))
     check_shape("C", C, (batch, 4, N, H, W))
     if D is not None:

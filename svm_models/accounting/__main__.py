@@ -32,6 +32,7 @@ def _parse_override(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m svm_models.accounting",
         description="Params, MACs (fvcore, 1 MAC = 1 FLOP), SOPs and energy per image of a registered model, "
         "on random input with random weights.",
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name (see --list)")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classifier outputs (default: the model's own)"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -89,6 +92,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class UsageError(Exception):
+    """A bad argument: shown as one ``error:`` line, exit status 2 (the scripts' convention)."""
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Range checks argparse cannot express, and the model name."""
+    import svm_models
+
+    if not args.model:
+        raise UsageError("--model is required (see --list)")
+    if args.model not in svm_models.list_models():
+        raise UsageError(f"unknown model {args.model!r}; registered: {', '.join(svm_models.list_models())}")
+    for flag, value, low in (
+        ("--batch", args.batch, 1),
+        ("--img-size", args.img_size, 8),
+        ("--num-classes", args.num_classes, 1),
+        ("--calibrate-bn", args.calibrate_bn, 0),
+    ):
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise UsageError(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available")
+
+
+def build_model(args: argparse.Namespace):
+    """The registered model with the overrides; a bad override or size is a UsageError."""
+    import svm_models
+
+    kwargs = dict(args.overrides)
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    try:
+        return svm_models.create_model(args.model, img_size=args.img_size, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"cannot build {args.model} with these settings: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     import svm_models
 
@@ -96,14 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(svm_models.list_models()))
         return 0
-    if not args.model:
-        print("error: --model is required (see --list)", file=sys.stderr)
+    try:
+        check_args(args)
+        torch.manual_seed(args.seed)
+        model = build_model(args).to(args.device)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.manual_seed(args.seed)
-    model = svm_models.create_model(
-        args.model, num_classes=args.num_classes, img_size=args.img_size, **dict(args.overrides)
-    )
-    model = model.to(args.device)
     size = args.img_size or getattr(model, "img_size", None)
     if size is None:
         print("error: the model has no default img_size; pass --img-size", file=sys.stderr)
@@ -127,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     em = report.energy_model
     print(
-        f"{args.model} at {size} px, {args.num_classes} classes"
+        f"{args.model} at {size} px, {getattr(model, 'num_classes', args.num_classes)} classes"
         + (f", T = {report.T}" if spiking else " (ANN)")
     )
     print(f"  params           {report.params:,}")

@@ -23,6 +23,7 @@ from torchvision import datasets as tvd
 
 from . import transforms as T
 from .errors import DataError
+from .images import ImageFolderSkippingUnreadable
 
 SPLITS = ("train", "val", "test")
 
@@ -159,12 +160,24 @@ def _cifar_folder(name: str, root: str) -> tuple[type, str]:
 def _load_cifar(name: str, root: str, train: bool, transform) -> Dataset:
     cls, parent = _cifar_folder(name, root)
     try:
-        return cls(parent, train=train, transform=transform, download=False)
+        ds = cls(parent, train=train, transform=transform, download=False)
     except Exception as e:  # unpickling errors, wrong keys or shapes in a batch
         raise DataError(
             f"{name} files under {os.path.join(parent, cls.base_folder)} could not be read: "
             f"{type(e).__name__}: {e}"
         ) from None
+    _check_labels(ds.targets, DATASETS[name].num_classes, f"{name} {'train' if train else 'test'} split")
+    return ds
+
+
+def _check_labels(targets, n_classes: int, what: str) -> None:
+    """Labels outside 0..n_classes-1 would crash (or silently mistrain) at the first step."""
+    bad = [(i, t) for i, t in enumerate(targets) if not 0 <= int(t) < n_classes]
+    if bad:
+        i, t = bad[0]
+        raise DataError(
+            f"{what}: {len(bad)} label(s) outside 0..{n_classes - 1}, the first is {t} at image {i}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,7 +216,7 @@ def _load_mini_imagenet(root: str, split: str, transform) -> Dataset:
                 "the same classes in every split (a classification split, not the few-shot one)"
             )
     try:
-        return tvd.ImageFolder(folder, transform=transform)
+        return ImageFolderSkippingUnreadable(folder, transform=transform)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"mini_imagenet: {e}") from None
 

@@ -4,6 +4,9 @@
 * :mod:`.engine` -- :func:`fit` (AdamW, warmup + cosine, label smoothing, mixup, EMA, clipping,
   bf16 autocast on CUDA, DDP), :func:`evaluate`, :func:`build_model`.
 * :mod:`.checkpoint` -- atomic saves, ``weights_only`` loads, flexible weight files.
+* :mod:`.rundir` -- claiming ``output_dir/task_name``: write check, lock, no silent overwrite.
+* :mod:`.runtime` -- the device and the CPU thread count.
+* :mod:`.cli` -- the scripts' shared arguments (``--opts`` and friends) and error convention.
 * :mod:`.evaluation` -- the test split's accuracy plus the accounting report.
 * :mod:`.inference` -- predicting a folder of images.
 """

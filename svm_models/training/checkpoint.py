@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -19,23 +21,40 @@ from torch import nn
 from .config import ConfigError
 
 
+class SaveError(ConfigError):
+    """A file of the run could not be written (disk full, read-only, a file in the way).
+
+    Shown as one ``error:`` line, exit status 2; the previous version of the file is intact."""
+
+
+def write_error(path: str, e: OSError, what: str = "") -> SaveError:
+    reason = e.strerror or str(e) or type(e).__name__
+    return SaveError(f"cannot write {what + ' ' if what else ''}{path}: {reason}")
+
+
 def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
     """Write through ``write(f)`` to a temporary file in the same folder, fsync, then rename.
 
-    A crash at any point leaves either the old file or the new one, never a torn file.
+    A crash at any point leaves either the old file or the new one, never a torn file (a kill
+    can leave the temporary ``.<name>.*.tmp``, which the next run start deletes). An OSError
+    becomes a :class:`SaveError`.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(folder, os.O_RDONLY)
@@ -57,15 +76,50 @@ def atomic_write_text(text: str, path: str) -> None:
     _atomic_write(path, lambda f: f.write(text), binary=False)
 
 
+def atomic_write_binary(path: str, write: Callable[[IO], None]) -> None:
+    """Call ``write(f)`` on a binary file that atomically becomes ``path`` (e.g. ``savefig``)."""
+    _atomic_write(path, write, binary=True)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _load_failure(path: str, e: Exception) -> str:
+    """Why torch.load failed, as one readable clause (no ANSI colours, no cut sentence)."""
+    text = " ".join(_ANSI.sub("", str(e)).split())
+    if isinstance(e, pickle_errors()) and "weights_only" in text.lower():
+        found = re.search(
+            r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+|Unsupported operand \S+)", text
+        )
+        detail = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds Python objects beyond tensors{detail}, which safe loading (weights_only) refuses; "
+            "re-save the state_dict alone if you trust the file"
+        )
+    if os.path.getsize(path) == 0:
+        return "the file is empty (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return f"not a PyTorch checkpoint, or a truncated one ({type(e).__name__}: {text[:80]})"
+    first = text.split(". ")[0]  # torch's zip errors continue with a paragraph of advice
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def pickle_errors() -> tuple[type[Exception], ...]:
+    import pickle
+
+    return (pickle.UnpicklingError,)
+
+
 def load_file(path: str, what: str = "checkpoint") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors."""
     if not os.path.isfile(path):
         raise ConfigError(f"{what} not found: {path}")
     try:
+        if os.path.getsize(path) == 0:
+            raise EOFError
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated zip, disallowed globals
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot load {what} {path}: {first}") from None
+    except Exception as e:  # pickle errors, truncated zip, disallowed globals, empty file
+        raise ConfigError(f"cannot load {what} {path}: {_load_failure(path, e)}") from None
 
 
 def extract_state_dict(obj: Any, path: str = "") -> dict[str, torch.Tensor]:

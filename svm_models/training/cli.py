@@ -1,7 +1,10 @@
-"""What train.py / test.py / predict.py share: the --config argument and the error convention.
+"""What train.py / test.py / predict.py share: the arguments, the config overrides, the error convention.
 
-User-fixable problems (a bad config, a missing file or dataset) print ``error: <one line>`` on
-stderr and exit with status 2, without a traceback; a non-finite loss exits with status 1.
+User-fixable problems (a bad config, a missing file or dataset, an unwritable output folder) print
+``error: <one line>`` on stderr and exit with status 2, without a traceback; a non-finite loss
+exits with status 1. Under torchrun only rank 0 prints; every rank exits with the same status.
+
+Arguments are never abbreviated (``allow_abbrev=False``): ``-c`` is not ``-config``.
 """
 
 from __future__ import annotations
@@ -9,29 +12,81 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..data import DataError
-from .config import ConfigError
+from .config import ConfigError, load_config, parse_overrides
+from .distributed import env_rank, fail_together
 from .engine import NonFiniteLossError
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations at all. The original README's one-dash ``-config`` is rewritten to
+    ``--config`` before parsing: registered as a one-dash option, Python 3.11's argparse would
+    still take ``-c`` or ``-conf`` for it, even with ``allow_abbrev=False``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        args = [
+            "--config" + a[len("-config") :] if a == "-config" or a.startswith("-config=") else a
+            for a in args
+        ]
+        return super().parse_known_args(args, namespace)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    # The original README writes `-config` with one dash; both spellings work.
-    p.add_argument("--config", "-config", required=True, metavar="YAML", help="experiment config file")
+    """``--config`` (and the original README's ``-config``), ``--opts``, ``--device``, ``--output-dir``."""
+    p = _Parser(description=description, allow_abbrev=False)
+    p.add_argument(
+        "--config", required=True, metavar="YAML", help="experiment config file (-config works too)"
+    )
+    p.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --opts lr=1e-3 'model_args={dims: [32, 64]}' (values are YAML; "
+        "checked like the file)",
+    )
+    p.add_argument("--device", help="cpu, cuda or cuda:N (config key 'device'; default: cuda if available)")
+    p.add_argument("--output-dir", help="folder of the runs (config key 'output_dir')")
     return p
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    """train.py's shortcuts for the keys one changes most (same as ``--opts epochs=N seed=S``)."""
+    p.add_argument("--epochs", type=int, help="config key 'epochs' (with --resume: extend a finished run)")
+    p.add_argument("--seed", type=int, help="config key 'seed'")
+
+
+# flag attribute -> config key; a flag given on the command line wins over --opts
+_FLAG_KEYS = {"device": "device", "output_dir": "output_dir", "epochs": "epochs", "seed": "seed"}
+
+
+def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file with ``--opts`` and the flags applied, validated by the schema."""
+    overrides = parse_overrides(args.opts)
+    for attr, key in _FLAG_KEYS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[key] = value
+    return load_config(args.config, overrides)
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)`` and turn the known failures into one line and an exit status."""
+
+    def fail(message: str, status: int) -> int:
+        if env_rank() == 0:  # under torchrun every rank fails alike; one report is enough
+            print(message, file=sys.stderr, flush=True)
+        fail_together(status)
+        return status
+
     try:
         return main(argv) or 0
     except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return fail(f"error: {e}", 2)
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
+        return fail(f"error: {e}", 1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return 130
+        return fail("interrupted", 130)

@@ -68,6 +68,11 @@ SCHEMA: dict[str, Key] = {
         (bool,), False, doc="torch.compile the model (one graph) for training and testing; off by default"
     ),
     "eval_every": Key((int,), 1, doc="validate every N epochs (and always after the last one)"),
+    # where and how fast the scripts run (never change the result of a run on resume)
+    "device": Key((str,), None, nullable=True, doc="cpu, cuda or cuda:N; null = cuda when available"),
+    "threads": Key(
+        (int,), None, nullable=True, doc="CPU threads; null = OMP_NUM_THREADS if set, else 1 (see README)"
+    ),
 }
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "mini_imagenet")
@@ -147,6 +152,11 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(c["T"] is None or c["T"] >= 1, f"'T' must be >= 1, got {c['T']}")
     need(c["workers"] >= 0, f"'workers' must be >= 0, got {c['workers']}")
     need(c["eval_every"] >= 1, f"'eval_every' must be >= 1, got {c['eval_every']}")
+    need(c["threads"] is None or c["threads"] >= 1, f"'threads' must be >= 1 or null, got {c['threads']}")
+    need(
+        c["device"] is None or c["device"].split(":")[0] in ("cpu", "cuda"),
+        f"'device' must be cpu, cuda or cuda:N, got {c['device']!r}",
+    )
     for k in c["model_args"]:
         need(isinstance(k, str), f"'model_args' keys must be strings, got {k!r}")
     need(
@@ -184,8 +194,25 @@ def validate(raw: Any, source: str = "config") -> dict[str, Any]:
     return out
 
 
-def load_config(path: str) -> dict[str, Any]:
-    """Read and validate a YAML config file."""
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["epochs=3", "model_args={dims: [8, 16]}"]`` -> ``{"epochs": 3, ...}``; values are YAML."""
+    out = {}
+    for text in pairs:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--opts expects KEY=VALUE pairs, got {text!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--opts {key.strip()}: {value!r} is not a valid YAML value") from None
+    return out
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config file, apply ``overrides`` (command-line keys), validate the result.
+
+    An override of an unknown key or of the wrong type is reported like the same mistake in the
+    file, with " (command line)" after the path."""
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
     if not os.path.isfile(path):
@@ -200,6 +227,10 @@ def load_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
+    if overrides:
+        if not isinstance(raw, dict):
+            return validate(raw, path)
+        return validate({**raw, **overrides}, f"{path} (with command-line overrides)")
     return validate(raw, path)
 
 

@@ -6,7 +6,11 @@ WORLD_SIZE and LOCAL_RANK from the environment; a plain ``python train.py`` is w
 
 from __future__ import annotations
 
+import datetime
 import os
+import signal
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,17 +33,63 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup() -> DistInfo:
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), readable before :func:`setup`."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+_group_started = False  # set once this process joined a process group (errors after it: see fail_together)
+
+
+def _mark_group_started() -> None:
+    global _group_started
+    _group_started = True
+
+
+def fail_together(status: int, timeout_s: float = 60.0) -> None:
+    """Under torchrun, for an error found before the process group exists (a bad config): count
+    this rank as failed in the launcher's key-value store, wait until every rank has, and exit
+    with ``status`` (a SIGTERM meanwhile exits with ``status`` too). torchrun stops the other ranks as soon as one exits;
+    without this, a rank still checking its config would die by SIGTERM instead of exiting 2."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    if world <= 1 or "MASTER_ADDR" not in os.environ or _group_started:
+        return
+    try:
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(status))
+        key = f"svm_models/failed/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+        store.add(key, 1)
+        deadline = time.monotonic() + timeout_s
+        while store.add(key, 0) < world and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except Exception:  # no store (another launcher): exit on our own
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # all ranks at once: no slow interpreter teardown for torchrun to race
+
+
+def setup(device_name: str | None = None) -> DistInfo:
+    """Join the torchrun process group (if any) on ``device_name`` (the config's ``device``)."""
+    from .runtime import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = env_rank()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
+    device = resolve_device(device_name, local)
+    cuda = device.type == "cuda"
     if cuda:
-        torch.cuda.set_device(local % torch.cuda.device_count())
-        device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
+        _mark_group_started()
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",
             rank=rank,

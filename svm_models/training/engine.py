@@ -8,11 +8,11 @@ so the randomness of epoch e does not depend on how the run got there, and ``--r
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,10 @@ from .. import data as D
 from . import compiling
 from . import distributed as dist_utils
 from .checkpoint import atomic_save, load_file, load_weights
-from .config import ConfigError, pretrained_path, run_dir
+from .config import SCHEMA, ConfigError, pretrained_path
 from .history import plot_curves, write_csv
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, stretch_schedule
+from .rundir import RunDir
 
 CHECKPOINT_VERSION = 1
 
@@ -106,6 +107,7 @@ def train_loader(ds: Dataset, cfg: dict[str, Any], info: dist_utils.DistInfo) ->
         pin_memory=info.device.type == "cuda",
         drop_last=shard >= 2 * batch,
         persistent_workers=False,
+        collate_fn=D.collate_skipping_unreadable,
     )
 
 
@@ -119,6 +121,7 @@ def eval_loader(ds: Dataset, cfg: dict[str, Any], info: dist_utils.DistInfo) -> 
         shuffle=False,
         num_workers=cfg["workers"],
         pin_memory=info.device.type == "cuda",
+        collate_fn=D.collate_skipping_unreadable,
     )
 
 
@@ -182,8 +185,13 @@ def train_one_epoch(
         dynamic_ncols=True,
         unit="batch",
     )
+    unreadable = D.unreadable_log(loader.dataset)
     first_step_s = 0.0
     for step, (images, targets) in enumerate(bar):
+        if unreadable is not None:
+            unreadable.poll()
+        if targets.numel() == 0:  # every image of the batch was unreadable (see data.images)
+            continue
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)
         hard = targets
@@ -244,6 +252,8 @@ def evaluate(
     k = min(5, num_classes)
     sums = torch.zeros(4, dtype=torch.float64)  # loss, top1, top5, n
     for images, targets in loader:
+        if targets.numel() == 0:  # every image of the batch was unreadable (see data.images)
+            continue
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)
         with autocast(cfg, info.device):
@@ -266,13 +276,245 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------------
-# the whole run
+# the whole run, as named steps
 # ----------------------------------------------------------------------------------------------
-def _log(info: dist_utils.DistInfo, msg: str) -> None:
+# Keys a --resume may change: where and how fast it runs, and `epochs` (extending the schedule;
+# see optim.stretch_schedule). Any other difference from the checkpoint's config is refused.
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "workers",
+    "device",
+    "threads",
+    "root_path",
+    "output_dir",
+    "pretrained",
+    "checkpoint",
+    "compile",
+    "eval_every",
+)
+
+
+@dataclass
+class Training:
+    """What the epochs of one run work on."""
+
+    model: nn.Module
+    net: nn.Module  # the model, DDP-wrapped under torchrun
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    val_loader: DataLoader
+    num_classes: int
+    classes: list[str]
+    first_epoch: int = 0  # of this process: 0, or where a --resume continues
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries from one epoch to the next."""
+
+    epoch: int = 0  # epochs done
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_time: float = 0.0
+
+
+def _log(info: dist_utils.DistInfo, msg: str, run: RunDir | None = None) -> None:
     if info.is_main:
         from tqdm import tqdm
 
         tqdm.write(msg)
+        if run is not None:
+            run.log(msg)
+
+
+def open_run_dir(cfg: dict[str, Any], info: dist_utils.DistInfo, resume: bool, overwrite: bool) -> RunDir:
+    """Rank 0 claims the run directory (see :mod:`.rundir`); every rank gets its verdict."""
+    run, error = RunDir(cfg, owner=info.is_main), None
+    if info.is_main:
+        try:
+            for note in run.claim(cfg, resume, overwrite):
+                _log(info, note, run)
+        except ConfigError as e:
+            error = str(e)
+    error = dist_utils.broadcast_object(error, info)
+    if error is not None:
+        raise ConfigError(error)
+    return run
+
+
+def build_training(cfg: dict[str, Any], info: dist_utils.DistInfo, resume: bool, run: RunDir) -> Training:
+    """Data, model (pretrained weights on a fresh start), EMA, DDP wrapper, optimizer, schedule."""
+    train_ds, val_ds = build_split(cfg, "train"), build_split(cfg, "val")
+    classes = list(getattr(train_ds, "classes", []))
+    num_classes = len(classes) if classes else D.num_classes(cfg["dataset"], cfg["root_path"])
+    model = build_model(cfg, num_classes)
+    start = None if resume else pretrained_path(cfg)
+    if start:
+        skipped, missing = load_weights(model, start, strict=False, what="pretrained weights")
+        _log(
+            info,
+            f"loaded pretrained weights from {start} ({len(skipped)} skipped, {len(missing)} left as initialised)",
+            run,
+        )
+    model.to(info.device)
+    ema = None
+    if cfg["ema"] > 0:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
+    net = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    net = compiling.maybe_compile(net, cfg)
+    loader = train_loader(train_ds, cfg, info)
+    if len(loader) == 0:
+        raise ConfigError(f"the training split is empty ({len(train_ds)} images)")
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, len(loader))
+    val_loader = eval_loader(val_ds, cfg, info)
+    return Training(model, net, ema, optimizer, scheduler, loader, val_loader, num_classes, classes)
+
+
+def restore(t: Training, cfg: dict[str, Any], path: str) -> Progress:
+    """Load last.pt into ``t``; the config may differ only in :data:`RESUME_MAY_CHANGE`."""
+    ck = load_file(path, "checkpoint to resume")
+    if not isinstance(ck, dict) or "optimizer" not in ck or "epoch" not in ck:
+        raise ConfigError(f"{path} is not a training checkpoint")
+    stored = ck.get("config", {})
+    changed = [k for k in SCHEMA if k not in RESUME_MAY_CHANGE and stored.get(k, SCHEMA[k].default) != cfg[k]]
+    if changed:
+        raise ConfigError(f"--resume: the config differs from the one in {path} in {', '.join(changed)}")
+    if cfg["epochs"] < int(ck["epoch"]):
+        raise ConfigError(
+            f"--resume: epochs ({cfg['epochs']}) is below the {ck['epoch']} epochs {path} has done"
+        )
+    t.model.load_state_dict(ck["model"])
+    t.optimizer.load_state_dict(ck["optimizer"])
+    t.scheduler.load_state_dict(ck["scheduler"])
+    if cfg["epochs"] != stored.get("epochs", cfg["epochs"]):
+        stretch_schedule(t.scheduler, cfg, len(t.loader))
+    if t.ema is not None:
+        if ck.get("ema") is None:
+            raise ConfigError(f"--resume: {path} has no EMA weights but the config enables ema")
+        t.ema.load_state_dict(ck["ema"])
+    return Progress(
+        int(ck["epoch"]),
+        float(ck["best_acc"]),
+        int(ck.get("best_epoch", 0)),
+        list(ck.get("history", [])),
+        float(ck.get("train_time_s", 0.0)),
+    )
+
+
+def check_unreadable(loader: DataLoader, split: str, seen: dict[str, str], info, run) -> int:
+    """Warn once per unreadable file of ``loader``'s dataset; refuse a split where more than
+    ``MAX_UNREADABLE_FRACTION`` was unreadable (counted over all processes, so that every process
+    stops together). Returns the count of this epoch, over all processes."""
+    log = D.unreadable_log(loader.dataset)
+    if log is None:
+        return 0
+    found = dict(log.drain())
+    for path, reason in found.items():
+        if path not in seen:
+            _log(info, f"warning: skipped unreadable image {path} ({reason})", run)
+    seen.update(found)
+    counts = torch.tensor([len(found), len(loader.sampler)], dtype=torch.float64)
+    bad, total = (int(v) for v in dist_utils.all_reduce_sum(counts, info).tolist())
+    D.check_unreadable_fraction(sorted(found), total, split, count=bad)
+    return bad
+
+
+def run_epoch(
+    t: Training, cfg, info, epoch: int, progress: bool, seen: dict[str, str], run
+) -> dict[str, Any]:
+    """Train one epoch, then (every ``eval_every`` epochs and after the last) evaluate rank 0's
+    weights on every process; the epoch's log row (without val_* keys when not evaluated)."""
+    seed_everything(cfg["seed"] + 1000 * epoch + info.rank)
+    t.loader.sampler.set_epoch(epoch)
+    stats = train_one_epoch(
+        t.net, t.loader, t.optimizer, t.scheduler, cfg, info, epoch, t.num_classes, t.ema, progress
+    )
+    if cfg["compile"] and epoch == t.first_epoch:
+        _log(
+            info,
+            f"torch.compile: the first training step took {stats['first_step_s']:.1f}s (compilation)",
+            run,
+        )
+    skipped = check_unreadable(t.loader, "train", seen, info, run)
+    val = {}
+    if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
+        dist_utils.broadcast_module(t.eval_model, info)  # every process evaluates rank 0's weights
+        val = evaluate(t.eval_model, t.val_loader, cfg, info, t.num_classes)
+        skipped += check_unreadable(t.val_loader, "val", seen, info, run)
+    if skipped:
+        _log(info, f"epoch {epoch + 1}: {skipped} unreadable image(s) skipped", run)
+    if not _all_finite(t.eval_model) or not _all_finite(t.model):
+        raise NonFiniteLossError(
+            f"the weights became non-finite during epoch {epoch + 1}; training stopped, "
+            "no checkpoint was written for this epoch"
+        )
+    lr = t.optimizer.param_groups[0]["lr"]
+    return {"epoch": epoch + 1, "lr": lr, **stats, **{k: v for k, v in val.items() if k != "n"}}
+
+
+def save_epoch(run: RunDir, t: Training, p: Progress, cfg: dict[str, Any], improved: bool) -> None:
+    """last.pt, best.pt (on improvement: the evaluated weights, EMA ones when ema is on), log, curves."""
+    state = {
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "ema": t.ema.state_dict() if t.ema is not None else None,
+        "epoch": p.epoch,
+        "best_acc": p.best_acc,
+        "best_epoch": p.best_epoch,
+        "config": dict(cfg),
+        "history": p.history,
+        "classes": t.classes,
+        "num_classes": t.num_classes,
+        "train_time_s": p.train_time,
+        "version": CHECKPOINT_VERSION,
+    }
+    atomic_save(state, run.file("last.pt"))
+    if improved:
+        atomic_save(dict(state, model=t.eval_model.state_dict()), run.file("best.pt"))
+    write_csv(p.history, run.file("log.csv"))
+    if improved or p.epoch == cfg["epochs"]:  # rendering costs more than the csv: not every epoch
+        plot_curves(p.history, run.file("curves.png"), title=f"{cfg['task_name']} ({cfg['model']})")
+
+
+def epoch_line(row: dict[str, Any], cfg: dict[str, Any], improved: bool) -> str:
+    val = (
+        f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}%"
+        if "val_top1" in row
+        else "not validated (eval_every)"
+    )
+    return (
+        f"epoch {row['epoch']}/{cfg['epochs']}: train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.2f}% | {val} | {row['images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s"
+        + (" *best*" if improved else "")
+    )
+
+
+def announce(t: Training, p: Progress, cfg: dict[str, Any], info, resume: bool, run: RunDir) -> None:
+    if resume:
+        last = run.file("last.pt")
+        _log(info, f"resuming from {last} after epoch {p.epoch} (best top-1 {p.best_acc:.2f}%)", run)
+    n_params = sum(x.numel() for x in t.model.parameters())
+    _log(
+        info,
+        f"{cfg['task_name']}: {cfg['model']} ({n_params / 1e6:.3f}M params) on {cfg['dataset']} "
+        f"[{len(t.loader.dataset)} train / {len(getattr(t.val_loader.dataset, 'dataset', t.val_loader.dataset))} val images, {t.num_classes} classes], "
+        f"{info.world_size} process(es) on {info.device} ({torch.get_num_threads()} CPU thread(s) each), "
+        f"{len(t.loader)} steps/epoch",
+        run,
+    )
 
 
 def fit(
@@ -281,171 +523,56 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg`` to completion (or continue from last.pt with ``resume``).
 
-    Writes ``last.pt`` and ``log.csv`` (every epoch), ``best.pt`` (when the validation top-1
-    improves; validation runs every ``eval_every`` epochs and after the last) and ``curves.png``
-    (with best.pt and after the last epoch) under ``output_dir/task_name``. Returns a summary dict with
-    the best accuracy, the history and the path of best.pt. ``on_epoch_end(epoch)`` is called
-    after each epoch's files are written (tests use it to simulate a crash).
+    Claims ``output_dir/task_name`` first (:mod:`.rundir`: refused if it holds a run, unless
+    ``resume`` or ``overwrite``), then writes ``last.pt`` (every epoch), ``best.pt`` (when the
+    validation top-1 improves), ``log.csv``, ``curves.png``, ``config.yaml`` and ``train.log``.
+    Returns a summary dict with the best accuracy, the history and the path of best.pt.
+    ``on_epoch_end(epoch)`` is called after each epoch's files are written (tests use it to
+    simulate a crash).
     """
     info = info or dist_utils.DistInfo()
-    out = run_dir(cfg)
-    last_path, best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
-    if resume and not os.path.isfile(last_path):
-        raise ConfigError(f"--resume: nothing to resume, {last_path} not found")
-
-    seed_everything(cfg["seed"])
-    train_ds = build_split(cfg, "train")
-    val_ds = build_split(cfg, "val")
-    classes = list(getattr(train_ds, "classes", []))
-    num_classes = len(classes) if classes else D.num_classes(cfg["dataset"], cfg["root_path"])
-
-    model = build_model(cfg, num_classes)
-    if not resume:
-        start = pretrained_path(cfg)
-        if start:
-            skipped, missing = load_weights(model, start, strict=False, what="pretrained weights")
-            _log(
-                info,
-                f"loaded pretrained weights from {start} ({len(skipped)} skipped, {len(missing)} left as initialised)",
-            )
-    model.to(info.device)
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
-        if cfg["ema"] > 0
-        else None
-    )
-    net = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
-    net = compiling.maybe_compile(net, cfg)
-
-    loader = train_loader(train_ds, cfg, info)
-    val_loader = eval_loader(val_ds, cfg, info)
-    if len(loader) == 0:
-        raise ConfigError(f"the training split is empty ({len(train_ds)} images)")
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(loader))
-
-    start_epoch, best_acc, best_epoch, history, train_time = 0, -1.0, 0, [], 0.0
-    if resume:
-        ck = load_file(last_path, "checkpoint to resume")
-        if not isinstance(ck, dict) or "optimizer" not in ck or "epoch" not in ck:
-            raise ConfigError(f"{last_path} is not a training checkpoint")
-        changed = [
-            k
-            for k in ("model", "dataset", "img_size", "model_args", "T", "batch_size", "epochs")
-            if ck.get("config", {}).get(k) != cfg[k]
-        ]
-        if changed:
-            raise ConfigError(
-                f"--resume: the config differs from the one in {last_path} in {', '.join(changed)}"
-            )
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        if ema is not None:
-            if ck.get("ema") is None:
-                raise ConfigError(f"--resume: {last_path} has no EMA weights but the config enables ema")
-            ema.load_state_dict(ck["ema"])
-        start_epoch, best_acc = int(ck["epoch"]), float(ck["best_acc"])
-        best_epoch, history = int(ck.get("best_epoch", 0)), list(ck.get("history", []))
-        train_time = float(ck.get("train_time_s", 0.0))
-        _log(info, f"resuming from {last_path} after epoch {start_epoch} (best top-1 {best_acc:.2f}%)")
-
-    n_params = sum(p.numel() for p in model.parameters())
-    _log(
-        info,
-        f"{cfg['task_name']}: {cfg['model']} ({n_params / 1e6:.3f}M params) on {cfg['dataset']} "
-        f"[{len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes], "
-        f"{info.world_size} process(es) on {info.device.type}, {len(loader)} steps/epoch",
-    )
-
-    for epoch in range(start_epoch, cfg["epochs"]):
-        seed_everything(cfg["seed"] + 1000 * epoch + info.rank)
-        loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(
-            net, loader, optimizer, scheduler, cfg, info, epoch, num_classes, ema, progress
-        )
-        train_time += stats["epoch_time_s"]
-        if cfg["compile"] and epoch == start_epoch:
-            _log(
-                info,
-                f"torch.compile: the first training step took {stats['first_step_s']:.1f}s (compilation)",
-            )
-        last_epoch = epoch + 1 == cfg["epochs"]
-        eval_model = ema.module if ema is not None else model
-        val = None
-        if (epoch + 1) % cfg["eval_every"] == 0 or last_epoch:
-            dist_utils.broadcast_module(eval_model, info)  # every process evaluates rank 0's weights
-            val = evaluate(eval_model, val_loader, cfg, info, num_classes)
-        if not _all_finite(eval_model) or not _all_finite(model):
-            raise NonFiniteLossError(
-                f"the weights became non-finite during epoch {epoch + 1}; training stopped, "
-                "no checkpoint was written for this epoch"
-            )
-        row = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            **stats,
-            **{k: v for k, v in (val or {}).items() if k != "n"},
-        }
-        history.append(row)
-        improved = val is not None and val["val_top1"] > best_acc
-        if improved:
-            best_acc, best_epoch = val["val_top1"], epoch + 1
-        if info.is_main:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch + 1,
-                "best_acc": best_acc,
-                "best_epoch": best_epoch,
-                "config": dict(cfg),
-                "history": history,
-                "classes": classes,
-                "num_classes": num_classes,
-                "train_time_s": train_time,
-                "version": CHECKPOINT_VERSION,
-            }
-            atomic_save(state, last_path)
+    run = open_run_dir(cfg, info, resume, overwrite)
+    try:
+        seed_everything(cfg["seed"])
+        t = build_training(cfg, info, resume, run)
+        p = restore(t, cfg, run.file("last.pt")) if resume else Progress()
+        t.first_epoch = p.epoch
+        announce(t, p, cfg, info, resume, run)
+        unreadable: dict[str, str] = {}
+        for epoch in range(p.epoch, cfg["epochs"]):
+            row = run_epoch(t, cfg, info, epoch, progress, unreadable, run)
+            p.history.append(row)
+            p.epoch, p.train_time = epoch + 1, p.train_time + row["epoch_time_s"]
+            improved = row.get("val_top1", -1.0) > p.best_acc
             if improved:
-                # best.pt holds the weights that were evaluated (the EMA ones when ema is on).
-                atomic_save(dict(state, model=eval_model.state_dict()), best_path)
-            write_csv(history, os.path.join(out, "log.csv"))
-            if improved or last_epoch:  # rendering costs more than the csv: not every epoch
-                plot_curves(
-                    history, os.path.join(out, "curves.png"), title=f"{cfg['task_name']} ({cfg['model']})"
-                )
-        val_msg = (
-            f"val loss {val['val_loss']:.4f} top-1 {val['val_top1']:.2f}% top-5 {val['val_top5']:.2f}%"
-            if val is not None
-            else "not validated (eval_every)"
-        )
-        _log(
-            info,
-            f"epoch {epoch + 1}/{cfg['epochs']}: train loss {stats['train_loss']:.4f} "
-            f"acc {stats['train_acc']:.2f}% | {val_msg} | {stats['images_per_s']:.0f} img/s, {stats['epoch_time_s']:.1f}s"
-            + (" *best*" if improved else ""),
-        )
-        dist_utils.barrier(info)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
+                p.best_acc, p.best_epoch = row["val_top1"], epoch + 1
+            if info.is_main:
+                save_epoch(run, t, p, cfg, improved)
+            _log(info, epoch_line(row, cfg, improved), run)
+            dist_utils.barrier(info)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+    except (ConfigError, D.DataError, NonFiniteLossError) as e:
+        run.log(f"error: {e}")
+        raise
+    finally:
+        run.close()
+    return summary(run, t, p)
 
+
+def summary(run: RunDir, t: Training, p: Progress) -> dict[str, Any]:
     return {
-        "best_acc": best_acc,
-        "best_epoch": best_epoch,
-        "history": history,
-        "best_path": best_path,
-        "last_path": last_path,
-        "train_time_s": train_time,
-        "num_classes": num_classes,
-        "classes": classes,
-        "model": model,
+        "best_acc": p.best_acc,
+        "best_epoch": p.best_epoch,
+        "history": p.history,
+        "best_path": run.file("best.pt"),
+        "last_path": run.file("last.pt"),
+        "train_time_s": p.train_time,
+        "num_classes": t.num_classes,
+        "classes": t.classes,
+        "model": t.model,
     }

@@ -16,8 +16,8 @@ from torch import nn
 from . import compiling
 from . import distributed as dist_utils
 from .checkpoint import atomic_write_text, extract_state_dict, load_file, load_state
-from .config import require_file, run_dir
-from .engine import build_model, build_split, eval_loader, evaluate
+from .config import ConfigError, require_file, run_dir
+from .engine import build_model, build_split, eval_loader, evaluate, img_size_of
 
 ACCOUNTING_IMAGES = 512  # test images the accounting pass averages the firing rates over (at most)
 # The reports give the papers' convention and this hardware model (memory traffic included).
@@ -28,14 +28,41 @@ def default_checkpoint(cfg: dict[str, Any]) -> str:
     return os.path.join(run_dir(cfg), "best.pt")
 
 
+# What a checkpoint of train.py must agree on with the config that evaluates it: the weights
+# may load under another img_size, T or model_args and then give silently wrong accuracy.
+MUST_MATCH = ("model", "img_size", "T", "model_args")
+
+
+def config_mismatch(cfg: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    """The :data:`MUST_MATCH` keys where ``cfg`` differs from a checkpoint's stored config (an
+    empty or absent stored config -- a bare weights file -- has nothing to compare)."""
+    if not isinstance(stored, dict) or "model" not in stored:
+        return []
+    differ = []
+    for k in MUST_MATCH:
+        mine, theirs = cfg[k], stored.get(k)
+        if k == "img_size":  # null means the dataset's own size
+            mine, theirs = img_size_of(cfg), img_size_of({**cfg, **stored})
+        elif k == "model_args":
+            theirs = theirs or {}
+        if mine != theirs:
+            differ.append(f"{k} {mine!r} (checkpoint: {theirs!r})")
+    return differ
+
+
 def load_trained_model(
-    cfg: dict[str, Any], checkpoint: str | None = None, device: torch.device = torch.device("cpu")
+    cfg: dict[str, Any],
+    checkpoint: str | None = None,
+    device: torch.device = torch.device("cpu"),
+    allow_mismatch: bool = False,
 ):
     """Build the config's model and load trained weights (strictly).
 
     Weights: ``checkpoint`` if given, else the config's ``checkpoint``, else
     ``output_dir/task_name/best.pt``. Returns (model in eval mode, path, metadata dict).
     The metadata holds ``classes`` / ``num_classes`` when the file is a checkpoint of train.py.
+    A checkpoint of train.py whose config differs in :data:`MUST_MATCH` is refused unless
+    ``allow_mismatch``.
     """
     path = checkpoint or cfg["checkpoint"] or default_checkpoint(cfg)
     require_file(
@@ -47,6 +74,12 @@ def load_trained_model(
     obj = load_file(path, "checkpoint")
     state = extract_state_dict(obj, path)
     meta = obj if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) else {}
+    differ = config_mismatch(cfg, meta.get("config"))
+    if differ and not allow_mismatch:
+        raise ConfigError(
+            f"the config does not match checkpoint {path}: {'; '.join(differ)}; "
+            "fix the config or pass --allow-mismatch"
+        )
     num_classes = meta.get("num_classes")
     if num_classes is None:  # a bare state_dict: the dataset decides, or the classifier's shape
         from .. import data as D

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_binary, atomic_write_text
 
 COLUMNS = [
     "epoch",
@@ -66,8 +65,7 @@ def plot_curves(history: list[dict[str, float]], path: str, title: str = "") -> 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write_binary(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

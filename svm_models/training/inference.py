@@ -8,14 +8,17 @@ the others are still predicted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import data as D
 from .config import ConfigError, require_dir, require_file
 
 
@@ -54,6 +57,12 @@ def read_class_index(path: str, num_classes: int | None = None) -> list[str]:
         raise ConfigError(
             f"class index json {path}: no name for class(es) {missing[:5]} (the model has {n} classes)"
         )
+    extra = sorted(i for i in names if not 0 <= i < n)
+    if extra:
+        raise ConfigError(
+            f"class index json {path}: {len(names)} names for a model of {n} classes "
+            f"(no class {', '.join(map(str, extra[:5]))}); is it the file of another dataset?"
+        )
     return [names[i] for i in range(n)]
 
 
@@ -65,8 +74,6 @@ def class_names(
     stored = meta.get("classes")
     if stored and len(stored) == num_classes:
         return [str(c) for c in stored]
-    from .. import data as D
-
     try:
         names = D.dataset_classes(cfg["dataset"], cfg["root_path"])
         if len(names) == num_classes:
@@ -76,20 +83,41 @@ def class_names(
     return [str(i) for i in range(num_classes)]
 
 
-def list_files(folder: str) -> list[str]:
-    """The files directly in ``folder`` (not recursive), sorted by name; hidden files are left out."""
+def _not_a_file(path: str) -> str | None:
+    """Why ``path`` cannot be read as a file (following symlinks), or None if it can."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop"
+        if os.path.islink(path):
+            return f"dangling symlink to {os.readlink(path)}"
+        return f"cannot stat: {e.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory (folders are not searched)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
+def list_files(folder: str) -> tuple[list[str], list[dict]]:
+    """The entries directly in ``folder`` (not recursive; hidden ones left out), sorted by name:
+    (readable files, skipped entries ``{"file", "error"}`` such as directories, symlink loops,
+    dangling symlinks)."""
     require_dir(folder, "image folder")
-    return sorted(
-        os.path.join(folder, e.name) for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")
-    )
-
-
-def _open(path: str):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # decode fully now, so a truncated file fails here
-        return im.convert("RGB")
+    try:
+        names = sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
+    except OSError as e:
+        raise ConfigError(f"cannot list image folder {folder}: {e.strerror}") from None
+    files, skipped = [], []
+    for name in names:
+        path = os.path.join(folder, name)
+        reason = _not_a_file(path)
+        if reason is None:
+            files.append(path)
+        else:
+            skipped.append({"file": path, "error": reason})
+    return files, skipped
 
 
 @torch.no_grad()
@@ -111,11 +139,9 @@ def predict_files(
     tensors: list[tuple[str, torch.Tensor]] = []
     for path in files:
         try:
-            tensors.append((path, transform(_open(path))))
+            tensors.append((path, transform(D.open_rgb(path))))
         except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), ...
-            skipped.append(
-                {"file": path, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-            )
+            skipped.append({"file": path, "error": D.describe_error(e, path)})
     for i in range(0, len(tensors), batch_size):
         chunk = tensors[i : i + batch_size]
         x = torch.stack([t for _, t in chunk]).to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,8 +37,7 @@ def build_scheduler(
 ) -> LRScheduler:
     """Stepped once per iteration: linear from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then a
     cosine from ``lr`` down to ``min_lr`` at the last iteration."""
-    total = max(1, cfg["epochs"] * steps_per_epoch)
-    warmup = min(round(cfg["warmup_epochs"] * steps_per_epoch), total - 1)
+    total, warmup = _schedule_steps(cfg, steps_per_epoch)
     cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=cfg["min_lr"])
     if warmup == 0:
         return cosine
@@ -45,3 +45,28 @@ def build_scheduler(
         optimizer, start_factor=cfg["warmup_lr"] / cfg["lr"], end_factor=1.0, total_iters=warmup
     )
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def _schedule_steps(cfg: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
+    """(total iterations, warmup iterations) of a run."""
+    total = max(1, cfg["epochs"] * steps_per_epoch)
+    return total, min(round(cfg["warmup_epochs"] * steps_per_epoch), total - 1)
+
+
+def stretch_schedule(scheduler: LRScheduler, cfg: dict[str, Any], steps_per_epoch: int) -> None:
+    """After loading a resumed scheduler whose run had fewer ``epochs``: the remaining iterations
+    follow the cosine of this config's length, as if the run had been planned for it from the
+    start (so the learning rate rises again when a finished run is extended)."""
+    total, warmup = _schedule_steps(cfg, steps_per_epoch)
+    cosine = scheduler._schedulers[-1] if isinstance(scheduler, SequentialLR) else scheduler
+    cosine.T_max = max(1, total - warmup)
+    if isinstance(scheduler, SequentialLR) and scheduler.last_epoch < warmup:
+        return  # still warming up: the cosine starts later, from the peak, with the new length
+    t = cosine.last_epoch
+    lrs = [
+        cosine.eta_min + (base - cosine.eta_min) * (1 + math.cos(math.pi * t / cosine.T_max)) / 2
+        for base in cosine.base_lrs
+    ]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    cosine._last_lr = scheduler._last_lr = lrs

@@ -1,0 +1,204 @@
+"""The run directory ``output_dir/task_name``: claimed before any training, never silently replaced.
+
+Rules (the README's "Run directories"):
+
+* it must be writable: checked by writing a probe file before the data or model are built;
+* a directory that holds a run (``last.pt`` or ``log.csv``) is refused unless ``--resume``
+  continues it or ``--overwrite`` deletes the run's files first;
+* a lock file (``.lock``, holding ``pid hostname``) keeps two runs out of one directory; a lock
+  whose process is dead on this host is stale and reclaimed;
+* temporary files a killed save left behind (``.<name>.*.tmp``) are deleted;
+* the resolved config is saved as ``config.yaml`` and the console lines are appended to
+  ``train.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import time
+from typing import Any
+
+import yaml
+
+from .checkpoint import atomic_write_text, write_error
+from .config import ConfigError, run_dir
+
+RUN_MARKERS = ("last.pt", "log.csv")  # a directory holding one of these holds a run
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "log.csv",
+    "curves.png",
+    "config.yaml",
+    "train.log",
+    "test_report.json",
+    "test_report.png",
+    "predictions.json",
+)
+LOCK_NAME = ".lock"
+CONFIG_NAME = "config.yaml"
+LOG_NAME = "train.log"
+
+
+def ensure_writable(folder: str) -> None:
+    """Create ``folder`` and write (then delete) a probe file in it; ConfigError if either fails."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise write_error(folder, e, "the run directory") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock file; created complete (written to a temp file, then hard-linked)."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.owner = f"{os.getpid()} {socket.gethostname()}"
+        self.held = False
+
+    def _try_create(self) -> bool:
+        folder = os.path.dirname(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=".lock.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner + "\n")
+            os.link(tmp, self.path)  # atomic: fails if the lock exists
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner + "\n")
+            return True
+        finally:
+            os.unlink(tmp)
+
+    def _holder(self) -> tuple[int | None, str]:
+        try:
+            with open(self.path) as f:
+                pid, _, host = f.read().strip().partition(" ")
+            return int(pid), host
+        except (OSError, ValueError):
+            return None, ""
+
+    def acquire(self) -> RunLock:
+        for _ in range(3):
+            if self._try_create():
+                self.held = True
+                return self
+            pid, host = self._holder()
+            if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
+                where = "this machine" if host == socket.gethostname() else host
+                raise ConfigError(
+                    f"{os.path.dirname(self.path)} is in use by another run (pid {pid} on {where}); wait for it, "
+                    f"choose another task_name/--output-dir, or delete {self.path} if that run is gone"
+                )
+            with contextlib.suppress(FileNotFoundError):  # stale: its process is dead
+                os.unlink(self.path)
+            time.sleep(0.01)
+        raise ConfigError(f"could not take the lock {self.path} (another run keeps taking it)")
+
+    def release(self) -> None:
+        if self.held and self._holder() == (os.getpid(), socket.gethostname()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self.held = False
+
+
+def remove_temp_files(folder: str) -> list[str]:
+    """Delete the ``.<name>.<random>.tmp`` files of saves that were killed; returns their names."""
+    removed = []
+    for e in os.scandir(folder):
+        if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(e.path)
+                removed.append(e.name)
+    return sorted(removed)
+
+
+class RunDir:
+    """A claimed run directory (rank 0), or a stand-in that only knows the paths (other ranks)."""
+
+    def __init__(self, cfg: dict[str, Any], owner: bool = True):
+        self.path = run_dir(cfg)
+        self.owner = owner
+        self.lock = RunLock(self.path)
+        self._log = None
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def claim(self, cfg: dict[str, Any], resume: bool, overwrite: bool) -> list[str]:
+        """Apply the rules of the module docstring; returns messages worth showing."""
+        if resume and overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+        ensure_writable(self.path)
+        try:
+            self.lock.acquire()
+        except OSError as e:
+            raise write_error(self.lock.path, e, "the lock file") from None
+        try:
+            notes = []
+            removed = remove_temp_files(self.path)
+            if removed:
+                notes.append(
+                    f"removed {len(removed)} temporary file(s) of an interrupted save: {', '.join(removed)}"
+                )
+            held = [n for n in RUN_MARKERS if os.path.exists(self.file(n))]
+            if resume and not os.path.isfile(self.file("last.pt")):
+                raise ConfigError(f"--resume: nothing to resume, {self.file('last.pt')} not found")
+            if held and not resume:
+                if not overwrite:
+                    raise ConfigError(
+                        f"{self.path} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                        "--overwrite to replace it, or choose another task_name/--output-dir"
+                    )
+                gone = [n for n in RUN_FILES if os.path.isfile(self.file(n))]
+                for n in gone:
+                    os.unlink(self.file(n))
+                notes.append(f"--overwrite: deleted {', '.join(gone)} of the previous run in {self.path}")
+            atomic_write_text(yaml.safe_dump(dict(cfg), sort_keys=False), self.file(CONFIG_NAME))
+            self._log = open(self.file(LOG_NAME), "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            return notes
+        except OSError as e:
+            self.close()
+            raise write_error(self.path, e, "the run directory") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def log(self, line: str) -> None:
+        """Append one console line to train.log (a failing log never stops the run)."""
+        if self._log is not None:
+            try:
+                self._log.write(line.rstrip("\n") + "\n")
+                self._log.flush()
+            except OSError:
+                self._log = None
+
+    def close(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
+        self.lock.release()

@@ -1,0 +1,351 @@
+"""Nothing lost: the run directory rules, the lock, early write checks, save errors, command-line
+overrides and --resume extending epochs (in-process, tiny registered model, digits at 8 px)."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_training_fixtures import register_tiny, tiny_cfg, write_config
+
+from svm_models.training import checkpoint as ckpt
+from svm_models.training import cli, engine, history, rundir, runtime
+from svm_models.training import config as C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    return register_tiny(monkeypatch)
+
+
+def _cfg(tmp_path, **over):
+    return C.validate(tiny_cfg(tmp_path, **over), "test")
+
+
+def _train_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", os.path.join(ROOT, "train.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def _one_error(err, *fragments):
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# a finished run is never silently replaced
+# ----------------------------------------------------------------------------------------------
+def test_rerun_without_resume_is_refused_and_keeps_best(tmp_path, tiny, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=1))
+    main = _train_main()
+    assert cli.run(main, ["--config", cfg_path, "--no-test"]) == 0
+    out = tmp_path / "runs" / "tiny"
+    assert sorted(os.listdir(out)) == [
+        "best.pt",
+        "config.yaml",
+        "curves.png",
+        "last.pt",
+        "log.csv",
+        "train.log",
+    ]
+    best_before = (out / "best.pt").read_bytes()
+    log_before = (out / "log.csv").read_text()
+    capsys.readouterr()
+
+    assert cli.run(main, ["--config", cfg_path, "--no-test"]) == 2
+    _one_error(capsys.readouterr().err, "already holds a run (last.pt, log.csv)", "--resume", "--overwrite")
+    assert (out / "best.pt").read_bytes() == best_before and (out / "log.csv").read_text() == log_before
+
+    # --overwrite starts over; the saved config and the console log describe the new run
+    assert cli.run(main, ["--config", cfg_path, "--no-test", "--overwrite", "--seed", "3"]) == 0
+    assert C.load_config(str(out / "config.yaml"))["seed"] == 3
+    log = (out / "train.log").read_text()
+    assert "deleted" in log and "epoch 1/1: train loss" in log and log.count("epoch 1/1: train loss") == 1
+    assert not (out / ".lock").exists()
+
+
+def test_dash_c_is_not_an_abbreviation_of_config(tmp_path, capsys):
+    main = _train_main()
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(tmp_path / "x.yaml"), "-c", "other.yaml"])
+    assert e.value.code == 2 and "unrecognized arguments: -c other.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--conf", "x.yaml"])  # no prefix matching either
+
+
+def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _train_main()(["--config", "x.yaml", "--resume", "--overwrite"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# the lock
+# ----------------------------------------------------------------------------------------------
+def test_a_live_lock_refuses_and_a_dead_one_is_reclaimed(tmp_path, tiny):
+    cfg = _cfg(tmp_path, epochs=1)
+    folder = C.run_dir(cfg)
+    os.makedirs(folder)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        with open(os.path.join(folder, ".lock"), "w") as f:
+            f.write(f"{live.pid} {socket.gethostname()}\n")
+        with pytest.raises(C.ConfigError, match=rf"in use by another run \(pid {live.pid} on this machine\)"):
+            engine.fit(cfg, progress=False)
+        assert not os.path.exists(os.path.join(folder, "last.pt"))
+    finally:
+        live.kill()
+        live.wait()  # reaped: the pid is dead now
+    engine.fit(cfg, progress=False)  # the stale lock is reclaimed
+    assert os.path.isfile(os.path.join(folder, "last.pt"))
+    assert not os.path.exists(os.path.join(folder, ".lock"))  # released at the end
+
+
+def test_lock_is_released_when_the_run_fails(tmp_path, tiny):
+    cfg = _cfg(tmp_path, epochs=2)
+
+    def crash(epoch):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, progress=False, on_epoch_end=crash)
+    assert not os.path.exists(os.path.join(C.run_dir(cfg), ".lock"))
+    engine.fit(cfg, resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_into_one_directory(tmp_path, tiny, capsys):
+    """A real train.py process trains; a second run started meanwhile into the same directory
+    exits 2 at once, and the first one finishes undisturbed."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(
+        "import runpy, sys\n"
+        f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
+        "import test_training_fixtures as F\n"
+        "from svm_models import registry\n"
+        "registry._MODELS[F.TINY] = F.tiny_factory\n"
+        f"sys.argv = [{os.path.join(ROOT, 'train.py')!r}] + sys.argv[1:]\n"
+        f"runpy.run_path({os.path.join(ROOT, 'train.py')!r}, run_name='__main__')\n"
+    )
+    cfg = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=3))
+    lock = tmp_path / "runs" / "tiny" / ".lock"
+    main = _train_main()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    first = subprocess.Popen(
+        [sys.executable, str(launcher), "--config", cfg, "--no-test"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not lock.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert lock.exists(), "the first run never took the lock"
+        assert cli.run(main, ["--config", cfg, "--no-test"]) == 2  # while the first one trains
+        _one_error(capsys.readouterr().err, f"in use by another run (pid {first.pid} on this machine)")
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    rows = history.read_csv(str(tmp_path / "runs" / "tiny" / "log.csv"))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert not lock.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# unwritable output: refused before any training; save errors are one line
+# ----------------------------------------------------------------------------------------------
+def test_unwritable_output_dir_fails_before_training(tmp_path, tiny, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("in the way\n")
+    built = []
+    monkeypatch.setattr(engine, "build_training", lambda *a, **k: built.append(1))
+    main = _train_main()
+    cases = [
+        (str(tmp_path / "afile"), "Not a directory"),  # output_dir under a regular file
+        (str(tmp_path / "afile" / "deeper"), "Not a directory"),
+    ]
+    for out, reason in cases:
+        cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, output_dir=out))
+        assert cli.run(main, ["--config", cfg_path]) == 2
+        _one_error(capsys.readouterr().err, "cannot write the run directory", reason)
+    # the run directory itself is a file in the way
+    os.makedirs(tmp_path / "runs")
+    (tmp_path / "runs" / "tiny").write_text("a file\n")
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path))
+    assert cli.run(main, ["--config", cfg_path]) == 2
+    _one_error(capsys.readouterr().err, "cannot write the run directory", "exists")
+    # a read-only mount (root ignores chmod, so the probe's write fails by mock)
+    (tmp_path / "runs" / "tiny").unlink()
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", read_only)
+    assert cli.run(main, ["--config", cfg_path]) == 2
+    _one_error(capsys.readouterr().err, "cannot write the run directory", "Read-only file system")
+    assert built == []
+
+
+def test_a_failing_save_is_one_line_and_leaves_the_previous_epoch(tmp_path, tiny, monkeypatch, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=3))
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *a, **k):  # the disk fills up in the middle of epoch 2's last.pt
+        calls.append(obj["epoch"])
+        if obj["epoch"] == 2:
+            f.write(b"PK\x03\x04 half")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", save)
+    assert cli.run(_train_main(), ["--config", cfg_path, "--no-test"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: cannot write ")
+    assert "last.pt: No space left on device" in err and "Traceback" not in err
+    out = tmp_path / "runs" / "tiny"
+    monkeypatch.undo()
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == []  # no temp file, lock released
+    assert "error: cannot write" in (out / "train.log").read_text()
+
+
+def test_temp_files_of_a_killed_save_are_removed_on_the_next_start(tmp_path, tiny, capsys):
+    cfg = _cfg(tmp_path, epochs=1)
+    engine.fit(cfg, progress=False)
+    folder = C.run_dir(cfg)
+    for name in (".last.pt.abc123.tmp", ".log.csv.x9.tmp"):
+        open(os.path.join(folder, name), "wb").close()  # 0 bytes, as a SIGKILL mid-save leaves
+    keep = os.path.join(folder, ".keepme")
+    open(keep, "w").close()
+    engine.fit(dict(cfg, epochs=2), resume=True, progress=False)
+    assert sorted(n for n in os.listdir(folder) if n.startswith(".")) == [".keepme"]
+    assert "removed 2 temporary file(s)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# command-line overrides; --resume extending epochs
+# ----------------------------------------------------------------------------------------------
+def test_opts_and_flags_override_the_file_and_are_validated(tmp_path, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path))
+    p = cli.parser("t")
+    cli.add_training_flags(p)
+    args = p.parse_args(
+        [
+            "--config",
+            cfg_path,
+            "--opts",
+            "lr=1e-3",
+            "epochs=7",
+            "model_args={width: 4}",
+            "--epochs",
+            "9",
+            "--seed",
+            "5",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "elsewhere"),
+        ]
+    )
+    cfg = cli.config_from_args(args)
+    assert cfg["lr"] == 1e-3 and cfg["epochs"] == 9 and cfg["seed"] == 5  # a flag wins over --opts
+    assert cfg["model_args"] == {"width": 4} and cfg["device"] == "cpu"
+    assert C.run_dir(cfg) == os.path.join(str(tmp_path / "elsewhere"), "tiny")
+    for opts, message in [
+        (["bach_size=4"], "unknown key 'bach_size' (did you mean 'batch_size'?)"),
+        (["epochs=many"], "'epochs' must be an integer, got 'many'"),
+        (["epochs"], "--opts expects KEY=VALUE pairs, got 'epochs'"),
+        (["device=tpu"], "'device' must be cpu, cuda or cuda:N"),
+        (["threads=0"], "'threads' must be >= 1 or null"),
+    ]:
+        with pytest.raises(C.ConfigError, match=".*") as e:
+            cli.config_from_args(p.parse_args(["--config", cfg_path, "--opts", *opts]))
+        assert message in str(e.value), (opts, str(e.value))
+        assert "command-line" in str(e.value) or "--opts" in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, tiny, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path))
+    assert cli.run(_train_main(), ["--config", cfg_path, "--device", "cuda"]) == 2
+    _one_error(capsys.readouterr().err, "device 'cuda' requested but no CUDA device is available")
+
+
+def test_resume_may_extend_epochs_and_refuses_other_changes(tmp_path, tiny):
+    cfg = _cfg(tmp_path, epochs=2, warmup_epochs=1)
+    engine.fit(cfg, progress=False)
+    last = os.path.join(C.run_dir(cfg), "last.pt")
+    done_lr = torch.load(last, weights_only=True)["history"][-1]["lr"]
+    for change, key in [({"lr": 5e-3}, "lr"), ({"seed": 1}, "seed"), ({"epochs": 1}, "below the 2 epochs")]:
+        with pytest.raises(C.ConfigError, match=key):
+            engine.fit(dict(cfg, **change), resume=True, progress=False)
+    res = engine.fit(dict(cfg, epochs=4, workers=0, threads=1), resume=True, progress=False)
+    assert [r["epoch"] for r in res["history"]] == [1, 2, 3, 4]
+    lrs = [r["lr"] for r in res["history"]]
+    assert lrs[1] == pytest.approx(done_lr)
+    # the cosine now ends at epoch 4: the lr rises again after the finished run, then decays to min_lr
+    steps = 1437 // 64  # the last incomplete batch is dropped
+    total, warmup = 4 * steps, steps
+
+    def cosine_at(step):
+        t = step - warmup
+        return (
+            cfg["min_lr"] + (cfg["lr"] - cfg["min_lr"]) * (1 + math.cos(math.pi * t / (total - warmup))) / 2
+        )
+
+    assert lrs[2] == pytest.approx(cosine_at(3 * steps), rel=1e-6) and lrs[2] > lrs[1]
+    assert lrs[3] == pytest.approx(cfg["min_lr"], rel=1e-6)
+    assert torch.load(last, weights_only=True)["config"]["epochs"] == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# threads
+# ----------------------------------------------------------------------------------------------
+def test_thread_count_precedence(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert runtime.thread_count({"threads": None}) == runtime.DEFAULT_CPU_THREADS == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert runtime.thread_count({"threads": None}) == 2
+    assert runtime.thread_count({"threads": 3}) == 3  # the config (or --opts threads=N) wins
+    n = torch.get_num_threads()
+    try:
+        assert runtime.set_threads({"threads": 2}) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_lock_without_hard_links_still_excludes(tmp_path, monkeypatch):
+    def no_links(*a):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(rundir.os, "link", no_links)
+    first = rundir.RunLock(str(tmp_path)).acquire()
+    with pytest.raises(C.ConfigError, match="in use by another run"):
+        rundir.RunLock(str(tmp_path)).acquire()  # same pid, alive: refused
+    first.release()
+    assert not (tmp_path / ".lock").exists()
+    assert sorted(os.listdir(tmp_path)) == []  # no temporary file left either

@@ -1,0 +1,31 @@
+"""The SS2D ops' argument errors name the argument that is actually wrong."""
+
+import pytest
+import torch
+
+from svm_kernels import cross_selective_scan
+
+
+def _args(batch=1, d=3, n=4, h=2, w=3):
+    return dict(
+        u=torch.randn(batch, d, h, w),
+        delta=torch.randn(batch, 4, d, h, w),
+        A=-torch.rand(4, d, n),
+        B=torch.randn(batch, 4, n, h, w),
+        C=torch.randn(batch, 4, n, h, w),
+    )
+
+
+def test_A_with_the_wrong_state_count_blames_A():
+    args = _args()
+    args["A"] = -torch.rand(4, 3, 5)  # N=5 where B and C have N=4
+    with pytest.raises(ValueError, match=r"A has N=5 states but B and C have N=4"):
+        cross_selective_scan(**args, backend="torch")
+
+
+def test_B_or_C_with_the_wrong_state_count_still_blames_them():
+    for name in ("B", "C"):
+        args = _args()
+        args[name] = torch.randn(1, 4, 5, 2, 3)
+        with pytest.raises(ValueError, match=rf"^{name} must have shape \(1, 4, 4, 2, 3\)"):
+            cross_selective_scan(**args, backend="torch")
