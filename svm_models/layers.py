@@ -22,6 +22,8 @@ from torch import nn
 
 from svm_kernels import MultiStepLIF, cross_selective_scan_lowrank
 
+from .spike_layers import conv_bn_supported, conv_bn_train
+
 # --------------------------------------------------------------------------------------------
 # Time <-> batch folding, spiking neurons
 
@@ -96,6 +98,11 @@ class ConvBN(nn.Sequential):
 
     No conv bias by default: the BatchNorm's shift makes it redundant (QKFormer keeps some, so
     ``bias`` is there to reproduce its parameter count).
+
+    ``spike_input``: the layer is built to receive spikes (0/1). ``memory_efficient`` (switched
+    on by the spiking models): while training, Conv -> BN runs as one node that saves the input
+    (as bits when ``spike_input``) and recomputes the BN input in the backward
+    (:func:`svm_models.spike_layers.conv_bn_train`); the same numbers as the plain modules.
     """
 
     def __init__(
@@ -107,12 +114,25 @@ class ConvBN(nn.Sequential):
         groups: int = 1,
         bias: bool = False,
         pool: bool = False,
+        spike_input: bool = False,
     ):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_ch)
         if pool:
             self.pool = nn.MaxPool2d(3, 2, 1)
+        self.spike_input = spike_input
+        self.memory_efficient = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lean = self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_tracing()
+        if not (lean and conv_bn_supported(self.conv, self.bn)):
+            return super().forward(x)
+        x = conv_bn_train(x, self.conv, self.bn, self.spike_input)
+        return self.pool(x) if hasattr(self, "pool") else x
+
+    def extra_repr(self) -> str:
+        return f"spike_input={self.spike_input}, memory_efficient={self.memory_efficient}"
 
 
 class SeqConvBN(ConvBN):
