@@ -208,11 +208,12 @@ class SpikeMulFunction(torch.autograd.Function):
     def backward(ctx, grad):
         sa, sb = ctx.saved_tensors
         grad_a = grad_b = None
-        # The same products (and broadcast reductions) as autograd's own backward of a * b.
+        # The same products, casts (mixed dtypes under autocast) and broadcast reductions as
+        # autograd's own backward of a * b.
         if ctx.needs_input_grad[0]:
-            grad_a = (grad * restore(sb, ctx.how_b)).sum_to_size(ctx.how_a.shape)
+            grad_a = (grad * restore(sb, ctx.how_b)).to(ctx.how_a.dtype).sum_to_size(ctx.how_a.shape)
         if ctx.needs_input_grad[1]:
-            grad_b = (grad * restore(sa, ctx.how_a)).sum_to_size(ctx.how_b.shape)
+            grad_b = (grad * restore(sa, ctx.how_a)).to(ctx.how_b.dtype).sum_to_size(ctx.how_b.shape)
         return grad_a, grad_b
 
 
@@ -220,7 +221,7 @@ def spike_mul(a: torch.Tensor, b: torch.Tensor, memory_efficient: bool = True) -
     """``a * b`` for two spike tensors; with ``memory_efficient`` both are saved as bits."""
     if not memory_efficient or not torch.is_grad_enabled() or torch.jit.is_tracing():
         return a * b
-    if a.dtype != b.dtype or not (a.requires_grad or b.requires_grad):
+    if not (a.requires_grad or b.requires_grad):
         return a * b
     return SpikeMulFunction.apply(a, b)
 
