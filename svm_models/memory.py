@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import sys
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,9 @@ class MemoryReport:
     saved_tensors: int
     peak_bytes: int | None
     precision: str
+    # Saved bytes by the class of the innermost module whose forward saved them ("(model)" for
+    # ops of the model's own forward).
+    by_module: dict[str, int]
 
     @property
     def saved_bytes_per_image(self) -> float:
@@ -51,11 +55,38 @@ class MemoryReport:
 
 
 class _SavedBytesCounter:
-    """Pack hook that records every saved tensor's storage once (parameters excluded)."""
+    """Pack hook that records every saved tensor's storage once (parameters excluded), and the
+    module that saved it (forward hooks keep a stack of the modules running)."""
 
     def __init__(self, model: nn.Module):
         self.skip = {self._key(p) for p in model.parameters()}
         self.sizes: dict = {}
+        self.owner: dict = {}
+        self.stack = ["(model)"]
+        self.handles = []
+        for m in model.modules():
+            if m is model:
+                continue
+            name = type(m).__name__
+            self.handles.append(m.register_forward_pre_hook(partial(self._enter, name)))
+            self.handles.append(m.register_forward_hook(self._exit))
+
+    # Hooks return None: a pre-hook's return value would replace the module's inputs.
+    def _enter(self, name: str, module, args) -> None:
+        self.stack.append(name)
+
+    def _exit(self, module, args, output) -> None:
+        self.stack.pop()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def by_module(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key, n in self.sizes.items():
+            out[self.owner[key]] = out.get(self.owner[key], 0) + n
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     @staticmethod
     def _key(t: torch.Tensor):
@@ -66,6 +97,7 @@ class _SavedBytesCounter:
         key = self._key(t)
         if key not in self.skip and key not in self.sizes:
             self.sizes[key] = t.untyped_storage().nbytes()
+            self.owner[key] = self.stack[-1]
         # Keeping t alive until the backward (as autograd would) stops its memory being reused,
         # so two storages never share a key.
         return t
@@ -122,11 +154,14 @@ def profile_training_memory(model: nn.Module, batch, precision: str = "fp32") ->
             torch.cuda.synchronize(device)
             peak = torch.cuda.max_memory_allocated(device) - before
     finally:
+        counter.remove()
         model.load_state_dict(state)
         for p, g in grads.items():
             p.grad = g
         model.train(was_training)
-    return MemoryReport(images.shape[0], sum(counter.sizes.values()), len(counter.sizes), peak, precision)
+    return MemoryReport(
+        images.shape[0], sum(counter.sizes.values()), len(counter.sizes), peak, precision, counter.by_module()
+    )
 
 
 def compare_memory_efficient(model: nn.Module, batch, precision: str = "fp32") -> dict:
@@ -170,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compare", action="store_true", help="memory_efficient on and off (spiking models)")
     p.add_argument("--plain", action="store_true", help="build with memory_efficient=False")
+    p.add_argument(
+        "--by-module", action="store_true", help="also print the saved MiB / image per module class"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -223,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {precision} | {flag} | {_mib(r.saved_bytes_per_image)} | "
                 f"{_mib(r.peak_bytes_per_image)} | {ratio} |"
             )
+            if args.by_module:
+                parts = ", ".join(f"{k} {_mib(v / r.batch_size)}" for k, v in r.by_module.items())
+                print(f"|  |  | {parts} |  |  |")
     return 0
 
 
