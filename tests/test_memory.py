@@ -221,3 +221,24 @@ def test_cli_table_and_bad_arguments(capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:"), err
     assert memory_main(["--model", "vmamba_cifar", "--img-size", "16", "--compare"]) == 2
+
+
+def test_config_key(tmp_path):
+    from svm_models.training import config as C
+    from svm_models.training import engine
+
+    base = dict(task_name="t", model="svmamba_cifar", dataset="digits", img_size=16, T=2)
+    small = dict(dims=[8, 16], depths=[1, 1])
+    assert C.validate({**base, "model_args": small})["memory_efficient"] is None
+    for flag in (True, False):
+        cfg = C.validate({**base, "model_args": small, "memory_efficient": flag})
+        model = engine.build_model(cfg, 10)
+        assert model.memory_efficient is flag and model.stem.conv2.memory_efficient is flag
+    assert engine.build_model(C.validate({**base, "model_args": small}), 10).memory_efficient
+    # An ANN has nothing to switch: the key is ignored.
+    ann = C.validate({**base, "model": "vmamba_cifar", "T": None, "memory_efficient": False, "model_args": small})
+    engine.build_model(ann, 10)
+    with pytest.raises(C.ConfigError, match="not both"):
+        C.validate({**base, "model_args": {**small, "memory_efficient": True}, "memory_efficient": False})
+    with pytest.raises(C.ConfigError, match="memory_efficient"):
+        C.validate({**base, "memory_efficient": "yes"})

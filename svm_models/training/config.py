@@ -64,6 +64,13 @@ SCHEMA: dict[str, Key] = {
     "workers": Key((int,), 4, doc="DataLoader worker processes"),
     "output_dir": Key((str,), "runs"),
     "model_args": Key((dict,), None, nullable=True, doc="overrides passed to create_model"),
+    "memory_efficient": Key(
+        (bool,),
+        None,
+        nullable=True,
+        doc="spiking models: save spikes as bits for the backward, recompute BN inputs (same "
+        "results, less memory); null = the model's default (true); ignored by ANNs",
+    ),
 }
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "mini_imagenet")
@@ -151,6 +158,10 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(
         not ("T" in c["model_args"] and c["T"] is not None),
         "set T either as the top-level key 'T' or in 'model_args', not both",
+    )
+    need(
+        not ("memory_efficient" in c["model_args"] and c["memory_efficient"] is not None),
+        "set memory_efficient either as a top-level key or in 'model_args', not both",
     )
 
 
