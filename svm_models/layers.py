@@ -128,8 +128,7 @@ class ConvBN(nn.Sequential):
         lean = self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_tracing()
         if not (lean and conv_bn_supported(self.conv, self.bn)):
             return super().forward(x)
-        x = conv_bn_train(x, self.conv, self.bn, self.spike_input)
-        return self.pool(x) if hasattr(self, "pool") else x
+        return conv_bn_train(x, self.conv, self.bn, self.spike_input, getattr(self, "pool", None))
 
     def extra_repr(self) -> str:
         return f"spike_input={self.spike_input}, memory_efficient={self.memory_efficient}"

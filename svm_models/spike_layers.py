@@ -98,7 +98,7 @@ class ConvBNTrainFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, conv_w, conv_b, bn_w, bn_b, running_mean, running_var, conv_args, bn_args, spikes, where
+        ctx, x, conv_w, conv_b, bn_w, bn_b, running_mean, running_var, conv_args, bn_args, pool, spikes, where
     ):
         stride, padding, dilation, groups = conv_args
         momentum, eps = bn_args
@@ -110,25 +110,28 @@ class ConvBNTrainFunction(torch.autograd.Function):
             z, mean, invstd = torch.ops.aten.native_batch_norm(
                 y, bn_w, bn_b, running_mean, running_var, True, momentum, eps
             )
+            if pool is not None:
+                z = F.max_pool2d(z, *pool)
         saved, ctx.how = stash_for_backward(x_c, spikes, where)
-        ctx.save_for_backward(saved, conv_w, conv_b, bn_w, mean, invstd)
-        ctx.dtype, ctx.x_dtype, ctx.conv_args, ctx.eps = dtype, x.dtype, conv_args, eps
+        ctx.save_for_backward(saved, conv_w, conv_b, bn_w, bn_b, mean, invstd)
+        ctx.dtype, ctx.x_dtype, ctx.conv_args, ctx.eps, ctx.pool = dtype, x.dtype, conv_args, eps, pool
         return z
 
     @staticmethod
-    def backward(ctx, grad_z):
-        saved, conv_w, conv_b, bn_w, mean, invstd = ctx.saved_tensors
+    def backward(ctx, grad_out):
+        saved, conv_w, conv_b, bn_w, bn_b, mean, invstd = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv_args
         need_x, need_w, need_cb, need_g, need_b = ctx.needs_input_grad[:5]
         dtype = ctx.dtype
-        with torch.autocast(grad_z.device.type, enabled=False):
+        with torch.autocast(grad_out.device.type, enabled=False):
             x = restore(saved, ctx.how, dtype)
             w, b = _cast(conv_w, dtype), _cast(conv_b, dtype)
             y = F.conv2d(x, w, b, stride, padding, dilation, groups)  # the BN input, recomputed
+            grad_z = grad_out if ctx.pool is None else _max_pool_backward(grad_out, y, bn_w, bn_b, ctx)
             grad_y, grad_g, grad_beta = torch.ops.aten.native_batch_norm_backward(
                 grad_z, y, bn_w, None, None, mean, invstd, True, ctx.eps, [True, need_g, need_b]
             )
-            del y
+            del y, grad_z
             grad_x, grad_w, grad_cb = torch.ops.aten.convolution_backward(
                 grad_y,
                 x,
@@ -148,7 +151,19 @@ class ConvBNTrainFunction(torch.autograd.Function):
             _cast(grad_cb, conv_b.dtype) if (need_cb and conv_b is not None) else None,
             grad_g if need_g else None,
             grad_beta if need_b else None,
-        ) + (None,) * 6
+        ) + (None,) * 7
+
+
+def _max_pool_backward(grad_out, y, bn_w, bn_b, ctx) -> torch.Tensor:
+    """Gradient through the max-pool after the BN: recompute the BN output (batch statistics
+    again: the same deterministic reduction, the same values; running statistics untouched)
+    and the argmax, then the pool's own backward kernel."""
+    kernel, stride, padding = ctx.pool
+    z = torch.ops.aten.native_batch_norm(y, bn_w, bn_b, None, None, True, 0.0, ctx.eps)[0]
+    _, indices = torch.ops.aten.max_pool2d_with_indices(z, kernel, stride, padding)
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad_out, z, kernel, stride, padding, [1, 1], False, indices
+    )
 
 
 def _bn_momentum(bn: nn.BatchNorm2d) -> float:
@@ -170,9 +185,30 @@ def conv_bn_supported(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
     )
 
 
-def conv_bn_train(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, spike_input: bool) -> torch.Tensor:
-    """``bn(conv(x))`` for a BN in training mode, saving x (as bits when ``spike_input``) and
-    the per-channel statistics instead of x and conv(x). Same numbers as the two modules."""
+def _pool_args(pool: nn.MaxPool2d | None):
+    """(kernel, stride, padding) of a plain max-pool, the only kind conv_bn_train recomputes."""
+    if pool is None:
+        return None
+    if pool.dilation not in (1, (1, 1)) or pool.ceil_mode or pool.return_indices:
+        raise ValueError(f"conv_bn_train recomputes only plain max-pools, got {pool}")
+    pair = torch.nn.modules.utils._pair
+    return (
+        list(pair(pool.kernel_size)),
+        list(pair(pool.stride or pool.kernel_size)),
+        list(pair(pool.padding)),
+    )
+
+
+def conv_bn_train(
+    x: torch.Tensor,
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d,
+    spike_input: bool,
+    pool: nn.MaxPool2d | None = None,
+) -> torch.Tensor:
+    """``pool(bn(conv(x)))`` (pool optional) for a BN in training mode, saving x (as bits when
+    ``spike_input``) and the per-channel statistics instead of x, conv(x), the BN output and the
+    pool's argmax. Same numbers as the modules."""
     where = f"{type(conv).__name__}({conv.in_channels}, {conv.out_channels}, kernel_size={conv.kernel_size})"
     return ConvBNTrainFunction.apply(
         x,
@@ -184,6 +220,7 @@ def conv_bn_train(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, spike_in
         bn.running_var,
         (conv.stride, conv.padding, conv.dilation, conv.groups),
         (_bn_momentum(bn), bn.eps),
+        _pool_args(pool),
         spike_input,
         where,
     )
