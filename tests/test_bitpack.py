@@ -39,6 +39,22 @@ def test_reference_layout_by_hand():
     assert torch.equal(unpack_bits_naive(expected.to(x.device), (10,), torch.float32), x)
 
 
+def spec_pack(x):
+    """The layout spelled out element by element, in Python."""
+    flags = [int(v != 0) for v in x.reshape(-1).tolist()]
+    flags += [0] * (-len(flags) % 8)
+    return torch.tensor(
+        [sum(flags[8 * i + j] << j for j in range(8)) for i in range(len(flags) // 8)], dtype=torch.uint8
+    )
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 64, 65, 1031])
+def test_reference_matches_the_layout_spelled_out(n):
+    x = spikes((n,), torch.float32, rate=0.5)
+    assert torch.equal(pack_bits_naive(x).cpu(), spec_pack(x))
+    assert torch.equal(unpack_bits_naive(spec_pack(x).to(x.device), (n,), torch.float32), x)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_triton_pack_unpack_match_reference(shape, dtype):

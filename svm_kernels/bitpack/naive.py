@@ -7,6 +7,8 @@ bit first). The last byte is padded with zero bits, so ``ceil(n / 8)`` bytes hol
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 BITS_PER_BYTE = 8
@@ -17,23 +19,33 @@ def packed_size(numel: int) -> int:
     return (numel + BITS_PER_BYTE - 1) // BITS_PER_BYTE
 
 
-def _bit_weights(device) -> torch.Tensor:
-    return torch.tensor([1 << j for j in range(BITS_PER_BYTE)], dtype=torch.uint8, device=device)
+# Byte-wide multiply that gathers 8 bytes holding 0/1 into one byte: byte j of a little-endian
+# int64 (at bit 8j) times 2^(56 - 7j) lands at bit 56 + j. The 64 partial products all fall on
+# distinct bits (8j - 7k is unique for j, k in 0..7), so nothing carries, and bits 56..63 hold
+# exactly the 8 flags; the bits above 63 wrap away (integer multiply is modulo 2^64).
+_GATHER_BITS = sum(1 << (56 - 7 * j) for j in range(BITS_PER_BYTE))  # 0x0102040810204080
+
+
+@functools.lru_cache(maxsize=8)
+def _unpack_table(device: torch.device) -> torch.Tensor:
+    """(256,) int64: entry p holds 8 bytes, byte j = bit j of p (little-endian)."""
+    bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(BITS_PER_BYTE, device=device)) & 1
+    return bits.to(torch.uint8).contiguous().view(torch.int64).squeeze(1)
 
 
 def pack_bits_naive(x: torch.Tensor) -> torch.Tensor:
     """Any tensor -> uint8 (ceil(n / 8),): bit set where the element is nonzero."""
-    flat = x.reshape(-1) != 0
-    pad = packed_size(flat.numel()) * BITS_PER_BYTE - flat.numel()
+    flags = x.reshape(-1) != 0
+    pad = packed_size(flags.numel()) * BITS_PER_BYTE - flags.numel()
     if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    bits = flat.view(-1, BITS_PER_BYTE).to(torch.uint8) * _bit_weights(x.device)
-    # Distinct powers of two: the sum is an OR, and it fits a byte.
-    return bits.sum(dim=1, dtype=torch.uint8)
+        flags = torch.cat([flags, flags.new_zeros(pad)])
+    # Vectorised over whole bytes: 8 flags (one byte each) are one int64 word.
+    words = flags.view(torch.uint8).view(torch.int64)
+    return ((words * _GATHER_BITS) >> 56).to(torch.uint8)
 
 
 def unpack_bits_naive(packed: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
     """uint8 (ceil(n / 8),) -> a contiguous tensor of ``shape`` and ``dtype`` holding 0 and 1."""
     shape = torch.Size(shape)
-    bits = (packed.reshape(-1, 1) & _bit_weights(packed.device)) != 0
-    return bits.reshape(-1)[: shape.numel()].to(dtype).reshape(shape)
+    flags = _unpack_table(packed.device)[packed.reshape(-1).long()].view(torch.uint8)
+    return flags[: shape.numel()].to(dtype).reshape(shape)
