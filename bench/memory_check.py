@@ -90,7 +90,7 @@ def speed(args) -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
         _steps(model, opt, batches[:2], args.device)  # warm-up
         runs[key] = (model, opt)
-    ratios = []
+    ratios, times = [], {"plain": [], "lean": []}
     print(
         f"{cfg['model']} {cfg['model_args']}, {size} px, batch {bs}, T {cfg['T']}: {args.steps} steps per round"
     )
@@ -98,8 +98,17 @@ def speed(args) -> None:
         order = ("plain", "lean") if r % 2 == 0 else ("lean", "plain")
         t = {key: _steps(*runs[key], batches, args.device) for key in order}
         ratios.append(t["lean"] / t["plain"])
-        print(f"round {r}: plain {t['plain']:.3f} s, lean {t['lean']:.3f} s, lean / plain {ratios[-1]:.3f}")
-    print(f"median lean / plain over {args.rounds} rounds: {statistics.median(ratios):.3f}")
+        for key in t:
+            times[key].append(t[key])
+        if args.verbose:
+            print(
+                f"round {r}: plain {t['plain']:.3f} s, lean {t['lean']:.3f} s, lean / plain {ratios[-1]:.3f}"
+            )
+    med = {key: statistics.median(v) for key, v in times.items()}
+    print(
+        f"{args.rounds} rounds: median plain {med['plain']:.3f} s, lean {med['lean']:.3f} s; "
+        f"ratio of medians {med['lean'] / med['plain']:.3f}, median of ratios {statistics.median(ratios):.3f}"
+    )
 
 
 def main() -> None:
@@ -114,6 +123,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--verbose", action="store_true", help="print every round")
     args = p.parse_args()
     saved_bytes(args) if args.what == "bytes" else speed(args)
 

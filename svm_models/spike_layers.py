@@ -22,6 +22,7 @@ guessed from the data; with :data:`DEBUG_CHECKS` on (environment ``SVMAMBA_DEBUG
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ class _Stash:
     channels_last: bool
 
 
-def stash_for_backward(x: torch.Tensor, spikes: bool, where: str) -> tuple[torch.Tensor, _Stash]:
+def stash_for_backward(x: torch.Tensor, spikes: bool, where: object) -> tuple[torch.Tensor, _Stash]:
     """(tensor to save, how to restore it): 1 bit per element when ``spikes``, else ``x`` itself."""
     if not spikes:
         return x, _Stash(x.shape, x.dtype, False, False)
@@ -89,6 +90,13 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type)
 
 
+def _autocast_off(device_type: str):
+    # Building a torch.autocast object costs more than a small conv's bookkeeping: only when on.
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 # --------------------------------------------------------------------------------------------
 # Conv2d -> BatchNorm2d (batch statistics), one node that recomputes the BN input
 
@@ -104,7 +112,7 @@ class ConvBNTrainFunction(torch.autograd.Function):
         momentum, eps = bn_args
         # Autocast casts what a conv reads; do it here so that the backward sees the same values.
         dtype = _autocast_dtype(x.device.type) or x.dtype
-        with torch.autocast(x.device.type, enabled=False):
+        with _autocast_off(x.device.type):
             x_c = x.to(dtype)
             y = F.conv2d(x_c, _cast(conv_w, dtype), _cast(conv_b, dtype), stride, padding, dilation, groups)
             z, mean, invstd = torch.ops.aten.native_batch_norm(
@@ -123,7 +131,7 @@ class ConvBNTrainFunction(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conv_args
         need_x, need_w, need_cb, need_g, need_b = ctx.needs_input_grad[:5]
         dtype = ctx.dtype
-        with torch.autocast(grad_out.device.type, enabled=False):
+        with _autocast_off(grad_out.device.type):
             x = restore(saved, ctx.how, dtype)
             w, b = _cast(conv_w, dtype), _cast(conv_b, dtype)
             y = F.conv2d(x, w, b, stride, padding, dilation, groups)  # the BN input, recomputed
@@ -209,7 +217,6 @@ def conv_bn_train(
     """``pool(bn(conv(x)))`` (pool optional) for a BN in training mode, saving x (as bits when
     ``spike_input``) and the per-channel statistics instead of x, conv(x), the BN output and the
     pool's argmax. Same numbers as the modules."""
-    where = f"{type(conv).__name__}({conv.in_channels}, {conv.out_channels}, kernel_size={conv.kernel_size})"
     return ConvBNTrainFunction.apply(
         x,
         conv.weight,
@@ -222,7 +229,7 @@ def conv_bn_train(
         (_bn_momentum(bn), bn.eps),
         _pool_args(pool),
         spike_input,
-        where,
+        conv,  # named in the debug check's error
     )
 
 

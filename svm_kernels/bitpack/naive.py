@@ -26,16 +26,16 @@ def packed_size(numel: int) -> int:
 _GATHER_BITS = sum(1 << (56 - 7 * j) for j in range(BITS_PER_BYTE))  # 0x0102040810204080
 
 
-@functools.lru_cache(maxsize=8)
-def _unpack_table(device: torch.device) -> torch.Tensor:
-    """(256,) int64: entry p holds 8 bytes, byte j = bit j of p (little-endian)."""
+@functools.lru_cache(maxsize=16)
+def _unpack_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(256, 8) of ``dtype``: row p holds the 8 bits of p, least significant first."""
     bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(BITS_PER_BYTE, device=device)) & 1
-    return bits.to(torch.uint8).contiguous().view(torch.int64).squeeze(1)
+    return bits.to(dtype).contiguous()
 
 
 def pack_bits_naive(x: torch.Tensor) -> torch.Tensor:
     """Any tensor -> uint8 (ceil(n / 8),): bit set where the element is nonzero."""
-    flags = x.reshape(-1) != 0
+    flags = (x != 0).reshape(-1)  # compare first: a strided x is then copied at 1 byte per element
     pad = packed_size(flags.numel()) * BITS_PER_BYTE - flags.numel()
     if pad:
         flags = torch.cat([flags, flags.new_zeros(pad)])
@@ -47,5 +47,6 @@ def pack_bits_naive(x: torch.Tensor) -> torch.Tensor:
 def unpack_bits_naive(packed: torch.Tensor, shape, dtype: torch.dtype) -> torch.Tensor:
     """uint8 (ceil(n / 8),) -> a contiguous tensor of ``shape`` and ``dtype`` holding 0 and 1."""
     shape = torch.Size(shape)
-    flags = _unpack_table(packed.device)[packed.reshape(-1).long()].view(torch.uint8)
-    return flags[: shape.numel()].to(dtype).reshape(shape)
+    # One gather of 8-element rows writes the output in its dtype directly.
+    rows = torch.index_select(_unpack_table(packed.device, dtype), 0, packed.reshape(-1).int())
+    return rows.view(-1)[: shape.numel()].view(shape)
