@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import ConvBN
 from .spike_layers import set_memory_efficient
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -64,8 +65,11 @@ class _SavedBytesCounter:
         self.owner: dict = {}
         self.stack = ["(model)"]
         self.handles = []
+        # The conv and BN inside a Conv -> BN unit get no hooks: hooks there would make the
+        # unit take its plain path (see spike_layers.conv_bn_supported); the unit owns their bytes.
+        inside_units = {id(c) for m in model.modules() if isinstance(m, ConvBN) for c in m.children()}
         for m in model.modules():
-            if m is model:
+            if m is model or id(m) in inside_units:
                 continue
             name = type(m).__name__
             self.handles.append(m.register_forward_pre_hook(partial(self._enter, name)))

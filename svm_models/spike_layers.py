@@ -182,14 +182,25 @@ def _bn_momentum(bn: nn.BatchNorm2d) -> float:
     return bn.momentum
 
 
+def _observed(*modules: nn.Module) -> bool:
+    """True when forward hooks watch these modules (or every module): the fused node would not
+    call them, so the plain path runs and the hooks see what they expect."""
+    glob = torch.nn.modules.module
+    if getattr(glob, "_global_forward_hooks", None) or getattr(glob, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def conv_bn_supported(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
-    """The configurations :func:`conv_bn_train` reproduces exactly (the models' ones)."""
+    """The configurations :func:`conv_bn_train` reproduces exactly (the models' ones), with no
+    forward hooks on the two modules."""
     return (
         conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
         and bn.track_running_stats
         and bn.affine
         and bn.training
+        and not _observed(conv, bn)
     )
 
 

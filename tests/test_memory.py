@@ -236,9 +236,22 @@ def test_config_key(tmp_path):
         assert model.memory_efficient is flag and model.stem.conv2.memory_efficient is flag
     assert engine.build_model(C.validate({**base, "model_args": small}), 10).memory_efficient
     # An ANN has nothing to switch: the key is ignored.
-    ann = C.validate({**base, "model": "vmamba_cifar", "T": None, "memory_efficient": False, "model_args": small})
+    ann = C.validate(
+        {**base, "model": "vmamba_cifar", "T": None, "memory_efficient": False, "model_args": small}
+    )
     engine.build_model(ann, 10)
     with pytest.raises(C.ConfigError, match="not both"):
         C.validate({**base, "model_args": {**small, "memory_efficient": True}, "memory_efficient": False})
     with pytest.raises(C.ConfigError, match="memory_efficient"):
         C.validate({**base, "memory_efficient": "yes"})
+
+
+def test_hooked_conv_takes_the_plain_path():
+    """A forward hook on a unit's conv (e.g. a firing-rate monitor) still sees every call."""
+    model = build("svmamba_cifar", True)
+    seen = []
+    handle = model.stem.conv2.conv.register_forward_hook(lambda m, a, o: seen.append(a[0].shape))
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    handle.remove()
+    assert len(seen) == 1
+    assert model.stem.conv2.memory_efficient  # the switch stays on; only this call was plain
