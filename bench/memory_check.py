@@ -21,9 +21,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 import svm_models
-from svm_models.memory import compare_memory_efficient
+from svm_models.memory import compare_memory_efficient, profile_training_memory
 from svm_models.spike_layers import set_memory_efficient
 from svm_models.training import config as C
 from svm_models.training import engine
@@ -57,6 +58,18 @@ def saved_bytes(args) -> None:
                 f"| {name} | {precision} | {mib(old.saved_bytes_per_image)} | {mib(new.saved_bytes_per_image)} "
                 f"| {new.saved_bytes / old.saved_bytes:.3f} | {mib(others[0])} / {mib(others[1])} |"
             )
+            if args.recompute_scan and name.startswith("svmamba"):
+                torch.manual_seed(0)
+                rs = svm_models.create_model(
+                    name, num_classes=10, img_size=args.img_size, T=args.T, recompute_scan=True
+                ).to(args.device)
+                r = profile_training_memory(rs, images, precision)
+                rest = sum(v for k, v in r.by_module.items() if k in OTHERS) / r.batch_size
+                print(
+                    f"| {name} + recompute_scan | {precision} | {mib(old.saved_bytes_per_image)} | "
+                    f"{mib(r.saved_bytes_per_image)} | {r.saved_bytes / old.saved_bytes:.3f} | "
+                    f"{mib(others[0])} / {mib(rest)} |"
+                )
 
 
 def _steps(model, opt, batches, device) -> float:
@@ -74,8 +87,14 @@ def _steps(model, opt, batches, device) -> float:
 def speed(args) -> None:
     cfg = C.load_config(args.config)
     torch.manual_seed(0)
+    for item in args.model_arg:
+        key, value = item.split("=", 1)
+        cfg["model_args"][key] = yaml.safe_load(value)
     lean = engine.build_model(cfg, 10).to(args.device)
     plain = set_memory_efficient(copy.deepcopy(lean), False)
+    for m in plain.modules():  # the plain path recomputes nothing
+        if hasattr(m, "recompute_scan"):
+            m.recompute_scan = False
     set_memory_efficient(lean, True)
     size, bs = engine.img_size_of(cfg), cfg["batch_size"]
     gen = torch.Generator().manual_seed(0)
@@ -124,6 +143,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--device", default="cpu")
     p.add_argument("--verbose", action="store_true", help="print every round")
+    p.add_argument(
+        "--recompute-scan", action="store_true", help="bytes: add SVMamba rows with recompute_scan=True"
+    )
+    p.add_argument(
+        "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="speed: model override"
+    )
     args = p.parse_args()
     saved_bytes(args) if args.what == "bytes" else speed(args)
 

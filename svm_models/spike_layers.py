@@ -287,3 +287,44 @@ def set_memory_efficient(model: nn.Module, enabled: bool) -> nn.Module:
         if hasattr(m, "memory_efficient"):
             m.memory_efficient = bool(enabled)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# A whole sub-computation recomputed in the backward (activation checkpointing with a packed input)
+
+
+class RecomputeInBackwardFunction(torch.autograd.Function):
+    """``module.compute(x)`` keeping only x (as bits when ``spikes``); the backward reruns it
+    with gradients on (under the forward's autocast state) and differentiates that graph."""
+
+    @staticmethod
+    def forward(ctx, module, spikes, x, *params):
+        ctx.module = module
+        device = x.device.type
+        ctx.autocast = (device, _autocast_dtype(device))
+        saved, ctx.how = stash_for_backward(x, spikes, module)
+        ctx.save_for_backward(saved)
+        # Detached inputs and parameters: ops that decide from requires_grad whether to record a
+        # graph (the reference scan's OpaqueTorchOp) then record none.
+        detached = {name: p.detach() for name, p in module.named_parameters()}
+        return torch.func.functional_call(module, detached, (x.detach(),), {"recompute": False})
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (saved,) = ctx.saved_tensors
+        device, amp_dtype = ctx.autocast
+        need_x, need_params = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
+        x = restore(saved, ctx.how).requires_grad_(need_x)
+        params = [p for p, need in zip(ctx.module.parameters(), need_params) if need]
+        autocast = torch.autocast(device, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        with torch.enable_grad(), autocast:
+            out = ctx.module(x, recompute=False)
+        got = iter(torch.autograd.grad(out, ([x] if need_x else []) + params, grad_out, allow_unused=True))
+        grad_x = next(got) if need_x else None
+        return (None, None, grad_x, *[next(got) if need else None for need in need_params])
+
+
+def recompute_in_backward(module: nn.Module, x: torch.Tensor, spikes: bool) -> torch.Tensor:
+    """``module(x, recompute=False)``, saving only x for the backward (bits when ``spikes``) and
+    recomputing the rest there: the same gradients, one more forward of ``module``."""
+    return RecomputeInBackwardFunction.apply(module, spikes, x, *module.parameters())

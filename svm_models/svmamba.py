@@ -16,6 +16,8 @@ Images are presented directly at every one of T steps; activations are (T, B, C,
 * ``memory_efficient=True`` (default): while training, the convs that receive spikes keep them
   for the backward as bits and every Conv -> BN recomputes its BN input (see
   :mod:`svm_models.spike_layers`); loss and gradients are the same as with ``False``.
+  ``recompute_scan=True`` (opt-in) also keeps only the scan's input u (as bits) and reruns the
+  scan in the backward: for the PyTorch reference scan, one more scan forward per step.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class SpikingSS2D(nn.Module):
         self.dwconv = SeqConvBN(d_inner, d_inner, 3, groups=d_inner, spike_input=True)
         self.u_lif = lif()
         self.ssm = CrossScanSSM(d_inner, d_state, resolve_dt_rank(dt_rank, dim), backend=backend)
+        self.ssm.spike_input = True  # u is the u_lif's spikes
         self.y_norm = nn.BatchNorm2d(d_inner)
         self.y_lif = lif()
         self.out_proj = SeqConvBN(d_inner, dim, 1, spike_input=True)  # spikes x spikes
@@ -177,6 +180,7 @@ class SVMamba(nn.Module):
         surrogate: str = "sigmoid",
         backend: str = "auto",
         memory_efficient: bool = True,
+        recompute_scan: bool = False,
     ):
         super().__init__()
         if shortcut not in SHORTCUTS:
@@ -217,6 +221,10 @@ class SVMamba(nn.Module):
         init_linears_trunc_normal(self)
         self.memory_efficient = memory_efficient
         set_memory_efficient(self, memory_efficient)
+        # Opt-in, for CPU training: the reference scan's saved tensors are most of what is left.
+        for m in self.modules():
+            if isinstance(m, CrossScanSSM):
+                m.recompute_scan = recompute_scan
 
     @property
     def first_conv(self) -> nn.Conv2d:

@@ -255,3 +255,33 @@ def test_hooked_conv_takes_the_plain_path():
     handle.remove()
     assert len(seen) == 1
     assert model.stem.conv2.memory_efficient  # the switch stays on; only this call was plain
+
+
+def test_recompute_scan_same_gradients_fewer_bytes():
+    img = SPIKING["svmamba_cifar"][0]
+    images, targets = torch.randn(3, 3, img, img), torch.tensor([0, 3, 4])
+    plain = build("svmamba_cifar", False)
+    torch.manual_seed(0)
+    rs = svm_models.create_model(
+        "svmamba_cifar", num_classes=5, img_size=img, recompute_scan=True, **SPIKING["svmamba_cifar"][1]
+    )
+    assert (
+        rs.stages[0].block0.mixer.ssm.recompute_scan and not plain.stages[0].block0.mixer.ssm.recompute_scan
+    )
+    loss_a, grads_a, _ = train_step(rs, images, targets)
+    loss_b, grads_b, _ = train_step(plain, images, targets)
+    assert torch.equal(loss_a, loss_b)
+    for name in grads_a:
+        assert grads_a[name] is not None and torch.equal(grads_a[name], grads_b[name]), name
+    # bf16 autocast: the backward reruns the scan under the forward's autocast state.
+    outs = []
+    for m in (rs, plain):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(m(images).float(), targets)
+        loss.backward()
+        outs.append([loss] + [p.grad for p in m.parameters()])
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    scan = [profile_training_memory(m, images).by_module.get("CrossScanSSM", 0) for m in (rs, plain)]
+    assert scan[0] * 10 < scan[1], scan
