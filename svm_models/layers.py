@@ -22,6 +22,8 @@ from torch import nn
 
 from svm_kernels import MultiStepLIF, cross_selective_scan_lowrank
 
+from .spike_layers import conv_bn_supported, conv_bn_train, recompute_in_backward
+
 # --------------------------------------------------------------------------------------------
 # Time <-> batch folding, spiking neurons
 
@@ -96,6 +98,11 @@ class ConvBN(nn.Sequential):
 
     No conv bias by default: the BatchNorm's shift makes it redundant (QKFormer keeps some, so
     ``bias`` is there to reproduce its parameter count).
+
+    ``spike_input``: the layer is built to receive spikes (0/1). ``memory_efficient`` (switched
+    on by the spiking models): while training, Conv -> BN runs as one node that saves the input
+    (as bits when ``spike_input``) and recomputes the BN input in the backward
+    (:func:`svm_models.spike_layers.conv_bn_train`); the same numbers as the plain modules.
     """
 
     def __init__(
@@ -107,12 +114,24 @@ class ConvBN(nn.Sequential):
         groups: int = 1,
         bias: bool = False,
         pool: bool = False,
+        spike_input: bool = False,
     ):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_ch)
         if pool:
             self.pool = nn.MaxPool2d(3, 2, 1)
+        self.spike_input = spike_input
+        self.memory_efficient = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lean = self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_tracing()
+        if not (lean and conv_bn_supported(self.conv, self.bn)):
+            return super().forward(x)
+        return conv_bn_train(x, self.conv, self.bn, self.spike_input, getattr(self, "pool", None))
+
+    def extra_repr(self) -> str:
+        return f"spike_input={self.spike_input}, memory_efficient={self.memory_efficient}"
 
 
 class SeqConvBN(ConvBN):
@@ -228,6 +247,11 @@ class CrossScanSSM(nn.Module):
     * ``A_logs`` (4*D, N), ``Ds`` (4*D,): state matrix A = -exp(A_logs) and skip.
 
     The output is the sum of the four directions, (B, D, H, W), fp32 for half inputs.
+
+    ``recompute_scan`` (off by default): while training, keep only u for the backward (as bits
+    when ``spike_input``) and rerun the projections and the scan there. Meant for the PyTorch
+    reference scan (CPU), which otherwise keeps ~40 values per (B, D, L) element; the fused CUDA
+    scan keeps only its inputs. Same gradients, one more scan forward per step.
     """
 
     def __init__(
@@ -250,6 +274,8 @@ class CrossScanSSM(nn.Module):
         self.A_logs = nn.Parameter(torch.empty(K * D, N))
         self.Ds = nn.Parameter(torch.empty(K * D))
         self.reset_parameters(dt_min, dt_max, dt_init_floor)
+        self.spike_input = False
+        self.recompute_scan = False
 
     @torch.no_grad()
     def reset_parameters(
@@ -277,7 +303,10 @@ class CrossScanSSM(nn.Module):
         x_dbl = F.conv2d(u, w).unflatten(1, (K, R + 2 * N))
         return x_dbl[:, :, :R], x_dbl[:, :, R : R + N], x_dbl[:, :, R + N :]
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, recompute: bool = True) -> torch.Tensor:
+        lean = recompute and self.recompute_scan and self.training and torch.is_grad_enabled()
+        if lean and not torch.jit.is_tracing():
+            return recompute_in_backward(self, u, self.spike_input)
         dt_low, Bs, Cs = self.project(u)
         K, D, N = K_DIRECTIONS, self.d_inner, self.d_state
         return cross_selective_scan_lowrank(

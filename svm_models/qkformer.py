@@ -9,6 +9,11 @@ over space and T -> Linear. LIF: tau 2, hard reset to 0, detach_reset, sigmoid s
 Layouts: "cifar" (HST-4-384: depths 1/1/2, 8 heads, stages at 32/16/8 px for 32 px input) and
 "imagenet" (HST-10-*: depths 1/2/7, max-pooled patch embeddings, stages at 1/4, 1/8, 1/16).
 
+Spike inputs: the convs after a LIF (SPEDS main paths, the attention projections, fc2) receive
+spikes; q/k/v, fc1 and the stage entries read the SEW stream (spike counts) and take the plain
+path. ``memory_efficient=True`` (default) saves the former as bits for the backward and
+recomputes every BN input (:mod:`svm_models.spike_layers`); results are unchanged.
+
 Difference from the original code, on purpose: the original SSA runs its last LIF on the
 (T*B)-flattened tensor, so membrane potential flows from one sample to the next; here every LIF
 integrates over T only, and each forward starts from v = 0. Parameter counts are unchanged.
@@ -25,6 +30,7 @@ from torch import nn
 from .base import VisionModel
 from .layers import SeqConvBN, encode_direct, init_linears_trunc_normal, make_lif
 from .registry import build, register_model
+from .spike_layers import set_memory_efficient, spike_mul
 
 LAYOUTS = ("cifar", "imagenet")
 LIFFactory = Callable[[], nn.Module]
@@ -42,9 +48,12 @@ class ConvBNLIF(nn.Module):
         stride: int = 1,
         bias: bool = False,
         pool: bool = False,
+        spike_input: bool = False,
     ):
         super().__init__()
-        self.conv_bn = SeqConvBN(in_ch, out_ch, kernel_size, stride, bias=bias, pool=pool)
+        self.conv_bn = SeqConvBN(
+            in_ch, out_ch, kernel_size, stride, bias=bias, pool=pool, spike_input=spike_input
+        )
         self.lif = lif()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,10 +67,10 @@ class PatchEmbedInit(nn.Module):
         super().__init__()
         imagenet = layout == "imagenet"
         self.proj = ConvBNLIF(in_chans, dim // 2, 3, lif, pool=imagenet)
-        self.proj1 = ConvBNLIF(dim // 2, dim, 3, lif, pool=imagenet)
+        self.proj1 = ConvBNLIF(dim // 2, dim, 3, lif, pool=imagenet, spike_input=True)
         # ImageNet adds a third conv at the reduced (1/4) resolution.
-        self.proj2 = ConvBNLIF(dim, dim, 3, lif) if imagenet else nn.Identity()
-        self.shortcut = ConvBNLIF(dim // 2, dim, 1, lif, stride=2 if imagenet else 1)
+        self.proj2 = ConvBNLIF(dim, dim, 3, lif, spike_input=True) if imagenet else nn.Identity()
+        self.shortcut = ConvBNLIF(dim // 2, dim, 1, lif, stride=2 if imagenet else 1, spike_input=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.proj(x)
@@ -76,7 +85,7 @@ class PatchEmbedStage(nn.Module):
         imagenet = layout == "imagenet"
         # Both layouts pool once on the main path: after the first conv (ImageNet) or the second (CIFAR).
         self.proj3 = ConvBNLIF(in_dim, dim, 3, lif, pool=imagenet)
-        self.proj4 = ConvBNLIF(dim, dim, 3, lif, pool=not imagenet)
+        self.proj4 = ConvBNLIF(dim, dim, 3, lif, pool=not imagenet, spike_input=True)
         self.shortcut = ConvBNLIF(in_dim, dim, 1, lif, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,14 +101,15 @@ class TokenQKAttention(nn.Module):
         self.q = ConvBNLIF(dim, dim, 1, lif)
         self.k = ConvBNLIF(dim, dim, 1, lif)
         self.attn_lif = attn_lif()
-        self.proj = ConvBNLIF(dim, dim, 1, lif, bias=True)
+        self.proj = ConvBNLIF(dim, dim, 1, lif, bias=True, spike_input=True)
+        self.memory_efficient = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, x.shape[2] // self.num_heads)
         q = self.q(x).unflatten(2, heads)  # (T, B, h, C/h, H, W)
         k = self.k(x).unflatten(2, heads)
         token_mask = self.attn_lif(q.sum(dim=3, keepdim=True))  # (T, B, h, 1, H, W)
-        return self.proj((token_mask * k).flatten(2, 3))
+        return self.proj(spike_mul(token_mask, k, self.memory_efficient).flatten(2, 3))
 
 
 class SpikingSelfAttention(nn.Module):
@@ -114,7 +124,7 @@ class SpikingSelfAttention(nn.Module):
         self.k = ConvBNLIF(dim, dim, 1, lif)
         self.v = ConvBNLIF(dim, dim, 1, lif)
         self.attn_lif = attn_lif()
-        self.proj = ConvBNLIF(dim, dim, 1, lif, bias=True)
+        self.proj = ConvBNLIF(dim, dim, 1, lif, bias=True, spike_input=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -132,7 +142,7 @@ class SpikingMLP(nn.Module):
     def __init__(self, dim: int, hidden: int, lif: LIFFactory):
         super().__init__()
         self.fc1 = ConvBNLIF(dim, hidden, 1, lif, bias=True)
-        self.fc2 = ConvBNLIF(hidden, dim, 1, lif, bias=True)
+        self.fc2 = ConvBNLIF(hidden, dim, 1, lif, bias=True, spike_input=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(x))
@@ -169,6 +179,7 @@ class QKFormer(VisionModel):
         mlp_ratio: float = 4.0,
         tau: float = 2.0,
         backend: str = "auto",
+        memory_efficient: bool = True,
     ):
         super().__init__()
         if layout not in LAYOUTS:
@@ -201,6 +212,8 @@ class QKFormer(VisionModel):
         self.stage3 = blocks(SpikingSelfAttention, dims[2], depths[2])
         self.head = nn.Linear(embed_dim, num_classes)
         init_linears_trunc_normal(self)  # only the head: convs and BNs keep PyTorch's defaults
+        self.memory_efficient = memory_efficient
+        set_memory_efficient(self, memory_efficient)
 
     @property
     def first_conv(self) -> nn.Conv2d:

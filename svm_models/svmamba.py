@@ -13,6 +13,11 @@ Images are presented directly at every one of T steps; activations are (T, B, C,
   into the batch), y = LIF(BN(y)); out = BN(Conv1x1(y * g)).
 * Every LIF is stateless (v = 0 at the start of every forward), so nothing leaks between
   batches or images.
+* ``memory_efficient=True`` (default): while training, the convs that receive spikes keep them
+  for the backward as bits and every Conv -> BN recomputes its BN input (see
+  :mod:`svm_models.spike_layers`); loss and gradients are the same as with ``False``.
+  ``recompute_scan=True`` (opt-in) also keeps only the scan's input u (as bits) and reruns the
+  scan in the backward: for the PyTorch reference scan, one more scan forward per step.
 """
 
 from __future__ import annotations
@@ -36,9 +41,16 @@ from .layers import (
     unfold_time,
 )
 from .registry import build, register_model
+from .spike_layers import set_memory_efficient, spike_mul
 
 SHORTCUTS = ("membrane", "sew")
 LIFFactory = Callable[[], nn.Module]
+
+
+def receives_spikes(shortcut: str) -> bool:
+    """Whether a branch's first conv gets spikes: yes after the entry LIF (membrane); with "sew"
+    it reads the stream itself, sums of spikes (counts), which are not binary."""
+    return shortcut == "membrane"
 
 
 def branch_ends(shortcut: str, lif: LIFFactory) -> tuple[nn.Module, nn.Module]:
@@ -56,7 +68,7 @@ class SpikingStem(nn.Module):
         s1, s2 = stem_strides(patch_size)
         self.conv1 = SeqConvBN(in_chans, dim // 2, 3, s1)  # the only conv that sees real values
         self.lif1 = lif()
-        self.conv2 = SeqConvBN(dim // 2, dim, 3, s2)
+        self.conv2 = SeqConvBN(dim // 2, dim, 3, s2, spike_input=True)
         self.exit = branch_ends(shortcut, lif)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,14 +85,16 @@ class SpikingSS2D(nn.Module):
         d_inner = int(ssm_ratio * dim)
         self.entry, self.exit = branch_ends(shortcut, lif)
         # The scan input and the gate come from one 1x1 conv (+BN) on s, split in two.
-        self.in_proj = SeqConvBN(dim, 2 * d_inner, 1)
+        self.in_proj = SeqConvBN(dim, 2 * d_inner, 1, spike_input=receives_spikes(shortcut))
         self.in_lif = lif()
-        self.dwconv = SeqConvBN(d_inner, d_inner, 3, groups=d_inner)
+        self.dwconv = SeqConvBN(d_inner, d_inner, 3, groups=d_inner, spike_input=True)
         self.u_lif = lif()
         self.ssm = CrossScanSSM(d_inner, d_state, resolve_dt_rank(dt_rank, dim), backend=backend)
+        self.ssm.spike_input = True  # u is the u_lif's spikes
         self.y_norm = nn.BatchNorm2d(d_inner)
         self.y_lif = lif()
-        self.out_proj = SeqConvBN(d_inner, dim, 1)
+        self.out_proj = SeqConvBN(d_inner, dim, 1, spike_input=True)  # spikes x spikes
+        self.memory_efficient = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
@@ -88,7 +102,7 @@ class SpikingSS2D(nn.Module):
         u = self.u_lif(self.dwconv(u))
         y = self.ssm(fold_time(u))  # (T*B, D, H, W): every time step is scanned on its own
         y = self.y_lif(unfold_time(self.y_norm(y), T))
-        return self.exit(self.out_proj(y * g))
+        return self.exit(self.out_proj(spike_mul(y, g, self.memory_efficient)))
 
 
 class SpikingMLP(nn.Module):
@@ -97,9 +111,9 @@ class SpikingMLP(nn.Module):
     def __init__(self, dim: int, hidden: int, lif: LIFFactory, shortcut: str):
         super().__init__()
         self.entry, self.exit = branch_ends(shortcut, lif)
-        self.fc1 = SeqConvBN(dim, hidden, 1)
+        self.fc1 = SeqConvBN(dim, hidden, 1, spike_input=receives_spikes(shortcut))
         self.lif = lif()
-        self.fc2 = SeqConvBN(hidden, dim, 1)
+        self.fc2 = SeqConvBN(hidden, dim, 1, spike_input=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.exit(self.fc2(self.lif(self.fc1(self.entry(x)))))
@@ -134,7 +148,7 @@ class SpikingDownsample(nn.Module):
     def __init__(self, dim: int, out_dim: int, lif: LIFFactory, shortcut: str):
         super().__init__()
         self.entry, self.exit = branch_ends(shortcut, lif)
-        self.conv = SeqConvBN(dim, out_dim, 3, 2)
+        self.conv = SeqConvBN(dim, out_dim, 3, 2, spike_input=receives_spikes(shortcut))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.exit(self.conv(self.entry(x)))
@@ -164,6 +178,8 @@ class SVMamba(VisionModel):
         detach_reset: bool = True,
         surrogate: str = "sigmoid",
         backend: str = "auto",
+        memory_efficient: bool = True,
+        recompute_scan: bool = False,
     ):
         super().__init__()
         if shortcut not in SHORTCUTS:
@@ -200,6 +216,12 @@ class SVMamba(VisionModel):
         self.head_lif = branch_ends(shortcut, lif)[0]
         self.head = nn.Linear(dims[-1], num_classes)
         init_linears_trunc_normal(self)
+        self.memory_efficient = memory_efficient
+        set_memory_efficient(self, memory_efficient)
+        # Opt-in, for CPU training: the reference scan's saved tensors are most of what is left.
+        for m in self.modules():
+            if isinstance(m, CrossScanSSM):
+                m.recompute_scan = recompute_scan
 
     @property
     def first_conv(self) -> nn.Conv2d:

@@ -68,6 +68,13 @@ SCHEMA: dict[str, Key] = {
         (bool,), False, doc="torch.compile the model (one graph) for training and testing; off by default"
     ),
     "eval_every": Key((int,), 1, doc="validate every N epochs (and always after the last one)"),
+    "memory_efficient": Key(
+        (bool,),
+        None,
+        nullable=True,
+        doc="spiking models: save spikes as bits for the backward, recompute BN inputs (same "
+        "results, less memory); null = the model's default (true); ignored by ANNs",
+    ),
     # where and how fast the scripts run (never change the result of a run on resume)
     "device": Key((str,), None, nullable=True, doc="cpu, cuda or cuda:N; null = cuda when available"),
     "threads": Key(
@@ -166,6 +173,10 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(
         not ("T" in c["model_args"] and c["T"] is not None),
         "set T either as the top-level key 'T' or in 'model_args', not both",
+    )
+    need(
+        not ("memory_efficient" in c["model_args"] and c["memory_efficient"] is not None),
+        "set memory_efficient either as a top-level key or in 'model_args', not both",
     )
 
 

@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .. import data as D
+from ..spike_layers import set_memory_efficient
 from . import compiling
 from . import distributed as dist_utils
 from .checkpoint import atomic_save, load_file, load_weights
@@ -63,11 +64,14 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     if cfg["T"] is not None:
         args["T"] = cfg["T"]
     try:
-        return svm_models.create_model(
+        model = svm_models.create_model(
             cfg["model"], num_classes=num_classes, img_size=img_size_of(cfg), **args
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build model {cfg['model']!r} with these settings: {e}") from None
+    if cfg.get("memory_efficient") is not None and hasattr(model, "memory_efficient"):
+        set_memory_efficient(model, cfg["memory_efficient"])
+    return model
 
 
 def build_split(cfg: dict[str, Any], split: str, augment: bool | None = None) -> Dataset:
@@ -291,6 +295,7 @@ RESUME_MAY_CHANGE = (
     "checkpoint",
     "compile",
     "eval_every",
+    "memory_efficient",  # the same results, only less memory
 )
 
 

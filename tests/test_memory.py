@@ -1,0 +1,287 @@
+"""Memory-lean training: same loss and gradients as the plain path, fewer saved bytes."""
+
+import pytest
+import torch
+from torch import nn
+
+import svm_models
+from svm_models import spike_layers
+from svm_models.layers import SeqConvBN
+from svm_models.memory import compare_memory_efficient, profile_training_memory
+from svm_models.memory import main as memory_main
+from svm_models.spike_layers import set_memory_efficient, spike_mul
+
+# Tiny versions of every spiking model (img_size, overrides), as in test_accounting.py.
+SPIKING = {
+    "svmamba_t": (32, dict(dims=8, depths=(1, 1, 1), T=2)),
+    "svmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), T=2, d_state=2)),
+    "svmamba_cifar_sew": (16, dict(dims=8, depths=(1, 1, 1), T=2, shortcut="sew")),
+    "qkformer_cifar": (32, dict(embed_dim=32, num_heads=1, depths=(1, 1, 1), T=2)),
+    "qkformer_10_384": (64, dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), T=2)),
+}
+# Module classes whose saved bytes this change does not touch (the LIF and the scan save their own).
+OTHER_OWNERS = {"MultiStepLIF", "CrossScanSSM"}
+
+
+def build(key, memory_efficient, seed=0):
+    img, kw = SPIKING[key]
+    torch.manual_seed(seed)
+    name = key.removesuffix("_sew")
+    return svm_models.create_model(name, num_classes=5, img_size=img, memory_efficient=memory_efficient, **kw)
+
+
+def train_step(model, images, targets):
+    model.train()
+    loss = nn.functional.cross_entropy(model(images), targets)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return loss.detach(), grads, {n: b.clone() for n, b in model.named_buffers()}
+
+
+@pytest.mark.parametrize("key", sorted(SPIKING))
+def test_loss_and_every_gradient_bit_identical(key):
+    img = SPIKING[key][0]
+    images, targets = torch.randn(3, 3, img, img), torch.tensor([0, 3, 4])
+    lean, plain = build(key, True), build(key, False)
+    assert lean.memory_efficient and not plain.memory_efficient
+    loss_a, grads_a, bufs_a = train_step(lean, images, targets)
+    loss_b, grads_b, bufs_b = train_step(plain, images, targets)
+    assert torch.isfinite(loss_a)
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert grads_a[name] is not None, name
+        assert torch.equal(grads_a[name], grads_b[name]), name
+    assert any(g.abs().sum() > 0 for g in grads_a.values())
+    for name in bufs_a:  # BN running statistics and step counts
+        assert torch.equal(bufs_a[name], bufs_b[name]), name
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,groups,bias,pool,spike_input",
+    [
+        (1, 1, 1, False, False, True),
+        (3, 2, 1, True, False, True),
+        (3, 1, 5, False, False, True),  # depthwise
+        (3, 1, 1, True, True, True),  # max-pooled
+        (1, 2, 1, True, False, False),  # real (non-spike) input: saved as it is
+    ],
+)
+def test_conv_bn_unit_matches_plain_modules(kernel, stride, groups, bias, pool, spike_input):
+    torch.manual_seed(0)
+    plain = SeqConvBN(5, 15, kernel, stride, groups, bias, pool, spike_input)
+    lean = SeqConvBN(5, 15, kernel, stride, groups, bias, pool, spike_input)
+    lean.load_state_dict(plain.state_dict())
+    lean.memory_efficient = True
+    shape = (3, 2, 5, 11, 7)  # (T, B, C, H, W), odd sizes
+    x = (torch.rand(shape) < 0.4).float() if spike_input else torch.randn(shape)
+    g = torch.randn_like(plain(x.clone()))
+    plain.load_state_dict(lean.state_dict())  # undo the statistics update of that call
+    outs = {}
+    for name, m in (("plain", plain), ("lean", lean)):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        (y * g).sum().backward()
+        outs[name] = [y, xi.grad, *(p.grad for p in m.parameters()), *m.buffers()]
+    for a, b in zip(outs["plain"], outs["lean"]):
+        assert torch.equal(a, b)
+
+
+def test_conv_bn_cumulative_momentum_and_eval():
+    torch.manual_seed(0)
+    plain, lean = SeqConvBN(4, 6, 3, spike_input=True), SeqConvBN(4, 6, 3, spike_input=True)
+    for m in (plain, lean):
+        m.bn.momentum = None  # cumulative average: the factor depends on the step count
+    lean.load_state_dict(plain.state_dict())
+    lean.memory_efficient = True
+    for _ in range(3):
+        x = (torch.rand(2, 3, 4, 6, 6) < 0.5).float()
+        assert torch.equal(plain(x), lean(x))
+    assert torch.equal(plain.bn.running_var, lean.bn.running_var)
+    assert plain.bn.num_batches_tracked.item() == lean.bn.num_batches_tracked.item() == 3
+    plain.eval(), lean.eval()
+    x = (torch.rand(2, 3, 4, 6, 6) < 0.5).float()
+    assert torch.equal(plain(x), lean(x))
+
+
+def test_conv_bn_under_bf16_autocast_matches_plain():
+    torch.manual_seed(0)
+    plain, lean = SeqConvBN(6, 10, 3, 2, spike_input=True), SeqConvBN(6, 10, 3, 2, spike_input=True)
+    lean.load_state_dict(plain.state_dict())
+    lean.memory_efficient = True
+    x = (torch.rand(2, 3, 6, 9, 9) < 0.4).float()
+    outs = {}
+    for name, m in (("plain", plain), ("lean", lean)):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(xi)
+        y.float().square().sum().backward()
+        outs[name] = [y, xi.grad, *(p.grad for p in m.parameters())]
+    for a, b in zip(outs["plain"], outs["lean"]):
+        assert a.dtype == b.dtype
+        assert torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_spike_mul_broadcast_and_mixed_dtypes():
+    a = (torch.rand(2, 3, 4, 1, 5) < 0.5).float().requires_grad_(True)
+    b = (torch.rand(2, 3, 4, 6, 5) < 0.5).to(torch.bfloat16).requires_grad_(True)
+    g = torch.randn(2, 3, 4, 6, 5)
+    grads = []
+    for lean in (True, False):
+        out = spike_mul(a, b, memory_efficient=lean)
+        ga, gb = torch.autograd.grad(out, (a, b), g)
+        grads.append((out, ga, gb))
+    for x, y in zip(*grads):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_debug_check_raises_on_non_binary_input(monkeypatch):
+    layer = SeqConvBN(4, 4, 1, spike_input=True)
+    layer.memory_efficient = True
+    x = torch.rand(2, 2, 4, 3, 3)  # real values into a layer built for spikes
+    monkeypatch.setattr(spike_layers, "DEBUG_CHECKS", True)
+    with pytest.raises(ValueError, match="built for spike input"):
+        layer(x)
+    with pytest.raises(ValueError, match="built for spike input"):
+        spike_mul(x.requires_grad_(True), x)
+    layer.spike_input = False  # built for real input: the normal path, no check
+    layer(x)
+
+
+@pytest.mark.parametrize("key", sorted(SPIKING))
+def test_every_layer_built_for_spikes_receives_spikes(key, monkeypatch):
+    """With the debug check on, a training step (fp32 and bf16) packs only binary tensors, so
+    the per-module spike_input choices (membrane vs sew, stream vs LIF output) are right."""
+    monkeypatch.setattr(spike_layers, "DEBUG_CHECKS", True)
+    img = SPIKING[key][0]
+    model = build(key, True)
+    for amp in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(torch.randn(2, 3, img, img) * 3)
+        out.float().sum().backward()
+
+
+# QKFormer's q/k/v/fc1 read spike counts (the SEW stream), saved as they are: a smaller factor.
+@pytest.mark.parametrize("key,factor", [("svmamba_cifar", 5), ("qkformer_cifar", 3)])
+def test_saved_bytes_drop(key, factor):
+    img = SPIKING[key][0]
+    model = build(key, True)
+    images = torch.randn(2, 3, img, img)
+    for precision in ("fp32", "bf16"):
+        r = compare_memory_efficient(model, images, precision)
+        old, new = r[False], r[True]
+        assert new.saved_bytes < old.saved_bytes
+        # The bytes of the layers this change covers (everything but the LIFs and the scan)
+        # shrink by ``factor``; spikes alone shrink 16x (bf16) to 32x (fp32).
+        covered = [sum(v for k, v in rep.by_module.items() if k not in OTHER_OWNERS) for rep in (old, new)]
+        assert covered[1] * factor <= covered[0], (precision, covered)
+        # The rest is untouched.
+        rest = [sum(v for k, v in rep.by_module.items() if k in OTHER_OWNERS) for rep in (old, new)]
+        assert rest[0] == rest[1]
+    assert model.memory_efficient  # compare restores the switch
+
+
+def test_profile_restores_the_model_and_counts_per_image():
+    model = build("svmamba_cifar", True)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r1 = profile_training_memory(model, torch.randn(1, 3, 16, 16))
+    r4 = profile_training_memory(model, (torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])))
+    assert not model.training
+    assert all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert r1.peak_bytes is None  # CPU
+    assert r4.batch_size == 4 and r4.saved_bytes_per_image == r4.saved_bytes / 4
+    # Activations grow with the batch: 4 images save more than one, about 4x.
+    assert 3 * r1.saved_bytes < r4.saved_bytes < 5 * r1.saved_bytes
+    assert sum(r4.by_module.values()) == r4.saved_bytes
+    with pytest.raises(ValueError, match="precision"):
+        profile_training_memory(model, torch.randn(1, 3, 16, 16), precision="int8")
+
+
+def test_switch_off_and_on():
+    model = build("qkformer_cifar", True)
+    set_memory_efficient(model, False)
+    assert not any(getattr(m, "memory_efficient", False) for m in model.modules())
+    set_memory_efficient(model, True)
+    assert model.stage1[0].attn.proj.conv_bn.memory_efficient
+
+
+def test_cli_table_and_bad_arguments(capsys):
+    args = ["--model", "svmamba_cifar", "--img-size", "16", "--batch-size", "2", "--T", "2"]
+    assert memory_main([*args, "--compare", "--precision", "fp32", "--by-module"]) == 0
+    out = capsys.readouterr().out
+    assert "| fp32 | False |" in out and "| fp32 | True |" in out and "MultiStepLIF" in out
+    for bad in (["--model", "nope"], ["--model", "svmamba_cifar", "--batch-size", "0"], ["--precision", "x"]):
+        with pytest.raises(SystemExit) as e:
+            code = memory_main(bad)
+            raise SystemExit(code)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:"), err
+    assert memory_main(["--model", "vmamba_cifar", "--img-size", "16", "--compare"]) == 2
+
+
+def test_config_key(tmp_path):
+    from svm_models.training import config as C
+    from svm_models.training import engine
+
+    base = dict(task_name="t", model="svmamba_cifar", dataset="digits", img_size=16, T=2)
+    small = dict(dims=[8, 16], depths=[1, 1])
+    assert C.validate({**base, "model_args": small})["memory_efficient"] is None
+    for flag in (True, False):
+        cfg = C.validate({**base, "model_args": small, "memory_efficient": flag})
+        model = engine.build_model(cfg, 10)
+        assert model.memory_efficient is flag and model.stem.conv2.memory_efficient is flag
+    assert engine.build_model(C.validate({**base, "model_args": small}), 10).memory_efficient
+    # An ANN has nothing to switch: the key is ignored.
+    ann = C.validate(
+        {**base, "model": "vmamba_cifar", "T": None, "memory_efficient": False, "model_args": small}
+    )
+    engine.build_model(ann, 10)
+    with pytest.raises(C.ConfigError, match="not both"):
+        C.validate({**base, "model_args": {**small, "memory_efficient": True}, "memory_efficient": False})
+    with pytest.raises(C.ConfigError, match="memory_efficient"):
+        C.validate({**base, "memory_efficient": "yes"})
+
+
+def test_hooked_conv_takes_the_plain_path():
+    """A forward hook on a unit's conv (e.g. a firing-rate monitor) still sees every call."""
+    model = build("svmamba_cifar", True)
+    seen = []
+    handle = model.stem.conv2.conv.register_forward_hook(lambda m, a, o: seen.append(a[0].shape))
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    handle.remove()
+    assert len(seen) == 1
+    assert model.stem.conv2.memory_efficient  # the switch stays on; only this call was plain
+
+
+def test_recompute_scan_same_gradients_fewer_bytes():
+    img = SPIKING["svmamba_cifar"][0]
+    images, targets = torch.randn(3, 3, img, img), torch.tensor([0, 3, 4])
+    plain = build("svmamba_cifar", False)
+    torch.manual_seed(0)
+    rs = svm_models.create_model(
+        "svmamba_cifar", num_classes=5, img_size=img, recompute_scan=True, **SPIKING["svmamba_cifar"][1]
+    )
+    assert (
+        rs.stages[0].block0.mixer.ssm.recompute_scan and not plain.stages[0].block0.mixer.ssm.recompute_scan
+    )
+    loss_a, grads_a, _ = train_step(rs, images, targets)
+    loss_b, grads_b, _ = train_step(plain, images, targets)
+    assert torch.equal(loss_a, loss_b)
+    for name in grads_a:
+        assert grads_a[name] is not None and torch.equal(grads_a[name], grads_b[name]), name
+    # bf16 autocast: the backward reruns the scan under the forward's autocast state.
+    outs = []
+    for m in (rs, plain):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(m(images).float(), targets)
+        loss.backward()
+        outs.append([loss] + [p.grad for p in m.parameters()])
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    scan = [profile_training_memory(m, images).by_module.get("CrossScanSSM", 0) for m in (rs, plain)]
+    assert scan[0] * 10 < scan[1], scan
