@@ -60,6 +60,7 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     args = dict(cfg["model_args"])
     if cfg["T"] is not None:
         args["T"] = cfg["T"]
+    args.setdefault("in_chans", D.dataset_info(cfg["dataset"]).in_chans)
     try:
         return svm_models.create_model(
             cfg["model"], num_classes=num_classes, img_size=img_size_of(cfg), **args
@@ -77,6 +78,7 @@ def build_split(cfg: dict[str, Any], split: str, augment: bool | None = None) ->
         root=cfg["root_path"],
         img_size=img_size_of(cfg),
         augment=augment and split == "train",
+        T=cfg["T"],
     )
 
 
