@@ -60,7 +60,9 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     args = dict(cfg["model_args"])
     if cfg["T"] is not None:
         args["T"] = cfg["T"]
-    args.setdefault("in_chans", D.dataset_info(cfg["dataset"]).in_chans)
+    in_chans = D.dataset_info(cfg["dataset"]).in_chans
+    if in_chans != 3:  # event data: 2 polarity channels (models default to 3)
+        args.setdefault("in_chans", in_chans)
     try:
         return svm_models.create_model(
             cfg["model"], num_classes=num_classes, img_size=img_size_of(cfg), **args
