@@ -83,9 +83,22 @@ def set_backend(model: nn.Module, backend: str) -> nn.Module:
 
 
 def encode_direct(images: torch.Tensor, T: int) -> torch.Tensor:
-    """Direct encoding: the (B, C, H, W) image is presented at every step, (T, B, C, H, W)."""
+    """The (T, B, C, H, W) input stream of a spiking model.
+
+    A static (B, C, H, W) image is presented at every step (direct encoding); a (B, T, C, H, W)
+    sequence of frames (event-camera data) gives each step its own frame.
+    """
+    if images.dim() == 5:
+        if images.shape[1] != T:
+            raise ValueError(
+                f"a (B, T, C, H, W) frame sequence must have T = {T} frames, got {images.shape[1]} "
+                f"(shape {tuple(images.shape)})"
+            )
+        return images.transpose(0, 1)
     if images.dim() != 4:
-        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+        raise ValueError(
+            f"expected images of shape (B, C, H, W) or frames (B, T, C, H, W), got {tuple(images.shape)}"
+        )
     return images.unsqueeze(0).expand(T, *images.shape)
 
 

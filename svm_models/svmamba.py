@@ -229,7 +229,7 @@ class SVMamba(VisionModel):
         return self.stem.conv1.conv
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> the last stage's (T, B, C, H', W') stream."""
+        """(B, C, H, W) images or (B, T, C, H, W) frames -> the last stage's (T, B, C, H', W') stream."""
         x = self.stem(encode_direct(images, self.T))
         for stage in self.stages:
             x = stage(x)

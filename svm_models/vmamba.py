@@ -174,6 +174,10 @@ class VMamba(VisionModel):
         return self.patch_embed[0]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images, or (B, T, C, H, W) event frames, which are averaged over T first
+        (one pass over the mean frame: the ANN baseline's cost stays that of one image)."""
+        if x.dim() == 5:
+            x = x.mean(dim=1)
         x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)

@@ -416,10 +416,11 @@ def test_every_model_dataset_pair_has_a_valid_config():
     import svm_models
 
     names = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".yaml"))
+    static = ("digits", "cifar10", "cifar100", "mini_imagenet")
+    event = ("event_digits", "dvs128_gesture", "cifar10_dvs", "nmnist")  # spiking models only
     want = sorted(
-        f"{d}_{m}.yaml"
-        for d in ("digits", "cifar10", "cifar100", "mini_imagenet")
-        for m in ("svmamba", "vmamba", "qkformer")
+        [f"{d}_{m}.yaml" for d in static for m in ("svmamba", "vmamba", "qkformer")]
+        + [f"{d}_{m}.yaml" for d in event for m in ("svmamba", "qkformer")]
     )
     assert names == want
     for name in names:
@@ -429,7 +430,7 @@ def test_every_model_dataset_pair_has_a_valid_config():
         assert cfg["model"] in svm_models.list_models() and cfg["model"].startswith(family)
         spiking = family != "vmamba"
         assert (cfg["T"] is not None) == spiking, name
-        if dataset != "digits":  # the papers' recipes
+        if dataset in static[1:]:  # the papers' recipes
             assert cfg["label_smoothing"] == 0.1 and cfg["warmup_epochs"] >= 5 and cfg["augment"]
             assert cfg["epochs"] >= 200 and cfg["weight_decay"] >= 0.05
 

@@ -7,6 +7,9 @@ Layout under ``root_path`` (the original project's ``data/`` folder)::
     <root>/cifar-100/cifar-100-python/{train, test, meta}
     <root>/Mini-ImageNet-Dataset/{train,val,test}/<class>/*.jpg
 
+Event-camera datasets (``event_digits``, ``dvs128_gesture``, ``cifar10_dvs``, ``nmnist``) give
+(T, 2, H, W) frame sequences: see :mod:`svm_models.data.events` for their layouts.
+
 Splits: ``train``, ``val`` and ``test``. Mini-ImageNet has all three folders. digits and CIFAR have
 no validation split: ``val`` is their test split, which is what the papers report.
 """
@@ -21,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
+from . import events as E
 from . import transforms as T
 from .errors import DataError
 from .images import ImageFolderSkippingUnreadable
@@ -34,6 +38,12 @@ class DatasetInfo:
     num_classes: int
     default_img_size: int
     layout: str  # the expected files, shown when they are missing
+    in_chans: int = 3
+    frames: int | None = None  # event data: default number of frames T (None: static images)
+
+    @property
+    def is_event(self) -> bool:
+        return self.frames is not None
 
 
 DATASETS = {
@@ -59,6 +69,18 @@ DATASETS = {
         "<root>/Mini-ImageNet-Dataset/{train,val,test}/<class folder>/*.jpg "
         "(the same class folders in every split)",
     ),
+    # Event-camera data: (T, 2, H, W) frames of ON/OFF event counts (svm_models.data.events).
+    "event_digits": DatasetInfo(
+        "event_digits",
+        10,
+        16,
+        "scikit-learn's digits through an event-camera simulator (no files needed)",
+        2,
+        4,
+    ),
+    "dvs128_gesture": DatasetInfo("dvs128_gesture", 11, 128, E.LAYOUTS["dvs128_gesture"], 2, 16),
+    "cifar10_dvs": DatasetInfo("cifar10_dvs", 10, 128, E.LAYOUTS["cifar10_dvs"], 2, 16),
+    "nmnist": DatasetInfo("nmnist", 10, 34, E.LAYOUTS["nmnist"], 2, 10),
 }
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -76,31 +98,38 @@ def dataset_info(name: str) -> DatasetInfo:
 # ----------------------------------------------------------------------------------------------
 # digits
 # ----------------------------------------------------------------------------------------------
-class DigitsDataset(Dataset):
-    """scikit-learn's 1,797 8x8 handwritten digits, upscaled to ``img_size``, 3 channels.
+def digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits of one split: (N, 8, 8) float images in [0, 1] and (N,) labels.
 
     A fixed stratified split (20 % test, ``random_state=0``): 1,437 train and 360 test images,
-    the same on every machine. Images are precomputed once as normalised float tensors.
+    the same on every machine; ``split`` "train", anything else the test images.
     """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float() / 16.0  # 0..16 -> 0..1
+    labels = torch.from_numpy(digits.target).long()
+    idx_train, idx_test = train_test_split(
+        list(range(len(labels))),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=digits.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    idx = torch.tensor(idx_train if split == "train" else idx_test)
+    return images[idx], labels[idx]
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 1,797 8x8 handwritten digits (:func:`digits_split`), upscaled to
+    ``img_size``, 3 channels, precomputed once as normalised float tensors."""
 
     classes = DIGITS_CLASSES
 
     def __init__(self, split: str, img_size: int = 32, transform: Callable | None = None):
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        digits = load_digits()
-        images = torch.from_numpy(digits.images).float() / 16.0  # (N, 8, 8), 0..16 -> 0..1
-        labels = torch.from_numpy(digits.target).long()
-        idx_train, idx_test = train_test_split(
-            list(range(len(labels))),
-            test_size=DIGITS_TEST_FRACTION,
-            stratify=digits.target,
-            random_state=DIGITS_SPLIT_SEED,
-        )
-        idx = torch.tensor(idx_train if split == "train" else idx_test)
-        self.images = T.upscale_digits(images[idx], img_size)
-        self.targets = labels[idx].tolist()
+        images, labels = digits_split(split)
+        self.images = T.upscale_digits(images, img_size)
+        self.targets = labels.tolist()
         self.transform = transform
 
     def __len__(self) -> int:
@@ -226,7 +255,9 @@ def _load_mini_imagenet(root: str, split: str, transform) -> Dataset:
 # ----------------------------------------------------------------------------------------------
 def default_transform(name: str, img_size: int, train: bool, augment: bool = True):
     """The transform of a split: the paper's augmentation for training, plain resizing for eval."""
-    dataset_info(name)
+    info = dataset_info(name)
+    if info.is_event:
+        return _event_augment(name, img_size) if (train and augment) else None
     if name == "digits":
         return T.digits_train_transform() if (train and augment) else None
     if name == "cifar10":
@@ -236,8 +267,24 @@ def default_transform(name: str, img_size: int, train: bool, augment: bool = Tru
     return T.imagenet_transform(img_size, train, augment)
 
 
+def _event_augment(name: str, img_size: int) -> E.FrameAugment | None:
+    """Frame-sequence augmentation: CIFAR10-DVS gets a random flip and a translation of up to
+    1/16 of the frame (8 px at 128), event_digits a 1 px translation (its sensor is 16 px);
+    DVS128 Gesture (flips swap the left/right classes) and N-MNIST (saccades already move the
+    digit) none."""
+    if name == "cifar10_dvs":
+        return E.FrameAugment(max_shift=max(1, img_size // 16), flip=True)
+    if name == "event_digits":
+        return E.FrameAugment(max_shift=1, flip=False)
+    return None
+
+
 def image_transform(name: str, img_size: int):
     """The evaluation transform for one PIL image (what predict.py feeds the model)."""
+    if dataset_info(name).is_event:
+        raise DataError(
+            f"{name} is event-camera data: a model trained on it takes frame sequences, not images"
+        )
     if name == "digits":
         return T.DigitsImageTransform(img_size)
     return default_transform(name, img_size, train=False)
@@ -250,11 +297,13 @@ def build_dataset(
     img_size: int | None = None,
     augment: bool = True,
     transform: Callable | None = None,
+    T: int | None = None,
 ) -> Dataset:
     """One split of a dataset, as a map-style dataset of (image tensor, label).
 
     ``augment`` applies the training augmentation (only ever to ``split="train"``); ``transform``
     replaces the default transform altogether. The result has ``.classes`` (class names).
+    Event datasets give (T, 2, img_size, img_size) frames; ``T`` defaults to the dataset's own.
     """
     info = dataset_info(name)
     if split not in SPLITS:
@@ -263,6 +312,13 @@ def build_dataset(
     train = split == "train"
     if transform is None:
         transform = default_transform(name, img_size, train, augment and train)
+    if info.is_event:
+        frames = T or info.frames
+        if frames < 1:
+            raise DataError(f"{name}: the number of frames T must be >= 1, got {frames}")
+        if name == "event_digits":
+            return E.EventDigits("train" if train else "test", frames, img_size, transform)
+        return E.load_recorded(name, root, train, frames, img_size, transform)
     if name == "digits":
         return DigitsDataset("train" if train else "test", img_size, transform)
     if name in _CIFAR:
@@ -272,7 +328,9 @@ def build_dataset(
 
 def dataset_classes(name: str, root: str = "data") -> list[str]:
     """The class names of a dataset without loading its images (reads only the metadata)."""
-    dataset_info(name)
+    info = dataset_info(name)
+    if info.is_event:
+        return list(E.CLASSES[name])
     if name == "digits":
         return list(DIGITS_CLASSES)
     if name == "cifar10":

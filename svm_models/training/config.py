@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from ..data import DATASETS
+
 
 class ConfigError(Exception):
     """A bad config or a missing file a config names (shown as one line, exit status 2)."""
@@ -35,7 +37,7 @@ _NUM = (int, float)
 SCHEMA: dict[str, Key] = {
     "task_name": Key((str,), required=True, doc="experiment name; outputs go to output_dir/task_name/"),
     "model": Key((str,), required=True, doc="a registered model name (svm_models.list_models())"),
-    "dataset": Key((str,), required=True, doc="digits | cifar10 | cifar100 | mini_imagenet"),
+    "dataset": Key((str,), required=True, doc=" | ".join(DATASETS)),
     "root_path": Key((str,), "data", doc="folder holding the datasets (see svm_models.data)"),
     "img_size": Key((int,), None, nullable=True, doc="input resolution; null = the dataset's own"),
     "batch_size": Key((int,), 64, doc="global batch size (split over the processes of a torchrun job)"),
@@ -82,7 +84,7 @@ SCHEMA: dict[str, Key] = {
     ),
 }
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "mini_imagenet")
+DATASET_NAMES = tuple(DATASETS)
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -157,6 +159,11 @@ def _check_ranges(c: dict[str, Any]) -> None:
         f"'clip_grad' must be > 0 or null, got {c['clip_grad']}",
     )
     need(c["T"] is None or c["T"] >= 1, f"'T' must be >= 1, got {c['T']}")
+    need(
+        not (DATASETS[c["dataset"]].is_event and c["T"] is None),
+        f"'{c['dataset']}' is event-camera data: set the top-level 'T' (the number of frames each "
+        "recording is integrated into, which is also the model's T)",
+    )
     need(c["workers"] >= 0, f"'workers' must be >= 0, got {c['workers']}")
     need(c["eval_every"] >= 1, f"'eval_every' must be >= 1, got {c['eval_every']}")
     need(c["threads"] is None or c["threads"] >= 1, f"'threads' must be >= 1 or null, got {c['threads']}")

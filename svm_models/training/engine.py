@@ -63,6 +63,9 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     args = dict(cfg["model_args"])
     if cfg["T"] is not None:
         args["T"] = cfg["T"]
+    in_chans = D.dataset_info(cfg["dataset"]).in_chans
+    if in_chans != 3:  # event data: 2 polarity channels (models default to 3)
+        args.setdefault("in_chans", in_chans)
     try:
         model = svm_models.create_model(
             cfg["model"], num_classes=num_classes, img_size=img_size_of(cfg), **args
@@ -83,6 +86,7 @@ def build_split(cfg: dict[str, Any], split: str, augment: bool | None = None) ->
         root=cfg["root_path"],
         img_size=img_size_of(cfg),
         augment=augment and split == "train",
+        T=cfg["T"],
     )
 
 

@@ -1,0 +1,63 @@
+"""Events -> a fixed number of frames, the integration the spiking papers use.
+
+``integrate(events, sensor_size, T)`` splits a recording into ``T`` slices of equal event count
+and sums each slice per pixel and polarity: tonic's ``ToFrame(n_event_bins=T)``, the convention of
+spikingjelly's ``split_by='number'`` (each slice holds ``N // T`` events; tonic drops the last
+``N mod T < T`` events where spikingjelly adds them to the last frame). Channel 0 counts OFF
+events, channel 1 ON events.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tonic.transforms import ToFrame
+
+
+def integrate(events: np.ndarray, sensor_size: tuple[int, int], T: int) -> torch.Tensor:
+    """(T, 2, H, W) float32 event counts; ``sensor_size`` is (width, height)."""
+    width, height = sensor_size
+    inside = (events["x"] >= 0) & (events["x"] < width) & (events["y"] >= 0) & (events["y"] < height)
+    events = events[inside]
+    if len(events) < T:  # fewer events than frames: tonic would make zero slices of zero events
+        return torch.zeros(T, 2, height, width)
+    frames = ToFrame(sensor_size=(width, height, 2), n_event_bins=T)(events)
+    return torch.from_numpy(frames.astype(np.float32))
+
+
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-resize (T, 2, H, W) frames to ``size`` x ``size`` (averages counts; e.g. 128 -> 64)."""
+    if frames.shape[-2:] == (size, size):
+        return frames
+    return F.interpolate(frames, size=(size, size), mode="area")
+
+
+class FrameAugment:
+    """Training augmentation of a (T, 2, H, W) sequence, the same for every frame: a random
+    translation of up to ``max_shift`` pixels (zeros shifted in) and, if ``flip``, a random
+    horizontal flip (not for gestures, where it swaps left and right hand classes)."""
+
+    def __init__(self, max_shift: int, flip: bool, generator: torch.Generator | None = None):
+        self.max_shift, self.flip, self.generator = max_shift, flip, generator
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.flip and torch.rand((), generator=self.generator) < 0.5:
+            frames = frames.flip(-1)
+        if self.max_shift:
+            dy, dx = torch.randint(
+                -self.max_shift, self.max_shift + 1, (2,), generator=self.generator
+            ).tolist()
+            frames = _translate(frames, dy, dx)
+        return frames
+
+
+def _translate(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    out = torch.zeros_like(frames)
+    h, w = frames.shape[-2:]
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = frames[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out

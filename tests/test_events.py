@@ -1,0 +1,327 @@
+"""Event-camera data: readers of the original formats (files written here from each format's
+specification, not by tonic), frame integration, the simulator, the datasets and 5-D model input."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import svm_models
+from svm_models.data import DataError, build_dataset
+from svm_models.data import events as E
+from svm_models.training import config as C
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _events(n, size, seed=0, t_max=300_000):
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(0, t_max, n))
+    return rng.integers(0, size, n), rng.integers(0, size, n), t, rng.integers(0, 2, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# writers, from the formats' specifications
+# ----------------------------------------------------------------------------------------------
+def write_nmnist(path, x, y, t, p):
+    """N-MNIST: 40 bits per event: x (8), y (8), polarity (1), timestamp (23), big-endian order."""
+    with open(path, "wb") as f:
+        for xi, yi, ti, pi in zip(x, y, t, p):
+            f.write(
+                bytes(
+                    [
+                        int(xi),
+                        int(yi),
+                        (int(pi) << 7) | ((int(ti) >> 16) & 0x7F),
+                        (int(ti) >> 8) & 0xFF,
+                        int(ti) & 0xFF,
+                    ]
+                )
+            )
+
+
+def write_aedat2_dvs128(path, x, y, t, p):
+    """jAER AEDAT 2.0 (DVS128): '#' header lines, then big-endian uint32 (address, timestamp);
+    address bit 0 polarity, bits 1-7 x, bits 8-14 y of the sensor. CIFAR10-DVS's orientation:
+    the dataset's x is 127 - sensor y, its y is 127 - sensor x, its ON is polarity bit 0."""
+    header = (
+        b"#!AER-DAT2.0\r\n"
+        b"# This is a raw AE data file - do not edit\r\n"
+        b"# Data format is int32 address, int32 timestamp (8 bytes total), repeated for each event\r\n"
+        b"# Timestamps tick is 1 us\r\n"
+    )
+    sensor_x, sensor_y, bit = 127 - np.asarray(y), 127 - np.asarray(x), 1 - np.asarray(p)
+    address = (sensor_y << 8) | (sensor_x << 1) | bit
+    body = np.stack([address, np.asarray(t)], 1).astype(">u4").tobytes()
+    with open(path, "wb") as f:
+        f.write(header + body)
+
+
+def _aedat3_packet(etype, events, overflow=0):
+    """One AEDAT 3.1 packet: 28-byte header (type, source, size, ts offset, ts overflow,
+    capacity, number, valid), then ``capacity`` 8-byte events (uint32 data, int32 timestamp)."""
+    body = b"".join(struct.pack("<Ii", d, ts) for d, ts in events)
+    return struct.pack("<HHIIIIII", etype, 1, 8, 4, overflow, len(events), len(events), len(events)) + body
+
+
+def polarity_word(x, y, p, valid=1):
+    """AEDAT 3.1 polarity event: x in bits 17-31, y in bits 2-16, polarity bit 1, valid bit 0."""
+    return (int(x) << 17) | (int(y) << 2) | (int(p) << 1) | valid
+
+
+def write_aedat31(path, packets):
+    header = (
+        b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#Start-Time: 2016-01-01\r\n#!END-HEADER\r\n"
+    )
+    with open(path, "wb") as f:
+        f.write(header + b"".join(packets))
+
+
+# ----------------------------------------------------------------------------------------------
+# readers
+# ----------------------------------------------------------------------------------------------
+def test_nmnist_reader_decodes_every_field(tmp_path):
+    x, y, t, p = _events(500, 34, t_max=2**23 - 1)
+    write_nmnist(tmp_path / "00001.bin", x, y, t, p)
+    ev = E.read_nmnist(str(tmp_path / "00001.bin"))
+    np.testing.assert_array_equal(ev["x"], x)
+    np.testing.assert_array_equal(ev["y"], y)
+    np.testing.assert_array_equal(ev["t"], t)
+    np.testing.assert_array_equal(ev["p"], p.astype(bool))
+
+
+def test_nmnist_reader_rejects_a_truncated_file(tmp_path):
+    (tmp_path / "bad.bin").write_bytes(b"\x01\x02\x03")
+    with pytest.raises(E.EventFileError, match="5-byte"):
+        E.read_nmnist(str(tmp_path / "bad.bin"))
+
+
+def test_cifar10_dvs_reader_decodes_address_orientation_and_polarity(tmp_path):
+    x, y, t, p = _events(400, 128)
+    write_aedat2_dvs128(tmp_path / "cifar10_cat_0.aedat", x, y, t, p)
+    ev = E.read_cifar10_dvs(str(tmp_path / "cifar10_cat_0.aedat"))
+    for field, want in zip("xytp", (x, y, t, p)):
+        np.testing.assert_array_equal(ev[field].astype(np.int64), want)
+
+
+def test_cifar10_dvs_reader_rejects_garbage_and_truncation(tmp_path):
+    (tmp_path / "text.aedat").write_text("hello\n")
+    with pytest.raises(E.EventFileError):
+        E.read_cifar10_dvs(str(tmp_path / "text.aedat"))
+    x, y, t, p = _events(10, 128)
+    write_aedat2_dvs128(tmp_path / "cut.aedat", x, y, t, p)
+    data = (tmp_path / "cut.aedat").read_bytes()
+    (tmp_path / "cut.aedat").write_bytes(data[:-3])
+    with pytest.raises(E.EventFileError, match="truncated"):
+        E.read_cifar10_dvs(str(tmp_path / "cut.aedat"))
+
+
+def test_gesture_reader_keeps_valid_polarity_events_only_and_extends_timestamps(tmp_path):
+    packets = [
+        _aedat3_packet(0, [(0x12345678, 5), (0x1, 6)]),  # special events: not polarity, skipped
+        _aedat3_packet(1, [(polarity_word(3, 4, 1), 10), (polarity_word(5, 6, 0, valid=0), 11)]),
+        _aedat3_packet(1, [(polarity_word(127, 0, 0), 7)], overflow=1),  # t = 7 + 2^31
+    ]
+    write_aedat31(tmp_path / "user01_led.aedat", packets)
+    ev = E.read_dvs_gesture(str(tmp_path / "user01_led.aedat"))
+    assert ev["x"].tolist() == [3, 127]
+    assert ev["y"].tolist() == [4, 0]
+    assert ev["p"].tolist() == [True, False]
+    assert ev["t"].tolist() == [10, 7 + 2**31]
+
+
+def test_gesture_reader_rejects_a_truncated_packet(tmp_path):
+    write_aedat31(tmp_path / "a.aedat", [_aedat3_packet(1, [(polarity_word(1, 1, 1), 1)] * 4)[:-5]])
+    with pytest.raises(E.EventFileError, match="truncated"):
+        E.read_dvs_gesture(str(tmp_path / "a.aedat"))
+
+
+# ----------------------------------------------------------------------------------------------
+# integration and simulator
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, T", [(100, 4), (103, 4), (16, 16), (3, 4)])
+def test_integrate_splits_by_event_count(n, T):
+    x, y, t, p = _events(n, 8, seed=n)
+    ev = np.empty(n, dtype=E.readers.events_struct)
+    ev["x"], ev["y"], ev["t"], ev["p"] = x, y, t, p
+    frames = E.integrate(ev, (8, 8), T)
+    assert frames.shape == (T, 2, 8, 8) and frames.dtype == torch.float32
+    want = torch.zeros(T, 2, 8, 8)
+    per = n // T
+    for i in range(T if n >= T else 0):
+        for k in range(i * per, (i + 1) * per):  # N // T events per frame, remainder dropped
+            want[i, int(p[k]), int(y[k]), int(x[k])] += 1
+    torch.testing.assert_close(frames, want, rtol=0, atol=0)
+
+
+def test_simulator_static_scene_gives_no_events_and_motion_gives_both_polarities():
+    rng = np.random.default_rng(0)
+    image = np.zeros((1, 4, 4))
+    image[0, 1:3, 1:3] = 1.0
+    assert len(E.simulate_saccades(image, 8, rng, amplitude=0.0)[0]) == 0
+    ev = E.simulate_saccades(image, 8, np.random.default_rng(0))[0]
+    assert len(ev) > 0 and ev["p"].any() and (~ev["p"]).any()
+    assert (np.diff(ev["t"]) >= 0).all() and ev["t"].min() >= 0 and ev["t"].max() <= 300_000
+    again = E.simulate_saccades(image, 8, np.random.default_rng(0))[0]
+    np.testing.assert_array_equal(ev, again)
+
+
+def test_simulator_events_track_the_log_intensity_exactly():
+    """Each pixel's reference level moves by C per event and stays within C of its log intensity;
+    the saccades end where they start, so every pixel fires as many ON as OFF events."""
+    rng = np.random.default_rng(3)
+    images = rng.random((3, 5, 5))
+    ev = E.simulate_saccades(images, 9, np.random.default_rng(0), threshold=0.3, threshold_spread=0.0)
+    for e in ev:
+        assert len(e) > 0
+        on = np.zeros((9, 9), int)
+        off = np.zeros((9, 9), int)
+        np.add.at(on, (e["y"][e["p"]], e["x"][e["p"]]), 1)
+        np.add.at(off, (e["y"][~e["p"]], e["x"][~e["p"]]), 1)
+        np.testing.assert_array_equal(on, off)
+
+
+# ----------------------------------------------------------------------------------------------
+# datasets
+# ----------------------------------------------------------------------------------------------
+def _gesture_folder(root):
+    folder = root / "DvsGesture"
+    folder.mkdir()
+    for name, split in (("user01_fluorescent", "train"), ("user24_led", "test")):
+        x, y, t, p = _events(600, 128, seed=len(name))
+        words = [(polarity_word(a, b, c), int(d)) for a, b, c, d in zip(x, y, p, t)]
+        write_aedat31(
+            folder / f"{name}.aedat", [_aedat3_packet(1, words[:300]), _aedat3_packet(1, words[300:])]
+        )
+        (folder / f"{name}_labels.csv").write_text(
+            "class,startTime_usec,endTime_usec\n1,0,100000\n11,100000,250000\n"
+        )
+        with open(folder / f"trials_to_{split}.txt", "a") as f:
+            f.write(f"{name}.aedat\n")
+    return folder
+
+
+def test_gesture_dataset_cuts_recordings_by_the_label_csv(tmp_path):
+    _gesture_folder(tmp_path)
+    train = build_dataset("dvs128_gesture", "train", root=str(tmp_path), T=4, img_size=64)
+    test = build_dataset("dvs128_gesture", "test", root=str(tmp_path), T=4)
+    assert len(train) == 2 and len(test) == 2 and train.targets == [0, 10]
+    frames, label = train[1]
+    assert frames.shape == (4, 2, 64, 64) and label == 10
+    ev = E.read_dvs_gesture(str(tmp_path / "DvsGesture" / "user01_fluorescent.aedat"))
+    n = int(((ev["t"] >= 100000) & (ev["t"] < 250000)).sum())
+    full = test.frames(1)  # 128 px: counts preserved exactly
+    assert full.shape == (4, 2, 128, 128)
+    assert frames.sum().item() == pytest.approx((n // 4) * 4 / 4)  # area resize to 64 averages 2x2
+
+
+def test_cifar10_dvs_split_is_nine_to_one_per_class_and_disjoint(tmp_path):
+    for cls in E.datasets.CIFAR10_DVS_CLASSES:
+        (tmp_path / "CIFAR10-DVS" / cls).mkdir(parents=True)
+        for i in range(10):
+            write_aedat2_dvs128(
+                tmp_path / "CIFAR10-DVS" / cls / f"cifar10_{cls}_{i}.aedat", *_events(40, 128, seed=i)
+            )
+    train = build_dataset("cifar10_dvs", "train", root=str(tmp_path), T=4)
+    test = build_dataset("cifar10_dvs", "test", root=str(tmp_path), T=4)
+    assert len(train) == 90 and len(test) == 10
+    assert sorted(test.targets) == list(range(10))
+    assert not {s.path for s in train.samples} & {s.path for s in test.samples}
+    again = build_dataset("cifar10_dvs", "test", root=str(tmp_path), T=4)
+    assert [s.path for s in again.samples] == [s.path for s in test.samples]  # seeded
+    frames, _ = train[0]
+    assert frames.shape == (4, 2, 128, 128)
+
+
+def _nmnist_folder(root, per_class=1, bad=()):
+    for split in ("Train", "Test"):
+        for d in range(10):
+            folder = root / "NMNIST" / split / str(d)
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                write_nmnist(folder / f"{i:05d}.bin", *_events(40, 34, seed=d * 100 + i))
+    for path in bad:
+        (root / "NMNIST" / path).write_bytes(b"\x00\x01")
+
+
+def test_nmnist_dataset_and_a_corrupt_recording_is_skipped_and_reported(tmp_path):
+    _nmnist_folder(tmp_path, per_class=11, bad=["Train/3/99999.bin"])
+    ds = build_dataset("nmnist", "train", root=str(tmp_path), T=4)
+    assert len(ds) == 111
+    bad = next(i for i, s in enumerate(ds.samples) if s.path.endswith("99999.bin"))
+    with pytest.warns(UserWarning, match="99999.bin"):
+        frames, label = ds[bad]
+    assert frames.shape == (4, 2, 34, 34) and ds.skipped == 1
+    assert label == ds.samples[(bad + 1) % len(ds)].label  # the next readable sample
+    loader = torch.utils.data.DataLoader(ds, batch_size=37)
+    assert sum(len(y) for _, y in loader) == 111  # a whole epoch runs
+
+
+def test_too_many_corrupt_recordings_is_an_error(tmp_path):
+    _nmnist_folder(tmp_path, per_class=1, bad=["Train/3/99998.bin", "Train/4/99999.bin"])
+    ds = build_dataset("nmnist", "train", root=str(tmp_path), T=4)
+    with pytest.raises(DataError, match="unreadable"), pytest.warns(UserWarning):
+        for i in range(len(ds)):
+            ds[i]
+
+
+@pytest.mark.parametrize("name", ["dvs128_gesture", "cifar10_dvs", "nmnist"])
+def test_missing_data_names_the_expected_layout(tmp_path, name):
+    with pytest.raises(DataError, match="expected layout"):
+        build_dataset(name, "train", root=str(tmp_path), T=4)
+
+
+def test_event_digits_frames_are_deterministic_and_split_like_digits():
+    train = build_dataset("event_digits", "train", T=4, augment=False)
+    test = build_dataset("event_digits", "test", T=4)
+    assert (len(train), len(test)) == (1437, 360)
+    x, y = test[0]
+    assert x.shape == (4, 2, 16, 16) and x.sum() > 0 and 0 <= y < 10
+    events, labels = E.datasets.event_digits_events("test")
+    torch.testing.assert_close(x, E.integrate(events[0], (16, 16), 4))
+    assert labels[0] == y
+
+
+# ----------------------------------------------------------------------------------------------
+# models take (B, T, C, H, W) frames; configs
+# ----------------------------------------------------------------------------------------------
+TINY = {
+    "svmamba_cifar": dict(dims=[16, 32], depths=[1, 1]),
+    "qkformer_cifar": dict(embed_dim=32, depths=[1, 1, 1], num_heads=2),
+}
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_spiking_models_take_frame_sequences(name):
+    # training mode: batch statistics in BN make the untrained network fire
+    model = svm_models.create_model(name, num_classes=10, img_size=16, in_chans=2, T=3, **TINY[name]).train()
+    image = 4 * torch.rand(2, 2, 16, 16)
+    same_frames = image.unsqueeze(1).expand(2, 3, 2, 16, 16)
+    torch.testing.assert_close(model(same_frames), model(image), rtol=0, atol=0)
+    frames = 4 * torch.rand(2, 3, 2, 16, 16)
+    out = model(frames)
+    assert out.abs().sum() > 0
+    assert not torch.equal(out, model(frames[:, :1].expand_as(frames)))  # each step sees its own frame
+    with pytest.raises(ValueError, match="T = 3 frames"):
+        model(torch.rand(2, 4, 2, 16, 16))
+
+
+def test_vmamba_takes_the_mean_frame():
+    model = svm_models.create_model(
+        "vmamba_cifar", num_classes=10, img_size=16, in_chans=2, dims=[16, 32], depths=[1, 1]
+    ).eval()
+    frames = torch.rand(2, 4, 2, 16, 16)
+    torch.testing.assert_close(model(frames), model(frames.mean(1)))
+
+
+def test_event_config_needs_T_and_the_event_configs_validate():
+    with pytest.raises(C.ConfigError, match="set the top-level 'T'"):
+        C.validate({"task_name": "x", "model": "svmamba_cifar", "dataset": "nmnist"})
+    for name in ("dvs128_gesture", "cifar10_dvs", "nmnist", "event_digits"):
+        for model in ("svmamba", "qkformer"):
+            cfg = C.load_config(str(CONFIGS / f"{name}_{model}.yaml"))
+            assert cfg["dataset"] == name and cfg["T"] >= 1
