@@ -23,24 +23,27 @@ import tempfile
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter compiles nothing)")
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.autotuner import Autotuner
+from triton.runtime.autotuner import Autotuner, Heuristics
 
-from svm_kernels.lif.fused import fused_lif_bwd_kernel, fused_lif_fwd_kernel
+from svm_kernels.lif import fused as lif
 from svm_kernels.ss2d import fused as ss2d
 
 
 def _jit_fn(kernel):
-    """The JITFunction under an Autotuner (or the kernel itself)."""
-    return kernel.fn if isinstance(kernel, Autotuner) else kernel
+    """The JITFunction under an Autotuner and/or Heuristics (or the kernel itself)."""
+    while isinstance(kernel, (Autotuner, Heuristics)):
+        kernel = kernel.fn
+    return kernel
 
 
 def _signature(fn, types: dict, constexprs: dict):
     sig = {}
     for name in fn.arg_names:
-        if name in constexprs:
+        if name in constexprs or (name in types and types[name] is None):
             sig[name] = "constexpr"
         elif name in types:
             sig[name] = types[name]
@@ -55,6 +58,10 @@ def compile_variant(kernel, types, constexprs, num_warps, arch, divisible=()):
     fn = _jit_fn(kernel)
     sig = _signature(fn, types, constexprs)
     const = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
+    # absent pointers (None at launch)
+    const.update(
+        {(fn.arg_names.index(k),): None for k, v in types.items() if v is None and k in fn.arg_names}
+    )
     attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in divisible}
     src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
@@ -75,19 +82,20 @@ def compile_variant(kernel, types, constexprs, num_warps, arch, divisible=()):
     info["registers"] = int(regs.group(1)) if regs else None
     info["spill_bytes"] = int(spills.group(1)) if spills else 0
     info["vector_loads"] = sorted(set(re.findall(r"ld\.global(?:\.[a-z]+)*\.v(\d)", ptx)))
+    info["vector_stores"] = sorted(set(re.findall(r"st\.global(?:\.[a-z]+)*\.v(\d)", ptx)))
+    # PTX instructions in the kernel body (statements ending in ';', declarations excluded).
+    body = ptx[ptx.index("{", ptx.index(".entry")) :]
+    info["ptx_instructions"] = sum(
+        1 for line in body.splitlines() if line.strip().endswith(";") and not line.strip().startswith(".")
+    )
     return info
 
 
 def variants():
     """(label, kernel, arg types, constexprs, num_warps, divisible args) for every shipped shape class."""
-    lif_types = {
-        "T": "i32",
-        "N": "i32",
-        "tau": "fp32",
-        "v_threshold": "fp32",
-        "v_reset": "fp32",
-        "alpha": "fp32",
-    }
+    # LIF as launched without an initial state or a final-state gradient (absent pointers: None).
+    lif_scalars = {"N": "i32", "tau": "fp32", "v_threshold": "fp32", "v_reset": "fp32", "alpha": "fp32"}
+    absent = {"v_init_ptr": None, "v_out_ptr": None, "grad_v_ptr": None, "grad_v_init_ptr": None}
     for dtype in ("bf16", "fp32"):
         ptr = {
             "x_ptr": f"*{dtype}",
@@ -95,38 +103,31 @@ def variants():
             "grad_s_ptr": f"*{dtype}",
             "grad_x_ptr": f"*{dtype}",
         }
-        for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8)):
-            yield (
-                f"lif_fwd {dtype} BLOCK_N={block} w{warps}",
-                fused_lif_fwd_kernel,
-                {**lif_types, **ptr},
-                dict(
-                    USE_INITIAL_STATE=False,
-                    STORE_FINAL_STATE=False,
-                    HARD_RESET=True,
-                    DECAY_INPUT=True,
-                    BLOCK_N=block,
-                ),
-                warps,
-                ("x_ptr", "s_ptr", "N"),
-            )
-            yield (
-                f"lif_bwd {dtype} BLOCK_N={block} w{warps}",
-                fused_lif_bwd_kernel,
-                {**lif_types, **ptr},
-                dict(
-                    USE_INITIAL_STATE=True,
-                    HAS_GRAD_FINAL_STATE=True,
-                    STORE_GRAD_INITIAL_STATE=True,
-                    HARD_RESET=True,
-                    DECAY_INPUT=True,
-                    DETACH_RESET=False,
-                    SURROGATE_ATAN=False,
-                    BLOCK_N=block,
-                ),
-                warps,
-                ("x_ptr", "grad_s_ptr", "grad_x_ptr", "N"),
-            )
+        for T in (4, 8, 16, 40):
+            seg = min(T, lif.MAX_SEGMENT)
+            num_seg = -(-T // seg)
+            segs = dict(T=T, SEG=seg, NUM_SEG=num_seg, LAST_SEG=T - (num_seg - 1) * seg)
+            flags = dict(HARD_RESET=True, DECAY_INPUT=True, USE_INITIAL_STATE=False)
+            for block, warps in ((1024, 4), (2048, 8)):
+                yield (
+                    f"lif_fwd {dtype} T={T} BLOCK_N={block} w{warps}",
+                    lif.fused_lif_fwd_kernel,
+                    {**lif_scalars, **ptr, **absent},
+                    dict(**segs, **flags, STORE_FINAL_STATE=False, BLOCK_N=block),
+                    warps,
+                    ("x_ptr", "s_ptr", "N"),
+                )
+            block, warps = lif.bwd_config(torch.bfloat16 if dtype == "bf16" else torch.float32)
+            bwd_flags = dict(DETACH_RESET=False, SURROGATE_ATAN=False, HAS_GRAD_FINAL_STATE=False)
+            if True:
+                yield (
+                    f"lif_bwd {dtype} T={T} BLOCK_N={block} w{warps}",
+                    lif.fused_lif_bwd_kernel,
+                    {**lif_scalars, **ptr, **absent, "v_start_ptr": "*fp32" if num_seg > 1 else None},
+                    dict(**segs, **flags, **bwd_flags, STORE_GRAD_INITIAL_STATE=False, BLOCK_N=block),
+                    warps,
+                    ("x_ptr", "grad_s_ptr", "grad_x_ptr", "N") + (("v_start_ptr",) if num_seg > 1 else ()),
+                )
     # SS2D at the shapes the models use: (D, L) of VMamba-T / SVMamba stages and CIFAR stages.
     for dtype in ("bf16", "fp32"):
         ptr = {
