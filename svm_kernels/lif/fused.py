@@ -115,11 +115,13 @@ if HAS_TRITON:
         """d spike / d h at h: the surrogate's derivative at h - v_threshold."""
         if SURROGATE_ATAN:
             # alpha / (2 (1 + (pi/2 alpha z)^2))
-            b_q = (h - v_threshold) * (1.5707963267948966 * alpha)
+            b_q = h * (1.5707963267948966 * alpha) - v_threshold * (1.5707963267948966 * alpha)
             b_sg = (0.5 * alpha) / (1.0 + b_q * b_q)
         else:
             # alpha sig (1 - sig), sig = 1 / (1 + 2^(-alpha z log2(e))): one exp2, one reciprocal.
-            b_sig = 1.0 / (1.0 + tl.exp2((h - v_threshold) * (-1.4426950408889634 * alpha)))
+            # (the exponent as one multiply-add of h with per-launch scalars, not (h - theta) * k)
+            b_k = -1.4426950408889634 * alpha
+            b_sig = 1.0 / (1.0 + tl.exp2(h * b_k - v_threshold * b_k))
             b_sg = alpha * (b_sig - b_sig * b_sig)
         return b_sg
 
@@ -183,10 +185,13 @@ if HAS_TRITON:
         # grad_h = grad_s * sg + grad_v * dv/dh, dv/dh the reset's derivative (its spike term
         # dropped by detach_reset), grouped to the fewest multiply-adds:
         if HARD_RESET:  # dv/dh = (1 - s) + (v_reset - h) sg
+            # 1 - s as a fresh comparison: keeping each step's spike predicate live across the
+            # recursion would spill the few predicate registers into general ones.
+            b_below = h < v_threshold
             if DETACH_RESET:
-                b_gh = b_gs * b_sg + tl.where(b_s, 0.0, grad_v)
+                b_gh = b_gs * b_sg + tl.where(b_below, grad_v, 0.0)
             else:
-                b_gh = (b_gs + grad_v * (v_reset - h)) * b_sg + tl.where(b_s, 0.0, grad_v)
+                b_gh = (b_gs + grad_v * (v_reset - h)) * b_sg + tl.where(b_below, grad_v, 0.0)
         else:  # dv/dh = 1 - v_threshold sg
             if DETACH_RESET:
                 b_gh = b_gs * b_sg + grad_v
