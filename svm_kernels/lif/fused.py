@@ -36,8 +36,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    # Eight neurons per thread at every configuration: 128-bit accesses at bf16 and a bounded
-    # register count for the backward's unrolled segment.
+    # Forward autotuner configurations: eight neurons per thread (128-bit accesses at bf16).
     _CONFIGS = autotune_configs(
         [
             triton.Config({"BLOCK_N": 1024}, num_warps=4),
@@ -399,7 +398,7 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     T, n = x.shape[0], x[0].numel()
     grad_s = layout_like(x, grad_s)
     grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
-    num_seg = -(-T // MAX_SEGMENT)
+    num_seg = _segments({"T": T})["NUM_SEG"]
     # Scratch for the membrane potential at each segment start (several segments only).
     v_start = torch.empty((num_seg, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
     block_n, num_warps = bwd_config(x.dtype) if not TRITON_INTERPRET else (256, 4)
