@@ -184,9 +184,12 @@ if HAS_TRITON:
         # grad_h = grad_s * sg + grad_v * dv/dh, dv/dh the reset's derivative (its spike term
         # dropped by detach_reset), grouped to the fewest multiply-adds:
         if HARD_RESET:  # dv/dh = (1 - s) + (v_reset - h) sg
-            # 1 - s as a fresh comparison: keeping each step's spike predicate live across the
-            # recursion would spill the few predicate registers into general ones.
-            b_below = h < v_threshold
+            if STEPS > 8:
+                # 1 - s as a fresh comparison: keeping 16 steps' spike predicates live across the
+                # recursion spills them into general registers (and those to memory at bf16).
+                b_below = h < v_threshold
+            else:
+                b_below = b_s == 0
             if DETACH_RESET:
                 b_gh = b_gs * b_sg + tl.where(b_below, grad_v, 0.0)
             else:
