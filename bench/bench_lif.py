@@ -1,5 +1,10 @@
 """Multi-step LIF: eager PyTorch loop, torch.compile of that loop, spikingjelly 2.0, ours.
 
+``test_lif`` (CUDA): the GPU providers. ``test_lif_cpu`` (any machine): the CPU path v1 (a
+per-step autograd loop, what ``backend="auto"`` ran on CPU before v2) against v2 (the vectorised
+custom op), forward + backward, side by side in one process:
+``pytest bench/bench_lif.py -k cpu --benchmark-only --benchmark-columns=mean,stddev``.
+
 Modes: "fwd" (spikes only), "bwd" (backward of a ready graph), "full" (forward + backward).
 Bytes that must move per element-step, with s = storage bytes per element:
 fwd: read x, write spikes = 2s; bwd: read x (saved), read grad_s, write grad_x = 3s; full = 5s.
@@ -50,7 +55,7 @@ PROVIDERS = {"eager": eager, "compile": compiled, "spikingjelly": spikingjelly, 
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "full"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("n", [2**10] if SMOKE else [2**20, 2**24, 2**26])
-@pytest.mark.parametrize("T", [4, 8])
+@pytest.mark.parametrize("T", [4, 8, 16])
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_lif(benchmark, provider, T, n, dtype, mode):
     require_device()
@@ -75,4 +80,26 @@ def test_lif(benchmark, provider, T, n, dtype, mode):
     out = fn(x)  # bwd: the same graph, differentiated again each round
     run_benchmark(
         benchmark, lambda: torch.autograd.grad(out, x, grad, retain_graph=True), 3 * size, provider=provider
+    )
+
+
+def cpu_v1(x):
+    """v1's CPU path: the reference loop, differentiated by autograd step by step."""
+    return multistep_lif_naive(x, PARAMS)[0]
+
+
+def cpu_v2(x):
+    return multistep_lif(x, detach_reset=True, backend="torch")
+
+
+@pytest.mark.parametrize("provider", ["v1_autograd_loop", "v2_vectorised_op"])
+def test_lif_cpu(benchmark, provider):
+    """Forward + backward on the CPU at T = 4, N = 2^20, fp32 (the issue's comparison point)."""
+    fn = {"v1_autograd_loop": cpu_v1, "v2_vectorised_op": cpu_v2}[provider]
+    benchmark.group = "lif-cpu T=4 N=2^20 fp32 full"
+    x = (torch.randn(4, 2**10 if SMOKE else 2**20, device="cpu") * 2).requires_grad_(True)
+    grad = torch.randn_like(x)
+    size = x.element_size() * x.numel()
+    run_benchmark(
+        benchmark, lambda: torch.autograd.grad(fn(x), x, grad), 5 * size, rounds=10, provider=provider
     )

@@ -6,7 +6,7 @@ Kept in one place so that a compile-check figure and a measured time talk about 
 from __future__ import annotations
 
 # LIF: (T, N): T time steps of N neurons (N = 2^24: a batch of feature maps at the targets' size).
-LIF_SHAPES = {"T4_N16M": (4, 2**24), "T8_N16M": (8, 2**24)}
+LIF_SHAPES = {"T4_N16M": (4, 2**24), "T8_N16M": (8, 2**24), "T16_N16M": (16, 2**24)}
 LIF_SMOKE = {"T4_N1k": (4, 1000)}
 
 # SS2D: (batch, D, H, W, N, R).

@@ -23,6 +23,11 @@ from ..utils import check_floating, new_output, same_layout, time_major_dense
 SURROGATE_DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0}
 
 
+def _finite(value: float) -> bool:
+    # Not math.isfinite: torch.compile with dynamic shapes traces that into the graph (a break).
+    return -math.inf < value < math.inf
+
+
 @dataclass(frozen=True)
 class LIFParams:
     tau: float
@@ -43,12 +48,12 @@ def make_params(
     surrogate="sigmoid",
     alpha=None,
 ) -> LIFParams:
-    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 1.0:
+    if not isinstance(tau, (int, float)) or not _finite(tau) or tau <= 1.0:
         raise ValueError(f"tau must be a finite number > 1, got {tau!r}")
-    if not isinstance(v_threshold, (int, float)) or not math.isfinite(v_threshold):
+    if not isinstance(v_threshold, (int, float)) or not _finite(v_threshold):
         raise ValueError(f"v_threshold must be a finite number, got {v_threshold!r}")
     if v_reset is not None:
-        if not isinstance(v_reset, (int, float)) or not math.isfinite(v_reset):
+        if not isinstance(v_reset, (int, float)) or not _finite(v_reset):
             raise ValueError(f"v_reset must be None (soft reset) or a finite number, got {v_reset!r}")
         if v_reset >= v_threshold:
             raise ValueError(f"v_reset ({v_reset}) must be below v_threshold ({v_threshold})")
@@ -56,7 +61,7 @@ def make_params(
         raise ValueError(f"surrogate must be one of {sorted(SURROGATE_DEFAULT_ALPHA)}, got {surrogate!r}")
     if alpha is None:
         alpha = SURROGATE_DEFAULT_ALPHA[surrogate]
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+    if not isinstance(alpha, (int, float)) or not _finite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     return LIFParams(
         float(tau),

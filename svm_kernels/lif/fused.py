@@ -24,7 +24,7 @@ import contextlib
 
 import torch
 
-from ..utils import HAS_TRITON, autotune_configs
+from ..utils import HAS_TRITON, TRITON_INTERPRET, autotune_configs
 from . import vectorized
 from .common import LIFParams, as_time_major, empty_grads, empty_outputs, layout_like, state_like
 
@@ -36,8 +36,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    # Eight neurons per thread at every configuration: 128-bit accesses at bf16 and a bounded
-    # register count for the backward's unrolled segment.
+    # Forward autotuner configurations: eight neurons per thread (128-bit accesses at bf16).
     _CONFIGS = autotune_configs(
         [
             triton.Config({"BLOCK_N": 1024}, num_warps=4),
@@ -104,10 +103,26 @@ if HAS_TRITON:
             b_s = h >= v_threshold
             v = _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET)
             if STORE_SPIKES:
-                tl.store(p_s, b_s.to(p_s.dtype.element_ty), mask=m_n)
+                # (through fp32: the interpreter cannot convert a boolean to bf16 directly)
+                tl.store(p_s, tl.where(b_s, 1.0, 0.0).to(p_s.dtype.element_ty), mask=m_n)
                 p_s += N
             p_x += N
         return v, p_x, p_s
+
+    @triton.jit
+    def _surrogate_grad(h, v_threshold, alpha, SURROGATE_ATAN: tl.constexpr):
+        """d spike / d h at h: the surrogate's derivative at h - v_threshold."""
+        if SURROGATE_ATAN:
+            # alpha / (2 (1 + (pi/2 alpha z)^2))
+            b_q = h * (1.5707963267948966 * alpha) - v_threshold * (1.5707963267948966 * alpha)
+            b_sg = (0.5 * alpha) / (1.0 + b_q * b_q)
+        else:
+            # alpha sig (1 - sig), sig = 1 / (1 + 2^(-alpha z log2(e))): one exp2, one reciprocal.
+            # (the exponent as one multiply-add of h with per-launch scalars, not (h - theta) * k)
+            b_k = -1.4426950408889634 * alpha
+            b_sig = 1.0 / (1.0 + tl.exp2(h * b_k - v_threshold * b_k))
+            b_sg = alpha * (b_sig - b_sig * b_sig)
+        return b_sg
 
     @triton.jit
     def _lif_bwd_steps(
@@ -122,21 +137,25 @@ if HAS_TRITON:
         v_threshold,
         v_reset,
         alpha,
+        r_tau,
+        decay,
+        K: tl.constexpr,
         STEPS: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
         HARD_RESET: tl.constexpr,
         DETACH_RESET: tl.constexpr,
         SURROGATE_ATAN: tl.constexpr,
     ):
-        """Gradients of STEPS steps starting from v (= v[k-1]); grad_v_end is dL/dv after the last.
+        """Gradients of steps K..STEPS-1 of a segment; p_x, p_gs, p_gx point at step K's rows.
 
-        Unrolled by recursion on STEPS: h of this step is live across the recursive call, so
-        the segment's h sequence is held in registers. Returns dL/dv[k-1].
+        v is v[K-1]; grad_v_end is dL/dv after the segment's last step. Unrolled by recursion
+        on K: h of each step stays live across the recursive call, so the segment's h
+        sequence sits in registers. Returns dL/dv[K-1].
         """
         b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
         h = _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
         b_s = h >= v_threshold
-        if STEPS > 1:
+        if K + 1 < STEPS:
             grad_v = _lif_bwd_steps(
                 p_x + N,
                 p_gs + N,
@@ -149,7 +168,10 @@ if HAS_TRITON:
                 v_threshold,
                 v_reset,
                 alpha,
-                STEPS - 1,
+                r_tau,
+                decay,
+                K + 1,
+                STEPS,
                 DECAY_INPUT,
                 HARD_RESET,
                 DETACH_RESET,
@@ -157,32 +179,32 @@ if HAS_TRITON:
             )
         else:
             grad_v = grad_v_end
-        b_z = h - v_threshold
-        if SURROGATE_ATAN:
-            b_q = 1.5707963267948966 * alpha * b_z
-            b_sg = alpha / (2.0 * (1.0 + b_q * b_q))
-        else:
-            b_sig = tl.sigmoid(alpha * b_z)
-            b_sg = alpha * b_sig * (1.0 - b_sig)
-        # dv/dh of the reset; with detach_reset the spike in the reset term carries no gradient.
-        if HARD_RESET:
-            b_dv_dh = tl.where(b_s, 0.0, 1.0)
-            if not DETACH_RESET:
-                b_dv_dh += (v_reset - h) * b_sg
-            b_gh = grad_v * b_dv_dh
-        else:
-            if DETACH_RESET:
-                b_gh = grad_v
-            else:
-                b_gh = grad_v * (1.0 - v_threshold * b_sg)
+        b_sg = _surrogate_grad(h, v_threshold, alpha, SURROGATE_ATAN)
         b_gs = tl.load(p_gs, mask=m_n, other=0.0).to(tl.float32)
-        b_gh += b_gs * b_sg
+        # grad_h = grad_s * sg + grad_v * dv/dh, dv/dh the reset's derivative (its spike term
+        # dropped by detach_reset), grouped to the fewest multiply-adds:
+        if HARD_RESET:  # dv/dh = (1 - s) + (v_reset - h) sg
+            if STEPS > 8:
+                # 1 - s as a fresh comparison: keeping 16 steps' spike predicates live across the
+                # recursion spills them into general registers (and those to memory at bf16).
+                b_below = h < v_threshold
+            else:
+                b_below = b_s == 0
+            if DETACH_RESET:
+                b_gh = b_gs * b_sg + tl.where(b_below, grad_v, 0.0)
+            else:
+                b_gh = (b_gs + grad_v * (v_reset - h)) * b_sg + tl.where(b_below, grad_v, 0.0)
+        else:  # dv/dh = 1 - v_threshold sg
+            if DETACH_RESET:
+                b_gh = b_gs * b_sg + grad_v
+            else:
+                b_gh = (b_gs - v_threshold * grad_v) * b_sg + grad_v
         if DECAY_INPUT:
-            b_gx = b_gh / tau
+            b_gx = b_gh * r_tau
         else:
             b_gx = b_gh
         tl.store(p_gx, b_gx.to(p_gx.dtype.element_ty), mask=m_n)
-        return b_gh - b_gh / tau
+        return b_gh * decay
 
     @triton.autotune(configs=_CONFIGS, key=["N", "T"])
     @triton.heuristics(_FWD_HEURISTICS)
@@ -225,7 +247,6 @@ if HAS_TRITON:
         if STORE_FINAL_STATE:
             tl.store(v_out_ptr + offs, v, mask=m_n)
 
-    @triton.autotune(configs=_CONFIGS, key=["N", "T"])
     @triton.heuristics(
         {
             **_HEURISTICS,
@@ -271,6 +292,8 @@ if HAS_TRITON:
             grad_v = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
         else:
             grad_v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        r_tau = 1.0 / tau
+        decay = 1.0 - r_tau
         # First pass (several segments only): v at the start of each segment, rows 0..NUM_SEG-1.
         if NUM_SEG > 1:
             p_x = x_ptr + offs
@@ -295,6 +318,9 @@ if HAS_TRITON:
             v_threshold,
             v_reset,
             alpha,
+            r_tau,
+            decay,
+            0,
             LAST_SEG,
             DECAY_INPUT,
             HARD_RESET,
@@ -318,6 +344,9 @@ if HAS_TRITON:
                     v_threshold,
                     v_reset,
                     alpha,
+                    r_tau,
+                    decay,
+                    0,
                     SEG,
                     DECAY_INPUT,
                     HARD_RESET,
@@ -331,6 +360,13 @@ if HAS_TRITON:
 def _on_device(x: torch.Tensor):
     """Launch on x's GPU (not the current one); nothing to select for CPU tensors (interpreter)."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def bwd_config(dtype: torch.dtype) -> tuple[int, int]:
+    """(BLOCK_N, num_warps) of the backward: 16 bytes of x per thread, i.e. one 128-bit access
+    per row, and no more neurons per thread, since each holds a segment of h in registers."""
+    num_warps = 4
+    return 16 // torch.empty(0, dtype=dtype).element_size() * 32 * num_warps, num_warps
 
 
 def _grid(n: int):
@@ -365,11 +401,12 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     T, n = x.shape[0], x[0].numel()
     grad_s = layout_like(x, grad_s)
     grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
-    num_seg = -(-T // MAX_SEGMENT)
+    num_seg = _segments({"T": T})["NUM_SEG"]
     # Scratch for the membrane potential at each segment start (several segments only).
     v_start = torch.empty((num_seg, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
+    block_n, num_warps = bwd_config(x.dtype) if not TRITON_INTERPRET else (256, 4)
     with _on_device(x):
-        fused_lif_bwd_kernel[_grid(n)](
+        fused_lif_bwd_kernel[(triton.cdiv(n, block_n),)](
             x_ptr=x,
             v_init_ptr=state_like(x, v_init),
             grad_s_ptr=grad_s,
@@ -387,6 +424,8 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
             DECAY_INPUT=p.decay_input,
             DETACH_RESET=p.detach_reset,
             SURROGATE_ATAN=p.surrogate == "atan",
+            BLOCK_N=block_n,
+            num_warps=num_warps,
         )
     return grad_x, grad_v_init
 

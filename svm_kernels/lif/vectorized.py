@@ -16,10 +16,11 @@ where theirs does and the spikes are bit-identical. Arithmetic is fp32 (fp64 for
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .common import LIFParams, as_time_major, empty_grads, empty_outputs, state_like
-from .naive import surrogate_grad
 
 # Neurons per block: T x BLOCK fp32 temporaries (h, surrogate, ...) fit a 2 MiB L2 at T <= 16.
 BLOCK = 1 << 15
@@ -85,6 +86,17 @@ def lif_forward(x: torch.Tensor, v_init: torch.Tensor | None, p: LIFParams, retu
     return spikes, v_out
 
 
+def _surrogate_grad_(h: torch.Tensor, p: LIFParams, out: torch.Tensor) -> torch.Tensor:
+    """``naive.surrogate_grad`` at h - v_threshold, written into ``out`` (no temporaries)."""
+    torch.sub(h, p.v_threshold, out=out)
+    if p.surrogate == "sigmoid":  # alpha sig (1 - sig) = alpha (sig - sig^2)
+        torch.sigmoid(out.mul_(p.alpha), out=out)
+        return out.addcmul_(out, out, value=-1.0).mul_(p.alpha)
+    # atan: alpha / (2 (1 + (pi/2 alpha z)^2))
+    out.mul_(math.pi / 2.0 * p.alpha)
+    return out.mul_(out).add_(1.0).reciprocal_().mul_(p.alpha / 2.0)
+
+
 def lif_backward(
     grad_s: torch.Tensor,
     grad_v: torch.Tensor | None,
@@ -99,29 +111,36 @@ def lif_backward(
     x2, gx2 = _rows(x), _rows(grad_x)
     gs2 = _rows(grad_s if grad_s.stride() == x.stride() else torch.empty_like(x).copy_(grad_s))
     v0, gv, gvi = _flat(state_like(x, v_init)), _flat(state_like(x, grad_v)), _flat(grad_v_init)
-    h = torch.empty((x.shape[0], min(BLOCK, x2.shape[1])), dtype=_compute_dtype(x), device=x.device)
+    # Work buffers reused by every block: h, the surrogate (then grad_h), the reset's derivative.
+    h, sg, dv_dh = (
+        torch.empty((x.shape[0], min(BLOCK, x2.shape[1])), dtype=_compute_dtype(x), device=x.device)
+        for _ in range(3)
+    )
+    carry = torch.empty_like(h[0])
     decay = 1.0 - 1.0 / p.tau
     for i in range(0, x2.shape[1], BLOCK):
         j = min(i + BLOCK, x2.shape[1])
-        hb = h[:, : j - i]
+        hb, sgb, dvb, cb = h[:, : j - i], sg[:, : j - i], dv_dh[:, : j - i], carry[: j - i]
         _charge_block(x2[:, i:j], None if v0 is None else v0[i:j], p, hb)
-        z = hb - p.v_threshold
-        sg = surrogate_grad(z, p.surrogate, p.alpha)
+        _surrogate_grad_(hb, p, out=sgb)
         # d v[t] / d h[t]: the reset's Jacobian (the spike's part is dropped by detach_reset).
         if p.v_reset is None:
-            dv_dh = None if p.detach_reset else torch.mul(sg, -p.v_threshold).add_(1.0)
+            dvb = None if p.detach_reset else torch.mul(sgb, -p.v_threshold, out=dvb).add_(1.0)
         else:
-            dv_dh = torch.lt(z, 0.0, out=torch.empty_like(z))
+            torch.lt(hb, p.v_threshold, out=dvb)
             if not p.detach_reset:
-                dv_dh.addcmul_(hb.neg_().add_(p.v_reset), sg)
+                dvb.addcmul_(hb.neg_().add_(p.v_reset), sgb)
         # grad_h[t] = grad_s[t] * sg[t] + grad_v[t] * dv_dh[t], with grad_v[t] = grad_h[t+1] * decay.
-        grad_h = sg.mul_(gs2[:, i:j])
-        carry = None if gv is None else gv[i:j].to(grad_h.dtype)
+        grad_h = sgb.mul_(gs2[:, i:j])
+        has_carry = gv is not None
+        if has_carry:
+            cb.copy_(gv[i:j])
         for t in range(x.shape[0] - 1, -1, -1):
-            if carry is not None:
-                grad_h[t].add_(carry) if dv_dh is None else grad_h[t].addcmul_(carry, dv_dh[t])
-            carry = grad_h[t] * decay
+            if has_carry:
+                grad_h[t].add_(cb) if dvb is None else grad_h[t].addcmul_(cb, dvb[t])
+            torch.mul(grad_h[t], decay, out=cb)
+            has_carry = True
         torch.mul(grad_h, 1.0 / p.tau, out=gx2[:, i:j]) if p.decay_input else gx2[:, i:j].copy_(grad_h)
         if gvi.numel():
-            gvi[i:j].copy_(carry)
+            gvi[i:j].copy_(cb)
     return grad_x, grad_v_init
