@@ -56,6 +56,7 @@ BUDGET_METRICS = (
     "ptx_per_elem",
     "sfu_per_elem",
     "barriers_per_elem",
+    "narrow_global_accesses",
 )
 
 
@@ -206,6 +207,20 @@ _LOC = re.compile(r"^\s*\.loc\s+(\d+)\s+(\d+)\s+\d+(?:.*inlined_at\s+(\d+)\s+(\d
 _FILE = re.compile(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', re.M)
 SFU_OPS = ("ex2", "lg2", "rcp", "div", "sqrt", "rsqrt", "tanh", "sin", "cos")
 BARRIER_OPS = ("bar.sync", "barrier.sync", "bar.arrive", "barrier.arrive", "bar.red")
+GLOBAL_ACCESS = ("ld.global", "st.global")
+
+
+def _full_opcode(op: str, operands: str) -> str:
+    """The opcode with qualifiers that ``_LINE`` leaves in the operands (``.L1::evict_last.v4.b32``)."""
+    return op + operands.split()[0] if operands.startswith("::") else op
+
+
+def access_bits(op: str) -> int:
+    """Bits one ``ld.global`` / ``st.global`` instruction moves per thread (``.v4.b32`` -> 128)."""
+    parts = op.split(".")
+    lanes = next((int(p[1:]) for p in parts if re.fullmatch(r"v\d+", p)), 1)
+    width = next((int(p[1:]) for p in reversed(parts) if re.fullmatch(r"[bsuf]\d+", p)), 0)
+    return lanes * width
 
 
 def _instructions(ptx: str):
@@ -343,6 +358,12 @@ def ptx_profile(ptx: str, env: dict) -> dict:
         sfu_dynamic=total(lambda op: op.split(".")[0] in SFU_OPS),
         barriers_dynamic=total(lambda op: op.startswith(BARRIER_OPS)),
         shfl_dynamic=total(lambda op: op.startswith("shfl")),
+        # global loads/stores narrower than 128 bits in the kernel text (vectorisation check)
+        narrow_global_accesses=sum(
+            1
+            for op, operands, _ in instrs
+            if op.startswith(GLOBAL_ACCESS) and access_bits(_full_opcode(op, operands)) < 128
+        ),
         loops=len(loops),
         untraced_loops=untraced,
     )
@@ -466,6 +487,7 @@ def measure(case: Case, arch: int) -> dict:
             sfu_per_elem=round(prof["sfu_dynamic"] * per, 3),
             barriers_per_elem=round(prof["barriers_dynamic"] * per, 4),
             shfl_per_elem=round(prof["shfl_dynamic"] * per, 3),
+            narrow_global_accesses=prof["narrow_global_accesses"],
             loops=prof["loops"],
             untraced_loops=prof["untraced_loops"],
             constexprs=info["constexprs"],

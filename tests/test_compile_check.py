@@ -86,3 +86,34 @@ def test_exceeded_budget_fails(main_run, tmp_path):
     assert _run("--from-json", out, "--budgets", path).returncode == 0
     missing = _run("--from-json", out, "--budgets", path, "--require-budgets")
     assert missing.returncode == 1 and "no budget" in missing.stdout
+
+
+def test_narrow_global_accesses_counts_loads_and_stores_below_128_bits(tmp_path):
+    """The vectorisation check reads each ld/st.global's width from its opcode (qualifiers such as
+    .L1::evict_last included): a synthetic kernel body with one narrow load and one narrow store.
+    compile_check refuses to import under the interpreter, so this runs in a subprocess."""
+    ptx = tmp_path / "k.ptx"
+    ptx.write_text(
+        ".visible .entry k(\n)\n{\n"
+        "\tld.global.L1::evict_last.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];\n"
+        "\tld.global.b16 %rs1, [%rd2];\n"
+        "\t@%p1 st.global.v4.b32 [%rd3], {%r1, %r2, %r3, %r4};\n"
+        "\tst.global.b32 [%rd4], %r5;\n"
+        "\tret;\n}\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import access_bits, ptx_profile\n"
+        "print([access_bits(op) for op in ('ld.global.v4.b32', 'ld.global.b16', 'st.global.v2.f32')])\n"
+        "print(ptx_profile(open(sys.argv[2]).read(), {})['narrow_global_accesses'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "bench"), str(ptx)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:2] == ["[128, 16, 64]", "2"]
