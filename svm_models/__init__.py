@@ -4,7 +4,7 @@
 ``list_models()`` names them. Importing the model modules below registers them.
 """
 
-from . import qkformer, svmamba, vmamba  # noqa: F401  (importing registers the models)
+from . import qkformer, svmamba, svmamba_para133, vmamba  # noqa: F401  (importing registers the models)
 from .registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]
