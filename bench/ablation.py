@@ -215,7 +215,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.makedirs(args.out, exist_ok=True)
-    rungs = [r for r in LADDER + BASELINES if args.only is None or r.name in args.only]
+    # Both ends of the ladder and the baselines first: on a busy machine they are what a partial
+    # run must have.
+    order = [LADDER[0], LADDER[-1], *BASELINES, *LADDER[1:-1]]
+    rungs = [r for r in order if args.only is None or r.name in args.only]
     # One runs file per seed list, so that seeds can run in parallel processes into one folder;
     # finished (rung, seed) pairs are skipped when the command is repeated.
     runs_path = os.path.join(args.out, f"runs_seed{'_'.join(map(str, args.seeds))}.csv")
