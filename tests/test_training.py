@@ -401,7 +401,7 @@ def test_every_model_dataset_pair_has_a_valid_config():
         for d in ("digits", "cifar10", "cifar100", "mini_imagenet")
         for m in ("svmamba", "vmamba", "qkformer")
     )
-    assert names == sorted(want + ["digits_svmamba_para133.yaml"])  # the original SVMamba, on digits
+    assert names == sorted([*want, "digits_svmamba_para133.yaml"])  # the original SVMamba, on digits
     for name in names:
         cfg = C.load_config(os.path.join(CONFIGS, name))
         dataset, family = name[:-5].removesuffix("_para133").rsplit("_", 1)
