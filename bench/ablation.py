@@ -172,6 +172,7 @@ def markdown(summary: list[dict]) -> str:
 
 def plot(path: str, summary: list[dict]) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -195,6 +196,9 @@ def plot(path: str, summary: list[dict]) -> None:
             s["rung"], (s["energy_uJ_mean"], s["top1_mean"]), textcoords="offset points", xytext=(5, 4)
         )
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks([2, 3, 5, 10, 20])
     ax.set_xlabel("energy per image (uJ, 45 nm fp32; log scale)")
     ax.set_ylabel("digits test top-1 (%), mean ± std over seeds")
     ax.set_title("SVMamba ablation ladder on digits (grey: para133 -> svmamba)")
