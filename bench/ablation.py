@@ -182,7 +182,7 @@ def plot(path: str, summary: list[dict]) -> None:
     ax.plot(
         [s["energy_uJ_mean"] for s in ladder], [s["top1_mean"] for s in ladder], "-", color="0.7", zorder=1
     )
-    for s in summary:
+    for i, s in enumerate(summary):
         ax.errorbar(
             s["energy_uJ_mean"],
             s["top1_mean"],
@@ -192,8 +192,9 @@ def plot(path: str, summary: list[dict]) -> None:
             capsize=3,
             zorder=2,
         )
+        dy = -12 if i % 2 else 4  # neighbouring rungs can sit close together: alternate sides
         ax.annotate(
-            s["rung"], (s["energy_uJ_mean"], s["top1_mean"]), textcoords="offset points", xytext=(5, 4)
+            s["rung"], (s["energy_uJ_mean"], s["top1_mean"]), textcoords="offset points", xytext=(5, dy)
         )
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
