@@ -11,16 +11,18 @@ our kernels): these tests pin the architecture, not the kernels.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from fixtures.golden_io import unpack_state
 
 import svm_models
 from svm_models.layers import set_backend
 
 FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))  # golden_io, shared with make_golden.py
+from golden_io import unpack_state  # noqa: E402
 
 
 def load_fixture(name: str) -> dict:
