@@ -5,7 +5,7 @@
 ``svm_models.accounting`` (fvcore) is imported on first use.
 """
 
-from . import qkformer, svmamba, vmamba  # noqa: F401  (importing registers the models)
+from . import qkformer, svmamba, svmamba_para133, vmamba  # noqa: F401  (importing registers the models)
 from .registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

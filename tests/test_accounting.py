@@ -24,6 +24,7 @@ E_MAC, E_AC = 4.6e-9, 0.9e-9  # mJ per op at the default 45 nm fp32 preset
 SMALL = {
     "svmamba_t": (32, dict(dims=8, depths=(1, 1, 1), T=2)),
     "svmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), T=2, d_state=2)),
+    "svmamba_para133": (32, dict(dims=8, depths=(1, 1), T=2, v_threshold=0.02)),  # fires at its init
     "vmamba_t": (32, dict(dims=8, depths=(1, 1, 1, 1), drop_path_rate=0.0)),
     "vmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), d_state=2, drop_path_rate=0.0)),
     "qkformer_cifar": (32, dict(embed_dim=32, num_heads=1, depths=(1, 1, 1), T=2)),

@@ -24,6 +24,7 @@ SMALL = {
     "svmamba_t": (32, dict(dims=8, depths=(1, 1, 1), T=2)),
     "svmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), T=2, d_state=2)),
     # 64 px: the last stage must be larger than 1x1, or A (which acts from the 2nd position on) gets no gradient.
+    "svmamba_para133": (32, dict(dims=8, depths=(1, 1), T=2, v_threshold=0.02)),  # fires at its init
     "vmamba_t": (64, dict(dims=8, depths=(1, 1, 1, 1), drop_path_rate=0.0)),
     "vmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), d_state=2, drop_path_rate=0.0)),
     # QKFormer's SSA fires only when Q K^T V * 0.125 reaches 0.5: tiny widths need enough tokens
