@@ -18,6 +18,7 @@ gradients. The full-delta variant also reads delta (and writes its gradient).
 import pytest
 import torch
 from conftest import DEVICE, DTYPES, SMOKE, require_device, run_benchmark
+from gate_ss2d import make, ss2d_bytes
 
 from svm_kernels import cross_merge, cross_scan, cross_selective_scan, cross_selective_scan_lowrank
 from svm_kernels.ss2d.naive import lowrank_delta, order_by_direction, selective_scan_naive
@@ -31,21 +32,6 @@ SHAPES = {
 }
 if SMOKE:
     SHAPES = {"smoke": (1, 4, 3, 4, 1, 2)}
-
-
-def make(shape, dtype):
-    batch, D, H, W, N, R = shape
-    kw = dict(device=DEVICE, dtype=dtype)
-    return dict(
-        u=torch.randn(batch, D, H, W, **kw),
-        dt_low=torch.randn(batch, 4, R, H, W, **kw) * 0.5,
-        dt_weight=torch.randn(4, D, R, device=DEVICE) * R**-0.5,
-        A=-torch.rand(4, D, N, device=DEVICE) - 0.5,
-        B=torch.randn(batch, 4, N, H, W, **kw),
-        C=torch.randn(batch, 4, N, H, W, **kw),
-        D=torch.ones(4, D, device=DEVICE),
-        dt_bias=torch.randn(4, D, device=DEVICE) * 0.5 - 4.0,
-    )
 
 
 def unfused(x, scan=None):
@@ -110,15 +96,6 @@ PROVIDERS = {
 }
 
 
-def bytes_moved(x, mode, full_delta):
-    names = ["u", "dt_low", "B", "C"] + (["delta"] if full_delta else [])
-    inputs = sum(x[k].numel() * x[k].element_size() for k in names)
-    out = x["u"].numel() * 4  # fp32 output / grad_out
-    fwd = inputs + out
-    bwd = 2 * inputs + out  # read inputs and grad_out, write their gradients
-    return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode]
-
-
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "full"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -135,7 +112,7 @@ def test_ss2d(benchmark, provider, shape, dtype, mode):
     if provider == "ours_full":
         x["delta"] = lowrank_delta(x["dt_low"], x["dt_weight"].to(x["dt_low"].dtype)).contiguous()
     fn = PROVIDERS[provider]
-    moved = bytes_moved(x, mode, provider == "ours_full")
+    moved = ss2d_bytes(x, mode, provider == "ours_full")
     info = dict(provider=provider, shape=shape, roofline_note="bytes that must move / time")
     rounds = 3 if provider == "unfused" else 20
     if mode == "fwd":

@@ -1,65 +1,156 @@
-"""Compile every Triton kernel of the package for a GPU target without a GPU (ahead of time).
+"""Launch-faithful ahead-of-time compile of every Triton kernel for sm_90, without a GPU.
 
-The interpreter (how the tests run on a CPU) accepts code the real compiler rejects; this script
-runs the real compiler (Triton -> PTX -> cubin with ptxas) for sm_90 (H100/H200) and reports
-per kernel variant: registers, spilled bytes, shared memory, and whether the half-precision
-loads are vectorised. Run it without TRITON_INTERPRET:
+Each case calls a real launcher of ``svm_kernels`` on ``meta`` tensors of a benchmark shape
+(no memory, no device). The kernels' ``run`` is intercepted, so what gets compiled is exactly
+what that launch would compile: the constexprs the launcher passes, Triton's own specialization
+of the runtime arguments (ints equal to 1 become constants, ints and pointers divisible by 16
+get divisibility hints), the num_warps / num_stages / block sizes it passes, and for an
+autotuned kernel every config of its autotuner (the GPU picks one at run time; each is a row).
+Triton -> PTX -> ptxas for sm_90a. Per kernel, shape and config it reports:
 
-    python bench/compile_check.py [--arch 90] [--json out.json]
+* registers, spilled bytes (ptxas -v), shared memory, warps, grid size (blocks) and waves over
+  the H100/H200's 132 SMs;
+* per element processed (the case's unit: a LIF element-step, an SS2D (b, d, position)):
+  PTX instructions, special-function ops and CTA barriers, as dynamic estimates from the PTX
+  (see ``ptx_profile`` and bench/NOTES.md for the exact definition).
 
-Exit status 1 when a kernel fails to compile or spills more than --max-spill bytes.
+    python bench/compile_check.py [--main] [--only SUBSTR] [--json out.json] [--budgets bench/budgets.yaml]
+    python bench/compile_check.py --from-json out.json --budgets bench/budgets.yaml
+
+Exit status 1 when a kernel fails to compile or a budget is exceeded. Run without TRITON_INTERPRET.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter compiles nothing)")
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
 
-from svm_kernels.lif.fused import fused_lif_bwd_kernel, fused_lif_fwd_kernel
-from svm_kernels.ss2d import fused as ss2d
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shapes import LIF_SHAPES, SS2D_SHAPES
 
-
-def _jit_fn(kernel):
-    """The JITFunction under an Autotuner (or the kernel itself)."""
-    return kernel.fn if isinstance(kernel, Autotuner) else kernel
-
-
-def _signature(fn, types: dict, constexprs: dict):
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in types:
-            sig[name] = types[name]
-        elif name.endswith("_ptr"):
-            sig[name] = "*fp32"
-        else:
-            sig[name] = "i32"
-    return sig
+N_SMS = 132  # H100 SXM / H200
+WARP_SIZE = 32  # what Triton's CUDA driver reports as the target's warp size
+BUDGET_METRICS = (
+    "registers",
+    "spill_bytes",
+    "shared_bytes",
+    "ptx_per_elem",
+    "sfu_per_elem",
+    "barriers_per_elem",
+)
 
 
-def compile_variant(kernel, types, constexprs, num_warps, arch, divisible=()):
-    fn = _jit_fn(kernel)
-    sig = _signature(fn, types, constexprs)
-    const = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
-    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in divisible}
-    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
-    ptx = compiled.asm["ptx"]
-    info = {"shared_bytes": compiled.metadata.shared}
+# ---- launch capture -------------------------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    """What one ``kernel[grid](...)`` call would hand to the compiler and the driver."""
+
+    fn: JITFunction
+    args: tuple
+    kwargs: dict
+    grid: tuple
+    config: str = ""
+
+
+def _innermost(kernel) -> JITFunction:
+    while not isinstance(kernel, JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def _kernels_of(module) -> list:
+    return [v for v in vars(module).values() if _is_kernel(v)]
+
+
+@contextlib.contextmanager
+def capture(kernels):
+    """Record every launch of ``kernels`` (JITFunction / Autotuner / Heuristics) instead of running it."""
+    launches: list[Launch] = []
+    jits = {id(j): j for j in map(_innermost, kernels)}
+
+    def recorder(jit):
+        def run(*args, grid, warmup, **kwargs):
+            bound = {**dict(zip(jit.arg_names, args)), **kwargs}
+            launches.append(Launch(jit, args, kwargs, tuple(grid(bound) if callable(grid) else grid)))
+
+        return run
+
+    for jit in jits.values():
+        jit.run = recorder(jit)  # instance attribute: wrappers call self.fn.run
+    try:
+        yield launches
+    finally:
+        for jit in jits.values():
+            del jit.run
+
+
+def _is_kernel(obj) -> bool:
+    while hasattr(obj, "fn") and not isinstance(obj, JITFunction):
+        obj = obj.fn
+    return isinstance(obj, JITFunction)
+
+
+def capture_configs(call, kernels) -> list[Launch]:
+    """Launches of ``call()``, once per autotuner config (an autotuner given one config runs it)."""
+    tuners = [k for k in kernels if isinstance(k, Autotuner)]
+    saved = {id(t): t.configs for t in tuners}
+    n = max([len(t.configs) for t in tuners], default=1)
+    out = []
+    try:
+        for i in range(n):
+            for t in tuners:
+                t.configs = [saved[id(t)][min(i, len(saved[id(t)]) - 1)]]
+            with capture(kernels) as launches:
+                call()
+            for launch in launches:
+                tuner = next((t for t in tuners if _innermost(t) is launch.fn), None)
+                if tuner is not None and len(saved[id(tuner)]) > 1:
+                    cfg = tuner.configs[0]
+                    launch.config = " ".join(
+                        [*(f"{k}={v}" for k, v in cfg.kwargs.items()), f"w{cfg.num_warps}"]
+                    )
+            out += launches
+    finally:
+        for t in tuners:
+            t.configs = saved[id(t)]
+    return out
+
+
+# ---- compile ----------------------------------------------------------------------------------
+
+
+def _specialize(fn: JITFunction, backend, args, kwargs):
+    """(signature, constexprs, attrs, options) exactly as ``JITFunction.run`` derives them."""
+    from triton.runtime.jit import create_function_from_signature
+
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return signature, constexprs, attrs, options.__dict__, bound
+
+
+def _ptxas(ptx: str, arch: int) -> str:
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -69,122 +160,434 @@ def compile_variant(kernel, types, constexprs, num_warps, arch, divisible=()):
         out = subprocess.run(
             [ptxas, f"-arch=sm_{arch}{suffix}", "-v", path, "-o", os.devnull], capture_output=True, text=True
         )
-    report = out.stderr + out.stdout
-    regs = re.search(r"Used (\d+) registers", report)
-    spills = re.search(r"(\d+) bytes spill stores", report)
-    info["registers"] = int(regs.group(1)) if regs else None
-    info["spill_bytes"] = int(spills.group(1)) if spills else 0
-    info["vector_loads"] = sorted(set(re.findall(r"ld\.global(?:\.[a-z]+)*\.v(\d)", ptx)))
+    if out.returncode != 0:
+        raise RuntimeError(f"ptxas failed: {out.stderr.strip().splitlines()[-1:]}")
+    return out.stderr + out.stdout
+
+
+_COMPILED: dict = {}
+
+
+def compile_launch(launch: Launch, arch: int) -> dict:
+    """Compile one captured launch; the static figures (cached per specialization)."""
+    from triton.compiler import make_backend
+
+    target = GPUTarget("cuda", arch, WARP_SIZE)
+    backend = make_backend(target)
+    signature, constexprs, attrs, options, bound = _specialize(launch.fn, backend, launch.args, launch.kwargs)
+    key = (id(launch.fn), repr(signature), repr(constexprs), repr(attrs), repr(sorted(options.items())))
+    if key not in _COMPILED:
+        src = ASTSource(fn=launch.fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(src, target=target, options=options)
+        ptx = compiled.asm["ptx"]
+        report = _ptxas(ptx, arch)
+        regs = re.search(r"Used (\d+) registers", report)
+        spills = re.search(r"(\d+) bytes spill stores", report)
+        _COMPILED[key] = dict(
+            ptx=ptx,
+            registers=int(regs.group(1)) if regs else None,
+            spill_bytes=int(spills.group(1)) if spills else 0,
+            shared_bytes=compiled.metadata.shared,
+            num_warps=compiled.metadata.num_warps,
+            num_stages=compiled.metadata.num_stages,
+        )
+    info = dict(_COMPILED[key])
+    info["env"] = {k: v for k, v in bound.items() if isinstance(v, (int, float))}
+    info["constexprs"] = {
+        launch.fn.arg_names[path[0]]: v for path, v in constexprs.items() if isinstance(v, (int, float, bool))
+    }
     return info
 
 
-def variants():
-    """(label, kernel, arg types, constexprs, num_warps, divisible args) for every shipped shape class."""
-    lif_types = {
-        "T": "i32",
-        "N": "i32",
-        "tau": "fp32",
-        "v_threshold": "fp32",
-        "v_reset": "fp32",
-        "alpha": "fp32",
-    }
-    for dtype in ("bf16", "fp32"):
-        ptr = {
-            "x_ptr": f"*{dtype}",
-            "s_ptr": f"*{dtype}",
-            "grad_s_ptr": f"*{dtype}",
-            "grad_x_ptr": f"*{dtype}",
-        }
-        for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8)):
-            yield (
-                f"lif_fwd {dtype} BLOCK_N={block} w{warps}",
-                fused_lif_fwd_kernel,
-                {**lif_types, **ptr},
-                dict(
-                    USE_INITIAL_STATE=False,
-                    STORE_FINAL_STATE=False,
-                    HARD_RESET=True,
-                    DECAY_INPUT=True,
-                    BLOCK_N=block,
-                ),
-                warps,
-                ("x_ptr", "s_ptr", "N"),
+# ---- PTX metrics ------------------------------------------------------------------------------
+
+_LINE = re.compile(r"^\s*(?:@(!?%\w+)\s+)?([a-z][\w.]*)\s*([^;]*);")
+_LOC = re.compile(r"^\s*\.loc\s+(\d+)\s+(\d+)\s+\d+(?:.*inlined_at\s+(\d+)\s+(\d+))?")
+_FILE = re.compile(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', re.M)
+SFU_OPS = ("ex2", "lg2", "rcp", "div", "sqrt", "rsqrt", "tanh", "sin", "cos")
+BARRIER_OPS = ("bar.sync", "barrier.sync", "bar.arrive", "barrier.arrive", "bar.red")
+
+
+def _instructions(ptx: str):
+    """Kernel-body instructions [(opcode, operands, source locations)] and {label: index}.
+
+    A source location is (file, line); an inlined helper's instruction also carries its call site.
+    """
+    files = dict(_FILE.findall(ptx))
+    body = ptx[ptx.index(".entry") :]
+    instrs, labels, loc = [], {}, ()
+    for raw in body.splitlines():
+        m = _LOC.match(raw)
+        if m:
+            f, line, f2, line2 = m.groups()
+            loc = ((files.get(f), int(line)),) + (((files.get(f2), int(line2)),) if f2 else ())
+            continue
+        line = raw.split("//")[0].strip()
+        if re.match(r"^\$?[\w$]+:$", line):
+            labels[line[:-1]] = len(instrs)
+            continue
+        m = _LINE.match(line)
+        if m and not line.startswith("."):
+            instrs.append((m.group(2), m.group(3), loc))
+    return instrs, labels
+
+
+def _source_loops(path: str) -> list:
+    """Every ``for ... in range(...)`` of a source file: (first line, last line, range args, node, parents)."""
+    import ast
+
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, TypeError):
+        return []
+    loops = []
+
+    def visit(node, parents):
+        for child in ast.iter_child_nodes(node):
+            chain = parents
+            if isinstance(node, (ast.For, ast.FunctionDef)):
+                chain = [*parents, node]
+            if (
+                isinstance(child, ast.For)
+                and isinstance(child.iter, ast.Call)
+                and getattr(child.iter.func, "id", getattr(child.iter.func, "attr", "")) == "range"
+            ):
+                loops.append((child.lineno, child.end_lineno, child.iter.args, child, chain))
+            visit(child, chain)
+
+    visit(tree, [])
+    return loops
+
+
+def _eval_trip(loop, env: dict):
+    """Trip count of a source loop at this launch: its range() evaluated with the kernel's arguments;
+    an enclosing loop's variable stands at the middle of its range, and simple assignments in the
+    enclosing function are replayed, so ``range(t)`` with ``t = T - 1 - i`` gives the average trip."""
+    import ast
+
+    _, _, args, node, parents = loop
+    scope = dict(env)
+
+    def ev(expr):
+        return eval(
+            compile(ast.Expression(expr), "<trip>", "eval"),
+            {"__builtins__": {}, "min": min, "max": max},
+            scope,
+        )
+
+    for parent in parents + parents:  # twice: assignments may use loop variables and vice versa
+        if isinstance(parent, ast.FunctionDef):
+            for stmt in ast.walk(parent):
+                simple = isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                if simple and isinstance(stmt.targets[0], ast.Name) and stmt.lineno < node.lineno:
+                    with contextlib.suppress(Exception):
+                        scope[stmt.targets[0].id] = ev(stmt.value)
+        elif isinstance(parent, ast.For) and isinstance(parent.target, ast.Name):
+            with contextlib.suppress(Exception):
+                bounds = [ev(a) for a in parent.iter.args]
+                lo, hi = (0, bounds[0]) if len(bounds) == 1 else bounds[:2]
+                scope[parent.target.id] = (lo + hi - 1) / 2
+    try:
+        bounds = [ev(a) for a in args]
+    except Exception:
+        return None
+    lo, hi, step = (0, bounds[0], 1) if len(bounds) == 1 else ([*bounds, 1])[:3]
+    return max(0.0, (hi - lo) / step)
+
+
+def ptx_profile(ptx: str, env: dict) -> dict:
+    """Dynamic per-thread instruction estimate of one program (the definition bench/NOTES.md gives).
+
+    Every PTX instruction of the kernel body counts once per execution. A loop of the PTX (a
+    backward branch) is matched to the source ``for ... in range(...)`` that holds most of its
+    instructions (by their ``.loc`` line, or the line of the call an inlined helper came from)
+    and counts its trip count: the range evaluated with the launch's argument values (``env``).
+    A loop that matches no source loop, or whose range cannot be evaluated, counts once and is
+    reported in ``untraced_loops``. Nested loops multiply. Triton 3.6 writes no call sites of
+    inlined helpers into the PTX line info, so there a loop whose body is mostly helper code is
+    untraced and the per-element figures undercount (the budgets are set with Triton 3.8).
+    """
+    instrs, labels = _instructions(ptx)
+    loops = {}
+    for i, (op, ops, _) in enumerate(instrs):
+        target = labels.get(ops.strip()) if op.startswith("bra") else None
+        if target is not None and target <= i:
+            loops[target] = max(loops.get(target, i), i)
+    source = {path: _source_loops(path) for path in set(re.findall(r'\.file\s+\d+\s+"([^"]+)"', ptx))}
+    weight = [1.0] * len(instrs)
+    untraced = 0
+    for start, end in loops.items():
+        locs = [loc for _, _, locs in instrs[start : end + 1] for loc in locs]
+        best = None
+        for path, candidates in source.items():
+            for cand in candidates:
+                inside = sum(1 for f, line in locs if f == path and cand[0] <= line <= cand[1])
+                if inside * 2 > len(instrs[start : end + 1]) and (
+                    best is None or cand[1] - cand[0] < best[1] - best[0]
+                ):
+                    best = cand
+        trip = _eval_trip(best, env) if best is not None else None
+        if trip is None:
+            untraced += 1
+            trip = 1.0
+        for j in range(start, end + 1):
+            weight[j] *= trip
+
+    def total(match) -> float:
+        return sum(w for (op, _, _), w in zip(instrs, weight) if match(op))
+
+    return dict(
+        ptx_static=len(instrs),
+        ptx_dynamic=total(lambda op: True),
+        sfu_dynamic=total(lambda op: op.split(".")[0] in SFU_OPS),
+        barriers_dynamic=total(lambda op: op.startswith(BARRIER_OPS)),
+        shfl_dynamic=total(lambda op: op.startswith("shfl")),
+        loops=len(loops),
+        untraced_loops=untraced,
+    )
+
+
+# ---- cases: one per launcher call at a benchmark shape --------------------------------------
+
+
+@dataclass
+class Case:
+    label: str  # "<op> <dtype> <shape name>"
+    elements: int  # the unit "per element" refers to
+    call: object  # runs the launcher on meta tensors
+    kernels: list = field(default_factory=list)
+    main: bool = False  # part of the CI selection (--main)
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _meta(*shape, dtype=torch.float32):
+    return torch.empty(*shape, device="meta", dtype=dtype)
+
+
+def lif_cases():
+    from svm_kernels.lif import fused as lif
+    from svm_kernels.lif.common import make_params
+
+    params = make_params(tau=2.0, v_threshold=1.0, v_reset=0.0, detach_reset=True)
+    kernels = _kernels_of(lif)
+    for dtype_name, dtype in DTYPES.items():
+        for shape_name, (T, n) in LIF_SHAPES.items():
+            x = _meta(T, n, dtype=dtype)
+            main = dtype_name == "bf16" and T == 4
+            yield Case(
+                f"lif_fwd {dtype_name} {shape_name}",
+                T * n,
+                lambda x=x: lif.lif_fwd(x, None, params, False),
+                kernels,
+                main,
             )
-            yield (
-                f"lif_bwd {dtype} BLOCK_N={block} w{warps}",
-                fused_lif_bwd_kernel,
-                {**lif_types, **ptr},
-                dict(
-                    USE_INITIAL_STATE=True,
-                    HAS_GRAD_FINAL_STATE=True,
-                    STORE_GRAD_INITIAL_STATE=True,
-                    HARD_RESET=True,
-                    DECAY_INPUT=True,
-                    DETACH_RESET=False,
-                    SURROGATE_ATAN=False,
-                    BLOCK_N=block,
-                ),
-                warps,
-                ("x_ptr", "grad_s_ptr", "grad_x_ptr", "N"),
+            yield Case(
+                f"lif_bwd {dtype_name} {shape_name}",
+                T * n,
+                lambda x=x: lif.lif_bwd(torch.empty_like(x), None, x, None, params, False),
+                kernels,
+                main,
             )
-    # SS2D at the shapes the models use: (D, L) of VMamba-T / SVMamba stages and CIFAR stages.
-    for dtype in ("bf16", "fp32"):
-        ptr = {
-            "u_ptr": f"*{dtype}",
-            "delta_ptr": f"*{dtype}",
-            "low_ptr": f"*{dtype}",
-            "B_ptr": f"*{dtype}",
-            "C_ptr": f"*{dtype}",
-            "g_ptr": "*fp32",
-            "ddelta_ptr": f"*{dtype}",
-        }
-        for D, L in ((96, 3136), (384, 196), (96, 256), (384, 16)):
+
+
+def ss2d_cases():
+    from svm_kernels.ss2d import fused as ss2d
+
+    kernels = _kernels_of(ss2d)
+    for dtype_name, dtype in DTYPES.items():
+        for shape_name, (batch, D, H, W, N, R) in SS2D_SHAPES.items():
             for lowrank in (True, False):
-                block_d, block_l, warps = ss2d._fwd_config(D, L)
-                flags = dict(LOWRANK=lowrank, HAS_D=True, HAS_BIAS=True, DELTA_SOFTPLUS=True)
-                yield (
-                    f"ss2d_fwd {dtype} D={D} L={L} lowrank={lowrank}",
-                    ss2d.fused_ss2d_fwd_kernel,
-                    ptr,
-                    dict(**flags, BLOCK_D=block_d, BLOCK_L=block_l),
-                    warps,
-                    (),
+                u = _meta(batch, D, H, W, dtype=dtype)
+                t = dict(
+                    delta=None if lowrank else _meta(batch, 4, D, H, W, dtype=dtype),
+                    dt_low=_meta(batch, 4, R, H, W, dtype=dtype) if lowrank else None,
+                    dt_weight=_meta(4, D, R) if lowrank else None,
+                    A=_meta(4, D, N),
+                    B=_meta(batch, 4, N, H, W, dtype=dtype),
+                    C=_meta(batch, 4, N, H, W, dtype=dtype),
+                    D=_meta(4, D),
+                    bias=_meta(4, D),
                 )
-                for n in (1, 16):
-                    block_d, chunk, warps = ss2d._bwd_config(D, L, n)
-                    yield (
-                        f"ss2d_bwd {dtype} D={D} L={L} N={n} lowrank={lowrank}",
-                        ss2d.fused_ss2d_bwd_kernel,
-                        ptr,
-                        dict(**flags, BLOCK_D=block_d, CHUNK=chunk, NP=n, RP=8),
-                        warps,
-                        (),
-                    )
+                args = [t[k] for k in ("delta", "dt_low", "dt_weight", "A", "B", "C", "D", "bias")]
+                variant = "lowrank" if lowrank else "full"
+                main = dtype_name == "bf16" and lowrank and shape_name == "vmamba_t_stage1"
+                elements = batch * D * H * W
+                yield Case(
+                    f"ss2d_fwd {variant} {dtype_name} {shape_name}",
+                    elements,
+                    lambda u=u, args=args: ss2d.ss2d_fwd(u, *args, True, torch.float32),
+                    kernels,
+                    main,
+                )
+                yield Case(
+                    f"ss2d_bwd {variant} {dtype_name} {shape_name}",
+                    elements,
+                    lambda u=u, args=args: ss2d.ss2d_bwd(_meta(*u.shape), u, *args, True),
+                    kernels,
+                    main,
+                )
+
+
+# A new op registers its cases here (a generator of Case).
+CASE_PROVIDERS = [lif_cases, ss2d_cases]
+
+
+def measure(case: Case, arch: int) -> dict:
+    """{row label: figures} for every launch (and autotuner config) of one case."""
+    rows = {}
+    for launch in capture_configs(case.call, case.kernels):
+        name = launch.fn.fn.__name__
+        label = " | ".join(x for x in (case.label, name, launch.config) if x)
+        start = time.perf_counter()
+        try:
+            info = compile_launch(launch, arch)
+        except Exception as exc:  # report every failure, not only the first
+            rows[label] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            continue
+        prof = ptx_profile(info.pop("ptx"), info.pop("env"))
+        blocks = math.prod(launch.grid)
+        threads = blocks * info["num_warps"] * WARP_SIZE
+        per = threads / case.elements
+        rows[label] = dict(
+            registers=info["registers"],
+            spill_bytes=info["spill_bytes"],
+            shared_bytes=info["shared_bytes"],
+            num_warps=info["num_warps"],
+            num_stages=info["num_stages"],
+            grid=list(launch.grid),
+            blocks=blocks,
+            waves=round(blocks / N_SMS, 2),
+            elements=case.elements,
+            ptx_static=prof["ptx_static"],
+            ptx_per_elem=round(prof["ptx_dynamic"] * per, 2),
+            sfu_per_elem=round(prof["sfu_dynamic"] * per, 3),
+            barriers_per_elem=round(prof["barriers_dynamic"] * per, 4),
+            shfl_per_elem=round(prof["shfl_dynamic"] * per, 3),
+            loops=prof["loops"],
+            untraced_loops=prof["untraced_loops"],
+            constexprs=info["constexprs"],
+            compile_s=round(time.perf_counter() - start, 1),
+        )
+    return rows
+
+
+# ---- budgets ----------------------------------------------------------------------------------
+
+
+def load_budgets(path: str) -> dict:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def check_budgets(results: dict, budgets: dict, require: bool = False) -> list[str]:
+    """Violations: a measured figure above its budget, a failed compile, a budgeted row not measured
+    (only when its case was selected: a renamed kernel must not pass silently), and with
+    ``require`` a measured row without a budget."""
+    problems = []
+    for label, info in results.items():
+        if "error" in info:
+            problems.append(f"{label}: compile failed: {info['error']}")
+            continue
+        if require and label not in budgets:
+            problems.append(f"{label}: no budget in the budgets file")
+        for metric, limit in (budgets.get(label) or {}).items():
+            value = info.get(metric)
+            if value is None:
+                problems.append(f"{label}: {metric} not measured (budget {limit})")
+            elif value > limit:
+                problems.append(f"{label}: {metric} = {value} exceeds the budget {limit}")
+    measured_cases = {label.split(" | ")[0] for label in results}
+    for label in budgets:
+        if label.split(" | ")[0] in measured_cases and label not in results:
+            problems.append(f"{label}: budgeted but no such launch was measured")
+    return problems
+
+
+def budgets_from(results: dict, slack: float = 1.05) -> dict:
+    """Initial budgets: today's figures rounded up slightly (the kernel owners lower them)."""
+    out = {}
+    for label, info in results.items():
+        if "error" in info:
+            continue
+        b = {}
+        for m in BUDGET_METRICS:
+            v = info[m]
+            if m == "registers":
+                b[m] = min(255, math.ceil(v * slack))  # 255: the hardware's per-thread limit
+            elif m in ("spill_bytes", "shared_bytes"):
+                b[m] = math.ceil(v * slack)
+            else:
+                b[m] = float(f"{v * slack:.3g}") if v else 0
+        out[label] = b
+    return out
+
+
+BUDGETS_HEADER = """\
+# Per kernel launch (case | kernel | autotuner config) and metric: the most bench/compile_check.py
+# may report (sm_90). tests/test_compile_check.py fails when a figure exceeds its budget or a
+# measured row has none. Metrics are defined in bench/NOTES.md (gate section). The first values
+# were the figures of the day plus 5 %; a kernel's owner lowers them as the kernel improves.
+"""
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def run_cases(only: str = "", main_only: bool = False, arch: int = 90) -> dict:
+    results = {}
+    for provider in CASE_PROVIDERS:
+        for case in provider():
+            if only not in case.label or (main_only and not case.main):
+                continue
+            for label, info in measure(case, arch).items():
+                results[label] = info
+                shown = {
+                    k: info.get(k)
+                    for k in ("registers", "spill_bytes", "blocks", "ptx_per_elem", "sfu_per_elem")
+                }
+                print(f"{label:72s} {info.get('error', shown)}", flush=True)
+    return results
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--only", default="", help="substring filter on the variant label")
-    parser.add_argument("--max-spill", type=int, default=1024, help="spilled bytes tolerated per kernel")
+    parser.add_argument("--only", default="", help="substring filter on the case label")
+    parser.add_argument("--main", action="store_true", help="only the four main variants (CI)")
+    parser.add_argument("--budgets", help="YAML of per-row metric limits; exit 1 when one is exceeded")
+    parser.add_argument(
+        "--require-budgets", action="store_true", help="a measured row without a budget fails"
+    )
+    parser.add_argument("--from-json", help="check a previous --json output instead of compiling")
+    parser.add_argument("--write-budgets", help="write today's figures (+5%%) as a budgets YAML here")
     args = parser.parse_args(argv)
-    results, failed = {}, False
-    for label, kernel, types, constexprs, warps, divisible in variants():
-        if args.only not in label:
-            continue
-        try:
-            info = compile_variant(kernel, types, constexprs, warps, args.arch, divisible)
-        except Exception as exc:  # report every failure, not only the first
-            info = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-            failed = True
-        failed |= info.get("spill_bytes", 0) > args.max_spill
-        results[label] = info
-        print(f"{label:60s} {info}", flush=True)
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = json.load(f)["kernels"]
+    else:
+        results = run_cases(args.only, args.main, args.arch)
     if args.json:
+        meta = {"triton": triton.__version__, "torch": torch.__version__, "arch": args.arch, "sms": N_SMS}
         with open(args.json, "w") as f:
-            json.dump({"triton": triton.__version__, "arch": args.arch, "kernels": results}, f, indent=1)
-    return 1 if failed else 0
+            json.dump({**meta, "kernels": results}, f, indent=1)
+    if args.write_budgets:
+        import yaml
+
+        with open(args.write_budgets, "w") as f:
+            f.write(BUDGETS_HEADER)
+            yaml.safe_dump(budgets_from(results), f, sort_keys=True, width=200)
+    problems = [f"{label}: compile failed: {i['error']}" for label, i in results.items() if "error" in i]
+    if args.budgets:
+        problems = check_budgets(results, load_budgets(args.budgets), args.require_budgets)
+    for p in problems:
+        print("BUDGET" if "exceeds" in p else "FAIL", p)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

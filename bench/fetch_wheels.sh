@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Run here (not on the GPU machine): download the pure-Python peers the GPU image lacks into
-# .whl/ (ignored by git), so that a device run can carry them: run(carry=[".whl"], command=
-# "bash bench/gpu_check.sh bench/results/<date>-h200"). gpu_check.sh installs .whl/*.whl first.
+# Run here (not on the GPU machine): download the pure-Python packages the GPU image lacks into
+# .whl/ (ignored by git), so that a device run can carry them; bench/gpu_check.sh installs
+# .whl/*.whl into a private folder first. Peers of the gate: spikingjelly 2.0 (needs loguru, tqdm),
+# fla-core (flash-linear-attention's Triton kernels; needs einops). fvcore and its helpers serve
+# the accounting tests. `pip wheel` builds the ones PyPI ships only as source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl
-# all pure Python: `pip wheel` builds the ones PyPI ships only as source (fvcore, iopath)
 python3 -m pip wheel -q --no-deps -w .whl \
-    spikingjelly==2.0.0 fvcore==0.1.5.post20221221 iopath==0.1.10 yacs==0.1.8 portalocker tabulate termcolor
+    spikingjelly==2.0.0 loguru==0.7.3 fla-core==0.6.0 einops==0.8.2 tqdm \
+    fvcore==0.1.5.post20221221 iopath==0.1.10 yacs==0.1.8 portalocker tabulate termcolor
 ls -la .whl

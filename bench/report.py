@@ -1,111 +1,165 @@
-"""Turn pytest-benchmark JSON files into a markdown table and a PNG chart.
+"""Turn the gate's results.jsonl into summary.md (tables) and summary.png (a chart).
 
-    python bench/report.py OUT_DIR results1.json [results2.json ...] [--copy-gbps X]
+    python bench/report.py OUT_DIR        # reads OUT_DIR/results.jsonl
 
-Writes OUT_DIR/summary.md and OUT_DIR/summary.png: one row per benchmark case (the test id
-without the provider), one column per provider with mean time in ms, achieved GB/s, and the
-speed-up of "ours" over each peer.
+summary.md: the correctness checks (error, tolerance, bit-identical backward), then per kernel one
+table of timings: a row per (shape, dtype, mode), a column per implementation with
+"ms (GB/s, peak MiB)", and the speed-up of each of ours over each peer; then every skipped
+or failed case with its reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
 
-def load_cases(paths):
-    """{(test, case): {provider: extra_info + mean}} from pytest-benchmark JSON files."""
-    cases = defaultdict(dict)
-    for path in paths:
-        for bench in json.loads(Path(path).read_text())["benchmarks"]:
-            m = re.match(r"(\w+)\[([^-\]]+)-(.*)\]", bench["name"])
-            if not m:
+def load_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a killed run
                 continue
-            test, provider, case = m.groups()
-            cases[(test, case)][provider] = dict(
-                bench.get("extra_info", {}), mean_ms=bench["stats"]["mean"] * 1e3
-            )
-    return cases
+    return rows
 
 
-def markdown(cases, copy_gbps=None) -> str:
+def _case_key(row) -> tuple:
+    c = row["case"]
+    return (str(c.get("shape", "")), str(c.get("dtype", "")), str(c.get("mode", "")))
+
+
+def _fmt(v, spec=".3g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def checks_table(rows) -> list[str]:
+    lines = [
+        "## Correctness (float64 references)",
+        "",
+        "| kernel | impl | shape | dtype | mode | max rel err | tol | bit-identical bwd | ok |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["phase"] != "check" or "skipped" in r or "error" in r or "ok" not in r:
+            continue
+        shape, dtype, mode = _case_key(r)
+        lines.append(
+            f"| {r['kernel']} | {r['impl']} | {shape} | {dtype} | {mode} | {_fmt(r.get('max_rel_err'))} "
+            f"| {_fmt(r.get('tol'))} | {r.get('bitwise_repeat', '-')} | {'yes' if r['ok'] else '**NO**'} |"
+        )
+    return [*lines, ""]
+
+
+def timing_tables(rows) -> list[str]:
     lines = []
-    for test in sorted({t for t, _ in cases}):
-        rows = {case: provs for (t, case), provs in cases.items() if t == test}
-        providers = sorted(
-            {p for provs in rows.values() for p in provs}, key=lambda p: (p.startswith("ours"), p)
-        )
-        ours = [p for p in providers if p.startswith("ours")]
-        head = (
-            ["case"]
-            + [f"{p} ms (GB/s)" for p in providers]
-            + [f"{o} speed-up vs {p}" for o in ours for p in providers if not p.startswith("ours")]
-        )
-        if copy_gbps:
-            head += [f"{o} % of copy BW" for o in ours]
-        lines += [f"### {test}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for case in sorted(rows):
-            provs = rows[case]
-            cells = [case]
-            for p in providers:
-                r = provs.get(p)
-                cells.append(f"{r['mean_ms']:.3f} ({r.get('GB/s', 0):.0f})" if r else "-")
+    timed = [r for r in rows if "ms" in r and r["phase"] != "check"]
+    copy = [r["gbps"] for r in rows if r["kernel"] == "device" and "gbps" in r]
+    if copy:
+        lines += [f"Device copy bandwidth: {copy[0]:.4g} GB/s (read + write).", ""]
+    for kernel in sorted({r["kernel"] for r in timed}):
+        cases = defaultdict(dict)
+        for r in timed:
+            if r["kernel"] == kernel:
+                cases[_case_key(r)][r["impl"]] = r
+        impls = sorted({i for c in cases.values() for i in c}, key=lambda i: (not i.startswith("ours"), i))
+        ours = [i for i in impls if i.startswith("ours")]
+        peers = [i for i in impls if not i.startswith("ours")]
+        head = ["shape", "dtype", "mode"] + [f"{i} ms (GB/s, MiB)" for i in impls]
+        head += [f"{o} vs {p}" for o in ours for p in peers]
+        lines += [f"## {kernel}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key in sorted(cases):
+            c = cases[key]
+            cells = list(key)
+            for i in impls:
+                r = c.get(i)
+                cells.append(
+                    f"{r['ms']:.4g} ({r['gbps']:.3g}, {_fmt(r.get('peak_mib'), '.0f')})" if r else "-"
+                )
             for o in ours:
-                for p in providers:
-                    if p.startswith("ours"):
-                        continue
-                    a, b = provs.get(o), provs.get(p)
-                    cells.append(f"{b['mean_ms'] / a['mean_ms']:.2f}x" if a and b else "-")
-            if copy_gbps:
-                for o in ours:
-                    r = provs.get(o)
-                    cells.append(f"{100 * r['GB/s'] / copy_gbps:.0f}%" if r and "GB/s" in r else "-")
+                for p in peers:
+                    a, b = c.get(o), c.get(p)
+                    cells.append(f"{b['ms'] / a['ms']:.2f}x" if a and b and a["ms"] > 0 else "-")
             lines.append("| " + " | ".join(cells) + " |")
+        compile_s = [
+            (r["impl"], _case_key(r), r["compile_s"])
+            for r in timed
+            if r["kernel"] == kernel and "compile_s" in r
+        ]
+        if compile_s:
+            lines += [
+                "",
+                "Compile time (excluded from the timings): "
+                + ", ".join(f"{i} {' '.join(k)}: {s:.1f} s" for i, k, s in compile_s),
+            ]
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
-def plot(cases, path: Path) -> None:
+def problems(rows) -> list[str]:
+    lines = ["## Skipped and failed cases", ""]
+    for r in rows:
+        reason = r.get("error") or r.get("skipped")
+        if reason or r.get("ok") is False:
+            what = "FAILED" if "error" in r or r.get("ok") is False else "skipped"
+            lines.append(
+                f"- {what}: {r['kernel']} {r['impl']} {' '.join(_case_key(r))}: {reason or 'wrong result'}"
+            )
+    return [*lines, ""]
+
+
+def markdown(rows) -> str:
+    timing = sorted({r["timing"] for r in rows if r.get("timing")})
+    how = {
+        "back_to_back": "median of CUDA-event groups of back-to-back calls",
+        "cpu_wall_smoke": "one call on the CPU under the interpreter, meaningless as a speed",
+    }
+    methods = "; ".join(f"{t} ({how.get(t, 'see bench/gate.py')})" for t in timing) or "-"
+    head = ["# GPU gate summary", "", f"{len(rows)} rows; timing: {methods}.", ""]
+    return "\n".join(head + checks_table(rows) + timing_tables(rows) + problems(rows))
+
+
+def plot(rows, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tests = sorted({t for t, _ in cases})
-    fig, axes = plt.subplots(len(tests), 1, figsize=(14, 4.5 * len(tests)), squeeze=False)
-    for ax, test in zip(axes[:, 0], tests):
-        rows = sorted(case for t, case in cases if t == test)
-        providers = sorted({p for (t, _), provs in cases.items() if t == test for p in provs})
-        width = 0.8 / max(1, len(providers))
-        for i, p in enumerate(providers):
-            ys = [cases[(test, c)].get(p, {}).get("mean_ms", 0) for c in rows]
-            ax.bar([x + i * width for x in range(len(rows))], ys, width, label=p)
-        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(rows))])
-        ax.set_xticklabels(rows, rotation=60, ha="right", fontsize=7)
+    timed = [r for r in rows if "ms" in r and r["phase"] != "check"]
+    kernels = sorted({r["kernel"] for r in timed})
+    fig, axes = plt.subplots(max(1, len(kernels)), 1, figsize=(14, 4.5 * max(1, len(kernels))), squeeze=False)
+    for ax, kernel in zip(axes[:, 0], kernels):
+        sel = [r for r in timed if r["kernel"] == kernel]
+        keys = sorted({_case_key(r) for r in sel})
+        impls = sorted({r["impl"] for r in sel})
+        width = 0.8 / max(1, len(impls))
+        for j, impl in enumerate(impls):
+            ms = {_case_key(r): r["ms"] for r in sel if r["impl"] == impl}
+            ax.bar([x + j * width for x in range(len(keys))], [ms.get(k, 0) for k in keys], width, label=impl)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(keys))])
+        ax.set_xticklabels([" ".join(k) for k in keys], rotation=60, ha="right", fontsize=7)
         ax.set_yscale("log")
-        ax.set_ylabel("mean time (ms, log)")
-        ax.set_title(test)
+        ax.set_ylabel("ms (median, log)")
+        ax.set_title(kernel)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("jsons", nargs="+")
-    parser.add_argument("--copy-gbps", type=float, help="measured device copy bandwidth, for the % column")
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cases = load_cases(args.jsons)
-    (out / "summary.md").write_text(markdown(cases, args.copy_gbps))
-    plot(cases, out / "summary.png")
-    print((out / "summary.md").read_text())
+    rows = load_rows(out / "results.jsonl")
+    (out / "summary.md").write_text(markdown(rows))
+    plot(rows, out / "summary.png")
+    print(f"summary: {out / 'summary.md'} ({len(rows)} rows), {out / 'summary.png'}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from .layers import SeqConvBN, check_depths, encode_direct, init_linears_trunc_normal, make_lif
+from .base import VisionModel
+from .layers import SeqConvBN, encode_direct, init_linears_trunc_normal, make_lif
 from .registry import build, register_model
 
 LAYOUTS = ("cifar", "imagenet")
@@ -150,7 +151,7 @@ class SpikingTransformerBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class QKFormer(nn.Module):
+class QKFormer(VisionModel):
     """Hierarchical spiking transformer: QKTA stages 1-2, SSA stage 3, SPEDS patch embeddings."""
 
     spiking = True
@@ -172,9 +173,8 @@ class QKFormer(nn.Module):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if not isinstance(T, int) or T < 1:
-            raise ValueError(f"T must be a positive int, got {T!r}")
-        depths = check_depths(depths, 3)
+        T = self.check_time_steps(T)
+        depths, _ = self.check_stages(depths, num_stages=3)
         dims = [embed_dim // 4, embed_dim // 2, embed_dim]
         if embed_dim % 8 or any(d % num_heads for d in dims):
             raise ValueError(
@@ -214,9 +214,12 @@ class QKFormer(nn.Module):
             x = getattr(self, name)(x)
         return x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.forward_features(images).mean(dim=(0, 3, 4))  # over T and space
-        return self.head(features)  # = the mean over T of the per-step logits
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = features.mean(dim=(0, 3, 4))  # over T and space
+        return self.head(pooled)  # = the mean over T of the per-step logits
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head
 
 
 def _qkformer(name: str, defaults: dict, num_classes: int, overrides: dict) -> QKFormer:

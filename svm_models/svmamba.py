@@ -23,16 +23,15 @@ from functools import partial
 import torch
 from torch import nn
 
+from .base import VisionModel
 from .layers import (
     CrossScanSSM,
     SeqConvBN,
-    check_depths,
     encode_direct,
     fold_time,
     init_linears_trunc_normal,
     make_lif,
     resolve_dt_rank,
-    stage_dims,
     stem_strides,
     unfold_time,
 )
@@ -141,7 +140,7 @@ class SpikingDownsample(nn.Module):
         return self.exit(self.conv(self.entry(x)))
 
 
-class SVMamba(nn.Module):
+class SVMamba(VisionModel):
     """Spike-driven VMamba: stem, stages of SVMamba blocks with spiking downsampling, spiking head."""
 
     spiking = True
@@ -169,10 +168,8 @@ class SVMamba(nn.Module):
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
-        if not isinstance(T, int) or T < 1:
-            raise ValueError(f"T must be a positive int, got {T!r}")
-        depths = check_depths(depths)
-        dims = stage_dims(dims, len(depths))
+        T = self.check_time_steps(T)
+        depths, dims = self.check_stages(depths, dims)
         if dims[0] % 2:
             raise ValueError(f"the first stage width must be even (the stem halves it), got {dims[0]}")
         self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
@@ -216,9 +213,12 @@ class SVMamba(nn.Module):
             x = stage(x)
         return x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.head_lif(self.forward_features(images)).mean(dim=(0, 3, 4))  # over T and space
-        return self.head(features)  # = the mean over T of the per-step logits (the head is linear)
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = self.head_lif(features).mean(dim=(0, 3, 4))  # over T and space
+        return self.head(pooled)  # = the mean over T of the per-step logits (the head is linear)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head
 
 
 @register_model

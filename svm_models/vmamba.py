@@ -16,15 +16,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .base import VisionModel
 from .layers import (
     CrossScanSSM,
     DropPath,
     LayerNorm2d,
     Linear2d,
-    check_depths,
     init_linears_trunc_normal,
     resolve_dt_rank,
-    stage_dims,
     stem_strides,
 )
 from .registry import build, register_model
@@ -106,7 +105,7 @@ class VSSBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class VMamba(nn.Module):
+class VMamba(VisionModel):
     """VMamba v2 (channels-first): patch embed, stages of VSS blocks with downsampling, LN head."""
 
     T = 1
@@ -129,8 +128,7 @@ class VMamba(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        depths = check_depths(depths)
-        dims = stage_dims(dims, len(depths))
+        depths, dims = self.check_stages(depths, dims)
         self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
         self.dims, self.depths, self.backend = dims, depths, backend
         self.patch_embed = PatchEmbedV2(in_chans, dims[0], patch_size)
@@ -181,8 +179,11 @@ class VMamba(nn.Module):
             x = layer(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier.head
 
 
 @register_model

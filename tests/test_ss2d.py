@@ -91,6 +91,66 @@ def test_fused_matches_reference(batch, D, H, W, N, lowrank, softplus, skip, bia
     check_against_reference(inputs, lowrank, delta_softplus=softplus)
 
 
+def reference_forward(inputs, lowrank, delta_softplus=True):
+    """The plain reference in float64."""
+    t = {k: (v.double() if v is not None else None) for k, v in inputs.items()}
+    if lowrank:
+        t["delta"] = lowrank_delta(t.pop("dt_low"), t.pop("dt_weight"))
+        t["delta_bias"] = t.pop("dt_bias")
+    return cross_selective_scan_naive(**t, delta_softplus=delta_softplus)
+
+
+MULTI_CHUNK = [
+    # batch, D, H, W, N, lowrank, forward config (BLOCK_D, BLOCK_C, chunk, num_warps)
+    (1, 5, 4, 7, 1, True, (2, 2, 3, 4)),  # chunks end mid-row; several chunk and channel blocks
+    (2, 3, 5, 3, 4, False, (4, 4, 2, 4)),  # chunks of 2 across row and column wraps
+    (1, 2, 3, 4, 16, True, (2, 2, 5, 4)),  # last chunk shorter than the others
+    (1, 3, 1, 9, 2, True, (4, 2, 1, 4)),  # one position per chunk: the chain does all the work
+]
+
+
+@pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK)
+def test_forward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
+    """Small forced chunks: the chunk states, the chain over chunks, both orientations."""
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: config)
+    inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    y = op(**inputs, backend="triton")
+    assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
+
+
+def test_forward_config_bounds_the_chunk_states():
+    """The chunk states stay within a quarter of one (B, 4, D, L) tensor; enough blocks at stage 1."""
+    for L in (1, 7, 16, 20, 784, 1000, 3136, 512 * 512):
+        for N in (1, 4, 16):
+            _, _, chunk, _ = fused._fwd_config(96, L, N)
+            n_chunks = -(-L // chunk)
+            assert 1 <= chunk <= L
+            assert n_chunks == 1 or n_chunks * N <= L / 4, (L, N, chunk)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("H,W", [(1, 1000), (1000, 1)])
+def test_long_thin_maps(monkeypatch, H, W):
+    """A 1 x 1000 and a 1000 x 1 map: one orientation walks 1000 positions per row, the other one."""
+    inputs = make_inputs(1, 2, H, W, 1, R=2, lowrank=True)
+    check_against_reference(inputs, True)
+
+
+def test_any_map_size_is_supported(monkeypatch):
+    u = torch.empty(1, 2, 512, 512)
+    assert fused.triton_supports(u, 16) is None  # no limit on H x W (v1 stopped at 128 x 128)
+    if not u.is_cuda:
+        return  # a 512 x 512 scan is far too slow for the interpreter
+    inputs = make_inputs(1, 2, 512, 512, 1, R=2, lowrank=True)
+    y = cross_selective_scan_lowrank(**inputs, backend="triton")
+    # the same scan with chunks 8 times longer: the chain over chunks must not change the result
+    _, block_c, chunk, warps = fused._fwd_config(2, 512 * 512, 1)
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (2, block_c, chunk * 8, warps))
+    y_long = cross_selective_scan_lowrank(**inputs, backend="triton")
+    assert_close_rel(y, y_long, 1e-4, "512x512 chunked vs longer chunks")
+
+
 @pytest.mark.parametrize("lowrank", [False, True])
 def test_channels_last_and_sliced_projections(lowrank):
     """u in channels_last and B, C, dt_low as slices of one projection: read in place."""
@@ -158,11 +218,16 @@ class _LargestAllocation(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("lowrank,N", [(True, 1), (False, 16)])
-def test_no_per_direction_tensor_is_allocated(monkeypatch, lowrank, N):
-    """Forward and backward allocate nothing near (B, 4, D, L) size (with the GPU block sizes)."""
+@pytest.mark.parametrize("lowrank,N,D", [(True, 1, 64), (False, 16, 32)])
+def test_no_per_direction_tensor_is_allocated(monkeypatch, lowrank, N, D):
+    """Forward and backward allocate nothing near (B, 4, D, L) size (with the GPU block sizes).
+
+    At N = 16 the backward's channel-summed partials (2N values per direction and position) are
+    what the bound limits; D = 32 = 2N puts them exactly at the bound with a quarter of the
+    interpreter time of D = 64.
+    """
     monkeypatch.setattr(fused, "_bwd_config", lambda D, L, N: (32 if N <= 4 else 16, 8, 4))
-    batch, D, H, W, R = 1, 64, 4, 5, 2  # L = 20 > N: per-image parameter partials (B, 4, D, N) are smaller
+    batch, H, W, R = 1, 4, 5, 2  # L = 20 > N: per-image parameter partials (B, 4, D, N) are smaller
     inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=lowrank)
     leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
@@ -283,3 +348,33 @@ def test_torch_compile_traces_without_graph_breaks():
     f(*ref).backward()
     for a, b in zip(leaves, ref):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_opcheck(lowrank):
+    """Schema, fake (meta) kernels with the real strides, autograd registration, AOT dispatch."""
+    inputs = make_inputs(1, 3, 2, 3, 2, lowrank=lowrank)
+    inputs["u"] = inputs["u"].contiguous(memory_format=torch.channels_last)  # du is contiguous
+    params = [v.clone().requires_grad_(True) if v is not None else None for v in inputs.values()]
+    if lowrank:
+        u, dt_low, dt_weight, A, B, C, D, bias = params
+        fwd_args = (u, dt_low, dt_weight, A, B, C, D, bias, True, torch.float32)
+        delta = None
+    else:
+        u, delta, A, B, C, D, bias = params
+        fwd_args = (u, delta, A, B, C, D, bias, True, torch.float32)
+        dt_low = dt_weight = None
+    op = fused._ss2d_lowrank_fwd_op if lowrank else fused._ss2d_fwd_op
+    torch.library.opcheck(op, fwd_args)
+    detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in (u, delta, dt_low, dt_weight)]
+    bwd_args = (
+        torch.randn(u.shape),
+        *detached,
+        A.detach(),
+        B.detach(),
+        C.detach(),
+        D.detach(),
+        bias.detach(),
+        True,
+    )
+    torch.library.opcheck(fused._ss2d_bwd_op, bwd_args)

@@ -1,15 +1,17 @@
 """Fused four-direction selective scan (SS2D): Triton kernels, launchers, autograd, torch.library ops.
 
 Directions come in two *orientations*: row-major (k=0 forward, k=2 its reversal) and
-column-major (k=1, k=3). A program owns one image b and a block of channels, and reads every
-direction's sequence straight from the spatial tensors by index arithmetic (sequence index p ->
-(h, w)), so the four ordered copies of ``cross_scan`` are never made.
+column-major (k=1, k=3). Kernels read every direction's sequence straight from the spatial
+tensors (sequence index p -> (h, w)), so the four ordered copies of ``cross_scan`` are never made.
 
-Forward (``fused_ss2d_fwd_kernel``): the whole sequence of a channel block sits in registers;
-each direction is one ``tl.associative_scan`` (reversed for k=2, 3). The row-major orientation
-writes ``out``; the column-major one adds to it (same program, after a barrier), so ``out`` is
-written once per orientation and no (B, 4, D, L) intermediate exists. With the low-rank variant,
-dt = dt_weight[k] @ dt_low[k] is rebuilt in registers from the R-row projection.
+Forward (``ss2d_fwd_chunk_kernel``, ``ss2d_fwd_chain_kernel``): each orientation's sequence is
+cut into chunks; a program holds a block of channels x a block of chunks across its lanes and
+walks its chunks one position per step (no associative scan, no tile over L, so any H x W).
+A state pass stores each chunk's exit state from a zero entry and its summed dt; a chain pass
+per direction turns them into entering states; the output pass walks the chunks again from
+those, the row-major orientation storing ``out`` and the column-major one adding to it. With
+the low-rank variant, dt = dt_weight[k] @ dt_low[k] is rebuilt per position from R rows shared
+by the program's channels.
 
 Backward (``fused_ss2d_bwd_kernel``): per orientation, two passes over chunks of CHUNK positions.
 Pass 1 walks forward and stores the chunk-start values of the two prefix recurrences (the
@@ -26,13 +28,13 @@ atomics: the backward is deterministic.
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import torch
 
 from ..utils import HAS_TRITON, TRITON_DTYPES, TRITON_INTERPRET, is_dense, new_buffer, new_output
 from .common import MAX_D_STATE
-
-# Largest sequence the forward keeps whole in registers (a 128 x 128 feature map).
-MAX_FWD_SEQ = 16384
 
 if HAS_TRITON:
     import triton
@@ -43,16 +45,26 @@ if HAS_TRITON:
         # (a_l, b_l) applied first, then (a_r, b_r): x -> a_r * (a_l * x + b_l) + b_r.
         return a_l * a_r, a_r * b_l + b_r
 
+    # Fast special-function ops on the GPU; the interpreter runs no inline assembly.
+    _GPU_MATH: tl.constexpr = tl.constexpr(not TRITON_INTERPRET)
+
     @triton.jit
-    def _log1p(y):
-        # log(1 + y) without libdevice: correct the rounding of 1 + y (Goldberg's trick).
-        z = 1.0 + y
-        return tl.where(z == 1.0, y, tl.log(z) * (y / (z - 1.0)))
+    def _log2(x):
+        # one lg2.approx: tl.log / tl.log2 compile to a ~35-instruction libdevice polynomial
+        if _GPU_MATH:
+            return tl.inline_asm_elementwise(
+                "lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+            )
+        else:
+            return tl.log2(x)
 
     @triton.jit
     def _softplus(x):
-        # mamba's softplus: values above 20 pass through unchanged.
-        return tl.where(x > 20.0, x, _log1p(tl.exp(tl.minimum(x, 20.0))))
+        # mamba's softplus: values above 20 pass through unchanged. log1p(e) is e (1 - e / 2) where
+        # 1 + e would lose e's digits (relative error < e^2 / 3), so no division is needed.
+        e = tl.exp(tl.minimum(x, 20.0))
+        log1p_e = tl.where(e < 1e-3, e * (1.0 - 0.5 * e), _log2(1.0 + e) * 0.6931471805599453)
+        return tl.where(x > 20.0, x, log1p_e)
 
     @triton.jit
     def _softplus_grad(x):
@@ -128,7 +140,165 @@ if HAS_TRITON:
         return dt + bias[:, None]
 
     @triton.jit
-    def fused_ss2d_fwd_kernel(
+    def _dt_at(
+        delta_ptr,
+        s_dd,
+        offs_dt,
+        low_ptr,
+        s_lr,
+        offs_low,
+        w_ptr,
+        offs_d,
+        m_d,
+        m_p,
+        m,
+        R: tl.constexpr,
+        LOWRANK: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        # delta at one position per lane, [channels, lanes], before bias and softplus. Pointers are
+        # offset to the image and direction; offs_* are the lanes' positions in each tensor.
+        if LOWRANK:
+            b_dt = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+            for r in tl.static_range(R):
+                b_w = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
+                b_low = tl.load(low_ptr + r * s_lr + offs_low, mask=m_p, other=0.0).to(tl.float32)
+                b_dt += b_w[:, None] * b_low[None, :]
+        else:
+            b_dt = tl.load(delta_ptr + offs_d[:, None] * s_dd + offs_dt[None, :], mask=m, other=0.0)
+            b_dt = b_dt.to(tl.float32)
+        return b_dt
+
+    @triton.jit
+    def _fwd_walk(
+        b_x,
+        u_ptr,
+        s_ud,
+        s_ui,
+        s_uj,
+        delta_ptr,
+        s_dd,
+        s_di,
+        s_dj,
+        low_ptr,
+        s_lr,
+        s_li,
+        s_lj,
+        w_ptr,
+        b_bias,
+        b_a,
+        B_ptr,
+        s_Bn,
+        s_Bi,
+        s_Bj,
+        C_ptr,
+        s_Cn,
+        s_Ci,
+        s_Cj,
+        out_ptr,
+        s_od,
+        s_oi,
+        s_oj,
+        b_skip,
+        offs_d,
+        m_d,
+        offs_n,
+        m_n,
+        first,
+        m_c,
+        L,
+        M,
+        chunk,
+        R: tl.constexpr,
+        LOWRANK: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+        OUTPUT: tl.constexpr,
+        ACCUMULATE: tl.constexpr,
+        HAS_D: tl.constexpr,
+        REVERSE: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        # One direction over each lane's chunk, one position per step, channels and chunks across
+        # the lanes: x = exp(dt A) x + dt B u from the chunk's entering state b_x. The position's
+        # (major, minor) index (i, j) is stepped, not divided out, at every step.
+        # State pass (OUTPUT=False): returns the chunk's exit state and its summed dt (the chunk's
+        # decay is exp(A * sum dt)). Output pass: writes (or adds) y = C.x (+ D u) to out.
+        if REVERSE:
+            p = first + chunk - 1
+        else:
+            p = first
+        i = p // M
+        j = p % M
+        b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+        for _ in range(chunk):
+            m_p = m_c & (p < L)
+            m = m_d[:, None] & m_p[None, :]
+            b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + (i * s_ui + j * s_uj)[None, :], mask=m, other=0.0)
+            b_u = b_u.to(tl.float32)
+            b_dt = _dt_at(
+                delta_ptr,
+                s_dd,
+                i * s_di + j * s_dj,
+                low_ptr,
+                s_lr,
+                i * s_li + j * s_lj,
+                w_ptr,
+                offs_d,
+                m_d,
+                m_p,
+                m,
+                R=R,
+                LOWRANK=LOWRANK,
+                BLOCK_D=BLOCK_D,
+                BLOCK_C=BLOCK_C,
+            )
+            b_dt += b_bias[:, None]
+            if DELTA_SOFTPLUS:
+                b_dt = _softplus(b_dt)
+            m_pn = m_p[:, None] & m_n[None, :]
+            p_B = B_ptr + offs_n[None, :] * s_Bn + (i * s_Bi + j * s_Bj)[:, None]
+            b_B = tl.load(p_B, mask=m_pn, other=0.0).to(tl.float32)
+            b_decay = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
+            b_x = b_decay * b_x + (b_dt * b_u)[:, :, None] * b_B[None, :, :]
+            if OUTPUT:
+                p_C = C_ptr + offs_n[None, :] * s_Cn + (i * s_Ci + j * s_Cj)[:, None]
+                b_C = tl.load(p_C, mask=m_pn, other=0.0).to(tl.float32)
+                b_y = tl.sum(b_x * b_C[None, :, :], axis=2)
+                if HAS_D:
+                    b_y += b_skip[:, None] * b_u
+                p_out = out_ptr + offs_d[:, None] * s_od + (i * s_oi + j * s_oj)[None, :]
+                if ACCUMULATE:
+                    b_y += tl.load(p_out, mask=m, other=0.0).to(tl.float32)
+                tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m)
+            else:
+                b_dtsum += tl.where(m, b_dt, 0.0)
+            if REVERSE:
+                p -= 1
+                j -= 1
+                wrap = j < 0
+                j = tl.where(wrap, M - 1, j)
+                i = tl.where(wrap, i - 1, i)
+            else:
+                p += 1
+                j += 1
+                wrap = j == M
+                j = tl.where(wrap, 0, j)
+                i = tl.where(wrap, i + 1, i)
+        return b_x, b_dtsum
+
+    @triton.heuristics(
+        {
+            "LOWRANK": lambda args: args["low_ptr"] is not None,
+            "HAS_D": lambda args: args["Ds_ptr"] is not None,
+            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+            "OUTPUT": lambda args: args["out_ptr"] is not None,
+            "HAS_STATE": lambda args: args["state_ptr"] is not None,
+        }
+    )
+    @triton.jit
+    def ss2d_fwd_chunk_kernel(
         u_ptr,
         delta_ptr,
         low_ptr,
@@ -138,103 +308,191 @@ if HAS_TRITON:
         C_ptr,
         Ds_ptr,
         bias_ptr,
+        state_ptr,
+        dtsum_ptr,
         out_ptr,
         s_ub,
         s_ud,
-        s_uh,
-        s_uw,
+        s_ui,
+        s_uj,
         s_db,
         s_dk,
         s_dd,
-        s_dh,
-        s_dw,
+        s_di,
+        s_dj,
         s_lb,
         s_lk,
         s_lr,
-        s_lh,
-        s_lw,
+        s_li,
+        s_lj,
         s_Bb,
         s_Bk,
         s_Bn,
-        s_Bh,
-        s_Bw,
+        s_Bi,
+        s_Bj,
         s_Cb,
         s_Ck,
         s_Cn,
-        s_Ch,
-        s_Cw,
+        s_Ci,
+        s_Cj,
         s_ob,
         s_od,
-        s_oh,
-        s_ow,
+        s_oi,
+        s_oj,
         D,
-        H,
-        W,
-        N,
-        R,
+        L,
+        M,
+        chunk,
+        n_chunks,
+        k_f,
+        N: tl.constexpr,
+        R: tl.constexpr,
+        NP: tl.constexpr,
         LOWRANK: tl.constexpr,
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
+        OUTPUT: tl.constexpr,
+        HAS_STATE: tl.constexpr,
+        ACCUMULATE: tl.constexpr,
         BLOCK_D: tl.constexpr,
-        BLOCK_L: tl.constexpr,
+        BLOCK_C: tl.constexpr,
     ):
-        pid_b = tl.program_id(0).to(tl.int64)
-        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        p = tl.arange(0, BLOCK_L)
-        mask_p = p < H * W
-        mask = mask_d[:, None] & mask_p[None, :]
-        for o in tl.static_range(2):
-            h, w = _orient_hw(p, H, W, o == 1)
-            u = _load_tile(u_ptr + pid_b * s_ub, s_ud, s_uh, s_uw, offs_d, h, w, mask)
-            acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-            for rev in tl.static_range(2):
-                k = o + 2 * rev
-                if HAS_BIAS:
-                    bias = tl.load(bias_ptr + k * D + offs_d, mask=mask_d, other=0.0)
-                else:
-                    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-                dt = _dt_raw(
-                    delta_ptr + pid_b * s_db + k * s_dk,
-                    s_dd,
-                    s_dh,
-                    s_dw,
-                    low_ptr + pid_b * s_lb + k * s_lk,
-                    s_lr,
-                    s_lh,
-                    s_lw,
-                    w_ptr + k * D * R,
-                    R,
-                    offs_d,
-                    mask_d,
-                    h,
-                    w,
-                    mask_p,
-                    bias,
-                    LOWRANK,
-                    BLOCK_D,
-                    BLOCK_L,
-                )
-                if DELTA_SOFTPLUS:
-                    dt = _softplus(dt)
-                dtu = dt * u
-                for n in range(N):
-                    a_n = tl.load(A_ptr + (k * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                    b_n = _load_row(B_ptr + pid_b * s_Bb + k * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
-                    c_n = _load_row(C_ptr + pid_b * s_Cb + k * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
-                    decay = tl.exp(dt * a_n[:, None])
-                    _, x = tl.associative_scan((decay, dtu * b_n[None, :]), 1, _ssm_combine, reverse=rev == 1)
-                    acc += x * c_n[None, :]
-                if HAS_D:
-                    skip = tl.load(Ds_ptr + k * D + offs_d, mask=mask_d, other=0.0)
-                    acc += skip[:, None] * u
-            out_ptrs = out_ptr + pid_b * s_ob + offs_d[:, None] * s_od + (h * s_oh + w * s_ow)[None, :]
-            if o == 1:
-                # The row-major pass stored its half from other threads of this program.
+        # One orientation: direction k_f (sequence order) and k_f + 2 (its reversal) over the
+        # same chunks of positions. The launcher passes the strides of the orientation's major
+        # (i) and minor (j) spatial axes, so the kernel never tells rows from columns.
+        pid_c = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        pid_b = tl.program_id(2).to(tl.int64)
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        m_d = offs_d < D
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        m_c = offs_c < n_chunks
+        offs_n = tl.arange(0, NP)
+        m_n = offs_n < N
+        m_dn = m_d[:, None] & m_n[None, :]
+        first = offs_c * chunk
+        # chunk states: (B, 4, D, n_chunks, NP) and summed dt (B, 4, D, n_chunks)
+        offs_state = (offs_d[:, None, None] * n_chunks + offs_c[None, :, None]) * NP + offs_n[None, None, :]
+        m_state = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
+        b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if OUTPUT and HAS_D:
+            b_skip = tl.load(Ds_ptr + k_f * D + offs_d, mask=m_d, other=0.0)
+            b_skip += tl.load(Ds_ptr + (k_f + 2) * D + offs_d, mask=m_d, other=0.0)
+        # the reversal first: in the output pass the sequence-order walk then adds to what it wrote
+        for rev in tl.static_range(2):
+            k = k_f + 2 * (1 - rev)
+            if HAS_BIAS:
+                b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
+            else:
+                b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+            b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
+            # absent tensors are None: offset only the pointers that exist
+            if HAS_STATE:
+                p_state = state_ptr + (pid_b * 4 + k) * D * n_chunks * NP + offs_state
+            if OUTPUT and HAS_STATE:
+                b_x = tl.load(p_state, mask=m_state, other=0.0)
+            else:
+                b_x = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
+            if LOWRANK:
+                dt_src = low_ptr + pid_b * s_lb + k * s_lk
+                w_k = w_ptr + k * D * R
+            else:
+                dt_src = delta_ptr + pid_b * s_db + k * s_dk
+                w_k = w_ptr
+            if OUTPUT:
+                out_b = out_ptr + pid_b * s_ob
+            else:
+                out_b = out_ptr
+            b_x, b_dtsum = _fwd_walk(
+                b_x,
+                u_ptr + pid_b * s_ub,
+                s_ud,
+                s_ui,
+                s_uj,
+                dt_src,
+                s_dd,
+                s_di,
+                s_dj,
+                dt_src,
+                s_lr,
+                s_li,
+                s_lj,
+                w_k,
+                b_bias,
+                b_a,
+                B_ptr + pid_b * s_Bb + k * s_Bk,
+                s_Bn,
+                s_Bi,
+                s_Bj,
+                C_ptr + pid_b * s_Cb + k * s_Ck,
+                s_Cn,
+                s_Ci,
+                s_Cj,
+                out_b,
+                s_od,
+                s_oi,
+                s_oj,
+                b_skip,
+                offs_d,
+                m_d,
+                offs_n,
+                m_n,
+                first,
+                m_c,
+                L,
+                M,
+                chunk,
+                R=R,
+                LOWRANK=LOWRANK,
+                DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                OUTPUT=OUTPUT,
+                ACCUMULATE=ACCUMULATE or rev == 1,
+                HAS_D=HAS_D and rev == 0,
+                REVERSE=rev == 0,
+                BLOCK_D=BLOCK_D,
+                BLOCK_C=BLOCK_C,
+            )
+            if OUTPUT:
+                # the second walk reads back what the first one stored
                 tl.debug_barrier()
-                acc += tl.load(out_ptrs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+            else:
+                tl.store(p_state, b_x, mask=m_state)
+                p_dtsum = (
+                    dtsum_ptr + (pid_b * 4 + k) * D * n_chunks + offs_d[:, None] * n_chunks + offs_c[None, :]
+                )
+                tl.store(p_dtsum, b_dtsum, mask=m_d[:, None] & m_c[None, :])
+
+    @triton.jit
+    def ss2d_fwd_chain_kernel(
+        state_ptr,
+        dtsum_ptr,
+        A_ptr,
+        D,
+        n_chunks,
+        N: tl.constexpr,
+        NP: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        # Chunk exit states (computed from a zero entry) -> true entering states, in place: a
+        # sequential pass over the chunks of one direction, in that direction's order.
+        pid_d = tl.program_id(0)
+        pid_bk = tl.program_id(1).to(tl.int64)
+        k = pid_bk % 4
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        m_d = offs_d < D
+        offs_n = tl.arange(0, NP)
+        m_dn = m_d[:, None] & (offs_n[None, :] < N)
+        b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
+        p_state = state_ptr + (pid_bk * D + offs_d[:, None]) * n_chunks * NP + offs_n[None, :]
+        p_dtsum = dtsum_ptr + (pid_bk * D + offs_d) * n_chunks
+        b_x = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+        for t in range(n_chunks):
+            c = tl.where(k < 2, t, n_chunks - 1 - t)
+            b_exit = tl.load(p_state + c * NP, mask=m_dn, other=0.0)
+            b_dtsum = tl.load(p_dtsum + c, mask=m_d, other=0.0)
+            tl.store(p_state + c * NP, b_x, mask=m_dn)
+            b_x = tl.exp(b_dtsum[:, None] * b_a) * b_x + b_exit
 
     @triton.jit
     def fused_ss2d_bwd_kernel(
@@ -661,22 +919,7 @@ def triton_supports(u: torch.Tensor, N: int) -> str | None:
         return f"dtype {u.dtype} (fp16, bf16 or fp32 only)"
     if N > MAX_D_STATE:
         return f"d_state N = {N} > {MAX_D_STATE}"
-    if u.shape[2] * u.shape[3] > MAX_FWD_SEQ:
-        return f"H * W = {u.shape[2] * u.shape[3]} > {MAX_FWD_SEQ} positions"
     return None
-
-
-def _fwd_config(D: int, L: int):
-    """(BLOCK_D, BLOCK_L, num_warps): the whole sequence of BLOCK_D channels per program.
-
-    About 15 [BLOCK_D, BLOCK_L] fp32 tiles are live: with 8 elements per thread they fit in
-    registers (bench/compile_check.py reports registers and spills per shape for sm_90).
-    """
-    block_l = _next_pow2(L)
-    budget = 256 if TRITON_INTERPRET else 2048
-    block_d = max(1, min(_next_pow2(D), budget // block_l))
-    num_warps = max(4, min(16, block_d * block_l // 256))
-    return block_d, block_l, num_warps
 
 
 def _bwd_config(D: int, L: int, N: int):
@@ -704,55 +947,139 @@ def _partial_split(D: int, block_d: int, N: int, R: int):
     return triton.cdiv(n_blocks, n_group), n_group
 
 
-def _strides(t: torch.Tensor | None, n: int):
-    return tuple(t.stride()) if t is not None else (0,) * n
-
-
 def _small_f32(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """Parameters (A, D, bias, dt_weight) as contiguous fp32; a dummy pointer when absent."""
     return like.new_empty(1, dtype=torch.float32) if t is None else t.detach().float().contiguous()
 
 
-def ss2d_fwd(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype) -> torch.Tensor:
-    """Launcher of the forward kernel; out has u's shape and memory layout, in out_dtype."""
+def _fwd_config(D: int, L: int, N: int):
+    """(BLOCK_D, BLOCK_C, chunk, num_warps) of the forward.
+
+    A program walks BLOCK_C chunks of ``chunk`` positions for BLOCK_D channels, one position per
+    step (channels and chunks across the lanes; no tile over L, so no padding of L). Chunks of
+    about sqrt(L) positions keep both the walk and the chain over chunks short, and enough of
+    them to fill the GPU; the chunk states (n_chunks x NP values per channel and direction) stay
+    within a quarter of one (B, 4, D, L) tensor.
+    """
+    NP = _next_pow2(N)
+    chunk = math.isqrt(L - 1) + 1
+    while triton.cdiv(L, chunk) * NP * 4 > L and chunk < L:
+        chunk *= 2
+    chunk = min(chunk, L)
+    if TRITON_INTERPRET:
+        # the interpreter pays per step, not per lane: every channel and chunk in one program
+        return min(_next_pow2(D), 16), min(_next_pow2(triton.cdiv(L, chunk)), 64), chunk, 4
+    if N <= 4:
+        return min(_next_pow2(D), 16), 8, chunk, 4
+    return min(_next_pow2(D), 4), 8, chunk, 4
+
+
+def _named_strides(prefix: str, t: torch.Tensor | None, column: bool, dims: str) -> dict:
+    """Stride arguments s_<prefix><dim> of t (..., H, W), its last two dims as the orientation's
+    major (i) and minor (j) axes: (H, W) row-major, (W, H) column-major. Zeros for an absent t."""
+    if t is None:
+        s = (0,) * len(dims)
+    else:
+        s = t.stride()
+        s = (*s[:-2], s[-1], s[-2]) if column else s
+    return {f"s_{prefix}{dim}": v for dim, v in zip(dims, s)}
+
+
+@contextlib.contextmanager
+def _on_device(t: torch.Tensor):
+    """Launch on t's GPU (a tensor on a second GPU), not on the current one."""
+    if t.is_cuda:
+        with torch.cuda.device(t.device):
+            yield
+    else:
+        yield
+
+
+def _f32_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Parameters (A, D, bias, dt_weight) as contiguous fp32; None stays None."""
+    return None if t is None else t.detach().float().contiguous()
+
+
+def ss2d_fwd(
+    u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype, config=None
+) -> torch.Tensor:
+    """Launcher of the forward: out has u's shape and memory layout, in out_dtype.
+
+    Three steps: per orientation, each chunk's exit state from a zero entry (state pass); per
+    direction, the chain over chunks turns them into entering states; per orientation, the
+    chunks again from their entering states, writing y (the row-major orientation stores, the
+    column-major one adds). With a single chunk only the last step runs.
+    """
     batch, d_inner, H, W = u.shape
+    L = H * W
     N = A.shape[2]
+    NP = _next_pow2(N)
     lowrank = dt_low is not None
-    R = dt_low.shape[2] if lowrank else 0
+    R = dt_low.shape[2] if lowrank else 1
+    block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
+    n_chunks = triton.cdiv(L, chunk)
     out = new_output(u, dtype=out_dtype)
-    block_d, block_l, num_warps = _fwd_config(d_inner, H * W)
-    dummy = u.new_empty(1, dtype=torch.float32)
-    grid = (batch, triton.cdiv(d_inner, block_d))
-    fused_ss2d_fwd_kernel[grid](
-        u,
-        delta if delta is not None else dummy,
-        dt_low if lowrank else dummy,
-        _small_f32(dt_weight, u),
-        _small_f32(A, u),
-        B,
-        C,
-        _small_f32(D, u),
-        _small_f32(bias, u),
-        out,
-        *u.stride(),
-        *_strides(delta, 5),
-        *_strides(dt_low, 5),
-        *B.stride(),
-        *C.stride(),
-        *out.stride(),
-        d_inner,
-        H,
-        W,
-        N,
-        R,
-        LOWRANK=lowrank,
-        HAS_D=D is not None,
-        HAS_BIAS=bias is not None,
-        DELTA_SOFTPLUS=softplus,
-        BLOCK_D=block_d,
-        BLOCK_L=block_l,
-        num_warps=num_warps,
+    params = dict(
+        w_ptr=_f32_or_none(dt_weight),
+        A_ptr=_f32_or_none(A),
+        Ds_ptr=_f32_or_none(D),
+        bias_ptr=_f32_or_none(bias),
     )
+    grid = (triton.cdiv(n_chunks, block_c), triton.cdiv(d_inner, block_d), batch)
+    state = dtsum = None
+
+    def chunk_pass(column: bool, output: bool):
+        ss2d_fwd_chunk_kernel[grid](
+            u_ptr=u,
+            delta_ptr=delta,
+            low_ptr=dt_low,
+            B_ptr=B,
+            C_ptr=C,
+            state_ptr=state,
+            dtsum_ptr=dtsum,
+            out_ptr=out if output else None,
+            **params,
+            **_named_strides("u", u, column, "bdij"),
+            **_named_strides("d", delta, column, "bkdij"),
+            **_named_strides("l", dt_low, column, "bkrij"),
+            **_named_strides("B", B, column, "bknij"),
+            **_named_strides("C", C, column, "bknij"),
+            **_named_strides("o", out, column, "bdij"),
+            D=d_inner,
+            L=L,
+            M=H if column else W,
+            chunk=chunk,
+            n_chunks=n_chunks,
+            k_f=int(column),
+            N=N,
+            R=R,
+            NP=NP,
+            DELTA_SOFTPLUS=softplus,
+            ACCUMULATE=column,
+            BLOCK_D=block_d,
+            BLOCK_C=block_c,
+            num_warps=num_warps,
+        )
+
+    with _on_device(u):
+        if n_chunks > 1:
+            state = new_buffer(batch, 4, d_inner, n_chunks, NP, device=u.device)
+            dtsum = new_buffer(batch, 4, d_inner, n_chunks, device=u.device)
+            chunk_pass(column=False, output=False)
+            chunk_pass(column=True, output=False)
+            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, block_d), batch * 4)](
+                state_ptr=state,
+                dtsum_ptr=dtsum,
+                A_ptr=params["A_ptr"],
+                D=d_inner,
+                n_chunks=n_chunks,
+                N=N,
+                NP=NP,
+                BLOCK_D=block_d,
+                num_warps=1,
+            )
+        chunk_pass(column=False, output=True)
+        chunk_pass(column=True, output=True)
     return out
 
 
@@ -786,52 +1113,53 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     w_parts = new_buffer(batch, 4, d_inner, RP, device=dev) if lowrank else u.new_empty(1)
     carries = new_buffer(batch * n_parts * 4 * n_chunks * block_d * NP, device=dev)
     dummy = u.new_empty(1, dtype=torch.float32)
-    fused_ss2d_bwd_kernel[(batch, n_parts)](
-        u,
-        delta if delta is not None else dummy,
-        dt_low if lowrank else dummy,
-        _small_f32(dt_weight, u),
-        _small_f32(A, u),
-        B,
-        C,
-        _small_f32(D, u),
-        _small_f32(bias, u),
-        grad_out,
-        du,
-        ddelta,
-        bc_parts,
-        d_low_parts,
-        a_parts,
-        skip_parts,
-        bias_parts,
-        w_parts,
-        carries,
-        *u.stride(),
-        *_strides(delta, 5),
-        *(_strides(ddelta, 5) if not lowrank else (0,) * 5),
-        *_strides(dt_low, 5),
-        *B.stride(),
-        *C.stride(),
-        *grad_out.stride(),
-        batch,
-        d_inner,
-        H,
-        W,
-        N,
-        R,
-        n_parts,
-        n_group,
-        n_chunks,
-        LOWRANK=lowrank,
-        HAS_D=D is not None,
-        HAS_BIAS=bias is not None,
-        DELTA_SOFTPLUS=softplus,
-        BLOCK_D=block_d,
-        CHUNK=chunk,
-        NP=NP,
-        RP=RP,
-        num_warps=num_warps,
-    )
+    with _on_device(u):
+        fused_ss2d_bwd_kernel[(batch, n_parts)](
+            u_ptr=u,
+            delta_ptr=delta if delta is not None else dummy,
+            low_ptr=dt_low if lowrank else dummy,
+            w_ptr=_small_f32(dt_weight, u),
+            A_ptr=_small_f32(A, u),
+            B_ptr=B,
+            C_ptr=C,
+            Ds_ptr=_small_f32(D, u),
+            bias_ptr=_small_f32(bias, u),
+            g_ptr=grad_out,
+            du_ptr=du,
+            ddelta_ptr=ddelta,
+            pBC_ptr=bc_parts,
+            pLow_ptr=d_low_parts,
+            pA_ptr=a_parts,
+            pDs_ptr=skip_parts,
+            pBias_ptr=bias_parts,
+            pW_ptr=w_parts,
+            carry_ptr=carries,
+            **_named_strides("u", u, False, "bdhw"),
+            **_named_strides("d", delta, False, "bkdhw"),
+            **_named_strides("e", None if lowrank else ddelta, False, "bkdhw"),
+            **_named_strides("l", dt_low, False, "bkrhw"),
+            **_named_strides("B", B, False, "bknhw"),
+            **_named_strides("C", C, False, "bknhw"),
+            **_named_strides("g", grad_out, False, "bdhw"),
+            n_batch=batch,
+            D=d_inner,
+            H=H,
+            W=W,
+            N=N,
+            R=R,
+            n_parts=n_parts,
+            n_group=n_group,
+            n_chunks=n_chunks,
+            LOWRANK=lowrank,
+            HAS_D=D is not None,
+            HAS_BIAS=bias is not None,
+            DELTA_SOFTPLUS=softplus,
+            BLOCK_D=block_d,
+            CHUNK=chunk,
+            NP=NP,
+            RP=RP,
+            num_warps=num_warps,
+        )
     # fixed-order sums over channel blocks and images: deterministic
     bc_parts = bc_parts.view(n_parts, batch, 4, 2, N, H, W)
     dB = bc_parts[:, :, :, 0].sum(0).to(B.dtype)  # two sums: two separate tensors, no aliasing
@@ -930,10 +1258,20 @@ def _ss2d_bwd_op(
     return tuple(_or_empty(g, u) for g in grads)
 
 
+def _grad_like(t: torch.Tensor | None, name: str, u: torch.Tensor) -> torch.Tensor:
+    """An empty gradient with the strides ss2d_bwd gives it: d(delta) keeps delta's layout when
+    delta is dense; every other gradient is a fresh contiguous tensor (a channels_last u too)."""
+    if t is None:
+        return u.new_empty(_EMPTY)
+    if name == "delta" and is_dense(t):
+        return torch.empty_like(t)
+    return t.new_empty(t.shape)
+
+
 @_ss2d_bwd_op.register_fake
 def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
-    like = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
-    return tuple(u.new_empty(_EMPTY) if t is None else torch.empty_like(t) for t in like)
+    like = dict(u=u, delta=delta, dt_low=dt_low, dt_weight=dt_weight, A=A, B=B, C=C, D=D, bias=bias)
+    return tuple(_grad_like(t, name, u) for name, t in like.items())
 
 
 def _backward(ctx, grad_out):

@@ -4,7 +4,8 @@ The model is freshly built (random weights) and fed random N(0, 1) images. That 
 needs (its energy is E_MAC x MACs). For a spiking model the firing rates, hence SOPs and energy,
 come from those random weights and inputs, and the output says so; ``--calibrate-bn N`` first
 sets the BatchNorm statistics from N random batches, so that the layers see normalised inputs
-as in a trained network (the weights stay random).
+as in a trained network (the weights stay random). ``--preset hw_45nm_fp32`` (or another
+hardware preset) adds the hardware energy model; ``--first-layer once`` costs the image conv once.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import sys
 
 import torch
 
-from .calibrate import calibrate_batchnorm
 from .energy import ALIASES, PRESETS
-from .profiler import profile
+from .hardware import REUSE
+from .profiler import FIRST_LAYER, PAPER, profile
+from .profiler import PRESETS as MODEL_PRESETS
 
 
 def _parse_override(text: str):
@@ -58,7 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="set BatchNorm statistics from N random batches first (spiking models)",
     )
     p.add_argument("--energy", default="45nm_fp32", choices=sorted(set(PRESETS) | set(ALIASES)))
-    p.add_argument("--first-layer-once", action="store_true", help="cost the first layer once, not T times")
+    p.add_argument(
+        "--preset",
+        default=PAPER,
+        choices=MODEL_PRESETS,
+        help="energy model: 'paper' (the papers' convention, default) or a hardware model (adds memory "
+        "traffic, neuron updates and addressing per layer)",
+    )
+    p.add_argument(
+        "--reuse", default="none", choices=REUSE, help="hardware model: weight reuse of the MAC layers"
+    )
+    p.add_argument(
+        "--first-layer",
+        choices=FIRST_LAYER,
+        default=None,
+        help="the image conv runs at every step (per_step, default) or once",
+    )
+    p.add_argument("--first-layer-once", action="store_true", help="same as --first-layer once")
     p.add_argument("--count-batchnorm", action="store_true", help="count BatchNorm ops (default: folded, 0)")
     p.add_argument("--integer-as", choices=("ac", "mac"), default="ac")
     p.add_argument("--head-as", choices=("mac", "auto"), default="mac")
@@ -90,29 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     if size is None:
         print("error: the model has no default img_size; pass --img-size", file=sys.stderr)
         return 2
-    gen = torch.Generator().manual_seed(args.seed)
-    images = torch.randn(args.batch, 3, size, size, generator=gen).to(args.device)
-    spiking = bool(getattr(model, "spiking", True))
-    calibrated = calibrate_batchnorm(model, images, args.calibrate_bn) if spiking else 0
+    spiking = bool(model.spiking)
     report = profile(
         model,
-        images,
+        None,  # random images from --seed; BatchNorm statistics from --calibrate-bn random batches
+        img_size=size,
+        random_batch=args.batch,
+        seed=args.seed,
+        calibrate_bn=args.calibrate_bn,
         name=args.model,
         energy=args.energy,
-        first_layer_T=not args.first_layer_once,
+        preset=args.preset,
+        first_layer="once" if args.first_layer_once else (args.first_layer or "per_step"),
         count_batchnorm=args.count_batchnorm,
         integer_as=args.integer_as,
         head_as=args.head_as,
+        reuse=args.reuse,
     )
-    if spiking:
-        report.rates_from = f"random weights, {args.batch} random N(0,1) image(s)" + (
-            f", BatchNorm statistics from {args.calibrate_bn} random batches" if calibrated else ""
-        )
-        report.notes.insert(
-            0,
-            "the firing rates come from random weights and random inputs (an untrained model): "
-            "SOPs and energy illustrate the accounting, they are not the trained model's",
-        )
     em = report.energy_model
     print(
         f"{args.model} at {size} px, {args.num_classes} classes"
@@ -134,9 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         f"  energy           {report.energy_mj:.4f} mJ per image "
         f"(E_MAC {em.e_mac_pj} pJ x MACs + E_AC {em.e_ac_pj} pJ x SOPs, {em.name})"
     )
+    if report.hardware is not None:
+        hw = report.hardware
+        parts = ", ".join(f"{k[:-3]} {v:.4f}" for k, v in hw.totals().items() if k != "energy_mj")
+        print(
+            f"  hardware model   {hw.energy_mj:.4f} mJ per image ({hw.model.name}, reuse {hw.reuse}: {parts})"
+        )
+        for reuse, totals in hw.totals_by_reuse.items():
+            print(f"    at reuse {reuse:5s} {totals['energy_mj']:.4f} mJ")
     if report.unsupported_ops:
         print("  uncounted ops    " + ", ".join(f"{k} x{v}" for k, v in report.unsupported_ops.items()))
     if spiking:
+        print("Note: the weights are random (a freshly built model).")
         print(f"Note: {report.notes[0]}.")
     if args.markdown:
         print()

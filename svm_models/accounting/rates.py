@@ -265,3 +265,44 @@ class OperandRecorder:
             i += len(stats)
             out.setdefault(module, ProductStats([])).calls.append((op, macs, operands))
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# Output spikes of the neurons (the hardware model's resets and spike writes)
+
+
+class OutputSpikeCounter:
+    """Context manager: forward hooks summing the outputs of ``modules`` (name -> LIF module).
+
+    The sums stay on the device until :meth:`finalize` (one transfer), as in RateRecorder.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = dict(modules)
+        self._sums: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, out) -> None:
+            if isinstance(out, torch.Tensor):
+                total = out.detach().sum(dtype=torch.float64)
+                self._sums[name] = total if name not in self._sums else self._sums[name] + total
+
+        return hook
+
+    def __enter__(self) -> OutputSpikeCounter:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def finalize(self) -> dict[str, float]:
+        """Output sums (spikes) per module over everything recorded."""
+        if not self._sums:
+            return {}
+        names = list(self._sums)
+        return dict(zip(names, torch.stack([self._sums[n] for n in names]).cpu().tolist()))

@@ -1,4 +1,9 @@
-"""The accounting report: totals per image, per-layer rows, per-stage sums, JSON, Markdown, PNG."""
+"""The accounting report: totals per image, per-layer rows, per-stage sums, JSON, Markdown, PNG.
+
+The papers' convention fills the main rows; a hardware preset adds :class:`HardwareReport`
+(:mod:`.hardware`): per layer and per stage the energy of each component, which add up to the
+totals.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .energy import EnergyModel
+from .hardware import COMPONENTS, Components, HardwareModel
 
 
 @dataclass
@@ -57,6 +63,113 @@ class StageRow:
 
 
 @dataclass
+class HardwareRow:
+    """One op type inside one module under the hardware model, per image (mJ per component)."""
+
+    name: str
+    op: str
+    stage: str
+    compute_mj: float
+    addressing_mj: float
+    weights_mj: float
+    membrane_mj: float
+    io_mj: float
+
+    @classmethod
+    def from_components(cls, name: str, op: str, stage: str, c: Components) -> HardwareRow:
+        return cls(name, op, stage, *(getattr(c, k) * 1e-9 for k in COMPONENTS))  # pJ -> mJ
+
+    def component(self, key: str) -> float:
+        return getattr(self, f"{key}_mj")
+
+    @property
+    def energy_mj(self) -> float:
+        return self.compute_mj + self.addressing_mj + self.weights_mj + self.membrane_mj + self.io_mj
+
+
+@dataclass
+class HardwareReport:
+    """The hardware model's rows, at ``reuse``; ``totals_by_reuse`` has the totals at both."""
+
+    model: HardwareModel
+    reuse: str
+    rows: list[HardwareRow]
+    totals_by_reuse: dict[str, dict[str, float]]
+
+    @staticmethod
+    def sum_rows(rows: list[HardwareRow]) -> dict[str, float]:
+        """Per-component sums (mJ) and their total."""
+        out = {f"{k}_mj": sum(r.component(k) for r in rows) for k in COMPONENTS}
+        out["energy_mj"] = sum(out.values())
+        return out
+
+    def totals(self) -> dict[str, float]:
+        return self.sum_rows(self.rows)
+
+    @property
+    def energy_mj(self) -> float:
+        return self.totals()["energy_mj"]
+
+    @property
+    def stages(self) -> list[tuple[str, dict[str, float]]]:
+        """(stage, per-component sums) in the order the stages first appear."""
+        groups: dict[str, list[HardwareRow]] = {}
+        for r in self.rows:
+            groups.setdefault(r.stage, []).append(r)
+        return [(stage, self.sum_rows(rows)) for stage, rows in groups.items()]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model.to_dict(),
+            "reuse": self.reuse,
+            "per_image": self.totals(),
+            "per_image_by_reuse": {k: dict(v) for k, v in self.totals_by_reuse.items()},
+            "stages": [{"stage": s, **t} for s, t in self.stages],
+            "layers": [dict(asdict(r), energy_mj=r.energy_mj) for r in self.rows],
+        }
+
+    def to_markdown(self, layers: bool = True) -> list[str]:
+        hw, t = self.model, self.totals()
+        head = " | ".join(f"{k} (mJ)" for k in COMPONENTS)
+        lines = [
+            "",
+            f"#### Hardware model: {hw.name} ({hw.source}), reuse of MAC layers: {self.reuse}",
+            "",
+            "| per image | " + " | ".join(COMPONENTS) + " | total |",
+            "| --- |" + " ---: |" * (len(COMPONENTS) + 1),
+            "| energy (mJ) | "
+            + " | ".join(f"{t[f'{k}_mj']:.6f}" for k in COMPONENTS)
+            + f" | {t['energy_mj']:.6f} |",
+        ]
+        for reuse, tot in self.totals_by_reuse.items():
+            lines.append(
+                f"| total at reuse={reuse} | "
+                + " | ".join("" for _ in COMPONENTS)
+                + f" | {tot['energy_mj']:.6f} |"
+            )
+        lines += ["", f"| stage | {head} | energy (mJ) |", "| --- |" + " ---: |" * (len(COMPONENTS) + 1)]
+        for stage, st in self.stages:
+            lines.append(
+                f"| {stage} | "
+                + " | ".join(f"{st[f'{k}_mj']:.6f}" for k in COMPONENTS)
+                + f" | {st['energy_mj']:.6f} |"
+            )
+        if layers:
+            lines += [
+                "",
+                f"| layer | op | {head} | energy (mJ) |",
+                "| --- | --- |" + " ---: |" * (len(COMPONENTS) + 1),
+            ]
+            for r in self.rows:
+                lines.append(
+                    f"| {r.name or '(model)'} | {r.op} | "
+                    + " | ".join(f"{r.component(k):.6f}" for k in COMPONENTS)
+                    + f" | {r.energy_mj:.6f} |"
+                )
+        return lines
+
+
+@dataclass
 class Report:
     """Accounting of one model, per image. Build it with :func:`svm_models.accounting.profile`."""
 
@@ -80,6 +193,7 @@ class Report:
     unsupported_ops: dict[str, int] = field(default_factory=dict)
     top1: float | None = None  # top-1 accuracy (%) of the rate pass, when labels were given
     notes: list[str] = field(default_factory=list)
+    hardware: HardwareReport | None = None  # the hardware model, when a hardware preset was chosen
 
     # ---- derived views
 
@@ -117,6 +231,12 @@ class Report:
     # ---- serialisation
 
     def to_dict(self) -> dict[str, object]:
+        out = self._paper_dict()
+        if self.hardware is not None:
+            out["hardware"] = self.hardware.to_dict()
+        return out
+
+    def _paper_dict(self) -> dict[str, object]:
         return {
             "model": self.model,
             "per_image": self.totals(),
@@ -143,6 +263,11 @@ class Report:
         if self.spiking:
             parts += [f"{_g(self.sops)} GSOPs", f"rate {_rate(self.mean_firing_rate)}"]
         parts.append(f"{self.energy_mj:.4f} mJ/image ({self.energy_model.name})")
+        if self.hardware is not None:
+            parts.append(
+                f"hardware {self.hardware.energy_mj:.4f} mJ/image ({self.hardware.model.name}, "
+                f"reuse {self.hardware.reuse})"
+            )
         return ", ".join(parts)
 
     def to_markdown(self, layers: bool = True) -> str:
@@ -199,12 +324,19 @@ class Report:
                 "\nUncounted ops (no handle): "
                 + ", ".join(f"{k} x{v}" for k, v in self.unsupported_ops.items())
             )
+        if self.hardware is not None:
+            lines += self.hardware.to_markdown(layers)
         for note in self.notes:
             lines.append(f"\nNote: {note}")
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str, title: str | None = None) -> str:
-        """Bar chart of energy per stage (mJ per image), stacked MAC and AC energy; writes a PNG."""
+        """Bar chart of energy per stage (mJ per image), stacked MAC and AC energy; writes a PNG.
+
+        With a hardware model, a second panel stacks its components per stage.
+        """
+        if self.hardware is not None:
+            return self._plot_hardware(path, title)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -231,9 +363,44 @@ class Report:
 
     plot_png = plot
 
+    def _plot_hardware(self, path: str, title: str | None) -> str:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        stages = self.stages
+        names = [s.stage or "(model)" for s in stages]
+        hw_stages = dict(self.hardware.stages)
+        fig = Figure(figsize=(max(9.0, 1.6 * len(names) + 3.0), 4.2), dpi=120)
+        FigureCanvasAgg(fig)
+        xs = list(range(len(names)))
+        ax = fig.add_subplot(1, 2, 1)
+        mac = [s.energy_mac_mj for s in stages]
+        ax.bar(xs, mac, label=f"MAC ({self.energy_model.e_mac_pj} pJ)", color="#4c72b0")
+        ax.bar(xs, [s.energy_ac_mj for s in stages], bottom=mac, label="AC", color="#dd8452")
+        ax.set_title(f"paper convention: {self.energy_mj:.4g} mJ")
+        ax2 = fig.add_subplot(1, 2, 2)
+        bottom = [0.0] * len(names)
+        colors = ("#4c72b0", "#937860", "#dd8452", "#55a868", "#8172b2")
+        for key, color in zip(COMPONENTS, colors):
+            values = [hw_stages.get(s.stage, {}).get(f"{key}_mj", 0.0) for s in stages]
+            ax2.bar(xs, values, bottom=bottom, label=key, color=color)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax2.set_title(
+            f"{self.hardware.model.name} (reuse {self.hardware.reuse}): {self.hardware.energy_mj:.4g} mJ"
+        )
+        for a in (ax, ax2):
+            a.set_xticks(xs)
+            a.set_xticklabels(names, rotation=30, ha="right")
+            a.set_ylabel("energy per image (mJ)")
+            a.legend(fontsize=7)
+        fig.suptitle(title or self.model)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+        return path
+
 
 def _json_default(obj):
-    if isinstance(obj, EnergyModel):
+    if isinstance(obj, (EnergyModel, HardwareModel)):
         return obj.to_dict()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

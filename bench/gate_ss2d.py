@@ -1,0 +1,232 @@
+"""Gate cases of the four-direction selective scan: float64 checks at real shapes (and with small
+block / chunk overrides where the launchers expose them), our kernels, the fla-based unfused peer.
+
+Bytes that must move (s = storage bytes of u, B, C, dt_low; the output and grad_out are fp32):
+forward reads u, dt_low, B, C and writes out; backward reads them and grad_out and writes their
+gradients. The full-delta variant also reads delta (and writes its gradient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from gate import DEVICE, HAS_CUDA, SMOKE, Case, Skip, provider, rel_err, timed_row
+from shapes import SS2D_CHECK_SHAPES, SS2D_SHAPES, SS2D_SMOKE
+from ss2d_unfused import fla_recurrence, sequential_recurrence, ss2d_unfused
+
+from svm_kernels import cross_selective_scan, cross_selective_scan_lowrank
+from svm_kernels.ss2d.naive import lowrank_delta
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+MODES = ("fwd", "bwd", "full")
+LOWRANK_ARGS = ("u", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias")
+FULL_ARGS = ("u", "delta", "A", "B", "C", "D", "dt_bias")
+
+
+def make(shape, dtype, full_delta=False):
+    batch, D, H, W, N, R = shape
+    kw = dict(device=DEVICE, dtype=dtype)
+    x = dict(
+        u=torch.randn(batch, D, H, W, **kw),
+        dt_low=torch.randn(batch, 4, R, H, W, **kw) * 0.5,
+        dt_weight=torch.randn(4, D, R, device=DEVICE) * R**-0.5,
+        A=-torch.rand(4, D, N, device=DEVICE) - 0.5,
+        B=torch.randn(batch, 4, N, H, W, **kw),
+        C=torch.randn(batch, 4, N, H, W, **kw),
+        D=torch.ones(4, D, device=DEVICE),
+        dt_bias=torch.randn(4, D, device=DEVICE) * 0.5 - 4.0,
+    )
+    if full_delta:
+        x["delta"] = lowrank_delta(x["dt_low"], x["dt_weight"].to(dtype)).contiguous()
+    return x
+
+
+def ss2d_bytes(x: dict, mode: str, full_delta: bool) -> int:
+    names = ["u", "dt_low", "B", "C"] + (["delta"] if full_delta else [])
+    inputs = sum(x[k].numel() * x[k].element_size() for k in names)
+    out = x["u"].numel() * 4  # fp32 output / grad_out
+    fwd = inputs + out
+    bwd = 2 * inputs + out  # read inputs and grad_out, write their gradients
+    return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode]
+
+
+def ours_lowrank(x, backend="triton"):
+    return cross_selective_scan_lowrank(*(x[k] for k in LOWRANK_ARGS), backend=backend)
+
+
+def ours_full(x, backend="triton"):
+    return cross_selective_scan(*(x[k] for k in FULL_ARGS), backend=backend)
+
+
+def fla_unfused(x, recurrence=fla_recurrence):
+    return ss2d_unfused(*(x[k] for k in LOWRANK_ARGS), recurrence=recurrence)
+
+
+def _grads(fn, x, names, g):
+    leaves = {k: x[k].detach().requires_grad_(True) for k in names}
+    out = fn({**x, **leaves})
+    return out, torch.autograd.grad(out, list(leaves.values()), g)
+
+
+def tolerance(dtype, L: int) -> float:
+    """Relative error allowed against float64: fp32 roundings accumulate along the L positions
+    (~sqrt(L)); half-precision inputs' gradients are rounded once more to their storage dtype."""
+    return 2e-5 * math.sqrt(L) + (0.0 if dtype == torch.float32 else 1e-2)
+
+
+STORAGE = ("u", "dt_low", "B", "C", "delta")
+_REFERENCES: dict = {}
+
+
+def check_inputs(shape, full_delta):
+    """Inputs whose half-precision tensors are bf16-representable, the output gradient, and the
+    float64 reference's output and gradients: one reference serves the bf16 and fp32 checks."""
+    key = (tuple(shape), full_delta)
+    if key not in _REFERENCES:
+        torch.manual_seed(0)
+        x = make(shape, torch.bfloat16, full_delta)
+        g = torch.randn(x["u"].shape, device=DEVICE)
+        x64 = {k: v.double() for k, v in x.items()}
+        names = FULL_ARGS if full_delta else LOWRANK_ARGS
+        ref_fn = ours_full if full_delta else ours_lowrank
+        ref = _grads(lambda t: ref_fn(t, backend="torch"), x64, names, g.double())
+        _REFERENCES.clear()  # one shape at a time: the float64 tensors are large
+        _REFERENCES[key] = (x, g, ref)
+    return _REFERENCES[key]
+
+
+def check(fn, shape, dtype, full_delta=False, repeat=True):
+    """Output and every gradient against the float64 reference; the backward run twice must be
+    bit-identical (the kernels are deterministic: no float atomics)."""
+    names = FULL_ARGS if full_delta else LOWRANK_ARGS
+    x, g, (ref_out, ref_grads) = check_inputs(shape, full_delta)
+    x = {k: v.to(dtype) if k in STORAGE else v for k, v in x.items()}
+    out, grads = _grads(fn, x, names, g)
+    errs = {"out": rel_err(out, ref_out)}
+    errs.update({f"d_{k}": rel_err(a, b) for k, a, b in zip(names, grads, ref_grads)})
+    L = shape[2] * shape[3]
+    tol = tolerance(dtype, L)
+    row = dict(max_rel_err=max(errs.values()), tol=tol, errs={k: float(f"{v:.3g}") for k, v in errs.items()})
+    ok = row["max_rel_err"] <= tol
+    if repeat:
+        _, again = _grads(fn, x, names, g)
+        row["bitwise_repeat"] = all(torch.equal(a, b) for a, b in zip(grads, again))
+        ok = ok and row["bitwise_repeat"]
+    row["ok"] = bool(ok)
+    return row
+
+
+@contextlib.contextmanager
+def launcher_overrides(**configs):
+    """Replace the SS2D launchers' config functions (block sizes, chunk, warps) for one case, so
+    the multi-block / multi-chunk hand-offs run at sizes a real shape would not need them."""
+    from svm_kernels.ss2d import fused
+
+    missing = [name for name in configs if not hasattr(fused, name)]
+    if missing:
+        raise Skip(f"svm_kernels.ss2d.fused exposes no {', '.join(missing)} to override")
+    saved = {name: getattr(fused, name) for name in configs}
+    try:
+        for name, fn in configs.items():
+            setattr(fused, name, fn)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(fused, name, fn)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def check_small_blocks(shape, dtype):
+    # backward: 8 channels per block (at D = 96, 12 blocks walked several per program), 16-position
+    # chunks (196 at 56 x 56), 4 warps; forward: 2 channels x the whole sequence over 16 warps.
+    # Tiny shapes (smoke) get 2 channels and 8-position chunks.
+    def bwd(D, L, N):
+        return (8 if D >= 32 else 2, 16 if L >= 256 else 8, 4)
+
+    def fwd(D, L):
+        return (2, _pow2(L), 16)
+
+    with launcher_overrides(_bwd_config=bwd, _fwd_config=fwd):
+        return check(ours_lowrank, shape, dtype)
+
+
+def time_case(fn, shape, dtype, mode, full_delta=False):
+    if SMOKE and dtype != torch.float32:
+        raise Skip("smoke run: the interpreter times fp32 only (bf16 is checked above)")
+    names = FULL_ARGS if full_delta else LOWRANK_ARGS
+    x = make(shape, dtype, full_delta)
+    moved = ss2d_bytes(x, mode, full_delta)
+    if mode == "fwd":
+        with torch.no_grad():
+            return timed_row(lambda: fn(x), moved)
+    leaves = {k: x[k].requires_grad_(True) for k in names}
+    g = torch.randn(x["u"].shape, device=DEVICE)
+    tensors = list(leaves.values())
+    if mode == "full":
+        return timed_row(lambda: torch.autograd.grad(fn(x), tensors, g, allow_unused=True), moved)
+    out = fn(x)
+    return timed_row(
+        lambda: torch.autograd.grad(out, tensors, g, retain_graph=True, allow_unused=True), moved
+    )
+
+
+def fla_available():
+    if not HAS_CUDA:
+        raise Skip("fla-core's chunked HGRN is Triton on CUDA only")
+    try:
+        import fla.ops.hgrn  # noqa: F401
+    except ImportError as exc:
+        raise Skip(f"fla-core not importable: {exc}") from exc
+
+
+def fla_case(shape, dtype, mode):
+    fla_available()
+    if shape[4] != 1:
+        raise Skip("the unfused HGRN peer is built for d_state N = 1")
+    return time_case(fla_unfused, shape, dtype, mode)
+
+
+def fla_check(shape, dtype):
+    fla_available()
+    return check(fla_unfused, shape, dtype, repeat=False)
+
+
+@provider("ss2d")
+def ss2d_cases(smoke: bool):
+    check_shapes = SS2D_SMOKE if smoke else SS2D_CHECK_SHAPES
+    shapes = dict([next(iter(SS2D_SMOKE.items()))]) if smoke else SS2D_SHAPES  # smoke: time one shape
+    first = next(iter(check_shapes))
+    for name, shape in check_shapes.items():
+        case = dict(shape=name, dims=list(shape), mode="check")
+        for dt_name, dtype in DTYPES.items():
+            run = lambda s=shape, d=dtype: check(ours_lowrank, s, d)
+            yield Case("ss2d", "ours_lowrank", "check", {**case, "dtype": dt_name}, run, 120)
+        fp32 = {**case, "dtype": "fp32"}
+        if name == first:  # while this shape's reference is cached
+            run = lambda s=shape: check_small_blocks(s, torch.float32)
+            yield Case("ss2d", "ours_lowrank", "check", {**fp32, "mode": "check_small_blocks"}, run, 120)
+            # the peer's pipeline with fla's kernel (CUDA)
+            yield Case("ss2d", "fla_unfused", "check", fp32, lambda s=shape: fla_check(s, torch.float32), 120)
+        yield Case(
+            "ss2d", "ours_full", "check", fp32, lambda s=shape: check(ours_full, s, torch.float32, True), 120
+        )
+    # the peer's algebra with the plain recurrence, anywhere (the CPU smoke run included)
+    small = next(s for s in SS2D_SMOKE.values() if s[4] == 1)
+    case = dict(shape="smoke", dims=list(small), dtype="fp32", mode="check_pipeline")
+    oracle = lambda x: fla_unfused(x, recurrence=sequential_recurrence)
+    yield Case(
+        "ss2d", "unfused_loop", "check", case, lambda: check(oracle, small, torch.float32, repeat=False), 60
+    )
+    for name, shape in shapes.items():
+        for dt_name, dtype in DTYPES.items():
+            for mode in MODES:
+                case = dict(shape=name, dims=list(shape), dtype=dt_name, mode=mode)
+                a = (shape, dtype, mode)
+                yield Case("ss2d", "ours_lowrank", "ours", case, lambda a=a: time_case(ours_lowrank, *a), 60)
+                yield Case("ss2d", "ours_full", "ours", case, lambda a=a: time_case(ours_full, *a, True), 60)
+                yield Case("ss2d", "fla_unfused", "peer", case, lambda a=a: fla_case(*a), 60)

@@ -1,0 +1,22 @@
+"""The problem sizes every benchmark tool shares: the GPU gate, the static compile check, pytest-benchmark.
+
+Kept in one place so that a compile-check figure and a measured time talk about the same launch.
+"""
+
+from __future__ import annotations
+
+# LIF: (T, N): T time steps of N neurons (N = 2^24: a batch of feature maps at the targets' size).
+LIF_SHAPES = {"T4_N16M": (4, 2**24), "T8_N16M": (8, 2**24)}
+LIF_SMOKE = {"T4_N1k": (4, 1000)}
+
+# SS2D: (batch, D, H, W, N, R).
+SS2D_SHAPES = {
+    "vmamba_t_stage1": (128, 96, 56, 56, 1, 6),  # VMamba-T stage 1 training batch
+    "n16": (32, 96, 28, 28, 16, 6),  # d_state 16 (mamba's default)
+}
+SS2D_SMOKE = {"smoke": (1, 4, 3, 5, 1, 2)}
+
+# Correctness at real shapes on CUDA (the issue's list), plus small shapes that force the
+# kernels' multi-chunk / multi-block / many-warp paths when their launchers expose overrides.
+SS2D_CHECK_SHAPES = {"stage1_b2": (2, 96, 56, 56, 1, 6), "n16_b1": (1, 32, 28, 28, 16, 6)}
+LIF_CHECK_SHAPES = {"T4_N16M": (4, 2**24), "T8_N16M": (8, 2**24)}

@@ -1,0 +1,88 @@
+"""bench/compile_check.py: the launch-faithful sm_90 compile of the four main kernel variants, checked
+against bench/budgets.yaml; a doctored budget must make the check fail.
+
+compile_check refuses to run under the Triton interpreter (which compiles nothing), so it runs in a
+subprocess without TRITON_INTERPRET.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "compile_check.py"
+BUDGETS = ROOT / "bench" / "budgets.yaml"
+MAIN_OPS = ("lif_fwd", "lif_bwd", "ss2d_fwd", "ss2d_bwd")
+
+
+def _run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compile") / "main.json"
+    proc = _run("--main", "--json", out, "--budgets", BUDGETS, "--require-budgets")
+    return proc, out
+
+
+@pytest.mark.slow
+def test_main_variants_compile_within_budgets(main_run):
+    proc, out = main_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    kernels = json.loads(out.read_text())["kernels"]
+    for op in MAIN_OPS:
+        rows = {k: v for k, v in kernels.items() if k.startswith(op + " ")}
+        assert rows, f"no {op} row measured"
+        for label, info in rows.items():
+            assert "error" not in info, label
+            assert info["registers"] > 0 and info["blocks"] > 0 and info["ptx_per_elem"] > 0, label
+            assert info["untraced_loops"] == 0, f"{label}: a loop's trip count was not found"
+
+
+@pytest.mark.slow
+def test_per_element_figures_follow_the_kernels(main_run):
+    proc, out = main_run
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    kernels = json.loads(out.read_text())["kernels"]
+    fwd = [v for k, v in kernels.items() if k.startswith("lif_fwd ")]
+    bwd = [v for k, v in kernels.items() if k.startswith("lif_bwd ")]
+    # the LIF forward divides by tau once per element-step and has no barrier
+    assert all(v["sfu_per_elem"] == pytest.approx(1.0, abs=0.05) for v in fwd)
+    assert all(v["barriers_per_elem"] == 0 for v in fwd)
+    # the backward replays earlier steps: more work per element-step than the forward
+    assert min(v["ptx_per_elem"] for v in bwd) > max(v["ptx_per_elem"] for v in fwd)
+    # one program per 1024..4096 neurons of N = 2^24: grid = N / BLOCK_N
+    assert {v["blocks"] * v["constexprs"]["BLOCK_N"] for v in fwd} == {2**24}
+
+
+@pytest.mark.slow
+def test_exceeded_budget_fails(main_run, tmp_path):
+    proc, out = main_run
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    budgets = yaml.safe_load(BUDGETS.read_text())
+    kernels = json.loads(out.read_text())["kernels"]
+    label = next(k for k in kernels if k.startswith("ss2d_bwd "))
+    doctored = dict(budgets)
+    doctored[label] = dict(budgets[label], registers=kernels[label]["registers"] - 1)
+    path = tmp_path / "budgets.yaml"
+    path.write_text(yaml.safe_dump(doctored))
+    bad = _run("--from-json", out, "--budgets", path)
+    assert bad.returncode == 1
+    assert f"{label}: registers = {kernels[label]['registers']} exceeds" in bad.stdout
+    # a row missing from the budgets fails only when budgets are required
+    del doctored[label]
+    path.write_text(yaml.safe_dump(doctored))
+    assert _run("--from-json", out, "--budgets", path).returncode == 0
+    missing = _run("--from-json", out, "--budgets", path, "--require-budgets")
+    assert missing.returncode == 1 and "no budget" in missing.stdout

@@ -1,0 +1,98 @@
+"""The GPU gate in its CPU smoke mode: `SVM_BENCH_SMOKE=1 bash bench/gpu_check.sh OUT` must write the
+same files as on a GPU, with a row (figures, or a skip with its reason) for every kernel x impl x
+case, correct results for every check that ran, and no failed case.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {"results.jsonl", "environment.txt", "gate.log", "summary.md", "summary.png"}
+DTYPES = ("bf16", "fp32")
+# (kernel, impl): the modes each must have a row for, in each dtype
+EXPECTED = {
+    ("lif", "ours"): ("check", "fwd", "bwd", "full"),
+    ("lif", "spikingjelly"): ("fwd", "bwd", "full"),
+    ("lif", "torch_compile"): ("fwd", "bwd", "full"),
+    ("ss2d", "ours_lowrank"): ("check", "fwd", "bwd", "full"),
+    ("ss2d", "ours_full"): ("fwd", "bwd", "full"),
+    ("ss2d", "fla_unfused"): ("fwd", "bwd", "full"),
+    ("bitpack", "ours"): ("check", "pack", "unpack"),
+}
+EXTRA = [  # (kernel, impl, mode, dtype) checked once
+    ("device", "torch_copy", "copy", "fp32"),
+    ("lif", "ours", "check_soft_atan", "fp32"),
+    ("ss2d", "ours_lowrank", "check_small_blocks", "fp32"),
+    ("ss2d", "ours_full", "check", "fp32"),
+    ("ss2d", "fla_unfused", "check", "fp32"),
+    ("ss2d", "unfused_loop", "check_pipeline", "fp32"),
+]
+CUDA_ONLY = {"spikingjelly", "torch_compile", "fla_unfused"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gate")
+    env = dict(os.environ, SVM_BENCH_SMOKE="1", OMP_NUM_THREADS="1")
+    # a loaded CI machine gets more than the default budget: this test is about the rows
+    env.setdefault("GATE_BUDGET_S", "300")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    return proc, out, rows
+
+
+@pytest.mark.slow
+def test_smoke_writes_the_gate_files(smoke_run):
+    proc, out, _ = smoke_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    entries = list(out.iterdir())
+    assert {p.name for p in entries} == FILES  # at most 8 files, no folders
+    assert all(p.is_file() and p.stat().st_size > 0 for p in entries)
+    assert "smoke: 1" in (out / "environment.txt").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "## Correctness" in summary and "## lif" in summary and "## ss2d" in summary
+
+
+@pytest.mark.slow
+def test_smoke_has_a_row_for_every_case(smoke_run):
+    _, _, rows = smoke_run
+    seen = {(r["kernel"], r["impl"], r["case"].get("mode"), r["case"].get("dtype")) for r in rows}
+    wanted = [(k, i, m, d) for (k, i), modes in EXPECTED.items() for m in modes for d in DTYPES] + EXTRA
+    missing = [w for w in wanted if w not in seen]
+    assert not missing, missing
+    for r in rows:
+        assert "error" not in r, r
+        assert r["phase"] in ("check", "ours", "peer")
+        if "skipped" in r:
+            assert r["skipped"].strip(), r
+            assert "time budget" not in r["skipped"], r
+        elif r["phase"] == "check" and r["kernel"] != "device":
+            assert r["ok"] is True, r
+        else:  # a timing (the device's copy bandwidth is measured first, with the checks)
+            assert r["ms"] > 0 and r["gbps"] > 0 and r["timing"] == "cpu_wall_smoke", r
+
+
+@pytest.mark.slow
+def test_smoke_skips_cuda_only_peers_with_a_reason(smoke_run):
+    _, _, rows = smoke_run
+    peers = [r for r in rows if r["impl"] in CUDA_ONLY and r["case"].get("mode") != "check_pipeline"]
+    assert peers and all("skipped" in r for r in peers)
+    assert all("CUDA" in r["skipped"] or "not importable" in r["skipped"] for r in peers)
+    # our kernels and the checks really ran under the interpreter
+    ours = [r for r in rows if r["impl"].startswith("ours") and r["kernel"] in ("lif", "ss2d")]
+    assert ours and not any("skipped" in r for r in ours if r["case"]["dtype"] == "fp32")
+    # the interpreter times SS2D in fp32 only; its bf16 rows say so
+    assert all(r["skipped"].startswith("smoke run:") for r in ours if "skipped" in r)
+    # the float64 checks caught nothing and the backward repeated bit for bit
+    checks = [r for r in rows if r["phase"] == "check" and r["kernel"] in ("lif", "ss2d") and "ok" in r]
+    assert checks and all(r["ok"] and r.get("bitwise_repeat", True) for r in checks)
