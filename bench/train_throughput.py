@@ -3,6 +3,7 @@
     python bench/train_throughput.py --config configs/digits_svmamba.yaml
     python bench/train_throughput.py --config configs/digits_svmamba.yaml --src /path/to/old/tree . --rounds 3
     python bench/train_throughput.py --config configs/digits_svmamba.yaml --compile false true
+    python bench/train_throughput.py --scan 64,32,8,8 --src /path/to/old/tree .   # one scan, fwd+bwd
 
 Each (tree, compile) variant runs in its own subprocess with that tree first on PYTHONPATH, so an
 older checkout of the package can be compared with this one in one run; the variants alternate
@@ -31,6 +32,46 @@ def _read_config(path: str) -> dict:
 
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+def scan_worker(args) -> dict:
+    """Forward + backward of one PyTorch-backend low-rank scan (N = 1, R = 2) of shape (B, D, H, W)."""
+    import torch
+
+    from svm_kernels import cross_selective_scan_lowrank
+
+    batch, D, H, W = (int(v) for v in args.scan.split(","))
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).requires_grad_(True)
+
+    inputs = dict(
+        u=rnd(batch, D, H, W),
+        dt_low=rnd(batch, 4, 2, H, W),
+        dt_weight=rnd(4, D, 2),
+        A=(-torch.rand(4, D, 1, generator=g) - 0.5).requires_grad_(True),
+        B=rnd(batch, 4, 1, H, W),
+        C=rnd(batch, 4, 1, H, W),
+        D=rnd(4, D),
+        dt_bias=rnd(4, D),
+    )
+    grad_out = torch.randn(batch, D, H, W, generator=g)
+
+    def step():
+        cross_selective_scan_lowrank(**inputs, backend="torch").backward(grad_out)
+
+    for _ in range(args.warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    elapsed = time.perf_counter() - t0
+    return {
+        "images_per_s": args.steps * batch / elapsed,
+        "first_step_s": 0.0,
+        "ms": 1e3 * elapsed / args.steps,
+    }
 
 
 def worker(args) -> dict:
@@ -83,11 +124,12 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--scan", help="B,D,H,W: time one scan (forward + backward) instead of training")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         args.compile = args.compile[0]
-        print(json.dumps(worker(args)))
+        print(json.dumps(scan_worker(args) if args.scan else worker(args)))
         return 0
 
     variants = [(src, c) for src in args.src for c in args.compile]
@@ -98,6 +140,7 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--worker", "--config", args.config, "--compile", comp]
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
             cmd += ["--fullgraph"] if args.fullgraph else []
+            cmd += ["--scan", args.scan] if args.scan else []
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
                 print(out.stdout + out.stderr, file=sys.stderr)
@@ -110,8 +153,9 @@ def main() -> int:
                 flush=True,
             )
     base = max(x["images_per_s"] for x in results[variants[0]])
+    what = f"one scan of shape {args.scan}, forward + backward (samples/s)" if args.scan else args.config
     print(
-        f"\n{args.config}, {args.steps} timed steps, best of {args.rounds} rounds, "
+        f"\n{what}, {args.steps} timed steps, best of {args.rounds} rounds, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
     for v in variants:

@@ -122,27 +122,33 @@ class _Inputs:
     def to_space(self, t: torch.Tensor) -> torch.Tensor:
         return from_directions(t, self.inverse, self.H, self.W)
 
-    def dt(self, softplus: bool) -> torch.Tensor:
-        """(B, 4, D, L) time steps: softplus(delta + bias), delta = dt_weight @ dt_low if low rank."""
+    def dt(self, softplus: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 4, D, L) time steps dt = softplus(z), z = delta + bias (delta = dt_weight @ dt_low if
+        low rank), and d dt / d z = sigmoid(z) = exp(z - dt) (None without softplus): one
+        vectorised exp, where sigmoid and expm1 are scalar loops on some CPUs."""
         z = self.dt_weight @ self.dt_low if self.dt_low is not None else self.to_directions(self.delta)
         if self.bias is not None:
             z = z + self.bias
-        return softplus_thresholded(z) if softplus else z
+        if not softplus:
+            return z, None
+        dt = softplus_thresholded(z)
+        return dt, torch.exp(z - dt)
 
 
 def scan_forward(inputs: _Inputs, softplus: bool):
-    """Returns y (B, D, H, W) and what the backward reuses: states x and decays a (B, 4, D, N, L), dt."""
-    dt = inputs.dt(softplus)
+    """Returns y (B, D, H, W) and what the backward reuses: states x and decays a (B, 4, D, N, L),
+    dt and d dt / d z (B, 4, D, L; None without softplus)."""
+    dt, dt_dz = inputs.dt(softplus)
     a = torch.exp(dt.unsqueeze(-2) * inputs.A)
     b = (dt * inputs.u).unsqueeze(-2) * inputs.B.unsqueeze(2)
     x = linear_scan(a, b)
     y = _sum_states(x * inputs.C.unsqueeze(2))  # (B, 4, D, L)
     if inputs.D is not None:
         y = torch.addcmul(y, inputs.D, inputs.u)
-    return inputs.to_space(y).sum(1), x, a, dt
+    return inputs.to_space(y).sum(1), x, a, dt, dt_dz
 
 
-def scan_backward(inputs: _Inputs, grad_out, x, a, dt, softplus: bool) -> dict[str, torch.Tensor | None]:
+def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch.Tensor | None]:
     """Gradients of every input (None for absent ones), in the compute dtype."""
     # every direction's y[p] receives the spatial gradient at the position it visits at step p
     g = inputs.to_directions(grad_out.unsqueeze(1))  # (B, 4, D, L)
@@ -159,8 +165,7 @@ def scan_backward(inputs: _Inputs, grad_out, x, a, dt, softplus: bool) -> dict[s
     if inputs.D is not None:
         du = torch.addcmul(du, inputs.D, g)
         dD = (g * inputs.u).sum((0, -1))
-    # softplus'(z) = sigmoid(z) = 1 - exp(-softplus(z)): no need to keep z
-    gz = g_dt * -torch.expm1(-dt) if softplus else g_dt
+    gz = g_dt if dt_dz is None else g_dt * dt_dz
     grads = dict(
         u=inputs.to_space(du).sum(1),
         A=(g_alog * dt.unsqueeze(-2)).sum((0, -1)),
@@ -185,29 +190,33 @@ def scan_backward(inputs: _Inputs, grad_out, x, a, dt, softplus: bool) -> dict[s
 
 _EMPTY = (0,)
 _GRAD_NAMES = ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "bias")
-_Saved = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+_Saved = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _or_none(t: torch.Tensor) -> torch.Tensor | None:
     return None if t.dim() == 1 and t.numel() == 0 else t
 
 
-def _fake_forward(u: torch.Tensor, A: torch.Tensor, out_dtype: torch.dtype) -> _Saved:
-    """Outputs of the forward ops: y, and the states x, decays a (B, 4, D, N, L) and dt (B, 4, D, L)."""
+def _fake_forward(u: torch.Tensor, A: torch.Tensor, softplus: bool, out_dtype: torch.dtype) -> _Saved:
+    """Outputs of the forward ops: y, the states x, decays a (B, 4, D, N, L), dt and d dt / d z
+    (B, 4, D, L; empty without softplus)."""
     batch, d_inner, H, W = u.shape
     dtype = _compute_dtype(u)
     states = u.new_empty((batch, 4, d_inner, A.shape[-1], H * W), dtype=dtype)
+    steps = u.new_empty((batch, 4, d_inner, H * W), dtype=dtype)
     return (
         u.new_empty(u.shape, dtype=out_dtype),
         states,
         torch.empty_like(states),
-        u.new_empty((batch, 4, d_inner, H * W), dtype=dtype),
+        steps,
+        torch.empty_like(steps) if softplus else u.new_empty(_EMPTY, dtype=dtype),
     )
 
 
 def _forward_op_body(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype) -> _Saved:
-    y, x, a, dt = scan_forward(_Inputs(u, delta, dt_low, dt_weight, A, B, C, D, bias), softplus)
-    return y.to(out_dtype).contiguous(), x.contiguous(), a.contiguous(), dt.contiguous()
+    y, x, a, dt, dt_dz = scan_forward(_Inputs(u, delta, dt_low, dt_weight, A, B, C, D, bias), softplus)
+    dt_dz = x.new_empty(_EMPTY) if dt_dz is None else dt_dz.contiguous()
+    return y.to(out_dtype).contiguous(), x.contiguous(), a.contiguous(), dt.contiguous(), dt_dz
 
 
 @torch.library.custom_op("svmamba::ss2d_torch_fwd", mutates_args=())
@@ -243,12 +252,12 @@ def _ss2d_torch_lowrank_fwd_op(
 
 @_ss2d_torch_fwd_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
-    return _fake_forward(u, A, out_dtype)
+    return _fake_forward(u, A, delta_softplus, out_dtype)
 
 
 @_ss2d_torch_lowrank_fwd_op.register_fake
 def _(u, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype):
-    return _fake_forward(u, A, out_dtype)
+    return _fake_forward(u, A, delta_softplus, out_dtype)
 
 
 @torch.library.custom_op("svmamba::ss2d_torch_bwd", mutates_args=())
@@ -266,10 +275,10 @@ def _ss2d_torch_bwd_op(
     x: torch.Tensor,
     a: torch.Tensor,
     dt: torch.Tensor,
-    delta_softplus: bool,
+    dt_dz: torch.Tensor,
 ) -> list[torch.Tensor]:
     inputs = _Inputs(u, delta, dt_low, dt_weight, A, B, C, D, bias)
-    grads = scan_backward(inputs, grad_out, x, a, dt, delta_softplus)
+    grads = scan_backward(inputs, grad_out, x, a, dt, _or_none(dt_dz))
     like = dict(u=u, delta=delta, dt_low=dt_low, dt_weight=dt_weight, A=A, B=B, C=C, D=D, bias=bias)
     return [
         u.new_empty(_EMPTY) if like[k] is None else grads[k].to(like[k].dtype).contiguous()
@@ -278,30 +287,28 @@ def _ss2d_torch_bwd_op(
 
 
 @_ss2d_torch_bwd_op.register_fake
-def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, x, a, dt, delta_softplus):
+def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, x, a, dt, dt_dz):
     # contiguous, as the real op returns them: a fake must promise the real strides
     like = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
     return [u.new_empty(_EMPTY) if t is None else t.new_empty(t.shape) for t in like]
 
 
 def _setup_full(ctx, inputs, output):
-    u, delta, A, B, C, D, bias, softplus, _ = inputs
-    ctx.delta_softplus = softplus
+    u, delta, A, B, C, D, bias, _, _ = inputs
     ctx.save_for_backward(u, delta, None, None, A, B, C, D, bias, *output[1:])
 
 
 def _setup_lowrank(ctx, inputs, output):
-    u, dt_low, dt_weight, A, B, C, D, bias, softplus, _ = inputs
-    ctx.delta_softplus = softplus
+    u, dt_low, dt_weight, A, B, C, D, bias, _, _ = inputs
     ctx.save_for_backward(u, None, dt_low, dt_weight, A, B, C, D, bias, *output[1:])
 
 
 def _backward(ctx, grad_out):
-    grads = _ss2d_torch_bwd_op(grad_out, *ctx.saved_tensors, ctx.delta_softplus)
+    grads = _ss2d_torch_bwd_op(grad_out, *ctx.saved_tensors)
     return dict(zip(_GRAD_NAMES, (_or_none(g) for g in grads)))
 
 
-def _backward_full(ctx, grad_out, *unused):  # the saved states, decays and dt get no gradient
+def _backward_full(ctx, grad_out, *unused):  # the saved states, decays, dt and dt_dz get none
     g = _backward(ctx, grad_out)
     return g["u"], g["delta"], g["A"], g["B"], g["C"], g["D"], g["bias"], None, None
 
