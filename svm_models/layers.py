@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svm_kernels import MultiStepLIF, cross_selective_scan_lowrank
+from svm_kernels import MultiStepLIF
+from svm_kernels.ss2d.module import CrossSelectiveScan
 
 from .spike_layers import conv_bn_supported, conv_bn_train, recompute_in_backward
 
@@ -231,8 +232,6 @@ def init_linears_trunc_normal(model: nn.Module, std: float = 0.02) -> None:
 # --------------------------------------------------------------------------------------------
 # The SS2D core: per-direction projections + fused four-direction selective scan
 
-K_DIRECTIONS = 4
-
 
 def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
     """Mamba's "auto" rank of the time-step projection: ceil(d_model / 16)."""
@@ -243,23 +242,9 @@ def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
     return dt_rank
 
 
-def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
-    return x + torch.log(-torch.expm1(-x))
-
-
-class CrossScanSSM(nn.Module):
-    """VMamba's SS2D core on an input u (B, D, H, W): y = four-direction selective scan of u.
-
-    Parameters (VMamba's names and shapes; direction k uses slice k of each):
-
-    * ``x_proj_weight`` (4, R + 2N, D): per-direction projection of u into dt_low (R), B (N), C (N).
-      It is position-wise, so all four directions are one 1x1 convolution of u in spatial order
-      (VMamba runs it as a grouped conv over the four scanned copies: the same numbers).
-    * ``dt_projs_weight`` (4, D, R), ``dt_projs_bias`` (4, D): low-rank time steps; the
-      up-projection runs inside the fused scan, so the (B, 4, D, H, W) delta never exists.
-    * ``A_logs`` (4*D, N), ``Ds`` (4*D,): state matrix A = -exp(A_logs) and skip.
-
-    The output is the sum of the four directions, (B, D, H, W), fp32 for half inputs.
+class CrossScanSSM(CrossSelectiveScan):
+    """The models' SS2D core: :class:`svm_kernels.ss2d.module.CrossSelectiveScan` with their memory
+    options (set by the models: ``spike_input`` when u is binary, ``recompute_scan``).
 
     ``recompute_scan`` (off by default): while training, keep only u for the backward (as bits
     when ``spike_input``) and rerun the projections and the scan there. Meant for the PyTorch
@@ -267,73 +252,13 @@ class CrossScanSSM(nn.Module):
     scan keeps only its inputs. Same gradients, one more scan forward per step.
     """
 
-    def __init__(
-        self,
-        d_inner: int,
-        d_state: int = 1,
-        dt_rank: int = 6,
-        dt_min: float = 1e-3,
-        dt_max: float = 0.1,
-        dt_init_floor: float = 1e-4,
-        backend: str = "auto",
-    ):
-        super().__init__()
-        self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
-        self.backend = backend
-        K, D, N, R = K_DIRECTIONS, d_inner, d_state, dt_rank
-        self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, D))
-        self.dt_projs_weight = nn.Parameter(torch.empty(K, D, R))
-        self.dt_projs_bias = nn.Parameter(torch.empty(K, D))
-        self.A_logs = nn.Parameter(torch.empty(K * D, N))
-        self.Ds = nn.Parameter(torch.empty(K * D))
-        self.reset_parameters(dt_min, dt_max, dt_init_floor)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.spike_input = False
         self.recompute_scan = False
-
-    @torch.no_grad()
-    def reset_parameters(
-        self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4
-    ) -> None:
-        """VMamba's "v0" init (mamba_init): the parts that make the scan start out well-behaved."""
-        D, N, R = self.d_inner, self.d_state, self.dt_rank
-        # x_proj: nn.Linear's default init, U(-1/sqrt(D), 1/sqrt(D)), per direction.
-        bound = 1.0 / math.sqrt(D)
-        self.x_proj_weight.uniform_(-bound, bound)
-        # dt_proj weight: U(-R^-0.5, R^-0.5) ("random", dt_scale 1).
-        std = R**-0.5
-        self.dt_projs_weight.uniform_(-std, std)
-        # dt_proj bias: softplus(bias) = dt, dt log-uniform in [dt_min, dt_max], floored.
-        dt = torch.exp(torch.rand(K_DIRECTIONS, D) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        self.dt_projs_bias.copy_(inverse_softplus(dt.clamp(min=dt_init_floor)))
-        # A = -[1, 2, ..., N] for every channel (S4D-real); D = 1.
-        self.A_logs.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(K_DIRECTIONS * D, 1))
-        self.Ds.fill_(1.0)
-
-    def project(self, u: torch.Tensor):
-        """Per-direction projections of u: dt_low (B, 4, R, H, W), B and C (B, 4, N, H, W)."""
-        K, R, N = K_DIRECTIONS, self.dt_rank, self.d_state
-        w = self.x_proj_weight.to(u.dtype).reshape(K * (R + 2 * N), self.d_inner, 1, 1)
-        x_dbl = F.conv2d(u, w).unflatten(1, (K, R + 2 * N))
-        return x_dbl[:, :, :R], x_dbl[:, :, R : R + N], x_dbl[:, :, R + N :]
 
     def forward(self, u: torch.Tensor, recompute: bool = True) -> torch.Tensor:
         lean = recompute and self.recompute_scan and self.training and torch.is_grad_enabled()
         if lean and not torch.jit.is_tracing():
             return recompute_in_backward(self, u, self.spike_input)
-        dt_low, Bs, Cs = self.project(u)
-        K, D, N = K_DIRECTIONS, self.d_inner, self.d_state
-        return cross_selective_scan_lowrank(
-            u,
-            dt_low,
-            self.dt_projs_weight,
-            -torch.exp(self.A_logs.float()).view(K, D, N),
-            Bs,
-            Cs,
-            D=self.Ds.float().view(K, D),
-            dt_bias=self.dt_projs_bias.float(),
-            delta_softplus=True,
-            backend=self.backend,
-        )
-
-    def extra_repr(self) -> str:
-        return f"d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, backend={self.backend!r}"
+        return self.scan(u)
