@@ -646,10 +646,11 @@ if HAS_TRITON:
         # One direction over each lane's chunk, one position per step. The state walk
         # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
         # (against sequence order) carries m = a lam, lam = C g + m. b_s is the cumulative dt
-        # S at the walk's start. Local pass (GRAD=False), from zero: returns the exit value,
-        # the summed dt, the chunk's q total and its coefficient on the entering value (G for the
-        # state, K for the adjoint). Gradient pass: writes this walk's half of every gradient
-        # and returns the (dA, d bias, d dt_weight) sums of the lanes.
+        # S at the walk's start. Returns (exit value, S at the end, q sum, coefficient, dA,
+        # d bias, d dt_weight). Local pass (GRAD=False), from zero: the first four are the
+        # chunk's exit value, summed dt, q total and that total's coefficient on the entering
+        # value (G for the state, K for the adjoint). Gradient pass: the walk writes its half of
+        # every gradient; the last three are the lanes' sums of the parameter gradients.
         if DESCENDING:
             p = first + chunk - 1
         else:
@@ -759,9 +760,8 @@ if HAS_TRITON:
                 else:
                     b_coef += b_direct * tl.exp(b_s[:, :, None] * b_a[:, None, :])
             p, i, j = _step(p, i, j, M, DESCENDING)
-        if GRAD:
-            return b_dA, b_dbias, b_dw
-        return b_h, b_s, b_q_sum, b_coef
+        # one return type for both passes (the compiler checks it across constexpr branches)
+        return b_h, b_s, b_q_sum, b_coef, b_dA, b_dbias, b_dw
 
     @triton.heuristics(
         {
@@ -1086,8 +1086,8 @@ if HAS_TRITON:
             if GRAD:
                 # the next direction's adjoint walk adds to the du this one stored
                 tl.debug_barrier()
-                b_dA_x, b_dbias_x, b_dw_x = res_x
-                b_dA_m, b_dbias_m, b_dw_m = res_m
+                _, _, _, _, b_dA_x, b_dbias_x, b_dw_x = res_x
+                _, _, _, _, b_dA_m, b_dbias_m, b_dw_m = res_m
                 par = ((pid_c * n_batch + pid_b) * 4 + k) * D + offs_d
                 b_dA = tl.sum(b_dA_x + b_dA_m, axis=1)
                 tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], b_dA, mask=m_dn)
@@ -1099,8 +1099,8 @@ if HAS_TRITON:
                         pW_ptr + par[:, None] * RP + offs_r[None, :], b_dw, mask=m_d[:, None] & m_r[None, :]
                     )
             else:
-                b_x, b_s, b_qx, b_G = res_x
-                b_m, _, b_ql, b_K = res_m
+                b_x, b_s, b_qx, b_G, _, _, _ = res_x
+                b_m, _, b_ql, b_K, _, _, _ = res_m
                 tl.store(state_ptr + bk * NP + offs_cs, b_x, mask=m_cs)
                 tl.store(adj_ptr + bk * NP + offs_cs, b_m, mask=m_cs)
                 tl.store(G_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
