@@ -119,6 +119,14 @@ def test_forward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
     assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
 
 
+@pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK)
+def test_backward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
+    """Small forced chunks in the backward: both chains, the per-chunk carries, several chunk
+    blocks, and programs walking several channel blocks into one partial."""
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: config)
+    check_against_reference(make_inputs(batch, D, H, W, N, lowrank=lowrank), lowrank)
+
+
 def test_forward_config_bounds_the_chunk_states():
     """The chunk states stay within a quarter of one (B, 4, D, L) tensor; enough blocks at stage 1."""
     for L in (1, 7, 16, 20, 784, 1000, 3136, 512 * 512):
@@ -226,7 +234,10 @@ def test_no_per_direction_tensor_is_allocated(monkeypatch, lowrank, N, D):
     what the bound limits; D = 32 = 2N puts them exactly at the bound with a quarter of the
     interpreter time of D = 64.
     """
-    monkeypatch.setattr(fused, "_bwd_config", lambda D, L, N: (32 if N <= 4 else 16, 8, 4))
+    # the GPU's blocks, and its chunk rule at L = 20: 4 chunks of 5 for N = 1, one chunk for N = 16
+    monkeypatch.setattr(
+        fused, "_fwd_config", lambda D, L, N: (16 if N <= 4 else 4, 8, 5 if N <= 4 else 20, 4)
+    )
     batch, H, W, R = 1, 4, 5, 2  # L = 20 > N: per-image parameter partials (B, 4, D, N) are smaller
     inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=lowrank)
     leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}

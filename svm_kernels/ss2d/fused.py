@@ -13,17 +13,19 @@ those, the row-major orientation storing ``out`` and the column-major one adding
 the low-rank variant, dt = dt_weight[k] @ dt_low[k] is rebuilt per position from R rows shared
 by the program's channels.
 
-Backward (``fused_ss2d_bwd_kernel``): per orientation, two passes over chunks of CHUNK positions.
-Pass 1 walks forward and stores the chunk-start values of the two prefix recurrences (the
-forward direction's state and the reversed direction's adjoint); pass 2 walks backward carrying
-the two suffix recurrences (the forward direction's adjoint and the reversed direction's state)
-and recomputes the prefix ones from the stored chunk starts. With the four of them it forms
-every gradient of both directions at once. Gradients that sum over channels (dB, dC, d dt_low)
-are reduced over the program's BLOCK_D channels in registers; a program walks n_group channel
-blocks in turn, adding each block's sums into its one partial, and the launcher sums the few
-partials (together at most a quarter of one (B, 4, D, L) tensor) in a fixed order. Parameter
-gradients (dA, dD, d bias, d dt_weight) are written per image and summed over the batch the same way. No float
-atomics: the backward is deterministic.
+Backward (``ss2d_bwd_chunk_kernel``, the forward's chain kernel): the same chunks and lanes.
+The gradient terms that pair the prefix state x with the suffix adjoint lam are those through
+the decays; with the cumulative dt S, they become sums of C g x and of dt u B lam terms alone
+(see ``chunked_ref.py``), so a state walk and an adjoint walk never need each other's values
+per position. A local pass walks each chunk both ways from zero (exit state, exit adjoint,
+summed dt, chunk totals of those terms and their coefficients on the entering values); the
+chain kernel turns the exits into entering values (the adjoint in the opposite chunk order); a
+few torch ops on chunk-sized tensors give each chunk's carry; the gradient pass walks both ways
+again from the entering values, each walk writing its half of d dt (or, low rank, of
+d dt_low / d dt_weight / d bias, which are linear in it). Channel sums (dB, dC, d dt_low) go to
+one partial per program, which walks n_group channel blocks in turn (together at most a quarter
+of one (B, 4, D, L) tensor); parameter sums to one partial per chunk block and image; the
+launcher adds the partials in a fixed order. No float atomics: the backward is deterministic.
 """
 
 from __future__ import annotations
@@ -629,6 +631,7 @@ if HAS_TRITON:
         m_r,
         first,
         m_c,
+        blk,
         L,
         M,
         chunk,
@@ -726,23 +729,26 @@ if HAS_TRITON:
                     else:
                         b_du += tl.load(p_du, mask=m, other=0.0)
                     tl.store(p_du, b_du, mask=m)
-                    tl.store(p_part, tl.sum(b_lam * (b_dt * b_u)[:, :, None], axis=0), mask=m_pn)
+                    b_dB = tl.sum(b_lam * (b_dt * b_u)[:, :, None], axis=0)
+                    _store_partial(p_part, b_dB, m_pn, blk)
                 else:
                     # d dt = (the state's q from here to the sequence end): the later chunks'
                     # totals plus this chunk's, less what this walk has passed
                     b_v = b_carry - b_q_sum
                     b_q_sum += b_q
                     b_dA += b_s[:, :, None] * b_w_p
-                    tl.store(p_part, tl.sum(b_g[:, :, None] * b_h, axis=0), mask=m_pn)
+                    _store_partial(p_part, tl.sum(b_g[:, :, None] * b_h, axis=0), m_pn, blk)
                 if LOWRANK:
                     # d dt is linear downstream: each walk adds its half to d dt_low, d w, d bias
                     b_v = tl.where(m, b_v * b_slope, 0.0)
                     p_low = pLow_ptr + offs_r[None, :] * s_qr + (i * s_qi + j * s_qj)[:, None]
                     m_pr = m_p[:, None] & m_r[None, :]
                     b_dlow = tl.sum(b_w[:, None, :] * b_v[:, :, None], axis=0)
-                    if ADJOINT:
+                    if ADJOINT:  # adds to what the state walk stored
                         b_dlow += tl.load(p_low, mask=m_pr, other=0.0)
-                    tl.store(p_low, b_dlow, mask=m_pr)
+                        tl.store(p_low, b_dlow, mask=m_pr)
+                    else:
+                        _store_partial(p_low, b_dlow, m_pr, blk)
                     b_dw += b_v[:, :, None] * b_low[None, :, :]
                     b_dbias += b_v
                 else:
@@ -854,6 +860,7 @@ if HAS_TRITON:
         M,
         chunk,
         n_chunks,
+        n_group,
         k_f,
         N: tl.constexpr,
         R: tl.constexpr,
@@ -878,236 +885,243 @@ if HAS_TRITON:
         pid_d = tl.program_id(1)
         pid_b = tl.program_id(2).to(tl.int64)
         n_batch = tl.num_programs(2)
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        m_d = offs_d < D
-        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        m_c = offs_c < n_chunks
-        offs_n = tl.arange(0, NP)
-        m_n = offs_n < N
-        offs_r = tl.arange(0, RP)
-        m_r = offs_r < R
-        m_dn = m_d[:, None] & m_n[None, :]
-        first = offs_c * chunk
-        offs_cs = (offs_d[:, None, None] * n_chunks + offs_c[None, :, None]) * NP + offs_n[None, None, :]
-        m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
-        offs_cv = offs_d[:, None] * n_chunks + offs_c[None, :]
-        m_cv = m_d[:, None] & m_c[None, :]
-        b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
-        if HAS_D and GRAD and not ACCUMULATE:
-            # du's skip term (sum_k D_k) g, added once, by the row orientation's first store
-            for k in tl.static_range(4):
-                b_skip += tl.load(Ds_ptr + k * D + offs_d, mask=m_d, other=0.0)
-        for rev in tl.static_range(2):
-            k = k_f + 2 * rev
-            if HAS_BIAS:
-                b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
-            else:
-                b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-            b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
-            if LOWRANK:
-                p_w = w_ptr + (k * D + offs_d[:, None]) * R + offs_r[None, :]
-                b_w = tl.load(p_w, mask=m_d[:, None] & m_r[None, :], other=0.0)
-                dt_src = low_ptr + pid_b * s_lb + k * s_lk
-            else:
-                b_w = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
-                dt_src = delta_ptr + pid_b * s_db + k * s_dk
-            bk = (pid_b * 4 + k) * D * n_chunks
-            if GRAD:
-                du_b = du_ptr + pid_b * s_eb
-                if LOWRANK:
-                    ddt_bk = ddt_ptr
-                    low_part = pLow_ptr + pid_d * s_qp + pid_b * s_qb + k * s_qk
-                else:
-                    ddt_bk = ddt_ptr + pid_b * s_tb + k * s_tk
-                    low_part = pLow_ptr
-                b_x = tl.load(state_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
-                b_m = tl.load(adj_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
-                b_start = tl.load(start_ptr + bk + offs_cv, mask=m_cv, other=0.0)
-                b_dtsum = tl.load(dtsum_ptr + bk + offs_cv, mask=m_cv, other=0.0)
-                b_carry = tl.load(carry_ptr + bk + offs_cv, mask=m_cv, other=0.0)
-                part = pid_d * s_pp + pid_b * s_pb + k * s_pk
-                c_part = pC_ptr + part
-                b_part = pB_ptr + part
-            else:
-                du_b = du_ptr
-                ddt_bk = ddt_ptr
-                low_part = pLow_ptr
-                b_x = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
-                b_m = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
-                b_start = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-                b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-                b_carry = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-                c_part = pC_ptr
-                b_part = pB_ptr
-            # the state walk (sequence order: descending positions for the reversed direction)
-            res_x = _bwd_walk(
-                b_x,
-                b_start,
-                b_carry,
-                u_ptr + pid_b * s_ub,
-                s_ud,
-                s_ui,
-                s_uj,
-                g_ptr + pid_b * s_gb,
-                s_gd,
-                s_gi,
-                s_gj,
-                dt_src,
-                s_dd,
-                s_di,
-                s_dj,
-                dt_src,
-                s_lr,
-                s_li,
-                s_lj,
-                b_w,
-                b_bias,
-                b_a,
-                b_skip,
-                B_ptr + pid_b * s_Bb + k * s_Bk,
-                s_Bn,
-                s_Bi,
-                s_Bj,
-                C_ptr + pid_b * s_Cb + k * s_Ck,
-                s_Cn,
-                s_Ci,
-                s_Cj,
-                du_b,
-                s_ed,
-                s_ei,
-                s_ej,
-                ddt_bk,
-                s_td,
-                s_ti,
-                s_tj,
-                c_part,
-                s_pn,
-                s_pi,
-                s_pj,
-                low_part,
-                s_qr,
-                s_qi,
-                s_qj,
-                offs_d,
-                m_d,
-                offs_n,
-                m_n,
-                offs_r,
-                m_r,
-                first,
-                m_c,
-                L,
-                M,
-                chunk,
-                LOWRANK=LOWRANK,
-                DELTA_SOFTPLUS=DELTA_SOFTPLUS,
-                ADJOINT=False,
-                DESCENDING=rev == 1,
-                GRAD=GRAD,
-                DU_FIRST=False,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=BLOCK_C,
-                NP=NP,
-                RP=RP,
-            )
-            if GRAD:
-                # the adjoint walk reads back the state walk's half of d dt
-                tl.debug_barrier()
-            res_m = _bwd_walk(
-                b_m,
-                b_start + b_dtsum,
-                b_carry,
-                u_ptr + pid_b * s_ub,
-                s_ud,
-                s_ui,
-                s_uj,
-                g_ptr + pid_b * s_gb,
-                s_gd,
-                s_gi,
-                s_gj,
-                dt_src,
-                s_dd,
-                s_di,
-                s_dj,
-                dt_src,
-                s_lr,
-                s_li,
-                s_lj,
-                b_w,
-                b_bias,
-                b_a,
-                b_skip,
-                B_ptr + pid_b * s_Bb + k * s_Bk,
-                s_Bn,
-                s_Bi,
-                s_Bj,
-                C_ptr + pid_b * s_Cb + k * s_Ck,
-                s_Cn,
-                s_Ci,
-                s_Cj,
-                du_b,
-                s_ed,
-                s_ei,
-                s_ej,
-                ddt_bk,
-                s_td,
-                s_ti,
-                s_tj,
-                b_part,
-                s_pn,
-                s_pi,
-                s_pj,
-                low_part,
-                s_qr,
-                s_qi,
-                s_qj,
-                offs_d,
-                m_d,
-                offs_n,
-                m_n,
-                offs_r,
-                m_r,
-                first,
-                m_c,
-                L,
-                M,
-                chunk,
-                LOWRANK=LOWRANK,
-                DELTA_SOFTPLUS=DELTA_SOFTPLUS,
-                ADJOINT=True,
-                DESCENDING=rev == 0,
-                GRAD=GRAD,
-                DU_FIRST=rev == 0 and not ACCUMULATE,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=BLOCK_C,
-                NP=NP,
-                RP=RP,
-            )
-            if GRAD:
-                # the next direction's adjoint walk adds to the du this one stored
-                tl.debug_barrier()
-                _, _, _, _, b_dA_x, b_dbias_x, b_dw_x = res_x
-                _, _, _, _, b_dA_m, b_dbias_m, b_dw_m = res_m
-                par = ((pid_c * n_batch + pid_b) * 4 + k) * D + offs_d
-                b_dA = tl.sum(b_dA_x + b_dA_m, axis=1)
-                tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], b_dA, mask=m_dn)
+        # The program walks n_group channel blocks in turn, adding each block's channel sums to
+        # its one partial (fewer partials: the bound on their memory), in a fixed order.
+        for blk in range(n_group):
+            offs_d = (pid_d * n_group + blk) * BLOCK_D + tl.arange(0, BLOCK_D)
+            m_d = offs_d < D
+            offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+            m_c = offs_c < n_chunks
+            offs_n = tl.arange(0, NP)
+            m_n = offs_n < N
+            offs_r = tl.arange(0, RP)
+            m_r = offs_r < R
+            m_dn = m_d[:, None] & m_n[None, :]
+            first = offs_c * chunk
+            offs_cs = (offs_d[:, None, None] * n_chunks + offs_c[None, :, None]) * NP + offs_n[None, None, :]
+            m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
+            offs_cv = offs_d[:, None] * n_chunks + offs_c[None, :]
+            m_cv = m_d[:, None] & m_c[None, :]
+            b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+            if HAS_D and GRAD and not ACCUMULATE:
+                # du's skip term (sum_k D_k) g, added once, by the row orientation's first store
+                for k in tl.static_range(4):
+                    b_skip += tl.load(Ds_ptr + k * D + offs_d, mask=m_d, other=0.0)
+            for rev in tl.static_range(2):
+                k = k_f + 2 * rev
                 if HAS_BIAS:
-                    tl.store(pBias_ptr + par, tl.sum(b_dbias_x + b_dbias_m, axis=1), mask=m_d)
+                    b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
+                else:
+                    b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+                b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
                 if LOWRANK:
-                    b_dw = tl.sum(b_dw_x + b_dw_m, axis=1)
-                    tl.store(
-                        pW_ptr + par[:, None] * RP + offs_r[None, :], b_dw, mask=m_d[:, None] & m_r[None, :]
-                    )
-            else:
-                b_x, b_s, b_qx, b_G, _, _, _ = res_x
-                b_m, _, b_ql, b_K, _, _, _ = res_m
-                tl.store(state_ptr + bk * NP + offs_cs, b_x, mask=m_cs)
-                tl.store(adj_ptr + bk * NP + offs_cs, b_m, mask=m_cs)
-                tl.store(G_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
-                tl.store(K_ptr + bk * NP + offs_cs, b_K, mask=m_cs)
-                tl.store(dtsum_ptr + bk + offs_cv, b_s, mask=m_cv)
-                tl.store(qx_ptr + bk + offs_cv, b_qx, mask=m_cv)
-                tl.store(ql_ptr + bk + offs_cv, b_ql, mask=m_cv)
+                    p_w = w_ptr + (k * D + offs_d[:, None]) * R + offs_r[None, :]
+                    b_w = tl.load(p_w, mask=m_d[:, None] & m_r[None, :], other=0.0)
+                    dt_src = low_ptr + pid_b * s_lb + k * s_lk
+                else:
+                    b_w = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
+                    dt_src = delta_ptr + pid_b * s_db + k * s_dk
+                bk = (pid_b * 4 + k) * D * n_chunks
+                if GRAD:
+                    du_b = du_ptr + pid_b * s_eb
+                    if LOWRANK:
+                        ddt_bk = ddt_ptr
+                        low_part = pLow_ptr + pid_d * s_qp + pid_b * s_qb + k * s_qk
+                    else:
+                        ddt_bk = ddt_ptr + pid_b * s_tb + k * s_tk
+                        low_part = pLow_ptr
+                    b_x = tl.load(state_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
+                    b_m = tl.load(adj_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
+                    b_start = tl.load(start_ptr + bk + offs_cv, mask=m_cv, other=0.0)
+                    b_dtsum = tl.load(dtsum_ptr + bk + offs_cv, mask=m_cv, other=0.0)
+                    b_carry = tl.load(carry_ptr + bk + offs_cv, mask=m_cv, other=0.0)
+                    part = pid_d * s_pp + pid_b * s_pb + k * s_pk
+                    c_part = pC_ptr + part
+                    b_part = pB_ptr + part
+                else:
+                    du_b = du_ptr
+                    ddt_bk = ddt_ptr
+                    low_part = pLow_ptr
+                    b_x = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
+                    b_m = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
+                    b_start = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+                    b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+                    b_carry = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+                    c_part = pC_ptr
+                    b_part = pB_ptr
+                # the state walk (sequence order: descending positions for the reversed direction)
+                res_x = _bwd_walk(
+                    b_x,
+                    b_start,
+                    b_carry,
+                    u_ptr + pid_b * s_ub,
+                    s_ud,
+                    s_ui,
+                    s_uj,
+                    g_ptr + pid_b * s_gb,
+                    s_gd,
+                    s_gi,
+                    s_gj,
+                    dt_src,
+                    s_dd,
+                    s_di,
+                    s_dj,
+                    dt_src,
+                    s_lr,
+                    s_li,
+                    s_lj,
+                    b_w,
+                    b_bias,
+                    b_a,
+                    b_skip,
+                    B_ptr + pid_b * s_Bb + k * s_Bk,
+                    s_Bn,
+                    s_Bi,
+                    s_Bj,
+                    C_ptr + pid_b * s_Cb + k * s_Ck,
+                    s_Cn,
+                    s_Ci,
+                    s_Cj,
+                    du_b,
+                    s_ed,
+                    s_ei,
+                    s_ej,
+                    ddt_bk,
+                    s_td,
+                    s_ti,
+                    s_tj,
+                    c_part,
+                    s_pn,
+                    s_pi,
+                    s_pj,
+                    low_part,
+                    s_qr,
+                    s_qi,
+                    s_qj,
+                    offs_d,
+                    m_d,
+                    offs_n,
+                    m_n,
+                    offs_r,
+                    m_r,
+                    first,
+                    m_c,
+                    blk,
+                    L,
+                    M,
+                    chunk,
+                    LOWRANK=LOWRANK,
+                    DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                    ADJOINT=False,
+                    DESCENDING=rev == 1,
+                    GRAD=GRAD,
+                    DU_FIRST=False,
+                    BLOCK_D=BLOCK_D,
+                    BLOCK_C=BLOCK_C,
+                    NP=NP,
+                    RP=RP,
+                )
+                if GRAD:
+                    # the adjoint walk reads back the state walk's half of d dt
+                    tl.debug_barrier()
+                res_m = _bwd_walk(
+                    b_m,
+                    b_start + b_dtsum,
+                    b_carry,
+                    u_ptr + pid_b * s_ub,
+                    s_ud,
+                    s_ui,
+                    s_uj,
+                    g_ptr + pid_b * s_gb,
+                    s_gd,
+                    s_gi,
+                    s_gj,
+                    dt_src,
+                    s_dd,
+                    s_di,
+                    s_dj,
+                    dt_src,
+                    s_lr,
+                    s_li,
+                    s_lj,
+                    b_w,
+                    b_bias,
+                    b_a,
+                    b_skip,
+                    B_ptr + pid_b * s_Bb + k * s_Bk,
+                    s_Bn,
+                    s_Bi,
+                    s_Bj,
+                    C_ptr + pid_b * s_Cb + k * s_Ck,
+                    s_Cn,
+                    s_Ci,
+                    s_Cj,
+                    du_b,
+                    s_ed,
+                    s_ei,
+                    s_ej,
+                    ddt_bk,
+                    s_td,
+                    s_ti,
+                    s_tj,
+                    b_part,
+                    s_pn,
+                    s_pi,
+                    s_pj,
+                    low_part,
+                    s_qr,
+                    s_qi,
+                    s_qj,
+                    offs_d,
+                    m_d,
+                    offs_n,
+                    m_n,
+                    offs_r,
+                    m_r,
+                    first,
+                    m_c,
+                    blk,
+                    L,
+                    M,
+                    chunk,
+                    LOWRANK=LOWRANK,
+                    DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                    ADJOINT=True,
+                    DESCENDING=rev == 0,
+                    GRAD=GRAD,
+                    DU_FIRST=rev == 0 and not ACCUMULATE,
+                    BLOCK_D=BLOCK_D,
+                    BLOCK_C=BLOCK_C,
+                    NP=NP,
+                    RP=RP,
+                )
+                if GRAD:
+                    # the next direction's adjoint walk adds to the du this one stored
+                    tl.debug_barrier()
+                    _, _, _, _, b_dA_x, b_dbias_x, b_dw_x = res_x
+                    _, _, _, _, b_dA_m, b_dbias_m, b_dw_m = res_m
+                    par = ((pid_c * n_batch + pid_b) * 4 + k) * D + offs_d
+                    b_dA = tl.sum(b_dA_x + b_dA_m, axis=1)
+                    tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], b_dA, mask=m_dn)
+                    if HAS_BIAS:
+                        tl.store(pBias_ptr + par, tl.sum(b_dbias_x + b_dbias_m, axis=1), mask=m_d)
+                    if LOWRANK:
+                        b_dw = tl.sum(b_dw_x + b_dw_m, axis=1)
+                        tl.store(
+                            pW_ptr + par[:, None] * RP + offs_r[None, :],
+                            b_dw,
+                            mask=m_d[:, None] & m_r[None, :],
+                        )
+                else:
+                    b_x, b_s, b_qx, b_G, _, _, _ = res_x
+                    b_m, _, b_ql, b_K, _, _, _ = res_m
+                    tl.store(state_ptr + bk * NP + offs_cs, b_x, mask=m_cs)
+                    tl.store(adj_ptr + bk * NP + offs_cs, b_m, mask=m_cs)
+                    tl.store(G_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
+                    tl.store(K_ptr + bk * NP + offs_cs, b_K, mask=m_cs)
+                    tl.store(dtsum_ptr + bk + offs_cv, b_s, mask=m_cv)
+                    tl.store(qx_ptr + bk + offs_cv, b_qx, mask=m_cv)
+                    tl.store(ql_ptr + bk + offs_cv, b_ql, mask=m_cv)
 
 
 def _next_pow2(n: int) -> int:
@@ -1255,6 +1269,21 @@ def ss2d_fwd(
     return out
 
 
+def _partial_split(D: int, block_d: int, N: int, R: int):
+    """(n_parts, n_group): programs per chunk block and image along the channels, and channel
+    blocks each one walks in turn.
+
+    Each program writes one partial of the channel-summed gradients (dB, dC, d dt_low: 2N + R
+    values per direction and position); n_parts is the largest count that keeps all partials
+    within a quarter of one (B, 4, D, L) tensor (D / 4 values), so more parallelism where it is
+    cheap.
+    """
+    n_blocks = triton.cdiv(D, block_d)
+    n_parts = max(1, min(n_blocks, D // (4 * (2 * N + R))))
+    n_group = triton.cdiv(n_blocks, n_parts)
+    return triton.cdiv(n_blocks, n_group), n_group
+
+
 def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
     """Sum over the later entries of the last dim."""
     return t.flip(-1).cumsum(-1).flip(-1) - t
@@ -1298,7 +1327,8 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     RP = _next_pow2(R)
     block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
     n_chunks = triton.cdiv(L, chunk)
-    n_cblk, n_dblk = triton.cdiv(n_chunks, block_c), triton.cdiv(d_inner, block_d)
+    n_cblk = triton.cdiv(n_chunks, block_c)
+    n_dblk, n_group = _partial_split(d_inner, block_d, N, R if lowrank else 0)
     dev = u.device
     chunk_state = [new_buffer(batch, 4, d_inner, n_chunks, NP, device=dev) for _ in range(4)]
     chunk_value = [new_buffer(batch, 4, d_inner, n_chunks, device=dev) for _ in range(3)]
@@ -1326,7 +1356,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         Ds_ptr=_f32_or_none(D),
         bias_ptr=_f32_or_none(bias),
     )
-    grid = (n_cblk, n_dblk, batch)
+    grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
     carry = start = None
 
     def chunk_pass(column: bool, grad: bool):
@@ -1373,6 +1403,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             M=H if column else W,
             chunk=chunk,
             n_chunks=n_chunks,
+            n_group=n_group,
             k_f=int(column),
             N=N,
             R=R,
@@ -1389,7 +1420,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         chunk_pass(column=False, grad=False)
         chunk_pass(column=True, grad=False)
         for values, adjoint in ((state, False), (adj, True)):
-            ss2d_fwd_chain_kernel[(n_dblk, batch * 4)](
+            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, block_d), batch * 4)](
                 state_ptr=values,
                 dtsum_ptr=dtsum,
                 A_ptr=params["A_ptr"],
