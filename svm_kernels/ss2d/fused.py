@@ -512,7 +512,7 @@ if HAS_TRITON:
         low_ptr,
         s_lr,
         off_low,
-        b_w,
+        w_ptr,
         b_bias,
         B_ptr,
         s_Bn,
@@ -527,21 +527,23 @@ if HAS_TRITON:
         offs_r,
         m_r,
         m_p,
+        R: tl.constexpr,
         LOWRANK: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
     ):
-        # One position per lane: u, g, dt (after the softplus), the softplus slope, the low-rank
-        # rows [lanes, RP], B and C [lanes, NP]. dt is 0 outside the map, so padded positions
+        # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
+        # [lanes, NP]. Low rank: dt from R rows of dt_low shared by the channels. dt is 0 outside the map, so padded positions
         # decay by 1 and add nothing in either walk.
         m = m_d[:, None] & m_p[None, :]
         b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + off_u[None, :], mask=m, other=0.0).to(tl.float32)
         b_g = tl.load(g_ptr + offs_d[:, None] * s_gd + off_g[None, :], mask=m, other=0.0).to(tl.float32)
         if LOWRANK:
-            p_low = low_ptr + offs_r[None, :] * s_lr + off_low[:, None]
-            b_low = tl.load(p_low, mask=m_p[:, None] & m_r[None, :], other=0.0).to(tl.float32)
-            b_raw = tl.sum(b_w[:, None, :] * b_low[None, :, :], axis=2)
+            b_raw = tl.zeros_like(b_u)
+            for r in tl.static_range(R):
+                b_wr = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
+                b_lr = tl.load(low_ptr + r * s_lr + off_low, mask=m_p, other=0.0).to(tl.float32)
+                b_raw += b_wr[:, None] * b_lr[None, :]
         else:
-            b_low = tl.zeros([m_p.shape[0], offs_r.shape[0]], dtype=tl.float32)
             b_raw = tl.load(delta_ptr + offs_d[:, None] * s_dd + off_dt[None, :], mask=m, other=0.0)
             b_raw = b_raw.to(tl.float32)
         b_raw += b_bias[:, None]
@@ -555,7 +557,7 @@ if HAS_TRITON:
         m_pn = m_p[:, None] & m_n[None, :]
         b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0).to(tl.float32)
         b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0).to(tl.float32)
-        return b_u, b_g, b_dt, b_slope, b_low, b_B, b_C
+        return b_u, b_g, b_dt, b_slope, b_B, b_C
 
     @triton.jit
     def _step(p, i, j, M, DESCENDING: tl.constexpr):
@@ -595,7 +597,7 @@ if HAS_TRITON:
         s_lr,
         s_li,
         s_lj,
-        b_w,
+        w_ptr,
         b_bias,
         b_a,
         b_skip,
@@ -644,6 +646,7 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
         NP: tl.constexpr,
+        R: tl.constexpr,
         RP: tl.constexpr,
     ):
         # One direction over each lane's chunk, one position per step. The state walk
@@ -665,11 +668,12 @@ if HAS_TRITON:
         b_decay = tl.full([BLOCK_D, BLOCK_C, NP], 1.0, tl.float32)
         b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
         b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-        b_dw = tl.zeros([BLOCK_D, BLOCK_C, RP], dtype=tl.float32)
+        b_dw = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
-            b_u, b_g, b_dt, b_slope, b_low, b_B, b_C = _bwd_load(
+            off_low = i * s_li + j * s_lj
+            b_u, b_g, b_dt, b_slope, b_B, b_C = _bwd_load(
                 u_ptr,
                 s_ud,
                 i * s_ui + j * s_uj,
@@ -681,8 +685,8 @@ if HAS_TRITON:
                 i * s_di + j * s_dj,
                 low_ptr,
                 s_lr,
-                i * s_li + j * s_lj,
-                b_w,
+                off_low,
+                w_ptr,
                 b_bias,
                 B_ptr,
                 s_Bn,
@@ -697,6 +701,7 @@ if HAS_TRITON:
                 offs_r,
                 m_r,
                 m_p,
+                R=R,
                 LOWRANK=LOWRANK,
                 DELTA_SOFTPLUS=DELTA_SOFTPLUS,
             )
@@ -741,15 +746,18 @@ if HAS_TRITON:
                 if LOWRANK:
                     # d dt is linear downstream: each walk adds its half to d dt_low, d w, d bias
                     b_v = tl.where(m, b_v * b_slope, 0.0)
-                    p_low = pLow_ptr + offs_r[None, :] * s_qr + (i * s_qi + j * s_qj)[:, None]
-                    m_pr = m_p[:, None] & m_r[None, :]
-                    b_dlow = tl.sum(b_w[:, None, :] * b_v[:, :, None], axis=0)
-                    if ADJOINT:  # adds to what the state walk stored
-                        b_dlow += tl.load(p_low, mask=m_pr, other=0.0)
-                        tl.store(p_low, b_dlow, mask=m_pr)
-                    else:
-                        _store_partial(p_low, b_dlow, m_pr, blk)
-                    b_dw += b_v[:, :, None] * b_low[None, :, :]
+                    off_q = i * s_qi + j * s_qj
+                    for r in tl.static_range(R):
+                        b_wr = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
+                        b_lr = tl.load(low_ptr + r * s_lr + off_low, mask=m_p, other=0.0).to(tl.float32)
+                        b_dlow = tl.sum(b_wr[:, None] * b_v, axis=0)
+                        if ADJOINT:  # adds to what the state walk stored
+                            b_dlow += tl.load(pLow_ptr + r * s_qr + off_q, mask=m_p, other=0.0)
+                            tl.store(pLow_ptr + r * s_qr + off_q, b_dlow, mask=m_p)
+                        else:
+                            _store_partial(pLow_ptr + r * s_qr + off_q, b_dlow, m_p, blk)
+                        b_dw_r = tl.sum(b_v * b_lr[None, :], axis=1)
+                        b_dw += tl.where(offs_r[None, :] == r, b_dw_r[:, None], 0.0)
                     b_dbias += b_v
                 else:
                     p_ddt = ddt_ptr + offs_d[:, None] * s_td + (i * s_ti + j * s_tj)[None, :]
@@ -915,11 +923,10 @@ if HAS_TRITON:
                     b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
                 b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
                 if LOWRANK:
-                    p_w = w_ptr + (k * D + offs_d[:, None]) * R + offs_r[None, :]
-                    b_w = tl.load(p_w, mask=m_d[:, None] & m_r[None, :], other=0.0)
+                    w_k = w_ptr + k * D * R
                     dt_src = low_ptr + pid_b * s_lb + k * s_lk
                 else:
-                    b_w = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
+                    w_k = w_ptr
                     dt_src = delta_ptr + pid_b * s_db + k * s_dk
                 bk = (pid_b * 4 + k) * D * n_chunks
                 if GRAD:
@@ -970,7 +977,7 @@ if HAS_TRITON:
                     s_lr,
                     s_li,
                     s_lj,
-                    b_w,
+                    w_k,
                     b_bias,
                     b_a,
                     b_skip,
@@ -1019,6 +1026,7 @@ if HAS_TRITON:
                     BLOCK_D=BLOCK_D,
                     BLOCK_C=BLOCK_C,
                     NP=NP,
+                    R=R,
                     RP=RP,
                 )
                 if GRAD:
@@ -1044,7 +1052,7 @@ if HAS_TRITON:
                     s_lr,
                     s_li,
                     s_lj,
-                    b_w,
+                    w_k,
                     b_bias,
                     b_a,
                     b_skip,
@@ -1093,6 +1101,7 @@ if HAS_TRITON:
                     BLOCK_D=BLOCK_D,
                     BLOCK_C=BLOCK_C,
                     NP=NP,
+                    R=R,
                     RP=RP,
                 )
                 if GRAD:
@@ -1106,7 +1115,7 @@ if HAS_TRITON:
                     if HAS_BIAS:
                         tl.store(pBias_ptr + par, tl.sum(b_dbias_x + b_dbias_m, axis=1), mask=m_d)
                     if LOWRANK:
-                        b_dw = tl.sum(b_dw_x + b_dw_m, axis=1)
+                        b_dw = b_dw_x + b_dw_m
                         tl.store(
                             pW_ptr + par[:, None] * RP + offs_r[None, :],
                             b_dw,
