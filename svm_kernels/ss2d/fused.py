@@ -1293,6 +1293,21 @@ def _partial_split(D: int, block_d: int, N: int, R: int):
     return triton.cdiv(n_blocks, n_group), n_group
 
 
+def _bwd_config(D: int, L: int, N: int, batch: int):
+    """(BLOCK_D, BLOCK_C, chunk, num_warps) of the backward: the forward's chunks and channel
+    blocks, with fewer chunks per program while the grid is under 4 waves of 132 SMs (at N = 16
+    one channel part per image is all the partial bound allows), and the warps to match."""
+    block_d, block_c, chunk, num_warps = _fwd_config(D, L, N)
+    if TRITON_INTERPRET:
+        return block_d, block_c, chunk, num_warps
+    n_chunks = triton.cdiv(L, chunk)
+    n_parts, _ = _partial_split(D, block_d, N, 0)
+    while block_c > 1 and batch * n_parts * triton.cdiv(n_chunks, block_c) < 4 * 132:
+        block_c //= 2
+    lanes = block_d * block_c * _next_pow2(N)
+    return block_d, block_c, chunk, max(1, min(num_warps, lanes // 32))
+
+
 def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
     """Sum over the later entries of the last dim."""
     return t.flip(-1).cumsum(-1).flip(-1) - t
@@ -1334,7 +1349,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     lowrank = dt_low is not None
     R = dt_low.shape[2] if lowrank else 1
     RP = _next_pow2(R)
-    block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
+    block_d, block_c, chunk, num_warps = config or _bwd_config(d_inner, L, N, batch)
     n_chunks = triton.cdiv(L, chunk)
     n_cblk = triton.cdiv(n_chunks, block_c)
     n_dblk, n_group = _partial_split(d_inner, block_d, N, R if lowrank else 0)
