@@ -42,11 +42,6 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _ssm_combine(a_l, b_l, a_r, b_r):
-        # (a_l, b_l) applied first, then (a_r, b_r): x -> a_r * (a_l * x + b_l) + b_r.
-        return a_l * a_r, a_r * b_l + b_r
-
     # Fast special-function ops on the GPU; the interpreter runs no inline assembly.
     _GPU_MATH: tl.constexpr = tl.constexpr(not TRITON_INTERPRET)
 
@@ -73,73 +68,11 @@ if HAS_TRITON:
         return tl.where(x > 20.0, 1.0, tl.sigmoid(x))
 
     @triton.jit
-    def _orient_hw(p, H, W, COLUMN: tl.constexpr):
-        # Sequence index p of the row-major (COLUMN=False) or column-major orientation -> (h, w).
-        if COLUMN:
-            h = p % H
-            w = p // H
-        else:
-            h = p // W
-            w = p % W
-        return h, w
-
-    @triton.jit
-    def _column(tile, idx, j):
-        # tile[:, j] of a [rows, cols] tile, idx = arange(cols).
-        return tl.sum(tl.where(idx[None, :] == j, tile, 0.0), axis=1)
-
-    @triton.jit
-    def _load_tile(ptr, s_d, s_h, s_w, offs_d, h, w, mask):
-        # [channels, positions] fp32 tile of a (D, H, W) slice (ptr offset to it) at (h, w).
-        # offsets summed before the pointer add: one 64-bit pointer tile, not two
-        offs = offs_d[:, None] * s_d + (h * s_h + w * s_w)[None, :]
-        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _load_row(ptr, s_h, s_w, h, w, mask):
-        # fp32 values of an (H, W) plane (ptr offset to it) at the positions (h, w).
-        return tl.load(ptr + (h * s_h + w * s_w), mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
     def _store_partial(ptr, value, mask, blk):
         # Channel-block partial sums: the program's first block writes, later ones add (same
         # program, fixed order: deterministic).
         prev = tl.load(ptr, mask=mask & (blk > 0), other=0.0)
         tl.store(ptr, prev + value, mask=mask)
-
-    @triton.jit
-    def _dt_raw(
-        delta_ptr,
-        s_dd,
-        s_dh,
-        s_dw,
-        low_ptr,
-        s_lr,
-        s_lh,
-        s_lw,
-        w_ptr,
-        R,
-        offs_d,
-        mask_d,
-        h,
-        w,
-        mask_p,
-        bias,
-        LOWRANK: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_P: tl.constexpr,
-    ):
-        # delta + bias at positions (h, w) for a block of channels, before the softplus.
-        # Pointers are already offset to the image and direction.
-        if LOWRANK:
-            dt = tl.zeros([BLOCK_D, BLOCK_P], dtype=tl.float32)
-            for r in range(R):
-                wr = tl.load(w_ptr + offs_d * R + r, mask=mask_d, other=0.0)
-                lr = _load_row(low_ptr + r * s_lr, s_lh, s_lw, h, w, mask_p)
-                dt += wr[:, None] * lr[None, :]
-        else:
-            dt = _load_tile(delta_ptr, s_dd, s_dh, s_dw, offs_d, h, w, mask_d[:, None] & mask_p[None, :])
-        return dt + bias[:, None]
 
     @triton.jit
     def _dt_at(
