@@ -119,6 +119,14 @@ def test_forward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
     assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
 
 
+@pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK)
+def test_backward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
+    """Small forced chunks in the backward: both chains, the per-chunk carries, several chunk
+    blocks, and programs walking several channel blocks into one partial."""
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: config)
+    check_against_reference(make_inputs(batch, D, H, W, N, lowrank=lowrank), lowrank)
+
+
 def test_forward_config_bounds_the_chunk_states():
     """The chunk states stay within a quarter of one (B, 4, D, L) tensor; enough blocks at stage 1."""
     for L in (1, 7, 16, 20, 784, 1000, 3136, 512 * 512):
@@ -226,7 +234,10 @@ def test_no_per_direction_tensor_is_allocated(monkeypatch, lowrank, N, D):
     what the bound limits; D = 32 = 2N puts them exactly at the bound with a quarter of the
     interpreter time of D = 64.
     """
-    monkeypatch.setattr(fused, "_bwd_config", lambda D, L, N: (32 if N <= 4 else 16, 8, 4))
+    # the GPU's blocks, and its chunk rule at L = 20: 4 chunks of 5 for N = 1, one chunk for N = 16
+    monkeypatch.setattr(
+        fused, "_fwd_config", lambda D, L, N: (16 if N <= 4 else 4, 8, 5 if N <= 4 else 20, 4)
+    )
     batch, H, W, R = 1, 4, 5, 2  # L = 20 > N: per-image parameter partials (B, 4, D, N) are smaller
     inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=lowrank)
     leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
@@ -378,3 +389,32 @@ def test_opcheck(lowrank):
         True,
     )
     torch.library.opcheck(fused._ss2d_bwd_op, bwd_args)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 23, 30])
+def test_chunked_backward_algorithm_float64(chunk):
+    # The v2 backward's passes (chunk-local walks, chains, decoupled x / adjoint halves of d dt
+    # and dA) in plain torch, against autograd through the plain recurrence; L = 23 leaves a
+    # partial last chunk for every chunk size but 1 and 23.
+    from svm_kernels.ss2d.chunked_ref import chunked_scan_bwd
+
+    g = torch.Generator().manual_seed(3)
+    batch, D, L, N = 2, 3, 23, 4
+    f64 = dict(dtype=torch.float64, device="cpu")
+    dt = (torch.rand(batch, D, L, generator=g, **f64) * 0.5).requires_grad_()
+    u = torch.randn(batch, D, L, generator=g, **f64).requires_grad_()
+    A = (-3 * torch.rand(D, N, generator=g, **f64)).requires_grad_()
+    B = torch.randn(batch, N, L, generator=g, **f64).requires_grad_()
+    C = torch.randn(batch, N, L, generator=g, **f64).requires_grad_()
+    grad_out = torch.randn(batch, D, L, generator=g, **f64)
+    x = torch.zeros(batch, D, N, **f64)
+    ys = []
+    for t in range(L):
+        x = torch.exp(dt[..., t, None] * A) * x + (dt[..., t] * u[..., t])[..., None] * B[:, None, :, t]
+        ys.append((x * C[:, None, :, t]).sum(-1))
+    (torch.stack(ys, -1) * grad_out).sum().backward()
+    d_dt, du, dA, dB, dC = chunked_scan_bwd(
+        dt.detach(), u.detach(), A.detach(), B.detach(), C.detach(), grad_out, chunk
+    )
+    for mine, ref in ((d_dt, dt.grad), (du, u.grad), (dA.sum(0), A.grad), (dB, B.grad), (dC, C.grad)):
+        torch.testing.assert_close(mine, ref, rtol=1e-10, atol=1e-12)

@@ -13,17 +13,19 @@ those, the row-major orientation storing ``out`` and the column-major one adding
 the low-rank variant, dt = dt_weight[k] @ dt_low[k] is rebuilt per position from R rows shared
 by the program's channels.
 
-Backward (``fused_ss2d_bwd_kernel``): per orientation, two passes over chunks of CHUNK positions.
-Pass 1 walks forward and stores the chunk-start values of the two prefix recurrences (the
-forward direction's state and the reversed direction's adjoint); pass 2 walks backward carrying
-the two suffix recurrences (the forward direction's adjoint and the reversed direction's state)
-and recomputes the prefix ones from the stored chunk starts. With the four of them it forms
-every gradient of both directions at once. Gradients that sum over channels (dB, dC, d dt_low)
-are reduced over the program's BLOCK_D channels in registers; a program walks n_group channel
-blocks in turn, adding each block's sums into its one partial, and the launcher sums the few
-partials (together at most a quarter of one (B, 4, D, L) tensor) in a fixed order. Parameter
-gradients (dA, dD, d bias, d dt_weight) are written per image and summed over the batch the same way. No float
-atomics: the backward is deterministic.
+Backward (``ss2d_bwd_chunk_kernel``, the forward's chain kernel): the same chunks and lanes.
+The gradient terms that pair the prefix state x with the suffix adjoint lam are those through
+the decays; with the cumulative dt S, they become sums of C g x and of dt u B lam terms alone
+(see ``chunked_ref.py``), so a state walk and an adjoint walk never need each other's values
+per position. A local pass walks each chunk both ways from zero (exit state, exit adjoint,
+summed dt, chunk totals of those terms and their coefficients on the entering values); the
+chain kernel turns the exits into entering values (the adjoint in the opposite chunk order); a
+few torch ops on chunk-sized tensors give each chunk's carry; the gradient pass walks both ways
+again from the entering values, each walk writing its half of d dt (or, low rank, of
+d dt_low / d dt_weight / d bias, which are linear in it). Channel sums (dB, dC, d dt_low) go to
+one partial per program, which walks n_group channel blocks in turn (together at most a quarter
+of one (B, 4, D, L) tensor); parameter sums to one partial per chunk block and image; the
+launcher adds the partials in a fixed order. No float atomics: the backward is deterministic.
 """
 
 from __future__ import annotations
@@ -39,11 +41,6 @@ from .common import MAX_D_STATE
 if HAS_TRITON:
     import triton
     import triton.language as tl
-
-    @triton.jit
-    def _ssm_combine(a_l, b_l, a_r, b_r):
-        # (a_l, b_l) applied first, then (a_r, b_r): x -> a_r * (a_l * x + b_l) + b_r.
-        return a_l * a_r, a_r * b_l + b_r
 
     # Fast special-function ops on the GPU; the interpreter runs no inline assembly.
     _GPU_MATH: tl.constexpr = tl.constexpr(not TRITON_INTERPRET)
@@ -71,73 +68,11 @@ if HAS_TRITON:
         return tl.where(x > 20.0, 1.0, tl.sigmoid(x))
 
     @triton.jit
-    def _orient_hw(p, H, W, COLUMN: tl.constexpr):
-        # Sequence index p of the row-major (COLUMN=False) or column-major orientation -> (h, w).
-        if COLUMN:
-            h = p % H
-            w = p // H
-        else:
-            h = p // W
-            w = p % W
-        return h, w
-
-    @triton.jit
-    def _column(tile, idx, j):
-        # tile[:, j] of a [rows, cols] tile, idx = arange(cols).
-        return tl.sum(tl.where(idx[None, :] == j, tile, 0.0), axis=1)
-
-    @triton.jit
-    def _load_tile(ptr, s_d, s_h, s_w, offs_d, h, w, mask):
-        # [channels, positions] fp32 tile of a (D, H, W) slice (ptr offset to it) at (h, w).
-        # offsets summed before the pointer add: one 64-bit pointer tile, not two
-        offs = offs_d[:, None] * s_d + (h * s_h + w * s_w)[None, :]
-        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _load_row(ptr, s_h, s_w, h, w, mask):
-        # fp32 values of an (H, W) plane (ptr offset to it) at the positions (h, w).
-        return tl.load(ptr + (h * s_h + w * s_w), mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
     def _store_partial(ptr, value, mask, blk):
         # Channel-block partial sums: the program's first block writes, later ones add (same
         # program, fixed order: deterministic).
         prev = tl.load(ptr, mask=mask & (blk > 0), other=0.0)
         tl.store(ptr, prev + value, mask=mask)
-
-    @triton.jit
-    def _dt_raw(
-        delta_ptr,
-        s_dd,
-        s_dh,
-        s_dw,
-        low_ptr,
-        s_lr,
-        s_lh,
-        s_lw,
-        w_ptr,
-        R,
-        offs_d,
-        mask_d,
-        h,
-        w,
-        mask_p,
-        bias,
-        LOWRANK: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_P: tl.constexpr,
-    ):
-        # delta + bias at positions (h, w) for a block of channels, before the softplus.
-        # Pointers are already offset to the image and direction.
-        if LOWRANK:
-            dt = tl.zeros([BLOCK_D, BLOCK_P], dtype=tl.float32)
-            for r in range(R):
-                wr = tl.load(w_ptr + offs_d * R + r, mask=mask_d, other=0.0)
-                lr = _load_row(low_ptr + r * s_lr, s_lh, s_lw, h, w, mask_p)
-                dt += wr[:, None] * lr[None, :]
-        else:
-            dt = _load_tile(delta_ptr, s_dd, s_dh, s_dw, offs_d, h, w, mask_d[:, None] & mask_p[None, :])
-        return dt + bias[:, None]
 
     @triton.jit
     def _dt_at(
@@ -472,10 +407,12 @@ if HAS_TRITON:
         n_chunks,
         N: tl.constexpr,
         NP: tl.constexpr,
+        ADJOINT: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
         # Chunk exit states (computed from a zero entry) -> true entering states, in place: a
-        # sequential pass over the chunks of one direction, in that direction's order.
+        # sequential pass over the chunks of one direction, in that direction's order (the
+        # opposite order for the backward's adjoint, which decays by the same summed dt).
         pid_d = tl.program_id(0)
         pid_bk = tl.program_id(1).to(tl.int64)
         k = pid_bk % 4
@@ -488,15 +425,303 @@ if HAS_TRITON:
         p_dtsum = dtsum_ptr + (pid_bk * D + offs_d) * n_chunks
         b_x = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
         for t in range(n_chunks):
-            c = tl.where(k < 2, t, n_chunks - 1 - t)
+            c = tl.where((k < 2) != ADJOINT, t, n_chunks - 1 - t)
             b_exit = tl.load(p_state + c * NP, mask=m_dn, other=0.0)
             b_dtsum = tl.load(p_dtsum + c, mask=m_d, other=0.0)
             tl.store(p_state + c * NP, b_x, mask=m_dn)
             b_x = tl.exp(b_dtsum[:, None] * b_a) * b_x + b_exit
 
     @triton.jit
-    def fused_ss2d_bwd_kernel(
+    def _bwd_load(
         u_ptr,
+        s_ud,
+        off_u,
+        g_ptr,
+        s_gd,
+        off_g,
+        delta_ptr,
+        s_dd,
+        off_dt,
+        low_ptr,
+        s_lr,
+        off_low,
+        w_ptr,
+        b_bias,
+        B_ptr,
+        s_Bn,
+        off_B,
+        C_ptr,
+        s_Cn,
+        off_C,
+        offs_d,
+        m_d,
+        offs_n,
+        m_n,
+        offs_r,
+        m_r,
+        m_p,
+        R: tl.constexpr,
+        LOWRANK: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+    ):
+        # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
+        # [lanes, NP]. Low rank: dt from R rows of dt_low shared by the channels. dt is 0 outside the map, so padded positions
+        # decay by 1 and add nothing in either walk.
+        m = m_d[:, None] & m_p[None, :]
+        b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + off_u[None, :], mask=m, other=0.0).to(tl.float32)
+        b_g = tl.load(g_ptr + offs_d[:, None] * s_gd + off_g[None, :], mask=m, other=0.0).to(tl.float32)
+        if LOWRANK:
+            b_raw = tl.zeros_like(b_u)
+            for r in tl.static_range(R):
+                b_wr = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
+                b_lr = tl.load(low_ptr + r * s_lr + off_low, mask=m_p, other=0.0).to(tl.float32)
+                b_raw += b_wr[:, None] * b_lr[None, :]
+        else:
+            b_raw = tl.load(delta_ptr + offs_d[:, None] * s_dd + off_dt[None, :], mask=m, other=0.0)
+            b_raw = b_raw.to(tl.float32)
+        b_raw += b_bias[:, None]
+        if DELTA_SOFTPLUS:
+            b_dt = _softplus(b_raw)
+            b_slope = _softplus_grad(b_raw)
+        else:
+            b_dt = b_raw
+            b_slope = tl.full(b_raw.shape, 1.0, tl.float32)
+        b_dt = tl.where(m, b_dt, 0.0)
+        m_pn = m_p[:, None] & m_n[None, :]
+        b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0).to(tl.float32)
+        b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0).to(tl.float32)
+        return b_u, b_g, b_dt, b_slope, b_B, b_C
+
+    @triton.jit
+    def _step(p, i, j, M, DESCENDING: tl.constexpr):
+        # the next position of a walk: (major, minor) index stepped, never divided out
+        if DESCENDING:
+            p -= 1
+            j -= 1
+            wrap = j < 0
+            j = tl.where(wrap, M - 1, j)
+            i = tl.where(wrap, i - 1, i)
+        else:
+            p += 1
+            j += 1
+            wrap = j == M
+            j = tl.where(wrap, 0, j)
+            i = tl.where(wrap, i + 1, i)
+        return p, i, j
+
+    @triton.jit
+    def _bwd_walk(
+        b_h,
+        b_s,
+        b_carry,
+        u_ptr,
+        s_ud,
+        s_ui,
+        s_uj,
+        g_ptr,
+        s_gd,
+        s_gi,
+        s_gj,
+        delta_ptr,
+        s_dd,
+        s_di,
+        s_dj,
+        low_ptr,
+        s_lr,
+        s_li,
+        s_lj,
+        w_ptr,
+        b_bias,
+        b_a,
+        b_skip,
+        B_ptr,
+        s_Bn,
+        s_Bi,
+        s_Bj,
+        C_ptr,
+        s_Cn,
+        s_Ci,
+        s_Cj,
+        du_ptr,
+        s_ed,
+        s_ei,
+        s_ej,
+        ddt_ptr,
+        s_td,
+        s_ti,
+        s_tj,
+        pBC_ptr,
+        s_pn,
+        s_pi,
+        s_pj,
+        pLow_ptr,
+        s_qr,
+        s_qi,
+        s_qj,
+        offs_d,
+        m_d,
+        offs_n,
+        m_n,
+        offs_r,
+        m_r,
+        first,
+        m_c,
+        blk,
+        L,
+        M,
+        chunk,
+        LOWRANK: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+        ADJOINT: tl.constexpr,
+        DESCENDING: tl.constexpr,
+        GRAD: tl.constexpr,
+        DU_FIRST: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        NP: tl.constexpr,
+        R: tl.constexpr,
+        RP: tl.constexpr,
+    ):
+        # One direction over each lane's chunk, one position per step. The state walk
+        # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
+        # (against sequence order) carries m = a lam, lam = C g + m. b_s is the cumulative dt
+        # S at the walk's start. Returns (exit value, S at the end, q sum, coefficient, dA,
+        # d bias, d dt_weight). Local pass (GRAD=False), from zero: the first four are the
+        # chunk's exit value, summed dt, q total and that total's coefficient on the entering
+        # value (G for the state, K for the adjoint). Gradient pass: the walk writes its half of
+        # every gradient; the last three are the lanes' sums of the parameter gradients.
+        if DESCENDING:
+            p = first + chunk - 1
+        else:
+            p = first
+        i = p // M
+        j = p % M
+        b_q_sum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+        b_coef = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
+        b_decay = tl.full([BLOCK_D, BLOCK_C, NP], 1.0, tl.float32)
+        b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
+        b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+        b_dw = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
+        for _ in range(chunk):
+            m_p = m_c & (p < L)
+            m = m_d[:, None] & m_p[None, :]
+            off_low = i * s_li + j * s_lj
+            b_u, b_g, b_dt, b_slope, b_B, b_C = _bwd_load(
+                u_ptr,
+                s_ud,
+                i * s_ui + j * s_uj,
+                g_ptr,
+                s_gd,
+                i * s_gi + j * s_gj,
+                delta_ptr,
+                s_dd,
+                i * s_di + j * s_dj,
+                low_ptr,
+                s_lr,
+                off_low,
+                w_ptr,
+                b_bias,
+                B_ptr,
+                s_Bn,
+                i * s_Bi + j * s_Bj,
+                C_ptr,
+                s_Cn,
+                i * s_Ci + j * s_Cj,
+                offs_d,
+                m_d,
+                offs_n,
+                m_n,
+                offs_r,
+                m_r,
+                m_p,
+                R=R,
+                LOWRANK=LOWRANK,
+                DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+            )
+            b_decay_p = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
+            b_in = (b_dt * b_u)[:, :, None] * b_B[None, :, :]
+            b_direct = b_g[:, :, None] * b_C[None, :, :]
+            if ADJOINT:
+                b_lam = b_direct + b_h
+                b_h = b_decay_p * b_lam
+                b_w_p = b_in * b_lam  # the adjoint half of w, per n
+            else:
+                b_h = b_decay_p * b_h + b_in
+                b_w_p = b_direct * b_h  # the state half of w
+                b_s += b_dt
+            b_q = tl.sum(b_a[:, None, :] * b_w_p, axis=2)
+            if GRAD:
+                off_p = i * s_pi + j * s_pj
+                m_pn = m_p[:, None] & m_n[None, :]
+                p_part = pBC_ptr + offs_n[None, :] * s_pn + off_p[:, None]
+                if ADJOINT:
+                    # d dt = sum_n lam u B - (the adjoint's q summed from here to the chunk's end)
+                    b_q_sum += b_q
+                    b_v = tl.sum(b_lam * b_B[None, :, :], axis=2) * b_u - b_q_sum
+                    b_dA -= b_s[:, :, None] * b_w_p
+                    b_s -= b_dt
+                    b_du = tl.sum(b_lam * b_B[None, :, :], axis=2) * b_dt
+                    p_du = du_ptr + offs_d[:, None] * s_ed + (i * s_ei + j * s_ej)[None, :]
+                    if DU_FIRST:
+                        b_du += b_skip[:, None] * b_g
+                    else:
+                        b_du += tl.load(p_du, mask=m, other=0.0)
+                    tl.store(p_du, b_du, mask=m)
+                    b_dB = tl.sum(b_lam * (b_dt * b_u)[:, :, None], axis=0)
+                    _store_partial(p_part, b_dB, m_pn, blk)
+                else:
+                    # d dt = (the state's q from here to the sequence end): the later chunks'
+                    # totals plus this chunk's, less what this walk has passed
+                    b_v = b_carry - b_q_sum
+                    b_q_sum += b_q
+                    b_dA += b_s[:, :, None] * b_w_p
+                    _store_partial(p_part, tl.sum(b_g[:, :, None] * b_h, axis=0), m_pn, blk)
+                if LOWRANK:
+                    # d dt is linear downstream: each walk adds its half to d dt_low, d w, d bias
+                    b_v = tl.where(m, b_v * b_slope, 0.0)
+                    off_q = i * s_qi + j * s_qj
+                    for r in tl.static_range(R):
+                        b_wr = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
+                        b_lr = tl.load(low_ptr + r * s_lr + off_low, mask=m_p, other=0.0).to(tl.float32)
+                        b_dlow = tl.sum(b_wr[:, None] * b_v, axis=0)
+                        if ADJOINT:  # adds to what the state walk stored
+                            b_dlow += tl.load(pLow_ptr + r * s_qr + off_q, mask=m_p, other=0.0)
+                            tl.store(pLow_ptr + r * s_qr + off_q, b_dlow, mask=m_p)
+                        else:
+                            _store_partial(pLow_ptr + r * s_qr + off_q, b_dlow, m_p, blk)
+                        b_dw_r = tl.sum(b_v * b_lr[None, :], axis=1)
+                        b_dw += tl.where(offs_r[None, :] == r, b_dw_r[:, None], 0.0)
+                    b_dbias += b_v
+                else:
+                    p_ddt = ddt_ptr + offs_d[:, None] * s_td + (i * s_ti + j * s_tj)[None, :]
+                    if ADJOINT:
+                        b_v += tl.load(p_ddt, mask=m, other=0.0)
+                        b_v = tl.where(m, b_v * b_slope, 0.0)
+                        b_dbias += b_v
+                    tl.store(p_ddt, b_v, mask=m)
+            else:
+                b_q_sum += b_q
+                if ADJOINT:
+                    b_coef += b_in * b_decay
+                    b_decay *= b_decay_p
+                else:
+                    b_coef += b_direct * tl.exp(b_s[:, :, None] * b_a[:, None, :])
+            p, i, j = _step(p, i, j, M, DESCENDING)
+        # one return type for both passes (the compiler checks it across constexpr branches)
+        return b_h, b_s, b_q_sum, b_coef, b_dA, b_dbias, b_dw
+
+    @triton.heuristics(
+        {
+            "LOWRANK": lambda args: args["low_ptr"] is not None,
+            "HAS_D": lambda args: args["Ds_ptr"] is not None,
+            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+            "GRAD": lambda args: args["du_ptr"] is not None,
+        }
+    )
+    @triton.jit
+    def ss2d_bwd_chunk_kernel(
+        u_ptr,
+        g_ptr,
         delta_ptr,
         low_ptr,
         w_ptr,
@@ -505,408 +730,340 @@ if HAS_TRITON:
         C_ptr,
         Ds_ptr,
         bias_ptr,
-        g_ptr,
+        state_ptr,
+        adj_ptr,
+        G_ptr,
+        K_ptr,
+        dtsum_ptr,
+        qx_ptr,
+        ql_ptr,
+        carry_ptr,
+        start_ptr,
         du_ptr,
-        ddelta_ptr,
-        pBC_ptr,
+        ddt_ptr,
+        pB_ptr,
+        pC_ptr,
         pLow_ptr,
         pA_ptr,
-        pDs_ptr,
         pBias_ptr,
         pW_ptr,
-        carry_ptr,
         s_ub,
         s_ud,
-        s_uh,
-        s_uw,
+        s_ui,
+        s_uj,
+        s_gb,
+        s_gd,
+        s_gi,
+        s_gj,
         s_db,
         s_dk,
         s_dd,
-        s_dh,
-        s_dw,
-        s_eb,
-        s_ek,
-        s_ed,
-        s_eh,
-        s_ew,
+        s_di,
+        s_dj,
         s_lb,
         s_lk,
         s_lr,
-        s_lh,
-        s_lw,
+        s_li,
+        s_lj,
         s_Bb,
         s_Bk,
         s_Bn,
-        s_Bh,
-        s_Bw,
+        s_Bi,
+        s_Bj,
         s_Cb,
         s_Ck,
         s_Cn,
-        s_Ch,
-        s_Cw,
-        s_gb,
-        s_gd,
-        s_gh,
-        s_gw,
-        n_batch,
+        s_Ci,
+        s_Cj,
+        s_eb,
+        s_ed,
+        s_ei,
+        s_ej,
+        s_tb,
+        s_tk,
+        s_td,
+        s_ti,
+        s_tj,
+        s_pp,
+        s_pb,
+        s_pk,
+        s_pn,
+        s_pi,
+        s_pj,
+        s_qp,
+        s_qb,
+        s_qk,
+        s_qr,
+        s_qi,
+        s_qj,
         D,
-        H,
-        W,
-        N,
-        R,
-        n_parts,
-        n_group,
+        L,
+        M,
+        chunk,
         n_chunks,
+        n_group,
+        k_f,
+        N: tl.constexpr,
+        R: tl.constexpr,
+        NP: tl.constexpr,
+        RP: tl.constexpr,
         LOWRANK: tl.constexpr,
         HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
+        GRAD: tl.constexpr,
+        ACCUMULATE: tl.constexpr,
         BLOCK_D: tl.constexpr,
-        CHUNK: tl.constexpr,
-        NP: tl.constexpr,
-        RP: tl.constexpr,
+        BLOCK_C: tl.constexpr,
     ):
-        pid_b = tl.program_id(0).to(tl.int64)
+        # One orientation (directions k_f and k_f + 2, the same chunks of positions), lanes =
+        # channels x chunks as in the forward. Local pass: per direction a state walk and an
+        # adjoint walk from zero, storing the chunk values the chains and the q totals need.
+        # Gradient pass: the same two walks from the chained entering values, each writing its
+        # half of the gradients; channel sums go to one partial per channel block, parameter
+        # sums to one partial per chunk block and image (the launcher adds them in fixed order).
+        pid_c = tl.program_id(0)
         pid_d = tl.program_id(1)
-        L = H * W
-        n_idx = tl.arange(0, NP)
-        r_idx = tl.arange(0, RP)
-        c_idx = tl.arange(0, CHUNK)
-        tile_nd = tl.arange(0, BLOCK_D)[:, None] * NP + n_idx[None, :]
-        carry_base = carry_ptr + (pid_b * n_parts + pid_d) * (4 * n_chunks * BLOCK_D * NP)
-        u_base = u_ptr + pid_b * s_ub
-        g_base = g_ptr + pid_b * s_gb
-        # The program walks n_group channel blocks in turn; its channel-summed partials (dB, dC,
-        # d dt_low) cover all of them, so only n_parts partials exist per image.
+        pid_b = tl.program_id(2).to(tl.int64)
+        n_batch = tl.num_programs(2)
+        # The program walks n_group channel blocks in turn, adding each block's channel sums to
+        # its one partial (fewer partials: the bound on their memory), in a fixed order.
         for blk in range(n_group):
             offs_d = (pid_d * n_group + blk) * BLOCK_D + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < D
-            d_sum = tl.zeros([BLOCK_D], dtype=tl.float32)  # sum over positions of g * u, for dD
-            for o in tl.static_range(2):
-                kf = o  # the orientation's forward direction
-                kr = o + 2  # ... and its reversal
-                if HAS_BIAS:
-                    bias_f = tl.load(bias_ptr + kf * D + offs_d, mask=mask_d, other=0.0)
-                    bias_r = tl.load(bias_ptr + kr * D + offs_d, mask=mask_d, other=0.0)
-                else:
-                    bias_f = tl.zeros([BLOCK_D], dtype=tl.float32)
-                    bias_r = tl.zeros([BLOCK_D], dtype=tl.float32)
-                delta_f = delta_ptr + pid_b * s_db + kf * s_dk
-                delta_r = delta_ptr + pid_b * s_db + kr * s_dk
-                low_f = low_ptr + pid_b * s_lb + kf * s_lk
-                low_r = low_ptr + pid_b * s_lb + kr * s_lk
-                w_f = w_ptr + kf * D * R
-                w_r = w_ptr + kr * D * R
-
-                # ---- pass 1: forward over chunks, storing chunk-start values of the prefix recurrences
-                carry_x = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state of direction kf
-                carry_l = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint of direction kr
-                for c in range(n_chunks):
-                    slot = carry_base + ((o * n_chunks + c) * 2) * BLOCK_D * NP
-                    tl.store(slot + tile_nd, carry_x)
-                    tl.store(slot + BLOCK_D * NP + tile_nd, carry_l)
-                    p = c * CHUNK + c_idx
-                    mask_p = p < L
-                    mask = mask_d[:, None] & mask_p[None, :]
-                    h, w = _orient_hw(p, H, W, o == 1)
-                    hm, wm = _orient_hw(p - 1, H, W, o == 1)
-                    mask_pm = mask_p & (p >= 1)
-                    u = _load_tile(u_base, s_ud, s_uh, s_uw, offs_d, h, w, mask)
-                    g = _load_tile(g_base, s_gd, s_gh, s_gw, offs_d, h, w, mask)
-                    dt_f = _dt_raw(
-                        delta_f,
-                        s_dd,
-                        s_dh,
-                        s_dw,
-                        low_f,
-                        s_lr,
-                        s_lh,
-                        s_lw,
-                        w_f,
-                        R,
-                        offs_d,
-                        mask_d,
-                        h,
-                        w,
-                        mask_p,
-                        bias_f,
-                        LOWRANK,
-                        BLOCK_D,
-                        CHUNK,
-                    )
-                    dt_rm = _dt_raw(
-                        delta_r,
-                        s_dd,
-                        s_dh,
-                        s_dw,
-                        low_r,
-                        s_lr,
-                        s_lh,
-                        s_lw,
-                        w_r,
-                        R,
-                        offs_d,
-                        mask_d,
-                        hm,
-                        wm,
-                        mask_pm,
-                        bias_r,
-                        LOWRANK,
-                        BLOCK_D,
-                        CHUNK,
-                    )
-                    if DELTA_SOFTPLUS:
-                        dt_f = _softplus(dt_f)
-                        dt_rm = _softplus(dt_rm)
-                    for n in range(N):
-                        a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                        a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                        b_f = _load_row(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
-                        c_r = _load_row(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
-                        sa, sb = tl.associative_scan(
-                            (tl.exp(dt_f * a_f[:, None]), dt_f * u * b_f[None, :]), 1, _ssm_combine
-                        )
-                        x_f = sb + sa * _column(carry_x, n_idx, n)[:, None]
-                        # adjoint of kr: lam[p] = C[p] g[p] + exp(dt[p-1] A) lam[p-1]
-                        la, lb = tl.associative_scan(
-                            (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine
-                        )
-                        lam_r = lb + la * _column(carry_l, n_idx, n)[:, None]
-                        carry_x = tl.where(
-                            n_idx[None, :] == n, _column(x_f, c_idx, CHUNK - 1)[:, None], carry_x
-                        )
-                        carry_l = tl.where(
-                            n_idx[None, :] == n, _column(lam_r, c_idx, CHUNK - 1)[:, None], carry_l
-                        )
-                # pass 2 reads the chunk starts (and, for o = 1, du) written by other threads
-                tl.debug_barrier()
-
-                # ---- pass 2: backward over chunks; every gradient of directions kf and kr
-                carry_xr = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state of kr, from the right
-                carry_lf = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint of kf, from the right
-                grad_a_f = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-                grad_a_r = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-                grad_bias_f = tl.zeros([BLOCK_D], dtype=tl.float32)
-                grad_bias_r = tl.zeros([BLOCK_D], dtype=tl.float32)
-                grad_w_f = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
-                grad_w_r = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
-                for i in range(n_chunks):
-                    c = n_chunks - 1 - i
-                    slot = carry_base + ((o * n_chunks + c) * 2) * BLOCK_D * NP
-                    start_x = tl.load(slot + tile_nd)
-                    start_l = tl.load(slot + BLOCK_D * NP + tile_nd)
-                    p = c * CHUNK + c_idx
-                    mask_p = p < L
-                    mask = mask_d[:, None] & mask_p[None, :]
-                    h, w = _orient_hw(p, H, W, o == 1)
-                    hp, wp = _orient_hw(p + 1, H, W, o == 1)
-                    hm, wm = _orient_hw(p - 1, H, W, o == 1)
-                    mask_pp = (p + 1) < L
-                    mask_pm = mask_p & (p >= 1)
-                    s = h * W + w  # spatial index, for the contiguous fp32 outputs
-                    u = _load_tile(u_base, s_ud, s_uh, s_uw, offs_d, h, w, mask)
-                    g = _load_tile(g_base, s_gd, s_gh, s_gw, offs_d, h, w, mask)
-                    raw_f = _dt_raw(
-                        delta_f,
-                        s_dd,
-                        s_dh,
-                        s_dw,
-                        low_f,
-                        s_lr,
-                        s_lh,
-                        s_lw,
-                        w_f,
-                        R,
-                        offs_d,
-                        mask_d,
-                        h,
-                        w,
-                        mask_p,
-                        bias_f,
-                        LOWRANK,
-                        BLOCK_D,
-                        CHUNK,
-                    )
-                    raw_r = _dt_raw(
-                        delta_r,
-                        s_dd,
-                        s_dh,
-                        s_dw,
-                        low_r,
-                        s_lr,
-                        s_lh,
-                        s_lw,
-                        w_r,
-                        R,
-                        offs_d,
-                        mask_d,
-                        h,
-                        w,
-                        mask_p,
-                        bias_r,
-                        LOWRANK,
-                        BLOCK_D,
-                        CHUNK,
-                    )
-                    dt_fp = _dt_raw(
-                        delta_f,
-                        s_dd,
-                        s_dh,
-                        s_dw,
-                        low_f,
-                        s_lr,
-                        s_lh,
-                        s_lw,
-                        w_f,
-                        R,
-                        offs_d,
-                        mask_d,
-                        hp,
-                        wp,
-                        mask_pp,
-                        bias_f,
-                        LOWRANK,
-                        BLOCK_D,
-                        CHUNK,
-                    )
-                    dt_rm = _dt_raw(
-                        delta_r,
-                        s_dd,
-                        s_dh,
-                        s_dw,
-                        low_r,
-                        s_lr,
-                        s_lh,
-                        s_lw,
-                        w_r,
-                        R,
-                        offs_d,
-                        mask_d,
-                        hm,
-                        wm,
-                        mask_pm,
-                        bias_r,
-                        LOWRANK,
-                        BLOCK_D,
-                        CHUNK,
-                    )
-                    if DELTA_SOFTPLUS:
-                        dt_f = _softplus(raw_f)
-                        dt_r = _softplus(raw_r)
-                        dt_fp = _softplus(dt_fp)
-                        dt_rm = _softplus(dt_rm)
-                    else:
-                        dt_f = raw_f
-                        dt_r = raw_r
-                    du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-                    ddt_f = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-                    ddt_r = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
-                    for n in range(N):
-                        a_f = tl.load(A_ptr + (kf * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                        a_r = tl.load(A_ptr + (kr * D + offs_d) * N + n, mask=mask_d, other=0.0)
-                        b_f = _load_row(B_ptr + pid_b * s_Bb + kf * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
-                        b_r = _load_row(B_ptr + pid_b * s_Bb + kr * s_Bk + n * s_Bn, s_Bh, s_Bw, h, w, mask_p)
-                        c_f = _load_row(C_ptr + pid_b * s_Cb + kf * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
-                        c_r = _load_row(C_ptr + pid_b * s_Cb + kr * s_Ck + n * s_Cn, s_Ch, s_Cw, h, w, mask_p)
-                        # state of kf (prefix), from the stored chunk start
-                        in_f = dt_f * u * b_f[None, :]
-                        sa, sb = tl.associative_scan((tl.exp(dt_f * a_f[:, None]), in_f), 1, _ssm_combine)
-                        x_f = sb + sa * _column(start_x, n_idx, n)[:, None]
-                        # adjoint of kf (suffix): lam[p] = C[p] g[p] + exp(dt[p+1] A) lam[p+1]
-                        ta, tb = tl.associative_scan(
-                            (tl.exp(dt_fp * a_f[:, None]), g * c_f[None, :]), 1, _ssm_combine, reverse=True
-                        )
-                        lam_f = tb + ta * _column(carry_lf, n_idx, n)[:, None]
-                        # state of kr (suffix), carried from the right
-                        in_r = dt_r * u * b_r[None, :]
-                        ra, rb = tl.associative_scan(
-                            (tl.exp(dt_r * a_r[:, None]), in_r), 1, _ssm_combine, reverse=True
-                        )
-                        x_r = rb + ra * _column(carry_xr, n_idx, n)[:, None]
-                        # adjoint of kr (prefix), from the stored chunk start
-                        qa, qb = tl.associative_scan(
-                            (tl.exp(dt_rm * a_r[:, None]), g * c_r[None, :]), 1, _ssm_combine
-                        )
-                        lam_r = qb + qa * _column(start_l, n_idx, n)[:, None]
-                        # channel-summed gradients of B and C at these positions (one partial per block)
-                        row = pBC_ptr + ((pid_d * n_batch + pid_b) * 4 * 2 * N + n) * L + s
-                        _store_partial(row + (kf * 2 * N) * L, tl.sum(lam_f * dt_f * u, axis=0), mask_p, blk)
-                        _store_partial(row + (kf * 2 * N + N) * L, tl.sum(g * x_f, axis=0), mask_p, blk)
-                        _store_partial(row + (kr * 2 * N) * L, tl.sum(lam_r * dt_r * u, axis=0), mask_p, blk)
-                        _store_partial(row + (kr * 2 * N + N) * L, tl.sum(g * x_r, axis=0), mask_p, blk)
-                        du += lam_f * dt_f * b_f[None, :] + lam_r * dt_r * b_r[None, :]
-                        # exp(dt A) * x[previous] = x - input: no shifted state needed
-                        carry_term_f = lam_f * (x_f - in_f)
-                        carry_term_r = lam_r * (x_r - in_r)
-                        ddt_f += lam_f * u * b_f[None, :] + a_f[:, None] * carry_term_f
-                        ddt_r += lam_r * u * b_r[None, :] + a_r[:, None] * carry_term_r
-                        grad_a_f += tl.where(
-                            n_idx[None, :] == n, tl.sum(carry_term_f * dt_f, axis=1)[:, None], 0.0
-                        )
-                        grad_a_r += tl.where(
-                            n_idx[None, :] == n, tl.sum(carry_term_r * dt_r, axis=1)[:, None], 0.0
-                        )
-                        carry_lf = tl.where(n_idx[None, :] == n, _column(lam_f, c_idx, 0)[:, None], carry_lf)
-                        carry_xr = tl.where(n_idx[None, :] == n, _column(x_r, c_idx, 0)[:, None], carry_xr)
-                    if HAS_D:
-                        skip = tl.load(Ds_ptr + kf * D + offs_d, mask=mask_d, other=0.0) + tl.load(
-                            Ds_ptr + kr * D + offs_d, mask=mask_d, other=0.0
-                        )
-                        du += skip[:, None] * g
-                        if o == 0:
-                            d_sum += tl.sum(g * u, axis=1)
-                    if DELTA_SOFTPLUS:
-                        ddt_f = ddt_f * _softplus_grad(raw_f)
-                        ddt_r = ddt_r * _softplus_grad(raw_r)
-                    grad_bias_f += tl.sum(ddt_f, axis=1)
-                    grad_bias_r += tl.sum(ddt_r, axis=1)
-                    if LOWRANK:
-                        low_row = pLow_ptr + ((pid_d * n_batch + pid_b) * 4 * R) * L + s
-                        for r in range(R):
-                            wr_f = tl.load(w_f + offs_d * R + r, mask=mask_d, other=0.0)
-                            wr_r = tl.load(w_r + offs_d * R + r, mask=mask_d, other=0.0)
-                            lr_f = _load_row(low_f + r * s_lr, s_lh, s_lw, h, w, mask_p)
-                            lr_r = _load_row(low_r + r * s_lr, s_lh, s_lw, h, w, mask_p)
-                            _store_partial(
-                                low_row + (kf * R + r) * L, tl.sum(wr_f[:, None] * ddt_f, axis=0), mask_p, blk
-                            )
-                            _store_partial(
-                                low_row + (kr * R + r) * L, tl.sum(wr_r[:, None] * ddt_r, axis=0), mask_p, blk
-                            )
-                            grad_w_f += tl.where(
-                                r_idx[None, :] == r, tl.sum(ddt_f * lr_f[None, :], axis=1)[:, None], 0.0
-                            )
-                            grad_w_r += tl.where(
-                                r_idx[None, :] == r, tl.sum(ddt_r * lr_r[None, :], axis=1)[:, None], 0.0
-                            )
-                    else:
-                        e_offs = offs_d[:, None] * s_ed + (h * s_eh + w * s_ew)[None, :]
-                        e_base = ddelta_ptr + pid_b * s_eb
-                        tl.store(
-                            e_base + kf * s_ek + e_offs, ddt_f.to(ddelta_ptr.dtype.element_ty), mask=mask
-                        )
-                        tl.store(
-                            e_base + kr * s_ek + e_offs, ddt_r.to(ddelta_ptr.dtype.element_ty), mask=mask
-                        )
-                    du_ptrs = du_ptr + (pid_b * D + offs_d[:, None]) * L + s[None, :]
-                    if o == 1:
-                        du += tl.load(du_ptrs, mask=mask, other=0.0)
-                    tl.store(du_ptrs, du, mask=mask)
-                # per-image parameter gradients; the launcher sums them over the batch
-                nd = (pid_b * 4 * D + offs_d[:, None]) * NP + n_idx[None, :]
-                mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
-                tl.store(pA_ptr + (nd + kf * D * NP), grad_a_f, mask=mask_dn)
-                tl.store(pA_ptr + (nd + kr * D * NP), grad_a_r, mask=mask_dn)
-                tl.store(pBias_ptr + pid_b * 4 * D + kf * D + offs_d, grad_bias_f, mask=mask_d)
-                tl.store(pBias_ptr + pid_b * 4 * D + kr * D + offs_d, grad_bias_r, mask=mask_d)
-                if LOWRANK:
-                    dr = (pid_b * 4 * D + offs_d[:, None]) * RP + r_idx[None, :]
-                    mask_dr = mask_d[:, None] & (r_idx[None, :] < R)
-                    tl.store(pW_ptr + (dr + kf * D * RP), grad_w_f, mask=mask_dr)
-                    tl.store(pW_ptr + (dr + kr * D * RP), grad_w_r, mask=mask_dr)
-            if HAS_D:
+            m_d = offs_d < D
+            offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+            m_c = offs_c < n_chunks
+            offs_n = tl.arange(0, NP)
+            m_n = offs_n < N
+            offs_r = tl.arange(0, RP)
+            m_r = offs_r < R
+            m_dn = m_d[:, None] & m_n[None, :]
+            first = offs_c * chunk
+            offs_cs = (offs_d[:, None, None] * n_chunks + offs_c[None, :, None]) * NP + offs_n[None, None, :]
+            m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
+            offs_cv = offs_d[:, None] * n_chunks + offs_c[None, :]
+            m_cv = m_d[:, None] & m_c[None, :]
+            b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+            if HAS_D and GRAD and not ACCUMULATE:
+                # du's skip term (sum_k D_k) g, added once, by the row orientation's first store
                 for k in tl.static_range(4):
-                    tl.store(pDs_ptr + pid_b * 4 * D + k * D + offs_d, d_sum, mask=mask_d)
+                    b_skip += tl.load(Ds_ptr + k * D + offs_d, mask=m_d, other=0.0)
+            for rev in tl.static_range(2):
+                k = k_f + 2 * rev
+                if HAS_BIAS:
+                    b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
+                else:
+                    b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+                b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
+                if LOWRANK:
+                    w_k = w_ptr + k * D * R
+                    dt_src = low_ptr + pid_b * s_lb + k * s_lk
+                else:
+                    w_k = w_ptr
+                    dt_src = delta_ptr + pid_b * s_db + k * s_dk
+                bk = (pid_b * 4 + k) * D * n_chunks
+                if GRAD:
+                    du_b = du_ptr + pid_b * s_eb
+                    if LOWRANK:
+                        ddt_bk = ddt_ptr
+                        low_part = pLow_ptr + pid_d * s_qp + pid_b * s_qb + k * s_qk
+                    else:
+                        ddt_bk = ddt_ptr + pid_b * s_tb + k * s_tk
+                        low_part = pLow_ptr
+                    b_x = tl.load(state_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
+                    b_m = tl.load(adj_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
+                    b_start = tl.load(start_ptr + bk + offs_cv, mask=m_cv, other=0.0)
+                    b_dtsum = tl.load(dtsum_ptr + bk + offs_cv, mask=m_cv, other=0.0)
+                    b_carry = tl.load(carry_ptr + bk + offs_cv, mask=m_cv, other=0.0)
+                    part = pid_d * s_pp + pid_b * s_pb + k * s_pk
+                    c_part = pC_ptr + part
+                    b_part = pB_ptr + part
+                else:
+                    du_b = du_ptr
+                    ddt_bk = ddt_ptr
+                    low_part = pLow_ptr
+                    b_x = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
+                    b_m = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
+                    b_start = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+                    b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+                    b_carry = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+                    c_part = pC_ptr
+                    b_part = pB_ptr
+                # the state walk (sequence order: descending positions for the reversed direction)
+                res_x = _bwd_walk(
+                    b_x,
+                    b_start,
+                    b_carry,
+                    u_ptr + pid_b * s_ub,
+                    s_ud,
+                    s_ui,
+                    s_uj,
+                    g_ptr + pid_b * s_gb,
+                    s_gd,
+                    s_gi,
+                    s_gj,
+                    dt_src,
+                    s_dd,
+                    s_di,
+                    s_dj,
+                    dt_src,
+                    s_lr,
+                    s_li,
+                    s_lj,
+                    w_k,
+                    b_bias,
+                    b_a,
+                    b_skip,
+                    B_ptr + pid_b * s_Bb + k * s_Bk,
+                    s_Bn,
+                    s_Bi,
+                    s_Bj,
+                    C_ptr + pid_b * s_Cb + k * s_Ck,
+                    s_Cn,
+                    s_Ci,
+                    s_Cj,
+                    du_b,
+                    s_ed,
+                    s_ei,
+                    s_ej,
+                    ddt_bk,
+                    s_td,
+                    s_ti,
+                    s_tj,
+                    c_part,
+                    s_pn,
+                    s_pi,
+                    s_pj,
+                    low_part,
+                    s_qr,
+                    s_qi,
+                    s_qj,
+                    offs_d,
+                    m_d,
+                    offs_n,
+                    m_n,
+                    offs_r,
+                    m_r,
+                    first,
+                    m_c,
+                    blk,
+                    L,
+                    M,
+                    chunk,
+                    LOWRANK=LOWRANK,
+                    DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                    ADJOINT=False,
+                    DESCENDING=rev == 1,
+                    GRAD=GRAD,
+                    DU_FIRST=False,
+                    BLOCK_D=BLOCK_D,
+                    BLOCK_C=BLOCK_C,
+                    NP=NP,
+                    R=R,
+                    RP=RP,
+                )
+                if GRAD:
+                    # the adjoint walk reads back the state walk's half of d dt
+                    tl.debug_barrier()
+                res_m = _bwd_walk(
+                    b_m,
+                    b_start + b_dtsum,
+                    b_carry,
+                    u_ptr + pid_b * s_ub,
+                    s_ud,
+                    s_ui,
+                    s_uj,
+                    g_ptr + pid_b * s_gb,
+                    s_gd,
+                    s_gi,
+                    s_gj,
+                    dt_src,
+                    s_dd,
+                    s_di,
+                    s_dj,
+                    dt_src,
+                    s_lr,
+                    s_li,
+                    s_lj,
+                    w_k,
+                    b_bias,
+                    b_a,
+                    b_skip,
+                    B_ptr + pid_b * s_Bb + k * s_Bk,
+                    s_Bn,
+                    s_Bi,
+                    s_Bj,
+                    C_ptr + pid_b * s_Cb + k * s_Ck,
+                    s_Cn,
+                    s_Ci,
+                    s_Cj,
+                    du_b,
+                    s_ed,
+                    s_ei,
+                    s_ej,
+                    ddt_bk,
+                    s_td,
+                    s_ti,
+                    s_tj,
+                    b_part,
+                    s_pn,
+                    s_pi,
+                    s_pj,
+                    low_part,
+                    s_qr,
+                    s_qi,
+                    s_qj,
+                    offs_d,
+                    m_d,
+                    offs_n,
+                    m_n,
+                    offs_r,
+                    m_r,
+                    first,
+                    m_c,
+                    blk,
+                    L,
+                    M,
+                    chunk,
+                    LOWRANK=LOWRANK,
+                    DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                    ADJOINT=True,
+                    DESCENDING=rev == 0,
+                    GRAD=GRAD,
+                    DU_FIRST=rev == 0 and not ACCUMULATE,
+                    BLOCK_D=BLOCK_D,
+                    BLOCK_C=BLOCK_C,
+                    NP=NP,
+                    R=R,
+                    RP=RP,
+                )
+                if GRAD:
+                    # the next direction's adjoint walk adds to the du this one stored
+                    tl.debug_barrier()
+                    _, _, _, _, b_dA_x, b_dbias_x, b_dw_x = res_x
+                    _, _, _, _, b_dA_m, b_dbias_m, b_dw_m = res_m
+                    par = ((pid_c * n_batch + pid_b) * 4 + k) * D + offs_d
+                    b_dA = tl.sum(b_dA_x + b_dA_m, axis=1)
+                    tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], b_dA, mask=m_dn)
+                    if HAS_BIAS:
+                        tl.store(pBias_ptr + par, tl.sum(b_dbias_x + b_dbias_m, axis=1), mask=m_d)
+                    if LOWRANK:
+                        b_dw = b_dw_x + b_dw_m
+                        tl.store(
+                            pW_ptr + par[:, None] * RP + offs_r[None, :],
+                            b_dw,
+                            mask=m_d[:, None] & m_r[None, :],
+                        )
+                else:
+                    b_x, b_s, b_qx, b_G, _, _, _ = res_x
+                    b_m, _, b_ql, b_K, _, _, _ = res_m
+                    tl.store(state_ptr + bk * NP + offs_cs, b_x, mask=m_cs)
+                    tl.store(adj_ptr + bk * NP + offs_cs, b_m, mask=m_cs)
+                    tl.store(G_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
+                    tl.store(K_ptr + bk * NP + offs_cs, b_K, mask=m_cs)
+                    tl.store(dtsum_ptr + bk + offs_cv, b_s, mask=m_cv)
+                    tl.store(qx_ptr + bk + offs_cv, b_qx, mask=m_cv)
+                    tl.store(ql_ptr + bk + offs_cv, b_ql, mask=m_cv)
 
 
 def _next_pow2(n: int) -> int:
@@ -920,36 +1077,6 @@ def triton_supports(u: torch.Tensor, N: int) -> str | None:
     if N > MAX_D_STATE:
         return f"d_state N = {N} > {MAX_D_STATE}"
     return None
-
-
-def _bwd_config(D: int, L: int, N: int):
-    """(BLOCK_D, CHUNK, num_warps): ~30 [BLOCK_D, CHUNK] tiles plus four [BLOCK_D, N] carries live.
-
-    Tiles of 1024 elements over 8 warps (4 per thread) compile without spills for N <= 4; the
-    carries of N = 16 need half the channels. Under the interpreter: small tiles, several chunks.
-    """
-    if TRITON_INTERPRET:
-        return min(_next_pow2(D), 4), min(_next_pow2(L), 8), 4
-    block_d = min(_next_pow2(D), 32 if N <= 4 else 16)
-    return block_d, min(_next_pow2(L), 32), 8
-
-
-def _partial_split(D: int, block_d: int, N: int, R: int):
-    """(n_parts, n_group): programs per image, and channel blocks each one walks in turn.
-
-    Each program writes one partial of the channel-summed gradients, (2N + R) values per
-    direction and position; n_parts is the largest count that keeps all partials within a
-    quarter of one (B, 4, D, L) tensor (D / 4 values), so more parallelism where it is cheap.
-    """
-    n_blocks = triton.cdiv(D, block_d)
-    n_parts = max(1, min(n_blocks, D // (4 * (2 * N + R))))
-    n_group = triton.cdiv(n_blocks, n_parts)
-    return triton.cdiv(n_blocks, n_group), n_group
-
-
-def _small_f32(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """Parameters (A, D, bias, dt_weight) as contiguous fp32; a dummy pointer when absent."""
-    return like.new_empty(1, dtype=torch.float32) if t is None else t.detach().float().contiguous()
 
 
 def _fwd_config(D: int, L: int, N: int):
@@ -1075,6 +1202,7 @@ def ss2d_fwd(
                 n_chunks=n_chunks,
                 N=N,
                 NP=NP,
+                ADJOINT=False,
                 BLOCK_D=block_d,
                 num_warps=1,
             )
@@ -1083,97 +1211,204 @@ def ss2d_fwd(
     return out
 
 
-def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool):
-    """Launcher of the backward kernel. Returns (du, ddelta_or_None, d_dt_low_or_None,
-    d_dt_weight_or_None, dA, dB, dC, dD_or_None, dbias_or_None), each in its input's dtype."""
+def _partial_split(D: int, block_d: int, N: int, R: int):
+    """(n_parts, n_group): programs per chunk block and image along the channels, and channel
+    blocks each one walks in turn.
+
+    Each program writes one partial of the channel-summed gradients (dB, dC, d dt_low: 2N + R
+    values per direction and position); n_parts is the largest count that keeps all partials
+    within a quarter of one (B, 4, D, L) tensor (D / 4 values), so more parallelism where it is
+    cheap.
+    """
+    n_blocks = triton.cdiv(D, block_d)
+    n_parts = max(1, min(n_blocks, D // (4 * (2 * N + R))))
+    n_group = triton.cdiv(n_blocks, n_parts)
+    return triton.cdiv(n_blocks, n_group), n_group
+
+
+def _bwd_config(D: int, L: int, N: int, batch: int):
+    """(BLOCK_D, BLOCK_C, chunk, num_warps) of the backward: the forward's chunks and channel
+    blocks, with fewer chunks per program while the grid is under 4 waves of 132 SMs (at N = 16
+    one channel part per image is all the partial bound allows), and the warps to match."""
+    block_d, block_c, chunk, num_warps = _fwd_config(D, L, N)
+    if TRITON_INTERPRET:
+        return block_d, block_c, chunk, num_warps
+    n_chunks = triton.cdiv(L, chunk)
+    n_parts, _ = _partial_split(D, block_d, N, 0)
+    while block_c > 1 and batch * n_parts * triton.cdiv(n_chunks, block_c) < 4 * 132:
+        block_c //= 2
+    lanes = block_d * block_c * _next_pow2(N)
+    return block_d, block_c, chunk, max(1, min(num_warps, lanes // 32))
+
+
+def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the later entries of the last dim."""
+    return t.flip(-1).cumsum(-1).flip(-1) - t
+
+
+def _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A):
+    """The gradient pass's per-chunk scalars, from the chained entering values (plain torch on
+    (B, 4, D, n_chunks) tensors): the state half of d dt at each chunk's first position (this
+    chunk's exact q total plus the later chunks' totals) and the cumulative dt S at each chunk's
+    entry. "Later" is in each direction's own order: chunks are stored in row/column order, so
+    the reversed directions (k = 2, 3) are flipped."""
+    N = A.shape[-1]
+    a = A.float()[None, :, :, None, :]
+    x_total = q_x + (a * state[..., :N] * G[..., :N]).sum(-1)
+    total = x_total - q_l - (a * adj[..., :N] * K[..., :N]).sum(-1)
+    order = torch.tensor([False, False, True, True], device=state.device)[None, :, None, None]
+
+    def flip(t):  # chunk order <-> each direction's sequence order (its own inverse)
+        return torch.where(order, t.flip(-1), t)
+
+    carry = flip(_reverse_cumsum_exclusive(flip(total))) + x_total
+    seq_dtsum = flip(dtsum)
+    start = flip(seq_dtsum.cumsum(-1) - seq_dtsum)
+    return carry.contiguous(), start.contiguous()
+
+
+def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, config=None):
+    """Launcher of the backward. Returns (du, ddelta_or_None, d_dt_low_or_None,
+    d_dt_weight_or_None, dA, dB, dC, dD_or_None, dbias_or_None), each in its input's dtype.
+
+    Four steps: the local pass (per orientation and direction, each chunk's state and adjoint
+    walks from zero); the chains over chunks (the forward's kernel, the adjoint in the opposite
+    order); the per-chunk carries (plain torch on chunk-sized tensors); the gradient pass.
+    """
     batch, d_inner, H, W = u.shape
     L = H * W
     N = A.shape[2]
+    NP = _next_pow2(N)
     lowrank = dt_low is not None
-    R = dt_low.shape[2] if lowrank else 0
-    block_d, chunk, num_warps = _bwd_config(d_inner, L, N)
-    n_parts, n_group = _partial_split(d_inner, block_d, N, R)
+    R = dt_low.shape[2] if lowrank else 1
+    RP = _next_pow2(R)
+    block_d, block_c, chunk, num_warps = config or _bwd_config(d_inner, L, N, batch)
     n_chunks = triton.cdiv(L, chunk)
-    NP, RP = _next_pow2(N), _next_pow2(max(R, 1))
+    n_cblk = triton.cdiv(n_chunks, block_c)
+    n_dblk, n_group = _partial_split(d_inner, block_d, N, R if lowrank else 0)
     dev = u.device
-    du = new_buffer(batch, d_inner, L, device=dev)
+    chunk_state = [new_buffer(batch, 4, d_inner, n_chunks, NP, device=dev) for _ in range(4)]
+    chunk_value = [new_buffer(batch, 4, d_inner, n_chunks, device=dev) for _ in range(3)]
+    state, adj, G, K = chunk_state
+    dtsum, q_x, q_l = chunk_value
+    du = new_buffer(batch, d_inner, H, W, device=dev)
     if lowrank:
-        ddelta = u.new_empty(1, dtype=torch.float32)
-        d_low_parts = new_buffer(n_parts, batch, 4, R, L, device=dev)
+        ddt = None
+        p_low = new_buffer(n_dblk, batch, 4, R, H, W, device=dev)
     else:
-        ddelta = (
-            new_output(delta) if is_dense(delta) else new_buffer(*delta.shape, device=dev, dtype=delta.dtype)
+        ddt = (
+            new_output(delta, dtype=torch.float32)
+            if is_dense(delta)
+            else new_buffer(*delta.shape, device=dev)
         )
-        d_low_parts = u.new_empty(1, dtype=torch.float32)
-    bc_parts = new_buffer(n_parts, batch, 4, 2, N, L, device=dev)
-    # padded columns (n >= N, r >= R) are neither written nor read back
-    a_parts = new_buffer(batch, 4, d_inner, NP, device=dev)
-    skip_parts = new_buffer(batch, 4, d_inner, device=dev)
-    bias_parts = new_buffer(batch, 4, d_inner, device=dev)
-    w_parts = new_buffer(batch, 4, d_inner, RP, device=dev) if lowrank else u.new_empty(1)
-    carries = new_buffer(batch * n_parts * 4 * n_chunks * block_d * NP, device=dev)
-    dummy = u.new_empty(1, dtype=torch.float32)
-    with _on_device(u):
-        fused_ss2d_bwd_kernel[(batch, n_parts)](
+        p_low = None
+    p_B = new_buffer(n_dblk, batch, 4, N, H, W, device=dev)
+    p_C = new_buffer(n_dblk, batch, 4, N, H, W, device=dev)
+    p_A = new_buffer(n_cblk, batch, 4, d_inner, NP, device=dev)
+    p_bias = new_buffer(n_cblk, batch, 4, d_inner, device=dev) if bias is not None else None
+    p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
+    params = dict(
+        w_ptr=_f32_or_none(dt_weight),
+        A_ptr=_f32_or_none(A),
+        Ds_ptr=_f32_or_none(D),
+        bias_ptr=_f32_or_none(bias),
+    )
+    grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
+    carry = start = None
+
+    def chunk_pass(column: bool, grad: bool):
+        def out(t):  # the gradient buffers are None in the local pass
+            return t if grad else None
+
+        ss2d_bwd_chunk_kernel[grid](
             u_ptr=u,
-            delta_ptr=delta if delta is not None else dummy,
-            low_ptr=dt_low if lowrank else dummy,
-            w_ptr=_small_f32(dt_weight, u),
-            A_ptr=_small_f32(A, u),
+            g_ptr=grad_out,
+            delta_ptr=delta,
+            low_ptr=dt_low,
             B_ptr=B,
             C_ptr=C,
-            Ds_ptr=_small_f32(D, u),
-            bias_ptr=_small_f32(bias, u),
-            g_ptr=grad_out,
-            du_ptr=du,
-            ddelta_ptr=ddelta,
-            pBC_ptr=bc_parts,
-            pLow_ptr=d_low_parts,
-            pA_ptr=a_parts,
-            pDs_ptr=skip_parts,
-            pBias_ptr=bias_parts,
-            pW_ptr=w_parts,
-            carry_ptr=carries,
-            **_named_strides("u", u, False, "bdhw"),
-            **_named_strides("d", delta, False, "bkdhw"),
-            **_named_strides("e", None if lowrank else ddelta, False, "bkdhw"),
-            **_named_strides("l", dt_low, False, "bkrhw"),
-            **_named_strides("B", B, False, "bknhw"),
-            **_named_strides("C", C, False, "bknhw"),
-            **_named_strides("g", grad_out, False, "bdhw"),
-            n_batch=batch,
+            state_ptr=state,
+            adj_ptr=adj,
+            G_ptr=G,
+            K_ptr=K,
+            dtsum_ptr=dtsum,
+            qx_ptr=q_x,
+            ql_ptr=q_l,
+            carry_ptr=carry,
+            start_ptr=start,
+            du_ptr=out(du),
+            ddt_ptr=out(ddt),
+            pB_ptr=out(p_B),
+            pC_ptr=out(p_C),
+            pLow_ptr=out(p_low),
+            pA_ptr=out(p_A),
+            pBias_ptr=out(p_bias),
+            pW_ptr=out(p_w),
+            **params,
+            **_named_strides("u", u, column, "bdij"),
+            **_named_strides("g", grad_out, column, "bdij"),
+            **_named_strides("d", delta, column, "bkdij"),
+            **_named_strides("l", dt_low, column, "bkrij"),
+            **_named_strides("B", B, column, "bknij"),
+            **_named_strides("C", C, column, "bknij"),
+            **_named_strides("e", du, column, "bdij"),
+            **_named_strides("t", ddt, column, "bkdij"),
+            **_named_strides("p", p_B, column, "pbknij"),
+            **_named_strides("q", p_low, column, "pbkrij"),
             D=d_inner,
-            H=H,
-            W=W,
+            L=L,
+            M=H if column else W,
+            chunk=chunk,
+            n_chunks=n_chunks,
+            n_group=n_group,
+            k_f=int(column),
             N=N,
             R=R,
-            n_parts=n_parts,
-            n_group=n_group,
-            n_chunks=n_chunks,
-            LOWRANK=lowrank,
-            HAS_D=D is not None,
-            HAS_BIAS=bias is not None,
-            DELTA_SOFTPLUS=softplus,
-            BLOCK_D=block_d,
-            CHUNK=chunk,
             NP=NP,
             RP=RP,
+            DELTA_SOFTPLUS=softplus,
+            ACCUMULATE=column,
+            BLOCK_D=block_d,
+            BLOCK_C=block_c,
             num_warps=num_warps,
         )
-    # fixed-order sums over channel blocks and images: deterministic
-    bc_parts = bc_parts.view(n_parts, batch, 4, 2, N, H, W)
-    dB = bc_parts[:, :, :, 0].sum(0).to(B.dtype)  # two sums: two separate tensors, no aliasing
-    dC = bc_parts[:, :, :, 1].sum(0).to(C.dtype)
-    dA = a_parts[..., :N].sum(0).to(A.dtype)
-    dD = skip_parts.sum(0).to(D.dtype) if D is not None else None
-    dbias = bias_parts.sum(0).to(bias.dtype) if bias is not None else None
+
+    with _on_device(u):
+        chunk_pass(column=False, grad=False)
+        chunk_pass(column=True, grad=False)
+        for values, adjoint in ((state, False), (adj, True)):
+            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, block_d), batch * 4)](
+                state_ptr=values,
+                dtsum_ptr=dtsum,
+                A_ptr=params["A_ptr"],
+                D=d_inner,
+                n_chunks=n_chunks,
+                N=N,
+                NP=NP,
+                ADJOINT=adjoint,
+                BLOCK_D=block_d,
+                num_warps=1,
+            )
+        carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A)
+        chunk_pass(column=False, grad=True)
+        chunk_pass(column=True, grad=True)
+    # fixed-order sums over channel blocks, chunk blocks and images: deterministic
+    dB = p_B.sum(0).to(B.dtype)
+    dC = p_C.sum(0).to(C.dtype)
+    dA = p_A[..., :N].sum((0, 1)).to(A.dtype)
+    dbias = p_bias.sum((0, 1)).to(bias.dtype) if bias is not None else None
+    # every direction's skip term is D_k u: the same sum of g u over images and positions
+    dD = None
+    if D is not None:
+        dD = (grad_out.float() * u.float()).sum((0, 2, 3)).expand(4, d_inner).to(D.dtype).contiguous()
     if lowrank:
-        d_low = d_low_parts.sum(0).view(batch, 4, R, H, W).to(dt_low.dtype)
-        d_weight = w_parts[..., :R].sum(0).to(dt_weight.dtype)
+        d_low = p_low.sum(0).to(dt_low.dtype)
+        d_weight = p_w[..., :R].sum((0, 1)).to(dt_weight.dtype)
         ddelta = None
     else:
         d_low = d_weight = None
-    return du.view(batch, d_inner, H, W).to(u.dtype), ddelta, d_low, d_weight, dA, dB, dC, dD, dbias
+        ddelta = ddt.to(delta.dtype)
+    return du.to(u.dtype), ddelta, d_low, d_weight, dA, dB, dC, dD, dbias
 
 
 # ---- torch.library ops: torch.compile traces through them; FLOP counters see one node per scan.

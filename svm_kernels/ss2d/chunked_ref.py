@@ -1,0 +1,140 @@
+"""Chunk-parallel backward of one selective-scan direction, in plain torch: the algorithm the
+v2 backward kernels implement, written pass by pass so each kernel pass can be tested against
+the matching step here.
+
+One direction, in its own sequence order (the caller flips the reversed directions):
+
+    x[t] = a[t] x[t-1] + b[t],   a = exp(dt A),  b = dt u B,   y[t] = sum_n C[t] x[t]
+
+with the adjoint lam[t] = C[t] g[t] + a[t+1] lam[t+1]. The only gradient terms that pair the
+prefix state with the suffix adjoint are those through the decays; they are rewritten with the
+log-space cumulative sum S[t] = sum_{s<=t} dt[s] (per n, w[t] = C g x[t] - b[t] lam[t]):
+
+    d dt[t] = sum_n lam[t] u[t] B[t]  +  sum_{t'>=t} q[t'],   q = sum_n A w,
+    dA      = sum_t S[t] w[t]
+
+so every per-position term needs either x (a forward walk) or lam (a reverse walk), never both:
+no per-position state is stored between walks. Chunk c's carries are linear in the entering
+state / adjoint, which is why each walk also gathers the coefficients G and K.
+
+Passes (lanes = channels x chunks, positions walked one per step, as in the forward):
+  1. state pass:   per chunk from a zero state: exit state, summed dt, and for the q totals
+                   sum_t q_loc and G = sum_t C g exp(A s[t]) (s: chunk-local cumulative dt).
+  2. adjoint pass: per chunk, reverse, from a zero adjoint: exit a*lam at the chunk start, the
+                   q totals of b lam_loc, and K = sum_t b[t] exp(A (s_last - s[t])).
+  3. chains over chunks (the forward's chain; the adjoint's in the opposite order, with the same
+     summed dt, because a*lam shifts the decay by one position), then the chunk totals of q
+     and their suffix sums over later chunks.
+  4. gradient pass: a forward walk from the entering state (dC, the x half of d dt and dA) and a
+     reverse walk from the entering adjoint (du, dB, the lam half of d dt and dA).
+
+Shapes: dt, u, g (..., D, L); A (..., D, N); B, C (..., N, L). float64 in the tests.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _chunks(t: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(..., L) -> (..., n_chunks, chunk), zero padded: dt = 0 decays by 1 and adds nothing."""
+    L = t.shape[-1]
+    n = -(-L // chunk)
+    return torch.nn.functional.pad(t, (0, n * chunk - L)).unflatten(-1, (n, chunk))
+
+
+def _chain(exits: torch.Tensor, dtsum: torch.Tensor, A: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """Entering values per chunk from chunk exits computed from zero: the carry over chunks."""
+    n = exits.shape[-2]
+    carry = torch.zeros_like(exits[..., 0, :])
+    entering = torch.empty_like(exits)
+    for c in reversed(range(n)) if reverse else range(n):
+        entering[..., c, :] = carry
+        carry = torch.exp(dtsum[..., c, None] * A) * carry + exits[..., c, :]
+    return entering
+
+
+def chunked_scan_bwd(dt, u, A, B, C, g, chunk: int):
+    """(d dt, du, dA, dB, dC) of sum(g * y) for one direction, by the chunk-parallel passes."""
+    L = dt.shape[-1]
+    dtc, uc, gc = (_chunks(t, chunk) for t in (dt, u, g))  # (..., D, n, T)
+    Bc, Cc = (_chunks(t, chunk).unsqueeze(-4) for t in (B, C))  # (..., 1, N, n, T)
+    Ac = A[..., :, None, :]  # (..., D, 1, N): broadcasts over chunks
+
+    def step(j):
+        # one position of every chunk: decay, input, and the direct adjoint term, (..., D, n, N)
+        dt_j = dtc[..., j, None]
+        a = torch.exp(dt_j * Ac)
+        b = (dt_j * uc[..., j, None]) * Bc[..., j].transpose(-1, -2)
+        lt = gc[..., j, None] * Cc[..., j].transpose(-1, -2)
+        return a, b, lt
+
+    # 1. state pass (zero entry): exit state, summed dt, q total and its coefficient G
+    x = torch.zeros_like(step(0)[1])
+    s = torch.zeros_like(dtc[..., 0, None])
+    q_x = torch.zeros_like(dtc[..., 0])
+    G = torch.zeros_like(x)
+    for j in range(chunk):
+        a, b, lt = step(j)
+        x = a * x + b
+        s = s + dtc[..., j, None]
+        q_x = q_x + (Ac * lt * x).sum(-1)
+        G = G + lt * torch.exp(s * Ac)
+    dtsum = s[..., 0]
+    x_in = _chain(x, dtsum, A, reverse=False)
+
+    # 2. adjoint pass (zero entry, reverse): a*lam at the chunk start, q total and K
+    m = torch.zeros_like(x)
+    decay = torch.ones_like(x)  # exp(A (s_last - s[t])): the decays after t
+    q_l = torch.zeros_like(q_x)
+    K = torch.zeros_like(x)
+    for j in reversed(range(chunk)):
+        a, b, lt = step(j)
+        lam = lt + m
+        m = a * lam
+        q_l = q_l + (Ac * b * lam).sum(-1)
+        K = K + b * decay
+        decay = decay * a
+    m_in = _chain(m, dtsum, A, reverse=True)
+
+    # 3. exact chunk totals of q (linear in the entering values), and their sums over later chunks
+    q_tot = q_x + (Ac * x_in * G).sum(-1) - q_l - (Ac * m_in * K).sum(-1)
+    later = q_tot.flip(-1).cumsum(-1).flip(-1) - q_tot
+    s_start = dtsum.cumsum(-1) - dtsum  # S at each chunk's entry
+
+    # 4a. gradient pass, forward walk: dC and the x half of d dt and dA
+    ddt = torch.zeros_like(dtc)
+    dC = dtc.new_zeros(*dtc.shape[:-3], A.shape[-1], *dtc.shape[-2:])  # (..., N, n, T)
+    dA = torch.zeros_like(x)
+    x = x_in
+    s = s_start[..., None]
+    prefix = torch.zeros_like(q_x)  # sum of q_x over the chunk before t
+    suffix_x = q_x + (Ac * x_in * G).sum(-1)  # the chunk's exact x total
+    for j in range(chunk):
+        a, b, lt = step(j)
+        x = a * x + b
+        s = s + dtc[..., j, None]
+        ddt[..., j] = later + suffix_x - prefix
+        q = (Ac * lt * x).sum(-1)
+        prefix = prefix + q
+        dA = dA + s * lt * x
+        dC[..., j] = (gc[..., j, None] * x).sum(-3).transpose(-1, -2)
+    # 4b. gradient pass, reverse walk: du, dB and the lam half of d dt and dA
+    du = torch.zeros_like(uc)
+    dB = torch.zeros_like(dC)
+    m = m_in
+    s = (s_start + dtsum)[..., None]
+    suffix_l = torch.zeros_like(q_x)
+    for j in reversed(range(chunk)):
+        a, b, lt = step(j)
+        lam = lt + m
+        m = a * lam
+        suffix_l = suffix_l + (Ac * b * lam).sum(-1)
+        Bj = Bc[..., j].transpose(-1, -2)
+        ddt[..., j] += (lam * uc[..., j, None] * Bj).sum(-1) - suffix_l
+        du[..., j] = (lam * dtc[..., j, None] * Bj).sum(-1)
+        dB[..., j] = (lam * (dtc[..., j] * uc[..., j])[..., None]).sum(-3).transpose(-1, -2)
+        dA = dA - s * b * lam
+        s = s - dtc[..., j, None]
+    flat = lambda t: t.flatten(-2)[..., :L]
+    return flat(ddt), flat(du), dA.sum(-2), flat(dB), flat(dC)
