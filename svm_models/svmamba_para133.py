@@ -37,16 +37,15 @@ from functools import partial
 import torch
 from torch import nn
 
+from .base import VisionModel
 from .layers import (
     LayerNorm2d,
     Linear2d,
     SeqToBatch,
-    check_depths,
     encode_direct,
     fold_time,
     init_linears_trunc_normal,
     make_lif,
-    stage_dims,
     stem_strides,
     unfold_time,
 )
@@ -132,7 +131,7 @@ class SpikMambaBlock(nn.Module):
         return self.ffn(x) + x
 
 
-class SVMambaPara133(nn.Module):
+class SVMambaPara133(VisionModel):
     """The original SVMamba (para133/SNN_Mamba) with its T*B leak fixed by default."""
 
     spiking = True
@@ -161,10 +160,8 @@ class SVMambaPara133(nn.Module):
         for arg, value, choices in (("stem", stem, STEMS), ("ffn", ffn, FFNS), ("norm", norm, NORMS)):
             if value not in choices:
                 raise ValueError(f"{arg} must be one of {choices}, got {value!r}")
-        if not isinstance(T, int) or T < 1:
-            raise ValueError(f"T must be a positive int, got {T!r}")
-        depths = check_depths(depths)
-        dims = stage_dims(dims, len(depths))
+        T = self.check_time_steps(T)
+        depths, dims = self.check_stages(depths, dims)
         self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
         self.dims, self.depths, self.T, self.backend = dims, depths, T, backend
         lif = partial(make_lif, backend=backend, tau=tau, v_threshold=v_threshold, detach_reset=True)
@@ -225,8 +222,11 @@ class SVMambaPara133(nn.Module):
             x = layer(x)
         return x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(images).mean(dim=(0, 3, 4)))  # over T, then space
+    def get_classifier(self) -> nn.Linear:
+        return self.head
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features.mean(dim=(0, 3, 4)))  # over T, then space
 
 
 @register_model

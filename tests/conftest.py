@@ -33,3 +33,13 @@ def kernel_device():
     torch.set_default_device(DEVICE)
     yield DEVICE
     torch.set_default_device("cpu")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
+    spinning makes two threads many times slower than one (use with ``usefixtures``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import SMALL, images, tiny_model
 from torch import nn
 
 import svm_models
@@ -20,36 +21,12 @@ from svm_models.layers import CrossScanSSM
 
 E_MAC, E_AC = 4.6e-9, 0.9e-9  # mJ per op at the default 45 nm fp32 preset
 
-# Tiny versions of the registered models (img_size, overrides), as in test_models.py.
-SMALL = {
-    "svmamba_t": (32, dict(dims=8, depths=(1, 1, 1), T=2)),
-    "svmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), T=2, d_state=2)),
-    "svmamba_para133": (32, dict(dims=8, depths=(1, 1), T=2, v_threshold=0.02)),  # fires at its init
-    "vmamba_t": (32, dict(dims=8, depths=(1, 1, 1, 1), drop_path_rate=0.0)),
-    "vmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), d_state=2, drop_path_rate=0.0)),
-    "qkformer_cifar": (32, dict(embed_dim=32, num_heads=1, depths=(1, 1, 1), T=2)),
-    "qkformer_10_384": (64, dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), T=2)),
-    "qkformer_10_512": (64, dict(embed_dim=48, num_heads=3, depths=(1, 1, 1), T=2)),
-    "qkformer_10_768": (64, dict(embed_dim=32, num_heads=2, depths=(1, 0, 1), T=3)),
-}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions on 2 shared cores: one thread is ~1000x faster than two contending ones.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def images(batch, img, seed=1):
-    return torch.randn(batch, 3, img, img, generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name="svmamba_cifar", calibrate=True, **extra):
-    img, overrides = SMALL[name]
-    model = create_model(name, num_classes=5, img_size=img, backend="torch", **{**overrides, **extra})
+    model, img = tiny_model(name, **extra)
     if calibrate:  # random weights: set BN statistics so that the LIFs fire at all
         accounting.calibrate_batchnorm(model, images(2, img), batches=2)
     return model, img

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from test_training_fixtures import make_cifar10, make_cifar100, make_mini_imagenet, save_digit_png
+from fabricate import make_cifar10, make_cifar100, make_mini_imagenet, save_digit_png
 
 from svm_models import data as D
 from svm_models.data import transforms as T
@@ -236,7 +236,7 @@ def test_unreadable_folder_images_become_none_and_are_reported(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_training_skips_unreadable_images_and_counts_them(tmp_path, monkeypatch, capsys, workers):
-    from test_training_fixtures import register_tiny, tiny_cfg
+    from fabricate import register_tiny, tiny_cfg
 
     from svm_models.training import config as C
     from svm_models.training import engine

@@ -12,6 +12,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from helpers import SMALL, images, tiny_model
 from torch import nn
 
 from svm_models import accounting, create_model, list_models
@@ -24,20 +25,8 @@ FP32 = hardware.HW_PRESETS["hw_45nm_fp32"]
 E_ADD, E_MUL = 0.9, 3.7  # pJ, Horowitz 45 nm fp32
 REL = 1e-9
 
-SMALL = {
-    "svmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), T=2, d_state=2)),
-    "vmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), d_state=2, drop_path_rate=0.0)),
-    "qkformer_cifar": (32, dict(embed_dim=32, num_heads=1, depths=(1, 1, 1), T=2)),
-    "qkformer_10_384": (64, dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), T=2)),
-}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _least_squares_by_hand():
@@ -57,15 +46,9 @@ def sram(values: float) -> float:
 
 
 def tiny(name, **extra):
-    img, overrides = SMALL[name]
-    model = create_model(name, num_classes=5, img_size=img, backend="torch", **{**overrides, **extra})
-    g = torch.Generator().manual_seed(1)
-    accounting.calibrate_batchnorm(model, torch.randn(2, 3, img, img, generator=g), batches=2)
+    model, img = tiny_model(name, **extra)
+    accounting.calibrate_batchnorm(model, images(2, img), batches=2)
     return model, img
-
-
-def images(batch, img, seed=1):
-    return torch.randn(batch, 3, img, img, generator=torch.Generator().manual_seed(seed))
 
 
 def spike_batch(batch=2, cin=3, hw=4, ones=29):

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close_rel
+from helpers import SMALL, assert_close_rel, images, tiny_model
 from torch import nn
 
 import svm_models
@@ -19,35 +19,11 @@ from svm_models import create_model, list_models
 from svm_models.layers import CrossScanSSM, DropPath, set_backend
 
 NUM_CLASSES = 5
-# Tiny versions of every registered model: (img_size, overrides).
-SMALL = {
-    "svmamba_t": (32, dict(dims=8, depths=(1, 1, 1), T=2)),
-    "svmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), T=2, d_state=2)),
-    # 64 px: the last stage must be larger than 1x1, or A (which acts from the 2nd position on) gets no gradient.
-    "svmamba_para133": (32, dict(dims=8, depths=(1, 1), T=2, v_threshold=0.02)),  # fires at its init
-    "vmamba_t": (64, dict(dims=8, depths=(1, 1, 1, 1), drop_path_rate=0.0)),
-    "vmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), d_state=2, drop_path_rate=0.0)),
-    # QKFormer's SSA fires only when Q K^T V * 0.125 reaches 0.5: tiny widths need enough tokens
-    # (stage 3 at 8x8) and wide heads, or the attention LIF stays silent at init.
-    "qkformer_cifar": (32, dict(embed_dim=32, num_heads=1, depths=(1, 1, 1), T=2)),
-    "qkformer_10_384": (128, dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), T=2)),
-    "qkformer_10_512": (128, dict(embed_dim=48, num_heads=3, depths=(1, 1, 1), T=2)),
-    "qkformer_10_768": (128, dict(embed_dim=32, num_heads=2, depths=(1, 0, 1), T=3)),
-}
 SPIKING = ["svmamba_t", "svmamba_cifar", "qkformer_cifar", "qkformer_10_384"]
 
 
 def small_model(name, backend="torch", **extra):
-    img, overrides = SMALL[name]
-    model = create_model(
-        name, num_classes=NUM_CLASSES, img_size=img, backend=backend, **{**overrides, **extra}
-    )
-    return model, img
-
-
-def images(batch, img, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, img, img, generator=g)
+    return tiny_model(name, num_classes=NUM_CLASSES, backend=backend, **extra)
 
 
 def param_count(model):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from test_training_fixtures import register_tiny, tiny_cfg, write_config
+from fabricate import register_tiny, tiny_cfg, write_config
 
 from svm_models.training import checkpoint as ckpt
 from svm_models.training import cli, engine, history, rundir, runtime
@@ -18,12 +18,7 @@ from svm_models.training import config as C
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -142,7 +137,7 @@ def test_two_concurrent_runs_into_one_directory(tmp_path, tiny, capsys):
     launcher.write_text(
         "import runpy, sys\n"
         f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
-        "import test_training_fixtures as F\n"
+        "import fabricate as F\n"
         "from svm_models import registry\n"
         "registry._MODELS[F.TINY] = F.tiny_factory\n"
         f"sys.argv = [{os.path.join(ROOT, 'train.py')!r}] + sys.argv[1:]\n"

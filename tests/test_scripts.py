@@ -18,7 +18,7 @@ import time
 
 import pytest
 import torch
-from test_training_fixtures import register_tiny, save_digit_png, tiny_cfg, tiny_checkpoint, write_config
+from fabricate import register_tiny, save_digit_png, tiny_cfg, tiny_checkpoint, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -193,7 +193,7 @@ def test_predict_without_json_uses_the_dataset_names(trained):
 
 def test_predict_folder_of_only_bad_files_is_an_error(tmp_path, monkeypatch, capsys):
     register_tiny(monkeypatch)
-    from test_training_fixtures import TinyNet
+    from fabricate import TinyNet
 
     cfg = tiny_cfg(tmp_path)
     tiny_checkpoint(tmp_path / "w.pt", TinyNet(), classes=[str(i) for i in range(10)])
@@ -213,7 +213,7 @@ def test_predict_folder_of_only_bad_files_is_an_error(tmp_path, monkeypatch, cap
 LAUNCHER = """
 import runpy, sys
 sys.path.insert(0, {tests!r})
-import test_training_fixtures as F
+import fabricate as F
 from svm_models import registry
 registry._MODELS[F.TINY] = F.tiny_factory   # the tiny test model, registered in this process only
 sys.argv = [{script!r}] + sys.argv[1:]
@@ -389,7 +389,7 @@ def test_every_bad_case_exits_2_with_one_line(tmp_path, capsys):
 
 def test_bad_class_index_json_content(tmp_path, monkeypatch, capsys):
     register_tiny(monkeypatch)
-    from test_training_fixtures import TinyNet
+    from fabricate import TinyNet
 
     from svm_models.training import cli
 
@@ -413,7 +413,7 @@ def test_bad_class_index_json_content(tmp_path, monkeypatch, capsys):
 
 def test_checkpoint_for_another_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     register_tiny(monkeypatch)
-    from test_training_fixtures import TinyNet
+    from fabricate import TinyNet
 
     from svm_models.training import cli
 
@@ -426,7 +426,7 @@ def test_checkpoint_for_another_model_is_a_clear_error(tmp_path, monkeypatch, ca
 
 def test_non_finite_loss_exits_1_with_a_message(tmp_path, monkeypatch, capsys):
     register_tiny(monkeypatch)
-    from test_training_fixtures import TinyNet
+    from fabricate import TinyNet
 
     from svm_models.training import cli
 
@@ -447,7 +447,7 @@ def test_non_finite_loss_exits_1_with_a_message(tmp_path, monkeypatch, capsys):
 def _trained_tiny(tmp_path, monkeypatch):
     """A train.py-style checkpoint of the tiny model trained at img_size 8 (stored config)."""
     register_tiny(monkeypatch)
-    from test_training_fixtures import TinyNet
+    from fabricate import TinyNet
 
     from svm_models.training import config as C
     from svm_models.training.checkpoint import atomic_save

@@ -14,7 +14,7 @@ from helpers import assert_close_rel
 
 import svm_models
 
-SMALL = {
+COMPILED = {
     "svmamba_cifar": dict(dims=[8, 16], depths=[1, 1], T=2, v_threshold=0.5),
     "vmamba_cifar": dict(dims=[8, 16], depths=[1, 1], drop_path_rate=0.0),  # no randomness
     "qkformer_cifar": dict(embed_dim=32, depths=(1, 1, 1), num_heads=2, T=2),
@@ -26,7 +26,7 @@ DYNAMIC_CHECKED = "svmamba_cifar"
 
 def test_every_model_family_is_covered():
     families = {name.split("_")[0] for name in svm_models.list_models()}
-    assert families == {name.split("_")[0] for name in SMALL}
+    assert families == {name.split("_")[0] for name in COMPILED}
 
 
 def _outputs_and_grads(model, images, run=None):
@@ -37,12 +37,12 @@ def _outputs_and_grads(model, images, run=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", sorted(COMPILED))
 def test_model_compiles_fullgraph_and_matches_eager(name):
     # float64: a rounding difference between the eager and the captured graph must not flip a
     # spike that sits on the threshold
     torch.manual_seed(0)
-    model = svm_models.create_model(name, num_classes=5, img_size=16, backend="torch", **SMALL[name])
+    model = svm_models.create_model(name, num_classes=5, img_size=16, backend="torch", **COMPILED[name])
     model.double().train()
     images = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     ref_logits, ref_grads = _outputs_and_grads(model, images)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from test_training_fixtures import TINY, TinyNet, register_tiny, tiny_cfg
+from fabricate import TINY, TinyNet, register_tiny, tiny_cfg
 
 from svm_models.training import checkpoint as ckpt
 from svm_models.training import config as C
@@ -17,14 +17,7 @@ def tiny(monkeypatch):
     return register_tiny(monkeypatch)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    spinning makes two threads many times slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, **over):

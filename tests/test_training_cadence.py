@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from test_training_fixtures import register_tiny, tiny_cfg
+from fabricate import register_tiny, tiny_cfg
 
 from svm_models.training import compiling, engine, history
 from svm_models.training import config as C
@@ -15,12 +15,7 @@ def tiny(monkeypatch):
     return register_tiny(monkeypatch)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, **over):

@@ -1,6 +1,6 @@
-"""Shared helpers for the data / training / script tests (no tests here).
+"""Fabricators for the data / training / script tests (no tests here):
 
-* fabricators for datasets in their real on-disk formats (CIFAR pickle batches, JPEG folders),
+* datasets in their real on-disk formats (CIFAR pickle batches, JPEG folders),
 * a tiny convolutional classifier registered in the model registry only for the duration of a
   test (``tiny_model`` fixture in the test modules), so that engine tests take seconds,
 * config writers.
