@@ -138,3 +138,14 @@ def test_bytes_moved():
     assert pack_bytes_moved(1000, torch.float32) == 4000 + 125
     assert pack_bytes_moved(1001, torch.bfloat16) == 2002 + 126
     assert unpack_bytes_moved(1001, torch.bfloat16) == 2002 + 126
+
+
+@pytest.mark.parametrize("n", [1, 9, 1031])
+def test_opcheck(n):
+    """The custom ops' fakes agree with the real kernels (shapes, strides, dtypes) and trace cleanly."""
+    from svm_kernels.bitpack.fused import pack_bits_op, unpack_bits_op
+
+    x = spikes((n,), torch.float32)
+    torch.library.opcheck(pack_bits_op, (x,))
+    packed = pack_bits_op(x)
+    torch.library.opcheck(unpack_bits_op, (packed, n, torch.bfloat16))
