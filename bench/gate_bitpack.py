@@ -1,26 +1,28 @@
 """Gate cases of the spike bit-pack op (pack a {0, 1} spike tensor into bits and back).
 
-The op is being added to ``svm_kernels``; until it exists every case is a row skipped with the
-reason. Expected API: ``svm_kernels.pack_spikes(s) -> packed`` and
-``svm_kernels.unpack_spikes(packed, shape, dtype) -> s``. Bytes that must move: pack reads the
-spikes (s bytes per element) and writes one bit per element; unpack the reverse.
+The op is ``svm_kernels.bitpack``: ``pack_bits(s) -> packed`` and ``unpack_bits(packed, shape,
+dtype) -> s``. Bytes that must move: pack reads the spikes (s bytes per element) and writes one bit
+per element; unpack the reverse.
 """
 
 from __future__ import annotations
 
 import torch
-from gate import DEVICE, Case, Skip, provider, timed_row
+from gate import DEVICE, Case, provider, timed_row
 from shapes import LIF_SHAPES, LIF_SMOKE
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def bitpack_op():
-    import svm_kernels
+    from svm_kernels.bitpack import pack_bits, unpack_bits
 
-    pack, unpack = getattr(svm_kernels, "pack_spikes", None), getattr(svm_kernels, "unpack_spikes", None)
-    if pack is None or unpack is None:
-        raise Skip("svm_kernels has no spike bit-pack op yet (pack_spikes / unpack_spikes)")
+    def pack(s):
+        return pack_bits(s, backend="triton")
+
+    def unpack(packed, shape, dtype):
+        return unpack_bits(packed, shape, dtype, backend="triton")
+
     return pack, unpack
 
 

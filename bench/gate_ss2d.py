@@ -142,14 +142,15 @@ def _pow2(n: int) -> int:
 
 
 def check_small_blocks(shape, dtype):
-    # backward: 8 channels per block (at D = 96, 12 blocks walked several per program), 16-position
-    # chunks (196 at 56 x 56), 4 warps; forward: 2 channels x the whole sequence over 16 warps.
-    # Tiny shapes (smoke) get 2 channels and 8-position chunks.
-    def bwd(D, L, N):
-        return (8 if D >= 32 else 2, 16 if L >= 256 else 8, 4)
+    # Small channel blocks and short chunks, so that several chunks are walked per program and
+    # chained between programs, and several channel blocks share one partial, with real numbers:
+    # 8 channels (2 on tiny shapes) per block, 2 chunks per program, chunks of 16 positions (8 on
+    # tiny shapes), 4 warps, forward and backward alike.
+    def fwd(D, L, N):
+        return (8 if D >= 32 else 2, 2, 16 if L >= 256 else 8, 4)
 
-    def fwd(D, L):
-        return (2, _pow2(L), 16)
+    def bwd(D, L, N, batch):
+        return fwd(D, L, N)
 
     with launcher_overrides(_bwd_config=bwd, _fwd_config=fwd):
         return check(ours_lowrank, shape, dtype)

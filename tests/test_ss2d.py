@@ -1,5 +1,7 @@
 """Fused four-direction selective scan (Triton; the interpreter on CPU) against the plain reference."""
 
+import math
+
 import pytest
 import torch
 from helpers import assert_close_rel
@@ -142,7 +144,9 @@ def test_forward_config_bounds_the_chunk_states():
 def test_long_thin_maps(monkeypatch, H, W):
     """A 1 x 1000 and a 1000 x 1 map: one orientation walks 1000 positions per row, the other one."""
     inputs = make_inputs(1, 2, H, W, 1, R=2, lowrank=True)
-    check_against_reference(inputs, True)
+    # Both sides are fp32 recurrences of 1000 steps summed in different orders (the reference walks
+    # positions, the kernel chunks and chains them): rounding grows like sqrt(L) (2e-5 at L <= 64).
+    check_against_reference(inputs, True, tol=2e-5 * math.sqrt(H * W / 64))
 
 
 def test_any_map_size_is_supported(monkeypatch):
