@@ -243,35 +243,20 @@ class SVMamba(VisionModel):
         return self.head
 
 
+# SVMamba-T's layout; svmamba_cifar is the same with patch 2 at 32 px.
+SVMAMBA_T = dict(
+    img_size=224, patch_size=4, dims=96, depths=(1, 2, 4), T=4, d_state=1, ssm_ratio=1.0, mlp_ratio=4.0
+)
+
+
 @register_model
 def svmamba_t(num_classes: int = 1000, **overrides) -> SVMamba:
     """SVMamba-T, 224 px: C 96, depths [1, 2, 4], T 4, d_state 1, ssm_ratio 1, patch 4."""
-    defaults = dict(
-        num_classes=num_classes,
-        img_size=224,
-        patch_size=4,
-        dims=96,
-        depths=(1, 2, 4),
-        T=4,
-        d_state=1,
-        ssm_ratio=1.0,
-        mlp_ratio=4.0,
-    )
-    return build(SVMamba, defaults, overrides, "svmamba_t")
+    return build(SVMamba, dict(SVMAMBA_T, num_classes=num_classes), overrides, "svmamba_t")
 
 
 @register_model
 def svmamba_cifar(num_classes: int = 1000, **overrides) -> SVMamba:
     """SVMamba for 32 px inputs: as svmamba_t with patch 2 (stages at 16, 8 and 4 px)."""
-    defaults = dict(
-        num_classes=num_classes,
-        img_size=32,
-        patch_size=2,
-        dims=96,
-        depths=(1, 2, 4),
-        T=4,
-        d_state=1,
-        ssm_ratio=1.0,
-        mlp_ratio=4.0,
-    )
+    defaults = dict(SVMAMBA_T, num_classes=num_classes, img_size=32, patch_size=2)
     return build(SVMamba, defaults, overrides, "svmamba_cifar")

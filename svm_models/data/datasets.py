@@ -26,6 +26,7 @@ from torchvision import datasets as tvd
 
 from . import events as E
 from . import transforms as T
+from .classes import CIFAR10_CLASSES, DIGITS_CLASSES
 from .errors import DataError
 from .images import ImageFolderSkippingUnreadable
 
@@ -83,8 +84,6 @@ DATASETS = {
     "nmnist": DatasetInfo("nmnist", 10, 34, E.LAYOUTS["nmnist"], 2, 10),
 }
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-DIGITS_CLASSES = [str(i) for i in range(10)]
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..classes import CIFAR10_CLASSES, DIGITS_CLASSES
 from ..errors import DataError
 from .frames import integrate, resize_frames
 from .readers import DVS128_SIZE, NMNIST_SIZE, EventFileError, read_cifar10_dvs, read_dvs_gesture, read_nmnist
@@ -51,19 +52,8 @@ GESTURE_CLASSES = [
     "air guitar",
     "other gestures",
 ]
-CIFAR10_DVS_CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
-NMNIST_CLASSES = [str(i) for i in range(10)]
+CIFAR10_DVS_CLASSES = CIFAR10_CLASSES
+NMNIST_CLASSES = DIGITS_CLASSES
 CIFAR10_DVS_TEST_FRACTION = 0.1
 CIFAR10_DVS_SPLIT_SEED = 0
 MAX_UNREADABLE_FRACTION = 0.01
@@ -214,7 +204,7 @@ def nmnist_samples(root: str, train: bool) -> list[Sample]:
 
 
 CLASSES = {
-    "event_digits": [str(i) for i in range(10)],
+    "event_digits": DIGITS_CLASSES,
     "dvs128_gesture": GESTURE_CLASSES,
     "cifar10_dvs": CIFAR10_DVS_CLASSES,
     "nmnist": NMNIST_CLASSES,
