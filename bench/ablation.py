@@ -40,6 +40,7 @@ class Rung:
 
 
 PARA133 = "configs/digits_svmamba_para133.yaml"
+SPIKING_OUTSIDE_MIXER = {"stem": "spiking", "ffn": "spiking", "norm": "bn"}
 LADDER = [
     Rung("para133", "the original SVMamba (real stem/FFN, LN, spike mask on a real scan path)", PARA133),
     Rung("+spiking stem", "stem and downsampling: Conv-BN-LIF instead of Conv-LN-GELU", PARA133, {"stem": "spiking"}),
@@ -49,11 +50,30 @@ LADDER = [
         PARA133,
         {"stem": "spiking", "ffn": "spiking"},
     ),
-    Rung("+BN for LN", "pre-norms: BatchNorm instead of LayerNorm", PARA133, {"stem": "spiking", "ffn": "spiking", "norm": "bn"}),
+    Rung("+BN for LN", "pre-norms: BatchNorm instead of LayerNorm", PARA133, SPIKING_OUTSIDE_MIXER),
+    Rung(
+        "+binary scan input",
+        "scan input: s = LIF(Linear(x)) through a depthwise Conv3x3-BN-LIF, so the scan reads spikes, "
+        "instead of the dense Conv3x3-SiLU and SS2D's Linear-DWConv3x3-SiLU",
+        PARA133,
+        {**SPIKING_OUTSIDE_MIXER, "scan_input": "spike"},
+    ),
+    Rung(
+        "+spike gate",
+        "gate: out = out_proj(LIF(LN(y)) * g), g = LIF of more in_proj channels, instead of the spike "
+        "mask LIF(out_proj(LN(y))) on the real x",
+        PARA133,
+        {**SPIKING_OUTSIDE_MIXER, "scan_input": "spike", "gate": "conv"},
+    ),
+    Rung(
+        "+BN-LIF after the scan",
+        "mixer norms: BN instead of LN after the scan; in_proj and out_proj Conv1x1-BN instead of Linear",
+        PARA133,
+        {**SPIKING_OUTSIDE_MIXER, "scan_input": "spike", "gate": "conv", "mixer_norm": "bn"},
+    ),
     Rung(
         "svmamba",
-        "mixer: binary scan input (LIF before the depthwise conv and the scan), spike gate from a 1x1 conv "
-        "instead of the spike mask on x, BN-LIF after the scan, membrane shortcut (no pre-norm)",
+        "block: membrane shortcut x + Mixer(LIF(x)) without pre-norms (and a LIF before the head)",
         "configs/digits_svmamba.yaml",
     ),
 ]  # fmt: skip
@@ -71,13 +91,18 @@ def spike_input_share(report) -> tuple[int, int]:
     return sum(r.kind in ("spike", "integer") for r in rows), len(rows)
 
 
-def run_one(rung: Rung, seed: int, epochs: int | None, out_dir: str) -> dict:
+def rung_config(rung: Rung, seed: int = 0, epochs: int | None = None, out_dir: str = "runs") -> dict:
+    """The training config of one rung and seed: its file with the rung's model arguments."""
     raw = dict(load_config(rung.config))
     raw["model_args"] = {**raw["model_args"], **rung.model_args}
     raw.update(seed=seed, output_dir=out_dir, task_name=f"{rung.name.strip('+').replace(' ', '_')}_s{seed}")
     if epochs is not None:
         raw["epochs"] = epochs
-    cfg = validate(raw, rung.config)
+    return validate(raw, rung.config)
+
+
+def run_one(rung: Rung, seed: int, epochs: int | None, out_dir: str) -> dict:
+    cfg = rung_config(rung, seed, epochs, out_dir)
     start = time.perf_counter()
     result = engine.fit(cfg, progress=False)
     train_s = time.perf_counter() - start

@@ -24,9 +24,12 @@ Deliberate differences from the original code:
   state until ``reset_net`` is called.
 * ``patch_size`` 2 (the original's stem is only shape-correct for 4) uses strides (2, 1).
 
-The switches ``stem``, ``ffn`` and ``norm`` replace one part at a time by SVMamba's spiking
+The switches ``stem``, ``ffn``, ``norm`` and the mixer's ``scan_input``, ``gate`` and
+``mixer_norm`` (see :class:`SpikeMamba`) replace one part at a time by SVMamba's spiking
 counterpart; they exist for the ablation ladder from this model to ``svmamba``
-(``bench/ablation.py``). The defaults are the original.
+(``bench/ablation.py``). The defaults are the original. With all six switched, what is left
+between this model and ``svmamba`` is the block: pre-norms with the residual taken after them
+here, the membrane shortcut there (no pre-norms, a LIF at the mixer's entry and before the head).
 """
 
 from __future__ import annotations
@@ -39,13 +42,17 @@ from torch import nn
 
 from .base import VisionModel
 from .layers import (
+    ConvBN,
+    CrossScanSSM,
     LayerNorm2d,
     Linear2d,
+    SeqConvBN,
     SeqToBatch,
     encode_direct,
     fold_time,
     init_linears_trunc_normal,
     make_lif,
+    resolve_dt_rank,
     stem_strides,
     unfold_time,
 )
@@ -56,6 +63,8 @@ from .vmamba import SS2D
 STEMS = ("gelu", "spiking")
 FFNS = ("silu", "spiking")
 NORMS = ("ln", "bn")
+SCAN_INPUTS = ("real", "spike")
+GATES = ("mask", "conv")
 
 
 class ConvLNGELU(nn.Sequential):
@@ -90,27 +99,95 @@ class RealFFN(nn.Module):
 
 
 class SpikeMamba(nn.Module):
-    """s = LIF(Linear(x)); y = LIF(SS2D(SiLU(Conv3x3(s)))); out = y * x (see the module docstring)."""
+    """s = LIF(Linear(x)); y = LIF(SS2D(SiLU(Conv3x3(s)))); out = y * x (see the module docstring).
 
-    def __init__(self, dim: int, d_state: int, ssm_ratio: float, dt_rank, lif, fix_batch_leak: bool, backend):
+    The mixer switches of the ablation ladder (defaults: the original):
+
+    * ``scan_input="spike"``: s feeds a depthwise Conv3x3-BN-LIF whose spikes are the scan's
+      input, in place of the dense Conv3x3-SiLU and SS2D's in_proj-DWConv3x3-SiLU.
+    * ``gate="conv"``: in_proj also computes a gate g (LIF of a second set of channels) and
+      out = out_proj(LIF(N(y)) * g), in place of the spike mask LIF(out_proj(N(y))) on x.
+    * ``mixer_norm="bn"``: BN after the scan in place of LN, and in_proj / out_proj as
+      Conv1x1-BN in place of Linear layers.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int,
+        ssm_ratio: float,
+        dt_rank,
+        lif,
+        fix_batch_leak: bool,
+        backend,
+        scan_input: str = "real",
+        gate: str = "mask",
+        mixer_norm: str = "ln",
+    ):
         super().__init__()
-        self.fix_batch_leak = fix_batch_leak
-        self.in_proj = Linear2d(dim, dim)
+        self.fix_batch_leak, self.scan_input, self.gate = fix_batch_leak, scan_input, gate
+        d_inner = int(ssm_ratio * dim)
+        scan_width = dim if scan_input == "real" else d_inner  # what s feeds
+        self.splits = [scan_width] + ([d_inner] if gate == "conv" else [])
+        self.in_proj = projection(dim, sum(self.splits), mixer_norm, bias=True)
         self.snn_in = lif()
-        self.conv = nn.Conv2d(dim, dim, 3, padding=1)  # dense, the one layer fed by spikes
-        self.act = nn.SiLU()
-        self.ssm = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, backend=backend)
+        if scan_input == "real":
+            self.conv = nn.Conv2d(dim, dim, 3, padding=1)  # dense, the one layer fed by spikes
+            self.act = nn.SiLU()
+            self.ssm = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, backend=backend)
+            if mixer_norm == "bn":
+                self.ssm.out_norm = nn.BatchNorm2d(d_inner)
+                self.ssm.out_proj = projection(d_inner, dim, mixer_norm, bias=False)
+        else:
+            self.ssm = SpikeInputScan(dim, d_inner, d_state, dt_rank, lif, mixer_norm, backend)
         self.snn2 = lif()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         h = self.in_proj(fold_time(x))  # (T*B, C, H, W), time-major
         if self.fix_batch_leak:
-            s = fold_time(self.snn_in(unfold_time(h, T)))
+            s = self.snn_in(unfold_time(h, T))
         else:
-            s = self.snn_in(h)  # the original: one neuron sequence over the T*B folded samples
-        y = self.ssm(self.act(self.conv(s)))
-        return self.snn2(unfold_time(y, T)) * x
+            s = unfold_time(self.snn_in(h), T)  # the original: one neuron sequence over T*B samples
+        if self.gate == "mask" and self.scan_input == "real":
+            y = self.ssm(self.act(self.conv(fold_time(s))))  # the original, through SS2D's forward
+            return self.snn2(unfold_time(y, T)) * x
+        s, *g = s.split(self.splits, dim=2)
+        if self.scan_input == "real":
+            ssm = self.ssm
+            u = ssm.act(ssm.conv2d(ssm.in_proj(self.act(self.conv(fold_time(s))))))
+            y = ssm.out_norm(ssm.ssm(u))
+        else:
+            y = self.ssm.normed_scan(s)
+        if self.gate == "mask":
+            return self.snn2(unfold_time(self.ssm.out_proj(y), T)) * x
+        return unfold_time(self.ssm.out_proj(fold_time(self.snn2(unfold_time(y, T)) * g[0])), T)
+
+
+def projection(in_ch: int, out_ch: int, norm: str, bias: bool) -> nn.Module:
+    """A 1x1 projection: the original's Linear, or a Conv1x1-BN (``norm="bn"``, as in svmamba)."""
+    return Linear2d(in_ch, out_ch, bias=bias) if norm == "ln" else ConvBN(in_ch, out_ch, 1)
+
+
+class SpikeInputScan(nn.Module):
+    """The scan path of ``scan_input="spike"``: u = LIF(BN(DWConv3x3(s))); y = N(scan(u)).
+
+    Holds ``out_proj`` too, as SS2D does, so that both scan paths have the same outer layers.
+    """
+
+    def __init__(self, dim: int, d_inner: int, d_state: int, dt_rank, lif, mixer_norm: str, backend):
+        super().__init__()
+        self.dwconv = SeqConvBN(d_inner, d_inner, 3, groups=d_inner, spike_input=True)
+        self.u_lif = lif()
+        self.ssm = CrossScanSSM(d_inner, d_state, resolve_dt_rank(dt_rank, dim), backend=backend)
+        self.ssm.spike_input = True
+        self.out_norm = LayerNorm2d(d_inner) if mixer_norm == "ln" else nn.BatchNorm2d(d_inner)
+        self.out_proj = projection(d_inner, dim, mixer_norm, bias=False)
+
+    def normed_scan(self, s: torch.Tensor) -> torch.Tensor:
+        """(T, B, C, H, W) spikes -> (T*B, D, H, W): every time step is scanned on its own."""
+        u = self.u_lif(self.dwconv(s))
+        return self.out_norm(self.ssm(fold_time(u)))
 
 
 class SpikMambaBlock(nn.Module):
@@ -154,10 +231,21 @@ class SVMambaPara133(VisionModel):
         stem: str = "gelu",
         ffn: str = "silu",
         norm: str = "ln",
+        scan_input: str = "real",
+        gate: str = "mask",
+        mixer_norm: str = "ln",
         backend: str = "auto",
     ):
         super().__init__()
-        for arg, value, choices in (("stem", stem, STEMS), ("ffn", ffn, FFNS), ("norm", norm, NORMS)):
+        switches = (
+            ("stem", stem, STEMS),
+            ("ffn", ffn, FFNS),
+            ("norm", norm, NORMS),
+            ("scan_input", scan_input, SCAN_INPUTS),
+            ("gate", gate, GATES),
+            ("mixer_norm", mixer_norm, NORMS),
+        )
+        for arg, value, choices in switches:
             if value not in choices:
                 raise ValueError(f"{arg} must be one of {choices}, got {value!r}")
         T = self.check_time_steps(T)
@@ -184,6 +272,9 @@ class SVMambaPara133(VisionModel):
                     dt_rank=dt_rank,
                     fix_batch_leak=fix_batch_leak,
                     backend=backend,
+                    scan_input=scan_input,
+                    gate=gate,
+                    mixer_norm=mixer_norm,
                 )
                 layer.add_module(f"block{j}", block)
             if i + 1 < len(depths):  # the original downsamples at the end of a stage
@@ -205,9 +296,9 @@ class SVMambaPara133(VisionModel):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for m in self.modules():
-            if isinstance(m, SS2D):
-                nn.init.trunc_normal_(m.ssm.x_proj_weight, std=0.02)
-                nn.init.trunc_normal_(m.ssm.dt_projs_weight, std=0.02)
+            if isinstance(m, CrossScanSSM):
+                nn.init.trunc_normal_(m.x_proj_weight, std=0.02)
+                nn.init.trunc_normal_(m.dt_projs_weight, std=0.02)
 
     @property
     def first_conv(self) -> nn.Conv2d:

@@ -236,8 +236,22 @@ def test_svmamba_para133_default_fixes_the_leak():
     assert (logits - fx["logits"]).abs().max().item() > 1e-3, "the leak fix changed nothing"
 
 
+OUTSIDE_MIXER = {"stem": "spiking", "ffn": "spiking", "norm": "bn"}
+ALL_SWITCHES = {**OUTSIDE_MIXER, "scan_input": "spike", "gate": "conv", "mixer_norm": "bn"}
+
+
 @pytest.mark.parametrize(
-    "variant", [{}, {"fix_batch_leak": False}, {"stem": "spiking", "ffn": "spiking", "norm": "bn"}]
+    "variant",
+    [
+        {},
+        {"fix_batch_leak": False},
+        OUTSIDE_MIXER,
+        {"scan_input": "spike"},
+        {"gate": "conv"},  # the gate on the original (real) scan path
+        {"mixer_norm": "bn"},
+        {"gate": "conv", "mixer_norm": "bn", "fix_batch_leak": False},
+        ALL_SWITCHES,
+    ],
 )
 def test_svmamba_para133_trains(variant):
     """Every variant (the ablation switches included) back-propagates finite gradients to every weight."""
@@ -256,3 +270,87 @@ def test_svmamba_para133_trains(variant):
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_svmamba_para133_rejects_unknown_switches():
+    for arg in ("stem", "ffn", "norm", "scan_input", "gate", "mixer_norm"):
+        with pytest.raises(ValueError, match=arg):
+            svm_models.create_model("svmamba_para133", **{arg: "nope"})
+
+
+def test_svmamba_para133_all_switches_differ_from_svmamba_by_the_prenorms_only():
+    """With every switch on, the parameters differ from svmamba's by the block's pre-norms (two
+    BatchNorms of 2 C each per block): the last rung of the ladder changes only the block."""
+    kw = dict(num_classes=7, img_size=32, dims=[16, 24, 32], depths=[1, 2, 1], T=2)
+    ours = svm_models.create_model("svmamba_para133", patch_size=2, **ALL_SWITCHES, **kw)
+    flagship = svm_models.create_model("svmamba_cifar", **kw)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    prenorms = sum(4 * c * d for c, d in zip(kw["dims"], kw["depths"]))
+    assert count(ours) - count(flagship) == prenorms
+    # The same scan core: the spiking SS2D's projections have the same shapes as svmamba's.
+    ours_ssm = {n.split("ssm.ssm.")[-1]: p.shape for n, p in ours.named_parameters() if "ssm.ssm." in n}
+    theirs = {n.split("mixer.ssm.")[-1]: p.shape for n, p in flagship.named_parameters() if "mixer.ssm." in n}
+    assert ours_ssm and sorted(ours_ssm.items()) == sorted(theirs.items())
+
+
+def test_svmamba_para133_mixer_spikes_where_documented():
+    """scan_input="spike": the scan reads spikes; gate="conv": out_proj reads spikes x spikes."""
+    model = svm_models.create_model(
+        "svmamba_para133", num_classes=5, img_size=16, patch_size=2, dims=[16], depths=[1], T=2,
+        v_threshold=0.02, **ALL_SWITCHES,
+    )  # fmt: skip
+    set_backend(model, "torch").eval()
+    mixer = model.layers[0].block0.spikmamba
+    seen = {}
+    for name, m in (("scan", mixer.ssm.ssm), ("out_proj", mixer.ssm.out_proj)):
+        m.register_forward_hook(lambda mod, i, o, n=name: seen.__setitem__(n, i[0]))
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    assert torch.isfinite(logits).all()
+    for name, x in seen.items():
+        assert ((x == 0) | (x == 1)).all(), f"{name} input is not binary"
+        assert 0 < x.mean() < 1, f"{name} input is all {x.mean().item()}"
+
+
+def load_ablation():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "bench" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("bench_ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_ladder_one_change_per_rung():
+    """Every rung is a real model that runs forward and backward; each para133 rung adds to the
+    switches of the one before; the ends are the digits configs of svmamba_para133 and svmamba."""
+    from svm_models.training import engine
+
+    ablation = load_ablation()
+    ladder = ablation.LADDER
+    assert ladder[0].config.endswith("digits_svmamba_para133.yaml") and not ladder[0].model_args
+    assert ladder[-1].config.endswith("digits_svmamba.yaml") and not ladder[-1].model_args
+    for before, after in zip(ladder[:-2], ladder[1:-1]):
+        added = set(after.model_args.items()) - set(before.model_args.items())
+        assert set(before.model_args.items()) <= set(after.model_args.items()), after.name
+        assert len(added) == 1, f"{after.name} changes {added}"
+    assert ladder[-2].model_args == ALL_SWITCHES
+    counts = []
+    for rung in ladder:
+        cfg = ablation.rung_config(rung)
+        model = set_backend(engine.build_model(cfg, 10), "torch").train()
+        x = torch.rand(4, 3, cfg["img_size"], cfg["img_size"], generator=torch.Generator().manual_seed(0))
+        logits = model(x)
+        assert logits.shape == (4, 10) and torch.isfinite(logits).all(), rung.name
+        logits.logsumexp(dim=1).sum().backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{rung.name}: {name}"
+        counts.append(sum(p.numel() for p in model.parameters()))
+    ends = [
+        engine.build_model(ablation.rung_config(ablation.Rung("", "", config)), 10)
+        for config in ("configs/digits_svmamba_para133.yaml", "configs/digits_svmamba.yaml")
+    ]
+    assert [counts[0], counts[-1]] == [sum(p.numel() for p in m.parameters()) for m in ends]
+    assert counts[-1] < counts[0]
