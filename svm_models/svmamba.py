@@ -154,10 +154,40 @@ class SpikingDownsample(nn.Module):
         return self.exit(self.conv(self.entry(x)))
 
 
-class SVMamba(VisionModel):
-    """Spike-driven VMamba: stem, stages of SVMamba blocks with spiking downsampling, spiking head."""
+def check_choice(arg: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{arg} must be one of {choices}, got {value!r}")
+
+
+class SpikingVMambaBase(VisionModel):
+    """What SVMamba and the original SVMamba (svmamba_para133) share: their argument checks, the
+    layout attributes and the LIF factory."""
 
     spiking = True
+
+    def setup(
+        self,
+        num_classes: int,
+        img_size: int,
+        patch_size: int,
+        dims: int | Sequence[int],
+        depths: Sequence[int],
+        T: int,
+        backend: str,
+        **lif_args,
+    ) -> LIFFactory:
+        """Checks the layout, stores it on the model, returns the factory of the model's LIFs."""
+        T = self.check_time_steps(T)
+        depths, dims = self.check_stages(depths, dims)
+        if dims[0] % 2:
+            raise ValueError(f"the first stage width must be even (the stem halves it), got {dims[0]}")
+        self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
+        self.dims, self.depths, self.T, self.backend = dims, depths, T, backend
+        return partial(make_lif, backend=backend, **lif_args)
+
+
+class SVMamba(SpikingVMambaBase):
+    """Spike-driven VMamba: stem, stages of SVMamba blocks with spiking downsampling, spiking head."""
 
     def __init__(
         self,
@@ -182,22 +212,13 @@ class SVMamba(VisionModel):
         recompute_scan: bool = False,
     ):
         super().__init__()
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
-        T = self.check_time_steps(T)
-        depths, dims = self.check_stages(depths, dims)
-        if dims[0] % 2:
-            raise ValueError(f"the first stage width must be even (the stem halves it), got {dims[0]}")
-        self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
-        self.dims, self.depths, self.T, self.shortcut, self.backend = dims, depths, T, shortcut, backend
-        lif = partial(
-            make_lif,
-            backend=backend,
-            tau=tau,
-            v_threshold=v_threshold,
-            detach_reset=detach_reset,
-            surrogate=surrogate,
-        )
+        check_choice("shortcut", shortcut, SHORTCUTS)
+        self.shortcut = shortcut
+        lif = self.setup(
+            num_classes, img_size, patch_size, dims, depths, T, backend,
+            tau=tau, v_threshold=v_threshold, detach_reset=detach_reset, surrogate=surrogate,
+        )  # fmt: skip
+        dims, depths = self.dims, self.depths
 
         self.stem = SpikingStem(in_chans, dims[0], patch_size, lif, shortcut)
         self.stages = nn.ModuleList()

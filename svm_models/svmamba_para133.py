@@ -35,12 +35,10 @@ here, the membrane shortcut there (no pre-norms, a LIF at the mixer's entry and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 from torch import nn
 
-from .base import VisionModel
 from .layers import (
     ConvBN,
     CrossScanSSM,
@@ -51,13 +49,12 @@ from .layers import (
     encode_direct,
     fold_time,
     init_linears_trunc_normal,
-    make_lif,
     resolve_dt_rank,
     stem_strides,
     unfold_time,
 )
 from .registry import build, register_model
-from .svmamba import SpikingDownsample, SpikingMLP, SpikingStem
+from .svmamba import SpikingDownsample, SpikingMLP, SpikingStem, SpikingVMambaBase, check_choice
 from .vmamba import SS2D
 
 STEMS = ("gelu", "spiking")
@@ -208,10 +205,8 @@ class SpikMambaBlock(nn.Module):
         return self.ffn(x) + x
 
 
-class SVMambaPara133(VisionModel):
+class SVMambaPara133(SpikingVMambaBase):
     """The original SVMamba (para133/SNN_Mamba) with its T*B leak fixed by default."""
-
-    spiking = True
 
     def __init__(
         self,
@@ -237,22 +232,17 @@ class SVMambaPara133(VisionModel):
         backend: str = "auto",
     ):
         super().__init__()
-        switches = (
-            ("stem", stem, STEMS),
-            ("ffn", ffn, FFNS),
-            ("norm", norm, NORMS),
-            ("scan_input", scan_input, SCAN_INPUTS),
-            ("gate", gate, GATES),
-            ("mixer_norm", mixer_norm, NORMS),
-        )
-        for arg, value, choices in switches:
-            if value not in choices:
-                raise ValueError(f"{arg} must be one of {choices}, got {value!r}")
-        T = self.check_time_steps(T)
-        depths, dims = self.check_stages(depths, dims)
-        self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
-        self.dims, self.depths, self.T, self.backend = dims, depths, T, backend
-        lif = partial(make_lif, backend=backend, tau=tau, v_threshold=v_threshold, detach_reset=True)
+        check_choice("stem", stem, STEMS)
+        check_choice("ffn", ffn, FFNS)
+        check_choice("norm", norm, NORMS)
+        check_choice("scan_input", scan_input, SCAN_INPUTS)
+        check_choice("gate", gate, GATES)
+        check_choice("mixer_norm", mixer_norm, NORMS)
+        lif = self.setup(
+            num_classes, img_size, patch_size, dims, depths, T, backend,
+            tau=tau, v_threshold=v_threshold, detach_reset=True,
+        )  # fmt: skip
+        dims, depths = self.dims, self.depths
 
         if stem == "gelu":
             self.patch_embed = RealStem(in_chans, dims[0], patch_size)
