@@ -4,11 +4,13 @@ Each rung changes one documented thing relative to the rung before it; every run
 QKFormer and VMamba baselines) is trained with the same digits budget for each seed, then
 profiled on the test split (360 images) with ``svm_models.accounting.profile``:
 
-    nice -n 15 python bench/ablation.py --out bench/results/<date>-ablation [--epochs N] [--seeds 0 1 2]
+    python bench/ablation.py --out bench/results/<date>-ablation [--epochs N] [--seeds 0 1 2] [--only RUNG ...]
 
-Seeds can run as parallel processes (``--seeds 0``, ``--seeds 1``, ... into one ``--out``); the
-last one to finish writes the summary of all. Writes ``runs.csv`` (one row per rung and seed), ``summary.csv`` and ``summary.md`` (mean and
-std over the seeds) and ``pareto.png`` (test top-1 vs energy per image) into ``--out``.
+Seeds can run as parallel processes (``--seeds 0 1``, ``--seeds 2``, ... into one ``--out``); the
+last one to finish writes the summary of all, and a repeated command skips the (rung, seed) pairs
+already in its runs file. Writes ``runs.csv`` (one row per rung and seed), ``summary.csv`` and
+``summary.md`` (mean and std over the seeds) and ``pareto.png`` (test top-1 vs energy per image)
+into ``--out``.
 Top-1 is the last epoch's (digits has no validation split, so no checkpoint is picked on test).
 """
 
