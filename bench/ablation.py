@@ -204,33 +204,39 @@ def plot(path: str, summary: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ladder = [s for s in summary if s["rung"] in {r.name for r in LADDER}]
-    ax.plot(
-        [s["energy_uJ_mean"] for s in ladder], [s["top1_mean"] for s in ladder], "-", color="0.7", zorder=1
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    ladder_names = [r.name for r in LADDER]
+    ladder = sorted(
+        (s for s in summary if s["rung"] in ladder_names), key=lambda s: ladder_names.index(s["rung"])
     )
-    for i, s in enumerate(summary):
+    ax.plot(
+        [s["energy_uJ_mean"] for s in ladder], [s["top1_mean"] for s in ladder], "-", color="0.75", zorder=1
+    )
+    for s in summary:
+        step = ladder_names.index(s["rung"]) if s["rung"] in ladder_names else None
+        label = s["rung"] if step is None else f"{step}. {s['rung']}"
         ax.errorbar(
             s["energy_uJ_mean"],
             s["top1_mean"],
             xerr=s["energy_uJ_std"],
             yerr=s["top1_std"],
-            fmt="o",
+            fmt="o" if step is not None else "s",
             capsize=3,
             zorder=2,
+            label=label,
         )
-        dy = -12 if i % 2 else 4  # neighbouring rungs can sit close together: alternate sides
-        ax.annotate(
-            s["rung"], (s["energy_uJ_mean"], s["top1_mean"]), textcoords="offset points", xytext=(5, dy)
-        )
+        # Rungs sit close together: the plot names them by step number, the legend in full.
+        tag = s["rung"] if step is None else str(step)
+        ax.annotate(tag, (s["energy_uJ_mean"], s["top1_mean"]), textcoords="offset points", xytext=(5, 4))
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks([2, 3, 5, 10, 20])
     ax.set_xlabel("energy per image (uJ, 45 nm fp32; log scale)")
     ax.set_ylabel("digits test top-1 (%), mean ± std over seeds")
-    ax.set_title("SVMamba ablation ladder on digits (grey: para133 -> svmamba)")
+    ax.set_title(f"SVMamba ablation ladder on digits (grey: rungs 0 -> {len(ladder_names) - 1})")
     ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
