@@ -3,15 +3,17 @@
 Layout: x (T, *) is walked as T consecutive rows of N = numel / T neurons; any dense layout with
 time outermost in memory is read in place and the outputs take its strides (``common.py``).
 
-The time loop is specialised at compile time in segments of at most ``MAX_SEGMENT`` steps
-(T itself when T <= 16): a segment is fully unrolled, so its values live in registers.
+The time loop is specialised at compile time in cdiv(T, 16) segments of balanced lengths (one
+of T steps when T <= 16): a segment is fully unrolled, so its values live in registers.
 
 * Forward: walk the segments, one read of x and one write of the spikes per element-step.
 * Backward (only x is saved): within a segment, ``_lif_bwd_steps`` charges step k from v[k-1],
   recurses into steps k+1.. (so h[k] stays in a register, never in memory) and, on the way back,
   applies the chain rule for step k: h[0..T-1] is recomputed once and the time walk is O(T).
   With several segments a first pass stores v at each segment start (fp32, one row per
-  segment, a scratch buffer freed after the launch); then the segments run from last to first.
+  segment, a scratch buffer freed after the launch); then the segments run from last to first
+  through one specialisation (a shorter last segment stops early). Gradients travel scaled by
+  dh/dx, so that dL/dx needs no multiply of its own.
 
 Arithmetic is fp32 whatever the storage dtype. The charge divides by tau with a correctly
 rounded division (``tl.div_rn``), in spikingjelly's order of operations, so h lands exactly on
@@ -46,8 +48,10 @@ if HAS_TRITON:
     )
 
     def _segments(args):
-        seg = min(args["T"], MAX_SEGMENT)
-        num_seg = triton.cdiv(args["T"], seg)
+        # As few segments as MAX_SEGMENT allows, of balanced lengths (T = 17: 9 + 8, not 16 + 1):
+        # the backward holds a segment's h in registers, so its longest segment sets their number.
+        num_seg = triton.cdiv(args["T"], MAX_SEGMENT)
+        seg = triton.cdiv(args["T"], num_seg)
         return {"SEG": seg, "NUM_SEG": num_seg, "LAST_SEG": args["T"] - (num_seg - 1) * seg}
 
     _HEURISTICS = {
