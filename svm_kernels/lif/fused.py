@@ -10,8 +10,8 @@ of T steps when T <= 16): a segment is fully unrolled, so its values live in reg
 * Backward (only x is saved): within a segment, ``_lif_bwd_steps`` charges step k from v[k-1],
   recurses into steps k+1.. (so h[k] stays in a register, never in memory) and, on the way back,
   applies the chain rule for step k: h[0..T-1] is recomputed once and the time walk is O(T).
-  With several segments a first pass stores v at each segment start (fp32, one row per
-  segment, a scratch buffer freed after the launch); then the segments run from last to first
+  With several segments a first pass stores v at each segment start but the last (fp32 rows
+  of a scratch buffer freed after the launch); then the segments run from last to first
   through one specialisation (a shorter last segment stops early). Gradients travel scaled by
   dh/dx, so that dL/dx needs no multiply of its own.
 
@@ -312,7 +312,8 @@ if HAS_TRITON:
                 b_g = b_g / tau
         else:
             b_g = tl.zeros([BLOCK_N], dtype=tl.float32)
-        # First pass (several segments only): v at the start of each segment, rows 0..NUM_SEG-1.
+        # First pass (several segments only): v at the start of each segment but the last (which
+        # stays in registers), rows 0..NUM_SEG-2.
         if NUM_SEG > 1:
             p_x = x_ptr + offs
             p_v = v_start_ptr + offs
@@ -402,8 +403,8 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     grad_s = layout_like(x, grad_s)
     grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
     num_seg = _segments({"T": T})["NUM_SEG"]
-    # Scratch for the membrane potential at each segment start (several segments only).
-    v_start = torch.empty((num_seg, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
+    # Scratch for the membrane potential at each segment start but the last's (several segments only).
+    v_start = torch.empty((num_seg - 1, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
     block_n, num_warps = bwd_config(x.dtype) if not TRITON_INTERPRET else (256, 4)
     with _on_device(x):
         fused_lif_bwd_kernel[(triton.cdiv(n, block_n),)](
