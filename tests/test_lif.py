@@ -62,7 +62,8 @@ def run_both(x, g_s, g_v, v_init=None, backend="triton", **kw):
 
 
 BACKENDS = ["torch", "triton"]
-# T = 16 is the longest fully unrolled segment; 17 and 40 take several segments (uneven, 16 + 16 + 8).
+# T = 16 is the longest fully unrolled segment; 17 and 40 take several segments, their last one
+# shorter (9 + 8, 14 + 14 + 12: the backward stops that one early).
 LONG_T = [pytest.param(T, marks=pytest.mark.slow) for T in (16, 17, 40)]
 
 
@@ -84,7 +85,7 @@ def test_fused_matches_reference(T, surrogate, v_reset, detach_reset, decay_inpu
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("T", [4, pytest.param(20, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("T", [4, pytest.param(21, marks=pytest.mark.slow)])  # 21 = 11 + 10
 @pytest.mark.parametrize("v_reset", [0.0, None, -0.25])
 @pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
 def test_initial_state_and_its_gradient(v_reset, surrogate, T, backend):
@@ -434,6 +435,19 @@ def test_opcheck(use_triton):
 def test_public_namespace():
     assert svm_kernels.multistep_lif is multistep_lif
     assert "tau" in MultiStepLIF().extra_repr()
+
+
+@pytest.mark.parametrize("T", range(1, 100))
+def test_segments_are_balanced_and_cover_T(T):
+    """The kernels' time segments: cdiv(T, 16) of them, at most 16 steps each, the last one the
+    same length or shorter by less than the number of segments, together exactly T steps."""
+    from svm_kernels.lif.fused import MAX_SEGMENT, _segments
+
+    seg = _segments({"T": T})
+    assert seg["NUM_SEG"] == -(-T // MAX_SEGMENT)
+    assert 1 <= seg["LAST_SEG"] <= seg["SEG"] <= MAX_SEGMENT
+    assert seg["SEG"] - seg["LAST_SEG"] < seg["NUM_SEG"]
+    assert (seg["NUM_SEG"] - 1) * seg["SEG"] + seg["LAST_SEG"] == T
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: 2^31 elements")

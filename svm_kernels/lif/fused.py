@@ -3,15 +3,17 @@
 Layout: x (T, *) is walked as T consecutive rows of N = numel / T neurons; any dense layout with
 time outermost in memory is read in place and the outputs take its strides (``common.py``).
 
-The time loop is specialised at compile time in segments of at most ``MAX_SEGMENT`` steps
-(T itself when T <= 16): a segment is fully unrolled, so its values live in registers.
+The time loop is specialised at compile time in cdiv(T, 16) segments of balanced lengths (one
+of T steps when T <= 16): a segment is fully unrolled, so its values live in registers.
 
 * Forward: walk the segments, one read of x and one write of the spikes per element-step.
 * Backward (only x is saved): within a segment, ``_lif_bwd_steps`` charges step k from v[k-1],
   recurses into steps k+1.. (so h[k] stays in a register, never in memory) and, on the way back,
   applies the chain rule for step k: h[0..T-1] is recomputed once and the time walk is O(T).
-  With several segments a first pass stores v at each segment start (fp32, one row per
-  segment, a scratch buffer freed after the launch); then the segments run from last to first.
+  With several segments a first pass stores v at each segment start but the last (fp32 rows
+  of a scratch buffer freed after the launch); then the segments run from last to first
+  through one specialisation (a shorter last segment stops early). Gradients travel scaled by
+  dh/dx, so that dL/dx needs no multiply of its own.
 
 Arithmetic is fp32 whatever the storage dtype. The charge divides by tau with a correctly
 rounded division (``tl.div_rn``), in spikingjelly's order of operations, so h lands exactly on
@@ -46,8 +48,10 @@ if HAS_TRITON:
     )
 
     def _segments(args):
-        seg = min(args["T"], MAX_SEGMENT)
-        num_seg = triton.cdiv(args["T"], seg)
+        # As few segments as MAX_SEGMENT allows, of balanced lengths (T = 17: 9 + 8, not 16 + 1):
+        # the backward holds a segment's h in registers, so its longest segment sets their number.
+        num_seg = triton.cdiv(args["T"], MAX_SEGMENT)
+        seg = triton.cdiv(args["T"], num_seg)
         return {"SEG": seg, "NUM_SEG": num_seg, "LAST_SEG": args["T"] - (num_seg - 1) * seg}
 
     _HEURISTICS = {
@@ -110,18 +114,20 @@ if HAS_TRITON:
         return v, p_x, p_s
 
     @triton.jit
-    def _surrogate_grad(h, v_threshold, alpha, SURROGATE_ATAN: tl.constexpr):
-        """d spike / d h at h: the surrogate's derivative at h - v_threshold."""
+    def _surrogate_grad(h, v_threshold, alpha, scale, SURROGATE_ATAN: tl.constexpr):
+        """scale * d spike / d h at h: the surrogate's derivative at h - v_threshold, scaled."""
         if SURROGATE_ATAN:
             # alpha / (2 (1 + (pi/2 alpha z)^2))
             b_q = h * (1.5707963267948966 * alpha) - v_threshold * (1.5707963267948966 * alpha)
-            b_sg = (0.5 * alpha) / (1.0 + b_q * b_q)
+            b_sg = (0.5 * alpha * scale) / (1.0 + b_q * b_q)
         else:
             # alpha sig (1 - sig), sig = 1 / (1 + 2^(-alpha z log2(e))): one exp2, one reciprocal.
-            # (the exponent as one multiply-add of h with per-launch scalars, not (h - theta) * k)
+            # The exponent is one multiply-add of h with per-launch scalars, not (h - theta) * k,
+            # and sig (a - a sig) one more with the scalar a = alpha scale.
             b_k = -1.4426950408889634 * alpha
             b_sig = 1.0 / (1.0 + tl.exp2(h * b_k - v_threshold * b_k))
-            b_sg = alpha * (b_sig - b_sig * b_sig)
+            b_a = alpha * scale
+            b_sg = b_sig * (b_a + b_sig * -b_a)
         return b_sg
 
     @triton.jit
@@ -131,16 +137,16 @@ if HAS_TRITON:
         p_gx,
         m_n,
         v,
-        grad_v_end,
+        b_g_end,
+        stop_early,
         N,
         tau,
         v_threshold,
         v_reset,
         alpha,
-        r_tau,
-        decay,
         K: tl.constexpr,
         STEPS: tl.constexpr,
+        EARLY_STEPS: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
         HARD_RESET: tl.constexpr,
         DETACH_RESET: tl.constexpr,
@@ -148,41 +154,55 @@ if HAS_TRITON:
     ):
         """Gradients of steps K..STEPS-1 of a segment; p_x, p_gs, p_gx point at step K's rows.
 
-        v is v[K-1]; grad_v_end is dL/dv after the segment's last step. Unrolled by recursion
-        on K: h of each step stays live across the recursive call, so the segment's h
-        sequence sits in registers. Returns dL/dv[K-1].
+        The segment ends after EARLY_STEPS steps instead where stop_early is true (a shorter last
+        segment shares this code). Unrolled by recursion on K: h of each step stays live across
+        the recursive call, so the segment's h sequence sits in registers.
+
+        Gradients travel scaled by ``scale`` = dh/dx (1/tau with decay_input, else 1), so that
+        scale * dL/dh is dL/dx itself: v is v[K-1], b_g_end is scale * dL/dv after the
+        segment's last step, and the return value is scale * dL/dv[K-1].
         """
+        if DECAY_INPUT:
+            scale = 1.0 / tau
+            inv_scale = tau
+        else:
+            scale = 1.0
+            inv_scale = 1.0
         b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
         h = _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
         b_s = h >= v_threshold
+        b_g = b_g_end
         if K + 1 < STEPS:
-            grad_v = _lif_bwd_steps(
-                p_x + N,
-                p_gs + N,
-                p_gx + N,
-                m_n,
-                _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET),
-                grad_v_end,
-                N,
-                tau,
-                v_threshold,
-                v_reset,
-                alpha,
-                r_tau,
-                decay,
-                K + 1,
-                STEPS,
-                DECAY_INPUT,
-                HARD_RESET,
-                DETACH_RESET,
-                SURROGATE_ATAN,
-            )
-        else:
-            grad_v = grad_v_end
-        b_sg = _surrogate_grad(h, v_threshold, alpha, SURROGATE_ATAN)
+            if K + 1 == EARLY_STEPS:
+                go_on = stop_early == 0
+            else:
+                go_on = True
+            if go_on:
+                b_g = _lif_bwd_steps(
+                    p_x + N,
+                    p_gs + N,
+                    p_gx + N,
+                    m_n,
+                    _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET),
+                    b_g_end,
+                    stop_early,
+                    N,
+                    tau,
+                    v_threshold,
+                    v_reset,
+                    alpha,
+                    K + 1,
+                    STEPS,
+                    EARLY_STEPS,
+                    DECAY_INPUT,
+                    HARD_RESET,
+                    DETACH_RESET,
+                    SURROGATE_ATAN,
+                )
+        b_sg = _surrogate_grad(h, v_threshold, alpha, scale, SURROGATE_ATAN)
         b_gs = tl.load(p_gs, mask=m_n, other=0.0).to(tl.float32)
-        # grad_h = grad_s * sg + grad_v * dv/dh, dv/dh the reset's derivative (its spike term
-        # dropped by detach_reset), grouped to the fewest multiply-adds:
+        # dL/dx = scale (grad_s sg + dL/dv dv/dh), dv/dh the reset's derivative (its spike term
+        # dropped by detach_reset); b_g is scale * dL/dv. Grouped to the fewest multiply-adds:
         if HARD_RESET:  # dv/dh = (1 - s) + (v_reset - h) sg
             if STEPS > 8:
                 # 1 - s as a fresh comparison: keeping 16 steps' spike predicates live across the
@@ -190,21 +210,19 @@ if HAS_TRITON:
                 b_below = h < v_threshold
             else:
                 b_below = b_s == 0
+            b_gx = tl.where(b_below, b_g, 0.0)
             if DETACH_RESET:
-                b_gh = b_gs * b_sg + tl.where(b_below, grad_v, 0.0)
+                b_gx += b_gs * b_sg
             else:
-                b_gh = (b_gs + grad_v * (v_reset - h)) * b_sg + tl.where(b_below, grad_v, 0.0)
+                b_gx += (b_gs + b_g * (h * -inv_scale + v_reset * inv_scale)) * b_sg
         else:  # dv/dh = 1 - v_threshold sg
             if DETACH_RESET:
-                b_gh = b_gs * b_sg + grad_v
+                b_gx = b_gs * b_sg + b_g
             else:
-                b_gh = (b_gs - v_threshold * grad_v) * b_sg + grad_v
-        if DECAY_INPUT:
-            b_gx = b_gh * r_tau
-        else:
-            b_gx = b_gh
+                b_gx = (b_gs + b_g * (-v_threshold * inv_scale)) * b_sg + b_g
         tl.store(p_gx, b_gx.to(p_gx.dtype.element_ty), mask=m_n)
-        return b_gh * decay
+        # scale * dL/dv[K-1] = scale * dL/dh * dh/dv = dL/dx * (1 - 1/tau)
+        return b_gx * (1.0 - 1.0 / tau)
 
     @triton.autotune(configs=_CONFIGS, key=["N", "T"])
     @triton.heuristics(_FWD_HEURISTICS)
@@ -287,14 +305,15 @@ if HAS_TRITON:
             v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
         else:
             v = tl.zeros([BLOCK_N], dtype=tl.float32)
-        # dL/dv after the last step: the final state's gradient.
+        # dL/dv after the last step (the final state's gradient), scaled as in _lif_bwd_steps.
         if HAS_GRAD_FINAL_STATE:
-            grad_v = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
+            b_g = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
+            if DECAY_INPUT:
+                b_g = b_g / tau
         else:
-            grad_v = tl.zeros([BLOCK_N], dtype=tl.float32)
-        r_tau = 1.0 / tau
-        decay = 1.0 - r_tau
-        # First pass (several segments only): v at the start of each segment, rows 0..NUM_SEG-1.
+            b_g = tl.zeros([BLOCK_N], dtype=tl.float32)
+        # First pass (several segments only): v at the start of each segment but the last (which
+        # stays in registers), rows 0..NUM_SEG-2.
         if NUM_SEG > 1:
             p_x = x_ptr + offs
             p_v = v_start_ptr + offs
@@ -304,57 +323,39 @@ if HAS_TRITON:
                     p_x, p_v, m_n, v, N, tau, v_threshold, v_reset, SEG, False, DECAY_INPUT, HARD_RESET
                 )
                 p_v += N
-        # The last segment (v is its start), then the full segments from last to first.
-        row = tl.full([], (NUM_SEG - 1) * SEG, tl.int64) * N
-        grad_v = _lif_bwd_steps(
-            x_ptr + row + offs,
-            grad_s_ptr + row + offs,
-            grad_x_ptr + row + offs,
-            m_n,
-            v,
-            grad_v,
-            N,
-            tau,
-            v_threshold,
-            v_reset,
-            alpha,
-            r_tau,
-            decay,
-            0,
-            LAST_SEG,
-            DECAY_INPUT,
-            HARD_RESET,
-            DETACH_RESET,
-            SURROGATE_ATAN,
-        )
-        if NUM_SEG > 1:
-            for i in range(NUM_SEG - 1):
-                i_seg = NUM_SEG - 2 - i
-                row = (i_seg * SEG).to(tl.int64) * N
-                v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
-                grad_v = _lif_bwd_steps(
-                    x_ptr + row + offs,
-                    grad_s_ptr + row + offs,
-                    grad_x_ptr + row + offs,
-                    m_n,
-                    v,
-                    grad_v,
-                    N,
-                    tau,
-                    v_threshold,
-                    v_reset,
-                    alpha,
-                    r_tau,
-                    decay,
-                    0,
-                    SEG,
-                    DECAY_INPUT,
-                    HARD_RESET,
-                    DETACH_RESET,
-                    SURROGATE_ATAN,
-                )
+        # The segments from last to first; v is the last one's start, the others' are in v_start.
+        for i in range(NUM_SEG):
+            i_seg = NUM_SEG - 1 - i
+            # (two tests: with one segment there is no scratch, and the load must not be compiled)
+            if NUM_SEG > 1:  # noqa: SIM102
+                if i > 0:
+                    v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
+            row = (i_seg * SEG).to(tl.int64) * N + offs
+            b_g = _lif_bwd_steps(
+                x_ptr + row,
+                grad_s_ptr + row,
+                grad_x_ptr + row,
+                m_n,
+                v,
+                b_g,
+                i == 0,
+                N,
+                tau,
+                v_threshold,
+                v_reset,
+                alpha,
+                0,
+                SEG,
+                LAST_SEG,
+                DECAY_INPUT,
+                HARD_RESET,
+                DETACH_RESET,
+                SURROGATE_ATAN,
+            )
         if STORE_GRAD_INITIAL_STATE:
-            tl.store(grad_v_init_ptr + offs, grad_v.to(grad_v_init_ptr.dtype.element_ty), mask=m_n)
+            if DECAY_INPUT:
+                b_g = b_g * tau
+            tl.store(grad_v_init_ptr + offs, b_g.to(grad_v_init_ptr.dtype.element_ty), mask=m_n)
 
 
 def _on_device(x: torch.Tensor):
@@ -402,8 +403,8 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     grad_s = layout_like(x, grad_s)
     grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
     num_seg = _segments({"T": T})["NUM_SEG"]
-    # Scratch for the membrane potential at each segment start (several segments only).
-    v_start = torch.empty((num_seg, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
+    # Scratch for the membrane potential at each segment start but the last's (several segments only).
+    v_start = torch.empty((num_seg - 1, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
     block_n, num_warps = bwd_config(x.dtype) if not TRITON_INTERPRET else (256, 4)
     with _on_device(x):
         fused_lif_bwd_kernel[(triton.cdiv(n, block_n),)](
