@@ -65,7 +65,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torc
         chunks.reverse()
     for prev, i in itertools.pairwise(chunks):
         torch.addcmul(exit_x[..., prev], exit_P[..., prev], enter[..., prev], out=enter[..., i])
-    x = torch.addcmul(x, P, enter.unsqueeze(-1)).flatten(-2)
+    x = x.addcmul_(P, enter.unsqueeze(-1)).flatten(-2)
     return x[..., :L] if pad else x
 
 
@@ -128,23 +128,38 @@ class _Inputs:
         vectorised exp, where sigmoid and expm1 are scalar loops on some CPUs."""
         z = self.dt_weight @ self.dt_low if self.dt_low is not None else self.to_directions(self.delta)
         if self.bias is not None:
-            z = z + self.bias
+            z = z.add_(self.bias)  # z is a fresh tensor (matmul or gather)
         if not softplus:
             return z, None
-        dt = softplus_thresholded(z)
-        return dt, torch.exp(z - dt)
+        dt = _softplus(z)
+        return dt, torch.sub(z, dt, out=z).exp_()  # z is not needed any more
+
+
+def _softplus(z: torch.Tensor) -> torch.Tensor:
+    """``naive.softplus_thresholded`` in fewer passes. In fp32 the threshold changes nothing:
+    above 20, log1p(exp(-z)) < 2.1e-9 is below half an ulp of z, so max(z, 0) + log1p(exp(-|z|))
+    rounds to z exactly; in fp64 it does not, and the reference's threshold is applied."""
+    if z.dtype == torch.float64:
+        return softplus_thresholded(z)
+    return torch.abs(z).neg_().exp_().log1p_().add_(z.clamp_min(0.0))
+
+
+def _times_states(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """t (B, 4, D, L) times s (B, 4, N, L) -> (B, 4, D, N, L); written into t (a temporary of the
+    caller) when N = 1."""
+    t, s = t.unsqueeze(-2), s.unsqueeze(2)
+    return t.mul_(s) if s.shape[-2] == 1 else t * s
 
 
 def scan_forward(inputs: _Inputs, softplus: bool):
     """Returns y (B, D, H, W) and what the backward reuses: states x and decays a (B, 4, D, N, L),
     dt and d dt / d z (B, 4, D, L; None without softplus)."""
     dt, dt_dz = inputs.dt(softplus)
-    a = torch.exp(dt.unsqueeze(-2) * inputs.A)
-    b = (dt * inputs.u).unsqueeze(-2) * inputs.B.unsqueeze(2)
-    x = linear_scan(a, b)
-    y = _sum_states(x * inputs.C.unsqueeze(2))  # (B, 4, D, L)
+    a = torch.mul(dt.unsqueeze(-2), inputs.A).exp_()
+    x = linear_scan(a, _times_states(dt * inputs.u, inputs.B))
+    y = _sum_states(x * inputs.C.unsqueeze(2))  # (B, 4, D, L), a fresh tensor
     if inputs.D is not None:
-        y = torch.addcmul(y, inputs.D, inputs.u)
+        y = y.addcmul_(inputs.D, inputs.u)
     return inputs.to_space(y).sum(1), x, a, dt, dt_dz
 
 
@@ -157,19 +172,19 @@ def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch
     gx = linear_scan(F.pad(a[..., 1:], (0, 1)), g.unsqueeze(-2) * inputs.C.unsqueeze(2), reverse=True)
     dtu = dt * inputs.u
     b = dtu.unsqueeze(-2) * inputs.B.unsqueeze(2)
-    g_alog = gx * (x - b)  # d x[p] / d log a[p] = a[p] x[p - 1] = x[p] - b[p]
-    gx_B = _sum_states(gx * inputs.B.unsqueeze(2))  # (B, 4, D, L)
-    g_dt = _sum_states(g_alog * inputs.A) + gx_B * inputs.u
-    du = gx_B * dt
+    g_alog = torch.sub(x, b, out=b).mul_(gx)  # d x[p] / d log a[p] = a[p] x[p - 1] = x[p] - b[p]
+    gx_B = _sum_states(gx * inputs.B.unsqueeze(2))  # (B, 4, D, L), a fresh tensor
+    g_dt = _sum_states(g_alog * inputs.A).addcmul_(gx_B, inputs.u)
+    du = gx_B.mul_(dt)
     dD = None
     if inputs.D is not None:
-        du = torch.addcmul(du, inputs.D, g)
+        du = du.addcmul_(inputs.D, g)
         dD = (g * inputs.u).sum((0, -1))
-    gz = g_dt if dt_dz is None else g_dt * dt_dz
+    gz = g_dt if dt_dz is None else g_dt.mul_(dt_dz)
     grads = dict(
         u=inputs.to_space(du).sum(1),
-        A=(g_alog * dt.unsqueeze(-2)).sum((0, -1)),
-        B=inputs.to_space((gx * dtu.unsqueeze(-2)).sum(2)),
+        A=g_alog.mul_(dt.unsqueeze(-2)).sum((0, -1)),
+        B=inputs.to_space(gx.mul_(dtu.unsqueeze(-2)).sum(2)),
         C=inputs.to_space((g.unsqueeze(-2) * x).sum(2)),
         D=dD,
         bias=None if inputs.bias is None else gz.sum((0, -1)),
