@@ -87,18 +87,13 @@ def worker(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    import svm_models
-
     cfg = _read_config(args.config)
+    for key in ("memory_efficient", "channels_last"):
+        if getattr(args, key) != "config":
+            cfg[key] = getattr(args, key) == "true"
     torch.manual_seed(0)
-    model_args = dict(cfg.get("model_args") or {})
-    if cfg.get("T") is not None:
-        model_args["T"] = cfg["T"]
+    model = _model(cfg)
     img = cfg.get("img_size") or 32
-    model = svm_models.create_model(cfg["model"], num_classes=10, img_size=img, **model_args)
-    _set_memory_efficient(
-        model, cfg if args.memory_efficient == "config" else {"memory_efficient": args.memory_efficient}
-    )
     opt = _optimizer(model, cfg)
     net = torch.compile(model, fullgraph=args.fullgraph) if args.compile == "true" else model
     batch = cfg.get("batch_size", 32)
@@ -131,15 +126,22 @@ def worker(args) -> dict:
     }
 
 
-def _set_memory_efficient(model, cfg: dict) -> None:
-    """The config's top-level ``memory_efficient`` key, applied as train.py does (trees and models
-    without the option train the plain way whatever it says)."""
-    flag = cfg.get("memory_efficient")
-    if flag is None or flag == "config" or not hasattr(model, "memory_efficient"):
-        return
-    from svm_models.spike_layers import set_memory_efficient
+def _model(cfg: dict):
+    """The model as the tree's train.py builds it (``engine.build_model`` on the validated config:
+    model_args, T, memory_efficient, channels_last...). A tree whose schema rejects the config's
+    keys (one older than them) gets ``create_model`` with model_args and T, as its train.py did."""
+    import svm_models
+    from svm_models.training import config as C
+    from svm_models.training import engine
 
-    set_memory_efficient(model, flag in (True, "true"))
+    try:
+        return engine.build_model(C.validate(dict(cfg)), 10)
+    except C.ConfigError:
+        model_args = dict(cfg.get("model_args") or {})
+        if cfg.get("T") is not None:
+            model_args["T"] = cfg["T"]
+        img = cfg.get("img_size") or 32
+        return svm_models.create_model(cfg["model"], num_classes=10, img_size=img, **model_args)
 
 
 def _optimizer(model, cfg: dict):
@@ -160,12 +162,16 @@ def main() -> int:
     p.add_argument("--src", nargs="+", default=[str(ROOT)], help="source trees to compare (first = baseline)")
     p.add_argument("--compile", nargs="+", default=["false"], choices=["false", "true"])
     p.add_argument("--fullgraph", action="store_true", help="torch.compile(fullgraph=True)")
-    p.add_argument(
-        "--memory-efficient",
-        default="config",
-        choices=["config", "true", "false"],
-        help="the spiking models' memory-lean training path: as the config says (default), on or off",
-    )
+    for key, what in (
+        ("memory-efficient", "the spiking models' memory-lean training path"),
+        ("channels-last", "channels_last weights and activations"),
+    ):
+        p.add_argument(
+            f"--{key}",
+            default="config",
+            choices=["config", "true", "false"],
+            help=f"{what}: as the config says (default), on or off (trees that know the key)",
+        )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
@@ -184,7 +190,7 @@ def main() -> int:
             env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
             cmd = [sys.executable, __file__, "--worker", "--config", args.config, "--compile", comp]
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-            cmd += ["--memory-efficient", args.memory_efficient]
+            cmd += ["--memory-efficient", args.memory_efficient, "--channels-last", args.channels_last]
             cmd += ["--fullgraph"] if args.fullgraph else []
             cmd += ["--scan", args.scan] if args.scan else []
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
