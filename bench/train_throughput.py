@@ -8,10 +8,17 @@
 Each (tree, compile) variant runs in its own subprocess with that tree first on PYTHONPATH, so an
 older checkout of the package can be compared with this one in one run; the variants alternate
 round by round so that machine load drifts hit them alike. A step is what ``train_one_epoch``
-does: forward, label-smoothed cross-entropy, the finiteness check, backward, AdamW step, on
-synthetic images of the config's shape. Only the steps after ``--warmup`` are timed (the first
-steps pay for allocations and, compiled, for compilation, which is reported separately).
-Set OMP_NUM_THREADS yourself: the subprocesses inherit it.
+does: forward, label-smoothed cross-entropy, the finiteness check, backward, the step of the
+tree's own optimizer (``svm_models.training.optim.build_optimizer``: AdamW with its parameter
+groups), on synthetic images of the config's shape. Only the steps after ``--warmup`` are timed
+(the first steps pay for allocations and, compiled, for compilation, which is reported
+separately). Set OMP_NUM_THREADS yourself: the subprocesses inherit it.
+
+Every round reports images/s of wall time and of the worker's CPU time (``time.process_time``);
+on a machine shared with other jobs the CPU time of a one-thread run is the steadier measure
+(waiting for a core does not count, a slower core does). The summary gives, per variant, the
+median over rounds of its ratio to the first variant of the same round, with the spread
+(lowest-highest), for both clocks.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -63,12 +71,13 @@ def scan_worker(args) -> dict:
 
     for _ in range(args.warmup):
         step()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "images_per_s": args.steps * batch / elapsed,
+        "cpu_images_per_s": args.steps * batch / cpu,
         "first_step_s": 0.0,
         "ms": 1e3 * elapsed / args.steps,
     }
@@ -78,16 +87,14 @@ def worker(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    import svm_models
-
     cfg = _read_config(args.config)
+    for key in ("memory_efficient", "channels_last"):
+        if getattr(args, key) != "config":
+            cfg[key] = getattr(args, key) == "true"
     torch.manual_seed(0)
-    model_args = dict(cfg.get("model_args") or {})
-    if cfg.get("T") is not None:
-        model_args["T"] = cfg["T"]
+    model = _model(cfg)
     img = cfg.get("img_size") or 32
-    model = svm_models.create_model(cfg["model"], num_classes=10, img_size=img, **model_args)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.get("lr", 1e-3)), weight_decay=0.05)
+    opt = _optimizer(model, cfg)
     net = torch.compile(model, fullgraph=args.fullgraph) if args.compile == "true" else model
     batch = cfg.get("batch_size", 32)
     images = torch.randn(batch, 3, img, img)
@@ -108,11 +115,45 @@ def worker(args) -> dict:
     first_step_s = time.perf_counter() - t0
     for _ in range(args.warmup - 1):
         step()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
-    elapsed = time.perf_counter() - t0
-    return {"images_per_s": args.steps * batch / elapsed, "first_step_s": first_step_s}
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "images_per_s": args.steps * batch / elapsed,
+        "cpu_images_per_s": args.steps * batch / cpu,
+        "first_step_s": first_step_s,
+    }
+
+
+def _model(cfg: dict):
+    """The model as the tree's train.py builds it (``engine.build_model`` on the validated config:
+    model_args, T, memory_efficient, channels_last...). A tree whose schema rejects the config's
+    keys (one older than them) gets ``create_model`` with model_args and T, as its train.py did."""
+    import svm_models
+    from svm_models.training import config as C
+    from svm_models.training import engine
+
+    try:
+        return engine.build_model(C.validate(dict(cfg)), 10)
+    except C.ConfigError:
+        model_args = dict(cfg.get("model_args") or {})
+        if cfg.get("T") is not None:
+            model_args["T"] = cfg["T"]
+        img = cfg.get("img_size") or 32
+        return svm_models.create_model(cfg["model"], num_classes=10, img_size=img, **model_args)
+
+
+def _optimizer(model, cfg: dict):
+    """The tree's own training optimizer (older trees without ``build_optimizer``: plain AdamW)."""
+    import torch
+
+    args = {"lr": float(cfg.get("lr", 1e-3)), "weight_decay": float(cfg.get("weight_decay", 0.05))}
+    try:
+        from svm_models.training.optim import build_optimizer
+    except ImportError:
+        return torch.optim.AdamW(model.parameters(), **args)
+    return build_optimizer(model, args)
 
 
 def main() -> int:
@@ -121,6 +162,16 @@ def main() -> int:
     p.add_argument("--src", nargs="+", default=[str(ROOT)], help="source trees to compare (first = baseline)")
     p.add_argument("--compile", nargs="+", default=["false"], choices=["false", "true"])
     p.add_argument("--fullgraph", action="store_true", help="torch.compile(fullgraph=True)")
+    for key, what in (
+        ("memory-efficient", "the spiking models' memory-lean training path"),
+        ("channels-last", "channels_last weights and activations"),
+    ):
+        p.add_argument(
+            f"--{key}",
+            default="config",
+            choices=["config", "true", "false"],
+            help=f"{what}: as the config says (default), on or off (trees that know the key)",
+        )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
@@ -139,6 +190,7 @@ def main() -> int:
             env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
             cmd = [sys.executable, __file__, "--worker", "--config", args.config, "--compile", comp]
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd += ["--memory-efficient", args.memory_efficient, "--channels-last", args.channels_last]
             cmd += ["--fullgraph"] if args.fullgraph else []
             cmd += ["--scan", args.scan] if args.scan else []
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -148,19 +200,25 @@ def main() -> int:
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[(src, comp)].append(res)
             print(
-                f"round {r + 1}: src={src} compile={comp}: {res['images_per_s']:.1f} img/s "
-                f"(first step {res['first_step_s']:.1f}s)",
+                f"round {r + 1}: src={src} compile={comp}: {res['images_per_s']:.1f} img/s, "
+                f"{res['cpu_images_per_s']:.1f} img/s of CPU time (first step {res['first_step_s']:.1f}s)",
                 flush=True,
             )
-    base = max(x["images_per_s"] for x in results[variants[0]])
     what = f"one scan of shape {args.scan}, forward + backward (samples/s)" if args.scan else args.config
     print(
-        f"\n{what}, {args.steps} timed steps, best of {args.rounds} rounds, "
+        f"\n{what}, {args.steps} timed steps, {args.rounds} rounds, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
     for v in variants:
-        best = max(x["images_per_s"] for x in results[v])
-        print(f"  src={v[0]} compile={v[1]}: {best:.1f} img/s  ({best / base:.2f}x the first)")
+        parts = [f"  src={v[0]} compile={v[1]}:"]
+        for key, clock in (("images_per_s", "wall"), ("cpu_images_per_s", "CPU")):
+            rates = [x[key] for x in results[v]]
+            ratios = [x[key] / b[key] for x, b in zip(results[v], results[variants[0]])]
+            parts.append(
+                f"{clock}: median {statistics.median(rates):.1f} (best {max(rates):.1f}) img/s, "
+                f"{statistics.median(ratios):.2f}x the first ({min(ratios):.2f}-{max(ratios):.2f});"
+            )
+        print(" ".join(parts))
     return 0
 
 

@@ -37,26 +37,49 @@ def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.as_strided((t.numel(),), (1,))
 
 
-def _charge_block(x: torch.Tensor, v: torch.Tensor | None, p: LIFParams, h: torch.Tensor, spikes=None):
+def _charge_block(
+    x: torch.Tensor,
+    v: torch.Tensor | None,
+    p: LIFParams,
+    h: torch.Tensor,
+    spikes: torch.Tensor | None = None,
+    final_v: bool = True,
+) -> torch.Tensor | None:
     """Fills ``h[t]`` (T, block) with the charged potential of each step (and ``spikes[t]`` when
-    given); returns the final v."""
-    v = torch.zeros_like(h[0]) if v is None else v.to(h.dtype, copy=True)
+    given); returns the final v (None unless ``final_v``: the last reset is then skipped)."""
+    T = x.shape[0]
+    # From rest (v = 0 and a resting potential of 0), step 0's charge is x / tau (x without
+    # decay_input): what the general formula gives bit for bit, in one op instead of three.
+    from_rest = v is None and not p.v_reset
+    if from_rest:
+        v = torch.empty_like(h[0])
+    else:
+        v = torch.zeros_like(h[0]) if v is None else v.to(h.dtype, copy=True)
     leak = torch.empty_like(v)
     fired = torch.empty_like(v)
-    for t in range(x.shape[0]):
+    for t in range(T):
+        if t == 0 and from_rest:
+            _charge_from_rest(x[0], p, out=h[0])
         # spikingjelly's order of operations: v + (x - (v - v_rest)) / tau, or v - (v - v_rest) / tau + x.
-        if p.v_reset:
-            torch.sub(v, p.v_reset, out=leak)
-        if p.decay_input:
+        elif p.decay_input:
+            if p.v_reset:
+                torch.sub(v, p.v_reset, out=leak)
             torch.sub(x[t], leak if p.v_reset else v, out=leak)
             torch.add(v, leak.div_(p.tau), out=h[t])
         else:
+            if p.v_reset:
+                torch.sub(v, p.v_reset, out=leak)
             torch.div(leak if p.v_reset else v, p.tau, out=leak)
             torch.sub(v, leak, out=h[t]).add_(x[t])
+        reset = t < T - 1 or final_v
+        if spikes is None and not reset:
+            break
         s = spikes[t] if spikes is not None and spikes.dtype == h.dtype else fired
         torch.ge(h[t], p.v_threshold, out=s)
         if spikes is not None and s is fired:
             spikes[t].copy_(fired)
+        if not reset:
+            break
         # spikingjelly's h - s * v_threshold, or s * v_reset + (1 - s) * h: exact for s in {0, 1}.
         if p.v_reset is None:
             torch.add(h[t], s, alpha=-p.v_threshold, out=v)
@@ -64,7 +87,18 @@ def _charge_block(x: torch.Tensor, v: torch.Tensor | None, p: LIFParams, h: torc
             torch.addcmul(h[t], h[t], s, value=-1.0, out=v)
             if p.v_reset:
                 v.add_(s, alpha=p.v_reset)
-    return v
+    return v if final_v else None
+
+
+def _charge_from_rest(x: torch.Tensor, p: LIFParams, out: torch.Tensor) -> None:
+    """The first charge from v = 0 with a resting potential of 0: x / tau (decay_input) or x.
+    The division runs in ``out``'s dtype (x is widened first), as in the general formula."""
+    if not p.decay_input:
+        out.copy_(x)
+    elif x.dtype == out.dtype:
+        torch.div(x, p.tau, out=out)
+    else:
+        out.copy_(x).div_(p.tau)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -80,7 +114,9 @@ def lif_forward(x: torch.Tensor, v_init: torch.Tensor | None, p: LIFParams, retu
     h = torch.empty((x.shape[0], min(BLOCK, x2.shape[1])), dtype=_compute_dtype(x), device=x.device)
     for i in range(0, x2.shape[1], BLOCK):
         j = min(i + BLOCK, x2.shape[1])
-        v = _charge_block(x2[:, i:j], None if v0 is None else v0[i:j], p, h[:, : j - i], s2[:, i:j])
+        v = _charge_block(
+            x2[:, i:j], None if v0 is None else v0[i:j], p, h[:, : j - i], s2[:, i:j], final_v=return_v
+        )
         if return_v:
             v_flat[i:j].copy_(v)
     return spikes, v_out
@@ -121,7 +157,7 @@ def lif_backward(
     for i in range(0, x2.shape[1], BLOCK):
         j = min(i + BLOCK, x2.shape[1])
         hb, sgb, dvb, cb = h[:, : j - i], sg[:, : j - i], dv_dh[:, : j - i], carry[: j - i]
-        _charge_block(x2[:, i:j], None if v0 is None else v0[i:j], p, hb)
+        _charge_block(x2[:, i:j], None if v0 is None else v0[i:j], p, hb, final_v=False)
         _surrogate_grad_(hb, p, out=sgb)
         # d v[t] / d h[t]: the reset's Jacobian (the spike's part is dropped by detach_reset).
         if p.v_reset is None:
@@ -138,7 +174,8 @@ def lif_backward(
         for t in range(x.shape[0] - 1, -1, -1):
             if has_carry:
                 grad_h[t].add_(cb) if dvb is None else grad_h[t].addcmul_(cb, dvb[t])
-            torch.mul(grad_h[t], decay, out=cb)
+            if t or gvi.numel():  # the carry out of step 0 is v_init's gradient
+                torch.mul(grad_h[t], decay, out=cb)
             has_carry = True
         torch.mul(grad_h, 1.0 / p.tau, out=gx2[:, i:j]) if p.decay_input else gx2[:, i:j].copy_(grad_h)
         if gvi.numel():

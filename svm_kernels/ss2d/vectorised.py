@@ -3,9 +3,9 @@
 Same maths as ``naive.py`` (the per-position reference), organised for a CPU, where the
 reference's cost is the dispatcher and autograd overhead of a few small ops per position:
 
-* All four directions go through every step together. One gather per tensor puts each
-  direction's copy in its visiting order (both directions of an orientation, and both
-  orientations, in one (B, 4, ...) tensor), one gather and a sum put the outputs back.
+* All four directions go through every step together. Strided copies and one flip per tensor
+  put each direction's copy in its visiting order (both directions of an orientation, and both
+  orientations, in one (B, 4, ...) tensor); strided adds put the outputs back and sum them.
 * The recurrence ``x[p] = a[p] x[p-1] + b[p]`` is solved in chunks (:func:`linear_scan`):
   about 3 sqrt(L) small ops without autograd instead of L steps of several ops each recorded
   by autograd. It multiplies decays ``a = exp(dt * A) <= 1`` directly, so nothing can
@@ -65,7 +65,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torc
         chunks.reverse()
     for prev, i in itertools.pairwise(chunks):
         torch.addcmul(exit_x[..., prev], exit_P[..., prev], enter[..., prev], out=enter[..., i])
-    x = torch.addcmul(x, P, enter.unsqueeze(-1)).flatten(-2)
+    x = x.addcmul_(P, enter.unsqueeze(-1)).flatten(-2)
     return x[..., :L] if pad else x
 
 
@@ -82,16 +82,32 @@ def direction_index(H: int, W: int, device: torch.device) -> tuple[torch.Tensor,
     return order, order.argsort(dim=-1)
 
 
-def to_directions(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """(B, 4 or 1, X, H, W) spatial -> (B, 4, X, L) in each direction's visiting order."""
-    t = t.flatten(-2)
-    index = order[None, :, None, :].expand(t.shape[0], 4, t.shape[2], -1)
-    return torch.gather(t.expand(-1, 4, -1, -1), -1, index)
+def to_directions(t: torch.Tensor) -> torch.Tensor:
+    """(B, 4 or 1, X, H, W) spatial -> (B, 4, X, L) in each direction's visiting order
+    (``direction_index``): rows, columns, then both reversed. Strided copies and one flip, about
+    1.5x faster on a CPU than a gather through the (B, 4, X, L) index."""
+    batch, _, X, H, W = t.shape
+    t = t.expand(batch, 4, X, H, W)
+    out = t.new_empty((batch, 4, X, H * W))
+    out[:, 0::2].unflatten(-1, (H, W)).copy_(t[:, 0::2])
+    out[:, 1::2].unflatten(-1, (W, H)).copy_(t[:, 1::2].mT)
+    out[:, 2:] = out[:, 2:].flip(-1)  # flip copies first, so the overlap is harmless
+    return out
 
 
 def from_directions(t: torch.Tensor, inverse: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """Inverse of :func:`to_directions`: (B, 4, X, L) -> (B, 4, X, H, W) spatial."""
     return torch.gather(t, -1, inverse[None, :, None, :].expand_as(t)).unflatten(-1, (H, W))
+
+
+def sum_directions(t: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """``from_directions(t, ...).sum(1)``, (B, 4, X, L) -> (B, X, H, W), without the gather:
+    strided adds in the same order as the sum (directions 0, 1, 2, 3), one flip."""
+    back = t[:, 2:].flip(-1)  # directions 2 and 3 in the order of 0 and 1
+    out = torch.add(t[:, 0].unflatten(-1, (H, W)), t[:, 1].unflatten(-1, (W, H)).mT)
+    out += back[:, 0].unflatten(-1, (H, W))
+    out += back[:, 1].unflatten(-1, (W, H)).mT
+    return out
 
 
 def _sum_states(t: torch.Tensor) -> torch.Tensor:
@@ -106,7 +122,7 @@ class _Inputs:
         self.dtype = _compute_dtype(u)
         _, d_inner, self.H, self.W = u.shape
         K, N = A.shape[0], A.shape[-1]
-        self.order, self.inverse = direction_index(self.H, self.W, u.device)
+        self.inverse = direction_index(self.H, self.W, u.device)[1]
         self.u = self.to_directions(u.unsqueeze(1))  # (B, 4, D, L)
         self.dt_low = None if dt_low is None else self.to_directions(dt_low)  # (B, 4, R, L)
         self.dt_weight = None if dt_weight is None else dt_weight.to(self.dtype)
@@ -117,10 +133,13 @@ class _Inputs:
         self.bias = None if bias is None else bias.to(self.dtype).view(K, d_inner, 1)
 
     def to_directions(self, t: torch.Tensor) -> torch.Tensor:
-        return to_directions(t.to(self.dtype), self.order)
+        return to_directions(t.to(self.dtype))
 
     def to_space(self, t: torch.Tensor) -> torch.Tensor:
         return from_directions(t, self.inverse, self.H, self.W)
+
+    def sum_to_space(self, t: torch.Tensor) -> torch.Tensor:
+        return sum_directions(t, self.H, self.W)
 
     def dt(self, softplus: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, 4, D, L) time steps dt = softplus(z), z = delta + bias (delta = dt_weight @ dt_low if
@@ -128,24 +147,39 @@ class _Inputs:
         vectorised exp, where sigmoid and expm1 are scalar loops on some CPUs."""
         z = self.dt_weight @ self.dt_low if self.dt_low is not None else self.to_directions(self.delta)
         if self.bias is not None:
-            z = z + self.bias
+            z = z.add_(self.bias)  # z is a fresh tensor (matmul or gather)
         if not softplus:
             return z, None
-        dt = softplus_thresholded(z)
-        return dt, torch.exp(z - dt)
+        dt = _softplus(z)
+        return dt, torch.sub(z, dt, out=z).exp_()  # z is not needed any more
+
+
+def _softplus(z: torch.Tensor) -> torch.Tensor:
+    """``naive.softplus_thresholded`` in fewer passes. In fp32 the threshold changes nothing:
+    above 20, log1p(exp(-z)) < 2.1e-9 is below half an ulp of z, so max(z, 0) + log1p(exp(-|z|))
+    rounds to z exactly; in fp64 it does not, and the reference's threshold is applied."""
+    if z.dtype == torch.float64:
+        return softplus_thresholded(z)
+    return torch.abs(z).neg_().exp_().log1p_().add_(z.clamp_min(0.0))
+
+
+def _times_states(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """t (B, 4, D, L) times s (B, 4, N, L) -> (B, 4, D, N, L); written into t (a temporary of the
+    caller) when N = 1."""
+    t, s = t.unsqueeze(-2), s.unsqueeze(2)
+    return t.mul_(s) if s.shape[-2] == 1 else t * s
 
 
 def scan_forward(inputs: _Inputs, softplus: bool):
     """Returns y (B, D, H, W) and what the backward reuses: states x and decays a (B, 4, D, N, L),
     dt and d dt / d z (B, 4, D, L; None without softplus)."""
     dt, dt_dz = inputs.dt(softplus)
-    a = torch.exp(dt.unsqueeze(-2) * inputs.A)
-    b = (dt * inputs.u).unsqueeze(-2) * inputs.B.unsqueeze(2)
-    x = linear_scan(a, b)
-    y = _sum_states(x * inputs.C.unsqueeze(2))  # (B, 4, D, L)
+    a = torch.mul(dt.unsqueeze(-2), inputs.A).exp_()
+    x = linear_scan(a, _times_states(dt * inputs.u, inputs.B))
+    y = _sum_states(x * inputs.C.unsqueeze(2))  # (B, 4, D, L), a fresh tensor
     if inputs.D is not None:
-        y = torch.addcmul(y, inputs.D, inputs.u)
-    return inputs.to_space(y).sum(1), x, a, dt, dt_dz
+        y = y.addcmul_(inputs.D, inputs.u)
+    return inputs.sum_to_space(y), x, a, dt, dt_dz
 
 
 def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch.Tensor | None]:
@@ -157,19 +191,19 @@ def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch
     gx = linear_scan(F.pad(a[..., 1:], (0, 1)), g.unsqueeze(-2) * inputs.C.unsqueeze(2), reverse=True)
     dtu = dt * inputs.u
     b = dtu.unsqueeze(-2) * inputs.B.unsqueeze(2)
-    g_alog = gx * (x - b)  # d x[p] / d log a[p] = a[p] x[p - 1] = x[p] - b[p]
-    gx_B = _sum_states(gx * inputs.B.unsqueeze(2))  # (B, 4, D, L)
-    g_dt = _sum_states(g_alog * inputs.A) + gx_B * inputs.u
-    du = gx_B * dt
+    g_alog = torch.sub(x, b, out=b).mul_(gx)  # d x[p] / d log a[p] = a[p] x[p - 1] = x[p] - b[p]
+    gx_B = _sum_states(gx * inputs.B.unsqueeze(2))  # (B, 4, D, L), a fresh tensor
+    g_dt = _sum_states(g_alog * inputs.A).addcmul_(gx_B, inputs.u)
+    du = gx_B.mul_(dt)
     dD = None
     if inputs.D is not None:
-        du = torch.addcmul(du, inputs.D, g)
+        du = du.addcmul_(inputs.D, g)
         dD = (g * inputs.u).sum((0, -1))
-    gz = g_dt if dt_dz is None else g_dt * dt_dz
+    gz = g_dt if dt_dz is None else g_dt.mul_(dt_dz)
     grads = dict(
-        u=inputs.to_space(du).sum(1),
-        A=(g_alog * dt.unsqueeze(-2)).sum((0, -1)),
-        B=inputs.to_space((gx * dtu.unsqueeze(-2)).sum(2)),
+        u=inputs.sum_to_space(du),
+        A=g_alog.mul_(dt.unsqueeze(-2)).sum((0, -1)),
+        B=inputs.to_space(gx.mul_(dtu.unsqueeze(-2)).sum(2)),
         C=inputs.to_space((g.unsqueeze(-2) * x).sum(2)),
         D=dD,
         bias=None if inputs.bias is None else gz.sum((0, -1)),

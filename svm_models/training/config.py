@@ -77,6 +77,12 @@ SCHEMA: dict[str, Key] = {
         doc="spiking models: save spikes as bits for the backward, recompute BN inputs (same "
         "results, less memory); null = the model's default (true); ignored by ANNs",
     ),
+    "channels_last": Key(
+        (bool,),
+        False,
+        doc="keep the model's conv weights, hence its activations, channels_last (the same results up "
+        "to fp32 rounding; on the CPU the small convolutions run ~1.5x faster)",
+    ),
     # where and how fast the scripts run (never change the result of a run on resume)
     "device": Key((str,), None, nullable=True, doc="cpu, cuda or cuda:N; null = cuda when available"),
     "threads": Key(

@@ -74,6 +74,9 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
         raise ConfigError(f"cannot build model {cfg['model']!r} with these settings: {e}") from None
     if cfg.get("memory_efficient") is not None and hasattr(model, "memory_efficient"):
         set_memory_efficient(model, cfg["memory_efficient"])
+    if cfg.get("channels_last"):
+        # Convolutions give their output the weight's layout, so every activation follows.
+        model.to(memory_format=torch.channels_last)
     return model
 
 
