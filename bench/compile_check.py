@@ -37,6 +37,11 @@ from dataclasses import dataclass, field
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     sys.exit("compile_check: unset TRITON_INTERPRET (the interpreter compiles nothing)")
 
+# A private Triton cache unless one is given: a cached kernel's PTX names the source file it was
+# first compiled from (maybe another checkout, edited since), and the per-element figures are
+# read from that file's loops.
+os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="compile-check-cache-"))
+
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
@@ -311,13 +316,39 @@ def _eval_trip(loop, env: dict):
     return max(0.0, (hi - lo) / step)
 
 
+def _within(i: int, spans) -> bool:
+    return any(s <= i <= e for s, e in spans)
+
+
+def match_source_loop(own_locs: list, source: dict, exclude=()):
+    """The source loop of one PTX loop: the smallest ``for ... in range`` (of ``source``: {path:
+    _source_loops(path)}) that holds more than half of the loop's *own* instructions, those
+    outside the PTX loops nested in it. Matching on the own instructions keeps an outer loop
+    whose body is mostly an inlined helper's inner loop (a loop over channel blocks around a
+    walk over positions) from being taken for that inner loop; a source loop already matched by
+    a nested PTX loop (``exclude``) is not a candidate. An instruction counts once, whether its
+    own line or the call site it was inlined at lies in the loop."""
+    best = None
+    for path, candidates in source.items():
+        for cand in candidates:
+            if any(cand is other for other in exclude):
+                continue
+            inside = sum(
+                1 for locs in own_locs if any(f == path and cand[0] <= line <= cand[1] for f, line in locs)
+            )
+            if inside * 2 > len(own_locs) and (best is None or cand[1] - cand[0] < best[1] - best[0]):
+                best = cand
+    return best
+
+
 def ptx_profile(ptx: str, env: dict) -> dict:
     """Dynamic per-thread instruction estimate of one program (the definition bench/NOTES.md gives).
 
     Every PTX instruction of the kernel body counts once per execution. A loop of the PTX (a
     backward branch) is matched to the source ``for ... in range(...)`` that holds most of its
-    instructions (by their ``.loc`` line, or the line of the call an inlined helper came from)
-    and counts its trip count: the range evaluated with the launch's argument values (``env``).
+    instructions (by their ``.loc`` line, or the line of the call an inlined helper came from;
+    only the instructions outside the PTX loops nested in it, see ``match_source_loop``) and
+    counts its trip count: the range evaluated with the launch's argument values (``env``).
     A loop that matches no source loop, or whose range cannot be evaluated, counts once and is
     reported in ``untraced_loops``. Nested loops multiply. Triton 3.6 writes no call sites of
     inlined helpers into the PTX line info, so there a loop whose body is mostly helper code is
@@ -332,16 +363,15 @@ def ptx_profile(ptx: str, env: dict) -> dict:
     source = {path: _source_loops(path) for path in set(re.findall(r'\.file\s+\d+\s+"([^"]+)"', ptx))}
     weight = [1.0] * len(instrs)
     untraced = 0
-    for start, end in loops.items():
-        locs = [loc for _, _, locs in instrs[start : end + 1] for loc in locs]
-        best = None
-        for path, candidates in source.items():
-            for cand in candidates:
-                inside = sum(1 for f, line in locs if f == path and cand[0] <= line <= cand[1])
-                if inside * 2 > len(instrs[start : end + 1]) and (
-                    best is None or cand[1] - cand[0] < best[1] - best[0]
-                ):
-                    best = cand
+    matched = {}  # PTX loop -> its source loop, innermost loops first
+    for start, end in sorted(loops.items(), key=lambda se: se[1] - se[0]):
+        nested = [(s, e) for s, e in matched if start <= s and e <= end]
+        best = match_source_loop(
+            [locs for i, (_, _, locs) in enumerate(instrs[start : end + 1], start) if not _within(i, nested)],
+            source,
+            exclude=[matched[n] for n in nested],
+        )
+        matched[(start, end)] = best
         trip = _eval_trip(best, env) if best is not None else None
         if trip is None:
             untraced += 1

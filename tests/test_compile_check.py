@@ -121,3 +121,52 @@ def test_narrow_global_accesses_counts_loads_and_stores_below_128_bits(tmp_path)
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:2] == ["[128, 16, 64]", "2"]
+
+
+def test_outer_loop_around_an_inlined_walk_counts_its_own_trips(tmp_path):
+    """A loop over channel blocks whose body is mostly an inlined helper's walk over positions: the
+    outer PTX loop is matched by its own instructions (those outside the nested PTX loop), so it
+    counts range(n_group) = 2 trips, not the walk's range(chunk) = 50. A synthetic source file and
+    the PTX such a kernel compiles to (locations of inlined code name their call site)."""
+    src = tmp_path / "k.py"
+    src.write_text(
+        "def walk(chunk):\n"  # 1
+        "    acc = 0\n"  # 2
+        "    for _ in range(chunk):\n"  # 3
+        "        acc += 1\n"  # 4
+        "    return acc\n"  # 5
+        "\n"  # 6
+        "def kernel(n_group, chunk):\n"  # 7
+        "    for blk in range(n_group):\n"  # 8
+        "        x = walk(chunk)\n"  # 9
+        "        y = x + blk\n"  # 10
+    )
+    inlined = ", function_name $L__info_string0, inlined_at 1 9 5"
+    ptx = tmp_path / "k.ptx"
+    ptx.write_text(
+        f'.file 1 "{src}"\n.visible .entry k(\n)\n{{\n'
+        "$L__BB0_1:\n\t.loc\t1 10 9\n\tadd.s32 %r1, %r1, 1;\n"
+        f"\t.loc\t1 2 4{inlined}\n\tmov.u32 %r2, 0;\n"
+        "$L__BB0_2:  // inner\n"
+        f"\t.loc\t1 4 8{inlined}\n" + "\tadd.s32 %r2, %r2, 1;\n" * 4 + f"\t.loc\t1 3 4{inlined}\n"
+        "\tsetp.lt.s32 %p1, %r2, %r3;\n\t@%p1 bra \t$L__BB0_2;\n"
+        "\t.loc\t1 8 4\n\tsetp.lt.s32 %p2, %r1, %r4;\n\t@%p2 bra \t$L__BB0_1;\n"
+        "\tret;\n}\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import ptx_profile\n"
+        "p = ptx_profile(open(sys.argv[2]).read(), {'n_group': 2, 'chunk': 50})\n"
+        "print(p['loops'], p['untraced_loops'], p['ptx_dynamic'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "bench"), str(ptx)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # outer: 4 own instructions x 2 trips; inner: 6 x 2 x 50; ret once
+    assert proc.stdout.split() == ["2", "0", str(4 * 2 + 6 * 2 * 50 + 1.0)]

@@ -129,6 +129,46 @@ def test_backward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
     check_against_reference(make_inputs(batch, D, H, W, N, lowrank=lowrank), lowrank)
 
 
+def _bwd_grid(D, L, N, R, batch):
+    """(chunk, n_chunks, blocks, n_parts) of the backward's own GPU launch policy."""
+    block_d, block_c, chunk, _ = fused._bwd_config(D, L, N, batch)
+    n_chunks = -(-L // chunk)
+    n_cblk = -(-n_chunks // block_c)
+    n_parts, n_group = fused._bwd_partial_split(D, block_d, N, R, batch, n_cblk)
+    assert (n_parts - 1) * n_group < -(-D // block_d) <= n_parts * n_group  # every block, once
+    return chunk, n_chunks, batch * n_parts * n_cblk, n_parts
+
+
+@pytest.mark.parametrize(
+    "shape", [(128, 96, 56 * 56, 1, 6), (32, 96, 28 * 28, 16, 6), (32, 96, 28 * 28, 4, 6)]
+)
+def test_backward_grid_fills_four_waves_within_the_memory_bounds(monkeypatch, shape):
+    """The GPU's backward launch at VMamba-T stage 1 and at the N = 16 shape: at least 4 x 132
+    blocks, with the chunk states (4 buffers of n_chunks x NP per channel) and the channel-sum
+    partials (2N + R per position each) each within one (B, 4, D, L) tensor."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    batch, D, L, N, R = shape
+    chunk, n_chunks, blocks, n_parts = _bwd_grid(D, L, N, R, batch)
+    NP = 1 << (N - 1).bit_length()
+    assert blocks >= 4 * 132, (chunk, n_parts, blocks)
+    assert 4 * NP * n_chunks <= L and n_parts * (2 * N + R) <= D, (chunk, n_parts)
+
+
+@pytest.mark.parametrize("N", [1, 4])
+def test_backward_with_the_gpu_launch_policy(monkeypatch, N):
+    """The GPU's launch policy under the interpreter on one small image: N = 1 shortens the chunks
+    (4 positions, 5 chunks), N = 4 raises the channel parts above the quarter bound (2 of one
+    channel block each, instead of one walking both)."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    batch, D, H, W, R = 1, 32, 4, 5, 2
+    chunk, n_chunks, _, n_parts = _bwd_grid(D, H * W, N, R, batch)
+    assert n_chunks == (5 if N == 1 else 1)
+    assert (chunk, n_parts) == ((4, 2) if N == 1 else (20, 2))
+    if N == 4:  # the quarter bound alone gives one part
+        assert fused._partial_split(D, 16, N, R)[0] == 1
+    check_against_reference(make_inputs(batch, D, H, W, N, R=R), lowrank=True)
+
+
 def test_forward_config_bounds_the_chunk_states():
     """The chunk states stay within a quarter of one (B, 4, D, L) tensor; enough blocks at stage 1."""
     for L in (1, 7, 16, 20, 784, 1000, 3136, 512 * 512):

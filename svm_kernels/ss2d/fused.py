@@ -1211,6 +1211,10 @@ def ss2d_fwd(
     return out
 
 
+# Four waves of blocks over the H100/H200's 132 SMs: what the backward's grid aims for.
+_BWD_MIN_BLOCKS = 4 * 132
+
+
 def _partial_split(D: int, block_d: int, N: int, R: int):
     """(n_parts, n_group): programs per chunk block and image along the channels, and channel
     blocks each one walks in turn.
@@ -1226,18 +1230,50 @@ def _partial_split(D: int, block_d: int, N: int, R: int):
     return triton.cdiv(n_blocks, n_group), n_group
 
 
+def _bwd_partial_split(D: int, block_d: int, N: int, R: int, batch: int, n_cblk: int):
+    """``_partial_split``, with more channel parts where the grid would otherwise be under
+    ``_BWD_MIN_BLOCKS`` (large N, few images: the partial bound allows one part at N = 16). The
+    partials may then exceed the quarter bound, up to one (B, 4, D, L) tensor in all;
+    ``_bwd_config`` trades them against shorter chunks."""
+    n_parts, n_group = _partial_split(D, block_d, N, R)
+    if TRITON_INTERPRET or batch * n_parts * n_cblk >= _BWD_MIN_BLOCKS:
+        return n_parts, n_group
+    # at most one (B, 4, D, L) tensor of partials in all
+    needed = min(triton.cdiv(_BWD_MIN_BLOCKS, batch * n_cblk), max(1, D // (2 * N + R)))
+    if needed <= n_parts:
+        return n_parts, n_group
+    n_group = max(1, triton.cdiv(D, block_d) // needed)  # parts >= needed
+    return triton.cdiv(triton.cdiv(D, block_d), n_group), n_group
+
+
 def _bwd_config(D: int, L: int, N: int, batch: int):
     """(BLOCK_D, BLOCK_C, chunk, num_warps) of the backward: the forward's chunks and channel
-    blocks, with fewer chunks per program while the grid is under 4 waves of 132 SMs (at N = 16
-    one channel part per image is all the partial bound allows), and the warps to match."""
+    blocks, with fewer chunks per program while the grid is under 4 waves of 132 SMs, and the
+    warps to match. Still under 4 waves with one chunk per program (N = 16: few images, one
+    channel part), the chunks get shorter and the channel parts more (``_bwd_partial_split``),
+    in the mix that adds the least memory: four chunk-state buffers of 4 NP values per channel
+    and chunk against 2N values per position for each further partial."""
     block_d, block_c, chunk, num_warps = _fwd_config(D, L, N)
     if TRITON_INTERPRET:
         return block_d, block_c, chunk, num_warps
+    NP = _next_pow2(N)
     n_chunks = triton.cdiv(L, chunk)
     n_parts, _ = _partial_split(D, block_d, N, 0)
-    while block_c > 1 and batch * n_parts * triton.cdiv(n_chunks, block_c) < 4 * 132:
+    while block_c > 1 and batch * n_parts * triton.cdiv(n_chunks, block_c) < _BWD_MIN_BLOCKS:
         block_c //= 2
-    lanes = block_d * block_c * _next_pow2(N)
+    if block_c == 1 and batch * n_parts * n_chunks < _BWD_MIN_BLOCKS:
+
+        def cost(c):  # (short of 4 waves, added memory per image and direction in fp32 values)
+            n_c = triton.cdiv(L, c)
+            parts, _ = _bwd_partial_split(D, block_d, N, 0, batch, n_c)
+            return max(0, _BWD_MIN_BLOCKS - batch * parts * n_c), 4 * NP * D * n_c + 2 * N * L * parts
+
+        # chunk states within one (B, 4, D, L) tensor in all (four buffers of n_chunks x NP)
+        shorter = [c for c in range(1, chunk) if 4 * NP * triton.cdiv(L, c) <= L]
+        chunk = min([chunk, *shorter], key=cost)
+        lanes = block_d * NP
+    else:
+        lanes = block_d * block_c * NP
     return block_d, block_c, chunk, max(1, min(num_warps, lanes // 32))
 
 
@@ -1285,7 +1321,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     block_d, block_c, chunk, num_warps = config or _bwd_config(d_inner, L, N, batch)
     n_chunks = triton.cdiv(L, chunk)
     n_cblk = triton.cdiv(n_chunks, block_c)
-    n_dblk, n_group = _partial_split(d_inner, block_d, N, R if lowrank else 0)
+    n_dblk, n_group = _bwd_partial_split(d_inner, block_d, N, R if lowrank else 0, batch, n_cblk)
     dev = u.device
     chunk_state = [new_buffer(batch, 4, d_inner, n_chunks, NP, device=dev) for _ in range(4)]
     chunk_value = [new_buffer(batch, 4, d_inner, n_chunks, device=dev) for _ in range(3)]
