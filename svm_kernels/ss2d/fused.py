@@ -432,6 +432,210 @@ if HAS_TRITON:
             b_x = tl.exp(b_dtsum[:, None] * b_a) * b_x + b_exit
 
     @triton.jit
+    def _map_combine(a1, x1, a2, x2):
+        # affine maps x -> a x + b composed in walk order: first (a1, x1), then (a2, x2)
+        return a1 * a2, a2 * x1 + x2
+
+    @triton.jit
+    def _entry_combine(a1, x1, e1, f1, a2, x2, e2, f2):
+        # (a segment's whole map, its map without the last element): the inclusive scan of these
+        # gives each lane the map of all lanes before it, so no shift between lanes is needed
+        return a1 * a2, a2 * x1 + x2, a1 * e2, e2 * x1 + f2
+
+    @triton.jit
+    def _at_index(x, offs, index, axis: tl.constexpr):
+        # x's entries at position `index` of `axis` (that axis reduced away)
+        return tl.sum(tl.where(offs == index, x, 0.0), axis=axis)
+
+    @triton.jit
+    def _spatial(i0, j0, rel, M, inv_M, s_i, s_j, FLAT: tl.constexpr):
+        # Memory offsets of the positions rel after (i0, j0) in the orientation's major (i) and
+        # minor (j) axes. FLAT: the plane is contiguous in walk order (s_i = M s_j).
+        if FLAT:
+            return (i0 * M + j0 + rel) * s_j
+        else:
+            # wraps = (j0 + rel) // M from a float product: exact while j0 + rel is small (< 2^20),
+            # as (j + 1/2) / M lies at least 1/(2M) from the next integer
+            j = j0 + rel
+            wraps = ((j.to(tl.float32) + 0.5) * inv_M).to(tl.int32)
+            return (i0 + wraps) * s_i + (j - wraps * M) * s_j
+
+    @triton.heuristics(
+        {
+            "LOWRANK": lambda args: args["low_ptr"] is not None,
+            "HAS_D": lambda args: args["Ds_ptr"] is not None,
+            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+        }
+    )
+    @triton.jit
+    def ss2d_fwd_scan_kernel(
+        u_ptr,
+        delta_ptr,
+        low_ptr,
+        w_ptr,
+        A_ptr,
+        B_ptr,
+        C_ptr,
+        Ds_ptr,
+        bias_ptr,
+        out_ptr,
+        s_ub,
+        s_ud,
+        s_ui,
+        s_uj,
+        s_db,
+        s_dk,
+        s_dd,
+        s_di,
+        s_dj,
+        s_lb,
+        s_lk,
+        s_lr,
+        s_li,
+        s_lj,
+        s_Bb,
+        s_Bk,
+        s_Bn,
+        s_Bi,
+        s_Bj,
+        s_Cb,
+        s_Ck,
+        s_Cn,
+        s_Ci,
+        s_Cj,
+        s_ob,
+        s_od,
+        s_oi,
+        s_oj,
+        D,
+        L,
+        M,
+        n_tiles,
+        k_f,
+        N: tl.constexpr,
+        R: tl.constexpr,
+        NP: tl.constexpr,
+        LOWRANK: tl.constexpr,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+        ACCUMULATE: tl.constexpr,
+        FLAT: tl.constexpr,
+        SUB: tl.constexpr,
+        NSUB: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
+        # as tiles of SUB x NSUB positions carried from one tile to the next. Tile layout:
+        # [SUB, NP, BLOCK_D, NSUB], a lane (channel, s) owns the SUB consecutive positions
+        # s * SUB + i (axis 0 and the states stay within a thread), lanes along the last axis.
+        # Per tile: dt, softplus, decay and input once per element; a scan within each lane from
+        # a zero state; a scan over the lanes of their whole maps gives each lane its entering
+        # state from the tile's carry; y = C (x_local + decay product * entering state).
+        pid_d = tl.program_id(0)
+        pid_b = tl.program_id(1).to(tl.int64)
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        m_d = offs_d < D
+        offs_i = tl.arange(0, SUB)
+        offs_s = tl.arange(0, NSUB)
+        offs_n = tl.arange(0, NP)
+        m_n = offs_n < N
+        # position within the tile [SUB, NSUB]
+        rel = offs_i[:, None] + offs_s[None, :] * SUB
+        d3 = offs_d[None, :, None]
+        m_d3 = m_d[None, :, None]
+        n3 = offs_n[None, :, None]
+        m_n3 = m_n[None, :, None]
+        inv_M = 1.0 / M
+        b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_D:
+            b_skip = tl.load(Ds_ptr + k_f * D + offs_d, mask=m_d, other=0.0)
+            b_skip += tl.load(Ds_ptr + (k_f + 2) * D + offs_d, mask=m_d, other=0.0)
+        u_b = u_ptr + pid_b * s_ub
+        out_b = out_ptr + pid_b * s_ob
+        # the reversal first: the sequence-order walk then adds to what it wrote
+        for rev in tl.static_range(2):
+            k = k_f + 2 * (1 - rev)
+            if HAS_BIAS:
+                b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
+            else:
+                b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+            # A log2(e) as [1, NP, BLOCK_D, 1]: the decay is one ex2
+            p_a = A_ptr + (k * D + offs_d[None, :]) * N + offs_n[:, None]
+            b_a = tl.load(p_a, mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_a = (b_a * 1.4426950408889634)[None, :, :, None]
+            if LOWRANK:
+                low_b = low_ptr + pid_b * s_lb + k * s_lk
+            else:
+                delta_b = delta_ptr + pid_b * s_db + k * s_dk
+            B_b = B_ptr + pid_b * s_Bb + k * s_Bk
+            C_b = C_ptr + pid_b * s_Cb + k * s_Ck
+            b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+            for t in range(n_tiles):
+                if rev == 0:
+                    base = (n_tiles - 1 - t) * (SUB * NSUB)
+                else:
+                    base = t * (SUB * NSUB)
+                i0 = base // M
+                j0 = base - i0 * M
+                m_p = base + rel < L
+                m_pd = m_p[:, None, :] & m_d3
+                m_pn = m_p[:, None, :] & m_n3
+                off_u = _spatial(i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :] + d3 * s_ud
+                b_u = tl.load(u_b + off_u, mask=m_pd, other=0.0).to(tl.float32)
+                if LOWRANK:
+                    off_l = _spatial(i0, j0, rel, M, inv_M, s_li, s_lj, FLAT)
+                    b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
+                    for r in tl.static_range(R):
+                        b_wr = tl.load(w_ptr + (k * D + offs_d) * R + r, mask=m_d, other=0.0)
+                        b_low = tl.load(low_b + r * s_lr + off_l, mask=m_p, other=0.0).to(tl.float32)
+                        b_dt += b_wr[None, :, None] * b_low[:, None, :]
+                else:
+                    off_dt = _spatial(i0, j0, rel, M, inv_M, s_di, s_dj, FLAT)[:, None, :] + d3 * s_dd
+                    b_dt = tl.load(delta_b + off_dt, mask=m_pd, other=0.0).to(tl.float32)
+                b_dt += b_bias[None, :, None]
+                if DELTA_SOFTPLUS:
+                    b_dt = _softplus(b_dt)
+                off_B = _spatial(i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :] + n3 * s_Bn
+                b_B = tl.load(B_b + off_B, mask=m_pn, other=0.0).to(tl.float32)
+                # [SUB, NP, BLOCK_D, NSUB]: decay and input of every (position, state, channel)
+                b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
+                b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
+                # within each lane from a zero state: decay products and local states
+                b_prod, b_xloc = tl.associative_scan((b_decay, b_in), 0, _map_combine, reverse=rev == 0)
+                if rev == 0:
+                    last = 0
+                    whole = 0
+                else:
+                    last = SUB - 1
+                    whole = NSUB - 1
+                i4 = offs_i[:, None, None, None]
+                b_lane_a = _at_index(b_prod, i4, last, 0)
+                b_lane_x = _at_index(b_xloc, i4, last, 0)
+                # over the lanes: each lane's entering map (all lanes before it), and the whole tile's
+                s3 = offs_s[None, None, :]
+                b_ea, b_ex, b_pa, b_px = tl.associative_scan(
+                    (b_lane_a, b_lane_x, tl.full(b_lane_a.shape, 1.0, tl.float32), tl.zeros_like(b_lane_x)),
+                    2,
+                    _entry_combine,
+                    reverse=rev == 0,
+                )
+                b_enter = b_pa * b_carry[:, :, None] + b_px
+                b_carry = _at_index(b_ea, s3, whole, 2) * b_carry + _at_index(b_ex, s3, whole, 2)
+                off_C = _spatial(i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :] + n3 * s_Cn
+                b_C = tl.load(C_b + off_C, mask=m_pn, other=0.0).to(tl.float32)
+                b_x = b_xloc + b_prod * b_enter[None, :, :, :]
+                b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
+                if HAS_D and rev == 1:
+                    b_y += b_skip[None, :, None] * b_u
+                p_out = out_b + _spatial(i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :] + d3 * s_od
+                if ACCUMULATE or rev == 1:
+                    b_y += tl.load(p_out, mask=m_pd, other=0.0).to(tl.float32)
+                tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m_pd)
+            # the second walk reads back what the first one stored
+            tl.debug_barrier()
+
+    @triton.jit
     def _bwd_load(
         u_ptr,
         s_ud,
@@ -1127,24 +1331,49 @@ def _f32_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().contiguous()
 
 
+def _fwd_scan_config(D: int, L: int, N: int):
+    """(BLOCK_D, SUB, NSUB, num_warps) of the forward.
+
+    A program walks one orientation of BLOCK_D channels of one image in tiles of SUB x NSUB
+    positions: NSUB lanes per channel, each owning SUB consecutive positions (its scan stays
+    within a thread). SUB x NP values per lane bound the registers; BLOCK_D keeps at least 4
+    blocks per SM at stage 1 (B = 128, D = 96: 6 channel blocks) and at N = 16 (B = 32: 24).
+    """
+    NP = _next_pow2(N)
+    if TRITON_INTERPRET:
+        # the interpreter pays per tile, and per element in a scan: small tiles, few programs
+        return min(_next_pow2(D), 16), 4, min(_next_pow2(triton.cdiv(L, 4)), 8), 4
+    if NP == 1:
+        return min(_next_pow2(D), 16), 8, 8, 4
+    if NP <= 4:
+        return min(_next_pow2(D), 8), 4, 16, 4
+    return min(_next_pow2(D), 4), 1, 32, 4
+
+
+def _flat(t: torch.Tensor | None, column: bool) -> bool:
+    """Whether t's (H, W) plane is contiguous in the orientation's walk order (offset = p s_j)."""
+    if t is None:
+        return True
+    H, W = t.shape[-2:]
+    s_h, s_w = t.stride()[-2:]
+    if column:
+        return W == 1 or s_w == H * s_h
+    return H == 1 or s_h == W * s_w
+
+
 def ss2d_fwd(
     u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype, config=None
 ) -> torch.Tensor:
     """Launcher of the forward: out has u's shape and memory layout, in out_dtype.
 
-    Three steps: per orientation, each chunk's exit state from a zero entry (state pass); per
-    direction, the chain over chunks turns them into entering states; per orientation, the
-    chunks again from their entering states, writing y (the row-major orientation stores, the
-    column-major one adds). With a single chunk only the last step runs.
+    One launch per orientation (row-major stores, column-major adds); each program carries its
+    scan from tile to tile, so there is no chunk state, chain or second pass.
     """
     batch, d_inner, H, W = u.shape
     L = H * W
     N = A.shape[2]
-    NP = _next_pow2(N)
     lowrank = dt_low is not None
-    R = dt_low.shape[2] if lowrank else 1
-    block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
-    n_chunks = triton.cdiv(L, chunk)
+    block_d, sub, nsub, num_warps = config or _fwd_scan_config(d_inner, L, N)
     out = new_output(u, dtype=out_dtype)
     params = dict(
         w_ptr=_f32_or_none(dt_weight),
@@ -1152,19 +1381,17 @@ def ss2d_fwd(
         Ds_ptr=_f32_or_none(D),
         bias_ptr=_f32_or_none(bias),
     )
-    grid = (triton.cdiv(n_chunks, block_c), triton.cdiv(d_inner, block_d), batch)
-    state = dtsum = None
+    grid = (triton.cdiv(d_inner, block_d), batch)
 
-    def chunk_pass(column: bool, output: bool):
-        ss2d_fwd_chunk_kernel[grid](
+    def orientation(column: bool):
+        tensors = (u, delta, dt_low, B, C, out)
+        ss2d_fwd_scan_kernel[grid](
             u_ptr=u,
             delta_ptr=delta,
             low_ptr=dt_low,
             B_ptr=B,
             C_ptr=C,
-            state_ptr=state,
-            dtsum_ptr=dtsum,
-            out_ptr=out if output else None,
+            out_ptr=out,
             **params,
             **_named_strides("u", u, column, "bdij"),
             **_named_strides("d", delta, column, "bkdij"),
@@ -1175,39 +1402,23 @@ def ss2d_fwd(
             D=d_inner,
             L=L,
             M=H if column else W,
-            chunk=chunk,
-            n_chunks=n_chunks,
+            n_tiles=triton.cdiv(L, sub * nsub),
             k_f=int(column),
             N=N,
-            R=R,
-            NP=NP,
+            R=dt_low.shape[2] if lowrank else 1,
+            NP=_next_pow2(N),
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
+            FLAT=all(_flat(t, column) for t in tensors),
+            SUB=sub,
+            NSUB=nsub,
             BLOCK_D=block_d,
-            BLOCK_C=block_c,
             num_warps=num_warps,
         )
 
     with _on_device(u):
-        if n_chunks > 1:
-            state = new_buffer(batch, 4, d_inner, n_chunks, NP, device=u.device)
-            dtsum = new_buffer(batch, 4, d_inner, n_chunks, device=u.device)
-            chunk_pass(column=False, output=False)
-            chunk_pass(column=True, output=False)
-            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, block_d), batch * 4)](
-                state_ptr=state,
-                dtsum_ptr=dtsum,
-                A_ptr=params["A_ptr"],
-                D=d_inner,
-                n_chunks=n_chunks,
-                N=N,
-                NP=NP,
-                ADJOINT=False,
-                BLOCK_D=block_d,
-                num_warps=1,
-            )
-        chunk_pass(column=False, output=True)
-        chunk_pass(column=True, output=True)
+        orientation(column=False)
+        orientation(column=True)
     return out
 
 
