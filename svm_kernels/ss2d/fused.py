@@ -432,20 +432,42 @@ if HAS_TRITON:
             b_x = tl.exp(b_dtsum[:, None] * b_a) * b_x + b_exit
 
     @triton.jit
-    def _map_combine(a1, x1, a2, x2):
-        # affine maps x -> a x + b composed in walk order: first (a1, x1), then (a2, x2)
-        return a1 * a2, a2 * x1 + x2
-
-    @triton.jit
     def _entry_combine(a1, x1, e1, f1, a2, x2, e2, f2):
-        # (a segment's whole map, its map without the last element): the inclusive scan of these
-        # gives each lane the map of all lanes before it, so no shift between lanes is needed
+        # Affine maps x -> a x + b in walk order, as (a segment's whole map, its map without the
+        # last element): the inclusive scan of these gives each lane the map of all lanes before
+        # it, so no shift between lanes is needed. Single elements enter as (a, x, 1, 0).
         return a1 * a2, a2 * x1 + x2, a1 * e2, e2 * x1 + f2
 
     @triton.jit
     def _at_index(x, offs, index, axis: tl.constexpr):
-        # x's entries at position `index` of `axis` (that axis reduced away)
-        return tl.sum(tl.where(offs == index, x, 0.0), axis=axis)
+        # x at `index` along `axis` (reduced away). -0.0 elsewhere: along an axis held within a
+        # thread the selects and the adds (x + -0.0 == x exactly) fold to a register pick.
+        return tl.sum(tl.where(offs == index, x, -0.0), axis=axis)
+
+    @triton.jit
+    def _lane_scan(b_a, b_b, i4, SUB: tl.constexpr, REVERSE: tl.constexpr):
+        # x_i = a_i x_(i-1) + b_i along axis 0, which lies within a thread, from a zero state;
+        # sequential (tl.associative_scan would shuffle across lanes). Returns the states and
+        # decay products at every i, and the lane's exit state and product.
+        if REVERSE:
+            first = SUB - 1
+        else:
+            first = 0
+        b_p = _at_index(b_a, i4, first, 0)
+        b_x = _at_index(b_b, i4, first, 0)
+        b_ps = b_a
+        b_xs = b_b
+        for step in tl.static_range(1, SUB):
+            if REVERSE:
+                i = SUB - 1 - step
+            else:
+                i = step
+            b_ai = _at_index(b_a, i4, i, 0)
+            b_x = b_ai * b_x + _at_index(b_b, i4, i, 0)
+            b_p = b_p * b_ai
+            b_xs = tl.where(i4 == i, b_x[None, :, :, :], b_xs)
+            b_ps = tl.where(i4 == i, b_p[None, :, :, :], b_ps)
+        return b_ps, b_xs, b_p, b_x
 
     @triton.jit
     def _spatial(i0, j0, rel, M, inv_M, s_i, s_j, FLAT: tl.constexpr):
@@ -454,17 +476,157 @@ if HAS_TRITON:
         if FLAT:
             return (i0 * M + j0 + rel) * s_j
         else:
-            # wraps = (j0 + rel) // M from a float product: exact while j0 + rel is small (< 2^20),
-            # as (j + 1/2) / M lies at least 1/(2M) from the next integer
+            # wraps = (j0 + rel) // M from a float product: exact while j0 + rel < 2^20, as
+            # (j + 1/2) / M lies at least 1 / (2M) from the next integer
             j = j0 + rel
             wraps = ((j.to(tl.float32) + 0.5) * inv_M).to(tl.int32)
             return (i0 + wraps) * s_i + (j - wraps * M) * s_j
+
+    @triton.jit
+    def _load_f32(ptr, mask):
+        # fp32 values; a None mask (full tiles, clamped indices) loads without predicates
+        if mask is None:
+            return tl.load(ptr).to(tl.float32)
+        else:
+            return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _fwd_tile(
+        b_carry,
+        base,
+        rel,
+        M,
+        inv_M,
+        L,
+        u_b,
+        s_ud,
+        s_ui,
+        s_uj,
+        dt_b,
+        s_dd,
+        s_lr,
+        s_ti,
+        s_tj,
+        w_k,
+        b_bias,
+        b_a,
+        B_b,
+        s_Bn,
+        s_Bi,
+        s_Bj,
+        C_b,
+        s_Cn,
+        s_Ci,
+        s_Cj,
+        out_b,
+        s_od,
+        s_oi,
+        s_oj,
+        b_skip,
+        offs_d,
+        offs_dl,
+        m_d,
+        offs_nl,
+        m_n,
+        R: tl.constexpr,
+        LOWRANK: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+        SKIP: tl.constexpr,
+        ACCUMULATE: tl.constexpr,
+        REVERSE: tl.constexpr,
+        MASKED: tl.constexpr,
+        EVEN_D: tl.constexpr,
+        EVEN_N: tl.constexpr,
+        FLAT: tl.constexpr,
+        SUB: tl.constexpr,
+        NSUB: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        # One tile of SUB x NSUB positions from the entering state b_carry [NP, BLOCK_D]; writes
+        # (or adds) y and returns the exit state. Loads use clamped channel and state indices
+        # (offs_dl, offs_nl), so only the tail tile (MASKED) masks positions; padded states have
+        # B = C = 0 (EVEN_N false) and padded channels are not stored (EVEN_D false).
+        i0 = base // M
+        j0 = base - i0 * M
+        dl3 = offs_dl[None, :, None]
+        n3 = offs_nl[None, :, None]
+        m_p = base + rel < L
+        if MASKED:
+            m_pu = m_p[:, None, :]
+        else:
+            m_pu = None
+        if EVEN_N:
+            m_pn = m_pu
+        else:
+            m_pn = m_p[:, None, :] & m_n[None, :, None]
+        off_u = _spatial(i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :]
+        b_u = _load_f32(u_b + off_u + dl3 * s_ud, m_pu)
+        off_t = _spatial(i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
+        if LOWRANK:
+            # dt = dt_weight[k] @ dt_low[k]: R rows per position, shared by the channels
+            b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
+            for r in tl.static_range(R):
+                b_w = tl.load(w_k + offs_dl * R + r)
+                if MASKED:
+                    b_low = _load_f32(dt_b + r * s_lr + off_t, m_p)
+                else:
+                    b_low = _load_f32(dt_b + r * s_lr + off_t, None)
+                b_dt += b_w[None, :, None] * b_low[:, None, :]
+        else:
+            b_dt = _load_f32(dt_b + off_t[:, None, :] + dl3 * s_dd, m_pu)
+        b_dt += b_bias[None, :, None]
+        if DELTA_SOFTPLUS:
+            b_dt = _softplus(b_dt)
+        off_B = _spatial(i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :] + n3 * s_Bn
+        b_B = _load_f32(B_b + off_B, m_pn)
+        # [SUB, NP, BLOCK_D, NSUB]: decay (b_a is A log2(e)) and input of every element and state
+        b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
+        b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
+        i4 = tl.arange(0, SUB)[:, None, None, None]
+        b_prod, b_xloc, b_lane_a, b_lane_x = _lane_scan(b_decay, b_in, i4, SUB, REVERSE)
+        # over the lanes (across threads): each lane's entering map and the tile's whole map
+        s3 = tl.arange(0, NSUB)[None, None, :]
+        b_ta, b_tx, b_ea, b_ex = tl.associative_scan(
+            (b_lane_a, b_lane_x, tl.full(b_lane_a.shape, 1.0, tl.float32), tl.zeros_like(b_lane_x)),
+            2,
+            _entry_combine,
+            reverse=REVERSE,
+        )
+        b_enter = b_ea * b_carry[:, :, None] + b_ex
+        if REVERSE:
+            whole = 0
+        else:
+            whole = NSUB - 1
+        b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
+        off_C = _spatial(i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :] + n3 * s_Cn
+        b_C = _load_f32(C_b + off_C, m_pn)
+        b_x = b_xloc + b_prod * b_enter[None, :, :, :]
+        b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
+        if SKIP:
+            b_y += b_skip[None, :, None] * b_u
+        p_out = out_b + _spatial(i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :]
+        if ACCUMULATE:
+            b_y += _load_f32(p_out + dl3 * s_od, m_pu)
+        p_out += offs_d[None, :, None] * s_od
+        if MASKED:
+            if EVEN_D:
+                m_out = m_pu
+            else:
+                m_out = m_pu & m_d[None, :, None]
+        else:
+            if EVEN_D:
+                m_out = None
+            else:
+                m_out = m_d[None, :, None]
+        tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m_out)
+        return b_carry
 
     @triton.heuristics(
         {
             "LOWRANK": lambda args: args["low_ptr"] is not None,
             "HAS_D": lambda args: args["Ds_ptr"] is not None,
             "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+            "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
         }
     )
     @triton.jit
@@ -510,7 +672,7 @@ if HAS_TRITON:
         D,
         L,
         M,
-        n_tiles,
+        n_full,
         k_f,
         N: tl.constexpr,
         R: tl.constexpr,
@@ -520,118 +682,174 @@ if HAS_TRITON:
         HAS_BIAS: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
         ACCUMULATE: tl.constexpr,
+        EVEN_D: tl.constexpr,
         FLAT: tl.constexpr,
         SUB: tl.constexpr,
         NSUB: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
-        # as tiles of SUB x NSUB positions carried from one tile to the next. Tile layout:
-        # [SUB, NP, BLOCK_D, NSUB], a lane (channel, s) owns the SUB consecutive positions
-        # s * SUB + i (axis 0 and the states stay within a thread), lanes along the last axis.
-        # Per tile: dt, softplus, decay and input once per element; a scan within each lane from
-        # a zero state; a scan over the lanes of their whole maps gives each lane its entering
-        # state from the tile's carry; y = C (x_local + decay product * entering state).
+        # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
+        # no second pass. Tiles are [SUB, NP, BLOCK_D, NSUB]: lane (channel, s) owns positions
+        # s * SUB + i, i along axis 0 within one thread; lanes along the last axis. Per tile: dt,
+        # softplus, decay and input once per element, a sequential scan within each lane from a
+        # zero state, a scan over the lanes' whole maps for each lane's entering state, then
+        # y = C (x_local + decay product * entering state). The launcher passes the strides of
+        # the orientation's major (i) and minor (j) spatial axes: rows and columns alike.
         pid_d = tl.program_id(0)
         pid_b = tl.program_id(1).to(tl.int64)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         m_d = offs_d < D
-        offs_i = tl.arange(0, SUB)
-        offs_s = tl.arange(0, NSUB)
+        offs_dl = tl.minimum(offs_d, D - 1)
         offs_n = tl.arange(0, NP)
         m_n = offs_n < N
-        # position within the tile [SUB, NSUB]
-        rel = offs_i[:, None] + offs_s[None, :] * SUB
-        d3 = offs_d[None, :, None]
-        m_d3 = m_d[None, :, None]
-        n3 = offs_n[None, :, None]
-        m_n3 = m_n[None, :, None]
+        offs_nl = tl.minimum(offs_n, N - 1)
+        # position within the tile, [SUB, NSUB]
+        rel = tl.arange(0, SUB)[:, None] + tl.arange(0, NSUB)[None, :] * SUB
+        CHUNK: tl.constexpr = SUB * NSUB
         inv_M = 1.0 / M
         b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
         if HAS_D:
-            b_skip = tl.load(Ds_ptr + k_f * D + offs_d, mask=m_d, other=0.0)
-            b_skip += tl.load(Ds_ptr + (k_f + 2) * D + offs_d, mask=m_d, other=0.0)
+            b_skip = tl.load(Ds_ptr + k_f * D + offs_dl) + tl.load(Ds_ptr + (k_f + 2) * D + offs_dl)
         u_b = u_ptr + pid_b * s_ub
         out_b = out_ptr + pid_b * s_ob
         # the reversal first: the sequence-order walk then adds to what it wrote
         for rev in tl.static_range(2):
             k = k_f + 2 * (1 - rev)
             if HAS_BIAS:
-                b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
+                b_bias = tl.load(bias_ptr + k * D + offs_dl)
             else:
                 b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-            # A log2(e) as [1, NP, BLOCK_D, 1]: the decay is one ex2
-            p_a = A_ptr + (k * D + offs_d[None, :]) * N + offs_n[:, None]
-            b_a = tl.load(p_a, mask=m_n[:, None] & m_d[None, :], other=0.0)
+            # A log2(e) as [1, NP, BLOCK_D, 1]; zero for padded states
+            p_a = A_ptr + (k * D + offs_dl[None, :]) * N + offs_n[:, None]
+            b_a = tl.load(p_a, mask=m_n[:, None], other=0.0)
             b_a = (b_a * 1.4426950408889634)[None, :, :, None]
             if LOWRANK:
-                low_b = low_ptr + pid_b * s_lb + k * s_lk
+                dt_b = low_ptr + pid_b * s_lb + k * s_lk
+                w_k = w_ptr + k * D * R
+                s_ti = s_li
+                s_tj = s_lj
             else:
-                delta_b = delta_ptr + pid_b * s_db + k * s_dk
+                dt_b = delta_ptr + pid_b * s_db + k * s_dk
+                w_k = w_ptr
+                s_ti = s_di
+                s_tj = s_dj
             B_b = B_ptr + pid_b * s_Bb + k * s_Bk
             C_b = C_ptr + pid_b * s_Cb + k * s_Ck
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
-            for t in range(n_tiles):
-                if rev == 0:
-                    base = (n_tiles - 1 - t) * (SUB * NSUB)
+            for part in tl.static_range(2):
+                # the reversal walks the tail tile first, then the full tiles backwards
+                if (part == 0) == (rev == 0):
+                    if n_full * CHUNK < L:
+                        base = n_full * CHUNK
+                        b_carry = _fwd_tile(
+                            b_carry,
+                            base,
+                            rel,
+                            M,
+                            inv_M,
+                            L,
+                            u_b,
+                            s_ud,
+                            s_ui,
+                            s_uj,
+                            dt_b,
+                            s_dd,
+                            s_lr,
+                            s_ti,
+                            s_tj,
+                            w_k,
+                            b_bias,
+                            b_a,
+                            B_b,
+                            s_Bn,
+                            s_Bi,
+                            s_Bj,
+                            C_b,
+                            s_Cn,
+                            s_Ci,
+                            s_Cj,
+                            out_b,
+                            s_od,
+                            s_oi,
+                            s_oj,
+                            b_skip,
+                            offs_d,
+                            offs_dl,
+                            m_d,
+                            offs_nl,
+                            m_n,
+                            R=R,
+                            LOWRANK=LOWRANK,
+                            DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                            SKIP=HAS_D and rev == 1,
+                            ACCUMULATE=ACCUMULATE or rev == 1,
+                            REVERSE=rev == 0,
+                            MASKED=True,
+                            EVEN_D=EVEN_D,
+                            EVEN_N=N == NP,
+                            FLAT=FLAT,
+                            SUB=SUB,
+                            NSUB=NSUB,
+                            BLOCK_D=BLOCK_D,
+                        )
                 else:
-                    base = t * (SUB * NSUB)
-                i0 = base // M
-                j0 = base - i0 * M
-                m_p = base + rel < L
-                m_pd = m_p[:, None, :] & m_d3
-                m_pn = m_p[:, None, :] & m_n3
-                off_u = _spatial(i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :] + d3 * s_ud
-                b_u = tl.load(u_b + off_u, mask=m_pd, other=0.0).to(tl.float32)
-                if LOWRANK:
-                    off_l = _spatial(i0, j0, rel, M, inv_M, s_li, s_lj, FLAT)
-                    b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
-                    for r in tl.static_range(R):
-                        b_wr = tl.load(w_ptr + (k * D + offs_d) * R + r, mask=m_d, other=0.0)
-                        b_low = tl.load(low_b + r * s_lr + off_l, mask=m_p, other=0.0).to(tl.float32)
-                        b_dt += b_wr[None, :, None] * b_low[:, None, :]
-                else:
-                    off_dt = _spatial(i0, j0, rel, M, inv_M, s_di, s_dj, FLAT)[:, None, :] + d3 * s_dd
-                    b_dt = tl.load(delta_b + off_dt, mask=m_pd, other=0.0).to(tl.float32)
-                b_dt += b_bias[None, :, None]
-                if DELTA_SOFTPLUS:
-                    b_dt = _softplus(b_dt)
-                off_B = _spatial(i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :] + n3 * s_Bn
-                b_B = tl.load(B_b + off_B, mask=m_pn, other=0.0).to(tl.float32)
-                # [SUB, NP, BLOCK_D, NSUB]: decay and input of every (position, state, channel)
-                b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
-                b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
-                # within each lane from a zero state: decay products and local states
-                b_prod, b_xloc = tl.associative_scan((b_decay, b_in), 0, _map_combine, reverse=rev == 0)
-                if rev == 0:
-                    last = 0
-                    whole = 0
-                else:
-                    last = SUB - 1
-                    whole = NSUB - 1
-                i4 = offs_i[:, None, None, None]
-                b_lane_a = _at_index(b_prod, i4, last, 0)
-                b_lane_x = _at_index(b_xloc, i4, last, 0)
-                # over the lanes: each lane's entering map (all lanes before it), and the whole tile's
-                s3 = offs_s[None, None, :]
-                b_ea, b_ex, b_pa, b_px = tl.associative_scan(
-                    (b_lane_a, b_lane_x, tl.full(b_lane_a.shape, 1.0, tl.float32), tl.zeros_like(b_lane_x)),
-                    2,
-                    _entry_combine,
-                    reverse=rev == 0,
-                )
-                b_enter = b_pa * b_carry[:, :, None] + b_px
-                b_carry = _at_index(b_ea, s3, whole, 2) * b_carry + _at_index(b_ex, s3, whole, 2)
-                off_C = _spatial(i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :] + n3 * s_Cn
-                b_C = tl.load(C_b + off_C, mask=m_pn, other=0.0).to(tl.float32)
-                b_x = b_xloc + b_prod * b_enter[None, :, :, :]
-                b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
-                if HAS_D and rev == 1:
-                    b_y += b_skip[None, :, None] * b_u
-                p_out = out_b + _spatial(i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :] + d3 * s_od
-                if ACCUMULATE or rev == 1:
-                    b_y += tl.load(p_out, mask=m_pd, other=0.0).to(tl.float32)
-                tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m_pd)
+                    for t in range(n_full):
+                        if rev == 0:
+                            base = (n_full - 1 - t) * CHUNK
+                        else:
+                            base = t * CHUNK
+                        b_carry = _fwd_tile(
+                            b_carry,
+                            base,
+                            rel,
+                            M,
+                            inv_M,
+                            L,
+                            u_b,
+                            s_ud,
+                            s_ui,
+                            s_uj,
+                            dt_b,
+                            s_dd,
+                            s_lr,
+                            s_ti,
+                            s_tj,
+                            w_k,
+                            b_bias,
+                            b_a,
+                            B_b,
+                            s_Bn,
+                            s_Bi,
+                            s_Bj,
+                            C_b,
+                            s_Cn,
+                            s_Ci,
+                            s_Cj,
+                            out_b,
+                            s_od,
+                            s_oi,
+                            s_oj,
+                            b_skip,
+                            offs_d,
+                            offs_dl,
+                            m_d,
+                            offs_nl,
+                            m_n,
+                            R=R,
+                            LOWRANK=LOWRANK,
+                            DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                            SKIP=HAS_D and rev == 1,
+                            ACCUMULATE=ACCUMULATE or rev == 1,
+                            REVERSE=rev == 0,
+                            MASKED=False,
+                            EVEN_D=EVEN_D,
+                            EVEN_N=N == NP,
+                            FLAT=FLAT,
+                            SUB=SUB,
+                            NSUB=NSUB,
+                            BLOCK_D=BLOCK_D,
+                        )
             # the second walk reads back what the first one stored
             tl.debug_barrier()
 
@@ -1402,7 +1620,7 @@ def ss2d_fwd(
             D=d_inner,
             L=L,
             M=H if column else W,
-            n_tiles=triton.cdiv(L, sub * nsub),
+            n_full=L // (sub * nsub),
             k_f=int(column),
             N=N,
             R=dt_low.shape[2] if lowrank else 1,
