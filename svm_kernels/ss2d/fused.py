@@ -484,142 +484,11 @@ if HAS_TRITON:
 
     @triton.jit
     def _load_f32(ptr, mask):
-        # fp32 values; a None mask (full tiles, clamped indices) loads without predicates
+        # fp32 values; None: no mask (no predicate, no default to move in)
         if mask is None:
             return tl.load(ptr).to(tl.float32)
         else:
             return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _fwd_tile(
-        b_carry,
-        base,
-        rel,
-        M,
-        inv_M,
-        L,
-        u_b,
-        s_ud,
-        s_ui,
-        s_uj,
-        dt_b,
-        s_dd,
-        s_lr,
-        s_ti,
-        s_tj,
-        w_k,
-        b_bias,
-        b_a,
-        B_b,
-        s_Bn,
-        s_Bi,
-        s_Bj,
-        C_b,
-        s_Cn,
-        s_Ci,
-        s_Cj,
-        out_b,
-        s_od,
-        s_oi,
-        s_oj,
-        b_skip,
-        offs_d,
-        offs_dl,
-        m_d,
-        offs_nl,
-        m_n,
-        R: tl.constexpr,
-        LOWRANK: tl.constexpr,
-        DELTA_SOFTPLUS: tl.constexpr,
-        SKIP: tl.constexpr,
-        ACCUMULATE: tl.constexpr,
-        REVERSE: tl.constexpr,
-        MASKED: tl.constexpr,
-        EVEN_D: tl.constexpr,
-        EVEN_N: tl.constexpr,
-        FLAT: tl.constexpr,
-        SUB: tl.constexpr,
-        NSUB: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-    ):
-        # One tile of SUB x NSUB positions from the entering state b_carry [NP, BLOCK_D]; writes
-        # (or adds) y and returns the exit state. Loads use clamped channel and state indices
-        # (offs_dl, offs_nl), so only the tail tile (MASKED) masks positions; padded states have
-        # B = C = 0 (EVEN_N false) and padded channels are not stored (EVEN_D false).
-        i0 = base // M
-        j0 = base - i0 * M
-        dl3 = offs_dl[None, :, None]
-        n3 = offs_nl[None, :, None]
-        m_p = base + rel < L
-        if MASKED:
-            m_pu = m_p[:, None, :]
-        else:
-            m_pu = None
-        if EVEN_N:
-            m_pn = m_pu
-        else:
-            m_pn = m_p[:, None, :] & m_n[None, :, None]
-        off_u = _spatial(i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :]
-        b_u = _load_f32(u_b + off_u + dl3 * s_ud, m_pu)
-        off_t = _spatial(i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
-        if LOWRANK:
-            # dt = dt_weight[k] @ dt_low[k]: R rows per position, shared by the channels
-            b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
-            for r in tl.static_range(R):
-                b_w = tl.load(w_k + offs_dl * R + r)
-                if MASKED:
-                    b_low = _load_f32(dt_b + r * s_lr + off_t, m_p)
-                else:
-                    b_low = _load_f32(dt_b + r * s_lr + off_t, None)
-                b_dt += b_w[None, :, None] * b_low[:, None, :]
-        else:
-            b_dt = _load_f32(dt_b + off_t[:, None, :] + dl3 * s_dd, m_pu)
-        b_dt += b_bias[None, :, None]
-        if DELTA_SOFTPLUS:
-            b_dt = _softplus(b_dt)
-        off_B = _spatial(i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :] + n3 * s_Bn
-        b_B = _load_f32(B_b + off_B, m_pn)
-        # [SUB, NP, BLOCK_D, NSUB]: decay (b_a is A log2(e)) and input of every element and state
-        b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
-        b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
-        i4 = tl.arange(0, SUB)[:, None, None, None]
-        b_prod, b_xloc, b_lane_a, b_lane_x = _lane_scan(b_decay, b_in, i4, SUB, REVERSE)
-        # over the lanes (across threads): each lane's entering map and the tile's whole map
-        s3 = tl.arange(0, NSUB)[None, None, :]
-        b_ta, b_tx, b_ea, b_ex = tl.associative_scan(
-            (b_lane_a, b_lane_x, tl.full(b_lane_a.shape, 1.0, tl.float32), tl.zeros_like(b_lane_x)),
-            2,
-            _entry_combine,
-            reverse=REVERSE,
-        )
-        b_enter = b_ea * b_carry[:, :, None] + b_ex
-        if REVERSE:
-            whole = 0
-        else:
-            whole = NSUB - 1
-        b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
-        off_C = _spatial(i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :] + n3 * s_Cn
-        b_C = _load_f32(C_b + off_C, m_pn)
-        b_x = b_xloc + b_prod * b_enter[None, :, :, :]
-        b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
-        if SKIP:
-            b_y += b_skip[None, :, None] * b_u
-        p_out = out_b + _spatial(i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :]
-        if ACCUMULATE:
-            b_y += _load_f32(p_out + dl3 * s_od, m_pu)
-        p_out += offs_d[None, :, None] * s_od
-        if MASKED:
-            if EVEN_D:
-                m_out = m_pu
-            else:
-                m_out = m_pu & m_d[None, :, None]
-        else:
-            if EVEN_D:
-                m_out = None
-            else:
-                m_out = m_d[None, :, None]
-        tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m_out)
-        return b_carry
 
     @triton.heuristics(
         {
@@ -672,7 +541,7 @@ if HAS_TRITON:
         D,
         L,
         M,
-        n_full,
+        n_tiles,
         k_f,
         N: tl.constexpr,
         R: tl.constexpr,
@@ -696,160 +565,111 @@ if HAS_TRITON:
         # zero state, a scan over the lanes' whole maps for each lane's entering state, then
         # y = C (x_local + decay product * entering state). The launcher passes the strides of
         # the orientation's major (i) and minor (j) spatial axes: rows and columns alike.
+        # Every tile lies within the sequence (L >= tile): the last one of a walk is moved back to
+        # end at its end, and its positions that the walk has done already get dt = 0 (decay 1,
+        # no input: the state passes through) and are not stored. So no load is masked; channel
+        # and state indices are clamped for loads, padded states get A = B = C = 0.
         pid_d = tl.program_id(0)
         pid_b = tl.program_id(1).to(tl.int64)
+        CHUNK: tl.constexpr = SUB * NSUB
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         m_d = offs_d < D
-        offs_dl = tl.minimum(offs_d, D - 1)
+        dl3 = tl.minimum(offs_d, D - 1)[None, :, None]
         offs_n = tl.arange(0, NP)
         m_n = offs_n < N
-        offs_nl = tl.minimum(offs_n, N - 1)
+        n3 = tl.minimum(offs_n, N - 1)[None, :, None]
+        # padded states read B = C = 0 (their A = 0 keeps them finite)
+        if N == NP:
+            m_n3 = None
+        else:
+            m_n3 = m_n[None, :, None]
         # position within the tile, [SUB, NSUB]
         rel = tl.arange(0, SUB)[:, None] + tl.arange(0, NSUB)[None, :] * SUB
-        CHUNK: tl.constexpr = SUB * NSUB
+        i4 = tl.arange(0, SUB)[:, None, None, None]
+        s3 = tl.arange(0, NSUB)[None, None, :]
         inv_M = 1.0 / M
-        b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        b_skip = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
         if HAS_D:
-            b_skip = tl.load(Ds_ptr + k_f * D + offs_dl) + tl.load(Ds_ptr + (k_f + 2) * D + offs_dl)
-        u_b = u_ptr + pid_b * s_ub
-        out_b = out_ptr + pid_b * s_ob
+            b_skip = tl.load(Ds_ptr + k_f * D + dl3) + tl.load(Ds_ptr + (k_f + 2) * D + dl3)
+        u_b = u_ptr + pid_b * s_ub + dl3 * s_ud
+        out_b = out_ptr + pid_b * s_ob + offs_d[None, :, None] * s_od
         # the reversal first: the sequence-order walk then adds to what it wrote
         for rev in tl.static_range(2):
             k = k_f + 2 * (1 - rev)
+            b_bias = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
             if HAS_BIAS:
-                b_bias = tl.load(bias_ptr + k * D + offs_dl)
-            else:
-                b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-            # A log2(e) as [1, NP, BLOCK_D, 1]; zero for padded states
-            p_a = A_ptr + (k * D + offs_dl[None, :]) * N + offs_n[:, None]
-            b_a = tl.load(p_a, mask=m_n[:, None], other=0.0)
-            b_a = (b_a * 1.4426950408889634)[None, :, :, None]
+                b_bias = tl.load(bias_ptr + k * D + dl3)
+            # A log2(e) as [1, NP, BLOCK_D, 1]: the decay is one ex2
+            p_a = A_ptr + (k * D + tl.minimum(offs_d, D - 1)[None, None, :]) * N + offs_n[None, :, None]
+            b_a = tl.load(p_a, mask=m_n[None, :, None], other=0.0)
+            b_a = (b_a * 1.4426950408889634)[:, :, :, None]
             if LOWRANK:
                 dt_b = low_ptr + pid_b * s_lb + k * s_lk
-                w_k = w_ptr + k * D * R
                 s_ti = s_li
                 s_tj = s_lj
             else:
-                dt_b = delta_ptr + pid_b * s_db + k * s_dk
-                w_k = w_ptr
+                dt_b = delta_ptr + pid_b * s_db + k * s_dk + dl3 * s_dd
                 s_ti = s_di
                 s_tj = s_dj
-            B_b = B_ptr + pid_b * s_Bb + k * s_Bk
-            C_b = C_ptr + pid_b * s_Cb + k * s_Ck
+            B_b = B_ptr + pid_b * s_Bb + k * s_Bk + n3 * s_Bn
+            C_b = C_ptr + pid_b * s_Cb + k * s_Ck + n3 * s_Cn
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
-            for part in tl.static_range(2):
-                # the reversal walks the tail tile first, then the full tiles backwards
-                if (part == 0) == (rev == 0):
-                    if n_full * CHUNK < L:
-                        base = n_full * CHUNK
-                        b_carry = _fwd_tile(
-                            b_carry,
-                            base,
-                            rel,
-                            M,
-                            inv_M,
-                            L,
-                            u_b,
-                            s_ud,
-                            s_ui,
-                            s_uj,
-                            dt_b,
-                            s_dd,
-                            s_lr,
-                            s_ti,
-                            s_tj,
-                            w_k,
-                            b_bias,
-                            b_a,
-                            B_b,
-                            s_Bn,
-                            s_Bi,
-                            s_Bj,
-                            C_b,
-                            s_Cn,
-                            s_Ci,
-                            s_Cj,
-                            out_b,
-                            s_od,
-                            s_oi,
-                            s_oj,
-                            b_skip,
-                            offs_d,
-                            offs_dl,
-                            m_d,
-                            offs_nl,
-                            m_n,
-                            R=R,
-                            LOWRANK=LOWRANK,
-                            DELTA_SOFTPLUS=DELTA_SOFTPLUS,
-                            SKIP=HAS_D and rev == 1,
-                            ACCUMULATE=ACCUMULATE or rev == 1,
-                            REVERSE=rev == 0,
-                            MASKED=True,
-                            EVEN_D=EVEN_D,
-                            EVEN_N=N == NP,
-                            FLAT=FLAT,
-                            SUB=SUB,
-                            NSUB=NSUB,
-                            BLOCK_D=BLOCK_D,
-                        )
+            for t in range(n_tiles):
+                # the tile [base, base + CHUNK) and its new positions rel in [lo, hi)
+                if rev == 0:
+                    hi = L - t * CHUNK
+                    base = tl.maximum(hi - CHUNK, 0)
+                    m_new = rel < hi - base
                 else:
-                    for t in range(n_full):
-                        if rev == 0:
-                            base = (n_full - 1 - t) * CHUNK
-                        else:
-                            base = t * CHUNK
-                        b_carry = _fwd_tile(
-                            b_carry,
-                            base,
-                            rel,
-                            M,
-                            inv_M,
-                            L,
-                            u_b,
-                            s_ud,
-                            s_ui,
-                            s_uj,
-                            dt_b,
-                            s_dd,
-                            s_lr,
-                            s_ti,
-                            s_tj,
-                            w_k,
-                            b_bias,
-                            b_a,
-                            B_b,
-                            s_Bn,
-                            s_Bi,
-                            s_Bj,
-                            C_b,
-                            s_Cn,
-                            s_Ci,
-                            s_Cj,
-                            out_b,
-                            s_od,
-                            s_oi,
-                            s_oj,
-                            b_skip,
-                            offs_d,
-                            offs_dl,
-                            m_d,
-                            offs_nl,
-                            m_n,
-                            R=R,
-                            LOWRANK=LOWRANK,
-                            DELTA_SOFTPLUS=DELTA_SOFTPLUS,
-                            SKIP=HAS_D and rev == 1,
-                            ACCUMULATE=ACCUMULATE or rev == 1,
-                            REVERSE=rev == 0,
-                            MASKED=False,
-                            EVEN_D=EVEN_D,
-                            EVEN_N=N == NP,
-                            FLAT=FLAT,
-                            SUB=SUB,
-                            NSUB=NSUB,
-                            BLOCK_D=BLOCK_D,
-                        )
+                    base = tl.minimum(t * CHUNK, L - CHUNK)
+                    m_new = rel >= t * CHUNK - base
+                i0 = base // M
+                j0 = base - i0 * M
+                off_t = _spatial(i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
+                b_u = tl.load(u_b + _spatial(i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :])
+                b_u = b_u.to(tl.float32)
+                if LOWRANK:
+                    # dt = dt_weight[k] @ dt_low[k]: R rows per position, shared by the channels
+                    b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
+                    for r in tl.static_range(R):
+                        b_w = tl.load(w_ptr + (k * D + dl3) * R + r)
+                        b_low = tl.load(dt_b + r * s_lr + off_t).to(tl.float32)
+                        b_dt += b_w * b_low[:, None, :]
+                else:
+                    b_dt = tl.load(dt_b + off_t[:, None, :]).to(tl.float32)
+                b_dt += b_bias
+                if DELTA_SOFTPLUS:
+                    b_dt = _softplus(b_dt)
+                b_dt = tl.where(m_new[:, None, :], b_dt, 0.0)
+                off_B = _spatial(i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :]
+                b_B = _load_f32(B_b + off_B, m_n3)
+                # [SUB, NP, BLOCK_D, NSUB]: decay and input of every element and state
+                b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
+                b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
+                b_prod, b_xloc, b_lane_a, b_lane_x = _lane_scan(b_decay, b_in, i4, SUB, rev == 0)
+                # over the lanes (across threads): each lane's entering map, the tile's whole map
+                b_ta, b_tx, b_ea, b_ex = tl.associative_scan(
+                    (b_lane_a, b_lane_x, tl.full(b_lane_a.shape, 1.0, tl.float32), tl.zeros_like(b_lane_x)),
+                    2,
+                    _entry_combine,
+                    reverse=rev == 0,
+                )
+                b_enter = b_ea * b_carry[:, :, None] + b_ex
+                whole = (NSUB - 1) * rev
+                b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
+                off_C = _spatial(i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :]
+                b_C = _load_f32(C_b + off_C, m_n3)
+                b_x = b_xloc + b_prod * b_enter[None, :, :, :]
+                b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
+                if HAS_D and rev == 1:
+                    b_y += b_skip * b_u
+                p_out = out_b + _spatial(i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :]
+                m_out = m_new[:, None, :]
+                if not EVEN_D:
+                    m_out = m_out & m_d[None, :, None]
+                if ACCUMULATE or rev == 1:
+                    b_y += tl.load(p_out, mask=m_out, other=0.0).to(tl.float32)
+                tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m_out)
             # the second walk reads back what the first one stored
             tl.debug_barrier()
 
@@ -1592,6 +1412,11 @@ def ss2d_fwd(
     N = A.shape[2]
     lowrank = dt_low is not None
     block_d, sub, nsub, num_warps = config or _fwd_scan_config(d_inner, L, N)
+    while sub * nsub > L:  # a tile lies within the sequence
+        if nsub > 1:
+            nsub //= 2
+        else:
+            sub //= 2
     out = new_output(u, dtype=out_dtype)
     params = dict(
         w_ptr=_f32_or_none(dt_weight),
@@ -1620,7 +1445,7 @@ def ss2d_fwd(
             D=d_inner,
             L=L,
             M=H if column else W,
-            n_full=L // (sub * nsub),
+            n_tiles=triton.cdiv(L, sub * nsub),
             k_f=int(column),
             N=N,
             R=dt_low.shape[2] if lowrank else 1,
