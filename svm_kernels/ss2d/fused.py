@@ -1399,12 +1399,22 @@ def _flat(t: torch.Tensor | None, column: bool) -> bool:
     return H == 1 or s_h == W * s_w
 
 
+# The tile scan keeps SUB x NP states per lane in a thread and scans them across lanes; at
+# larger N (16: mamba's default) the chunk walk, which holds NP per lane, is the cheaper one.
+TILE_SCAN_MAX_N = 4
+
+
 def ss2d_fwd(
     u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype, config=None
 ) -> torch.Tensor:
-    """Launcher of the forward: out has u's shape and memory layout, in out_dtype.
+    """Launcher of the forward: out has u's shape and memory layout, in out_dtype. ``config``
+    overrides the chosen path's block sizes (``_fwd_scan_config`` or ``_fwd_config``)."""
+    launch = _ss2d_fwd_tiles if A.shape[2] <= TILE_SCAN_MAX_N else _ss2d_fwd_chunks
+    return launch(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config)
 
-    One launch per orientation (row-major stores, column-major adds); each program carries its
+
+def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
+    """The forward at N <= TILE_SCAN_MAX_N: one launch per orientation (row-major stores, column-major adds); each program carries its
     scan from tile to tile, so there is no chunk state, chain or second pass.
     """
     batch, d_inner, H, W = u.shape
@@ -1462,6 +1472,87 @@ def ss2d_fwd(
     with _on_device(u):
         orientation(column=False)
         orientation(column=True)
+    return out
+
+
+def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
+    """The forward at N > TILE_SCAN_MAX_N, in three steps: per orientation, each chunk's exit
+    state from a zero entry (state pass); per direction, the chain over chunks turns them into
+    entering states; per orientation, the chunks again from their entering states, writing y
+    (the row-major orientation stores, the column-major one adds). With a single chunk only the
+    last step runs.
+    """
+    batch, d_inner, H, W = u.shape
+    L = H * W
+    N = A.shape[2]
+    NP = _next_pow2(N)
+    lowrank = dt_low is not None
+    R = dt_low.shape[2] if lowrank else 1
+    block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
+    n_chunks = triton.cdiv(L, chunk)
+    out = new_output(u, dtype=out_dtype)
+    params = dict(
+        w_ptr=_f32_or_none(dt_weight),
+        A_ptr=_f32_or_none(A),
+        Ds_ptr=_f32_or_none(D),
+        bias_ptr=_f32_or_none(bias),
+    )
+    grid = (triton.cdiv(n_chunks, block_c), triton.cdiv(d_inner, block_d), batch)
+    state = dtsum = None
+
+    def chunk_pass(column: bool, output: bool):
+        ss2d_fwd_chunk_kernel[grid](
+            u_ptr=u,
+            delta_ptr=delta,
+            low_ptr=dt_low,
+            B_ptr=B,
+            C_ptr=C,
+            state_ptr=state,
+            dtsum_ptr=dtsum,
+            out_ptr=out if output else None,
+            **params,
+            **_named_strides("u", u, column, "bdij"),
+            **_named_strides("d", delta, column, "bkdij"),
+            **_named_strides("l", dt_low, column, "bkrij"),
+            **_named_strides("B", B, column, "bknij"),
+            **_named_strides("C", C, column, "bknij"),
+            **_named_strides("o", out, column, "bdij"),
+            D=d_inner,
+            L=L,
+            M=H if column else W,
+            chunk=chunk,
+            n_chunks=n_chunks,
+            k_f=int(column),
+            N=N,
+            R=R,
+            NP=NP,
+            DELTA_SOFTPLUS=softplus,
+            ACCUMULATE=column,
+            BLOCK_D=block_d,
+            BLOCK_C=block_c,
+            num_warps=num_warps,
+        )
+
+    with _on_device(u):
+        if n_chunks > 1:
+            state = new_buffer(batch, 4, d_inner, n_chunks, NP, device=u.device)
+            dtsum = new_buffer(batch, 4, d_inner, n_chunks, device=u.device)
+            chunk_pass(column=False, output=False)
+            chunk_pass(column=True, output=False)
+            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, block_d), batch * 4)](
+                state_ptr=state,
+                dtsum_ptr=dtsum,
+                A_ptr=params["A_ptr"],
+                D=d_inner,
+                n_chunks=n_chunks,
+                N=N,
+                NP=NP,
+                ADJOINT=False,
+                BLOCK_D=block_d,
+                num_warps=1,
+            )
+        chunk_pass(column=False, output=True)
+        chunk_pass(column=True, output=True)
     return out
 
 
