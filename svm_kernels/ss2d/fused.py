@@ -4,8 +4,14 @@ Directions come in two *orientations*: row-major (k=0 forward, k=2 its reversal)
 column-major (k=1, k=3). Kernels read every direction's sequence straight from the spatial
 tensors (sequence index p -> (h, w)), so the four ordered copies of ``cross_scan`` are never made.
 
-Forward (``ss2d_fwd_chunk_kernel``, ``ss2d_fwd_chain_kernel``): each orientation's sequence is
-cut into chunks; a program holds a block of channels x a block of chunks across its lanes and
+Forward at N <= 4 (``ss2d_fwd_scan_kernel``): one pass per orientation. A program walks one
+image's sequence for a block of channels in tiles of SUB x NSUB positions, carrying the state
+from tile to tile; within a tile each lane scans its SUB consecutive positions in a thread, a
+scan over the lanes gives each lane its entering state, and y = C (x_local + decay product x
+entering state). The reversal walks the tiles backwards and stores, the sequence order adds.
+
+Forward at N > 4 (``ss2d_fwd_chunk_kernel``, ``ss2d_fwd_chain_kernel``): each orientation's
+sequence is cut into chunks; a program holds a block of channels x a block of chunks across its lanes and
 walks its chunks one position per step (no associative scan, no tile over L, so any H x W).
 A state pass stores each chunk's exit state from a zero entry and its summed dt; a chain pass
 per direction turns them into entering states; the output pass walks the chunks again from
