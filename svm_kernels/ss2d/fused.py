@@ -577,7 +577,7 @@ if HAS_TRITON:
         # and state indices are clamped for loads, padded states get A = B = C = 0.
         pid_d = tl.program_id(0)
         pid_b = tl.program_id(1).to(tl.int64)
-        CHUNK: tl.constexpr = SUB * NSUB
+        CHUNK = SUB * NSUB
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         m_d = offs_d < D
         dl3 = tl.minimum(offs_d, D - 1)[None, :, None]
