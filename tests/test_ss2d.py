@@ -113,12 +113,64 @@ MULTI_CHUNK = [
 
 @pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK)
 def test_forward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
-    """Small forced chunks: the chunk states, the chain over chunks, both orientations."""
+    """Small forced chunks (the walk at N > 4; any N here): the chunk states, the chain over
+    chunks, both orientations."""
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: config)
+    monkeypatch.setattr(fused, "TILE_SCAN_MAX_N", 0)
     inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**inputs, backend="triton")
     assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
+
+
+MULTI_TILE = [
+    # batch, D, H, W, N, lowrank, tile scan config (BLOCK_D, SUB, NSUB, num_warps)
+    (1, 5, 4, 7, 1, True, (2, 2, 2, 4)),  # L = 28: 7 tiles of 4, several channel blocks
+    (2, 3, 5, 3, 4, False, (4, 4, 2, 4)),  # L = 15: the last tile moved back by 1
+    (1, 3, 3, 3, 2, True, (4, 2, 4, 4)),  # L = 9: tiles of 8, the last one redoes 7 positions
+    (1, 2, 1, 9, 3, True, (2, 1, 4, 4)),  # one position per lane; padded state (N = 3)
+    (1, 3, 7, 1, 1, False, (4, 8, 1, 4)),  # one lane of 8: the whole scan within a thread
+    (1, 2, 2, 2, 1, True, (2, 4, 4, 4)),  # tile larger than L = 4: shrunk to fit
+]
+
+
+@pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_TILE)
+def test_forward_tile_scan(monkeypatch, batch, D, H, W, N, lowrank, config):
+    """The tile scan (N <= 4) with small forced tiles: the scan within lanes and across them,
+    the carry from tile to tile in both directions, the last tile's pass-through, both
+    orientations, channel blocks that do not divide D."""
+    monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
+    inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    y = op(**inputs, backend="triton")
+    assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_forward_strided_planes(monkeypatch, lowrank):
+    """Planes that are not contiguous in either walk order (u, B and dt_low / delta sliced out of
+    wider maps): the tile scan's (row, column) index path instead of the flat one."""
+    monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: (2, 2, 4, 4))
+    batch, D, H, W, N = 1, 3, 5, 4, 2
+    inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
+    for name in ("u", "B", "dt_low" if lowrank else "delta"):
+        t = inputs[name]
+        wide = torch.randn(*t.shape[:-1], W + 3, dtype=t.dtype)
+        wide[..., 1 : W + 1] = t
+        inputs[name] = wide[..., 1 : W + 1]
+        assert not inputs[name].is_contiguous()
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    y = op(**inputs, backend="triton")
+    assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
+
+
+def test_forward_tile_config_fills_the_gpu():
+    """At least 4 blocks per SM (132 SMs) per launch at stage 1, and a tile of whole lanes."""
+    for batch, D, L, N in ((128, 96, 56 * 56, 1), (128, 96, 56 * 56, 4), (32, 96, 28 * 28, 2)):
+        block_d, sub, nsub, _ = fused._fwd_scan_config(D, L, N)
+        if not kutils.TRITON_INTERPRET:
+            assert batch * -(-D // block_d) >= 4 * 132, (batch, D, N)
+        assert sub * nsub * block_d >= 32 and sub * nsub <= L
 
 
 @pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK)
@@ -196,11 +248,11 @@ def test_any_map_size_is_supported(monkeypatch):
         return  # a 512 x 512 scan is far too slow for the interpreter
     inputs = make_inputs(1, 2, 512, 512, 1, R=2, lowrank=True)
     y = cross_selective_scan_lowrank(**inputs, backend="triton")
-    # the same scan with chunks 8 times longer: the chain over chunks must not change the result
-    _, block_c, chunk, warps = fused._fwd_config(2, 512 * 512, 1)
-    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (2, block_c, chunk * 8, warps))
+    # the same scan with tiles 8 times longer: the carry over tiles must not change the result
+    _, sub, nsub, warps = fused._fwd_scan_config(2, 512 * 512, 1)
+    monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: (2, sub, nsub * 8, warps))
     y_long = cross_selective_scan_lowrank(**inputs, backend="triton")
-    assert_close_rel(y, y_long, 1e-4, "512x512 chunked vs longer chunks")
+    assert_close_rel(y, y_long, 1e-4, "512x512 tiles vs longer tiles")
 
 
 @pytest.mark.parametrize("lowrank", [False, True])

@@ -4,8 +4,14 @@ Directions come in two *orientations*: row-major (k=0 forward, k=2 its reversal)
 column-major (k=1, k=3). Kernels read every direction's sequence straight from the spatial
 tensors (sequence index p -> (h, w)), so the four ordered copies of ``cross_scan`` are never made.
 
-Forward (``ss2d_fwd_chunk_kernel``, ``ss2d_fwd_chain_kernel``): each orientation's sequence is
-cut into chunks; a program holds a block of channels x a block of chunks across its lanes and
+Forward at N <= 4 (``ss2d_fwd_scan_kernel``): one pass per orientation. A program walks one
+image's sequence for a block of channels in tiles of SUB x NSUB positions, carrying the state
+from tile to tile; within a tile each lane scans its SUB consecutive positions in a thread, a
+scan over the lanes gives each lane its entering state, and y = C (x_local + decay product x
+entering state). The reversal walks the tiles backwards and stores, the sequence order adds.
+
+Forward at N > 4 (``ss2d_fwd_chunk_kernel``, ``ss2d_fwd_chain_kernel``): each orientation's
+sequence is cut into chunks; a program holds a block of channels x a block of chunks across its lanes and
 walks its chunks one position per step (no associative scan, no tile over L, so any H x W).
 A state pass stores each chunk's exit state from a zero entry and its summed dt; a chain pass
 per direction turns them into entering states; the output pass walks the chunks again from
@@ -430,6 +436,248 @@ if HAS_TRITON:
             b_dtsum = tl.load(p_dtsum + c, mask=m_d, other=0.0)
             tl.store(p_state + c * NP, b_x, mask=m_dn)
             b_x = tl.exp(b_dtsum[:, None] * b_a) * b_x + b_exit
+
+    @triton.jit
+    def _entry_combine(a1, x1, e1, f1, a2, x2, e2, f2):
+        # Affine maps x -> a x + b in walk order, as (a segment's whole map, its map without the
+        # last element): the inclusive scan of these gives each lane the map of all lanes before
+        # it, so no shift between lanes is needed. Single elements enter as (a, x, 1, 0).
+        return a1 * a2, a2 * x1 + x2, a1 * e2, e2 * x1 + f2
+
+    @triton.jit
+    def _at_index(x, offs, index, axis: tl.constexpr):
+        # x at `index` along `axis` (reduced away). -0.0 elsewhere: along an axis held within a
+        # thread the selects and the adds (x + -0.0 == x exactly) fold to a register pick.
+        return tl.sum(tl.where(offs == index, x, -0.0), axis=axis)
+
+    @triton.jit
+    def _lane_scan(b_a, b_b, i4, SUB: tl.constexpr, REVERSE: tl.constexpr):
+        # x_i = a_i x_(i-1) + b_i along axis 0, which lies within a thread, from a zero state;
+        # sequential (tl.associative_scan would shuffle across lanes). Returns the states and
+        # decay products at every i, and the lane's exit state and product.
+        if REVERSE:
+            first = SUB - 1
+        else:
+            first = 0
+        b_p = _at_index(b_a, i4, first, 0)
+        b_x = _at_index(b_b, i4, first, 0)
+        b_ps = b_a
+        b_xs = b_b
+        for step in tl.static_range(1, SUB):
+            if REVERSE:
+                i = SUB - 1 - step
+            else:
+                i = step
+            b_ai = _at_index(b_a, i4, i, 0)
+            b_x = b_ai * b_x + _at_index(b_b, i4, i, 0)
+            b_p = b_p * b_ai
+            b_xs = tl.where(i4 == i, b_x[None, :, :, :], b_xs)
+            b_ps = tl.where(i4 == i, b_p[None, :, :, :], b_ps)
+        return b_ps, b_xs, b_p, b_x
+
+    @triton.jit
+    def _spatial(i0, j0, rel, M, inv_M, s_i, s_j, FLAT: tl.constexpr):
+        # Memory offsets of the positions rel after (i0, j0) in the orientation's major (i) and
+        # minor (j) axes. FLAT: the plane is contiguous in walk order (s_i = M s_j).
+        if FLAT:
+            return (i0 * M + j0 + rel) * s_j
+        else:
+            # wraps = (j0 + rel) // M from a float product: exact while j0 + rel < 2^20, as
+            # (j + 1/2) / M lies at least 1 / (2M) from the next integer
+            j = j0 + rel
+            wraps = ((j.to(tl.float32) + 0.5) * inv_M).to(tl.int32)
+            return (i0 + wraps) * s_i + (j - wraps * M) * s_j
+
+    @triton.jit
+    def _load_f32(ptr, mask):
+        # fp32 values; None: no mask (no predicate, no default to move in)
+        if mask is None:
+            return tl.load(ptr).to(tl.float32)
+        else:
+            return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.heuristics(
+        {
+            "LOWRANK": lambda args: args["low_ptr"] is not None,
+            "HAS_D": lambda args: args["Ds_ptr"] is not None,
+            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+            "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
+        }
+    )
+    @triton.jit
+    def ss2d_fwd_scan_kernel(
+        u_ptr,
+        delta_ptr,
+        low_ptr,
+        w_ptr,
+        A_ptr,
+        B_ptr,
+        C_ptr,
+        Ds_ptr,
+        bias_ptr,
+        out_ptr,
+        s_ub,
+        s_ud,
+        s_ui,
+        s_uj,
+        s_db,
+        s_dk,
+        s_dd,
+        s_di,
+        s_dj,
+        s_lb,
+        s_lk,
+        s_lr,
+        s_li,
+        s_lj,
+        s_Bb,
+        s_Bk,
+        s_Bn,
+        s_Bi,
+        s_Bj,
+        s_Cb,
+        s_Ck,
+        s_Cn,
+        s_Ci,
+        s_Cj,
+        s_ob,
+        s_od,
+        s_oi,
+        s_oj,
+        D,
+        L,
+        M,
+        n_tiles,
+        k_f,
+        N: tl.constexpr,
+        R: tl.constexpr,
+        NP: tl.constexpr,
+        LOWRANK: tl.constexpr,
+        HAS_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+        ACCUMULATE: tl.constexpr,
+        EVEN_D: tl.constexpr,
+        FLAT: tl.constexpr,
+        SUB: tl.constexpr,
+        NSUB: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
+        # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
+        # no second pass. Tiles are [SUB, NP, BLOCK_D, NSUB]: lane (channel, s) owns positions
+        # s * SUB + i, i along axis 0 within one thread; lanes along the last axis. Per tile: dt,
+        # softplus, decay and input once per element, a sequential scan within each lane from a
+        # zero state, a scan over the lanes' whole maps for each lane's entering state, then
+        # y = C (x_local + decay product * entering state). The launcher passes the strides of
+        # the orientation's major (i) and minor (j) spatial axes: rows and columns alike.
+        # Every tile lies within the sequence (L >= tile): the last one of a walk is moved back to
+        # end at its end, and its positions that the walk has done already get dt = 0 (decay 1,
+        # no input: the state passes through) and are not stored. So no load is masked; channel
+        # and state indices are clamped for loads, padded states get A = B = C = 0.
+        pid_d = tl.program_id(0)
+        pid_b = tl.program_id(1).to(tl.int64)
+        CHUNK = SUB * NSUB
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        m_d = offs_d < D
+        dl3 = tl.minimum(offs_d, D - 1)[None, :, None]
+        offs_n = tl.arange(0, NP)
+        m_n = offs_n < N
+        n3 = tl.minimum(offs_n, N - 1)[None, :, None]
+        # padded states read B = C = 0 (their A = 0 keeps them finite)
+        if N == NP:
+            m_n3 = None
+        else:
+            m_n3 = m_n[None, :, None]
+        # position within the tile, [SUB, NSUB]
+        rel = tl.arange(0, SUB)[:, None] + tl.arange(0, NSUB)[None, :] * SUB
+        i4 = tl.arange(0, SUB)[:, None, None, None]
+        s3 = tl.arange(0, NSUB)[None, None, :]
+        inv_M = 1.0 / M
+        b_skip = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
+        if HAS_D:
+            b_skip = tl.load(Ds_ptr + k_f * D + dl3) + tl.load(Ds_ptr + (k_f + 2) * D + dl3)
+        u_b = u_ptr + pid_b * s_ub + dl3 * s_ud
+        out_b = out_ptr + pid_b * s_ob + offs_d[None, :, None] * s_od
+        # the reversal first: the sequence-order walk then adds to what it wrote
+        for rev in tl.static_range(2):
+            k = k_f + 2 * (1 - rev)
+            b_bias = tl.zeros([1, BLOCK_D, 1], dtype=tl.float32)
+            if HAS_BIAS:
+                b_bias = tl.load(bias_ptr + k * D + dl3)
+            # A log2(e) as [1, NP, BLOCK_D, 1]: the decay is one ex2
+            p_a = A_ptr + (k * D + tl.minimum(offs_d, D - 1)[None, None, :]) * N + offs_n[None, :, None]
+            b_a = tl.load(p_a, mask=m_n[None, :, None], other=0.0)
+            b_a = (b_a * 1.4426950408889634)[:, :, :, None]
+            if LOWRANK:
+                dt_b = low_ptr + pid_b * s_lb + k * s_lk
+                s_ti = s_li
+                s_tj = s_lj
+            else:
+                dt_b = delta_ptr + pid_b * s_db + k * s_dk + dl3 * s_dd
+                s_ti = s_di
+                s_tj = s_dj
+            B_b = B_ptr + pid_b * s_Bb + k * s_Bk + n3 * s_Bn
+            C_b = C_ptr + pid_b * s_Cb + k * s_Ck + n3 * s_Cn
+            b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+            for t in range(n_tiles):
+                # the tile [base, base + CHUNK) and its new positions rel in [lo, hi)
+                if rev == 0:
+                    hi = L - t * CHUNK
+                    base = tl.maximum(hi - CHUNK, 0)
+                    m_new = rel < hi - base
+                else:
+                    base = tl.minimum(t * CHUNK, L - CHUNK)
+                    m_new = rel >= t * CHUNK - base
+                i0 = base // M
+                j0 = base - i0 * M
+                off_t = _spatial(i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
+                b_u = tl.load(u_b + _spatial(i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :])
+                b_u = b_u.to(tl.float32)
+                if LOWRANK:
+                    # dt = dt_weight[k] @ dt_low[k]: R rows per position, shared by the channels
+                    b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
+                    for r in tl.static_range(R):
+                        b_w = tl.load(w_ptr + (k * D + dl3) * R + r)
+                        b_low = tl.load(dt_b + r * s_lr + off_t).to(tl.float32)
+                        b_dt += b_w * b_low[:, None, :]
+                else:
+                    b_dt = tl.load(dt_b + off_t[:, None, :]).to(tl.float32)
+                b_dt += b_bias
+                if DELTA_SOFTPLUS:
+                    b_dt = _softplus(b_dt)
+                b_dt = tl.where(m_new[:, None, :], b_dt, 0.0)
+                off_B = _spatial(i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :]
+                b_B = _load_f32(B_b + off_B, m_n3)
+                # [SUB, NP, BLOCK_D, NSUB]: decay and input of every element and state
+                b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
+                b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
+                b_prod, b_xloc, b_lane_a, b_lane_x = _lane_scan(b_decay, b_in, i4, SUB, rev == 0)
+                # over the lanes (across threads): each lane's entering map, the tile's whole map
+                b_ta, b_tx, b_ea, b_ex = tl.associative_scan(
+                    (b_lane_a, b_lane_x, tl.full(b_lane_a.shape, 1.0, tl.float32), tl.zeros_like(b_lane_x)),
+                    2,
+                    _entry_combine,
+                    reverse=rev == 0,
+                )
+                b_enter = b_ea * b_carry[:, :, None] + b_ex
+                whole = (NSUB - 1) * rev
+                b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
+                off_C = _spatial(i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :]
+                b_C = _load_f32(C_b + off_C, m_n3)
+                b_x = b_xloc + b_prod * b_enter[None, :, :, :]
+                b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
+                if HAS_D and rev == 1:
+                    b_y += b_skip * b_u
+                p_out = out_b + _spatial(i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :]
+                m_out = m_new[:, None, :]
+                if not EVEN_D:
+                    m_out = m_out & m_d[None, :, None]
+                if ACCUMULATE or rev == 1:
+                    b_y += tl.load(p_out, mask=m_out, other=0.0).to(tl.float32)
+                tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m_out)
+            # the second walk reads back what the first one stored
+            tl.debug_barrier()
 
     @triton.jit
     def _bwd_load(
@@ -1127,15 +1375,118 @@ def _f32_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().contiguous()
 
 
+def _fwd_scan_config(D: int, L: int, N: int):
+    """(BLOCK_D, SUB, NSUB, num_warps) of the forward.
+
+    A program walks one orientation of BLOCK_D channels of one image in tiles of SUB x NSUB
+    positions: NSUB lanes per channel, each owning SUB consecutive positions (its scan stays
+    within a thread). SUB x NP values per lane bound the registers; BLOCK_D keeps at least 4
+    blocks per SM at stage 1 (B = 128, D = 96: 6 channel blocks) and at N = 16 (B = 32: 24).
+    """
+    NP = _next_pow2(N)
+    if TRITON_INTERPRET:
+        # the interpreter pays per tile, and per element in a scan: small tiles, few programs
+        return min(_next_pow2(D), 16), 4, min(_next_pow2(triton.cdiv(L, 4)), 8), 4
+    if NP == 1:
+        return min(_next_pow2(D), 16), 8, 8, 4
+    if NP <= 4:
+        return min(_next_pow2(D), 8), 4, 16, 4
+    return min(_next_pow2(D), 4), 1, 32, 4
+
+
+def _flat(t: torch.Tensor | None, column: bool) -> bool:
+    """Whether t's (H, W) plane is contiguous in the orientation's walk order (offset = p s_j)."""
+    if t is None:
+        return True
+    H, W = t.shape[-2:]
+    s_h, s_w = t.stride()[-2:]
+    if column:
+        return W == 1 or s_w == H * s_h
+    return H == 1 or s_h == W * s_w
+
+
+# The tile scan keeps SUB x NP states per lane in a thread and scans them across lanes; at
+# larger N (16: mamba's default) the chunk walk, which holds NP per lane, is the cheaper one.
+TILE_SCAN_MAX_N = 4
+
+
 def ss2d_fwd(
     u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype, config=None
 ) -> torch.Tensor:
-    """Launcher of the forward: out has u's shape and memory layout, in out_dtype.
+    """Launcher of the forward: out has u's shape and memory layout, in out_dtype. ``config``
+    overrides the chosen path's block sizes (``_fwd_scan_config`` or ``_fwd_config``)."""
+    launch = _ss2d_fwd_tiles if A.shape[2] <= TILE_SCAN_MAX_N else _ss2d_fwd_chunks
+    return launch(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config)
 
-    Three steps: per orientation, each chunk's exit state from a zero entry (state pass); per
-    direction, the chain over chunks turns them into entering states; per orientation, the
-    chunks again from their entering states, writing y (the row-major orientation stores, the
-    column-major one adds). With a single chunk only the last step runs.
+
+def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
+    """The forward at N <= TILE_SCAN_MAX_N: one launch per orientation (row-major stores, column-major adds); each program carries its
+    scan from tile to tile, so there is no chunk state, chain or second pass.
+    """
+    batch, d_inner, H, W = u.shape
+    L = H * W
+    N = A.shape[2]
+    lowrank = dt_low is not None
+    block_d, sub, nsub, num_warps = config or _fwd_scan_config(d_inner, L, N)
+    while sub * nsub > L:  # a tile lies within the sequence
+        if nsub > 1:
+            nsub //= 2
+        else:
+            sub //= 2
+    out = new_output(u, dtype=out_dtype)
+    params = dict(
+        w_ptr=_f32_or_none(dt_weight),
+        A_ptr=_f32_or_none(A),
+        Ds_ptr=_f32_or_none(D),
+        bias_ptr=_f32_or_none(bias),
+    )
+    grid = (triton.cdiv(d_inner, block_d), batch)
+
+    def orientation(column: bool):
+        tensors = (u, delta, dt_low, B, C, out)
+        ss2d_fwd_scan_kernel[grid](
+            u_ptr=u,
+            delta_ptr=delta,
+            low_ptr=dt_low,
+            B_ptr=B,
+            C_ptr=C,
+            out_ptr=out,
+            **params,
+            **_named_strides("u", u, column, "bdij"),
+            **_named_strides("d", delta, column, "bkdij"),
+            **_named_strides("l", dt_low, column, "bkrij"),
+            **_named_strides("B", B, column, "bknij"),
+            **_named_strides("C", C, column, "bknij"),
+            **_named_strides("o", out, column, "bdij"),
+            D=d_inner,
+            L=L,
+            M=H if column else W,
+            n_tiles=triton.cdiv(L, sub * nsub),
+            k_f=int(column),
+            N=N,
+            R=dt_low.shape[2] if lowrank else 1,
+            NP=_next_pow2(N),
+            DELTA_SOFTPLUS=softplus,
+            ACCUMULATE=column,
+            FLAT=all(_flat(t, column) for t in tensors),
+            SUB=sub,
+            NSUB=nsub,
+            BLOCK_D=block_d,
+            num_warps=num_warps,
+        )
+
+    with _on_device(u):
+        orientation(column=False)
+        orientation(column=True)
+    return out
+
+
+def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
+    """The forward at N > TILE_SCAN_MAX_N, in three steps: per orientation, each chunk's exit
+    state from a zero entry (state pass); per direction, the chain over chunks turns them into
+    entering states; per orientation, the chunks again from their entering states, writing y
+    (the row-major orientation stores, the column-major one adds). With a single chunk only the
+    last step runs.
     """
     batch, d_inner, H, W = u.shape
     L = H * W
