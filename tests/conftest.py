@@ -16,6 +16,12 @@ import torch
 
 DEVICE = "cuda" if _HAS_CUDA else "cpu"
 
+# Under pytest-xdist (``pytest -n auto``) every worker is a process of its own: intra-op threads
+# beyond each worker's share of the cores only oversubscribe them (OpenMP spins), so a worker
+# keeps its share.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture
 def device():

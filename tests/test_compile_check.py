@@ -33,6 +33,8 @@ def _run(*args):
     )
 
 
+# One compile serves the tests that take main_run: under `--dist loadgroup` they share a worker
+# (xdist_group "compile_check_main").
 @pytest.fixture(scope="module")
 def main_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compile") / "main.json"
@@ -41,6 +43,7 @@ def main_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("compile_check_main")
 def test_main_variants_compile_within_budgets(main_run):
     proc, out = main_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -55,6 +58,7 @@ def test_main_variants_compile_within_budgets(main_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("compile_check_main")
 def test_per_element_figures_follow_the_kernels(main_run):
     proc, out = main_run
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -71,6 +75,7 @@ def test_per_element_figures_follow_the_kernels(main_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("compile_check_main")
 def test_exceeded_budget_fails(main_run, tmp_path):
     proc, out = main_run
     assert proc.returncode == 0, proc.stdout[-3000:]

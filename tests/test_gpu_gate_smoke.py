@@ -32,6 +32,8 @@ EXTRA = [  # (kernel, impl, mode, dtype) checked once
     ("ss2d", "unfused_loop", "check_pipeline", "fp32"),
 ]
 CUDA_ONLY = {"spikingjelly", "torch_compile", "fla_unfused"}
+# One gate run serves every test: under `pytest -n ... --dist loadgroup` they share a worker.
+pytestmark = pytest.mark.xdist_group("gpu_gate_smoke")
 
 
 @pytest.fixture(scope="module")

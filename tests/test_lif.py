@@ -365,6 +365,7 @@ def test_module_stateful_streaming_equals_one_call():
     assert torch.equal(m(x[:4]), whole[:4])
 
 
+@pytest.mark.slow  # Dynamo captures and recompiles: a compile test
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dynamic", [None, True])
 def test_torch_compile_fullgraph(backend, dynamic):

@@ -376,6 +376,7 @@ def test_svmamba_triton_lif_matches_torch():
     compare_backends(model, reference, images(2, 8))
 
 
+@pytest.mark.slow  # a whole model through the fused scan's passes under the interpreter
 def test_svmamba_triton_matches_torch():
     """The whole small SVMamba on the Triton kernels (LIF and fused scan) against the torch backend.
 

@@ -69,6 +69,8 @@ def assert_one_error_line(stderr, *fragments):
 # ----------------------------------------------------------------------------------------------
 # the short end-to-end run
 # ----------------------------------------------------------------------------------------------
+# Shared by the four tests that read its run: under `--dist loadgroup` they share a worker
+# (xdist_group "trained_digits").
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
@@ -88,6 +90,8 @@ def trained(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained_digits")
 def test_train_script_learns_digits(trained):
     d = trained["dir"]
     assert sorted(os.listdir(d)) == [
@@ -108,6 +112,8 @@ def test_train_script_learns_digits(trained):
     assert "epoch 3/3" in trained["err"] and "img_s=" in trained["err"] and "loss=" in trained["err"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained_digits")
 def test_test_script_reports_accuracy_and_energy(trained):
     """test.py: top-1/top-5 on the test split, then the accounting report (table, JSON, PNG)."""
     r = run(["test.py", "-config", trained["cfg"]])  # the original README's one-dash spelling
@@ -139,6 +145,8 @@ def _digit_folder(folder, n=3):
     return folder
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained_digits")
 def test_predict_skips_unreadable_files_and_predicts_the_rest(trained):
     folder = _digit_folder(trained["tmp"] / "imgs")
     class_json = trained["tmp"] / "classes.json"
@@ -182,6 +190,8 @@ def test_predict_skips_unreadable_files_and_predicts_the_rest(trained):
     assert right >= 2
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained_digits")
 def test_predict_without_json_uses_the_dataset_names(trained):
     folder = _digit_folder(trained["tmp"] / "imgs2", n=2)
     r = run(["predict.py", "--config", trained["cfg"], "--img_folder", str(folder)])
@@ -221,6 +231,7 @@ runpy.run_path({script!r}, run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last(tmp_path):
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER.format(tests=TESTS, script=os.path.join(ROOT, "train.py")))
@@ -253,6 +264,7 @@ def test_killed_run_resumes_from_last(tmp_path):
     assert [h["epoch"] for h in ck["history"]] == list(range(1, 41))
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_with_gloo(tmp_path):
     cfg = write_config(
         tmp_path / "ddp.yaml",
@@ -306,6 +318,7 @@ def test_torchrun_two_processes_with_gloo(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # bad configs and missing files: exit status 2, one line, no traceback
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bad_config_through_real_processes(tmp_path):
     bad = write_config(
         tmp_path / "bad.yaml", task_name="t", model="svmamba_cifar", dataset="digits", bach_size=4

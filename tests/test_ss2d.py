@@ -173,7 +173,14 @@ def test_forward_tile_config_fills_the_gpu():
         assert sub * nsub * block_d >= 32 and sub * nsub <= L
 
 
-@pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK)
+# The backward's passes are the interpreter's slowest: one case (full delta, batch 2, chunks across
+# row and column wraps) in the fast loop, every case in the full suite.
+MULTI_CHUNK_BWD = [
+    pytest.param(*c, marks=() if i == 1 else pytest.mark.slow) for i, c in enumerate(MULTI_CHUNK)
+]
+
+
+@pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK_BWD)
 def test_backward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
     """Small forced chunks in the backward: both chains, the per-chunk carries, several chunk
     blocks, and programs walking several channel blocks into one partial."""
@@ -322,7 +329,7 @@ class _LargestAllocation(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("lowrank,N,D", [(True, 1, 64), (False, 16, 32)])
+@pytest.mark.parametrize("lowrank,N,D", [(True, 1, 64), pytest.param(False, 16, 32, marks=pytest.mark.slow)])
 def test_no_per_direction_tensor_is_allocated(monkeypatch, lowrank, N, D):
     """Forward and backward allocate nothing near (B, 4, D, L) size (with the GPU block sizes).
 
@@ -457,6 +464,7 @@ def test_torch_compile_traces_without_graph_breaks():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+@pytest.mark.slow  # opcheck runs the Triton forward and backward several times under the interpreter
 @pytest.mark.parametrize("lowrank", [False, True])
 def test_opcheck(lowrank):
     """Schema, fake (meta) kernels with the real strides, autograd registration, AOT dispatch."""
