@@ -77,12 +77,12 @@ def check_against_reference(inputs, lowrank, tol=2e-5, **kw):
 
 CASES = [
     # batch, D, H, W, N, lowrank, softplus, skip, bias
-    (2, 5, 3, 5, 1, False, True, True, True),  # odd H and W; D not a multiple of the block
-    (1, 6, 7, 4, 4, True, True, True, True),
+    pytest.param(2, 5, 3, 5, 1, False, True, True, True, marks=pytest.mark.slow),  # odd H, W; D % block
+    pytest.param(1, 6, 7, 4, 4, True, True, True, True, marks=pytest.mark.slow),
     (1, 3, 1, 6, 1, True, False, False, False),  # H = 1, no softplus, no D, no bias
-    (2, 5, 5, 1, 4, False, True, True, False),  # W = 1
-    (1, 5, 4, 3, 1, True, True, False, True),
-    (1, 3, 2, 3, 16, True, True, True, True),  # classic Mamba state size
+    pytest.param(2, 5, 5, 1, 4, False, True, True, False, marks=pytest.mark.slow),  # W = 1
+    pytest.param(1, 5, 4, 3, 1, True, True, False, True, marks=pytest.mark.slow),
+    pytest.param(1, 3, 2, 3, 16, True, True, True, True, marks=pytest.mark.slow),  # Mamba's state size
     (1, 2, 3, 2, 16, False, False, True, True),
 ]
 
@@ -213,6 +213,7 @@ def test_backward_grid_fills_four_waves_within_the_memory_bounds(monkeypatch, sh
     assert 4 * NP * n_chunks <= L and n_parts * (2 * N + R) <= D, (chunk, n_parts)
 
 
+@pytest.mark.slow  # D = 32 channels under the interpreter
 @pytest.mark.parametrize("N", [1, 4])
 def test_backward_with_the_gpu_launch_policy(monkeypatch, N):
     """The GPU's launch policy under the interpreter on one small image: N = 1 shortens the chunks
@@ -262,6 +263,7 @@ def test_any_map_size_is_supported(monkeypatch):
     assert_close_rel(y, y_long, 1e-4, "512x512 tiles vs longer tiles")
 
 
+@pytest.mark.slow  # forward and every gradient at batch 2; the layouts' index paths
 @pytest.mark.parametrize("lowrank", [False, True])
 def test_channels_last_and_sliced_projections(lowrank):
     """u in channels_last and B, C, dt_low as slices of one projection: read in place."""
@@ -282,6 +284,7 @@ def test_channels_last_and_sliced_projections(lowrank):
     assert y.is_contiguous(memory_format=torch.channels_last)  # the output follows u's layout
 
 
+@pytest.mark.slow  # every gradient plus two forwards under the interpreter
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs(dtype):
     inputs = make_inputs(2, 4, 3, 4, 2, lowrank=True, dtype=dtype)
@@ -303,9 +306,9 @@ def test_lowrank_equals_full_delta():
     assert_close_rel(y_low, y_full, 1e-5, "lowrank vs full")
 
 
-@pytest.mark.parametrize("lowrank", [False, True])
+@pytest.mark.parametrize("lowrank", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_backward_is_deterministic(lowrank):
-    inputs = make_inputs(2, 5, 3, 4, 1, lowrank=lowrank)
+    inputs = make_inputs(2, 5, 2, 3, 1, lowrank=lowrank)  # two images, several channel blocks
     grad_out = torch.randn(inputs["u"].shape)
     _, first = run(inputs, "triton", lowrank, grad_out)
     _, second = run(inputs, "triton", lowrank, grad_out)
@@ -329,7 +332,8 @@ class _LargestAllocation(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("lowrank,N,D", [(True, 1, 64), pytest.param(False, 16, 32, marks=pytest.mark.slow)])
+@pytest.mark.slow  # the GPU's block sizes under the interpreter
+@pytest.mark.parametrize("lowrank,N,D", [(True, 1, 64), (False, 16, 32)])
 def test_no_per_direction_tensor_is_allocated(monkeypatch, lowrank, N, D):
     """Forward and backward allocate nothing near (B, 4, D, L) size (with the GPU block sizes).
 
@@ -448,6 +452,7 @@ def test_traces_as_one_node(lowrank, name):
     assert kinds == [name]
 
 
+@pytest.mark.slow  # a compile test
 def test_torch_compile_traces_without_graph_breaks():
     inputs = make_inputs(1, 3, 2, 3, 1, lowrank=True)
     keys = list(inputs)
