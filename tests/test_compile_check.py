@@ -35,7 +35,9 @@ def _run(*args):
 
 # One compile serves the tests that take main_run: under `--dist loadgroup` they share a worker
 # (xdist_group "compile_check_main").
-@pytest.fixture(scope="module")
+# session scope: under xdist the worker interleaves other modules' tests with this group, which
+# would tear a module-scoped fixture down and build it again
+@pytest.fixture(scope="session")
 def main_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compile") / "main.json"
     proc = _run("--main", "--json", out, "--budgets", BUDGETS, "--require-budgets")

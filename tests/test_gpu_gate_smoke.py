@@ -36,7 +36,9 @@ CUDA_ONLY = {"spikingjelly", "torch_compile", "fla_unfused"}
 pytestmark = pytest.mark.xdist_group("gpu_gate_smoke")
 
 
-@pytest.fixture(scope="module")
+# session scope: under xdist the worker interleaves other modules' tests with this group, which
+# would tear a module-scoped fixture down and build it again
+@pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gate")
     env = dict(os.environ, SVM_BENCH_SMOKE="1", OMP_NUM_THREADS="1")

@@ -71,7 +71,9 @@ def assert_one_error_line(stderr, *fragments):
 # ----------------------------------------------------------------------------------------------
 # Shared by the four tests that read its run: under `--dist loadgroup` they share a worker
 # (xdist_group "trained_digits").
-@pytest.fixture(scope="module")
+# session scope: under xdist the worker interleaves other modules' tests with this group, which
+# would tear a module-scoped fixture down and build it again
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     cfg = write_config(
