@@ -1328,7 +1328,8 @@ def triton_supports(u: torch.Tensor, N: int) -> str | None:
 
 
 def _fwd_config(D: int, L: int, N: int):
-    """(BLOCK_D, BLOCK_C, chunk, num_warps) of the forward.
+    """(BLOCK_D, BLOCK_C, chunk, num_warps) of the chunk walk: the forward at N > TILE_SCAN_MAX_N
+    and, through ``_bwd_config``, the backward.
 
     A program walks BLOCK_C chunks of ``chunk`` positions for BLOCK_D channels, one position per
     step (channels and chunks across the lanes; no tile over L, so no padding of L). Chunks of
@@ -1375,13 +1376,35 @@ def _f32_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().contiguous()
 
 
+def _param_ptrs(dt_weight, A, D, bias) -> dict:
+    """The parameter pointer arguments every SS2D kernel takes (None where absent)."""
+    return dict(
+        w_ptr=_f32_or_none(dt_weight),
+        A_ptr=_f32_or_none(A),
+        Ds_ptr=_f32_or_none(D),
+        bias_ptr=_f32_or_none(bias),
+    )
+
+
+def _input_strides(column: bool, u, delta, dt_low, B, C) -> dict:
+    """The stride arguments of the scan's inputs in one orientation, as every SS2D kernel names them."""
+    return {
+        **_named_strides("u", u, column, "bdij"),
+        **_named_strides("d", delta, column, "bkdij"),
+        **_named_strides("l", dt_low, column, "bkrij"),
+        **_named_strides("B", B, column, "bknij"),
+        **_named_strides("C", C, column, "bknij"),
+    }
+
+
 def _fwd_scan_config(D: int, L: int, N: int):
     """(BLOCK_D, SUB, NSUB, num_warps) of the forward.
 
     A program walks one orientation of BLOCK_D channels of one image in tiles of SUB x NSUB
     positions: NSUB lanes per channel, each owning SUB consecutive positions (its scan stays
     within a thread). SUB x NP values per lane bound the registers; BLOCK_D keeps at least 4
-    blocks per SM at stage 1 (B = 128, D = 96: 6 channel blocks) and at N = 16 (B = 32: 24).
+    blocks per SM at stage 1 (B = 128, D = 96: 6 channel blocks at N = 1, 12 at N <= 4). Used at
+    N <= TILE_SCAN_MAX_N only.
     """
     NP = _next_pow2(N)
     if TRITON_INTERPRET:
@@ -1389,9 +1412,7 @@ def _fwd_scan_config(D: int, L: int, N: int):
         return min(_next_pow2(D), 16), 4, min(_next_pow2(triton.cdiv(L, 4)), 8), 4
     if NP == 1:
         return min(_next_pow2(D), 16), 8, 8, 4
-    if NP <= 4:
-        return min(_next_pow2(D), 8), 4, 16, 4
-    return min(_next_pow2(D), 4), 1, 32, 4
+    return min(_next_pow2(D), 8), 4, 16, 4
 
 
 def _flat(t: torch.Tensor | None, column: bool) -> bool:
@@ -1420,8 +1441,9 @@ def ss2d_fwd(
 
 
 def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
-    """The forward at N <= TILE_SCAN_MAX_N: one launch per orientation (row-major stores, column-major adds); each program carries its
-    scan from tile to tile, so there is no chunk state, chain or second pass.
+    """The forward at N <= TILE_SCAN_MAX_N: one launch per orientation (row-major stores,
+    column-major adds); each program carries its scan from tile to tile, so there is no chunk
+    state, chain or second pass.
     """
     batch, d_inner, H, W = u.shape
     L = H * W
@@ -1434,12 +1456,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
         else:
             sub //= 2
     out = new_output(u, dtype=out_dtype)
-    params = dict(
-        w_ptr=_f32_or_none(dt_weight),
-        A_ptr=_f32_or_none(A),
-        Ds_ptr=_f32_or_none(D),
-        bias_ptr=_f32_or_none(bias),
-    )
+    params = _param_ptrs(dt_weight, A, D, bias)
     grid = (triton.cdiv(d_inner, block_d), batch)
 
     def orientation(column: bool):
@@ -1452,11 +1469,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             C_ptr=C,
             out_ptr=out,
             **params,
-            **_named_strides("u", u, column, "bdij"),
-            **_named_strides("d", delta, column, "bkdij"),
-            **_named_strides("l", dt_low, column, "bkrij"),
-            **_named_strides("B", B, column, "bknij"),
-            **_named_strides("C", C, column, "bknij"),
+            **_input_strides(column, u, delta, dt_low, B, C),
             **_named_strides("o", out, column, "bdij"),
             D=d_inner,
             L=L,
@@ -1497,12 +1510,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
     block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
     n_chunks = triton.cdiv(L, chunk)
     out = new_output(u, dtype=out_dtype)
-    params = dict(
-        w_ptr=_f32_or_none(dt_weight),
-        A_ptr=_f32_or_none(A),
-        Ds_ptr=_f32_or_none(D),
-        bias_ptr=_f32_or_none(bias),
-    )
+    params = _param_ptrs(dt_weight, A, D, bias)
     grid = (triton.cdiv(n_chunks, block_c), triton.cdiv(d_inner, block_d), batch)
     state = dtsum = None
 
@@ -1517,11 +1525,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
             dtsum_ptr=dtsum,
             out_ptr=out if output else None,
             **params,
-            **_named_strides("u", u, column, "bdij"),
-            **_named_strides("d", delta, column, "bkdij"),
-            **_named_strides("l", dt_low, column, "bkrij"),
-            **_named_strides("B", B, column, "bknij"),
-            **_named_strides("C", C, column, "bknij"),
+            **_input_strides(column, u, delta, dt_low, B, C),
             **_named_strides("o", out, column, "bdij"),
             D=d_inner,
             L=L,
@@ -1694,12 +1698,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     p_A = new_buffer(n_cblk, batch, 4, d_inner, NP, device=dev)
     p_bias = new_buffer(n_cblk, batch, 4, d_inner, device=dev) if bias is not None else None
     p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
-    params = dict(
-        w_ptr=_f32_or_none(dt_weight),
-        A_ptr=_f32_or_none(A),
-        Ds_ptr=_f32_or_none(D),
-        bias_ptr=_f32_or_none(bias),
-    )
+    params = _param_ptrs(dt_weight, A, D, bias)
     grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
     carry = start = None
 
@@ -1732,12 +1731,8 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             pBias_ptr=out(p_bias),
             pW_ptr=out(p_w),
             **params,
-            **_named_strides("u", u, column, "bdij"),
+            **_input_strides(column, u, delta, dt_low, B, C),
             **_named_strides("g", grad_out, column, "bdij"),
-            **_named_strides("d", delta, column, "bkdij"),
-            **_named_strides("l", dt_low, column, "bkrij"),
-            **_named_strides("B", B, column, "bknij"),
-            **_named_strides("C", C, column, "bknij"),
             **_named_strides("e", du, column, "bdij"),
             **_named_strides("t", ddt, column, "bkdij"),
             **_named_strides("p", p_B, column, "pbknij"),
