@@ -71,16 +71,7 @@ def scan_worker(args) -> dict:
 
     for _ in range(args.warmup):
         step()
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(args.steps):
-        step()
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {
-        "images_per_s": args.steps * batch / elapsed,
-        "cpu_images_per_s": args.steps * batch / cpu,
-        "first_step_s": 0.0,
-        "ms": 1e3 * elapsed / args.steps,
-    }
+    return _timed(step, args.steps, batch, first_step_s=0.0)
 
 
 def worker(args) -> dict:
@@ -115,14 +106,20 @@ def worker(args) -> dict:
     first_step_s = time.perf_counter() - t0
     for _ in range(args.warmup - 1):
         step()
+    return _timed(step, args.steps, batch, first_step_s)
+
+
+def _timed(step, steps: int, batch: int, first_step_s: float) -> dict:
+    """Images/s of ``steps`` calls of ``step`` on wall and on this process's CPU clock."""
     t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(args.steps):
+    for _ in range(steps):
         step()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
-        "images_per_s": args.steps * batch / elapsed,
-        "cpu_images_per_s": args.steps * batch / cpu,
+        "images_per_s": steps * batch / elapsed,
+        "cpu_images_per_s": steps * batch / cpu,
         "first_step_s": first_step_s,
+        "ms": 1e3 * elapsed / steps,
     }
 
 

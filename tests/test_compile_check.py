@@ -33,6 +33,19 @@ def _run(*args):
     )
 
 
+def _run_with_bench_on_path(code: str, ptx):
+    """Run ``code`` in a subprocess with sys.argv[1] = bench/ and sys.argv[2] = ptx: compile_check
+    refuses to import under the interpreter, which this process runs."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "bench"), str(ptx)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
 # One compile serves the tests that take main_run: under `--dist loadgroup` they share a worker
 # (xdist_group "compile_check_main").
 # session scope: under xdist the worker interleaves other modules' tests with this group, which
@@ -118,14 +131,7 @@ def test_narrow_global_accesses_counts_loads_and_stores_below_128_bits(tmp_path)
         "print([access_bits(op) for op in ('ld.global.v4.b32', 'ld.global.b16', 'st.global.v2.f32')])\n"
         "print(ptx_profile(open(sys.argv[2]).read(), {})['narrow_global_accesses'])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT / "bench"), str(ptx)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = _run_with_bench_on_path(code, ptx)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:2] == ["[128, 16, 64]", "2"]
 
@@ -166,14 +172,7 @@ def test_outer_loop_around_an_inlined_walk_counts_its_own_trips(tmp_path):
         "p = ptx_profile(open(sys.argv[2]).read(), {'n_group': 2, 'chunk': 50})\n"
         "print(p['loops'], p['untraced_loops'], p['ptx_dynamic'])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT / "bench"), str(ptx)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = _run_with_bench_on_path(code, ptx)
     assert proc.returncode == 0, proc.stderr
     # outer: 4 own instructions x 2 trips; inner: 6 x 2 x 50; ret once
     assert proc.stdout.split() == ["2", "0", str(4 * 2 + 6 * 2 * 50 + 1.0)]
