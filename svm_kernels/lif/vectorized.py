@@ -60,17 +60,16 @@ def _charge_block(
     for t in range(T):
         if t == 0 and from_rest:
             _charge_from_rest(x[0], p, out=h[0])
-        # spikingjelly's order of operations: v + (x - (v - v_rest)) / tau, or v - (v - v_rest) / tau + x.
-        elif p.decay_input:
-            if p.v_reset:
-                torch.sub(v, p.v_reset, out=leak)
-            torch.sub(x[t], leak if p.v_reset else v, out=leak)
-            torch.add(v, leak.div_(p.tau), out=h[t])
         else:
+            # spikingjelly's order of operations: v + (x - (v - v_rest)) / tau, or v - (v - v_rest) / tau + x.
             if p.v_reset:
                 torch.sub(v, p.v_reset, out=leak)
-            torch.div(leak if p.v_reset else v, p.tau, out=leak)
-            torch.sub(v, leak, out=h[t]).add_(x[t])
+            if p.decay_input:
+                torch.sub(x[t], leak if p.v_reset else v, out=leak)
+                torch.add(v, leak.div_(p.tau), out=h[t])
+            else:
+                torch.div(leak if p.v_reset else v, p.tau, out=leak)
+                torch.sub(v, leak, out=h[t]).add_(x[t])
         reset = t < T - 1 or final_v
         if spikes is None and not reset:
             break
