@@ -49,6 +49,23 @@ def run(args, cwd=None, timeout=600):
     )
 
 
+def torchrun_train(config, *extra, timeout=600):
+    """train.py in two processes under torchrun (gloo on the CPU)."""
+    return run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train.py",
+            "--config",
+            config,
+            *extra,
+        ],
+        timeout=timeout,
+    )
+
+
 def script(name):
     """Import train.py / test.py / predict.py as a module (to call main in-process)."""
     spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(ROOT, f"{name}.py"))
@@ -275,24 +292,7 @@ def test_torchrun_two_processes_with_gloo(tmp_path):
         epochs=1,
         **dict(SVM_TINY, batch_size=64),
     )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "train.py",
-            "--config",
-            cfg,
-            "--no-test",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = torchrun_train(cfg, "--no-test")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 process(es) on cpu" in r.stdout
     assert r.stdout.count("epoch 1/1: train loss") == 1  # only rank 0 prints
@@ -610,23 +610,7 @@ def test_torchrun_invalid_config_is_reported_once(tmp_path):
     bad = write_config(
         tmp_path / "bad.yaml", task_name="t", model="svmamba_cifar", dataset="digits", bach_size=4
     )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "train.py",
-            "--config",
-            bad,
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = torchrun_train(bad, timeout=300)
     both = r.stdout + r.stderr
     assert r.returncode != 0
     assert both.count("error: ") == 1 and "unknown key 'bach_size' (did you mean 'batch_size'?)" in both
