@@ -279,12 +279,8 @@ class SVMambaPara133(SpikingVMambaBase):
 
     def _init_weights(self) -> None:
         # The original: every Linear, the SS2D projections included, trunc_normal(0.02) with zero
-        # bias; LayerNorms (1, 0); convs keep PyTorch's default.
+        # bias; LayerNorms (1, 0) and convs keep PyTorch's defaults (what the original sets).
         init_linears_trunc_normal(self)
-        for m in self.modules():
-            if isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
         for m in self.modules():
             if isinstance(m, CrossScanSSM):
                 nn.init.trunc_normal_(m.x_proj_weight, std=0.02)

@@ -160,13 +160,10 @@ class VMamba(VisionModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # VMamba: linears (1x1 Linear2d included) trunc_normal(0.02), LayerNorms (1, 0); convs and
-        # the scan parameters keep their own init (CrossScanSSM already did VMamba's).
+        # VMamba: linears (1x1 Linear2d included) trunc_normal(0.02); LayerNorms keep PyTorch's
+        # (1, 0), which is what VMamba sets; convs and the scan parameters keep their own init
+        # (CrossScanSSM already did VMamba's).
         init_linears_trunc_normal(self)
-        for m in self.modules():
-            if isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     @property
     def first_conv(self) -> nn.Conv2d:
