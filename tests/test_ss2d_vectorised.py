@@ -37,6 +37,16 @@ def test_linear_scan_matches_the_sequential_recurrence(L, reverse):
     assert_close_rel(vectorised.linear_scan(a, b, reverse), sequential_scan(a, b, reverse), 1e-13)
 
 
+@pytest.mark.parametrize("L", [1, 2, 16])
+def test_linear_scan_leaves_its_inputs_alone(L):
+    # it works in place on copies; with one position per chunk a careless copy is a view
+    a, b = torch.rand(3, L), torch.randn(3, L)
+    a0, b0 = a.clone(), b.clone()
+    vectorised.linear_scan(a, b)
+    vectorised.linear_scan(a, b, reverse=True)
+    assert torch.equal(a, a0) and torch.equal(b, b0)
+
+
 def test_linear_scan_keeps_tiny_decays_finite():
     a = torch.full((4, 40), 1e-30)  # exp(dt * A) far below what a cumulative-sum trick could divide by
     b = torch.randn(4, 40)

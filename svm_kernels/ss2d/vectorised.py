@@ -25,7 +25,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..utils import new_output
 from .naive import softplus_thresholded
 
 
@@ -42,6 +41,10 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torc
     the state from chunk to chunk; then ``x += P * state entering the chunk``. That is
     2 sqrt(L) + sqrt(L) small ops instead of L steps, a handful of passes over the data, and
     only products of decays ``0 <= a <= 1``, so nothing can overflow.
+
+    The loops run on copies laid out position-in-chunk first, (chunk, ..., n_chunks): step j of
+    every chunk is then one contiguous slice. On a strided slice (every chunk-th element) a CPU
+    runs scalar loops; the three copies cost less than that (about 1.5x faster at 8x8 maps).
     """
     L = b.shape[-1]
     chunk = math.isqrt(L)
@@ -49,23 +52,29 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torc
     pad = n_chunks * chunk - L
     if pad:  # zero input beyond the end: nothing flows from there into real positions
         a, b = F.pad(a, (0, pad)), F.pad(b, (0, pad))
-    a, b = a.unflatten(-1, (n_chunks, chunk)), b.unflatten(-1, (n_chunks, chunk))
-    x, P = new_output(b), new_output(a)  # every element is written below
+
+    def chunk_major(t: torch.Tensor) -> torch.Tensor:
+        # a fresh (chunk, ..., n_chunks) copy (never a view: `contiguous` is one when chunk is 1)
+        return t.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).clone(memory_format=torch.contiguous_format)
+
+    # Both copies are scratch: x is built in b's, the decay products P in a's (a[j] is read for
+    # x[j] before P[j] overwrites it).
+    P, x = chunk_major(a), chunk_major(b)
     steps = list(range(chunk))
     if reverse:
         steps.reverse()
-    x[..., steps[0]], P[..., steps[0]] = b[..., steps[0]], a[..., steps[0]]
     for prev, j in itertools.pairwise(steps):
-        torch.addcmul(b[..., j], a[..., j], x[..., prev], out=x[..., j])
-        torch.mul(a[..., j], P[..., prev], out=P[..., j])
-    exit_x, exit_P = x[..., steps[-1]], P[..., steps[-1]]  # (..., n_chunks)
+        x[j].addcmul_(P[j], x[prev])
+        P[j].mul_(P[prev])
+    # the carry from chunk to chunk, on (n_chunks, ...) copies of the exit values (small)
+    exit_x, exit_P = x[steps[-1]].movedim(-1, 0).contiguous(), P[steps[-1]].movedim(-1, 0).contiguous()
     enter = torch.zeros_like(exit_x)
     chunks = list(range(n_chunks))
     if reverse:
         chunks.reverse()
     for prev, i in itertools.pairwise(chunks):
-        torch.addcmul(exit_x[..., prev], exit_P[..., prev], enter[..., prev], out=enter[..., i])
-    x = x.addcmul_(P, enter.unsqueeze(-1)).flatten(-2)
+        torch.addcmul(exit_x[prev], exit_P[prev], enter[prev], out=enter[i])
+    x = x.addcmul_(P, enter.movedim(0, -1)).movedim(0, -1).flatten(-2)
     return x[..., :L] if pad else x
 
 
