@@ -80,19 +80,22 @@ def test_fp32_softplus_without_threshold_is_bit_identical():
     assert torch.isnan(ss2d_vec._softplus(nan)).all()
 
 
-@pytest.mark.parametrize("H,W", [(5, 7), (8, 8), (1, 6)])
+@pytest.mark.parametrize("H,W", [(5, 7), (8, 8), (1, 6), (4, 1)])
 @pytest.mark.parametrize("per_direction", [False, True])
-def test_direction_layouts_match_the_gather(H, W, per_direction):
-    order, inverse = ss2d_vec.direction_index(H, W, torch.device("cpu"))
+def test_sequence_layouts_match_the_gather(H, W, per_direction):
+    order, _ = ss2d_vec.direction_index(H, W, torch.device("cpu"))
     t = torch.randn(3, 4 if per_direction else 1, 6, H, W, dtype=torch.float64)
     if not per_direction:  # channels_last, as the models' u arrives
         t = t.squeeze(1).contiguous(memory_format=torch.channels_last).unsqueeze(1)
     flat = t.flatten(-2).expand(-1, 4, -1, -1)
-    expected = torch.gather(flat, -1, order[None, :, None, :].expand(3, 4, 6, -1))
-    got = ss2d_vec.to_directions(t)
-    assert torch.equal(got, expected)
-    y = torch.randn(3, 4, 6, H * W)
-    assert torch.equal(ss2d_vec.sum_directions(y, H, W), ss2d_vec.from_directions(y, inverse, H, W).sum(1))
+    in_order = torch.gather(flat, -1, order[None, :, None, :].expand(3, 4, 6, -1))  # (B, 4, X, L)
+    # chunks of W positions, position-major: p = i W + j at [j, i, b, k, x]
+    expected = in_order.unflatten(-1, (H, W)).permute(4, 3, 0, 1, 2)
+    got = ss2d_vec.to_sequences(t)
+    assert got.is_contiguous() and torch.equal(got, expected)
+    assert torch.equal(ss2d_vec.from_sequences(got), t.expand(3, 4, 6, H, W))
+    y = torch.randn(W, H, 3, 4, 6)
+    assert torch.equal(ss2d_vec.sum_sequences(y), ss2d_vec.from_sequences(y).sum(1))
 
 
 @pytest.mark.parametrize("v_reset", [0.0, None])

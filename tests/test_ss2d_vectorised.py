@@ -28,29 +28,49 @@ def sequential_scan(a, b, reverse):
     return x
 
 
-@pytest.mark.parametrize("L", [1, 2, 3, 7, 16, 17, 50, 64])
+def chunk_major(t, c):
+    """(..., L) in sequence order -> (c, L / c, ...): linear_scan's layout (p = i c + j at [j, i, ...])."""
+    return t.unflatten(-1, (-1, c)).movedim((-1, -2), (0, 1))
+
+
+def sequence_order(t):
+    return t.movedim((0, 1), (-1, -2)).flatten(-2)
+
+
+SCAN_SHAPES = [(1, 1), (1, 2), (2, 1), (3, 1), (1, 7), (4, 4), (3, 5), (5, 10), (8, 8)]  # (c, n)
+
+
+@pytest.mark.parametrize("c,n", SCAN_SHAPES)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_linear_scan_matches_the_sequential_recurrence(L, reverse):
-    g = torch.Generator().manual_seed(L)
-    a = torch.rand(2, 3, L, generator=g, dtype=torch.float64)
-    b = torch.randn(2, 3, L, generator=g, dtype=torch.float64)
-    assert_close_rel(vectorised.linear_scan(a, b, reverse), sequential_scan(a, b, reverse), 1e-13)
+def test_linear_scan_matches_the_sequential_recurrence(c, n, reverse):
+    g = torch.Generator().manual_seed(c * 100 + n)
+    a = torch.rand(2, 3, c * n, generator=g, dtype=torch.float64)
+    b = torch.randn(2, 3, c * n, generator=g, dtype=torch.float64)
+    x = vectorised.linear_scan(chunk_major(a, c), chunk_major(b, c), reverse)
+    assert_close_rel(sequence_order(x), sequential_scan(a, b, reverse), 1e-13)
 
 
-@pytest.mark.parametrize("L", [1, 2, 16])
-def test_linear_scan_leaves_its_inputs_alone(L):
+@pytest.mark.parametrize("c,n", [(1, 1), (1, 4), (4, 1), (3, 5)])
+def test_linear_scan_leaves_its_inputs_alone(c, n):
     # it works in place on copies; with one position per chunk a careless copy is a view
-    a, b = torch.rand(3, L), torch.randn(3, L)
+    a, b = torch.rand(c, n, 3), torch.randn(c, n, 3)
     a0, b0 = a.clone(), b.clone()
     vectorised.linear_scan(a, b)
     vectorised.linear_scan(a, b, reverse=True)
     assert torch.equal(a, a0) and torch.equal(b, b0)
 
 
+@pytest.mark.parametrize("c,n", SCAN_SHAPES)
+def test_next_position_is_the_sequence_shifted_by_one(c, n):
+    a = torch.randn(2, c * n, dtype=torch.float64)
+    expected = torch.cat([a[:, 1:], torch.zeros(2, 1, dtype=a.dtype)], dim=-1)
+    assert torch.equal(sequence_order(vectorised.next_position(chunk_major(a, c))), expected)
+
+
 def test_linear_scan_keeps_tiny_decays_finite():
     a = torch.full((4, 40), 1e-30)  # exp(dt * A) far below what a cumulative-sum trick could divide by
     b = torch.randn(4, 40)
-    x = vectorised.linear_scan(a, b)
+    x = sequence_order(vectorised.linear_scan(chunk_major(a, 8), chunk_major(b, 8)))
     assert torch.isfinite(x).all() and torch.allclose(x, b, rtol=1e-6)
 
 

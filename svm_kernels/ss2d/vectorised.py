@@ -3,11 +3,17 @@
 Same maths as ``naive.py`` (the per-position reference), organised for a CPU, where the
 reference's cost is the dispatcher and autograd overhead of a few small ops per position:
 
-* All four directions go through every step together. Strided copies and one flip per tensor
-  put each direction's copy in its visiting order (both directions of an orientation, and both
-  orientations, in one (B, 4, ...) tensor); strided adds put the outputs back and sum them.
+* All four directions go through every step together, in one tensor per quantity. Each
+  direction's sequence of L = H W positions is cut into H chunks of W positions and stored
+  position-major, as (W, H, B, 4, X): position p = i W + j of a sequence is element
+  [j, i, b, k, x] (:func:`to_sequences`). Step j of every chunk is then one contiguous slice,
+  which a CPU processes with vector instructions (a strided slice runs a scalar loop), and the
+  channels stay innermost, so broadcasting a per-position B or C over them keeps long inner
+  loops. On a square map the layout is a permuted copy of the spatial one; other maps go
+  through a gather. Elementwise work and sums over positions do not care about the order;
+  permuted adds put the outputs back.
 * The recurrence ``x[p] = a[p] x[p-1] + b[p]`` is solved in chunks (:func:`linear_scan`):
-  about 3 sqrt(L) small ops without autograd instead of L steps of several ops each recorded
+  about W + H small ops without autograd instead of L steps of several ops each recorded
   by autograd. It multiplies decays ``a = exp(dt * A) <= 1`` directly, so nothing can
   overflow.
 * The backward is analytic: the adjoint of the causal recurrence is the anti-causal one with
@@ -20,10 +26,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 
 import torch
-import torch.nn.functional as F
 
 from .naive import softplus_thresholded
 
@@ -33,52 +37,45 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """x[p] = a[p] * x[p - 1] + b[p] along the last dim from x[-1] = 0 (x[p + 1], x[L] = 0 if reverse).
+    """x[p] = a[p] * x[p - 1] + b[p] from x[-1] = 0 (x[p + 1], x[L] = 0 if reverse), for sequences
+    stored position-major: a and b are (c, n, ...), position p = i c + j at [j, i, ...].
 
-    Chunked: the L positions are cut into about sqrt(L) chunks of about sqrt(L) positions.
     Step j of a first loop advances every chunk at once from a zero state, also accumulating
     each chunk's decay product P (inclusive, from the chunk's entry to j); a second loop carries
     the state from chunk to chunk; then ``x += P * state entering the chunk``. That is
-    2 sqrt(L) + sqrt(L) small ops instead of L steps, a handful of passes over the data, and
-    only products of decays ``0 <= a <= 1``, so nothing can overflow.
-
-    The loops run on copies laid out position-in-chunk first, (chunk, ..., n_chunks): step j of
-    every chunk is then one contiguous slice. On a strided slice (every chunk-th element) a CPU
-    runs scalar loops; the three copies cost less than that (about 1.5x faster at 8x8 maps).
+    2 c + n small ops on contiguous slices instead of L steps, and only products of decays
+    ``0 <= a <= 1``, so nothing can overflow. a and b are left as they are.
     """
-    L = b.shape[-1]
-    chunk = math.isqrt(L)
-    n_chunks = -(-L // chunk)
-    pad = n_chunks * chunk - L
-    if pad:  # zero input beyond the end: nothing flows from there into real positions
-        a, b = F.pad(a, (0, pad)), F.pad(b, (0, pad))
-
-    def chunk_major(t: torch.Tensor) -> torch.Tensor:
-        # a fresh (chunk, ..., n_chunks) copy (never a view: `contiguous` is one when chunk is 1)
-        return t.unflatten(-1, (n_chunks, chunk)).movedim(-1, 0).clone(memory_format=torch.contiguous_format)
-
-    # Both copies are scratch: x is built in b's, the decay products P in a's (a[j] is read for
-    # x[j] before P[j] overwrites it).
-    P, x = chunk_major(a), chunk_major(b)
-    steps = list(range(chunk))
+    c, n = b.shape[0], b.shape[1]
+    # scratch copies: x is built in b's, the decay products P in a's (a[j] is read for x[j]
+    # before P[j] overwrites it)
+    x, P = b.clone(memory_format=torch.contiguous_format), a.clone(memory_format=torch.contiguous_format)
+    steps = list(range(c))
     if reverse:
         steps.reverse()
     for prev, j in itertools.pairwise(steps):
         x[j].addcmul_(P[j], x[prev])
         P[j].mul_(P[prev])
-    # the carry from chunk to chunk, on (n_chunks, ...) copies of the exit values (small)
-    exit_x, exit_P = x[steps[-1]].movedim(-1, 0).contiguous(), P[steps[-1]].movedim(-1, 0).contiguous()
+    exit_x, exit_P = x[steps[-1]], P[steps[-1]]  # (n, ...): each chunk's exit
     enter = torch.zeros_like(exit_x)
-    chunks = list(range(n_chunks))
+    chunks = list(range(n))
     if reverse:
         chunks.reverse()
     for prev, i in itertools.pairwise(chunks):
         torch.addcmul(exit_x[prev], exit_P[prev], enter[prev], out=enter[i])
-    x = x.addcmul_(P, enter.movedim(0, -1)).movedim(0, -1).flatten(-2)
-    return x[..., :L] if pad else x
+    return x.addcmul_(P, enter)
 
 
-# ---- layouts: each direction in its visiting order
+def next_position(a: torch.Tensor) -> torch.Tensor:
+    """a at each sequence's next position (0 after the last), in :func:`linear_scan`'s layout."""
+    out = torch.empty_like(a, memory_format=torch.contiguous_format)
+    out[:-1] = a[1:]  # the next position in the same chunk
+    out[-1, :-1] = a[0, 1:]  # a chunk's last position: the next chunk's first
+    out[-1, -1] = 0.0
+    return out
+
+
+# ---- layouts: each direction's sequence, position-major (W, H, B, 4, X)
 
 
 @functools.lru_cache(maxsize=64)
@@ -91,72 +88,101 @@ def direction_index(H: int, W: int, device: torch.device) -> tuple[torch.Tensor,
     return order, order.argsort(dim=-1)
 
 
-def to_directions(t: torch.Tensor) -> torch.Tensor:
-    """(B, 4 or 1, X, H, W) spatial -> (B, 4, X, L) in each direction's visiting order
-    (``direction_index``): rows, columns, then both reversed. Strided copies and one flip, about
-    1.5x faster on a CPU than a gather through the (B, 4, X, L) index."""
+@functools.lru_cache(maxsize=64)
+def storage_index(H: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot_to_space, space_to_slot), both (4, L): slot q = j H + i of direction k's (W, H)
+    positions (its position p = i W + j) holds spatial position slot_to_space[k, q]."""
+    order = direction_index(H, W, device)[0]
+    q = torch.arange(H * W, device=device)
+    slot_to_space = order[:, (q % H) * W + q // H]
+    return slot_to_space, slot_to_space.argsort(dim=-1)
+
+
+def to_sequences(t: torch.Tensor) -> torch.Tensor:
+    """(B, 4 or 1, X, H, W) spatial -> (W, H, B, 4, X): each direction's sequence, stored
+    position-major (see the module docstring), a fresh contiguous tensor."""
     batch, _, X, H, W = t.shape
     t = t.expand(batch, 4, X, H, W)
-    out = t.new_empty((batch, 4, X, H * W))
-    out[:, 0::2].unflatten(-1, (H, W)).copy_(t[:, 0::2])
-    out[:, 1::2].unflatten(-1, (W, H)).copy_(t[:, 1::2].mT)
-    out[:, 2:] = out[:, 2:].flip(-1)  # flip copies first, so the overlap is harmless
+    out = t.new_empty((W, H, batch, 4, X))
+    if H == W:
+        out[:, :, :, 0::2] = t[:, 0::2].permute(4, 3, 0, 1, 2)  # rows: chunk i = row h, j = w
+        out[:, :, :, 1::2] = t[:, 1::2].permute(3, 4, 0, 1, 2)  # columns: chunk i = column w, j = h
+        out[:, :, :, 2:] = out[:, :, :, 2:].flip(0, 1)  # reversed: both indices (flip copies first)
+    else:
+        slots = storage_index(H, W, t.device)[0][None, :, None, :].expand(batch, 4, X, -1)
+        out.copy_(torch.gather(t.flatten(-2), -1, slots).unflatten(-1, (W, H)).permute(3, 4, 0, 1, 2))
     return out
 
 
-def from_directions(t: torch.Tensor, inverse: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """Inverse of :func:`to_directions`: (B, 4, X, L) -> (B, 4, X, H, W) spatial."""
-    return torch.gather(t, -1, inverse[None, :, None, :].expand_as(t)).unflatten(-1, (H, W))
+def _in_space(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Direction k (0 or 1: rows or columns) of a square map's (W, H, B, 4, X) sequences as a
+    (B, X, H, W) view in spatial order."""
+    return t[:, :, :, k].permute(2, 3, 1, 0) if k == 0 else t[:, :, :, k].permute(2, 3, 0, 1)
 
 
-def sum_directions(t: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """``from_directions(t, ...).sum(1)``, (B, 4, X, L) -> (B, X, H, W), without the gather:
-    strided adds in the same order as the sum (directions 0, 1, 2, 3), one flip."""
-    back = t[:, 2:].flip(-1)  # directions 2 and 3 in the order of 0 and 1
-    out = torch.add(t[:, 0].unflatten(-1, (H, W)), t[:, 1].unflatten(-1, (W, H)).mT)
-    out += back[:, 0].unflatten(-1, (H, W))
-    out += back[:, 1].unflatten(-1, (W, H)).mT
+def from_sequences(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_sequences`: (W, H, B, 4, X) -> (B, 4, X, H, W) spatial."""
+    W, H, batch, _, X = t.shape
+    if H == W:
+        out = t.new_empty((batch, 4, X, H, W))
+        out[:, 0::2] = t[:, :, :, 0::2].permute(2, 3, 4, 1, 0)
+        out[:, 1::2] = t[:, :, :, 1::2].permute(2, 3, 4, 0, 1)
+        out[:, 2:] = out[:, 2:].flip(-2, -1)
+        return out
+    slots = storage_index(H, W, t.device)[1][None, :, None, :].expand(batch, 4, X, -1)
+    return torch.gather(t.permute(2, 3, 4, 0, 1).reshape(batch, 4, X, W * H), -1, slots).unflatten(-1, (H, W))
+
+
+def sum_sequences(t: torch.Tensor) -> torch.Tensor:
+    """``from_sequences(t).sum(1)``, (W, H, B, 4, X) -> (B, X, H, W) contiguous; on a square map
+    without the intermediate: permuted adds in the same order as the sum (directions 0 to 3)."""
+    W, H, batch, _, X = t.shape
+    if H != W:
+        return from_sequences(t).sum(1)
+    back = t[:, :, :, 2:].flip(0, 1)  # directions 2 and 3 in the order of 0 and 1
+    out = torch.add(_in_space(t, 0), _in_space(t, 1), out=t.new_empty((batch, X, H, W)))
+    out += _in_space(back, 0)
+    out += _in_space(back, 1)
     return out
 
 
 def _sum_states(t: torch.Tensor) -> torch.Tensor:
-    """Sum over the state dim N (dim -2); with N = 1 (the spiking models) a view, not a copy."""
-    return t.squeeze(-2) if t.shape[-2] == 1 else t.sum(-2)
+    """Sum over the state dim N (dim -1); with N = 1 (the spiking models) a view, not a copy."""
+    return t.squeeze(-1) if t.shape[-1] == 1 else t.sum(-1)
+
+
+# Dims of a (W, H, B, 4, ...) sequence tensor that a sum over images and positions runs over.
+_IMAGES_AND_POSITIONS = (0, 1, 2)
 
 
 class _Inputs:
-    """The scan's inputs in the compute dtype, each direction in its visiting order (B, 4, X, L)."""
+    """The scan's inputs in the compute dtype, each direction's sequence stored position-major,
+    (W, H, B, 4, X) (:func:`to_sequences`)."""
 
     def __init__(self, u, delta, dt_low, dt_weight, A, B, C, D, bias):
         self.dtype = _compute_dtype(u)
-        _, d_inner, self.H, self.W = u.shape
-        K, N = A.shape[0], A.shape[-1]
-        self.inverse = direction_index(self.H, self.W, u.device)[1]
-        self.u = self.to_directions(u.unsqueeze(1))  # (B, 4, D, L)
-        self.dt_low = None if dt_low is None else self.to_directions(dt_low)  # (B, 4, R, L)
-        self.dt_weight = None if dt_weight is None else dt_weight.to(self.dtype)
+        self.u = self.to_sequences(u.unsqueeze(1))  # (W, H, B, 4, D)
+        self.dt_low = None if dt_low is None else self.to_sequences(dt_low)  # (W, H, B, 4, R)
+        self.dt_weight = None if dt_weight is None else dt_weight.to(self.dtype)  # (4, D, R)
         self.delta = delta
-        self.A = A.to(self.dtype).view(K, d_inner, N, 1)
-        self.B, self.C = self.to_directions(B), self.to_directions(C)  # (B, 4, N, L)
-        self.D = None if D is None else D.to(self.dtype).view(K, d_inner, 1)
-        self.bias = None if bias is None else bias.to(self.dtype).view(K, d_inner, 1)
+        self.A = A.to(self.dtype)  # (4, D, N)
+        self.B, self.C = self.to_sequences(B), self.to_sequences(C)  # (W, H, B, 4, N)
+        self.D = None if D is None else D.to(self.dtype)  # (4, D)
+        self.bias = None if bias is None else bias.to(self.dtype)  # (4, D)
 
-    def to_directions(self, t: torch.Tensor) -> torch.Tensor:
-        return to_directions(t.to(self.dtype))
-
-    def to_space(self, t: torch.Tensor) -> torch.Tensor:
-        return from_directions(t, self.inverse, self.H, self.W)
-
-    def sum_to_space(self, t: torch.Tensor) -> torch.Tensor:
-        return sum_directions(t, self.H, self.W)
+    def to_sequences(self, t: torch.Tensor) -> torch.Tensor:
+        return to_sequences(t.to(self.dtype))
 
     def dt(self, softplus: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 4, D, L) time steps dt = softplus(z), z = delta + bias (delta = dt_weight @ dt_low if
-        low rank), and d dt / d z = sigmoid(z) = exp(z - dt) (None without softplus): one
+        """(W, H, B, 4, D) time steps dt = softplus(z), z = delta + bias (delta = dt_weight @ dt_low
+        if low rank), and d dt / d z = sigmoid(z) = exp(z - dt) (None without softplus): one
         vectorised exp, where sigmoid and expm1 are scalar loops on some CPUs."""
-        z = self.dt_weight @ self.dt_low if self.dt_low is not None else self.to_directions(self.delta)
+        if self.dt_low is not None:
+            z = torch.einsum("whbkr,kdr->whbkd", self.dt_low, self.dt_weight)
+        else:
+            z = self.to_sequences(self.delta)
         if self.bias is not None:
-            z = z.add_(self.bias)  # z is a fresh tensor (matmul or gather)
+            z = z.add_(self.bias)  # z is a fresh tensor (einsum or copy)
         if not softplus:
             return z, None
         dt = _softplus(z)
@@ -173,58 +199,63 @@ def _softplus(z: torch.Tensor) -> torch.Tensor:
 
 
 def _times_states(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """t (B, 4, D, L) times s (B, 4, N, L) -> (B, 4, D, N, L); written into t (a temporary of the
-    caller) when N = 1."""
-    t, s = t.unsqueeze(-2), s.unsqueeze(2)
-    return t.mul_(s) if s.shape[-2] == 1 else t * s
+    """t (..., D) times s (..., N) -> (..., D, N); written into t (a temporary of the caller)
+    when N = 1."""
+    t, s = t.unsqueeze(-1), _per_state(s)
+    return t.mul_(s) if s.shape[-1] == 1 else t * s
+
+
+def _per_state(t: torch.Tensor) -> torch.Tensor:
+    """(..., N) -> (..., 1, N): broadcast over the channels of a (..., D, N) tensor."""
+    return t.unsqueeze(-2)
 
 
 def scan_forward(inputs: _Inputs, softplus: bool):
-    """Returns y (B, D, H, W) and what the backward reuses: states x and decays a (B, 4, D, N, L),
-    dt and d dt / d z (B, 4, D, L; None without softplus)."""
+    """Returns y (B, D, H, W) and what the backward reuses: states x and decays a
+    (W, H, B, 4, D, N), dt and d dt / d z (W, H, B, 4, D; None without softplus)."""
     dt, dt_dz = inputs.dt(softplus)
-    a = torch.mul(dt.unsqueeze(-2), inputs.A).exp_()
+    a = torch.mul(dt.unsqueeze(-1), inputs.A).exp_()
     x = linear_scan(a, _times_states(dt * inputs.u, inputs.B))
-    y = _sum_states(x * inputs.C.unsqueeze(2))  # (B, 4, D, L), a fresh tensor
+    y = _sum_states(x * _per_state(inputs.C))  # (W, H, B, 4, D), a fresh tensor
     if inputs.D is not None:
         y = y.addcmul_(inputs.D, inputs.u)
-    return inputs.sum_to_space(y), x, a, dt, dt_dz
+    return sum_sequences(y), x, a, dt, dt_dz
 
 
 def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch.Tensor | None]:
     """Gradients of every input (None for absent ones), in the compute dtype."""
     # every direction's y[p] receives the spatial gradient at the position it visits at step p
-    g = inputs.to_directions(grad_out.unsqueeze(1))  # (B, 4, D, L)
+    g = inputs.to_sequences(grad_out.unsqueeze(1))  # (W, H, B, 4, D)
     # Adjoint recurrence: the gradient of x[p] reaches x[p - 1] through a[p], i.e. the reversed
     # scan with the decays shifted by one position.
-    gx = linear_scan(F.pad(a[..., 1:], (0, 1)), g.unsqueeze(-2) * inputs.C.unsqueeze(2), reverse=True)
+    gx = linear_scan(next_position(a), g.unsqueeze(-1) * _per_state(inputs.C), reverse=True)
     dtu = dt * inputs.u
-    b = dtu.unsqueeze(-2) * inputs.B.unsqueeze(2)
+    b = dtu.unsqueeze(-1) * _per_state(inputs.B)
     g_alog = torch.sub(x, b, out=b).mul_(gx)  # d x[p] / d log a[p] = a[p] x[p - 1] = x[p] - b[p]
-    gx_B = _sum_states(gx * inputs.B.unsqueeze(2))  # (B, 4, D, L), a fresh tensor
+    gx_B = _sum_states(gx * _per_state(inputs.B))  # (W, H, B, 4, D), a fresh tensor
     g_dt = _sum_states(g_alog * inputs.A).addcmul_(gx_B, inputs.u)
     du = gx_B.mul_(dt)
     dD = None
     if inputs.D is not None:
         du = du.addcmul_(inputs.D, g)
-        dD = (g * inputs.u).sum((0, -1))
+        dD = (g * inputs.u).sum(_IMAGES_AND_POSITIONS)
     gz = g_dt if dt_dz is None else g_dt.mul_(dt_dz)
     grads = dict(
-        u=inputs.sum_to_space(du),
-        A=g_alog.mul_(dt.unsqueeze(-2)).sum((0, -1)),
-        B=inputs.to_space(gx.mul_(dtu.unsqueeze(-2)).sum(2)),
-        C=inputs.to_space((g.unsqueeze(-2) * x).sum(2)),
+        u=sum_sequences(du),
+        A=g_alog.mul_(dt.unsqueeze(-1)).sum(_IMAGES_AND_POSITIONS),
+        B=from_sequences(gx.mul_(dtu.unsqueeze(-1)).sum(-2)),
+        C=from_sequences((g.unsqueeze(-1) * x).sum(-2)),
         D=dD,
-        bias=None if inputs.bias is None else gz.sum((0, -1)),
+        bias=None if inputs.bias is None else gz.sum(_IMAGES_AND_POSITIONS),
         delta=None,
         dt_low=None,
         dt_weight=None,
     )
     if inputs.dt_low is not None:
-        grads["dt_low"] = inputs.to_space(inputs.dt_weight.mT @ gz)
-        grads["dt_weight"] = (gz @ inputs.dt_low.mT).sum(0)
+        grads["dt_low"] = from_sequences(torch.einsum("whbkd,kdr->whbkr", gz, inputs.dt_weight))
+        grads["dt_weight"] = torch.einsum("whbkd,whbkr->kdr", gz, inputs.dt_low)
     else:
-        grads["delta"] = inputs.to_space(gz)
+        grads["delta"] = from_sequences(gz)
     return grads
 
 
@@ -241,12 +272,12 @@ def _or_none(t: torch.Tensor) -> torch.Tensor | None:
 
 
 def _fake_forward(u: torch.Tensor, A: torch.Tensor, softplus: bool, out_dtype: torch.dtype) -> _Saved:
-    """Outputs of the forward ops: y, the states x, decays a (B, 4, D, N, L), dt and d dt / d z
-    (B, 4, D, L; empty without softplus)."""
+    """Outputs of the forward ops: y, the states x, decays a (W, H, B, 4, D, N), dt and d dt / d z
+    (W, H, B, 4, D; empty without softplus), laid out as ``scan_forward`` makes them."""
     batch, d_inner, H, W = u.shape
     dtype = _compute_dtype(u)
-    states = u.new_empty((batch, 4, d_inner, A.shape[-1], H * W), dtype=dtype)
-    steps = u.new_empty((batch, 4, d_inner, H * W), dtype=dtype)
+    states = u.new_empty((W, H, batch, 4, d_inner, A.shape[-1]), dtype=dtype)
+    steps = u.new_empty((W, H, batch, 4, d_inner), dtype=dtype)
     return (
         u.new_empty(u.shape, dtype=out_dtype),
         states,
