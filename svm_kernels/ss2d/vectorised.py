@@ -210,6 +210,13 @@ def _per_state(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(-2)
 
 
+def _sum_over_positions_of_outer(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """sum over images and positions of t[..., k, d] s[..., k, r] -> (4, D, R): one batched
+    matmul over k on strided views of both, no copy (einsum copies t first: ~15x slower)."""
+    K, D, R = t.shape[-2], t.shape[-1], s.shape[-1]
+    return torch.bmm(t.reshape(-1, K, D).permute(1, 2, 0), s.reshape(-1, K, R).transpose(0, 1))
+
+
 def scan_forward(inputs: _Inputs, softplus: bool):
     """Returns y (B, D, H, W) and what the backward reuses: states x and decays a
     (W, H, B, 4, D, N), dt and d dt / d z (W, H, B, 4, D; None without softplus)."""
@@ -253,7 +260,7 @@ def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch
     )
     if inputs.dt_low is not None:
         grads["dt_low"] = from_sequences(torch.einsum("whbkd,kdr->whbkr", gz, inputs.dt_weight))
-        grads["dt_weight"] = torch.einsum("whbkd,whbkr->kdr", gz, inputs.dt_low)
+        grads["dt_weight"] = _sum_over_positions_of_outer(gz, inputs.dt_low)
     else:
         grads["delta"] = from_sequences(gz)
     return grads
