@@ -121,15 +121,16 @@ def lif_forward(x: torch.Tensor, v_init: torch.Tensor | None, p: LIFParams, retu
     return spikes, v_out
 
 
-def _surrogate_grad_(h: torch.Tensor, p: LIFParams, out: torch.Tensor) -> torch.Tensor:
-    """``naive.surrogate_grad`` at h - v_threshold, written into ``out`` (no temporaries)."""
+def _surrogate_grad_(h: torch.Tensor, p: LIFParams, out: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``naive.surrogate_grad`` at h - v_threshold times ``scale``, written into ``out`` (no
+    temporaries; the scale rides on the last multiply)."""
     torch.sub(h, p.v_threshold, out=out)
     if p.surrogate == "sigmoid":  # alpha sig (1 - sig) = alpha (sig - sig^2)
         torch.sigmoid(out.mul_(p.alpha), out=out)
-        return out.addcmul_(out, out, value=-1.0).mul_(p.alpha)
+        return out.addcmul_(out, out, value=-1.0).mul_(p.alpha * scale)
     # atan: alpha / (2 (1 + (pi/2 alpha z)^2))
     out.mul_(math.pi / 2.0 * p.alpha)
-    return out.mul_(out).add_(1.0).reciprocal_().mul_(p.alpha / 2.0)
+    return out.mul_(out).add_(1.0).reciprocal_().mul_(p.alpha / 2.0 * scale)
 
 
 def lif_backward(
@@ -147,36 +148,44 @@ def lif_backward(
     gs2 = _rows(grad_s if grad_s.stride() == x.stride() else torch.empty_like(x).copy_(grad_s))
     v0, gv, gvi = _flat(state_like(x, v_init)), _flat(state_like(x, grad_v)), _flat(grad_v_init)
     # Work buffers reused by every block: h, the surrogate (then grad_h), the reset's derivative.
+    compute_dtype = _compute_dtype(x)
     h, sg, dv_dh = (
-        torch.empty((x.shape[0], min(BLOCK, x2.shape[1])), dtype=_compute_dtype(x), device=x.device)
+        torch.empty((x.shape[0], min(BLOCK, x2.shape[1])), dtype=compute_dtype, device=x.device)
         for _ in range(3)
     )
     carry = torch.empty_like(h[0])
     decay = 1.0 - 1.0 / p.tau
+    # Gradients travel scaled by dh/dx (1/tau with decay_input, else 1), the unit of grad_x:
+    # scale * grad_h[t] = grad_s[t] * (scale sg[t]) + scale * grad_v[t] * dv_dh[t], and
+    # scale * grad_v[t] = scale * grad_h[t+1] * decay. So the surrogate takes the scale and the
+    # walk writes grad_x itself (no pass of its own to scale it).
+    scale = 1.0 / p.tau if p.decay_input else 1.0
     for i in range(0, x2.shape[1], BLOCK):
         j = min(i + BLOCK, x2.shape[1])
         hb, sgb, dvb, cb = h[:, : j - i], sg[:, : j - i], dv_dh[:, : j - i], carry[: j - i]
         _charge_block(x2[:, i:j], None if v0 is None else v0[i:j], p, hb, final_v=False)
-        _surrogate_grad_(hb, p, out=sgb)
+        _surrogate_grad_(hb, p, out=sgb, scale=scale)  # scale * sg
         # d v[t] / d h[t]: the reset's Jacobian (the spike's part is dropped by detach_reset).
-        if p.v_reset is None:
-            dvb = None if p.detach_reset else torch.mul(sgb, -p.v_threshold, out=dvb).add_(1.0)
-        else:
+        if p.v_reset is None:  # 1 - v_threshold sg
+            dvb = None if p.detach_reset else torch.mul(sgb, -p.v_threshold / scale, out=dvb).add_(1.0)
+        else:  # (h < v_threshold) + (v_reset - h) sg
             torch.lt(hb, p.v_threshold, out=dvb)
             if not p.detach_reset:
-                dvb.addcmul_(hb.neg_().add_(p.v_reset), sgb)
-        # grad_h[t] = grad_s[t] * sg[t] + grad_v[t] * dv_dh[t], with grad_v[t] = grad_h[t+1] * decay.
-        grad_h = sgb.mul_(gs2[:, i:j])
+                dvb.addcmul_(hb.neg_().add_(p.v_reset), sgb, value=1.0 / scale)
+        direct = gx2.dtype == compute_dtype  # walk in grad_x itself, else in a work buffer
+        grad_h = gx2[:, i:j] if direct else sgb
+        torch.mul(sgb, gs2[:, i:j], out=grad_h)
         has_carry = gv is not None
         if has_carry:
-            cb.copy_(gv[i:j])
+            torch.mul(gv[i:j], scale, out=cb)
         for t in range(x.shape[0] - 1, -1, -1):
             if has_carry:
                 grad_h[t].add_(cb) if dvb is None else grad_h[t].addcmul_(cb, dvb[t])
             if t or gvi.numel():  # the carry out of step 0 is v_init's gradient
                 torch.mul(grad_h[t], decay, out=cb)
             has_carry = True
-        torch.mul(grad_h, 1.0 / p.tau, out=gx2[:, i:j]) if p.decay_input else gx2[:, i:j].copy_(grad_h)
+        if not direct:
+            gx2[:, i:j].copy_(grad_h)
         if gvi.numel():
-            gvi[i:j].copy_(cb)
+            gvi[i:j].copy_(cb.div_(scale) if scale != 1.0 else cb)
     return grad_x, grad_v_init
