@@ -36,7 +36,9 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+def linear_scan(
+    a: torch.Tensor, b: torch.Tensor, reverse: bool = False, reuse_a: bool = False, reuse_b: bool = False
+) -> torch.Tensor:
     """x[p] = a[p] * x[p - 1] + b[p] from x[-1] = 0 (x[p + 1], x[L] = 0 if reverse), for sequences
     stored position-major: a and b are (c, n, ...), position p = i c + j at [j, i, ...].
 
@@ -44,12 +46,14 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torc
     each chunk's decay product P (inclusive, from the chunk's entry to j); a second loop carries
     the state from chunk to chunk; then ``x += P * state entering the chunk``. That is
     2 c + n small ops on contiguous slices instead of L steps, and only products of decays
-    ``0 <= a <= 1``, so nothing can overflow. a and b are left as they are.
+    ``0 <= a <= 1``, so nothing can overflow. a and b are left as they are, unless ``reuse_a`` /
+    ``reuse_b`` say that the caller's temporary may be overwritten (one copy fewer each).
     """
     c, n = b.shape[0], b.shape[1]
-    # scratch copies: x is built in b's, the decay products P in a's (a[j] is read for x[j]
-    # before P[j] overwrites it)
-    x, P = b.clone(memory_format=torch.contiguous_format), a.clone(memory_format=torch.contiguous_format)
+    # x is built in b (or a copy), the decay products P in a (or a copy); a[j] is read for x[j]
+    # before P[j] overwrites it
+    x = b if reuse_b and b.is_contiguous() else b.clone(memory_format=torch.contiguous_format)
+    P = a if reuse_a and a.is_contiguous() else a.clone(memory_format=torch.contiguous_format)
     steps = list(range(c))
     if reverse:
         steps.reverse()
@@ -167,7 +171,11 @@ class _Inputs:
         self.delta = delta
         self.A = A.to(self.dtype)  # (4, D, N)
         self.B, self.C = self.to_sequences(B), self.to_sequences(C)  # (W, H, B, 4, N)
-        self.D = None if D is None else D.to(self.dtype)  # (4, D)
+        # Every direction's skip term D_k u acts on the same u at the same spatial position, so
+        # the four add up to (sum_k D_k) u, applied once to the spatial tensors (a quarter of
+        # the elements of the sequences).
+        self.D_sum = None if D is None else D.to(self.dtype).sum(0).view(-1, 1, 1)  # (D, 1, 1)
+        self.u_space = u.to(self.dtype)
         self.bias = None if bias is None else bias.to(self.dtype)  # (4, D)
 
     def to_sequences(self, t: torch.Tensor) -> torch.Tensor:
@@ -222,11 +230,11 @@ def scan_forward(inputs: _Inputs, softplus: bool):
     (W, H, B, 4, D, N), dt and d dt / d z (W, H, B, 4, D; None without softplus)."""
     dt, dt_dz = inputs.dt(softplus)
     a = torch.mul(dt.unsqueeze(-1), inputs.A).exp_()
-    x = linear_scan(a, _times_states(dt * inputs.u, inputs.B))
-    y = _sum_states(x * _per_state(inputs.C))  # (W, H, B, 4, D), a fresh tensor
-    if inputs.D is not None:
-        y = y.addcmul_(inputs.D, inputs.u)
-    return sum_sequences(y), x, a, dt, dt_dz
+    x = linear_scan(a, _times_states(dt * inputs.u, inputs.B), reuse_b=True)  # a is saved
+    y = sum_sequences(_sum_states(x * _per_state(inputs.C)))  # (B, D, H, W)
+    if inputs.D_sum is not None:
+        y = y.addcmul_(inputs.D_sum, inputs.u_space)
+    return y, x, a, dt, dt_dz
 
 
 def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch.Tensor | None]:
@@ -235,20 +243,22 @@ def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch
     g = inputs.to_sequences(grad_out.unsqueeze(1))  # (W, H, B, 4, D)
     # Adjoint recurrence: the gradient of x[p] reaches x[p - 1] through a[p], i.e. the reversed
     # scan with the decays shifted by one position.
-    gx = linear_scan(next_position(a), g.unsqueeze(-1) * _per_state(inputs.C), reverse=True)
+    b_adj = g.unsqueeze(-1) * _per_state(inputs.C)
+    gx = linear_scan(next_position(a), b_adj, reverse=True, reuse_a=True, reuse_b=True)
     dtu = dt * inputs.u
     b = dtu.unsqueeze(-1) * _per_state(inputs.B)
     g_alog = torch.sub(x, b, out=b).mul_(gx)  # d x[p] / d log a[p] = a[p] x[p - 1] = x[p] - b[p]
     gx_B = _sum_states(gx * _per_state(inputs.B))  # (W, H, B, 4, D), a fresh tensor
     g_dt = _sum_states(g_alog * inputs.A).addcmul_(gx_B, inputs.u)
-    du = gx_B.mul_(dt)
+    du = sum_sequences(gx_B.mul_(dt))  # (B, D, H, W)
     dD = None
-    if inputs.D is not None:
-        du = du.addcmul_(inputs.D, g)
-        dD = (g * inputs.u).sum(_IMAGES_AND_POSITIONS)
+    if inputs.D_sum is not None:  # the skip term (sum_k D_k) u, on the spatial tensors
+        grad_space = grad_out.to(inputs.dtype)
+        du = du.addcmul_(inputs.D_sum, grad_space)
+        dD = (grad_space * inputs.u_space).sum((0, 2, 3)).expand(4, -1)  # the same for each k
     gz = g_dt if dt_dz is None else g_dt.mul_(dt_dz)
     grads = dict(
-        u=sum_sequences(du),
+        u=du,
         A=g_alog.mul_(dt.unsqueeze(-1)).sum(_IMAGES_AND_POSITIONS),
         B=from_sequences(gx.mul_(dtu.unsqueeze(-1)).sum(-2)),
         C=from_sequences((g.unsqueeze(-1) * x).sum(-2)),
