@@ -476,11 +476,40 @@ if HAS_TRITON:
         return b_ps, b_xs, b_p, b_x
 
     @triton.jit
-    def _spatial(i0, j0, rel, M, inv_M, s_i, s_j, FLAT: tl.constexpr):
-        # Memory offsets of the positions rel after (i0, j0) in the orientation's major (i) and
-        # minor (j) axes. FLAT: the plane is contiguous in walk order (s_i = M s_j).
+    def _dt_weight_operand(
+        w_ptr, k, D, offs_d, s_lr, low_dtype: tl.constexpr, R: tl.constexpr, RP: tl.constexpr
+    ):
+        # The right operand of dt = dt_low^T W^T for direction k, [RP, BLOCK_D], and the row offsets
+        # of the left one (dt_low's rows along the RP products). fp32 dt_low: W as is (tf32x3
+        # products). Half dt_low (exact in the products' input type): W as the sum of three
+        # parts in that type, so one half-precision product of dt_low, repeated three times
+        # along RP, with [W1; W2; W3] gives dt to fp32 accuracy (each part holds the next 8 or
+        # 11 bits; the products are exact, the sums fp32). Rows past the parts are zero and meet
+        # dt_low's clamped last row, so the tile loads are not masked.
+        offs_q = tl.arange(0, RP)
+        if low_dtype == tl.float32:
+            n_parts: tl.constexpr = 1
+        else:
+            n_parts: tl.constexpr = 2
+        r = offs_q % R
+        q = offs_q // R
+        p_w = w_ptr + (k * D + tl.minimum(offs_d, D - 1)[None, :]) * R + r[:, None]
+        b_w = tl.load(p_w, mask=(q < n_parts)[:, None], other=0.0)
+        if n_parts == 1:
+            b_wt = b_w
+        else:
+            b_w1 = b_w.to(low_dtype)
+            b_w2 = (b_w - b_w1.to(tl.float32)).to(low_dtype)
+            b_wt = tl.where((q == 0)[:, None], b_w1, b_w2)
+        r_low = tl.where(q < n_parts, r, R - 1)[:, None] * s_lr
+        return b_wt, r_low
+
+    @triton.jit
+    def _spatial(base, i0, j0, rel, M, inv_M, s_i, s_j, FLAT: tl.constexpr):
+        # Memory offsets of the positions rel after base = (i0, j0) in the orientation's major (i)
+        # and minor (j) axes. FLAT: the plane is contiguous in walk order (s_i = M s_j).
         if FLAT:
-            return (i0 * M + j0 + rel) * s_j
+            return (base + rel) * s_j
         else:
             # wraps = (j0 + rel) // M from a float product: exact while j0 + rel < 2^20, as
             # (j + 1/2) / M lies at least 1 / (2M) from the next integer
@@ -502,6 +531,9 @@ if HAS_TRITON:
             "HAS_D": lambda args: args["Ds_ptr"] is not None,
             "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
             "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
+            "DOT_DT": lambda args: _dot_dt_fits(args),
+            "RP": lambda args: _dot_dt_depth(args),
+            "ALIGNED": lambda args: args["FLAT"] and args["L"] % (args["SUB"] * args["NSUB"]) == 0,
         }
     )
     @triton.jit
@@ -562,6 +594,9 @@ if HAS_TRITON:
         SUB: tl.constexpr,
         NSUB: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        DOT_DT: tl.constexpr,
+        RP: tl.constexpr,
+        ALIGNED: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
         # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
@@ -619,6 +654,8 @@ if HAS_TRITON:
                 s_tj = s_dj
             B_b = B_ptr + pid_b * s_Bb + k * s_Bk + n3 * s_Bn
             C_b = C_ptr + pid_b * s_Cb + k * s_Ck + n3 * s_Cn
+            if DOT_DT:
+                b_wt, r_low = _dt_weight_operand(w_ptr, k, D, offs_d, s_lr, low_ptr.dtype.element_ty, R, RP)
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
             for t in range(n_tiles):
                 # the tile [base, base + CHUNK) and its new positions rel in [lo, hi)
@@ -629,12 +666,29 @@ if HAS_TRITON:
                 else:
                     base = tl.minimum(t * CHUNK, L - CHUNK)
                     m_new = rel >= t * CHUNK - base
+                if ALIGNED:
+                    # the tiles start at multiples of the tile: contiguous loads become vectors
+                    base = tl.multiple_of(base, SUB * NSUB)
                 i0 = base // M
                 j0 = base - i0 * M
-                off_t = _spatial(i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
-                b_u = tl.load(u_b + _spatial(i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :])
+                off_t = _spatial(base, i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
+                b_u = tl.load(u_b + _spatial(base, i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :])
                 b_u = b_u.to(tl.float32)
-                if LOWRANK:
+                if DOT_DT:
+                    # dt = dt_low[k]^T dt_weight[k]^T on the tensor cores, [CHUNK, RP] x [RP, BLOCK_D]:
+                    # each dt_low value is loaded and converted once per program, not per channel
+                    # (tf32x3: fp32 accuracy from three tf32 products)
+                    off_p = _spatial(base, i0, j0, tl.arange(0, SUB * NSUB), M, inv_M, s_ti, s_tj, FLAT)
+                    b_low = tl.load(dt_b + r_low + off_p[None, :])
+                    if b_low.dtype == tl.float32:
+                        b_dt = tl.dot(tl.trans(b_low), b_wt, input_precision="tf32x3")
+                    elif _GPU_MATH:
+                        b_dt = tl.dot(tl.trans(b_low), b_wt)
+                    else:  # the interpreter multiplies no halves; fp32 holds them exactly
+                        b_dt = tl.dot(tl.trans(b_low.to(tl.float32)), b_wt.to(tl.float32))
+                    # tile position s * SUB + i -> [SUB, BLOCK_D, NSUB]
+                    b_dt = tl.permute(tl.reshape(b_dt, [NSUB, SUB, BLOCK_D]), [1, 2, 0])
+                elif LOWRANK:
                     # dt = dt_weight[k] @ dt_low[k]: R rows per position, shared by the channels
                     b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
                     for r in tl.static_range(R):
@@ -647,7 +701,7 @@ if HAS_TRITON:
                 if DELTA_SOFTPLUS:
                     b_dt = _softplus(b_dt)
                 b_dt = tl.where(m_new[:, None, :], b_dt, 0.0)
-                off_B = _spatial(i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :]
+                off_B = _spatial(base, i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :]
                 b_B = _load_f32(B_b + off_B, m_n3)
                 # [SUB, NP, BLOCK_D, NSUB]: decay and input of every element and state
                 b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
@@ -663,13 +717,13 @@ if HAS_TRITON:
                 b_enter = b_ea * b_carry[:, :, None] + b_ex
                 whole = (NSUB - 1) * rev
                 b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
-                off_C = _spatial(i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :]
+                off_C = _spatial(base, i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :]
                 b_C = _load_f32(C_b + off_C, m_n3)
                 b_x = b_xloc + b_prod * b_enter[None, :, :, :]
                 b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
                 if HAS_D and rev == 1:
                     b_y += b_skip * b_u
-                p_out = out_b + _spatial(i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :]
+                p_out = out_b + _spatial(base, i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :]
                 m_out = m_new[:, None, :]
                 if not EVEN_D:
                     m_out = m_out & m_d[None, :, None]
@@ -1413,6 +1467,20 @@ def _fwd_scan_config(D: int, L: int, N: int):
     if NP == 1:
         return min(_next_pow2(D), 16), 8, 8, 4
     return min(_next_pow2(D), 8), 4, 16, 4
+
+
+def _dot_dt_fits(args: dict) -> bool:
+    """Whether the forward tile computes the low-rank dt with ``tl.dot``: at least 16 positions
+    and 16 channels (the tensor-core tile; smaller tiles keep the FMA loop over R)."""
+    return args["low_ptr"] is not None and args["SUB"] * args["NSUB"] >= 16 and args["BLOCK_D"] >= 16
+
+
+def _dot_dt_depth(args: dict) -> int:
+    """The inner dimension of that product: R rows of dt_low, twice for half dt_low (dt_weight in
+    two half parts), padded to a power of two and to tl.dot's minimum of 16 (Triton 3.6)."""
+    low = args["low_ptr"]
+    parts = 1 if low is None or low.dtype == torch.float32 else 2
+    return max(16, _next_pow2(args["R"] * parts))
 
 
 def _flat(t: torch.Tensor | None, column: bool) -> bool:
