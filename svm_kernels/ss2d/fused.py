@@ -533,7 +533,9 @@ if HAS_TRITON:
             "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
             "DOT_DT": lambda args: _dot_dt_fits(args),
             "RP": lambda args: _dot_dt_depth(args),
-            "ALIGNED": lambda args: args["FLAT"] and args["L"] % (args["SUB"] * args["NSUB"]) == 0,
+            "ALIGNED": lambda args: (
+                args["FLAT"] and args["L"] % 8 == 0 and args["SUB"] * args["NSUB"] % 8 == 0
+            ),
         }
     )
     @triton.jit
@@ -597,6 +599,7 @@ if HAS_TRITON:
         DOT_DT: tl.constexpr,
         RP: tl.constexpr,
         ALIGNED: tl.constexpr,
+        SAME_PLANE: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
         # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
@@ -667,12 +670,23 @@ if HAS_TRITON:
                     base = tl.minimum(t * CHUNK, L - CHUNK)
                     m_new = rel >= t * CHUNK - base
                 if ALIGNED:
-                    # the tiles start at multiples of the tile: contiguous loads become vectors
-                    base = tl.multiple_of(base, SUB * NSUB)
+                    # L and the tile are multiples of 8, so is every tile's start: the contiguous
+                    # loads of a lane's 8 positions become 16-byte vectors
+                    base = tl.multiple_of(base, 8)
                 i0 = base // M
                 j0 = base - i0 * M
-                off_t = _spatial(base, i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
-                b_u = tl.load(u_b + _spatial(base, i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :])
+                off_u = _spatial(base, i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)
+                if SAME_PLANE:  # every plane has u's spatial strides: one offset for all
+                    off_t = off_u
+                    off_B = off_u
+                    off_C = off_u
+                    off_o = off_u
+                else:
+                    off_t = _spatial(base, i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
+                    off_B = _spatial(base, i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)
+                    off_C = _spatial(base, i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)
+                    off_o = _spatial(base, i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)
+                b_u = tl.load(u_b + off_u[:, None, :])
                 b_u = b_u.to(tl.float32)
                 if DOT_DT:
                     # dt = dt_low[k]^T dt_weight[k]^T on the tensor cores, [CHUNK, RP] x [RP, BLOCK_D]:
@@ -701,8 +715,7 @@ if HAS_TRITON:
                 if DELTA_SOFTPLUS:
                     b_dt = _softplus(b_dt)
                 b_dt = tl.where(m_new[:, None, :], b_dt, 0.0)
-                off_B = _spatial(base, i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :]
-                b_B = _load_f32(B_b + off_B, m_n3)
+                b_B = _load_f32(B_b + off_B[:, None, :], m_n3)
                 # [SUB, NP, BLOCK_D, NSUB]: decay and input of every element and state
                 b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
                 b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
@@ -717,13 +730,12 @@ if HAS_TRITON:
                 b_enter = b_ea * b_carry[:, :, None] + b_ex
                 whole = (NSUB - 1) * rev
                 b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
-                off_C = _spatial(base, i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :]
-                b_C = _load_f32(C_b + off_C, m_n3)
+                b_C = _load_f32(C_b + off_C[:, None, :], m_n3)
                 b_x = b_xloc + b_prod * b_enter[None, :, :, :]
                 b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
                 if HAS_D and rev == 1:
                     b_y += b_skip * b_u
-                p_out = out_b + _spatial(base, i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :]
+                p_out = out_b + off_o[:, None, :]
                 m_out = m_new[:, None, :]
                 if not EVEN_D:
                     m_out = m_out & m_d[None, :, None]
@@ -1465,7 +1477,7 @@ def _fwd_scan_config(D: int, L: int, N: int):
         # the interpreter pays per tile, and per element in a scan: small tiles, few programs
         return min(_next_pow2(D), 16), 4, min(_next_pow2(triton.cdiv(L, 4)), 8), 4
     if NP == 1:
-        return min(_next_pow2(D), 16), 8, 8, 4
+        return min(_next_pow2(D), 16), 16, 8, 4
     return min(_next_pow2(D), 8), 4, 16, 4
 
 
@@ -1550,10 +1562,12 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
             FLAT=all(_flat(t, column) for t in tensors),
+            SAME_PLANE=len({t.stride()[-2:] for t in tensors if t is not None}) == 1,
             SUB=sub,
             NSUB=nsub,
             BLOCK_D=block_d,
             num_warps=num_warps,
+            maxnreg=128,
         )
 
     with _on_device(u):
