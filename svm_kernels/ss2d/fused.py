@@ -1483,8 +1483,8 @@ def _fwd_scan_config(D: int, L: int, N: int):
 
 def _dot_dt_fits(args: dict) -> bool:
     """Whether the forward tile computes the low-rank dt with ``tl.dot``: at least 16 positions
-    and 16 channels (the tensor-core tile; smaller tiles keep the FMA loop over R)."""
-    return args["low_ptr"] is not None and args["SUB"] * args["NSUB"] >= 16 and args["BLOCK_D"] >= 16
+    and 8 channels (Triton pads smaller products; such tiles keep the FMA loop over R)."""
+    return args["low_ptr"] is not None and args["SUB"] * args["NSUB"] >= 16 and args["BLOCK_D"] >= 8
 
 
 def _dot_dt_depth(args: dict) -> int:
