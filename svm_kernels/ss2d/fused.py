@@ -9,6 +9,8 @@ image's sequence for a block of channels in tiles of SUB x NSUB positions, carry
 from tile to tile; within a tile each lane scans its SUB consecutive positions in a thread, a
 scan over the lanes gives each lane its entering state, and y = C (x_local + decay product x
 entering state). The reversal walks the tiles backwards and stores, the sequence order adds.
+With the low-rank variant, a tile's dt is one ``tl.dot`` of its dt_low rows with dt_weight (on
+the tensor cores; half dt_low meets dt_weight split into two half parts, fp32 dt_low tf32x3).
 
 Forward at N > 4 (``ss2d_fwd_chunk_kernel``, ``ss2d_fwd_chain_kernel``): each orientation's
 sequence is cut into chunks; a program holds a block of channels x a block of chunks across its lanes and
@@ -518,6 +520,34 @@ if HAS_TRITON:
             return (i0 + wraps) * s_i + (j - wraps * M) * s_j
 
     @triton.jit
+    def _tile_offsets(
+        base,
+        i0,
+        j0,
+        M,
+        inv_M,
+        s_i,
+        s_j,
+        FLAT: tl.constexpr,
+        ONE_WRAP: tl.constexpr,
+        SUB: tl.constexpr,
+        NSUB: tl.constexpr,
+    ):
+        # _spatial of the tile's [SUB, NSUB] positions s SUB + i. ONE_WRAP (M >= SUB): a lane's SUB
+        # positions cross at most one end of the minor axis, so the division is done per lane
+        # and each element only checks that one wrap.
+        i = tl.arange(0, SUB)[:, None]
+        lane = tl.arange(0, NSUB)[None, :] * SUB
+        if FLAT or not ONE_WRAP:
+            return _spatial(base, i0, j0, i + lane, M, inv_M, s_i, s_j, FLAT)
+        else:
+            j_lane = j0 + lane
+            wraps = ((j_lane.to(tl.float32) + 0.5) * inv_M).to(tl.int32)
+            j_lane -= wraps * M
+            off_lane = (i0 + wraps) * s_i + j_lane * s_j
+            return off_lane + i * s_j + tl.where(j_lane + i >= M, s_i - M * s_j, 0)
+
+    @triton.jit
     def _load_f32(ptr, mask):
         # fp32 values; None: no mask (no predicate, no default to move in)
         if mask is None:
@@ -533,6 +563,7 @@ if HAS_TRITON:
             "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
             "DOT_DT": lambda args: _dot_dt_fits(args),
             "RP": lambda args: _dot_dt_depth(args),
+            "ONE_WRAP": lambda args: args["M"] >= args["SUB"],
             "ALIGNED": lambda args: (
                 args["FLAT"] and args["L"] % 8 == 0 and args["SUB"] * args["NSUB"] % 8 == 0
             ),
@@ -600,6 +631,7 @@ if HAS_TRITON:
         RP: tl.constexpr,
         ALIGNED: tl.constexpr,
         SAME_PLANE: tl.constexpr,
+        ONE_WRAP: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
         # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
@@ -607,8 +639,11 @@ if HAS_TRITON:
         # s * SUB + i, i along axis 0 within one thread; lanes along the last axis. Per tile: dt,
         # softplus, decay and input once per element, a sequential scan within each lane from a
         # zero state, a scan over the lanes' whole maps for each lane's entering state, then
-        # y = C (x_local + decay product * entering state). The launcher passes the strides of
-        # the orientation's major (i) and minor (j) spatial axes: rows and columns alike.
+        # y = C (x_local + decay product * entering state). Low rank (DOT_DT): dt of the whole
+        # tile as [positions, RP] x [RP, BLOCK_D] (each dt_low value loaded and converted once per
+        # program instead of once per channel and row), moved to the tile's layout through shared
+        # memory. The launcher passes the strides of the orientation's major (i) and minor (j)
+        # spatial axes: rows and columns alike; SAME_PLANE: all planes share u's offsets.
         # Every tile lies within the sequence (L >= tile): the last one of a walk is moved back to
         # end at its end, and its positions that the walk has done already get dt = 0 (decay 1,
         # no input: the state passes through) and are not stored. So no load is masked; channel
@@ -675,17 +710,17 @@ if HAS_TRITON:
                     base = tl.multiple_of(base, 8)
                 i0 = base // M
                 j0 = base - i0 * M
-                off_u = _spatial(base, i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)
+                off_u = _tile_offsets(base, i0, j0, M, inv_M, s_ui, s_uj, FLAT, ONE_WRAP, SUB, NSUB)
                 if SAME_PLANE:  # every plane has u's spatial strides: one offset for all
                     off_t = off_u
                     off_B = off_u
                     off_C = off_u
                     off_o = off_u
                 else:
-                    off_t = _spatial(base, i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
-                    off_B = _spatial(base, i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)
-                    off_C = _spatial(base, i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)
-                    off_o = _spatial(base, i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)
+                    off_t = _tile_offsets(base, i0, j0, M, inv_M, s_ti, s_tj, FLAT, ONE_WRAP, SUB, NSUB)
+                    off_B = _tile_offsets(base, i0, j0, M, inv_M, s_Bi, s_Bj, FLAT, ONE_WRAP, SUB, NSUB)
+                    off_C = _tile_offsets(base, i0, j0, M, inv_M, s_Ci, s_Cj, FLAT, ONE_WRAP, SUB, NSUB)
+                    off_o = _tile_offsets(base, i0, j0, M, inv_M, s_oi, s_oj, FLAT, ONE_WRAP, SUB, NSUB)
                 b_u = tl.load(u_b + off_u[:, None, :])
                 b_u = b_u.to(tl.float32)
                 if DOT_DT:
@@ -1468,9 +1503,10 @@ def _fwd_scan_config(D: int, L: int, N: int):
 
     A program walks one orientation of BLOCK_D channels of one image in tiles of SUB x NSUB
     positions: NSUB lanes per channel, each owning SUB consecutive positions (its scan stays
-    within a thread). SUB x NP values per lane bound the registers; BLOCK_D keeps at least 4
-    blocks per SM at stage 1 (B = 128, D = 96: 6 channel blocks at N = 1, 12 at N <= 4). Used at
-    N <= TILE_SCAN_MAX_N only.
+    within a thread). SUB x NP values per lane bound the registers (the launch caps them at
+    128); BLOCK_D keeps at least 4 blocks per SM at stage 1 (B = 128, D = 96: 6 channel blocks at
+    N = 1, 12 at N <= 4). At N = 1, 16 positions per lane halve the scan over the lanes per
+    element against 8. Used at N <= TILE_SCAN_MAX_N only.
     """
     NP = _next_pow2(N)
     if TRITON_INTERPRET:
@@ -1483,8 +1519,12 @@ def _fwd_scan_config(D: int, L: int, N: int):
 
 def _dot_dt_fits(args: dict) -> bool:
     """Whether the forward tile computes the low-rank dt with ``tl.dot``: at least 16 positions
-    and 8 channels (Triton pads smaller products; such tiles keep the FMA loop over R)."""
-    return args["low_ptr"] is not None and args["SUB"] * args["NSUB"] >= 16 and args["BLOCK_D"] >= 8
+    and 8 channels, 16 for fp32 dt_low (Triton pads smaller products; tf32x3 over 8 channels
+    costs more than the FMA loop over R that the other tiles keep)."""
+    low = args["low_ptr"]
+    if low is None or args["SUB"] * args["NSUB"] < 16:
+        return False
+    return args["BLOCK_D"] >= (16 if low.dtype == torch.float32 else 8)
 
 
 def _dot_dt_depth(args: dict) -> int:
@@ -1530,6 +1570,8 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
     N = A.shape[2]
     lowrank = dt_low is not None
     block_d, sub, nsub, num_warps = config or _fwd_scan_config(d_inner, L, N)
+    if config is None and lowrank and dt_low.dtype == torch.float32:
+        sub = min(sub, 8)  # the tf32x3 dt product holds more registers: 16 spill (Triton 3.6)
     while sub * nsub > L:  # a tile lies within the sequence
         if nsub > 1:
             nsub //= 2
@@ -1567,6 +1609,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             NSUB=nsub,
             BLOCK_D=block_d,
             num_warps=num_warps,
+            # Triton 3.6 lets ptxas take 140-168 registers in the column-major launch (3.8: 128)
             maxnreg=128,
         )
 
