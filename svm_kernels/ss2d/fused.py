@@ -483,11 +483,11 @@ if HAS_TRITON:
     ):
         # The right operand of dt = dt_low^T W^T for direction k, [RP, BLOCK_D], and the row offsets
         # of the left one (dt_low's rows along the RP products). fp32 dt_low: W as is (tf32x3
-        # products). Half dt_low (exact in the products' input type): W as the sum of three
-        # parts in that type, so one half-precision product of dt_low, repeated three times
-        # along RP, with [W1; W2; W3] gives dt to fp32 accuracy (each part holds the next 8 or
-        # 11 bits; the products are exact, the sums fp32). Rows past the parts are zero and meet
-        # dt_low's clamped last row, so the tile loads are not masked.
+        # products). Half dt_low (exact in the products' input type): W as the sum of two parts
+        # in that type, W1 = half(W) and W2 = half(W - W1), so one half-precision product of
+        # dt_low, its rows twice along RP, with [W1; W2] gives each term to ~2^-18 (bf16) or
+        # ~2^-22 (fp16) relative (the products are exact, the sums fp32; W1 alone: ~2^-9). Rows
+        # past the parts are zero and meet dt_low's clamped last row: no tile load is masked.
         offs_q = tl.arange(0, RP)
         if low_dtype == tl.float32:
             n_parts: tl.constexpr = 1
@@ -725,8 +725,8 @@ if HAS_TRITON:
                 b_u = b_u.to(tl.float32)
                 if DOT_DT:
                     # dt = dt_low[k]^T dt_weight[k]^T on the tensor cores, [CHUNK, RP] x [RP, BLOCK_D]:
-                    # each dt_low value is loaded and converted once per program, not per channel
-                    # (tf32x3: fp32 accuracy from three tf32 products)
+                    # each dt_low value is loaded once per program, not per channel (fp32 dt_low:
+                    # tf32x3, fp32 accuracy from three tf32 products; halves: _dt_weight_operand)
                     off_p = _spatial(base, i0, j0, tl.arange(0, SUB * NSUB), M, inv_M, s_ti, s_tj, FLAT)
                     b_low = tl.load(dt_b + r_low + off_p[None, :])
                     if b_low.dtype == tl.float32:
