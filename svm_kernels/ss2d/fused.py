@@ -1513,7 +1513,10 @@ def _fwd_scan_config(D: int, L: int, N: int):
         # the interpreter pays per tile, and per element in a scan: small tiles, few programs
         return min(_next_pow2(D), 16), 4, min(_next_pow2(triton.cdiv(L, 4)), 8), 4
     if NP == 1:
-        return min(_next_pow2(D), 16), 16, 8, 4
+        # 16 positions per lane where the planes (and with them contiguous strides) are multiples
+        # of 16 elements; otherwise the loads come in narrower pieces that take more registers
+        # (sm_90: 192-244 bytes spilled at 128 with L = 1000 or 56 x 57), and 8 fit
+        return min(_next_pow2(D), 16), 16 if L % 16 == 0 else 8, 8, 4
     return min(_next_pow2(D), 8), 4, 16, 4
 
 
