@@ -146,6 +146,25 @@ def test_forward_tile_scan(monkeypatch, batch, D, H, W, N, lowrank, config):
     assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
 
 
+DOT_DT_TILES = [
+    # batch, D, H, W, N, R, storage dtype, tile scan config (BLOCK_D, SUB, NSUB, num_warps)
+    (1, 16, 4, 8, 1, 3, torch.float32, (16, 4, 4, 4)),  # L = 32: tiles aligned to multiples of 8
+    (1, 20, 5, 7, 1, 6, torch.bfloat16, (16, 4, 4, 4)),  # L = 35: last tile moved back; D % 16 != 0
+    (2, 16, 3, 6, 3, 5, torch.float16, (8, 2, 8, 4)),  # 8 channels, two channel blocks, padded N
+]
+
+
+@pytest.mark.parametrize("batch,D,H,W,N,R,dtype,config", DOT_DT_TILES)
+def test_forward_tile_dot_dt(monkeypatch, batch, D, H, W, N, R, dtype, config):
+    """Tiles of >= 16 positions and >= 8 channels build the low-rank dt with tl.dot (fp32 dt_low:
+    tf32x3; half dt_low: dt_weight split into two half parts). The output is fp32 and the
+    reference float64 on the same inputs, so a dt_weight rounded to a half would show (~1e-3)."""
+    monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
+    inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=True, dtype=dtype)
+    y = cross_selective_scan_lowrank(**inputs, backend="triton")
+    assert_close_rel(y, reference_forward(inputs, True), 2e-5, "output")
+
+
 @pytest.mark.parametrize("lowrank", [False, True])
 def test_forward_strided_planes(monkeypatch, lowrank):
     """Planes that are not contiguous in either walk order (u, B and dt_low / delta sliced out of

@@ -9,6 +9,8 @@ image's sequence for a block of channels in tiles of SUB x NSUB positions, carry
 from tile to tile; within a tile each lane scans its SUB consecutive positions in a thread, a
 scan over the lanes gives each lane its entering state, and y = C (x_local + decay product x
 entering state). The reversal walks the tiles backwards and stores, the sequence order adds.
+With the low-rank variant, a tile's dt is one ``tl.dot`` of its dt_low rows with dt_weight (on
+the tensor cores; half dt_low meets dt_weight split into two half parts, fp32 dt_low tf32x3).
 
 Forward at N > 4 (``ss2d_fwd_chunk_kernel``, ``ss2d_fwd_chain_kernel``): each orientation's
 sequence is cut into chunks; a program holds a block of channels x a block of chunks across its lanes and
@@ -476,17 +478,74 @@ if HAS_TRITON:
         return b_ps, b_xs, b_p, b_x
 
     @triton.jit
-    def _spatial(i0, j0, rel, M, inv_M, s_i, s_j, FLAT: tl.constexpr):
-        # Memory offsets of the positions rel after (i0, j0) in the orientation's major (i) and
-        # minor (j) axes. FLAT: the plane is contiguous in walk order (s_i = M s_j).
+    def _dt_weight_operand(
+        w_ptr, k, D, offs_d, s_lr, low_dtype: tl.constexpr, R: tl.constexpr, RP: tl.constexpr
+    ):
+        # The right operand of dt = dt_low^T W^T for direction k, [RP, BLOCK_D], and the row offsets
+        # of the left one (dt_low's rows along the RP products). fp32 dt_low: W as is (tf32x3
+        # products). Half dt_low (exact in the products' input type): W as the sum of two parts
+        # in that type, W1 = half(W) and W2 = half(W - W1), so one half-precision product of
+        # dt_low, its rows twice along RP, with [W1; W2] gives each term to ~2^-18 (bf16) or
+        # ~2^-22 (fp16) relative (the products are exact, the sums fp32; W1 alone: ~2^-9). Rows
+        # past the parts are zero and meet dt_low's clamped last row: no tile load is masked.
+        offs_q = tl.arange(0, RP)
+        if low_dtype == tl.float32:
+            n_parts: tl.constexpr = 1
+        else:
+            n_parts: tl.constexpr = 2
+        r = offs_q % R
+        q = offs_q // R
+        p_w = w_ptr + (k * D + tl.minimum(offs_d, D - 1)[None, :]) * R + r[:, None]
+        b_w = tl.load(p_w, mask=(q < n_parts)[:, None], other=0.0)
+        if n_parts == 1:
+            b_wt = b_w
+        else:
+            b_w1 = b_w.to(low_dtype)
+            b_w2 = (b_w - b_w1.to(tl.float32)).to(low_dtype)
+            b_wt = tl.where((q == 0)[:, None], b_w1, b_w2)
+        r_low = tl.where(q < n_parts, r, R - 1)[:, None] * s_lr
+        return b_wt, r_low
+
+    @triton.jit
+    def _spatial(base, i0, j0, rel, M, inv_M, s_i, s_j, FLAT: tl.constexpr):
+        # Memory offsets of the positions rel after base = (i0, j0) in the orientation's major (i)
+        # and minor (j) axes. FLAT: the plane is contiguous in walk order (s_i = M s_j).
         if FLAT:
-            return (i0 * M + j0 + rel) * s_j
+            return (base + rel) * s_j
         else:
             # wraps = (j0 + rel) // M from a float product: exact while j0 + rel < 2^20, as
             # (j + 1/2) / M lies at least 1 / (2M) from the next integer
             j = j0 + rel
             wraps = ((j.to(tl.float32) + 0.5) * inv_M).to(tl.int32)
             return (i0 + wraps) * s_i + (j - wraps * M) * s_j
+
+    @triton.jit
+    def _tile_offsets(
+        base,
+        i0,
+        j0,
+        M,
+        inv_M,
+        s_i,
+        s_j,
+        FLAT: tl.constexpr,
+        ONE_WRAP: tl.constexpr,
+        SUB: tl.constexpr,
+        NSUB: tl.constexpr,
+    ):
+        # _spatial of the tile's [SUB, NSUB] positions s SUB + i. ONE_WRAP (M >= SUB): a lane's SUB
+        # positions cross at most one end of the minor axis, so the division is done per lane
+        # and each element only checks that one wrap.
+        i = tl.arange(0, SUB)[:, None]
+        lane = tl.arange(0, NSUB)[None, :] * SUB
+        if FLAT or not ONE_WRAP:
+            return _spatial(base, i0, j0, i + lane, M, inv_M, s_i, s_j, FLAT)
+        else:
+            j_lane = j0 + lane
+            wraps = ((j_lane.to(tl.float32) + 0.5) * inv_M).to(tl.int32)
+            j_lane -= wraps * M
+            off_lane = (i0 + wraps) * s_i + j_lane * s_j
+            return off_lane + i * s_j + tl.where(j_lane + i >= M, s_i - M * s_j, 0)
 
     @triton.jit
     def _load_f32(ptr, mask):
@@ -502,6 +561,12 @@ if HAS_TRITON:
             "HAS_D": lambda args: args["Ds_ptr"] is not None,
             "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
             "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
+            "DOT_DT": lambda args: _dot_dt_fits(args),
+            "RP": lambda args: _dot_dt_depth(args),
+            "ONE_WRAP": lambda args: args["M"] >= args["SUB"],
+            "ALIGNED": lambda args: (
+                args["FLAT"] and args["L"] % 8 == 0 and args["SUB"] * args["NSUB"] % 8 == 0
+            ),
         }
     )
     @triton.jit
@@ -562,6 +627,11 @@ if HAS_TRITON:
         SUB: tl.constexpr,
         NSUB: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        DOT_DT: tl.constexpr,
+        RP: tl.constexpr,
+        ALIGNED: tl.constexpr,
+        SAME_PLANE: tl.constexpr,
+        ONE_WRAP: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
         # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
@@ -569,8 +639,11 @@ if HAS_TRITON:
         # s * SUB + i, i along axis 0 within one thread; lanes along the last axis. Per tile: dt,
         # softplus, decay and input once per element, a sequential scan within each lane from a
         # zero state, a scan over the lanes' whole maps for each lane's entering state, then
-        # y = C (x_local + decay product * entering state). The launcher passes the strides of
-        # the orientation's major (i) and minor (j) spatial axes: rows and columns alike.
+        # y = C (x_local + decay product * entering state). Low rank (DOT_DT): dt of the whole
+        # tile as [positions, RP] x [RP, BLOCK_D] (each dt_low value loaded and converted once per
+        # program instead of once per channel and row), moved to the tile's layout through shared
+        # memory. The launcher passes the strides of the orientation's major (i) and minor (j)
+        # spatial axes: rows and columns alike; SAME_PLANE: all planes share u's offsets.
         # Every tile lies within the sequence (L >= tile): the last one of a walk is moved back to
         # end at its end, and its positions that the walk has done already get dt = 0 (decay 1,
         # no input: the state passes through) and are not stored. So no load is masked; channel
@@ -619,6 +692,8 @@ if HAS_TRITON:
                 s_tj = s_dj
             B_b = B_ptr + pid_b * s_Bb + k * s_Bk + n3 * s_Bn
             C_b = C_ptr + pid_b * s_Cb + k * s_Ck + n3 * s_Cn
+            if DOT_DT:
+                b_wt, r_low = _dt_weight_operand(w_ptr, k, D, offs_d, s_lr, low_ptr.dtype.element_ty, R, RP)
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
             for t in range(n_tiles):
                 # the tile [base, base + CHUNK) and its new positions rel in [lo, hi)
@@ -629,12 +704,40 @@ if HAS_TRITON:
                 else:
                     base = tl.minimum(t * CHUNK, L - CHUNK)
                     m_new = rel >= t * CHUNK - base
+                if ALIGNED:
+                    # L and the tile are multiples of 8, so is every tile's start: the contiguous
+                    # loads of a lane's 8 positions become 16-byte vectors
+                    base = tl.multiple_of(base, 8)
                 i0 = base // M
                 j0 = base - i0 * M
-                off_t = _spatial(i0, j0, rel, M, inv_M, s_ti, s_tj, FLAT)
-                b_u = tl.load(u_b + _spatial(i0, j0, rel, M, inv_M, s_ui, s_uj, FLAT)[:, None, :])
+                off_u = _tile_offsets(base, i0, j0, M, inv_M, s_ui, s_uj, FLAT, ONE_WRAP, SUB, NSUB)
+                if SAME_PLANE:  # every plane has u's spatial strides: one offset for all
+                    off_t = off_u
+                    off_B = off_u
+                    off_C = off_u
+                    off_o = off_u
+                else:
+                    off_t = _tile_offsets(base, i0, j0, M, inv_M, s_ti, s_tj, FLAT, ONE_WRAP, SUB, NSUB)
+                    off_B = _tile_offsets(base, i0, j0, M, inv_M, s_Bi, s_Bj, FLAT, ONE_WRAP, SUB, NSUB)
+                    off_C = _tile_offsets(base, i0, j0, M, inv_M, s_Ci, s_Cj, FLAT, ONE_WRAP, SUB, NSUB)
+                    off_o = _tile_offsets(base, i0, j0, M, inv_M, s_oi, s_oj, FLAT, ONE_WRAP, SUB, NSUB)
+                b_u = tl.load(u_b + off_u[:, None, :])
                 b_u = b_u.to(tl.float32)
-                if LOWRANK:
+                if DOT_DT:
+                    # dt = dt_low[k]^T dt_weight[k]^T on the tensor cores, [CHUNK, RP] x [RP, BLOCK_D]:
+                    # each dt_low value is loaded once per program, not per channel (fp32 dt_low:
+                    # tf32x3, fp32 accuracy from three tf32 products; halves: _dt_weight_operand)
+                    off_p = _spatial(base, i0, j0, tl.arange(0, SUB * NSUB), M, inv_M, s_ti, s_tj, FLAT)
+                    b_low = tl.load(dt_b + r_low + off_p[None, :])
+                    if b_low.dtype == tl.float32:
+                        b_dt = tl.dot(tl.trans(b_low), b_wt, input_precision="tf32x3")
+                    elif _GPU_MATH:
+                        b_dt = tl.dot(tl.trans(b_low), b_wt)
+                    else:  # the interpreter multiplies no halves; fp32 holds them exactly
+                        b_dt = tl.dot(tl.trans(b_low.to(tl.float32)), b_wt.to(tl.float32))
+                    # tile position s * SUB + i -> [SUB, BLOCK_D, NSUB]
+                    b_dt = tl.permute(tl.reshape(b_dt, [NSUB, SUB, BLOCK_D]), [1, 2, 0])
+                elif LOWRANK:
                     # dt = dt_weight[k] @ dt_low[k]: R rows per position, shared by the channels
                     b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
                     for r in tl.static_range(R):
@@ -647,8 +750,7 @@ if HAS_TRITON:
                 if DELTA_SOFTPLUS:
                     b_dt = _softplus(b_dt)
                 b_dt = tl.where(m_new[:, None, :], b_dt, 0.0)
-                off_B = _spatial(i0, j0, rel, M, inv_M, s_Bi, s_Bj, FLAT)[:, None, :]
-                b_B = _load_f32(B_b + off_B, m_n3)
+                b_B = _load_f32(B_b + off_B[:, None, :], m_n3)
                 # [SUB, NP, BLOCK_D, NSUB]: decay and input of every element and state
                 b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
                 b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
@@ -663,13 +765,12 @@ if HAS_TRITON:
                 b_enter = b_ea * b_carry[:, :, None] + b_ex
                 whole = (NSUB - 1) * rev
                 b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
-                off_C = _spatial(i0, j0, rel, M, inv_M, s_Ci, s_Cj, FLAT)[:, None, :]
-                b_C = _load_f32(C_b + off_C, m_n3)
+                b_C = _load_f32(C_b + off_C[:, None, :], m_n3)
                 b_x = b_xloc + b_prod * b_enter[None, :, :, :]
                 b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
                 if HAS_D and rev == 1:
                     b_y += b_skip * b_u
-                p_out = out_b + _spatial(i0, j0, rel, M, inv_M, s_oi, s_oj, FLAT)[:, None, :]
+                p_out = out_b + off_o[:, None, :]
                 m_out = m_new[:, None, :]
                 if not EVEN_D:
                     m_out = m_out & m_d[None, :, None]
@@ -1402,17 +1503,39 @@ def _fwd_scan_config(D: int, L: int, N: int):
 
     A program walks one orientation of BLOCK_D channels of one image in tiles of SUB x NSUB
     positions: NSUB lanes per channel, each owning SUB consecutive positions (its scan stays
-    within a thread). SUB x NP values per lane bound the registers; BLOCK_D keeps at least 4
-    blocks per SM at stage 1 (B = 128, D = 96: 6 channel blocks at N = 1, 12 at N <= 4). Used at
-    N <= TILE_SCAN_MAX_N only.
+    within a thread). SUB x NP values per lane bound the registers (the launch caps them at
+    128); BLOCK_D keeps at least 4 blocks per SM at stage 1 (B = 128, D = 96: 6 channel blocks at
+    N = 1, 12 at N <= 4). At N = 1, 16 positions per lane halve the scan over the lanes per
+    element against 8. Used at N <= TILE_SCAN_MAX_N only.
     """
     NP = _next_pow2(N)
     if TRITON_INTERPRET:
         # the interpreter pays per tile, and per element in a scan: small tiles, few programs
         return min(_next_pow2(D), 16), 4, min(_next_pow2(triton.cdiv(L, 4)), 8), 4
     if NP == 1:
-        return min(_next_pow2(D), 16), 8, 8, 4
+        # 16 positions per lane where the planes (and with them contiguous strides) are multiples
+        # of 16 elements; otherwise the loads come in narrower pieces that take more registers
+        # (sm_90: 192-244 bytes spilled at 128 with L = 1000 or 56 x 57), and 8 fit
+        return min(_next_pow2(D), 16), 16 if L % 16 == 0 else 8, 8, 4
     return min(_next_pow2(D), 8), 4, 16, 4
+
+
+def _dot_dt_fits(args: dict) -> bool:
+    """Whether the forward tile computes the low-rank dt with ``tl.dot``: at least 16 positions
+    and 8 channels, 16 for fp32 dt_low (Triton pads smaller products; tf32x3 over 8 channels
+    costs more than the FMA loop over R that the other tiles keep)."""
+    low = args["low_ptr"]
+    if low is None or args["SUB"] * args["NSUB"] < 16:
+        return False
+    return args["BLOCK_D"] >= (16 if low.dtype == torch.float32 else 8)
+
+
+def _dot_dt_depth(args: dict) -> int:
+    """The inner dimension of that product: R rows of dt_low, twice for half dt_low (dt_weight in
+    two half parts), padded to a power of two and to tl.dot's minimum of 16 (Triton 3.6)."""
+    low = args["low_ptr"]
+    parts = 1 if low is None or low.dtype == torch.float32 else 2
+    return max(16, _next_pow2(args["R"] * parts))
 
 
 def _flat(t: torch.Tensor | None, column: bool) -> bool:
@@ -1450,6 +1573,8 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
     N = A.shape[2]
     lowrank = dt_low is not None
     block_d, sub, nsub, num_warps = config or _fwd_scan_config(d_inner, L, N)
+    if config is None and lowrank and dt_low.dtype == torch.float32:
+        sub = min(sub, 8)  # the tf32x3 dt product holds more registers: 16 spill (Triton 3.6)
     while sub * nsub > L:  # a tile lies within the sequence
         if nsub > 1:
             nsub //= 2
@@ -1482,10 +1607,13 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
             FLAT=all(_flat(t, column) for t in tensors),
+            SAME_PLANE=len({t.stride()[-2:] for t in tensors if t is not None}) == 1,
             SUB=sub,
             NSUB=nsub,
             BLOCK_D=block_d,
             num_warps=num_warps,
+            # Triton 3.6 lets ptxas take 140-168 registers in the column-major launch (3.8: 128)
+            maxnreg=128,
         )
 
     with _on_device(u):
