@@ -209,7 +209,7 @@ def test_backward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
 
 def _bwd_grid(D, L, N, R, batch):
     """(chunk, n_chunks, blocks, n_parts) of the backward's own GPU launch policy."""
-    block_d, block_c, chunk, _ = fused._bwd_config(D, L, N, batch)
+    block_d, block_c, chunk, _ = fused._bwd_config(D, L, N, batch, lowrank=True)
     n_chunks = -(-L // chunk)
     n_cblk = -(-n_chunks // block_c)
     n_parts, n_group = fused._bwd_partial_split(D, block_d, N, R, batch, n_cblk)
@@ -236,8 +236,8 @@ def test_backward_grid_fills_four_waves_within_the_memory_bounds(monkeypatch, sh
 @pytest.mark.parametrize("N", [1, 4])
 def test_backward_with_the_gpu_launch_policy(monkeypatch, N):
     """The GPU's launch policy under the interpreter on one small image: N = 1 shortens the chunks
-    (4 positions, 5 chunks), N = 4 raises the channel parts above the quarter bound (2 of one
-    channel block each, instead of one walking both)."""
+    (4 positions, 5 chunks), N = 4 raises the channel parts above the quarter bound (2 parts, each
+    walking 2 blocks of 8 channels x 4 states, one warp, instead of one part walking all 4)."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, H, W, R = 1, 32, 4, 5, 2
     chunk, n_chunks, _, n_parts = _bwd_grid(D, H * W, N, R, batch)

@@ -794,7 +794,7 @@ if HAS_TRITON:
         low_ptr,
         s_lr,
         off_low,
-        w_ptr,
+        b_W,
         b_bias,
         B_ptr,
         s_Bn,
@@ -809,23 +809,25 @@ if HAS_TRITON:
         offs_r,
         m_r,
         m_p,
-        R: tl.constexpr,
         LOWRANK: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        RP: tl.constexpr,
     ):
         # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
-        # [lanes, NP]. Low rank: dt from R rows of dt_low shared by the channels. dt is 0 outside the map, so padded positions
-        # decay by 1 and add nothing in either walk.
+        # [lanes, NP], and the dt_low rows [RP, lanes]. Low rank: dt = the channels' weights b_W
+        # [RP, BLOCK_D] times the R rows of dt_low, shared by the channels; the sum over r lies
+        # within a thread ([RP, BLOCK_D, BLOCK_C]: the threads spread over the last two axes).
+        # dt is 0 outside the map, so padded positions decay by 1 and add nothing in either walk.
         m = m_d[:, None] & m_p[None, :]
         b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + off_u[None, :], mask=m, other=0.0).to(tl.float32)
         b_g = tl.load(g_ptr + offs_d[:, None] * s_gd + off_g[None, :], mask=m, other=0.0).to(tl.float32)
         if LOWRANK:
-            b_raw = tl.zeros_like(b_u)
-            for r in tl.static_range(R):
-                b_wr = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
-                b_lr = tl.load(low_ptr + r * s_lr + off_low, mask=m_p, other=0.0).to(tl.float32)
-                b_raw += b_wr[:, None] * b_lr[None, :]
+            p_low = low_ptr + offs_r[:, None] * s_lr + off_low[None, :]
+            b_low = tl.load(p_low, mask=m_r[:, None] & m_p[None, :], other=0.0).to(tl.float32)
+            b_raw = tl.sum(b_W[:, :, None] * b_low[:, None, :], axis=0)
         else:
+            b_low = tl.zeros([RP, BLOCK_C], dtype=tl.float32)
             b_raw = tl.load(delta_ptr + offs_d[:, None] * s_dd + off_dt[None, :], mask=m, other=0.0)
             b_raw = b_raw.to(tl.float32)
         b_raw += b_bias[:, None]
@@ -839,7 +841,7 @@ if HAS_TRITON:
         m_pn = m_p[:, None] & m_n[None, :]
         b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0).to(tl.float32)
         b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0).to(tl.float32)
-        return b_u, b_g, b_dt, b_slope, b_B, b_C
+        return b_u, b_g, b_dt, b_slope, b_B, b_C, b_low
 
     @triton.jit
     def _step(p, i, j, M, DESCENDING: tl.constexpr):
@@ -879,7 +881,7 @@ if HAS_TRITON:
         s_lr,
         s_li,
         s_lj,
-        w_ptr,
+        b_W,
         b_bias,
         b_a,
         b_skip,
@@ -950,12 +952,13 @@ if HAS_TRITON:
         b_decay = tl.full([BLOCK_D, BLOCK_C, NP], 1.0, tl.float32)
         b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
         b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-        b_dw = tl.zeros([BLOCK_D, RP], dtype=tl.float32)
+        # d dt_weight per lane, summed over the lanes once after the walk
+        b_dw = tl.zeros([RP, BLOCK_D, BLOCK_C], dtype=tl.float32)
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
             off_low = i * s_li + j * s_lj
-            b_u, b_g, b_dt, b_slope, b_B, b_C = _bwd_load(
+            b_u, b_g, b_dt, b_slope, b_B, b_C, b_low = _bwd_load(
                 u_ptr,
                 s_ud,
                 i * s_ui + j * s_uj,
@@ -968,7 +971,7 @@ if HAS_TRITON:
                 low_ptr,
                 s_lr,
                 off_low,
-                w_ptr,
+                b_W,
                 b_bias,
                 B_ptr,
                 s_Bn,
@@ -983,9 +986,10 @@ if HAS_TRITON:
                 offs_r,
                 m_r,
                 m_p,
-                R=R,
                 LOWRANK=LOWRANK,
                 DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                BLOCK_C=BLOCK_C,
+                RP=RP,
             )
             b_decay_p = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
             b_in = (b_dt * b_u)[:, :, None] * b_B[None, :, :]
@@ -1028,18 +1032,16 @@ if HAS_TRITON:
                 if LOWRANK:
                     # d dt is linear downstream: each walk adds its half to d dt_low, d w, d bias
                     b_v = tl.where(m, b_v * b_slope, 0.0)
-                    off_q = i * s_qi + j * s_qj
-                    for r in tl.static_range(R):
-                        b_wr = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
-                        b_lr = tl.load(low_ptr + r * s_lr + off_low, mask=m_p, other=0.0).to(tl.float32)
-                        b_dlow = tl.sum(b_wr[:, None] * b_v, axis=0)
-                        if ADJOINT:  # adds to what the state walk stored
-                            b_dlow += tl.load(pLow_ptr + r * s_qr + off_q, mask=m_p, other=0.0)
-                            tl.store(pLow_ptr + r * s_qr + off_q, b_dlow, mask=m_p)
-                        else:
-                            _store_partial(pLow_ptr + r * s_qr + off_q, b_dlow, m_p, blk)
-                        b_dw_r = tl.sum(b_v * b_lr[None, :], axis=1)
-                        b_dw += tl.where(offs_r[None, :] == r, b_dw_r[:, None], 0.0)
+                    # d dt_low: all R rows in one channel reduction
+                    b_dlow = tl.sum(b_W[:, :, None] * b_v[None, :, :], axis=1)
+                    p_dlow = pLow_ptr + offs_r[:, None] * s_qr + (i * s_qi + j * s_qj)[None, :]
+                    m_low = m_r[:, None] & m_p[None, :]
+                    if ADJOINT:  # adds to what the state walk stored
+                        b_dlow += tl.load(p_dlow, mask=m_low, other=0.0)
+                        tl.store(p_dlow, b_dlow, mask=m_low)
+                    else:
+                        _store_partial(p_dlow, b_dlow, m_low, blk)
+                    b_dw += b_low[:, None, :] * b_v[None, :, :]
                     b_dbias += b_v
                 else:
                     p_ddt = ddt_ptr + offs_d[:, None] * s_td + (i * s_ti + j * s_tj)[None, :]
@@ -1205,10 +1207,12 @@ if HAS_TRITON:
                     b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
                 b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
                 if LOWRANK:
-                    w_k = w_ptr + k * D * R
+                    # [RP, BLOCK_D]: the R weights of each channel, held for both walks
+                    p_W = w_ptr + (k * D + offs_d[None, :]) * R + offs_r[:, None]
+                    b_W = tl.load(p_W, mask=m_r[:, None] & m_d[None, :], other=0.0)
                     dt_src = low_ptr + pid_b * s_lb + k * s_lk
                 else:
-                    w_k = w_ptr
+                    b_W = tl.zeros([RP, BLOCK_D], dtype=tl.float32)
                     dt_src = delta_ptr + pid_b * s_db + k * s_dk
                 bk = (pid_b * 4 + k) * D * n_chunks
                 if GRAD:
@@ -1238,154 +1242,97 @@ if HAS_TRITON:
                     b_carry = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
                     c_part = pC_ptr
                     b_part = pB_ptr
-                # the state walk (sequence order: descending positions for the reversed direction)
-                res_x = _bwd_walk(
-                    b_x,
-                    b_start,
-                    b_carry,
-                    u_ptr + pid_b * s_ub,
-                    s_ud,
-                    s_ui,
-                    s_uj,
-                    g_ptr + pid_b * s_gb,
-                    s_gd,
-                    s_gi,
-                    s_gj,
-                    dt_src,
-                    s_dd,
-                    s_di,
-                    s_dj,
-                    dt_src,
-                    s_lr,
-                    s_li,
-                    s_lj,
-                    w_k,
-                    b_bias,
-                    b_a,
-                    b_skip,
-                    B_ptr + pid_b * s_Bb + k * s_Bk,
-                    s_Bn,
-                    s_Bi,
-                    s_Bj,
-                    C_ptr + pid_b * s_Cb + k * s_Ck,
-                    s_Cn,
-                    s_Ci,
-                    s_Cj,
-                    du_b,
-                    s_ed,
-                    s_ei,
-                    s_ej,
-                    ddt_bk,
-                    s_td,
-                    s_ti,
-                    s_tj,
-                    c_part,
-                    s_pn,
-                    s_pi,
-                    s_pj,
-                    low_part,
-                    s_qr,
-                    s_qi,
-                    s_qj,
-                    offs_d,
-                    m_d,
-                    offs_n,
-                    m_n,
-                    offs_r,
-                    m_r,
-                    first,
-                    m_c,
-                    blk,
-                    L,
-                    M,
-                    chunk,
-                    LOWRANK=LOWRANK,
-                    DELTA_SOFTPLUS=DELTA_SOFTPLUS,
-                    ADJOINT=False,
-                    DESCENDING=rev == 1,
-                    GRAD=GRAD,
-                    DU_FIRST=False,
-                    BLOCK_D=BLOCK_D,
-                    BLOCK_C=BLOCK_C,
-                    NP=NP,
-                    R=R,
-                    RP=RP,
-                )
-                if GRAD:
-                    # the adjoint walk reads back the state walk's half of d dt
-                    tl.debug_barrier()
-                res_m = _bwd_walk(
-                    b_m,
-                    b_start + b_dtsum,
-                    b_carry,
-                    u_ptr + pid_b * s_ub,
-                    s_ud,
-                    s_ui,
-                    s_uj,
-                    g_ptr + pid_b * s_gb,
-                    s_gd,
-                    s_gi,
-                    s_gj,
-                    dt_src,
-                    s_dd,
-                    s_di,
-                    s_dj,
-                    dt_src,
-                    s_lr,
-                    s_li,
-                    s_lj,
-                    w_k,
-                    b_bias,
-                    b_a,
-                    b_skip,
-                    B_ptr + pid_b * s_Bb + k * s_Bk,
-                    s_Bn,
-                    s_Bi,
-                    s_Bj,
-                    C_ptr + pid_b * s_Cb + k * s_Ck,
-                    s_Cn,
-                    s_Ci,
-                    s_Cj,
-                    du_b,
-                    s_ed,
-                    s_ei,
-                    s_ej,
-                    ddt_bk,
-                    s_td,
-                    s_ti,
-                    s_tj,
-                    b_part,
-                    s_pn,
-                    s_pi,
-                    s_pj,
-                    low_part,
-                    s_qr,
-                    s_qi,
-                    s_qj,
-                    offs_d,
-                    m_d,
-                    offs_n,
-                    m_n,
-                    offs_r,
-                    m_r,
-                    first,
-                    m_c,
-                    blk,
-                    L,
-                    M,
-                    chunk,
-                    LOWRANK=LOWRANK,
-                    DELTA_SOFTPLUS=DELTA_SOFTPLUS,
-                    ADJOINT=True,
-                    DESCENDING=rev == 0,
-                    GRAD=GRAD,
-                    DU_FIRST=rev == 0 and not ACCUMULATE,
-                    BLOCK_D=BLOCK_D,
-                    BLOCK_C=BLOCK_C,
-                    NP=NP,
-                    R=R,
-                    RP=RP,
-                )
+                for walk in tl.static_range(2):
+                    # walk 0: the state, in sequence order (descending positions for the reversed
+                    # direction), from the entering state and S at the chunk's start; walk 1: the
+                    # adjoint, against it, from the entering adjoint and S at the chunk's end
+                    if walk == 1:
+                        b_h = b_m
+                        b_s = b_start + b_dtsum
+                        p_part = b_part
+                        if GRAD:
+                            # the adjoint walk reads back the state walk's half of d dt
+                            tl.debug_barrier()
+                    else:
+                        b_h = b_x
+                        b_s = b_start
+                        p_part = c_part
+                    res = _bwd_walk(
+                        b_h=b_h,
+                        b_s=b_s,
+                        b_carry=b_carry,
+                        u_ptr=u_ptr + pid_b * s_ub,
+                        s_ud=s_ud,
+                        s_ui=s_ui,
+                        s_uj=s_uj,
+                        g_ptr=g_ptr + pid_b * s_gb,
+                        s_gd=s_gd,
+                        s_gi=s_gi,
+                        s_gj=s_gj,
+                        delta_ptr=dt_src,
+                        s_dd=s_dd,
+                        s_di=s_di,
+                        s_dj=s_dj,
+                        low_ptr=dt_src,
+                        s_lr=s_lr,
+                        s_li=s_li,
+                        s_lj=s_lj,
+                        b_W=b_W,
+                        b_bias=b_bias,
+                        b_a=b_a,
+                        b_skip=b_skip,
+                        B_ptr=B_ptr + pid_b * s_Bb + k * s_Bk,
+                        s_Bn=s_Bn,
+                        s_Bi=s_Bi,
+                        s_Bj=s_Bj,
+                        C_ptr=C_ptr + pid_b * s_Cb + k * s_Ck,
+                        s_Cn=s_Cn,
+                        s_Ci=s_Ci,
+                        s_Cj=s_Cj,
+                        du_ptr=du_b,
+                        s_ed=s_ed,
+                        s_ei=s_ei,
+                        s_ej=s_ej,
+                        ddt_ptr=ddt_bk,
+                        s_td=s_td,
+                        s_ti=s_ti,
+                        s_tj=s_tj,
+                        pBC_ptr=p_part,
+                        s_pn=s_pn,
+                        s_pi=s_pi,
+                        s_pj=s_pj,
+                        pLow_ptr=low_part,
+                        s_qr=s_qr,
+                        s_qi=s_qi,
+                        s_qj=s_qj,
+                        offs_d=offs_d,
+                        m_d=m_d,
+                        offs_n=offs_n,
+                        m_n=m_n,
+                        offs_r=offs_r,
+                        m_r=m_r,
+                        first=first,
+                        m_c=m_c,
+                        blk=blk,
+                        L=L,
+                        M=M,
+                        chunk=chunk,
+                        LOWRANK=LOWRANK,
+                        DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                        ADJOINT=walk == 1,
+                        DESCENDING=rev != walk,
+                        GRAD=GRAD,
+                        DU_FIRST=walk == 1 and rev == 0 and not ACCUMULATE,
+                        BLOCK_D=BLOCK_D,
+                        BLOCK_C=BLOCK_C,
+                        NP=NP,
+                        R=R,
+                        RP=RP,
+                    )
+                    if walk == 1:
+                        res_m = res
+                    else:
+                        res_x = res
                 if GRAD:
                     # the next direction's adjoint walk adds to the du this one stored
                     tl.debug_barrier()
@@ -1397,11 +1344,11 @@ if HAS_TRITON:
                     if HAS_BIAS:
                         tl.store(pBias_ptr + par, tl.sum(b_dbias_x + b_dbias_m, axis=1), mask=m_d)
                     if LOWRANK:
-                        b_dw = b_dw_x + b_dw_m
+                        b_dw = tl.sum(b_dw_x + b_dw_m, axis=2)
                         tl.store(
-                            pW_ptr + par[:, None] * RP + offs_r[None, :],
+                            pW_ptr + par[None, :] * RP + offs_r[:, None],
                             b_dw,
-                            mask=m_d[:, None] & m_r[None, :],
+                            mask=m_r[:, None] & m_d[None, :],
                         )
                 else:
                     b_x, b_s, b_qx, b_G, _, _, _ = res_x
@@ -1722,20 +1669,29 @@ def _bwd_partial_split(D: int, block_d: int, N: int, R: int, batch: int, n_cblk:
     if TRITON_INTERPRET or batch * n_parts * n_cblk >= _BWD_MIN_BLOCKS:
         return n_parts, n_group
     # at most one (B, 4, D, L) tensor of partials in all
-    needed = min(triton.cdiv(_BWD_MIN_BLOCKS, batch * n_cblk), max(1, D // (2 * N + R)))
+    bound = max(1, D // (2 * N + R))
+    needed = min(triton.cdiv(_BWD_MIN_BLOCKS, batch * n_cblk), bound)
     if needed <= n_parts:
         return n_parts, n_group
-    n_group = max(1, triton.cdiv(D, block_d) // needed)  # parts >= needed
-    return triton.cdiv(triton.cdiv(D, block_d), n_group), n_group
+    n_blocks = triton.cdiv(D, block_d)
+    n_group = max(1, n_blocks // needed)  # parts >= needed
+    if triton.cdiv(n_blocks, n_group) > bound:  # rounded up past the bound (small blocks)
+        n_group = triton.cdiv(n_blocks, needed)
+    return triton.cdiv(n_blocks, n_group), n_group
 
 
-def _bwd_config(D: int, L: int, N: int, batch: int):
-    """(BLOCK_D, BLOCK_C, chunk, num_warps) of the backward: the forward's chunks and channel
-    blocks, with fewer chunks per program while the grid is under 4 waves of 132 SMs, and the
-    warps to match. Still under 4 waves with one chunk per program (N = 16: few images, one
-    channel part), the chunks get shorter and the channel parts more (``_bwd_partial_split``),
-    in the mix that adds the least memory: four chunk-state buffers of 4 NP values per channel
-    and chunk against 2N values per position for each further partial."""
+def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
+    """(BLOCK_D, BLOCK_C, chunk, num_warps) of the backward: the forward's chunks, with fewer
+    chunks per program while the grid is under 4 waves of 132 SMs. Still under 4 waves with one
+    chunk per program (N = 16: few images, one channel part), the chunks get shorter and the
+    channel parts more (``_bwd_partial_split``), in the mix that adds the least memory: four
+    chunk-state buffers of 4 NP values per channel and chunk against 2N values per position for
+    each further partial. Low rank: then at most as many channels per block as fill one warp
+    (BLOCK_D x BLOCK_C x NP lanes), so the R rows of d dt_low (and dB, dC) reduce over the
+    channels within the warp at every step, with shuffles and no barriers (channels across warps
+    cost a shared-memory round trip per step); a program walks more channel blocks in turn, the
+    grid and partials stay as they were or grow. (Full delta sums only dB and dC over the
+    channels; one warp would double its registers.)"""
     block_d, block_c, chunk, num_warps = _fwd_config(D, L, N)
     if TRITON_INTERPRET:
         return block_d, block_c, chunk, num_warps
@@ -1754,10 +1710,10 @@ def _bwd_config(D: int, L: int, N: int, batch: int):
         # chunk states within one (B, 4, D, L) tensor in all (four buffers of n_chunks x NP)
         shorter = [c for c in range(1, chunk) if 4 * NP * triton.cdiv(L, c) <= L]
         chunk = min([chunk, *shorter], key=cost)
-        lanes = block_d * NP
-    else:
-        lanes = block_d * block_c * NP
-    return block_d, block_c, chunk, max(1, min(num_warps, lanes // 32))
+    if lowrank:
+        block_d = min(block_d, max(1, 32 // (block_c * NP)))
+        return block_d, block_c, chunk, max(1, block_d * block_c * NP // 32)
+    return block_d, block_c, chunk, max(1, min(num_warps, block_d * block_c * NP // 32))
 
 
 def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
@@ -1801,7 +1757,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     lowrank = dt_low is not None
     R = dt_low.shape[2] if lowrank else 1
     RP = _next_pow2(R)
-    block_d, block_c, chunk, num_warps = config or _bwd_config(d_inner, L, N, batch)
+    block_d, block_c, chunk, num_warps = config or _bwd_config(d_inner, L, N, batch, lowrank)
     n_chunks = triton.cdiv(L, chunk)
     n_cblk = triton.cdiv(n_chunks, block_c)
     n_dblk, n_group = _bwd_partial_split(d_inner, block_d, N, R if lowrank else 0, batch, n_cblk)
@@ -1828,6 +1784,9 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
     params = _param_ptrs(dt_weight, A, D, bias)
     grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
+    # the chains' own channel blocks: a warp's lanes (channels x states), at least 4 channels (at
+    # N = 16 two lanes per thread take fewer instructions per element than two channels)
+    chain_block_d = max(block_d, min(_next_pow2(d_inner), max(4, 32 // NP)))
     carry = start = None
 
     def chunk_pass(column: bool, grad: bool):
@@ -1887,7 +1846,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         chunk_pass(column=False, grad=False)
         chunk_pass(column=True, grad=False)
         for values, adjoint in ((state, False), (adj, True)):
-            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, block_d), batch * 4)](
+            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, chain_block_d), batch * 4)](
                 state_ptr=values,
                 dtsum_ptr=dtsum,
                 A_ptr=params["A_ptr"],
@@ -1896,7 +1855,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
                 N=N,
                 NP=NP,
                 ADJOINT=adjoint,
-                BLOCK_D=block_d,
+                BLOCK_D=chain_block_d,
                 num_warps=1,
             )
         carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A)
