@@ -829,7 +829,6 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
         NP: tl.constexpr,
-        R: tl.constexpr,
         RP: tl.constexpr,
         CHANNELS_IN_THREAD: tl.constexpr,
     ):
@@ -841,6 +840,10 @@ if HAS_TRITON:
         # chunk's exit value, summed dt, q total and that total's coefficient on the entering
         # value (G for the state, K for the adjoint). Gradient pass: the walk writes its half of
         # every gradient; the last three are the lanes' sums of the parameter gradients.
+        # CHANNELS_IN_THREAD (the RP rows x BLOCK_C chunks fill the warp): the low-rank tiles are
+        # [BLOCK_D, RP, BLOCK_C], so each thread holds every channel of its (row, chunk) and the
+        # sum of d dt_low over the channels is adds in registers; otherwise [RP, BLOCK_D,
+        # BLOCK_C], rows within a thread, the channel sum across lanes.
         if DESCENDING:
             p = first + chunk - 1
         else:
@@ -935,7 +938,7 @@ if HAS_TRITON:
                 if LOWRANK:
                     # d dt is linear downstream: each walk adds its half to d dt_low, d w, d bias
                     b_v = tl.where(m, b_v * b_slope, 0.0)
-                    # d dt_low: all R rows in one channel reduction
+                    # d dt_low: all R rows in one channel sum; d dt_weight per lane
                     if CHANNELS_IN_THREAD:
                         b_dlow = tl.sum(tl.trans(b_W)[:, :, None] * b_v[:, None, :], axis=0)
                         b_dw += b_v[:, None, :] * b_low[None, :, :]
@@ -1233,7 +1236,6 @@ if HAS_TRITON:
                         BLOCK_D=BLOCK_D,
                         BLOCK_C=BLOCK_C,
                         NP=NP,
-                        R=R,
                         RP=RP,
                         CHANNELS_IN_THREAD=RP * BLOCK_C >= 32,
                     )
