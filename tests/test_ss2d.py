@@ -207,6 +207,15 @@ def test_backward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
     check_against_reference(make_inputs(batch, D, H, W, N, lowrank=lowrank), lowrank)
 
 
+def test_backward_channel_sums_within_a_thread(monkeypatch):
+    """Low rank with R rows x chunks filling a warp (RP x BLOCK_C >= 32, as at stage 1 on the GPU):
+    d dt_low is then summed over each thread's channels ([BLOCK_D, RP, BLOCK_C]); the other tests'
+    blocks take the channel sum across lanes. R = 5 pads to 8 rows; two channel blocks, five
+    chunk blocks of 4 chunks of 2 positions, chunks across row and column wraps."""
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (2, 4, 2, 1))
+    check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5), lowrank=True)
+
+
 def _bwd_grid(D, L, N, R, batch):
     """(chunk, n_chunks, blocks, n_parts) of the backward's own GPU launch policy."""
     block_d, block_c, chunk, _ = fused._bwd_config(D, L, N, batch, lowrank=True)

@@ -930,8 +930,8 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
         NP: tl.constexpr,
-        R: tl.constexpr,
         RP: tl.constexpr,
+        CHANNELS_IN_THREAD: tl.constexpr,
     ):
         # One direction over each lane's chunk, one position per step. The state walk
         # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
@@ -941,6 +941,10 @@ if HAS_TRITON:
         # chunk's exit value, summed dt, q total and that total's coefficient on the entering
         # value (G for the state, K for the adjoint). Gradient pass: the walk writes its half of
         # every gradient; the last three are the lanes' sums of the parameter gradients.
+        # CHANNELS_IN_THREAD (the RP rows x BLOCK_C chunks fill the warp): the low-rank tiles are
+        # [BLOCK_D, RP, BLOCK_C], so each thread holds every channel of its (row, chunk) and the
+        # sum of d dt_low over the channels is adds in registers; otherwise [RP, BLOCK_D,
+        # BLOCK_C], rows within a thread, the channel sum across lanes.
         if DESCENDING:
             p = first + chunk - 1
         else:
@@ -953,7 +957,10 @@ if HAS_TRITON:
         b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
         b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
         # d dt_weight per lane, summed over the lanes once after the walk
-        b_dw = tl.zeros([RP, BLOCK_D, BLOCK_C], dtype=tl.float32)
+        if CHANNELS_IN_THREAD:
+            b_dw = tl.zeros([BLOCK_D, RP, BLOCK_C], dtype=tl.float32)
+        else:
+            b_dw = tl.zeros([RP, BLOCK_D, BLOCK_C], dtype=tl.float32)
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
@@ -1032,8 +1039,13 @@ if HAS_TRITON:
                 if LOWRANK:
                     # d dt is linear downstream: each walk adds its half to d dt_low, d w, d bias
                     b_v = tl.where(m, b_v * b_slope, 0.0)
-                    # d dt_low: all R rows in one channel reduction
-                    b_dlow = tl.sum(b_W[:, :, None] * b_v[None, :, :], axis=1)
+                    # d dt_low: all R rows in one channel sum; d dt_weight per lane
+                    if CHANNELS_IN_THREAD:
+                        b_dlow = tl.sum(tl.trans(b_W)[:, :, None] * b_v[:, None, :], axis=0)
+                        b_dw += b_v[:, None, :] * b_low[None, :, :]
+                    else:
+                        b_dlow = tl.sum(b_W[:, :, None] * b_v[None, :, :], axis=1)
+                        b_dw += b_low[:, None, :] * b_v[None, :, :]
                     p_dlow = pLow_ptr + offs_r[:, None] * s_qr + (i * s_qi + j * s_qj)[None, :]
                     m_low = m_r[:, None] & m_p[None, :]
                     if ADJOINT:  # adds to what the state walk stored
@@ -1041,7 +1053,6 @@ if HAS_TRITON:
                         tl.store(p_dlow, b_dlow, mask=m_low)
                     else:
                         _store_partial(p_dlow, b_dlow, m_low, blk)
-                    b_dw += b_low[:, None, :] * b_v[None, :, :]
                     b_dbias += b_v
                 else:
                     p_ddt = ddt_ptr + offs_d[:, None] * s_td + (i * s_ti + j * s_tj)[None, :]
@@ -1326,8 +1337,8 @@ if HAS_TRITON:
                         BLOCK_D=BLOCK_D,
                         BLOCK_C=BLOCK_C,
                         NP=NP,
-                        R=R,
                         RP=RP,
+                        CHANNELS_IN_THREAD=RP * BLOCK_C >= 32,
                     )
                     if walk == 1:
                         res_m = res
@@ -1345,6 +1356,8 @@ if HAS_TRITON:
                         tl.store(pBias_ptr + par, tl.sum(b_dbias_x + b_dbias_m, axis=1), mask=m_d)
                     if LOWRANK:
                         b_dw = tl.sum(b_dw_x + b_dw_m, axis=2)
+                        if RP * BLOCK_C >= 32:  # the walks' CHANNELS_IN_THREAD: [BLOCK_D, RP]
+                            b_dw = tl.trans(b_dw)
                         tl.store(
                             pW_ptr + par[None, :] * RP + offs_r[:, None],
                             b_dw,
