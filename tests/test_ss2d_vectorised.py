@@ -165,9 +165,12 @@ def test_strided_inputs_channels_last_and_sliced():
     assert_close_rel(cross_selective_scan_lowrank(**strided, backend="torch"), y_ref, 1e-6)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("lowrank", [False, True])
-def test_custom_ops_pass_opcheck(lowrank):
+def test_custom_ops_pass_opcheck(lowrank, channels_last):
     inputs = make_inputs(2, 3, 4, 5, 2, 2, lowrank, True, True, dtype=torch.float32)
+    if channels_last:  # the fakes promise the real strides whatever u's layout
+        inputs["u"] = inputs["u"].contiguous(memory_format=torch.channels_last)
     args = {k: v.requires_grad_(True) if v is not None else None for k, v in inputs.items()}
     if lowrank:
         op, order = (
@@ -177,6 +180,19 @@ def test_custom_ops_pass_opcheck(lowrank):
     else:
         op, order = torch.ops.svmamba.ss2d_torch_fwd, ("u", "delta", "A", "B", "C", "D", "delta_bias")
     torch.library.opcheck(op, (*(args[k] for k in order), True, torch.float32))
+
+
+@pytest.mark.parametrize("H,W", [(4, 4), (3, 5)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_output_and_u_gradient_are_channels_last(H, W, memory_format):
+    # the layout the sequences write fastest, and the one a channels_last model passes on
+    inputs = make_inputs(2, 3, H, W, 1, 2, True, True, True, dtype=torch.float32)
+    inputs["u"] = inputs["u"].contiguous(memory_format=memory_format).requires_grad_(True)
+    y = cross_selective_scan_lowrank(**inputs, backend="torch")
+    # autograd.grad: the op's own gradient (a leaf's .grad is copied into the leaf's layout)
+    (du,) = torch.autograd.grad(y, inputs["u"], torch.randn_like(y))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert du.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("lowrank", [False, True])

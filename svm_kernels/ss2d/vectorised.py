@@ -137,14 +137,24 @@ def from_sequences(t: torch.Tensor) -> torch.Tensor:
     return torch.gather(t.permute(2, 3, 4, 0, 1).reshape(batch, 4, X, W * H), -1, slots).unflatten(-1, (H, W))
 
 
+def channels_last_empty(like: torch.Tensor, shape: tuple[int, int, int, int], dtype: torch.dtype):
+    """An empty (B, X, H, W) tensor laid out channels_last, (B, H, W, X) in memory: the layout of
+    the scan's output and of u's gradient. The sequences keep the channels innermost, so adds
+    from them into this layout run along contiguous channels (into a contiguous (B, X, H, W)
+    they would be transposing copies), and the gradient that comes back is channels_last too."""
+    batch, X, H, W = shape
+    return like.new_empty((batch, H, W, X), dtype=dtype).permute(0, 3, 1, 2)
+
+
 def sum_sequences(t: torch.Tensor) -> torch.Tensor:
-    """``from_sequences(t).sum(1)``, (W, H, B, 4, X) -> (B, X, H, W) contiguous; on a square map
-    without the intermediate: permuted adds in the same order as the sum (directions 0 to 3)."""
+    """``from_sequences(t).sum(1)``, (W, H, B, 4, X) -> (B, X, H, W) channels_last; on a square
+    map without the intermediate: permuted adds in the same order as the sum (directions 0 to 3)."""
     W, H, batch, _, X = t.shape
+    out = channels_last_empty(t, (batch, X, H, W), t.dtype)
     if H != W:
-        return from_sequences(t).sum(1)
+        return out.copy_(from_sequences(t).sum(1))
     back = t[:, :, :, 2:].flip(0, 1)  # directions 2 and 3 in the order of 0 and 1
-    out = torch.add(_in_space(t, 0), _in_space(t, 1), out=t.new_empty((batch, X, H, W)))
+    out = torch.add(_in_space(t, 0), _in_space(t, 1), out=out)
     out += _in_space(back, 0)
     out += _in_space(back, 1)
     return out
@@ -296,7 +306,7 @@ def _fake_forward(u: torch.Tensor, A: torch.Tensor, softplus: bool, out_dtype: t
     states = u.new_empty((W, H, batch, 4, d_inner, A.shape[-1]), dtype=dtype)
     steps = u.new_empty((W, H, batch, 4, d_inner), dtype=dtype)
     return (
-        u.new_empty(u.shape, dtype=out_dtype),
+        channels_last_empty(u, tuple(u.shape), out_dtype),
         states,
         torch.empty_like(states),
         steps,
@@ -307,7 +317,8 @@ def _fake_forward(u: torch.Tensor, A: torch.Tensor, softplus: bool, out_dtype: t
 def _forward_op_body(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype) -> _Saved:
     y, x, a, dt, dt_dz = scan_forward(_Inputs(u, delta, dt_low, dt_weight, A, B, C, D, bias), softplus)
     dt_dz = x.new_empty(_EMPTY) if dt_dz is None else dt_dz.contiguous()
-    return y.to(out_dtype).contiguous(), x.contiguous(), a.contiguous(), dt.contiguous(), dt_dz
+    # y is channels_last (``sum_sequences``), as the fake promises
+    return y.to(out_dtype), x.contiguous(), a.contiguous(), dt.contiguous(), dt_dz
 
 
 @torch.library.custom_op("svmamba::ss2d_torch_fwd", mutates_args=())
@@ -372,16 +383,23 @@ def _ss2d_torch_bwd_op(
     grads = scan_backward(inputs, grad_out, x, a, dt, _or_none(dt_dz))
     like = dict(u=u, delta=delta, dt_low=dt_low, dt_weight=dt_weight, A=A, B=B, C=C, D=D, bias=bias)
     return [
-        u.new_empty(_EMPTY) if like[k] is None else grads[k].to(like[k].dtype).contiguous()
+        u.new_empty(_EMPTY) if like[k] is None else _as_promised(grads[k].to(like[k].dtype), k)
         for k in _GRAD_NAMES
     ]
+
+
+def _as_promised(grad: torch.Tensor, name: str) -> torch.Tensor:
+    # u's gradient channels_last (``sum_sequences``), the others contiguous, as the fake says
+    return grad if name == "u" else grad.contiguous()
 
 
 @_ss2d_torch_bwd_op.register_fake
 def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, x, a, dt, dt_dz):
     # contiguous, as the real op returns them: a fake must promise the real strides
     like = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
-    return [u.new_empty(_EMPTY) if t is None else t.new_empty(t.shape) for t in like]
+    grads = [u.new_empty(_EMPTY) if t is None else t.new_empty(t.shape) for t in like]
+    grads[0] = channels_last_empty(u, tuple(u.shape), u.dtype)
+    return grads
 
 
 def _setup_full(ctx, inputs, output):
