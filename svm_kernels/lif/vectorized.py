@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .common import LIFParams, as_time_major, empty_grads, empty_outputs, state_like
+from .common import LIFParams, as_time_major, empty_grads, empty_outputs, layout_like, state_like
 
 # Neurons per block: T x BLOCK fp32 temporaries (h, surrogate, ...) fit a 2 MiB L2 at T <= 16.
 BLOCK = 1 << 15
@@ -145,7 +145,7 @@ def lif_backward(
     x = as_time_major(x)
     grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
     x2, gx2 = _rows(x), _rows(grad_x)
-    gs2 = _rows(grad_s if grad_s.stride() == x.stride() else torch.empty_like(x).copy_(grad_s))
+    gs2 = _rows(layout_like(x, grad_s))
     v0, gv, gvi = _flat(state_like(x, v_init)), _flat(state_like(x, grad_v)), _flat(grad_v_init)
     # Work buffers reused by every block: h, the surrogate (then grad_h), the reset's derivative.
     compute_dtype = _compute_dtype(x)

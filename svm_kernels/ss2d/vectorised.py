@@ -129,9 +129,10 @@ def from_sequences(t: torch.Tensor) -> torch.Tensor:
     W, H, batch, _, X = t.shape
     if H == W:
         out = t.new_empty((batch, 4, X, H, W))
-        out[:, 0::2] = t[:, :, :, 0::2].permute(2, 3, 4, 1, 0)
-        out[:, 1::2] = t[:, :, :, 1::2].permute(2, 3, 4, 0, 1)
-        out[:, 2:] = out[:, 2:].flip(-2, -1)
+        back = t[:, :, :, 2:].flip(0, 1)  # directions 2 and 3 in the order of 0 and 1
+        for k in range(2):
+            out[:, k] = _in_space(t, k)
+            out[:, k + 2] = _in_space(back, k)
         return out
     slots = storage_index(H, W, t.device)[1][None, :, None, :].expand(batch, 4, X, -1)
     return torch.gather(t.permute(2, 3, 4, 0, 1).reshape(batch, 4, X, W * H), -1, slots).unflatten(-1, (H, W))
@@ -395,7 +396,7 @@ def _as_promised(grad: torch.Tensor, name: str) -> torch.Tensor:
 
 @_ss2d_torch_bwd_op.register_fake
 def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, x, a, dt, dt_dz):
-    # contiguous, as the real op returns them: a fake must promise the real strides
+    # the real op's strides (``_as_promised``): u's gradient channels_last, the others contiguous
     like = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
     grads = [u.new_empty(_EMPTY) if t is None else t.new_empty(t.shape) for t in like]
     grads[0] = channels_last_empty(u, tuple(u.shape), u.dtype)
