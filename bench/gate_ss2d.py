@@ -14,7 +14,7 @@ import math
 import torch
 from gate import DEVICE, HAS_CUDA, SMOKE, Case, Skip, provider, rel_err, timed_row
 from shapes import SS2D_CHECK_SHAPES, SS2D_SHAPES, SS2D_SMOKE
-from ss2d_unfused import fla_recurrence, sequential_recurrence, ss2d_unfused
+from ss2d_unfused import fla_recurrence, fla_recurrence_direct, sequential_recurrence, ss2d_unfused
 
 from svm_kernels import cross_selective_scan, cross_selective_scan_lowrank
 from svm_kernels.ss2d.naive import lowrank_delta
@@ -197,6 +197,16 @@ def fla_check(shape, dtype):
     return check(fla_unfused, shape, dtype, repeat=False)
 
 
+def fla_direct_probe(shape):
+    """The pipeline with chunk_hgrn on whole sequences (``fla_recurrence_direct``), expected wrong
+    on sm_90: its errors and whether the backward repeats bit for bit are recorded, not judged
+    (no ``ok``), so that a GPU run shows the race."""
+    fla_available()
+    row = check(lambda x: fla_unfused(x, fla_recurrence_direct), shape, torch.float32)
+    row.pop("ok")
+    return row
+
+
 @provider("ss2d")
 def ss2d_cases(smoke: bool):
     check_shapes = SS2D_SMOKE if smoke else SS2D_CHECK_SHAPES
@@ -213,6 +223,8 @@ def ss2d_cases(smoke: bool):
             yield Case("ss2d", "ours_lowrank", "check", {**fp32, "mode": "check_small_blocks"}, run, 120)
             # the peer's pipeline with fla's kernel (CUDA)
             yield Case("ss2d", "fla_unfused", "check", fp32, lambda s=shape: fla_check(s, torch.float32), 120)
+            run = lambda s=shape: fla_direct_probe(s)
+            yield Case("ss2d", "fla_unfused", "check", {**fp32, "mode": "probe_direct"}, run, 120)
         yield Case(
             "ss2d", "ours_full", "check", fp32, lambda s=shape: check(ours_full, s, torch.float32, True), 120
         )
