@@ -1,0 +1,76 @@
+"""Spare the Triton interpreter two kinds of repeated work: a quarter of the SS2D backward's test time.
+
+When a kernel launches, the interpreter replaces triton.language's builtins with interpreted
+versions and restores them when the launch returns. Every call of a ``@triton.jit`` helper
+inside the kernel patches again: by then each builtin is already replaced (and no longer marked
+as a builtin), so the call only re-installs the same stateless replacements, but it walks every
+member of the language modules with ``inspect.getmembers`` to get there: about 3 ms per helper
+call, and the backward's walks call helpers thousands of times per test.
+
+``install()`` makes a call whose language modules are already patched (a helper inside a running
+launch) reuse those patches; a launch patches and restores as before.
+It also memoises the interpreter's map from a Triton dtype to a NumPy dtype, which builds a
+20-entry dict on every call (tens of thousands of calls per test).
+
+Without the interpreter, or with an interpreter of another shape, it does nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+
+def _already_patched(fn, tl, langs_of: dict) -> bool:
+    """Whether every language module visible to fn (as the interpreter finds them) has its
+    builtins replaced already: ``load`` stands for all of them, since one walk replaces all."""
+    langs = langs_of.get(fn)
+    if langs is None:  # a module's globals scanned once per function, not once per call
+        langs = langs_of[fn] = [
+            v for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)
+        ]
+    return bool(langs) and not any(tl.core.is_builtin(lang.load) for lang in langs)
+
+
+def install() -> bool:
+    """Patch the interpreter's ``_patch_lang``; True when installed."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return False
+    original = getattr(interpreter, "_patch_lang", None)
+    scope_type = getattr(interpreter, "_LangPatchScope", None)
+    if original is None or scope_type is None or getattr(original, "_patches_once", False):
+        return False
+
+    langs_of = {}
+
+    def patch_lang(fn):
+        if _already_patched(fn, tl, langs_of):
+            return scope_type()  # a helper inside a launch: nothing to patch, nothing to restore
+        return original(fn)
+
+    patch_lang._patches_once = True
+    interpreter._patch_lang = patch_lang
+    _memoise_np_dtype(interpreter, tl)
+    return True
+
+
+def _memoise_np_dtype(interpreter, tl) -> None:
+    original = getattr(interpreter, "_get_np_dtype", None)
+    if original is None:
+        return
+    cache = {}
+
+    def get_np_dtype(tt_dtype):
+        # a block's NumPy dtype is its element's (pointers included), as the original computes it
+        key = tt_dtype.element_ty if isinstance(tt_dtype, tl.block_type) else tt_dtype
+        if isinstance(key, tl.pointer_type):  # unhashable; one answer for every pointer
+            return original(key)
+        try:
+            return cache[key]
+        except KeyError:
+            value = cache[key] = original(key)
+            return value
+
+    interpreter._get_np_dtype = get_np_dtype

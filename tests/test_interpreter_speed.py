@@ -1,0 +1,41 @@
+"""The test-time shortcut in the Triton interpreter (``interpreter_speed``) changes nothing but time."""
+
+import os
+
+import pytest
+import torch
+
+from svm_kernels.utils import HAS_TRITON
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or not HAS_TRITON,
+    reason="the shortcut is for Triton's interpreter",
+)
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _twice(b_x):
+        return b_x * 2.0
+
+    @triton.jit
+    def _scaled_sum(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m_n = offs < n
+        b_x = tl.load(x_ptr + offs, mask=m_n, other=0.0)
+        tl.store(out_ptr + offs, _twice(_twice(b_x)) + tl.exp(b_x), mask=m_n)
+
+
+def test_nested_helpers_run_and_the_language_is_restored():
+    from triton.runtime import interpreter
+
+    assert getattr(interpreter._patch_lang, "_patches_once", False)  # installed by conftest
+    x = torch.randn(37)
+    out = torch.full_like(x, float("nan"))
+    _scaled_sum[(3,)](x_ptr=x, out_ptr=out, n=37, BLOCK=16)
+    torch.testing.assert_close(out, 4 * x + x.exp())
+    # after the launch the language is the compiler's again (builtins unpatched)
+    assert tl.core.is_builtin(tl.load) and tl.core.is_builtin(tl.core.load)
+    assert interpreter._get_np_dtype(tl.float32) == interpreter._get_np_dtype(tl.block_type(tl.float32, [4]))
