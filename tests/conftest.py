@@ -17,6 +17,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 import pytest
 import torch
+import xdist_groups
 
 DEVICE = "cuda" if _HAS_CUDA else "cpu"
 
@@ -53,3 +54,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---- pytest-xdist: tests of one ``xdist_group`` on one worker (see xdist_groups.py) ----------
+
+
+def pytest_collection_modifyitems(config, items):
+    xdist_groups.record_groups(config, items)
+
+
+def pytest_unconfigure(config):
+    xdist_groups.cleanup(config)
+
+
+try:
+    import xdist  # noqa: F401
+except ImportError:  # the hooks below exist only with pytest-xdist
+    pass
+else:
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(config, log):
+        return xdist_groups.make_scheduler(config, log)
+
+    def pytest_configure_node(node):
+        xdist_groups.configure_node(node.config, node)
