@@ -442,13 +442,13 @@ def test_public_namespace():
 def test_segments_are_balanced_and_cover_T(T):
     """The kernels' time segments: cdiv(T, 16) of them, at most 16 steps each, the last one the
     same length or shorter by less than the number of segments, together exactly T steps."""
-    from svm_kernels.lif.fused import MAX_SEGMENT, _segments
+    from svm_kernels.lif.fused import MAX_SEGMENT, segments
 
-    seg = _segments({"T": T})
-    assert seg["NUM_SEG"] == -(-T // MAX_SEGMENT)
-    assert 1 <= seg["LAST_SEG"] <= seg["SEG"] <= MAX_SEGMENT
-    assert seg["SEG"] - seg["LAST_SEG"] < seg["NUM_SEG"]
-    assert (seg["NUM_SEG"] - 1) * seg["SEG"] + seg["LAST_SEG"] == T
+    seg, num_seg, last_seg = segments(T)
+    assert num_seg == -(-T // MAX_SEGMENT)
+    assert 1 <= last_seg <= seg <= MAX_SEGMENT
+    assert seg - last_seg < num_seg
+    assert (num_seg - 1) * seg + last_seg == T
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: 2^31 elements")

@@ -96,7 +96,8 @@ def as_time_major(x: torch.Tensor) -> torch.Tensor:
     Every implementation walks x as T rows of numel / T neurons and gives its outputs x's
     strides, so one flat offset addresses the same neuron in x, the spikes and the gradients.
     """
-    return x if time_major_dense(x) else x.contiguous()
+    # is_contiguous first: one C call answers the common case (the general test costs more)
+    return x if x.is_contiguous() or time_major_dense(x) else x.contiguous()
 
 
 def layout_like(like: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
@@ -108,7 +109,7 @@ def layout_like(like: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | No
 
 def state_like(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
     """A per-neuron tensor laid out like one step of ``x`` (so flat offsets match), or None."""
-    return layout_like(x[0], t)
+    return None if t is None else layout_like(x[0], t)
 
 
 def empty_outputs(x: torch.Tensor, return_v: bool):
