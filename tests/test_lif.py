@@ -115,6 +115,60 @@ def test_without_final_state_gradient(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_only_the_final_state_reaches_the_loss(backend):
+    """The spikes' gradient is absent (None, not a zero tensor): grad_x flows from v alone."""
+    kw = dict(v_reset=None, tau=3.0, v_threshold=0.8)
+    p = make_params(**kw)
+    v_init = torch.rand(3, 20) * 0.5
+    x = away_from_threshold((5, 3, 20), p, v_init=v_init)
+    g_v = torch.randn(x.shape[1:])
+    grads = {}
+    for name in ("reference", backend):
+        xb, vb = x.clone().requires_grad_(True), v_init.clone().requires_grad_(True)
+        if name == "reference":
+            v = multistep_lif_naive(xb, p, vb)[1]
+        else:
+            v = multistep_lif(xb, v_init=vb, return_v=True, backend=backend, **kw)[1]
+        (v * g_v).sum().backward()
+        grads[name] = (xb.grad, vb.grad)
+    assert_close_rel(grads[backend][0], grads["reference"][0], 1e-5, "grad x")
+    assert_close_rel(grads[backend][1], grads["reference"][1], 1e-5, "grad v_init")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eager_calls_and_the_custom_op_agree(backend, monkeypatch):
+    """Eager calls skip the custom op (its dispatch costs the host more than a launch) but run the
+    same functions: spikes, final v and both gradients bit-identical to the op's, one node each."""
+    from svm_kernels.lif import fused
+
+    kw = dict(v_reset=0.0, tau=2.0, detach_reset=False, surrogate="atan")
+    x = torch.randn(6, 2, 37) * 2
+    v_init = torch.rand(2, 37) - 0.5
+    g_s, g_v = torch.randn(x.shape), torch.randn(x.shape[1:])
+    results = {}
+    for path in ("eager", "custom_op"):
+        if path == "custom_op":
+            monkeypatch.setattr(fused, "_eager", lambda x, v_init: False)
+        xb, vb = x.clone().requires_grad_(True), v_init.clone().requires_grad_(True)
+        s, v = multistep_lif(xb, v_init=vb, return_v=True, backend=backend, **kw)
+        results[path] = (s, v, *torch.autograd.grad((s * g_s).sum() + (v * g_v).sum(), (xb, vb)))
+        results[path + " node"] = type(s.grad_fn).__name__
+    assert "EagerLIF" in results["eager node"] and "lif_fwd" in results["custom_op node"]
+    for got, want in zip(results["eager"], results["custom_op"]):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward_raises(backend):
+    """The backward is not itself differentiable: asking for it fails loudly, on either path."""
+    x = torch.randn(3, 8, requires_grad=True)
+    s = multistep_lif(x, backend=backend)
+    (gx,) = torch.autograd.grad(s, x, torch.randn(3, 8), create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.sum(), x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["transposed_inner", "channels_last", "strided_slice"])
 def test_layouts(layout, backend):
     p = make_params()
