@@ -377,6 +377,16 @@ def test_bad_inputs_raise(kwargs, x, err):
             multistep_lif(x, **{"backend": backend, **kwargs})
 
 
+def test_params_are_checked_once_and_bad_ones_raise_every_time():
+    """make_params caches a checked set (a model repeats a few); errors are never cached."""
+    assert make_params(tau=3.0, alpha=2) is make_params(tau=3, alpha=2.0)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="tau"):
+            make_params(tau=0.5)
+        with pytest.raises(ValueError, match="tau"):
+            make_params(tau=[2.0])  # unhashable: checked without the cache
+
+
 @pytest.mark.parametrize("kwargs", [{"tau": 1.0}, {"surrogate": "relu"}, {"v_reset": 2.0}, {"alpha": 0}])
 def test_module_rejects_bad_arguments_at_construction(kwargs):
     with pytest.raises(ValueError):

@@ -13,6 +13,7 @@ Valid ranges (checked here, once, for every backend):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -48,6 +49,24 @@ def make_params(
     surrogate="sigmoid",
     alpha=None,
 ) -> LIFParams:
+    """The checked parameters; a model repeats the same few, so they are checked once each
+    (except while Dynamo traces: it would trace through the cache, and warn)."""
+    args = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    if torch.compiler.is_compiling():
+        return _check_params(*args)
+    try:
+        return _checked_params(*args)
+    except TypeError:  # an unhashable argument: checked below, with the usual message
+        return _check_params(*args)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_params(*args) -> LIFParams:
+    # (errors are not cached: an invalid set is checked, and raises, every time)
+    return _check_params(*args)
+
+
+def _check_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha) -> LIFParams:
     if not isinstance(tau, (int, float)) or not _finite(tau) or tau <= 1.0:
         raise ValueError(f"tau must be a finite number > 1, got {tau!r}")
     if not isinstance(v_threshold, (int, float)) or not _finite(v_threshold):
@@ -114,8 +133,8 @@ def state_like(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
 
 def empty_outputs(x: torch.Tensor, return_v: bool):
     """Forward outputs of every implementation (and of the fake): spikes like x, final v (fp32)."""
-    v_like = x[0] if return_v else x.new_empty(0)
-    return new_output(x), new_output(v_like, dtype=torch.float32)
+    v_out = new_output(x[0], dtype=torch.float32) if return_v else x.new_empty(0, dtype=torch.float32)
+    return new_output(x), v_out
 
 
 def empty_grads(x: torch.Tensor, v_init: torch.Tensor | None, need_grad_v_init: bool):
