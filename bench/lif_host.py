@@ -12,7 +12,8 @@ of the gate above its kernel time by about this much is host-bound.
 
 Prints the median microseconds per call (over ``--groups`` groups of ``--reps`` calls, one
 thread) for fwd (no_grad), bwd (the backward of a ready graph) and full (forward + backward),
-and the pieces apart: the launchers alone and the stubbed launch alone. ``--baseline`` measures
+and the pieces apart: the launchers alone, the stubbed launch alone, and the floor of the bwd
+row (torch.autograd.grad through a node that does nothing). ``--baseline`` measures
 another copy of ``svm_kernels`` importable under another name (e.g. an older commit's, with its
 ``svmamba::`` op namespace renamed so both register) in the same process, each case of the two
 timed alternately. ``--profile`` adds the top cProfile entries of ``full`` and the aten ops of
@@ -102,6 +103,18 @@ def per_call_us(fn, reps: int, groups: int) -> list[float]:
     return times
 
 
+class _Identity(torch.autograd.Function):
+    """A node that does nothing: what autograd alone costs the bwd row."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 def cases(pkg: SimpleNamespace, T: int, n: int, dtype: torch.dtype) -> dict:
     x = (torch.randn(T, n) * 2).to(dtype)
     g = torch.randn(T, n).to(dtype)
@@ -145,6 +158,11 @@ def cases(pkg: SimpleNamespace, T: int, n: int, dtype: torch.dtype) -> dict:
     def launch_only():
         outer.run(*args, **kwargs)
 
+    s_floor = _Identity.apply(xg)
+
+    def bwd_floor():
+        return torch.autograd.grad(s_floor, xg, g, retain_graph=True)
+
     return {
         "fwd": fwd,
         "bwd": bwd,
@@ -152,6 +170,7 @@ def cases(pkg: SimpleNamespace, T: int, n: int, dtype: torch.dtype) -> dict:
         "launcher fwd (lif_fwd)": launcher_fwd,
         "launcher bwd (lif_bwd)": launcher_bwd,
         "stubbed fwd launch alone": launch_only,
+        "bwd floor (no-op node)": bwd_floor,
     }
 
 
