@@ -215,6 +215,7 @@ def main(argv=None) -> int:
         medians = [statistics.median(times[pkg.name]) for pkg in packages]
         ratio = f"  {medians[0] / medians[-1]:5.2f}x" if len(medians) > 1 else ""
         print(f"  {case:28s}" + "".join(f"{m:16.1f}" for m in medians) + ratio)
+    print("launched: " + ", ".join(sorted(jit.__name__ for jit in packages[-1].launches)))
     if args.profile:
         full = fns["svm_kernels"]["full"]
         prof = cProfile.Profile()
