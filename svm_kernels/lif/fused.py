@@ -326,12 +326,15 @@ if HAS_TRITON:
             tl.store(grad_v_init_ptr + offs, b_g.to(grad_v_init_ptr.dtype.element_ty), mask=m_n)
 
 
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every call
+
+
 def _on_device(x: torch.Tensor):
     """Launch on x's GPU (Triton launches on the current one); a context only when they differ:
     entering ``torch.cuda.device`` costs the host more than comparing the indices."""
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         return torch.cuda.device(x.device)
-    return contextlib.nullcontext()
+    return _NO_CONTEXT
 
 
 @functools.cache
