@@ -115,6 +115,60 @@ def test_without_final_state_gradient(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_only_the_final_state_reaches_the_loss(backend):
+    """The spikes' gradient is absent (None, not a zero tensor): grad_x flows from v alone."""
+    kw = dict(v_reset=None, tau=3.0, v_threshold=0.8)
+    p = make_params(**kw)
+    v_init = torch.rand(3, 20) * 0.5
+    x = away_from_threshold((5, 3, 20), p, v_init=v_init)
+    g_v = torch.randn(x.shape[1:])
+    grads = {}
+    for name in ("reference", backend):
+        xb, vb = x.clone().requires_grad_(True), v_init.clone().requires_grad_(True)
+        if name == "reference":
+            v = multistep_lif_naive(xb, p, vb)[1]
+        else:
+            v = multistep_lif(xb, v_init=vb, return_v=True, backend=backend, **kw)[1]
+        (v * g_v).sum().backward()
+        grads[name] = (xb.grad, vb.grad)
+    assert_close_rel(grads[backend][0], grads["reference"][0], 1e-5, "grad x")
+    assert_close_rel(grads[backend][1], grads["reference"][1], 1e-5, "grad v_init")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eager_calls_and_the_custom_op_agree(backend, monkeypatch):
+    """Eager calls skip the custom op (its dispatch costs the host more than a launch) but run the
+    same functions: spikes, final v and both gradients bit-identical to the op's, one node each."""
+    from svm_kernels.lif import fused
+
+    kw = dict(v_reset=0.0, tau=2.0, detach_reset=False, surrogate="atan")
+    x = torch.randn(6, 2, 37) * 2
+    v_init = torch.rand(2, 37) - 0.5
+    g_s, g_v = torch.randn(x.shape), torch.randn(x.shape[1:])
+    results = {}
+    for path in ("eager", "custom_op"):
+        if path == "custom_op":
+            monkeypatch.setattr(fused, "_eager", lambda x, v_init: False)
+        xb, vb = x.clone().requires_grad_(True), v_init.clone().requires_grad_(True)
+        s, v = multistep_lif(xb, v_init=vb, return_v=True, backend=backend, **kw)
+        results[path] = (s, v, *torch.autograd.grad((s * g_s).sum() + (v * g_v).sum(), (xb, vb)))
+        results[path + " node"] = type(s.grad_fn).__name__
+    assert "EagerLIF" in results["eager node"] and "lif_fwd" in results["custom_op node"]
+    for got, want in zip(results["eager"], results["custom_op"]):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward_raises(backend):
+    """The backward is not itself differentiable: asking for it fails loudly, on either path."""
+    x = torch.randn(3, 8, requires_grad=True)
+    s = multistep_lif(x, backend=backend)
+    (gx,) = torch.autograd.grad(s, x, torch.randn(3, 8), create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gx.sum(), x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["transposed_inner", "channels_last", "strided_slice"])
 def test_layouts(layout, backend):
     p = make_params()
@@ -323,6 +377,16 @@ def test_bad_inputs_raise(kwargs, x, err):
             multistep_lif(x, **{"backend": backend, **kwargs})
 
 
+def test_params_are_checked_once_and_bad_ones_raise_every_time():
+    """make_params caches a checked set (a model repeats a few); errors are never cached."""
+    assert make_params(tau=3.0, alpha=2) is make_params(tau=3, alpha=2.0)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="tau"):
+            make_params(tau=0.5)
+        with pytest.raises(ValueError, match="tau"):
+            make_params(tau=[2.0])  # unhashable: checked without the cache
+
+
 @pytest.mark.parametrize("kwargs", [{"tau": 1.0}, {"surrogate": "relu"}, {"v_reset": 2.0}, {"alpha": 0}])
 def test_module_rejects_bad_arguments_at_construction(kwargs):
     with pytest.raises(ValueError):
@@ -442,13 +506,13 @@ def test_public_namespace():
 def test_segments_are_balanced_and_cover_T(T):
     """The kernels' time segments: cdiv(T, 16) of them, at most 16 steps each, the last one the
     same length or shorter by less than the number of segments, together exactly T steps."""
-    from svm_kernels.lif.fused import MAX_SEGMENT, _segments
+    from svm_kernels.lif.fused import MAX_SEGMENT, segments
 
-    seg = _segments({"T": T})
-    assert seg["NUM_SEG"] == -(-T // MAX_SEGMENT)
-    assert 1 <= seg["LAST_SEG"] <= seg["SEG"] <= MAX_SEGMENT
-    assert seg["SEG"] - seg["LAST_SEG"] < seg["NUM_SEG"]
-    assert (seg["NUM_SEG"] - 1) * seg["SEG"] + seg["LAST_SEG"] == T
+    seg, num_seg, last_seg = segments(T)
+    assert num_seg == -(-T // MAX_SEGMENT)
+    assert 1 <= last_seg <= seg <= MAX_SEGMENT
+    assert seg - last_seg < num_seg
+    assert (num_seg - 1) * seg + last_seg == T
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: 2^31 elements")
@@ -479,3 +543,32 @@ def test_second_backward_raises_like_autograd(backend):
     assert torch.equal(torch.autograd.grad(s, x, g)[0], first)
     with pytest.raises(RuntimeError, match="second time"):
         torch.autograd.grad(s, x, g)
+
+
+@pytest.mark.slow  # a subprocess: Triton's compiled-kernel path, without the interpreter
+def test_host_cost_script_runs_the_real_path():
+    """bench/lif_host.py times the real Python path with the kernels' launch stubbed: every row
+    gets a time, and the stub saw both kernels launched (else a row would time nothing)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "lif_host.py"), "--reps", "3", "--groups", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    times = {
+        line[:30].strip(): float(line[30:]) for line in out if line.startswith("  ") and line[:30].strip()
+    }
+    for row in ("fwd", "bwd", "full", "launcher fwd (lif_fwd)", "launcher bwd (lif_bwd)"):
+        assert times[row] > 0, out
+    assert "launched: fused_lif_bwd_kernel, fused_lif_fwd_kernel" in out, out

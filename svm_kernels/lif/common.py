@@ -13,6 +13,7 @@ Valid ranges (checked here, once, for every backend):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -48,6 +49,24 @@ def make_params(
     surrogate="sigmoid",
     alpha=None,
 ) -> LIFParams:
+    """The checked parameters; a model repeats the same few, so they are checked once each
+    (except while Dynamo traces: it would trace through the cache, and warn)."""
+    args = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    if torch.compiler.is_compiling():
+        return _check_params(*args)
+    try:
+        return _checked_params(*args)
+    except TypeError:  # an unhashable argument: checked below, with the usual message
+        return _check_params(*args)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_params(*args) -> LIFParams:
+    # (errors are not cached: an invalid set is checked, and raises, every time)
+    return _check_params(*args)
+
+
+def _check_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha) -> LIFParams:
     if not isinstance(tau, (int, float)) or not _finite(tau) or tau <= 1.0:
         raise ValueError(f"tau must be a finite number > 1, got {tau!r}")
     if not isinstance(v_threshold, (int, float)) or not _finite(v_threshold):
@@ -96,7 +115,8 @@ def as_time_major(x: torch.Tensor) -> torch.Tensor:
     Every implementation walks x as T rows of numel / T neurons and gives its outputs x's
     strides, so one flat offset addresses the same neuron in x, the spikes and the gradients.
     """
-    return x if time_major_dense(x) else x.contiguous()
+    # is_contiguous first: one C call answers the common case (the general test costs more)
+    return x if x.is_contiguous() or time_major_dense(x) else x.contiguous()
 
 
 def layout_like(like: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
@@ -108,13 +128,13 @@ def layout_like(like: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | No
 
 def state_like(x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
     """A per-neuron tensor laid out like one step of ``x`` (so flat offsets match), or None."""
-    return layout_like(x[0], t)
+    return None if t is None else layout_like(x[0], t)
 
 
 def empty_outputs(x: torch.Tensor, return_v: bool):
     """Forward outputs of every implementation (and of the fake): spikes like x, final v (fp32)."""
-    v_like = x[0] if return_v else x.new_empty(0)
-    return new_output(x), new_output(v_like, dtype=torch.float32)
+    v_out = new_output(x[0], dtype=torch.float32) if return_v else x.new_empty(0, dtype=torch.float32)
+    return new_output(x), v_out
 
 
 def empty_grads(x: torch.Tensor, v_init: torch.Tensor | None, need_grad_v_init: bool):

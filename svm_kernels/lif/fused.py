@@ -23,10 +23,11 @@ v_threshold where spikingjelly's does and the spikes are bit-identical.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
-from ..utils import HAS_TRITON, TRITON_INTERPRET, autotune_configs
+from ..utils import HAS_TRITON, TRITON_INTERPRET
 from . import vectorized
 from .common import LIFParams, as_time_major, empty_grads, empty_outputs, layout_like, state_like
 
@@ -37,30 +38,6 @@ MAX_SEGMENT = 16
 if HAS_TRITON:
     import triton
     import triton.language as tl
-
-    # Forward autotuner configurations: eight neurons per thread (128-bit accesses at bf16).
-    _CONFIGS = autotune_configs(
-        [
-            triton.Config({"BLOCK_N": 1024}, num_warps=4),
-            triton.Config({"BLOCK_N": 2048}, num_warps=8),
-        ],
-        triton.Config({"BLOCK_N": 256}, num_warps=4),
-    )
-
-    def _segments(args):
-        # As few segments as MAX_SEGMENT allows, of balanced lengths (T = 17: 9 + 8, not 16 + 1):
-        # the backward holds a segment's h in registers, so its longest segment sets their number.
-        num_seg = triton.cdiv(args["T"], MAX_SEGMENT)
-        seg = triton.cdiv(args["T"], num_seg)
-        return {"SEG": seg, "NUM_SEG": num_seg, "LAST_SEG": args["T"] - (num_seg - 1) * seg}
-
-    _HEURISTICS = {
-        "SEG": lambda args: _segments(args)["SEG"],
-        "NUM_SEG": lambda args: _segments(args)["NUM_SEG"],
-        "LAST_SEG": lambda args: _segments(args)["LAST_SEG"],
-        "USE_INITIAL_STATE": lambda args: args["v_init_ptr"] is not None,
-    }
-    _FWD_HEURISTICS = {**_HEURISTICS, "STORE_FINAL_STATE": lambda args: args["v_out_ptr"] is not None}
 
     @triton.jit
     def _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr):
@@ -224,8 +201,6 @@ if HAS_TRITON:
         # scale * dL/dv[K-1] = scale * dL/dh * dh/dv = dL/dx * (1 - 1/tau)
         return b_gx * (1.0 - 1.0 / tau)
 
-    @triton.autotune(configs=_CONFIGS, key=["N", "T"])
-    @triton.heuristics(_FWD_HEURISTICS)
     @triton.jit
     def fused_lif_fwd_kernel(
         x_ptr,
@@ -265,13 +240,6 @@ if HAS_TRITON:
         if STORE_FINAL_STATE:
             tl.store(v_out_ptr + offs, v, mask=m_n)
 
-    @triton.heuristics(
-        {
-            **_HEURISTICS,
-            "HAS_GRAD_FINAL_STATE": lambda args: args["grad_v_ptr"] is not None,
-            "STORE_GRAD_INITIAL_STATE": lambda args: args["grad_v_init_ptr"] is not None,
-        }
-    )
     @triton.jit
     def fused_lif_bwd_kernel(
         x_ptr,
@@ -358,29 +326,55 @@ if HAS_TRITON:
             tl.store(grad_v_init_ptr + offs, b_g.to(grad_v_init_ptr.dtype.element_ty), mask=m_n)
 
 
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every call
+
+
 def _on_device(x: torch.Tensor):
-    """Launch on x's GPU (not the current one); nothing to select for CPU tensors (interpreter)."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    """Launch on x's GPU (Triton launches on the current one); a context only when they differ:
+    entering ``torch.cuda.device`` costs the host more than comparing the indices."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return _NO_CONTEXT
 
 
-def bwd_config(dtype: torch.dtype) -> tuple[int, int]:
-    """(BLOCK_N, num_warps) of the backward: 16 bytes of x per thread, i.e. one 128-bit access
-    per row, and no more neurons per thread, since each holds a segment of h in registers."""
+@functools.cache
+def segments(T: int) -> tuple[int, int, int]:
+    """(SEG, NUM_SEG, LAST_SEG): as few segments as MAX_SEGMENT allows, of balanced lengths
+    (T = 17: 9 + 8, not 16 + 1), since the backward holds a segment's h in registers and its
+    longest segment sets their number. The last one is the same length or shorter."""
+    num_seg = -(-T // MAX_SEGMENT)
+    seg = -(-T // num_seg)
+    return seg, num_seg, T - (num_seg - 1) * seg
+
+
+@functools.cache
+def launch_config(dtype: torch.dtype, backward: bool) -> tuple[int, int]:
+    """(BLOCK_N, num_warps). A fixed choice, no autotuner: choosing per call cost the host more
+    than the forward kernel's launch. The forward streams 8 neurons per thread (128-bit accesses
+    at 16-bit storage); the backward 16 bytes of x per thread, one 128-bit access per row, and no
+    more neurons, since each holds a segment of h in registers."""
     num_warps = 4
-    return 16 // torch.empty(0, dtype=dtype).element_size() * 32 * num_warps, num_warps
+    if TRITON_INTERPRET:  # the interpreter runs the programs one after another: small ones
+        return 256, num_warps
+    per_thread = 16 // dtype.itemsize if backward else 8
+    return per_thread * 32 * num_warps, num_warps
 
 
-def _grid(n: int):
-    return lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)
+def _blocks(n: int, block_n: int) -> int:
+    # plain integers: triton.cdiv is a constexpr function in Triton 3.8, slower on the host
+    return (n + block_n - 1) // block_n
 
 
 def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: spikes (x's dtype, x's layout) and final v (fp32; empty unless return_v)."""
     x = as_time_major(x)
-    T, n = x.shape[0], x[0].numel()
+    T = x.shape[0]
+    n = x.numel() // T
     spikes, v_out = empty_outputs(x, return_v)
+    seg, num_seg, last_seg = segments(T)
+    block_n, num_warps = launch_config(x.dtype, False)
     with _on_device(x):
-        fused_lif_fwd_kernel[_grid(n)](
+        fused_lif_fwd_kernel[(_blocks(n, block_n),)](
             x_ptr=x,
             v_init_ptr=state_like(x, v_init),
             s_ptr=spikes,
@@ -392,6 +386,13 @@ def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torc
             T=T,
             HARD_RESET=p.v_reset is not None,
             DECAY_INPUT=p.decay_input,
+            SEG=seg,
+            NUM_SEG=num_seg,
+            LAST_SEG=last_seg,
+            USE_INITIAL_STATE=v_init is not None,
+            STORE_FINAL_STATE=return_v,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
         )
     return spikes, v_out
 
@@ -399,21 +400,23 @@ def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torc
 def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     """Launcher: (grad_x in x's dtype and layout, grad_v_init in v_init's dtype or empty)."""
     x = as_time_major(x)
-    T, n = x.shape[0], x[0].numel()
+    T = x.shape[0]
+    n = x.numel() // T
     grad_s = layout_like(x, grad_s)
     grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
-    num_seg = _segments({"T": T})["NUM_SEG"]
+    seg, num_seg, last_seg = segments(T)
     # Scratch for the membrane potential at each segment start but the last's (several segments only).
     v_start = torch.empty((num_seg - 1, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
-    block_n, num_warps = bwd_config(x.dtype) if not TRITON_INTERPRET else (256, 4)
+    store_grad_v_init = need_grad_v_init and v_init is not None
+    block_n, num_warps = launch_config(x.dtype, True)
     with _on_device(x):
-        fused_lif_bwd_kernel[(triton.cdiv(n, block_n),)](
+        fused_lif_bwd_kernel[(_blocks(n, block_n),)](
             x_ptr=x,
             v_init_ptr=state_like(x, v_init),
             grad_s_ptr=grad_s,
             grad_v_ptr=state_like(x, grad_v),
             grad_x_ptr=grad_x,
-            grad_v_init_ptr=grad_v_init if grad_v_init.numel() else None,
+            grad_v_init_ptr=grad_v_init if store_grad_v_init else None,
             v_start_ptr=v_start,
             N=n,
             tau=p.tau,
@@ -425,6 +428,12 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
             DECAY_INPUT=p.decay_input,
             DETACH_RESET=p.detach_reset,
             SURROGATE_ATAN=p.surrogate == "atan",
+            SEG=seg,
+            NUM_SEG=num_seg,
+            LAST_SEG=last_seg,
+            USE_INITIAL_STATE=v_init is not None,
+            HAS_GRAD_FINAL_STATE=grad_v is not None,
+            STORE_GRAD_INITIAL_STATE=store_grad_v_init,
             BLOCK_N=block_n,
             num_warps=num_warps,
         )
@@ -522,8 +531,55 @@ def _backward(ctx, grad_s, grad_v):
 _lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerLIF(torch.autograd.Function):
+    """The custom op's forward and backward without the custom op: what eager calls run.
+
+    A ``torch.library`` custom op costs the host tens of microseconds per call on top of the
+    autograd node (schema handling and Python redispatch, once for the forward op and once for
+    the backward op), more than a launch; GPU steps of a few hundred microseconds become
+    host-bound. The same functions, the same single saved tensor (x) and the same node.
+    """
+
+    @staticmethod
+    def forward(ctx, x, v_init, p: LIFParams, return_v: bool, use_triton: bool):
+        spikes, v = (lif_fwd if use_triton else vectorized.lif_forward)(x, v_init, p, return_v)
+        ctx.p, ctx.return_v, ctx.use_triton = p, return_v, use_triton
+        # unused outputs' gradients stay None: no zero-filled gradient of the empty v
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, v_init)
+        return spikes, v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_s, grad_v):
+        x, v_init = ctx.saved_tensors
+        need_gvi = v_init is not None and ctx.needs_input_grad[1]
+        if grad_s is None:  # only the final v reaches the loss
+            grad_s = torch.zeros_like(x)
+        grad_v = grad_v if ctx.return_v else None
+        grad_x, grad_v_init = (lif_bwd if ctx.use_triton else vectorized.lif_backward)(
+            grad_s, grad_v, x, v_init, ctx.p, need_gvi
+        )
+        return grad_x, grad_v_init if need_gvi else None, None, None, None
+
+
+def _eager(x: torch.Tensor, v_init: torch.Tensor | None) -> bool:
+    """Plain tensors, no tracer, no dispatch mode: the custom op is what torch.compile, torch.jit
+    tracing (fvcore's counters), fake tensors and dispatch modes must see."""
+    return (
+        type(x) is torch.Tensor
+        and (v_init is None or type(v_init) is torch.Tensor)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch._C._len_torch_dispatch_stack()
+    )
+
+
 def lif_op(x, v_init, p: LIFParams, return_v: bool, use_triton: bool):
-    """(spikes, final v) through the custom op: the Triton kernels or the vectorised PyTorch path."""
+    """(spikes, final v) through one autograd node: the Triton kernels or the vectorised PyTorch
+    path, called directly in eager mode and through the custom op otherwise."""
+    if _eager(x, v_init):
+        return _EagerLIF.apply(x, v_init, p, return_v, use_triton)
     return _lif_fwd_op(
         x,
         v_init,

@@ -33,8 +33,9 @@ def multistep_lif(
     at ``h - v_threshold`` ("sigmoid", alpha 4 by default, or "atan", alpha 2);
     ``detach_reset`` stops the gradient through the spike in the reset term.
 
-    Both implementations are one autograd node (a ``torch.library`` custom op) that saves only x
-    and recompute the membrane potential in the backward; the division by tau is correctly
+    Both implementations are one autograd node that saves only x and recompute the membrane
+    potential in the backward (a ``torch.library`` custom op under torch.compile, tracing and
+    dispatch modes; a plain ``autograd.Function`` around the same functions in eager calls); the division by tau is correctly
     rounded as in spikingjelly, so the spikes are bit-identical to its.
 
     Args:
