@@ -548,12 +548,86 @@ if HAS_TRITON:
             return off_lane + i * s_j + tl.where(j_lane + i >= M, s_i - M * s_j, 0)
 
     @triton.jit
-    def _load_f32(ptr, mask):
-        # fp32 values; None: no mask (no predicate, no default to move in)
+    def _load_or_zero(ptr, mask):
+        # values in their stored type; None: no mask (no predicate, no default to move in)
         if mask is None:
-            return tl.load(ptr).to(tl.float32)
+            return tl.load(ptr)
         else:
-            return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+            return tl.load(ptr, mask=mask, other=0.0)
+
+    @triton.jit
+    def _tile_base(t, L, CHUNK: tl.constexpr, REVERSE: tl.constexpr, ALIGNED: tl.constexpr):
+        # First position of a walk's tile t: the reversal's tiles count from the sequence's end.
+        # The walk's last tile is moved back to lie within the sequence (its done positions are
+        # masked by the caller).
+        if REVERSE:
+            base = tl.maximum(L - (t + 1) * CHUNK, 0)
+        else:
+            base = tl.minimum(t * CHUNK, L - CHUNK)
+        if ALIGNED:
+            # L and the tile are multiples of 8, so is every tile's start: the contiguous loads
+            # of a lane's positions become 16-byte vectors
+            base = tl.multiple_of(base, 8)
+        return base
+
+    @triton.jit
+    def _tile_inputs(
+        u_b,
+        dt_b,
+        B_b,
+        C_b,
+        base,
+        M,
+        inv_M,
+        s_ui,
+        s_uj,
+        s_ti,
+        s_tj,
+        s_Bi,
+        s_Bj,
+        s_Ci,
+        s_Cj,
+        s_oi,
+        s_oj,
+        r_low,
+        m_n3,
+        LOWRANK: tl.constexpr,
+        DOT_DT: tl.constexpr,
+        FLAT: tl.constexpr,
+        ONE_WRAP: tl.constexpr,
+        SAME_PLANE: tl.constexpr,
+        SUB: tl.constexpr,
+        NSUB: tl.constexpr,
+    ):
+        # The global loads of the tile at `base`, in their stored types: u [SUB, 1, NSUB] per
+        # channel, B and C [SUB, NP, NSUB], and dt's source: the dt_low tile [RP, SUB * NSUB]
+        # (DOT_DT), delta [SUB, 1, NSUB] per channel, or (low rank without the dot) the offsets of
+        # dt_low's rows, which are read where dt is built. Nothing here uses a loaded value, so a
+        # prefetch of the next tile does not wait for its loads.
+        i0 = base // M
+        j0 = base - i0 * M
+        off_u = _tile_offsets(base, i0, j0, M, inv_M, s_ui, s_uj, FLAT, ONE_WRAP, SUB, NSUB)
+        if SAME_PLANE:  # every plane has u's spatial strides: one offset for all
+            off_t = off_u
+            off_B = off_u
+            off_C = off_u
+            off_o = off_u
+        else:
+            off_t = _tile_offsets(base, i0, j0, M, inv_M, s_ti, s_tj, FLAT, ONE_WRAP, SUB, NSUB)
+            off_B = _tile_offsets(base, i0, j0, M, inv_M, s_Bi, s_Bj, FLAT, ONE_WRAP, SUB, NSUB)
+            off_C = _tile_offsets(base, i0, j0, M, inv_M, s_Ci, s_Cj, FLAT, ONE_WRAP, SUB, NSUB)
+            off_o = _tile_offsets(base, i0, j0, M, inv_M, s_oi, s_oj, FLAT, ONE_WRAP, SUB, NSUB)
+        b_u = tl.load(u_b + off_u[:, None, :])
+        if DOT_DT:
+            off_p = _spatial(base, i0, j0, tl.arange(0, SUB * NSUB), M, inv_M, s_ti, s_tj, FLAT)
+            b_src = tl.load(dt_b + r_low + off_p[None, :])
+        elif LOWRANK:
+            b_src = off_t
+        else:
+            b_src = tl.load(dt_b + off_t[:, None, :])
+        b_B = _load_or_zero(B_b + off_B[:, None, :], m_n3)
+        b_C = _load_or_zero(C_b + off_C[:, None, :], m_n3)
+        return b_u, b_src, b_B, b_C, off_o
 
     @triton.heuristics(
         {
@@ -632,6 +706,7 @@ if HAS_TRITON:
         ALIGNED: tl.constexpr,
         SAME_PLANE: tl.constexpr,
         ONE_WRAP: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
         # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
@@ -695,46 +770,94 @@ if HAS_TRITON:
             if DOT_DT:
                 b_wt, r_low = _dt_weight_operand(w_ptr, k, D, offs_d, s_lr, low_ptr.dtype.element_ty, R, RP)
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+            if not DOT_DT:
+                r_low = 0
+            if PREFETCH:  # the first tile's loads, before the walk
+                b_u_next, b_src_next, b_B_next, b_C_next, _ = _tile_inputs(
+                    u_b,
+                    dt_b,
+                    B_b,
+                    C_b,
+                    _tile_base(0, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
+                    M,
+                    inv_M,
+                    s_ui,
+                    s_uj,
+                    s_ti,
+                    s_tj,
+                    s_Bi,
+                    s_Bj,
+                    s_Ci,
+                    s_Cj,
+                    s_oi,
+                    s_oj,
+                    r_low,
+                    m_n3,
+                    LOWRANK=LOWRANK,
+                    DOT_DT=DOT_DT,
+                    FLAT=FLAT,
+                    ONE_WRAP=ONE_WRAP,
+                    SAME_PLANE=SAME_PLANE,
+                    SUB=SUB,
+                    NSUB=NSUB,
+                )
             for t in range(n_tiles):
-                # the tile [base, base + CHUNK) and its new positions rel in [lo, hi)
+                # the tile [base, base + CHUNK) and its positions not done by an earlier tile
+                base = _tile_base(t, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED)
                 if rev == 0:
-                    hi = L - t * CHUNK
-                    base = tl.maximum(hi - CHUNK, 0)
-                    m_new = rel < hi - base
+                    m_new = rel < L - t * CHUNK - base
                 else:
-                    base = tl.minimum(t * CHUNK, L - CHUNK)
                     m_new = rel >= t * CHUNK - base
-                if ALIGNED:
-                    # L and the tile are multiples of 8, so is every tile's start: the contiguous
-                    # loads of a lane's 8 positions become 16-byte vectors
-                    base = tl.multiple_of(base, 8)
-                i0 = base // M
-                j0 = base - i0 * M
-                off_u = _tile_offsets(base, i0, j0, M, inv_M, s_ui, s_uj, FLAT, ONE_WRAP, SUB, NSUB)
-                if SAME_PLANE:  # every plane has u's spatial strides: one offset for all
-                    off_t = off_u
-                    off_B = off_u
-                    off_C = off_u
-                    off_o = off_u
+                if PREFETCH:
+                    # software pipeline: the next tile's loads are issued before this tile's math,
+                    # so their latency hides behind it (the last tile loads itself again)
+                    t_load = tl.minimum(t + 1, n_tiles - 1)
                 else:
-                    off_t = _tile_offsets(base, i0, j0, M, inv_M, s_ti, s_tj, FLAT, ONE_WRAP, SUB, NSUB)
-                    off_B = _tile_offsets(base, i0, j0, M, inv_M, s_Bi, s_Bj, FLAT, ONE_WRAP, SUB, NSUB)
-                    off_C = _tile_offsets(base, i0, j0, M, inv_M, s_Ci, s_Cj, FLAT, ONE_WRAP, SUB, NSUB)
-                    off_o = _tile_offsets(base, i0, j0, M, inv_M, s_oi, s_oj, FLAT, ONE_WRAP, SUB, NSUB)
-                b_u = tl.load(u_b + off_u[:, None, :])
+                    t_load = t
+                b_u_load, b_src_load, b_B_load, b_C_load, off_o_load = _tile_inputs(
+                    u_b,
+                    dt_b,
+                    B_b,
+                    C_b,
+                    _tile_base(t_load, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
+                    M,
+                    inv_M,
+                    s_ui,
+                    s_uj,
+                    s_ti,
+                    s_tj,
+                    s_Bi,
+                    s_Bj,
+                    s_Ci,
+                    s_Cj,
+                    s_oi,
+                    s_oj,
+                    r_low,
+                    m_n3,
+                    LOWRANK=LOWRANK,
+                    DOT_DT=DOT_DT,
+                    FLAT=FLAT,
+                    ONE_WRAP=ONE_WRAP,
+                    SAME_PLANE=SAME_PLANE,
+                    SUB=SUB,
+                    NSUB=NSUB,
+                )
+                if PREFETCH:
+                    b_u, b_src, b_B, b_C = b_u_next, b_src_next, b_B_next, b_C_next
+                    b_u_next, b_src_next, b_B_next, b_C_next = b_u_load, b_src_load, b_B_load, b_C_load
+                else:
+                    b_u, b_src, b_B, b_C, off_o = b_u_load, b_src_load, b_B_load, b_C_load, off_o_load
                 b_u = b_u.to(tl.float32)
                 if DOT_DT:
                     # dt = dt_low[k]^T dt_weight[k]^T on the tensor cores, [CHUNK, RP] x [RP, BLOCK_D]:
                     # each dt_low value is loaded once per program, not per channel (fp32 dt_low:
                     # tf32x3, fp32 accuracy from three tf32 products; halves: _dt_weight_operand)
-                    off_p = _spatial(base, i0, j0, tl.arange(0, SUB * NSUB), M, inv_M, s_ti, s_tj, FLAT)
-                    b_low = tl.load(dt_b + r_low + off_p[None, :])
-                    if b_low.dtype == tl.float32:
-                        b_dt = tl.dot(tl.trans(b_low), b_wt, input_precision="tf32x3")
+                    if b_src.dtype == tl.float32:
+                        b_dt = tl.dot(tl.trans(b_src), b_wt, input_precision="tf32x3")
                     elif _GPU_MATH:
-                        b_dt = tl.dot(tl.trans(b_low), b_wt)
+                        b_dt = tl.dot(tl.trans(b_src), b_wt)
                     else:  # the interpreter multiplies no halves; fp32 holds them exactly
-                        b_dt = tl.dot(tl.trans(b_low.to(tl.float32)), b_wt.to(tl.float32))
+                        b_dt = tl.dot(tl.trans(b_src.to(tl.float32)), b_wt.to(tl.float32))
                     # tile position s * SUB + i -> [SUB, BLOCK_D, NSUB]
                     b_dt = tl.permute(tl.reshape(b_dt, [NSUB, SUB, BLOCK_D]), [1, 2, 0])
                 elif LOWRANK:
@@ -742,15 +865,15 @@ if HAS_TRITON:
                     b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
                     for r in tl.static_range(R):
                         b_w = tl.load(w_ptr + (k * D + dl3) * R + r)
-                        b_low = tl.load(dt_b + r * s_lr + off_t).to(tl.float32)
+                        b_low = tl.load(dt_b + r * s_lr + b_src).to(tl.float32)
                         b_dt += b_w * b_low[:, None, :]
                 else:
-                    b_dt = tl.load(dt_b + off_t[:, None, :]).to(tl.float32)
+                    b_dt = b_src.to(tl.float32)
                 b_dt += b_bias
                 if DELTA_SOFTPLUS:
                     b_dt = _softplus(b_dt)
                 b_dt = tl.where(m_new[:, None, :], b_dt, 0.0)
-                b_B = _load_f32(B_b + off_B[:, None, :], m_n3)
+                b_B = b_B.to(tl.float32)
                 # [SUB, NP, BLOCK_D, NSUB]: decay and input of every element and state
                 b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
                 b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
@@ -765,11 +888,18 @@ if HAS_TRITON:
                 b_enter = b_ea * b_carry[:, :, None] + b_ex
                 whole = (NSUB - 1) * rev
                 b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
-                b_C = _load_f32(C_b + off_C[:, None, :], m_n3)
+                b_C = b_C.to(tl.float32)
                 b_x = b_xloc + b_prod * b_enter[None, :, :, :]
                 b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
                 if HAS_D and rev == 1:
                     b_y += b_skip * b_u
+                if PREFETCH:
+                    # this tile's output offsets again, late: carried or kept since the loads,
+                    # they hold 16 registers through the math and spill
+                    i0 = base // M
+                    off_o = _tile_offsets(
+                        base, i0, base - i0 * M, M, inv_M, s_oi, s_oj, FLAT, ONE_WRAP, SUB, NSUB
+                    )
                 p_out = out_b + off_o[:, None, :]
                 m_out = m_new[:, None, :]
                 if not EVEN_D:
@@ -1513,6 +1643,21 @@ def _flat(t: torch.Tensor | None, column: bool) -> bool:
 # larger N (16: mamba's default) the chunk walk, which holds NP per lane, is the cheaper one.
 TILE_SCAN_MAX_N = 4
 
+# The tile scan issues the next tile's loads before the current tile's math (a software
+# pipeline in registers): a walk is a chain of dependent tiles, and without it every tile
+# waits for its loads. False: each tile loads its inputs itself (the GPU gate times both).
+TILE_PREFETCH = True
+
+
+def _tile_prefetch(u, delta) -> bool:
+    """Whether the tile scan carries the next tile's loads, where they fit in the 128 registers
+    without spills (sm_90, Triton 3.8): planes of a multiple of 16 positions (vector loads; with
+    other sizes each element's address is its own and 56 x 57 or 1 x 1000 spill 116-244 bytes),
+    and not fp32 u with fp32 delta (four carried fp32 tiles: 52 bytes spilled at stage 1)."""
+    L = u.shape[-2] * u.shape[-1]
+    halves = delta is None or max(u.element_size(), delta.element_size()) < 4
+    return TILE_PREFETCH and L % 16 == 0 and halves
+
 
 def ss2d_fwd(
     u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype, config=None
@@ -1571,6 +1716,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             SUB=sub,
             NSUB=nsub,
             BLOCK_D=block_d,
+            PREFETCH=_tile_prefetch(u, delta),
             num_warps=num_warps,
             # Triton 3.6 lets ptxas take 140-168 registers in the column-major launch (3.8: 128)
             maxnreg=128,
