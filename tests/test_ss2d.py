@@ -142,7 +142,7 @@ def test_forward_tile_scan(monkeypatch, batch, D, H, W, N, lowrank, config, pref
     orientations, channel blocks that do not divide D; with and without the next tile's loads
     issued ahead (forced: the launch policy prefetches only where it fits a GPU's registers)."""
     monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
-    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta: prefetch)
+    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta, flat: prefetch)
     inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**inputs, backend="triton")
@@ -185,7 +185,7 @@ def test_forward_tile_prefetch(monkeypatch, batch, D, H, W, N, lowrank, dtype, c
     maps whose last tile is moved back, odd sizes and half-precision full delta."""
     monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
     # forced on any size (the launch policy prefetches where it fits a GPU's registers)
-    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta: fused.TILE_PREFETCH)
+    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta, flat: fused.TILE_PREFETCH)
     inputs = make_inputs(batch, D, H, W, N, R=3, lowrank=lowrank, dtype=dtype)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**inputs, backend="triton")
@@ -198,7 +198,8 @@ def test_forward_tile_prefetch(monkeypatch, batch, D, H, W, N, lowrank, dtype, c
 
 def test_tile_prefetch_policy(monkeypatch):
     """The launch prefetches where the carried tiles fit in 128 registers on sm_90: planes of a
-    multiple of 16 positions, not fp32 full delta; TILE_PREFETCH = False turns it off."""
+    multiple of 16 positions, not fp32 full delta, planes contiguous in walk order unless
+    TILE_PREFETCH_STRIDED; TILE_PREFETCH = False turns it off."""
 
     def t(*shape, dtype=torch.bfloat16):
         return torch.empty(*shape, dtype=dtype)
@@ -210,8 +211,11 @@ def test_tile_prefetch_policy(monkeypatch):
     assert not fused._tile_prefetch(u32, d32) and not fused._tile_prefetch(u16, d32)
     assert not fused._tile_prefetch(t(1, 2, 56, 57), None)  # L % 16 != 0
     assert not fused._tile_prefetch(t(1, 2, 1, 1000), None)
+    assert not fused._tile_prefetch(u16, None, flat=False)
+    monkeypatch.setattr(fused, "TILE_PREFETCH_STRIDED", True)
+    assert fused._tile_prefetch(u16, None, flat=False)
     monkeypatch.setattr(fused, "TILE_PREFETCH", False)
-    assert not fused._tile_prefetch(u16, None)
+    assert not fused._tile_prefetch(u16, None) and not fused._tile_prefetch(u16, None, flat=False)
 
 
 @pytest.mark.parametrize("lowrank", [False, True])

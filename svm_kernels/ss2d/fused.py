@@ -1647,16 +1647,22 @@ TILE_SCAN_MAX_N = 4
 # pipeline in registers): a walk is a chain of dependent tiles, and without it every tile
 # waits for its loads. False: each tile loads its inputs itself (the GPU gate times both).
 TILE_PREFETCH = True
+# The same in launches whose planes are not contiguous in walk order (the column-major one):
+# their loads are per element, the carried tiles take ~64 registers instead of ~24, and at the
+# 128-register cap Triton 3.6 spills 100 bytes at stage 1 (3.8: none). Off until the GPU gate
+# shows the hidden latency outweighs the spills.
+TILE_PREFETCH_STRIDED = False
 
 
-def _tile_prefetch(u, delta) -> bool:
-    """Whether the tile scan carries the next tile's loads, where they fit in the 128 registers
-    without spills (sm_90, Triton 3.8): planes of a multiple of 16 positions (vector loads; with
-    other sizes each element's address is its own and 56 x 57 or 1 x 1000 spill 116-244 bytes),
-    and not fp32 u with fp32 delta (four carried fp32 tiles: 52 bytes spilled at stage 1)."""
+def _tile_prefetch(u, delta, flat: bool = True) -> bool:
+    """Whether a tile-scan launch carries the next tile's loads, where they fit in the 128
+    registers without spills (sm_90, Triton 3.6 and 3.8): planes of a multiple of 16 positions
+    (vector loads; with other sizes each element's address is its own and 56 x 57 or 1 x 1000
+    spill 116-244 bytes), not fp32 u with fp32 delta (four carried fp32 tiles: 52 bytes spilled
+    at stage 1), and planes contiguous in walk order unless TILE_PREFETCH_STRIDED."""
     L = u.shape[-2] * u.shape[-1]
     halves = delta is None or max(u.element_size(), delta.element_size()) < 4
-    return TILE_PREFETCH and L % 16 == 0 and halves
+    return TILE_PREFETCH and L % 16 == 0 and halves and (flat or TILE_PREFETCH_STRIDED)
 
 
 def ss2d_fwd(
@@ -1691,6 +1697,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
 
     def orientation(column: bool):
         tensors = (u, delta, dt_low, B, C, out)
+        flat = all(_flat(t, column) for t in tensors)
         ss2d_fwd_scan_kernel[grid](
             u_ptr=u,
             delta_ptr=delta,
@@ -1711,12 +1718,12 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             NP=_next_pow2(N),
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
-            FLAT=all(_flat(t, column) for t in tensors),
+            FLAT=flat,
             SAME_PLANE=len({t.stride()[-2:] for t in tensors if t is not None}) == 1,
             SUB=sub,
             NSUB=nsub,
             BLOCK_D=block_d,
-            PREFETCH=_tile_prefetch(u, delta),
+            PREFETCH=_tile_prefetch(u, delta, flat),
             num_warps=num_warps,
             # Triton 3.6 lets ptxas take 140-168 registers in the column-major launch (3.8: 128)
             maxnreg=128,
