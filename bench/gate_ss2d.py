@@ -176,6 +176,48 @@ def time_case(fn, shape, dtype, mode, full_delta=False):
     )
 
 
+# The stage-1 bf16 low-rank forward under named variants, timed in one run, each with a float64
+# check of its output at the check shape: the tile scan with and without its software pipeline
+# (the next tile's loads issued before the current tile's math), and launch configurations whose
+# occupancy and tail the static check cannot rank. A variant is a set of launcher_overrides.
+FWD_VARIANT_SHAPE = "vmamba_t_stage1"
+FWD_VARIANTS = {
+    "prefetch": {},  # the default launch: the row-major launch carries the next tile's loads
+    "no_prefetch": dict(TILE_PREFETCH=False),  # every tile loads its own inputs (v2.2)
+    # tiles of 8 x 8 positions capped at 96 registers (sm_90, Triton 3.8: no spills): 5 blocks
+    # per SM instead of 4, the 768 blocks in 1.16 waves instead of 1.45
+    "sub8_regs96": dict(_fwd_scan_config=lambda D, L, N: (16, 8, 8, 4), TILE_MAX_REGISTERS=96),
+    # the same at 80 registers: 6 blocks per SM, one wave, 68 + 24 bytes spilled (Triton 3.8)
+    "sub8_regs80": dict(_fwd_scan_config=lambda D, L, N: (16, 8, 8, 4), TILE_MAX_REGISTERS=80),
+}
+_FWD_REFERENCE: dict = {}
+
+
+def fwd_reference(shape):
+    """Inputs (bf16-representable) and the float64 forward at ``shape``, once per process."""
+    key = tuple(shape)
+    if key not in _FWD_REFERENCE:
+        torch.manual_seed(0)
+        x = make(shape, torch.bfloat16)
+        with torch.no_grad():
+            ref = ours_lowrank({k: v.double() for k, v in x.items()}, backend="torch")
+        _FWD_REFERENCE.clear()
+        _FWD_REFERENCE[key] = (x, ref)
+    return _FWD_REFERENCE[key]
+
+
+def fwd_variant(overrides: dict, check_shape, shape, dtype):
+    """One variant: the forward's max relative error against float64 at ``check_shape`` (bf16
+    inputs), then its time at ``shape`` in ``dtype``, forward only."""
+    with launcher_overrides(**overrides):
+        x, ref = fwd_reference(check_shape)
+        with torch.no_grad():
+            err = rel_err(ours_lowrank(x), ref)
+        tol = tolerance(torch.bfloat16, check_shape[2] * check_shape[3])
+        row = time_case(ours_lowrank, shape, dtype, "fwd")
+    return dict(row, max_rel_err=float(f"{err:.3g}"), tol=tol, ok=bool(err <= tol))
+
+
 def fla_available():
     if not HAS_CUDA:
         raise Skip("fla-core's chunked HGRN is Triton on CUDA only")
@@ -231,3 +273,13 @@ def ss2d_cases(smoke: bool):
                 yield Case("ss2d", "ours_lowrank", "ours", case, lambda a=a: time_case(ours_lowrank, *a), 60)
                 yield Case("ss2d", "ours_full", "ours", case, lambda a=a: time_case(ours_full, *a, True), 60)
                 yield Case("ss2d", "fla_unfused", "peer", case, lambda a=a: fla_case(*a), 60)
+    # the forward variants, after the rows above (a run cut short keeps those); smoke: the smoke
+    # shape, timed in fp32 as the interpreter's other rows
+    v_name = "smoke" if smoke else FWD_VARIANT_SHAPE
+    variant_shape = SS2D_SMOKE[v_name] if smoke else SS2D_SHAPES[v_name]
+    v_check = next(iter(check_shapes.values()))
+    v_dtype = "fp32" if smoke else "bf16"
+    for variant, overrides in FWD_VARIANTS.items():
+        case = dict(shape=v_name, dims=list(variant_shape), dtype=v_dtype, mode=f"fwd_{variant}")
+        run = lambda o=overrides, s=variant_shape: fwd_variant(o, v_check, s, DTYPES[v_dtype])
+        yield Case("ss2d", "ours_lowrank", "ours", case, run, 60)
