@@ -114,13 +114,16 @@ MULTI_CHUNK = [
 @pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK)
 def test_forward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
     """Small forced chunks (the walk at N > 4; any N here): the chunk states, the chain over
-    chunks, both orientations."""
+    chunks, both orientations; the walk that issues each step's loads during the previous step
+    (the default) is bit for bit the walk that loads at each step."""
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: config)
     monkeypatch.setattr(fused, "TILE_SCAN_MAX_N", 0)
     inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**inputs, backend="triton")
     assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
+    monkeypatch.setattr(fused, "WALK_PREFETCH", False)
+    assert torch.equal(op(**inputs, backend="triton"), y)
 
 
 MULTI_TILE = [

@@ -83,10 +83,7 @@ if HAS_TRITON:
         tl.store(ptr, prev + value, mask=mask)
 
     @triton.jit
-    def _dt_at(
-        delta_ptr,
-        s_dd,
-        offs_dt,
+    def _low_rank_dt(
         low_ptr,
         s_lr,
         offs_low,
@@ -94,24 +91,69 @@ if HAS_TRITON:
         offs_d,
         m_d,
         m_p,
-        m,
         R: tl.constexpr,
-        LOWRANK: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
-        # delta at one position per lane, [channels, lanes], before bias and softplus. Pointers are
-        # offset to the image and direction; offs_* are the lanes' positions in each tensor.
-        if LOWRANK:
-            b_dt = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-            for r in tl.static_range(R):
-                b_w = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
-                b_low = tl.load(low_ptr + r * s_lr + offs_low, mask=m_p, other=0.0).to(tl.float32)
-                b_dt += b_w[:, None] * b_low[None, :]
-        else:
-            b_dt = tl.load(delta_ptr + offs_d[:, None] * s_dd + offs_dt[None, :], mask=m, other=0.0)
-            b_dt = b_dt.to(tl.float32)
+        # dt = dt_weight @ dt_low at one position per lane, [channels, lanes], before bias and
+        # softplus: R rows shared by the channels. offs_low: the lanes' positions in dt_low.
+        b_dt = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+        for r in tl.static_range(R):
+            b_w = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
+            b_low = tl.load(low_ptr + r * s_lr + offs_low, mask=m_p, other=0.0).to(tl.float32)
+            b_dt += b_w[:, None] * b_low[None, :]
         return b_dt
+
+    @triton.jit
+    def _walk_inputs(
+        u_ptr,
+        s_ud,
+        s_ui,
+        s_uj,
+        delta_ptr,
+        s_dd,
+        s_di,
+        s_dj,
+        B_ptr,
+        s_Bn,
+        s_Bi,
+        s_Bj,
+        C_ptr,
+        s_Cn,
+        s_Ci,
+        s_Cj,
+        offs_d,
+        m_d,
+        offs_n,
+        m_n,
+        p,
+        i,
+        j,
+        m_c,
+        L,
+        LOWRANK: tl.constexpr,
+        OUTPUT: tl.constexpr,
+    ):
+        # The global loads of one walk step (a position per lane) in their stored types: u and
+        # (full delta) delta [channels, lanes], B and (output pass) C [lanes, NP]. None of them is
+        # used here, so a prefetch of the next step does not wait for them. Low rank: dt_low's
+        # rows are read where dt is built (R loads per step, carried they would be R tensors).
+        m_p = m_c & (p < L) & (p >= 0)
+        m = m_d[:, None] & m_p[None, :]
+        b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + (i * s_ui + j * s_uj)[None, :], mask=m, other=0.0)
+        if LOWRANK:
+            b_delta = 0.0
+        else:
+            p_delta = delta_ptr + offs_d[:, None] * s_dd + (i * s_di + j * s_dj)[None, :]
+            b_delta = tl.load(p_delta, mask=m, other=0.0)
+        m_pn = m_p[:, None] & m_n[None, :]
+        b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + (i * s_Bi + j * s_Bj)[:, None], mask=m_pn, other=0.0)
+        if OUTPUT:
+            p_C = C_ptr + offs_n[None, :] * s_Cn + (i * s_Ci + j * s_Cj)[:, None]
+            b_C = tl.load(p_C, mask=m_pn, other=0.0)
+        else:
+            b_C = 0.0
+        return b_u, b_delta, b_B, b_C
 
     @triton.jit
     def _fwd_walk(
@@ -160,12 +202,15 @@ if HAS_TRITON:
         ACCUMULATE: tl.constexpr,
         HAS_D: tl.constexpr,
         REVERSE: tl.constexpr,
+        PREFETCH: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
         # One direction over each lane's chunk, one position per step, channels and chunks across
         # the lanes: x = exp(dt A) x + dt B u from the chunk's entering state b_x. The position's
-        # (major, minor) index (i, j) is stepped, not divided out, at every step.
+        # (major, minor) index (i, j) is stepped, not divided out, at every step. PREFETCH: the
+        # next step's loads are issued before this step's math (the walk is a dependent chain;
+        # the last step loads one position past its chunk, masked outside the map).
         # State pass (OUTPUT=False): returns the chunk's exit state and its summed dt (the chunk's
         # decay is exp(A * sum dt)). Output pass: writes (or adds) y = C.x (+ D u) to out.
         if REVERSE:
@@ -175,40 +220,44 @@ if HAS_TRITON:
         i = p // M
         j = p % M
         b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+        if PREFETCH:
+            b_u_next, b_delta_next, b_B_next, b_C_next = _walk_inputs(
+                u_ptr, s_ud, s_ui, s_uj, delta_ptr, s_dd, s_di, s_dj, B_ptr, s_Bn, s_Bi, s_Bj, C_ptr, s_Cn,
+                s_Ci, s_Cj, offs_d, m_d, offs_n, m_n, p, i, j, m_c, L, LOWRANK=LOWRANK, OUTPUT=OUTPUT,
+            )  # fmt: skip
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
-            b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + (i * s_ui + j * s_uj)[None, :], mask=m, other=0.0)
+            p_next, i_next, j_next = _step(p, i, j, M, DESCENDING=REVERSE)
+            if PREFETCH:
+                b_u, b_delta, b_B, b_C = b_u_next, b_delta_next, b_B_next, b_C_next
+                p_load, i_load, j_load = p_next, i_next, j_next
+            else:
+                p_load, i_load, j_load = p, i, j
+            b_u_load, b_delta_load, b_B_load, b_C_load = _walk_inputs(
+                u_ptr, s_ud, s_ui, s_uj, delta_ptr, s_dd, s_di, s_dj, B_ptr, s_Bn, s_Bi, s_Bj, C_ptr, s_Cn,
+                s_Ci, s_Cj, offs_d, m_d, offs_n, m_n, p_load, i_load, j_load, m_c, L, LOWRANK=LOWRANK,
+                OUTPUT=OUTPUT,
+            )  # fmt: skip
+            if PREFETCH:
+                b_u_next, b_delta_next, b_B_next, b_C_next = b_u_load, b_delta_load, b_B_load, b_C_load
+            else:
+                b_u, b_delta, b_B, b_C = b_u_load, b_delta_load, b_B_load, b_C_load
             b_u = b_u.to(tl.float32)
-            b_dt = _dt_at(
-                delta_ptr,
-                s_dd,
-                i * s_di + j * s_dj,
-                low_ptr,
-                s_lr,
-                i * s_li + j * s_lj,
-                w_ptr,
-                offs_d,
-                m_d,
-                m_p,
-                m,
-                R=R,
-                LOWRANK=LOWRANK,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=BLOCK_C,
-            )
+            if LOWRANK:
+                b_dt = _low_rank_dt(
+                    low_ptr, s_lr, i * s_li + j * s_lj, w_ptr, offs_d, m_d, m_p, R, BLOCK_D, BLOCK_C
+                )
+            else:
+                b_dt = b_delta.to(tl.float32)
             b_dt += b_bias[:, None]
             if DELTA_SOFTPLUS:
                 b_dt = _softplus(b_dt)
-            m_pn = m_p[:, None] & m_n[None, :]
-            p_B = B_ptr + offs_n[None, :] * s_Bn + (i * s_Bi + j * s_Bj)[:, None]
-            b_B = tl.load(p_B, mask=m_pn, other=0.0).to(tl.float32)
+            b_B = b_B.to(tl.float32)
             b_decay = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
             b_x = b_decay * b_x + (b_dt * b_u)[:, :, None] * b_B[None, :, :]
             if OUTPUT:
-                p_C = C_ptr + offs_n[None, :] * s_Cn + (i * s_Ci + j * s_Cj)[:, None]
-                b_C = tl.load(p_C, mask=m_pn, other=0.0).to(tl.float32)
-                b_y = tl.sum(b_x * b_C[None, :, :], axis=2)
+                b_y = tl.sum(b_x * b_C.to(tl.float32)[None, :, :], axis=2)
                 if HAS_D:
                     b_y += b_skip[:, None] * b_u
                 p_out = out_ptr + offs_d[:, None] * s_od + (i * s_oi + j * s_oj)[None, :]
@@ -217,18 +266,7 @@ if HAS_TRITON:
                 tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m)
             else:
                 b_dtsum += tl.where(m, b_dt, 0.0)
-            if REVERSE:
-                p -= 1
-                j -= 1
-                wrap = j < 0
-                j = tl.where(wrap, M - 1, j)
-                i = tl.where(wrap, i - 1, i)
-            else:
-                p += 1
-                j += 1
-                wrap = j == M
-                j = tl.where(wrap, 0, j)
-                i = tl.where(wrap, i + 1, i)
+            p, i, j = p_next, i_next, j_next
         return b_x, b_dtsum
 
     @triton.heuristics(
@@ -298,6 +336,7 @@ if HAS_TRITON:
         OUTPUT: tl.constexpr,
         HAS_STATE: tl.constexpr,
         ACCUMULATE: tl.constexpr,
+        PREFETCH: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -393,6 +432,7 @@ if HAS_TRITON:
                 ACCUMULATE=ACCUMULATE or rev == 1,
                 HAS_D=HAS_D and rev == 0,
                 REVERSE=rev == 0,
+                PREFETCH=PREFETCH,
                 BLOCK_D=BLOCK_D,
                 BLOCK_C=BLOCK_C,
             )
@@ -1652,6 +1692,12 @@ TILE_PREFETCH = True
 # 128-register cap Triton 3.6 spills 100 bytes at stage 1 (3.8: none). Off until the GPU gate
 # shows the hidden latency outweighs the spills.
 TILE_PREFETCH_STRIDED = False
+# The tile scan's register cap: 4 blocks of 4 warps per SM (at stage 1 its 768 blocks run in
+# 1.45 waves). The GPU gate times lower caps (more resident blocks, maybe spills) against it.
+TILE_MAX_REGISTERS = 128
+# The chunk walk (N > TILE_SCAN_MAX_N) issues the next position's loads (u, delta, B, C) before
+# the current position's math; dt_low's R rows are still read at their step. False: v2.2's walk.
+WALK_PREFETCH = True
 
 
 def _tile_prefetch(u, delta, flat: bool = True) -> bool:
@@ -1726,7 +1772,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             PREFETCH=_tile_prefetch(u, delta, flat),
             num_warps=num_warps,
             # Triton 3.6 lets ptxas take 140-168 registers in the column-major launch (3.8: 128)
-            maxnreg=128,
+            maxnreg=TILE_MAX_REGISTERS,
         )
 
     with _on_device(u):
@@ -1779,6 +1825,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
             NP=NP,
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
+            PREFETCH=WALK_PREFETCH,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             num_warps=num_warps,
