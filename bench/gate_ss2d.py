@@ -176,20 +176,24 @@ def time_case(fn, shape, dtype, mode, full_delta=False):
     )
 
 
-# The stage-1 bf16 low-rank forward under named variants, timed in one run, each with a float64
-# check of its output at the check shape: the tile scan with and without its software pipeline
-# (the next tile's loads issued before the current tile's math), and launch configurations whose
-# occupancy and tail the static check cannot rank. A variant is a set of launcher_overrides.
-FWD_VARIANT_SHAPE = "vmamba_t_stage1"
+# The bf16 low-rank forward under named variants, timed in one run, each with a float64 check of
+# its output at the matching check shape: the tile scan (stage 1) and the chunk walk (N = 16) with
+# and without their software pipelines (the next tile's or position's loads issued before the
+# current one's math), and tile-scan configurations whose occupancy and tail the static check
+# cannot rank. A variant is a timed shape and a set of launcher_overrides.
 FWD_VARIANTS = {
-    "prefetch": {},  # the default launch: the row-major launch carries the next tile's loads
-    "no_prefetch": dict(TILE_PREFETCH=False),  # every tile loads its own inputs (v2.2)
-    # tiles of 8 x 8 positions capped at 96 registers (sm_90, Triton 3.8: no spills): 5 blocks
-    # per SM instead of 4, the 768 blocks in 1.16 waves instead of 1.45
-    "sub8_regs96": dict(_fwd_scan_config=lambda D, L, N: (16, 8, 8, 4), TILE_MAX_REGISTERS=96),
-    # the same at 80 registers: 6 blocks per SM, one wave, 68 + 24 bytes spilled (Triton 3.8)
-    "sub8_regs80": dict(_fwd_scan_config=lambda D, L, N: (16, 8, 8, 4), TILE_MAX_REGISTERS=80),
+    "prefetch": ("vmamba_t_stage1", {}),  # the default: the row-major launch prefetches
+    "no_prefetch": ("vmamba_t_stage1", dict(TILE_PREFETCH=False)),  # each tile loads its own (v2.2)
+    # tiles of 8 x 8 positions capped at 96 registers (sm_90, Triton 3.6 and 3.8: no spills):
+    # 5 blocks per SM instead of 4, the 768 blocks in 1.16 waves instead of 1.45
+    "sub8_regs96": (
+        "vmamba_t_stage1",
+        dict(_fwd_scan_config=lambda D, L, N: (16, 8, 8, 4), TILE_MAX_REGISTERS=96),
+    ),
+    # the chunk walk without its prefetch (v2.2), against the n16 fwd row of ours_lowrank
+    "no_walk_prefetch": ("n16", dict(WALK_PREFETCH=False)),
 }
+FWD_VARIANT_CHECKS = {"vmamba_t_stage1": "stage1_b2", "n16": "n16_b1"}  # shape -> check shape
 _FWD_REFERENCE: dict = {}
 
 
@@ -275,11 +279,11 @@ def ss2d_cases(smoke: bool):
                 yield Case("ss2d", "fla_unfused", "peer", case, lambda a=a: fla_case(*a), 60)
     # the forward variants, after the rows above (a run cut short keeps those); smoke: the smoke
     # shape, timed in fp32 as the interpreter's other rows
-    v_name = "smoke" if smoke else FWD_VARIANT_SHAPE
-    variant_shape = SS2D_SMOKE[v_name] if smoke else SS2D_SHAPES[v_name]
-    v_check = next(iter(check_shapes.values()))
     v_dtype = "fp32" if smoke else "bf16"
-    for variant, overrides in FWD_VARIANTS.items():
-        case = dict(shape=v_name, dims=list(variant_shape), dtype=v_dtype, mode=f"fwd_{variant}")
-        run = lambda o=overrides, s=variant_shape: fwd_variant(o, v_check, s, DTYPES[v_dtype])
+    for variant, (v_name, overrides) in FWD_VARIANTS.items():
+        v_name = "smoke" if smoke else v_name
+        shape = SS2D_SMOKE[v_name] if smoke else SS2D_SHAPES[v_name]
+        v_check = SS2D_SMOKE[v_name] if smoke else SS2D_CHECK_SHAPES[FWD_VARIANT_CHECKS[v_name]]
+        case = dict(shape=v_name, dims=list(shape), dtype=v_dtype, mode=f"fwd_{variant}")
+        run = lambda o=overrides, s=shape, c=v_check: fwd_variant(o, c, s, DTYPES[v_dtype])
         yield Case("ss2d", "ours_lowrank", "ours", case, run, 60)
