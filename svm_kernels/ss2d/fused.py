@@ -19,7 +19,8 @@ A state pass stores each chunk's exit state from a zero entry and its summed dt;
 per direction turns them into entering states; the output pass walks the chunks again from
 those, the row-major orientation storing ``out`` and the column-major one adding to it. With
 the low-rank variant, dt = dt_weight[k] @ dt_low[k] is rebuilt per position from R rows shared
-by the program's channels.
+by the program's channels. Both forwards are software-pipelined: each tile (position) issues the
+next one's loads before its own math, where the carried values fit the registers.
 
 Backward (``ss2d_bwd_chunk_kernel``, the forward's chain kernel): the same chunks and lanes.
 The gradient terms that pair the prefix state x with the suffix adjoint lam are those through
