@@ -176,6 +176,52 @@ def time_case(fn, shape, dtype, mode, full_delta=False):
     )
 
 
+# The bf16 low-rank forward under named variants, timed in one run, each with a float64 check of
+# its output at the matching check shape: the tile scan (stage 1) and the chunk walk (N = 16) with
+# and without their software pipelines (the next tile's or position's loads issued before the
+# current one's math), and tile-scan configurations whose occupancy and tail the static check
+# cannot rank. A variant is a timed shape and a set of launcher_overrides.
+FWD_VARIANTS = {
+    "prefetch": ("vmamba_t_stage1", {}),  # the default: the row-major launch prefetches
+    "no_prefetch": ("vmamba_t_stage1", dict(TILE_PREFETCH=False)),  # each tile loads its own (v2.2)
+    # tiles of 8 x 8 positions capped at 96 registers (sm_90, Triton 3.6 and 3.8: no spills):
+    # 5 blocks per SM instead of 4, the 768 blocks in 1.16 waves instead of 1.45
+    "sub8_regs96": (
+        "vmamba_t_stage1",
+        dict(_fwd_scan_config=lambda D, L, N: (16, 8, 8, 4), TILE_MAX_REGISTERS=96),
+    ),
+    # the chunk walk without its prefetch (v2.2), against the n16 fwd row of ours_lowrank
+    "no_walk_prefetch": ("n16", dict(WALK_PREFETCH=False)),
+}
+FWD_VARIANT_CHECKS = {"vmamba_t_stage1": "stage1_b2", "n16": "n16_b1"}  # shape -> check shape
+_FWD_REFERENCE: dict = {}
+
+
+def fwd_reference(shape):
+    """Inputs (bf16-representable) and the float64 forward at ``shape``, once per process."""
+    key = tuple(shape)
+    if key not in _FWD_REFERENCE:
+        torch.manual_seed(0)
+        x = make(shape, torch.bfloat16)
+        with torch.no_grad():
+            ref = ours_lowrank({k: v.double() for k, v in x.items()}, backend="torch")
+        _FWD_REFERENCE.clear()
+        _FWD_REFERENCE[key] = (x, ref)
+    return _FWD_REFERENCE[key]
+
+
+def fwd_variant(overrides: dict, check_shape, shape, dtype):
+    """One variant: the forward's max relative error against float64 at ``check_shape`` (bf16
+    inputs), then its time at ``shape`` in ``dtype``, forward only."""
+    with launcher_overrides(**overrides):
+        x, ref = fwd_reference(check_shape)
+        with torch.no_grad():
+            err = rel_err(ours_lowrank(x), ref)
+        tol = tolerance(torch.bfloat16, check_shape[2] * check_shape[3])
+        row = time_case(ours_lowrank, shape, dtype, "fwd")
+    return dict(row, max_rel_err=float(f"{err:.3g}"), tol=tol, ok=bool(err <= tol))
+
+
 def fla_available():
     if not HAS_CUDA:
         raise Skip("fla-core's chunked HGRN is Triton on CUDA only")
@@ -243,3 +289,13 @@ def ss2d_cases(smoke: bool):
                 yield Case("ss2d", "ours_lowrank", "ours", case, lambda a=a: time_case(ours_lowrank, *a), 60)
                 yield Case("ss2d", "ours_full", "ours", case, lambda a=a: time_case(ours_full, *a, True), 60)
                 yield Case("ss2d", "fla_unfused", "peer", case, lambda a=a: fla_case(*a), 60)
+    # the forward variants, after the rows above (a run cut short keeps those); smoke: the smoke
+    # shape, timed in fp32 as the interpreter's other rows
+    v_dtype = "fp32" if smoke else "bf16"
+    for variant, (v_name, overrides) in FWD_VARIANTS.items():
+        v_name = "smoke" if smoke else v_name
+        shape = SS2D_SMOKE[v_name] if smoke else SS2D_SHAPES[v_name]
+        v_check = SS2D_SMOKE[v_name] if smoke else SS2D_CHECK_SHAPES[FWD_VARIANT_CHECKS[v_name]]
+        case = dict(shape=v_name, dims=list(shape), dtype=v_dtype, mode=f"fwd_{variant}")
+        run = lambda o=overrides, s=shape, c=v_check: fwd_variant(o, c, s, DTYPES[v_dtype])
+        yield Case("ss2d", "ours_lowrank", "ours", case, run, 60)

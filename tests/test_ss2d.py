@@ -114,13 +114,16 @@ MULTI_CHUNK = [
 @pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_CHUNK)
 def test_forward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
     """Small forced chunks (the walk at N > 4; any N here): the chunk states, the chain over
-    chunks, both orientations."""
+    chunks, both orientations; the walk that issues each step's loads during the previous step
+    (the default) is bit for bit the walk that loads at each step."""
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: config)
     monkeypatch.setattr(fused, "TILE_SCAN_MAX_N", 0)
     inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**inputs, backend="triton")
     assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
+    monkeypatch.setattr(fused, "WALK_PREFETCH", False)
+    assert torch.equal(op(**inputs, backend="triton"), y)
 
 
 MULTI_TILE = [
@@ -134,12 +137,15 @@ MULTI_TILE = [
 ]
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("batch,D,H,W,N,lowrank,config", MULTI_TILE)
-def test_forward_tile_scan(monkeypatch, batch, D, H, W, N, lowrank, config):
+def test_forward_tile_scan(monkeypatch, batch, D, H, W, N, lowrank, config, prefetch):
     """The tile scan (N <= 4) with small forced tiles: the scan within lanes and across them,
     the carry from tile to tile in both directions, the last tile's pass-through, both
-    orientations, channel blocks that do not divide D."""
+    orientations, channel blocks that do not divide D; with and without the next tile's loads
+    issued ahead (forced: the launch policy prefetches only where it fits a GPU's registers)."""
     monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
+    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta, flat: prefetch)
     inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**inputs, backend="triton")
@@ -163,6 +169,56 @@ def test_forward_tile_dot_dt(monkeypatch, batch, D, H, W, N, R, dtype, config):
     inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=True, dtype=dtype)
     y = cross_selective_scan_lowrank(**inputs, backend="triton")
     assert_close_rel(y, reference_forward(inputs, True), 2e-5, "output")
+
+
+PREFETCH_TILES = [
+    # batch, D, H, W, N, lowrank, storage dtype, tile scan config (BLOCK_D, SUB, NSUB, num_warps)
+    (1, 3, 1, 1000, 1, True, torch.bfloat16, (2, 4, 8, 4)),  # 32 tiles, the last moved back by 24
+    (1, 3, 1000, 1, 4, False, torch.float16, (4, 8, 4, 4)),  # full delta in halves: delta carried
+    (2, 5, 7, 9, 1, False, torch.bfloat16, (4, 2, 4, 4)),  # odd sizes, D % BLOCK_D != 0, 8 tiles
+    (1, 16, 5, 7, 2, True, torch.float16, (16, 4, 4, 4)),  # the dot's dt_low tile carried
+]
+
+
+@pytest.mark.parametrize("batch,D,H,W,N,lowrank,dtype,config", PREFETCH_TILES)
+def test_forward_tile_prefetch(monkeypatch, batch, D, H, W, N, lowrank, dtype, config):
+    """The tile scan's software pipeline (each tile's loads issued during the previous tile):
+    against the float64 reference on the same half-precision inputs, and bit for bit equal to
+    the walk that loads each tile itself (the same arithmetic in the same order), on long thin
+    maps whose last tile is moved back, odd sizes and half-precision full delta."""
+    monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
+    # forced on any size (the launch policy prefetches where it fits a GPU's registers)
+    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta, flat: fused.TILE_PREFETCH)
+    inputs = make_inputs(batch, D, H, W, N, R=3, lowrank=lowrank, dtype=dtype)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    y = op(**inputs, backend="triton")
+    # fp32 recurrences of up to 1000 steps in different orders: rounding grows like sqrt(L)
+    tol = 2e-5 * max(1.0, math.sqrt(H * W / 64))
+    assert_close_rel(y, reference_forward(inputs, lowrank), tol, "output")
+    monkeypatch.setattr(fused, "TILE_PREFETCH", False)
+    assert torch.equal(op(**inputs, backend="triton"), y)
+
+
+def test_tile_prefetch_policy(monkeypatch):
+    """The launch prefetches where the carried tiles fit in 128 registers on sm_90: planes of a
+    multiple of 16 positions, not fp32 full delta, planes contiguous in walk order unless
+    TILE_PREFETCH_STRIDED; TILE_PREFETCH = False turns it off."""
+
+    def t(*shape, dtype=torch.bfloat16):
+        return torch.empty(*shape, dtype=dtype)
+
+    u16, u32 = t(1, 2, 4, 8), t(1, 2, 4, 8, dtype=torch.float32)
+    d16, d32 = t(1, 4, 2, 4, 8), t(1, 4, 2, 4, 8, dtype=torch.float32)
+    assert fused._tile_prefetch(u16, None) and fused._tile_prefetch(u32, None)
+    assert fused._tile_prefetch(u16, d16)
+    assert not fused._tile_prefetch(u32, d32) and not fused._tile_prefetch(u16, d32)
+    assert not fused._tile_prefetch(t(1, 2, 56, 57), None)  # L % 16 != 0
+    assert not fused._tile_prefetch(t(1, 2, 1, 1000), None)
+    assert not fused._tile_prefetch(u16, None, flat=False)
+    monkeypatch.setattr(fused, "TILE_PREFETCH_STRIDED", True)
+    assert fused._tile_prefetch(u16, None, flat=False)
+    monkeypatch.setattr(fused, "TILE_PREFETCH", False)
+    assert not fused._tile_prefetch(u16, None) and not fused._tile_prefetch(u16, None, flat=False)
 
 
 @pytest.mark.parametrize("lowrank", [False, True])

@@ -19,7 +19,8 @@ A state pass stores each chunk's exit state from a zero entry and its summed dt;
 per direction turns them into entering states; the output pass walks the chunks again from
 those, the row-major orientation storing ``out`` and the column-major one adding to it. With
 the low-rank variant, dt = dt_weight[k] @ dt_low[k] is rebuilt per position from R rows shared
-by the program's channels.
+by the program's channels. Both forwards are software-pipelined: each tile (position) issues the
+next one's loads before its own math, where the carried values fit the registers.
 
 Backward (``ss2d_bwd_chunk_kernel``, the forward's chain kernel): the same chunks and lanes.
 The gradient terms that pair the prefix state x with the suffix adjoint lam are those through
@@ -83,10 +84,7 @@ if HAS_TRITON:
         tl.store(ptr, prev + value, mask=mask)
 
     @triton.jit
-    def _dt_at(
-        delta_ptr,
-        s_dd,
-        offs_dt,
+    def _low_rank_dt(
         low_ptr,
         s_lr,
         offs_low,
@@ -94,24 +92,69 @@ if HAS_TRITON:
         offs_d,
         m_d,
         m_p,
-        m,
         R: tl.constexpr,
-        LOWRANK: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
-        # delta at one position per lane, [channels, lanes], before bias and softplus. Pointers are
-        # offset to the image and direction; offs_* are the lanes' positions in each tensor.
-        if LOWRANK:
-            b_dt = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-            for r in tl.static_range(R):
-                b_w = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
-                b_low = tl.load(low_ptr + r * s_lr + offs_low, mask=m_p, other=0.0).to(tl.float32)
-                b_dt += b_w[:, None] * b_low[None, :]
-        else:
-            b_dt = tl.load(delta_ptr + offs_d[:, None] * s_dd + offs_dt[None, :], mask=m, other=0.0)
-            b_dt = b_dt.to(tl.float32)
+        # dt = dt_weight @ dt_low at one position per lane, [channels, lanes], before bias and
+        # softplus: R rows shared by the channels. offs_low: the lanes' positions in dt_low.
+        b_dt = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+        for r in tl.static_range(R):
+            b_w = tl.load(w_ptr + offs_d * R + r, mask=m_d, other=0.0)
+            b_low = tl.load(low_ptr + r * s_lr + offs_low, mask=m_p, other=0.0).to(tl.float32)
+            b_dt += b_w[:, None] * b_low[None, :]
         return b_dt
+
+    @triton.jit
+    def _walk_inputs(
+        u_ptr,
+        s_ud,
+        s_ui,
+        s_uj,
+        delta_ptr,
+        s_dd,
+        s_di,
+        s_dj,
+        B_ptr,
+        s_Bn,
+        s_Bi,
+        s_Bj,
+        C_ptr,
+        s_Cn,
+        s_Ci,
+        s_Cj,
+        offs_d,
+        m_d,
+        offs_n,
+        m_n,
+        p,
+        i,
+        j,
+        m_c,
+        L,
+        LOWRANK: tl.constexpr,
+        OUTPUT: tl.constexpr,
+    ):
+        # The global loads of one walk step (a position per lane) in their stored types: u and
+        # (full delta) delta [channels, lanes], B and (output pass) C [lanes, NP]. None of them is
+        # used here, so a prefetch of the next step does not wait for them. Low rank: dt_low's
+        # rows are read where dt is built (R loads per step, carried they would be R tensors).
+        m_p = m_c & (p < L) & (p >= 0)
+        m = m_d[:, None] & m_p[None, :]
+        b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + (i * s_ui + j * s_uj)[None, :], mask=m, other=0.0)
+        if LOWRANK:
+            b_delta = 0.0
+        else:
+            p_delta = delta_ptr + offs_d[:, None] * s_dd + (i * s_di + j * s_dj)[None, :]
+            b_delta = tl.load(p_delta, mask=m, other=0.0)
+        m_pn = m_p[:, None] & m_n[None, :]
+        b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + (i * s_Bi + j * s_Bj)[:, None], mask=m_pn, other=0.0)
+        if OUTPUT:
+            p_C = C_ptr + offs_n[None, :] * s_Cn + (i * s_Ci + j * s_Cj)[:, None]
+            b_C = tl.load(p_C, mask=m_pn, other=0.0)
+        else:
+            b_C = 0.0
+        return b_u, b_delta, b_B, b_C
 
     @triton.jit
     def _fwd_walk(
@@ -160,12 +203,15 @@ if HAS_TRITON:
         ACCUMULATE: tl.constexpr,
         HAS_D: tl.constexpr,
         REVERSE: tl.constexpr,
+        PREFETCH: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
         # One direction over each lane's chunk, one position per step, channels and chunks across
         # the lanes: x = exp(dt A) x + dt B u from the chunk's entering state b_x. The position's
-        # (major, minor) index (i, j) is stepped, not divided out, at every step.
+        # (major, minor) index (i, j) is stepped, not divided out, at every step. PREFETCH: the
+        # next step's loads are issued before this step's math (the walk is a dependent chain;
+        # the last step loads one position past its chunk, masked outside the map).
         # State pass (OUTPUT=False): returns the chunk's exit state and its summed dt (the chunk's
         # decay is exp(A * sum dt)). Output pass: writes (or adds) y = C.x (+ D u) to out.
         if REVERSE:
@@ -175,40 +221,44 @@ if HAS_TRITON:
         i = p // M
         j = p % M
         b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+        if PREFETCH:
+            b_u_next, b_delta_next, b_B_next, b_C_next = _walk_inputs(
+                u_ptr, s_ud, s_ui, s_uj, delta_ptr, s_dd, s_di, s_dj, B_ptr, s_Bn, s_Bi, s_Bj, C_ptr, s_Cn,
+                s_Ci, s_Cj, offs_d, m_d, offs_n, m_n, p, i, j, m_c, L, LOWRANK=LOWRANK, OUTPUT=OUTPUT,
+            )  # fmt: skip
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
-            b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + (i * s_ui + j * s_uj)[None, :], mask=m, other=0.0)
+            p_next, i_next, j_next = _step(p, i, j, M, DESCENDING=REVERSE)
+            if PREFETCH:
+                b_u, b_delta, b_B, b_C = b_u_next, b_delta_next, b_B_next, b_C_next
+                p_load, i_load, j_load = p_next, i_next, j_next
+            else:
+                p_load, i_load, j_load = p, i, j
+            b_u_load, b_delta_load, b_B_load, b_C_load = _walk_inputs(
+                u_ptr, s_ud, s_ui, s_uj, delta_ptr, s_dd, s_di, s_dj, B_ptr, s_Bn, s_Bi, s_Bj, C_ptr, s_Cn,
+                s_Ci, s_Cj, offs_d, m_d, offs_n, m_n, p_load, i_load, j_load, m_c, L, LOWRANK=LOWRANK,
+                OUTPUT=OUTPUT,
+            )  # fmt: skip
+            if PREFETCH:
+                b_u_next, b_delta_next, b_B_next, b_C_next = b_u_load, b_delta_load, b_B_load, b_C_load
+            else:
+                b_u, b_delta, b_B, b_C = b_u_load, b_delta_load, b_B_load, b_C_load
             b_u = b_u.to(tl.float32)
-            b_dt = _dt_at(
-                delta_ptr,
-                s_dd,
-                i * s_di + j * s_dj,
-                low_ptr,
-                s_lr,
-                i * s_li + j * s_lj,
-                w_ptr,
-                offs_d,
-                m_d,
-                m_p,
-                m,
-                R=R,
-                LOWRANK=LOWRANK,
-                BLOCK_D=BLOCK_D,
-                BLOCK_C=BLOCK_C,
-            )
+            if LOWRANK:
+                b_dt = _low_rank_dt(
+                    low_ptr, s_lr, i * s_li + j * s_lj, w_ptr, offs_d, m_d, m_p, R, BLOCK_D, BLOCK_C
+                )
+            else:
+                b_dt = b_delta.to(tl.float32)
             b_dt += b_bias[:, None]
             if DELTA_SOFTPLUS:
                 b_dt = _softplus(b_dt)
-            m_pn = m_p[:, None] & m_n[None, :]
-            p_B = B_ptr + offs_n[None, :] * s_Bn + (i * s_Bi + j * s_Bj)[:, None]
-            b_B = tl.load(p_B, mask=m_pn, other=0.0).to(tl.float32)
+            b_B = b_B.to(tl.float32)
             b_decay = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
             b_x = b_decay * b_x + (b_dt * b_u)[:, :, None] * b_B[None, :, :]
             if OUTPUT:
-                p_C = C_ptr + offs_n[None, :] * s_Cn + (i * s_Ci + j * s_Cj)[:, None]
-                b_C = tl.load(p_C, mask=m_pn, other=0.0).to(tl.float32)
-                b_y = tl.sum(b_x * b_C[None, :, :], axis=2)
+                b_y = tl.sum(b_x * b_C.to(tl.float32)[None, :, :], axis=2)
                 if HAS_D:
                     b_y += b_skip[:, None] * b_u
                 p_out = out_ptr + offs_d[:, None] * s_od + (i * s_oi + j * s_oj)[None, :]
@@ -217,18 +267,7 @@ if HAS_TRITON:
                 tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m)
             else:
                 b_dtsum += tl.where(m, b_dt, 0.0)
-            if REVERSE:
-                p -= 1
-                j -= 1
-                wrap = j < 0
-                j = tl.where(wrap, M - 1, j)
-                i = tl.where(wrap, i - 1, i)
-            else:
-                p += 1
-                j += 1
-                wrap = j == M
-                j = tl.where(wrap, 0, j)
-                i = tl.where(wrap, i + 1, i)
+            p, i, j = p_next, i_next, j_next
         return b_x, b_dtsum
 
     @triton.heuristics(
@@ -298,6 +337,7 @@ if HAS_TRITON:
         OUTPUT: tl.constexpr,
         HAS_STATE: tl.constexpr,
         ACCUMULATE: tl.constexpr,
+        PREFETCH: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -393,6 +433,7 @@ if HAS_TRITON:
                 ACCUMULATE=ACCUMULATE or rev == 1,
                 HAS_D=HAS_D and rev == 0,
                 REVERSE=rev == 0,
+                PREFETCH=PREFETCH,
                 BLOCK_D=BLOCK_D,
                 BLOCK_C=BLOCK_C,
             )
@@ -548,12 +589,86 @@ if HAS_TRITON:
             return off_lane + i * s_j + tl.where(j_lane + i >= M, s_i - M * s_j, 0)
 
     @triton.jit
-    def _load_f32(ptr, mask):
-        # fp32 values; None: no mask (no predicate, no default to move in)
+    def _load_or_zero(ptr, mask):
+        # values in their stored type; None: no mask (no predicate, no default to move in)
         if mask is None:
-            return tl.load(ptr).to(tl.float32)
+            return tl.load(ptr)
         else:
-            return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+            return tl.load(ptr, mask=mask, other=0.0)
+
+    @triton.jit
+    def _tile_base(t, L, CHUNK: tl.constexpr, REVERSE: tl.constexpr, ALIGNED: tl.constexpr):
+        # First position of a walk's tile t: the reversal's tiles count from the sequence's end.
+        # The walk's last tile is moved back to lie within the sequence (its done positions are
+        # masked by the caller).
+        if REVERSE:
+            base = tl.maximum(L - (t + 1) * CHUNK, 0)
+        else:
+            base = tl.minimum(t * CHUNK, L - CHUNK)
+        if ALIGNED:
+            # L and the tile are multiples of 8, so is every tile's start: the contiguous loads
+            # of a lane's positions become 16-byte vectors
+            base = tl.multiple_of(base, 8)
+        return base
+
+    @triton.jit
+    def _tile_inputs(
+        u_b,
+        dt_b,
+        B_b,
+        C_b,
+        base,
+        M,
+        inv_M,
+        s_ui,
+        s_uj,
+        s_ti,
+        s_tj,
+        s_Bi,
+        s_Bj,
+        s_Ci,
+        s_Cj,
+        s_oi,
+        s_oj,
+        r_low,
+        m_n3,
+        LOWRANK: tl.constexpr,
+        DOT_DT: tl.constexpr,
+        FLAT: tl.constexpr,
+        ONE_WRAP: tl.constexpr,
+        SAME_PLANE: tl.constexpr,
+        SUB: tl.constexpr,
+        NSUB: tl.constexpr,
+    ):
+        # The global loads of the tile at `base`, in their stored types: u [SUB, 1, NSUB] per
+        # channel, B and C [SUB, NP, NSUB], and dt's source: the dt_low tile [RP, SUB * NSUB]
+        # (DOT_DT), delta [SUB, 1, NSUB] per channel, or (low rank without the dot) the offsets of
+        # dt_low's rows, which are read where dt is built. Nothing here uses a loaded value, so a
+        # prefetch of the next tile does not wait for its loads.
+        i0 = base // M
+        j0 = base - i0 * M
+        off_u = _tile_offsets(base, i0, j0, M, inv_M, s_ui, s_uj, FLAT, ONE_WRAP, SUB, NSUB)
+        if SAME_PLANE:  # every plane has u's spatial strides: one offset for all
+            off_t = off_u
+            off_B = off_u
+            off_C = off_u
+            off_o = off_u
+        else:
+            off_t = _tile_offsets(base, i0, j0, M, inv_M, s_ti, s_tj, FLAT, ONE_WRAP, SUB, NSUB)
+            off_B = _tile_offsets(base, i0, j0, M, inv_M, s_Bi, s_Bj, FLAT, ONE_WRAP, SUB, NSUB)
+            off_C = _tile_offsets(base, i0, j0, M, inv_M, s_Ci, s_Cj, FLAT, ONE_WRAP, SUB, NSUB)
+            off_o = _tile_offsets(base, i0, j0, M, inv_M, s_oi, s_oj, FLAT, ONE_WRAP, SUB, NSUB)
+        b_u = tl.load(u_b + off_u[:, None, :])
+        if DOT_DT:
+            off_p = _spatial(base, i0, j0, tl.arange(0, SUB * NSUB), M, inv_M, s_ti, s_tj, FLAT)
+            b_src = tl.load(dt_b + r_low + off_p[None, :])
+        elif LOWRANK:
+            b_src = off_t
+        else:
+            b_src = tl.load(dt_b + off_t[:, None, :])
+        b_B = _load_or_zero(B_b + off_B[:, None, :], m_n3)
+        b_C = _load_or_zero(C_b + off_C[:, None, :], m_n3)
+        return b_u, b_src, b_B, b_C, off_o
 
     @triton.heuristics(
         {
@@ -632,6 +747,7 @@ if HAS_TRITON:
         ALIGNED: tl.constexpr,
         SAME_PLANE: tl.constexpr,
         ONE_WRAP: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
         # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
@@ -695,46 +811,94 @@ if HAS_TRITON:
             if DOT_DT:
                 b_wt, r_low = _dt_weight_operand(w_ptr, k, D, offs_d, s_lr, low_ptr.dtype.element_ty, R, RP)
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+            if not DOT_DT:
+                r_low = 0
+            if PREFETCH:  # the first tile's loads, before the walk
+                b_u_next, b_src_next, b_B_next, b_C_next, _ = _tile_inputs(
+                    u_b,
+                    dt_b,
+                    B_b,
+                    C_b,
+                    _tile_base(0, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
+                    M,
+                    inv_M,
+                    s_ui,
+                    s_uj,
+                    s_ti,
+                    s_tj,
+                    s_Bi,
+                    s_Bj,
+                    s_Ci,
+                    s_Cj,
+                    s_oi,
+                    s_oj,
+                    r_low,
+                    m_n3,
+                    LOWRANK=LOWRANK,
+                    DOT_DT=DOT_DT,
+                    FLAT=FLAT,
+                    ONE_WRAP=ONE_WRAP,
+                    SAME_PLANE=SAME_PLANE,
+                    SUB=SUB,
+                    NSUB=NSUB,
+                )
             for t in range(n_tiles):
-                # the tile [base, base + CHUNK) and its new positions rel in [lo, hi)
+                # the tile [base, base + CHUNK) and its positions not done by an earlier tile
+                base = _tile_base(t, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED)
                 if rev == 0:
-                    hi = L - t * CHUNK
-                    base = tl.maximum(hi - CHUNK, 0)
-                    m_new = rel < hi - base
+                    m_new = rel < L - t * CHUNK - base
                 else:
-                    base = tl.minimum(t * CHUNK, L - CHUNK)
                     m_new = rel >= t * CHUNK - base
-                if ALIGNED:
-                    # L and the tile are multiples of 8, so is every tile's start: the contiguous
-                    # loads of a lane's 8 positions become 16-byte vectors
-                    base = tl.multiple_of(base, 8)
-                i0 = base // M
-                j0 = base - i0 * M
-                off_u = _tile_offsets(base, i0, j0, M, inv_M, s_ui, s_uj, FLAT, ONE_WRAP, SUB, NSUB)
-                if SAME_PLANE:  # every plane has u's spatial strides: one offset for all
-                    off_t = off_u
-                    off_B = off_u
-                    off_C = off_u
-                    off_o = off_u
+                if PREFETCH:
+                    # software pipeline: the next tile's loads are issued before this tile's math,
+                    # so their latency hides behind it (the last tile loads itself again)
+                    t_load = tl.minimum(t + 1, n_tiles - 1)
                 else:
-                    off_t = _tile_offsets(base, i0, j0, M, inv_M, s_ti, s_tj, FLAT, ONE_WRAP, SUB, NSUB)
-                    off_B = _tile_offsets(base, i0, j0, M, inv_M, s_Bi, s_Bj, FLAT, ONE_WRAP, SUB, NSUB)
-                    off_C = _tile_offsets(base, i0, j0, M, inv_M, s_Ci, s_Cj, FLAT, ONE_WRAP, SUB, NSUB)
-                    off_o = _tile_offsets(base, i0, j0, M, inv_M, s_oi, s_oj, FLAT, ONE_WRAP, SUB, NSUB)
-                b_u = tl.load(u_b + off_u[:, None, :])
+                    t_load = t
+                b_u_load, b_src_load, b_B_load, b_C_load, off_o_load = _tile_inputs(
+                    u_b,
+                    dt_b,
+                    B_b,
+                    C_b,
+                    _tile_base(t_load, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
+                    M,
+                    inv_M,
+                    s_ui,
+                    s_uj,
+                    s_ti,
+                    s_tj,
+                    s_Bi,
+                    s_Bj,
+                    s_Ci,
+                    s_Cj,
+                    s_oi,
+                    s_oj,
+                    r_low,
+                    m_n3,
+                    LOWRANK=LOWRANK,
+                    DOT_DT=DOT_DT,
+                    FLAT=FLAT,
+                    ONE_WRAP=ONE_WRAP,
+                    SAME_PLANE=SAME_PLANE,
+                    SUB=SUB,
+                    NSUB=NSUB,
+                )
+                if PREFETCH:
+                    b_u, b_src, b_B, b_C = b_u_next, b_src_next, b_B_next, b_C_next
+                    b_u_next, b_src_next, b_B_next, b_C_next = b_u_load, b_src_load, b_B_load, b_C_load
+                else:
+                    b_u, b_src, b_B, b_C, off_o = b_u_load, b_src_load, b_B_load, b_C_load, off_o_load
                 b_u = b_u.to(tl.float32)
                 if DOT_DT:
                     # dt = dt_low[k]^T dt_weight[k]^T on the tensor cores, [CHUNK, RP] x [RP, BLOCK_D]:
                     # each dt_low value is loaded once per program, not per channel (fp32 dt_low:
                     # tf32x3, fp32 accuracy from three tf32 products; halves: _dt_weight_operand)
-                    off_p = _spatial(base, i0, j0, tl.arange(0, SUB * NSUB), M, inv_M, s_ti, s_tj, FLAT)
-                    b_low = tl.load(dt_b + r_low + off_p[None, :])
-                    if b_low.dtype == tl.float32:
-                        b_dt = tl.dot(tl.trans(b_low), b_wt, input_precision="tf32x3")
+                    if b_src.dtype == tl.float32:
+                        b_dt = tl.dot(tl.trans(b_src), b_wt, input_precision="tf32x3")
                     elif _GPU_MATH:
-                        b_dt = tl.dot(tl.trans(b_low), b_wt)
+                        b_dt = tl.dot(tl.trans(b_src), b_wt)
                     else:  # the interpreter multiplies no halves; fp32 holds them exactly
-                        b_dt = tl.dot(tl.trans(b_low.to(tl.float32)), b_wt.to(tl.float32))
+                        b_dt = tl.dot(tl.trans(b_src.to(tl.float32)), b_wt.to(tl.float32))
                     # tile position s * SUB + i -> [SUB, BLOCK_D, NSUB]
                     b_dt = tl.permute(tl.reshape(b_dt, [NSUB, SUB, BLOCK_D]), [1, 2, 0])
                 elif LOWRANK:
@@ -742,15 +906,15 @@ if HAS_TRITON:
                     b_dt = tl.zeros([SUB, BLOCK_D, NSUB], dtype=tl.float32)
                     for r in tl.static_range(R):
                         b_w = tl.load(w_ptr + (k * D + dl3) * R + r)
-                        b_low = tl.load(dt_b + r * s_lr + off_t).to(tl.float32)
+                        b_low = tl.load(dt_b + r * s_lr + b_src).to(tl.float32)
                         b_dt += b_w * b_low[:, None, :]
                 else:
-                    b_dt = tl.load(dt_b + off_t[:, None, :]).to(tl.float32)
+                    b_dt = b_src.to(tl.float32)
                 b_dt += b_bias
                 if DELTA_SOFTPLUS:
                     b_dt = _softplus(b_dt)
                 b_dt = tl.where(m_new[:, None, :], b_dt, 0.0)
-                b_B = _load_f32(B_b + off_B[:, None, :], m_n3)
+                b_B = b_B.to(tl.float32)
                 # [SUB, NP, BLOCK_D, NSUB]: decay and input of every element and state
                 b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
                 b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
@@ -765,11 +929,18 @@ if HAS_TRITON:
                 b_enter = b_ea * b_carry[:, :, None] + b_ex
                 whole = (NSUB - 1) * rev
                 b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
-                b_C = _load_f32(C_b + off_C[:, None, :], m_n3)
+                b_C = b_C.to(tl.float32)
                 b_x = b_xloc + b_prod * b_enter[None, :, :, :]
                 b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
                 if HAS_D and rev == 1:
                     b_y += b_skip * b_u
+                if PREFETCH:
+                    # this tile's output offsets again, late: carried or kept since the loads,
+                    # they hold 16 registers through the math and spill
+                    i0 = base // M
+                    off_o = _tile_offsets(
+                        base, i0, base - i0 * M, M, inv_M, s_oi, s_oj, FLAT, ONE_WRAP, SUB, NSUB
+                    )
                 p_out = out_b + off_o[:, None, :]
                 m_out = m_new[:, None, :]
                 if not EVEN_D:
@@ -1513,6 +1684,33 @@ def _flat(t: torch.Tensor | None, column: bool) -> bool:
 # larger N (16: mamba's default) the chunk walk, which holds NP per lane, is the cheaper one.
 TILE_SCAN_MAX_N = 4
 
+# The tile scan issues the next tile's loads before the current tile's math (a software
+# pipeline in registers): a walk is a chain of dependent tiles, and without it every tile
+# waits for its loads. False: each tile loads its inputs itself (the GPU gate times both).
+TILE_PREFETCH = True
+# The same in launches whose planes are not contiguous in walk order (the column-major one):
+# their loads are per element, the carried tiles take ~64 registers instead of ~24, and at the
+# 128-register cap Triton 3.6 spills 100 bytes at stage 1 (3.8: none). Off until the GPU gate
+# shows the hidden latency outweighs the spills.
+TILE_PREFETCH_STRIDED = False
+# The tile scan's register cap: 4 blocks of 4 warps per SM (at stage 1 its 768 blocks run in
+# 1.45 waves). The GPU gate times lower caps (more resident blocks, maybe spills) against it.
+TILE_MAX_REGISTERS = 128
+# The chunk walk (N > TILE_SCAN_MAX_N) issues the next position's loads (u, delta, B, C) before
+# the current position's math; dt_low's R rows are still read at their step. False: v2.2's walk.
+WALK_PREFETCH = True
+
+
+def _tile_prefetch(u, delta, flat: bool = True) -> bool:
+    """Whether a tile-scan launch carries the next tile's loads, where they fit in the 128
+    registers without spills (sm_90, Triton 3.6 and 3.8): planes of a multiple of 16 positions
+    (vector loads; with other sizes each element's address is its own and 56 x 57 or 1 x 1000
+    spill 116-244 bytes), not fp32 u with fp32 delta (four carried fp32 tiles: 52 bytes spilled
+    at stage 1), and planes contiguous in walk order unless TILE_PREFETCH_STRIDED."""
+    L = u.shape[-2] * u.shape[-1]
+    halves = delta is None or max(u.element_size(), delta.element_size()) < 4
+    return TILE_PREFETCH and L % 16 == 0 and halves and (flat or TILE_PREFETCH_STRIDED)
+
 
 def ss2d_fwd(
     u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype, config=None
@@ -1546,6 +1744,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
 
     def orientation(column: bool):
         tensors = (u, delta, dt_low, B, C, out)
+        flat = all(_flat(t, column) for t in tensors)
         ss2d_fwd_scan_kernel[grid](
             u_ptr=u,
             delta_ptr=delta,
@@ -1566,14 +1765,15 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             NP=_next_pow2(N),
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
-            FLAT=all(_flat(t, column) for t in tensors),
+            FLAT=flat,
             SAME_PLANE=len({t.stride()[-2:] for t in tensors if t is not None}) == 1,
             SUB=sub,
             NSUB=nsub,
             BLOCK_D=block_d,
+            PREFETCH=_tile_prefetch(u, delta, flat),
             num_warps=num_warps,
             # Triton 3.6 lets ptxas take 140-168 registers in the column-major launch (3.8: 128)
-            maxnreg=128,
+            maxnreg=TILE_MAX_REGISTERS,
         )
 
     with _on_device(u):
@@ -1626,6 +1826,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
             NP=NP,
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
+            PREFETCH=WALK_PREFETCH,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             num_warps=num_warps,
