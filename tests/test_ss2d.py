@@ -241,6 +241,16 @@ def test_backward_grid_fills_four_waves_within_the_memory_bounds(monkeypatch, sh
     assert 4 * NP * n_chunks <= L and n_parts * (2 * N + R) <= D, (chunk, n_parts)
 
 
+@pytest.mark.parametrize("lowrank", [True, False])
+def test_backward_prefetch(monkeypatch, lowrank):
+    """The walks with the next position's dt_low rows, B and C loaded a step ahead (off by
+    default, for the GPU gate to time): the same gradients, with several chunks walked both ways
+    (the descending walks' prefetch past position 0 is masked)."""
+    monkeypatch.setattr(fused, "_BWD_PREFETCH", True)
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (2, 4, 2, 1))
+    check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5, lowrank=lowrank), lowrank=lowrank)
+
+
 def test_lowrank_backward_fills_the_warp_slots(monkeypatch):
     """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 2 channels, and chunks short
     enough for 16 x 132 of them (an SM's 16 warps at 128 registers), the chunk states within a

@@ -801,39 +801,31 @@ if HAS_TRITON:
         delta_ptr,
         s_dd,
         off_dt,
-        low_ptr,
-        s_lr,
-        off_low,
+        shared,
         b_W,
         b_bias,
-        B_ptr,
-        s_Bn,
-        off_B,
-        C_ptr,
-        s_Cn,
-        off_C,
         offs_d,
         m_d,
-        offs_n,
-        m_n,
         m_p,
         R: tl.constexpr,
         LOWRANK: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
     ):
         # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
-        # [lanes, NP], and the R rows of dt_low (a tuple of [lanes]). Low rank: dt = sum_r
+        # [lanes, NP], and the R rows of dt_low (a tuple of [lanes]), the last three from the
+        # values ``_bwd_shared`` loaded (maybe a step ahead). Low rank: dt = sum_r
         # b_W[r] (the channels' weights, [BLOCK_D]) x row r, one FMA per row, each row shared by
         # the channels. dt is 0 outside the map, so padded positions decay by 1 and add nothing
         # in either walk.
         m = m_d[:, None] & m_p[None, :]
         b_u = tl.load(u_ptr + (offs_d[:, None] * s_ud + off_u[None, :]), mask=m, other=0.0).to(tl.float32)
         b_g = tl.load(g_ptr + (offs_d[:, None] * s_gd + off_g[None, :]), mask=m, other=0.0).to(tl.float32)
+        b_rows, b_B, b_C = shared
         b_low = ()
         if LOWRANK:
             b_raw = tl.zeros(b_u.shape, dtype=tl.float32)
             for r in tl.static_range(R):
-                b_row = tl.load(low_ptr + (r * s_lr + off_low), mask=m_p, other=0.0).to(tl.float32)
+                b_row = b_rows[r].to(tl.float32)
                 b_low = b_low + (b_row,)  # noqa: RUF005 (Triton's JIT has no starred unpacking)
                 b_raw += b_W[r][:, None] * b_row[None, :]
         else:
@@ -850,10 +842,36 @@ if HAS_TRITON:
             b_dt = b_raw
             b_slope = tl.full(b_raw.shape, 1.0, tl.float32)
         b_dt = tl.where(m, b_dt, 0.0)
+        return b_u, b_g, b_dt, b_slope, b_B.to(tl.float32), b_C.to(tl.float32), b_low
+
+    @triton.jit
+    def _bwd_shared(
+        low_ptr,
+        s_lr,
+        off_low,
+        B_ptr,
+        s_Bn,
+        off_B,
+        C_ptr,
+        s_Cn,
+        off_C,
+        offs_n,
+        m_n,
+        m_p,
+        R: tl.constexpr,
+        LOWRANK: tl.constexpr,
+    ):
+        # The loads a position's channels share, as stored: the R rows of dt_low (low rank) and
+        # B, C [lanes, NP].
+        b_rows = ()
+        if LOWRANK:
+            for r in tl.static_range(R):
+                b_row = tl.load(low_ptr + (r * s_lr + off_low), mask=m_p, other=0.0)
+                b_rows = b_rows + (b_row,)  # noqa: RUF005
         m_pn = m_p[:, None] & m_n[None, :]
-        b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0).to(tl.float32)
-        b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0).to(tl.float32)
-        return b_u, b_g, b_dt, b_slope, b_B, b_C, b_low
+        b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0)
+        b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0)
+        return b_rows, b_B, b_C
 
     @triton.jit
     def _plane(off, i, j, s_i, s_j, SAME_PLANE: tl.constexpr):
@@ -955,6 +973,7 @@ if HAS_TRITON:
         NP: tl.constexpr,
         R: tl.constexpr,
         SAME_PLANE: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         # One direction over each lane's chunk, one position per step. The state walk
         # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
@@ -981,10 +1000,66 @@ if HAS_TRITON:
         b_dw = ()
         for _r in tl.static_range(R):
             b_dw = b_dw + (tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32),)  # noqa: RUF005
+        if PREFETCH:
+            off = i * s_ui + j * s_uj
+            shared = _bwd_shared(
+                low_ptr,
+                s_lr,
+                _plane(off, i, j, s_li, s_lj, SAME_PLANE),
+                B_ptr,
+                s_Bn,
+                _plane(off, i, j, s_Bi, s_Bj, SAME_PLANE),
+                C_ptr,
+                s_Cn,
+                _plane(off, i, j, s_Ci, s_Cj, SAME_PLANE),
+                offs_n,
+                m_n,
+                m_c & (p < L),
+                R=R,
+                LOWRANK=LOWRANK,
+            )
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
             off = i * s_ui + j * s_uj
+            if PREFETCH:
+                # the next position's shared loads go out before this position's math, which
+                # hides their latency; carried to the next step in registers
+                p_next, i_next, j_next = _step(p, i, j, M, DESCENDING)
+                off_next = i_next * s_ui + j_next * s_uj
+                shared_next = _bwd_shared(
+                    low_ptr,
+                    s_lr,
+                    _plane(off_next, i_next, j_next, s_li, s_lj, SAME_PLANE),
+                    B_ptr,
+                    s_Bn,
+                    _plane(off_next, i_next, j_next, s_Bi, s_Bj, SAME_PLANE),
+                    C_ptr,
+                    s_Cn,
+                    _plane(off_next, i_next, j_next, s_Ci, s_Cj, SAME_PLANE),
+                    offs_n,
+                    m_n,
+                    m_c & (p_next < L) & (p_next >= 0),
+                    R=R,
+                    LOWRANK=LOWRANK,
+                )
+            else:
+                shared = _bwd_shared(
+                    low_ptr,
+                    s_lr,
+                    _plane(off, i, j, s_li, s_lj, SAME_PLANE),
+                    B_ptr,
+                    s_Bn,
+                    _plane(off, i, j, s_Bi, s_Bj, SAME_PLANE),
+                    C_ptr,
+                    s_Cn,
+                    _plane(off, i, j, s_Ci, s_Cj, SAME_PLANE),
+                    offs_n,
+                    m_n,
+                    m_p,
+                    R=R,
+                    LOWRANK=LOWRANK,
+                )
             b_u, b_g, b_dt, b_slope, b_B, b_C, b_low = _bwd_load(
                 u_ptr,
                 s_ud,
@@ -995,21 +1070,11 @@ if HAS_TRITON:
                 delta_ptr,
                 s_dd,
                 _plane(off, i, j, s_di, s_dj, SAME_PLANE),
-                low_ptr,
-                s_lr,
-                _plane(off, i, j, s_li, s_lj, SAME_PLANE),
+                shared,
                 b_W,
                 b_bias,
-                B_ptr,
-                s_Bn,
-                _plane(off, i, j, s_Bi, s_Bj, SAME_PLANE),
-                C_ptr,
-                s_Cn,
-                _plane(off, i, j, s_Ci, s_Cj, SAME_PLANE),
                 offs_d,
                 m_d,
-                offs_n,
-                m_n,
                 m_p,
                 R=R,
                 LOWRANK=LOWRANK,
@@ -1092,7 +1157,11 @@ if HAS_TRITON:
                     b_decay *= b_decay_p
                 else:
                     b_coef += b_direct * tl.exp(b_s[:, :, None] * b_a[:, None, :])
-            p, i, j = _step(p, i, j, M, DESCENDING)
+            if PREFETCH:
+                shared = shared_next
+                p, i, j = p_next, i_next, j_next
+            else:
+                p, i, j = _step(p, i, j, M, DESCENDING)
         # one return type for both passes (the compiler checks it across constexpr branches)
         return b_h, b_s, b_q_sum, b_coef, b_dA, b_dbias, b_dw
 
@@ -1202,6 +1271,7 @@ if HAS_TRITON:
         GRAD: tl.constexpr,
         ACCUMULATE: tl.constexpr,
         SAME_PLANE: tl.constexpr,
+        PREFETCH: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -1381,6 +1451,7 @@ if HAS_TRITON:
                         NP=NP,
                         R=R,
                         SAME_PLANE=SAME_PLANE,
+                        PREFETCH=PREFETCH,
                     )
                     _, _, _, _, b_dA, b_dbias, _ = res
                     if walk == 1:
@@ -1691,6 +1762,10 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
 
 # Four waves of blocks over the H100/H200's 132 SMs: what the backward's grid aims for.
 _BWD_MIN_BLOCKS = 4 * 132
+# The backward walks load the next position's shared values (the dt_low rows, B, C) a step
+# ahead of the math (bench/NOTES.md, v2.3 backward). Off: at stage 1 it adds ~7 % instructions
+# and spills at 128 registers; for the GPU gate to time against the default.
+_BWD_PREFETCH = False
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
@@ -1734,12 +1809,12 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
     chunk per program (N = 16: few images, one channel part), the chunks get shorter and the
     channel parts more (``_bwd_partial_split``), in the mix that adds the least memory: four
     chunk-state buffers of 4 NP values per channel and chunk against 2N values per position for
-    each further partial. Low rank: then at most as many channels per block as fill one warp
-    (BLOCK_D x BLOCK_C x NP lanes), so the R rows of d dt_low (and dB, dC) reduce over the
-    channels within the warp at every step, with shuffles and no barriers (channels across warps
-    cost a shared-memory round trip per step); a program walks more channel blocks in turn, the
-    grid and partials stay as they were or grow. (Full delta sums only dB and dC over the
-    channels; one warp would double its registers.)"""
+    each further partial. Low rank at N > 4 (N <= 4: ``_bwd_lowrank_config``): then at most as
+    many channels per block as fill one warp (BLOCK_D x BLOCK_C x NP lanes), so the R rows of
+    d dt_low (and dB, dC) reduce over the channels within the warp at every step, with shuffles
+    and no barriers (channels across warps cost a shared-memory round trip per step); a program
+    walks more channel blocks in turn, the grid and partials stay as they were or grow. (Full
+    delta sums only dB and dC over the channels; one warp would double its registers.)"""
     block_d, block_c, chunk, num_warps = _fwd_config(D, L, N)
     if TRITON_INTERPRET:
         return block_d, block_c, chunk, num_warps
@@ -1936,6 +2011,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
             SAME_PLANE=len({t.stride()[-2:] for t in planes if t is not None}) == 1,
+            PREFETCH=_BWD_PREFETCH,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             num_warps=num_warps,
