@@ -264,10 +264,10 @@ def test_backward_multi_chunk(monkeypatch, batch, D, H, W, N, lowrank, config):
 
 
 def test_backward_channel_sums_within_a_thread(monkeypatch):
-    """Low rank with R rows x chunks filling a warp (RP x BLOCK_C >= 32, as at stage 1 on the GPU):
-    d dt_low is then summed over each thread's channels ([BLOCK_D, RP, BLOCK_C]); the other tests'
-    blocks take the channel sum across lanes. R = 5 pads to 8 rows; two channel blocks, five
-    chunk blocks of 4 chunks of 2 positions, chunks across row and column wraps."""
+    """Low rank with one-warp blocks of 2 channels x 4 chunks (on the GPU at N <= 4 the chunks lie
+    across the lanes and the channels within each thread, so the channel sums are adds in
+    registers): an odd rank (R = 5 rows as tuples), two channel blocks, five chunk blocks of 4
+    chunks of 2 positions, chunks across row and column wraps."""
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (2, 4, 2, 1))
     check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5), lowrank=True)
 
@@ -297,17 +297,42 @@ def test_backward_grid_fills_four_waves_within_the_memory_bounds(monkeypatch, sh
     assert 4 * NP * n_chunks <= L and n_parts * (2 * N + R) <= D, (chunk, n_parts)
 
 
+@pytest.mark.parametrize("lowrank", [True, False])
+def test_backward_prefetch(monkeypatch, lowrank):
+    """The walks with the next position's dt_low rows, B and C loaded a step ahead (off by
+    default, for the GPU gate to time): the same gradients, with several chunks walked both ways
+    (the descending walks' prefetch past position 0 is masked)."""
+    monkeypatch.setattr(fused, "_BWD_PREFETCH", True)
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (2, 4, 2, 1))
+    check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5, lowrank=lowrank), lowrank=lowrank)
+
+
+def test_lowrank_backward_fills_the_warp_slots(monkeypatch):
+    """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 2 channels, and chunks short
+    enough for 16 x 132 of them (an SM's 16 warps at 128 registers), the chunk states within a
+    quarter of one (B, 4, D, L) tensor."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    batch, D, L, N, R = 128, 96, 56 * 56, 1, 6
+    assert fused._bwd_config(D, L, N, batch, lowrank=True) == (2, 32, 17, 1)
+    chunk, n_chunks, blocks, _ = _bwd_grid(D, L, N, R, batch)
+    assert blocks >= fused._BWD_LOWRANK_MIN_BLOCKS == 16 * 132
+    assert 4 * n_chunks <= L / 4, (chunk, n_chunks)
+
+
 @pytest.mark.slow  # D = 32 channels under the interpreter
 @pytest.mark.parametrize("N", [1, 4])
 def test_backward_with_the_gpu_launch_policy(monkeypatch, N):
-    """The GPU's launch policy under the interpreter on one small image: N = 1 shortens the chunks
-    (4 positions, 5 chunks), N = 4 raises the channel parts above the quarter bound (2 parts, each
-    walking 2 blocks of 8 channels x 4 states, one warp, instead of one part walking all 4)."""
+    """The GPU's launch policy under the interpreter on one small image: blocks of one warp whose
+    lanes are chunks x states (32 at N = 1, 8 at N = 4) and 2 channels within each thread. N = 1
+    keeps the forward's 4 chunks of 5 (evened out to fill the 32 lanes they would break the
+    chunk-state bound) and raises the channel parts to the partials' bound (8 parts of 2 blocks);
+    N = 4 walks one chunk of 20 with 3 parts of 6 blocks (the quarter bound alone gives one)."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, H, W, R = 1, 32, 4, 5, 2
+    assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == ((2, 32, 5, 1) if N == 1 else (2, 8, 20, 1))
     chunk, n_chunks, _, n_parts = _bwd_grid(D, H * W, N, R, batch)
-    assert n_chunks == (5 if N == 1 else 1)
-    assert (chunk, n_parts) == ((4, 2) if N == 1 else (20, 2))
+    assert n_chunks == (4 if N == 1 else 1)
+    assert (chunk, n_parts) == ((5, 8) if N == 1 else (20, 3))
     if N == 4:  # the quarter bound alone gives one part
         assert fused._partial_split(D, 16, N, R)[0] == 1
     check_against_reference(make_inputs(batch, D, H, W, N, R=R), lowrank=True)

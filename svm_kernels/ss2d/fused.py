@@ -30,7 +30,8 @@ per position. A local pass walks each chunk both ways from zero (exit state, exi
 summed dt, chunk totals of those terms and their coefficients on the entering values); the
 chain kernel turns the exits into entering values (the adjoint in the opposite chunk order); a
 few torch ops on chunk-sized tensors give each chunk's carry; the gradient pass walks both ways
-again from the entering values, each walk writing its half of d dt (or, low rank, of
+again from the entering values, each walk writing its half of d dt (low rank: the state walk
+parks its half in a per-program scratch, the adjoint walk adds its own and turns the sum into
 d dt_low / d dt_weight / d bias, which are linear in it). Channel sums (dB, dC, d dt_low) go to
 one partial per program, which walks n_group channel blocks in turn (together at most a quarter
 of one (B, 4, D, L) tensor); parameter sums to one partial per chunk block and image; the
@@ -75,6 +76,15 @@ if HAS_TRITON:
     @triton.jit
     def _softplus_grad(x):
         return tl.where(x > 20.0, 1.0, tl.sigmoid(x))
+
+    @triton.jit
+    def _softplus_and_slope(x):
+        # softplus and its slope sigmoid(x) = e / (1 + e) from the softplus's own exponential
+        # (tl.sigmoid would take a second one); both pass through above 20 as mamba's softplus.
+        e = tl.exp(tl.minimum(x, 20.0))
+        log1p_e = tl.where(e < 1e-3, e * (1.0 - 0.5 * e), _log2(1.0 + e) * 0.6931471805599453)
+        big = x > 20.0
+        return tl.where(big, x, log1p_e), tl.where(big, 1.0, e / (1.0 + e))
 
     @triton.jit
     def _store_partial(ptr, value, mask, blk):
@@ -962,57 +972,86 @@ if HAS_TRITON:
         delta_ptr,
         s_dd,
         off_dt,
-        low_ptr,
-        s_lr,
-        off_low,
+        shared,
         b_W,
         b_bias,
-        B_ptr,
-        s_Bn,
-        off_B,
-        C_ptr,
-        s_Cn,
-        off_C,
         offs_d,
         m_d,
-        offs_n,
-        m_n,
-        offs_r,
-        m_r,
         m_p,
+        R: tl.constexpr,
         LOWRANK: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-        RP: tl.constexpr,
     ):
         # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
-        # [lanes, NP], and the dt_low rows [RP, lanes]. Low rank: dt = the channels' weights b_W
-        # [RP, BLOCK_D] times the R rows of dt_low, shared by the channels; the sum over r lies
-        # within a thread ([RP, BLOCK_D, BLOCK_C]: the threads spread over the last two axes).
-        # dt is 0 outside the map, so padded positions decay by 1 and add nothing in either walk.
+        # [lanes, NP], and the R rows of dt_low (a tuple of [lanes]), the last three from the
+        # values ``_bwd_shared`` loaded (maybe a step ahead). Low rank: dt = sum_r
+        # b_W[r] (the channels' weights, [BLOCK_D]) x row r, one FMA per row, each row shared by
+        # the channels. dt is 0 outside the map, so padded positions decay by 1 and add nothing
+        # in either walk.
         m = m_d[:, None] & m_p[None, :]
-        b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + off_u[None, :], mask=m, other=0.0).to(tl.float32)
-        b_g = tl.load(g_ptr + offs_d[:, None] * s_gd + off_g[None, :], mask=m, other=0.0).to(tl.float32)
+        b_u = tl.load(u_ptr + (offs_d[:, None] * s_ud + off_u[None, :]), mask=m, other=0.0).to(tl.float32)
+        b_g = tl.load(g_ptr + (offs_d[:, None] * s_gd + off_g[None, :]), mask=m, other=0.0).to(tl.float32)
+        b_rows, b_B, b_C = shared
+        b_low = ()
         if LOWRANK:
-            p_low = low_ptr + offs_r[:, None] * s_lr + off_low[None, :]
-            b_low = tl.load(p_low, mask=m_r[:, None] & m_p[None, :], other=0.0).to(tl.float32)
-            b_raw = tl.sum(b_W[:, :, None] * b_low[:, None, :], axis=0)
+            b_raw = tl.zeros(b_u.shape, dtype=tl.float32)
+            for r in tl.static_range(R):
+                b_row = b_rows[r].to(tl.float32)
+                b_low = b_low + (b_row,)  # noqa: RUF005 (Triton's JIT has no starred unpacking)
+                b_raw += b_W[r][:, None] * b_row[None, :]
         else:
-            b_low = tl.zeros([RP, BLOCK_C], dtype=tl.float32)
             b_raw = tl.load(delta_ptr + offs_d[:, None] * s_dd + off_dt[None, :], mask=m, other=0.0)
             b_raw = b_raw.to(tl.float32)
         b_raw += b_bias[:, None]
-        if DELTA_SOFTPLUS:
+        if DELTA_SOFTPLUS and LOWRANK:
+            b_dt, b_slope = _softplus_and_slope(b_raw)
+        elif DELTA_SOFTPLUS:
+            # (full delta keeps tl.sigmoid: the shared exponential costs its N = 16 launch spills)
             b_dt = _softplus(b_raw)
             b_slope = _softplus_grad(b_raw)
         else:
             b_dt = b_raw
             b_slope = tl.full(b_raw.shape, 1.0, tl.float32)
         b_dt = tl.where(m, b_dt, 0.0)
+        return b_u, b_g, b_dt, b_slope, b_B.to(tl.float32), b_C.to(tl.float32), b_low
+
+    @triton.jit
+    def _bwd_shared(
+        low_ptr,
+        s_lr,
+        off_low,
+        B_ptr,
+        s_Bn,
+        off_B,
+        C_ptr,
+        s_Cn,
+        off_C,
+        offs_n,
+        m_n,
+        m_p,
+        R: tl.constexpr,
+        LOWRANK: tl.constexpr,
+    ):
+        # The loads a position's channels share, as stored: the R rows of dt_low (low rank) and
+        # B, C [lanes, NP].
+        b_rows = ()
+        if LOWRANK:
+            for r in tl.static_range(R):
+                b_row = tl.load(low_ptr + (r * s_lr + off_low), mask=m_p, other=0.0)
+                b_rows = b_rows + (b_row,)  # noqa: RUF005
         m_pn = m_p[:, None] & m_n[None, :]
-        b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0).to(tl.float32)
-        b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0).to(tl.float32)
-        return b_u, b_g, b_dt, b_slope, b_B, b_C, b_low
+        b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0)
+        b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0)
+        return b_rows, b_B, b_C
+
+    @triton.jit
+    def _plane(off, i, j, s_i, s_j, SAME_PLANE: tl.constexpr):
+        # a tensor's offset of position (i, j) in its plane: the shared one where every tensor's
+        # plane strides agree (one offset per step for all of them)
+        if SAME_PLANE:
+            return off
+        else:
+            return i * s_i + j * s_j
 
     @triton.jit
     def _step(p, i, j, M, DESCENDING: tl.constexpr):
@@ -1036,6 +1075,8 @@ if HAS_TRITON:
         b_h,
         b_s,
         b_carry,
+        b_dA,
+        b_dbias,
         u_ptr,
         s_ud,
         s_ui,
@@ -1080,12 +1121,12 @@ if HAS_TRITON:
         s_qr,
         s_qi,
         s_qj,
+        v_ptr,
         offs_d,
+        offs_dl,
         m_d,
         offs_n,
         m_n,
-        offs_r,
-        m_r,
         first,
         m_c,
         blk,
@@ -1101,8 +1142,9 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
         NP: tl.constexpr,
-        RP: tl.constexpr,
-        CHANNELS_IN_THREAD: tl.constexpr,
+        R: tl.constexpr,
+        SAME_PLANE: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         # One direction over each lane's chunk, one position per step. The state walk
         # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
@@ -1111,11 +1153,11 @@ if HAS_TRITON:
         # d bias, d dt_weight). Local pass (GRAD=False), from zero: the first four are the
         # chunk's exit value, summed dt, q total and that total's coefficient on the entering
         # value (G for the state, K for the adjoint). Gradient pass: the walk writes its half of
-        # every gradient; the last three are the lanes' sums of the parameter gradients.
-        # CHANNELS_IN_THREAD (the RP rows x BLOCK_C chunks fill the warp): the low-rank tiles are
-        # [BLOCK_D, RP, BLOCK_C], so each thread holds every channel of its (row, chunk) and the
-        # sum of d dt_low over the channels is adds in registers; otherwise [RP, BLOCK_D,
-        # BLOCK_C], rows within a thread, the channel sum across lanes.
+        # every gradient; the last three are the lanes' sums of the parameter gradients (d
+        # dt_weight: a tuple of R [BLOCK_D, BLOCK_C] per-lane sums). The low-rank values are
+        # tuples over the R rows, so every tile is [BLOCK_D, BLOCK_C(, NP)]: no layout changes per
+        # step, and where the lanes hold only chunks (BLOCK_C x NP = 32 lanes, one warp) every
+        # channel sum is adds within a thread.
         if DESCENDING:
             p = first + chunk - 1
         else:
@@ -1125,49 +1167,89 @@ if HAS_TRITON:
         b_q_sum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
         b_coef = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
         b_decay = tl.full([BLOCK_D, BLOCK_C, NP], 1.0, tl.float32)
-        b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
-        b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-        # d dt_weight per lane, summed over the lanes once after the walk
-        if CHANNELS_IN_THREAD:
-            b_dw = tl.zeros([BLOCK_D, RP, BLOCK_C], dtype=tl.float32)
-        else:
-            b_dw = tl.zeros([RP, BLOCK_D, BLOCK_C], dtype=tl.float32)
+        # d dt_weight per lane and row, summed over the lanes once after the walk
+        b_dw = ()
+        for _r in tl.static_range(R):
+            b_dw = b_dw + (tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32),)  # noqa: RUF005
+        if PREFETCH:
+            off = i * s_ui + j * s_uj
+            shared = _bwd_shared(
+                low_ptr,
+                s_lr,
+                _plane(off, i, j, s_li, s_lj, SAME_PLANE),
+                B_ptr,
+                s_Bn,
+                _plane(off, i, j, s_Bi, s_Bj, SAME_PLANE),
+                C_ptr,
+                s_Cn,
+                _plane(off, i, j, s_Ci, s_Cj, SAME_PLANE),
+                offs_n,
+                m_n,
+                m_c & (p < L),
+                R=R,
+                LOWRANK=LOWRANK,
+            )
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
-            off_low = i * s_li + j * s_lj
+            off = i * s_ui + j * s_uj
+            if PREFETCH:
+                # the next position's shared loads go out before this position's math, which
+                # hides their latency; carried to the next step in registers
+                p_next, i_next, j_next = _step(p, i, j, M, DESCENDING)
+                off_next = i_next * s_ui + j_next * s_uj
+                shared_next = _bwd_shared(
+                    low_ptr,
+                    s_lr,
+                    _plane(off_next, i_next, j_next, s_li, s_lj, SAME_PLANE),
+                    B_ptr,
+                    s_Bn,
+                    _plane(off_next, i_next, j_next, s_Bi, s_Bj, SAME_PLANE),
+                    C_ptr,
+                    s_Cn,
+                    _plane(off_next, i_next, j_next, s_Ci, s_Cj, SAME_PLANE),
+                    offs_n,
+                    m_n,
+                    m_c & (p_next < L) & (p_next >= 0),
+                    R=R,
+                    LOWRANK=LOWRANK,
+                )
+            else:
+                shared = _bwd_shared(
+                    low_ptr,
+                    s_lr,
+                    _plane(off, i, j, s_li, s_lj, SAME_PLANE),
+                    B_ptr,
+                    s_Bn,
+                    _plane(off, i, j, s_Bi, s_Bj, SAME_PLANE),
+                    C_ptr,
+                    s_Cn,
+                    _plane(off, i, j, s_Ci, s_Cj, SAME_PLANE),
+                    offs_n,
+                    m_n,
+                    m_p,
+                    R=R,
+                    LOWRANK=LOWRANK,
+                )
             b_u, b_g, b_dt, b_slope, b_B, b_C, b_low = _bwd_load(
                 u_ptr,
                 s_ud,
-                i * s_ui + j * s_uj,
+                off,
                 g_ptr,
                 s_gd,
-                i * s_gi + j * s_gj,
+                _plane(off, i, j, s_gi, s_gj, SAME_PLANE),
                 delta_ptr,
                 s_dd,
-                i * s_di + j * s_dj,
-                low_ptr,
-                s_lr,
-                off_low,
+                _plane(off, i, j, s_di, s_dj, SAME_PLANE),
+                shared,
                 b_W,
                 b_bias,
-                B_ptr,
-                s_Bn,
-                i * s_Bi + j * s_Bj,
-                C_ptr,
-                s_Cn,
-                i * s_Ci + j * s_Cj,
                 offs_d,
                 m_d,
-                offs_n,
-                m_n,
-                offs_r,
-                m_r,
                 m_p,
+                R=R,
                 LOWRANK=LOWRANK,
                 DELTA_SOFTPLUS=DELTA_SOFTPLUS,
-                BLOCK_C=BLOCK_C,
-                RP=RP,
             )
             b_decay_p = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
             b_in = (b_dt * b_u)[:, :, None] * b_B[None, :, :]
@@ -1182,7 +1264,7 @@ if HAS_TRITON:
                 b_s += b_dt
             b_q = tl.sum(b_a[:, None, :] * b_w_p, axis=2)
             if GRAD:
-                off_p = i * s_pi + j * s_pj
+                off_p = _plane(off, i, j, s_pi, s_pj, SAME_PLANE)
                 m_pn = m_p[:, None] & m_n[None, :]
                 p_part = pBC_ptr + offs_n[None, :] * s_pn + off_p[:, None]
                 if ADJOINT:
@@ -1192,7 +1274,9 @@ if HAS_TRITON:
                     b_dA -= b_s[:, :, None] * b_w_p
                     b_s -= b_dt
                     b_du = tl.sum(b_lam * b_B[None, :, :], axis=2) * b_dt
-                    p_du = du_ptr + offs_d[:, None] * s_ed + (i * s_ei + j * s_ej)[None, :]
+                    p_du = du_ptr + (
+                        offs_d[:, None] * s_ed + _plane(off, i, j, s_ei, s_ej, SAME_PLANE)[None, :]
+                    )
                     if DU_FIRST:
                         b_du += b_skip[:, None] * b_g
                     else:
@@ -1208,25 +1292,30 @@ if HAS_TRITON:
                     b_dA += b_s[:, :, None] * b_w_p
                     _store_partial(p_part, tl.sum(b_g[:, :, None] * b_h, axis=0), m_pn, blk)
                 if LOWRANK:
-                    # d dt is linear downstream: each walk adds its half to d dt_low, d w, d bias
-                    b_v = tl.where(m, b_v * b_slope, 0.0)
-                    # d dt_low: all R rows in one channel sum; d dt_weight per lane
-                    if CHANNELS_IN_THREAD:
-                        b_dlow = tl.sum(tl.trans(b_W)[:, :, None] * b_v[:, None, :], axis=0)
-                        b_dw += b_v[:, None, :] * b_low[None, :, :]
+                    # d dt is linear downstream (d dt_low, d dt_weight, d bias). The state walk
+                    # parks its half per position in the program's scratch (v_ptr: [positions,
+                    # BLOCK_D], each thread's channels contiguous); the adjoint walk, which comes
+                    # by the same positions later, adds it to its own half, so the low-rank sums
+                    # run once per position instead of once per walk.
+                    p_v = v_ptr + p[None, :] * BLOCK_D + offs_dl[:, None]
+                    if ADJOINT:
+                        b_v += tl.load(p_v, mask=m, other=0.0)
+                        b_v = tl.where(m, b_v * b_slope, 0.0)
+                        # per row: d dt_low's channel sum, d dt_weight per lane
+                        off_q = _plane(off, i, j, s_qi, s_qj, SAME_PLANE)
+                        b_dw_next = ()
+                        for r in tl.static_range(R):
+                            b_dlow = tl.sum(b_W[r][:, None] * b_v, axis=0)
+                            _store_partial(pLow_ptr + (r * s_qr + off_q), b_dlow, m_p, blk)
+                            b_dw_next = b_dw_next + (b_dw[r] + b_v * b_low[r][None, :],)  # noqa: RUF005
+                        b_dw = b_dw_next
+                        b_dbias += b_v
                     else:
-                        b_dlow = tl.sum(b_W[:, :, None] * b_v[None, :, :], axis=1)
-                        b_dw += b_low[:, None, :] * b_v[None, :, :]
-                    p_dlow = pLow_ptr + offs_r[:, None] * s_qr + (i * s_qi + j * s_qj)[None, :]
-                    m_low = m_r[:, None] & m_p[None, :]
-                    if ADJOINT:  # adds to what the state walk stored
-                        b_dlow += tl.load(p_dlow, mask=m_low, other=0.0)
-                        tl.store(p_dlow, b_dlow, mask=m_low)
-                    else:
-                        _store_partial(p_dlow, b_dlow, m_low, blk)
-                    b_dbias += b_v
+                        tl.store(p_v, b_v, mask=m)
                 else:
-                    p_ddt = ddt_ptr + offs_d[:, None] * s_td + (i * s_ti + j * s_tj)[None, :]
+                    p_ddt = ddt_ptr + (
+                        offs_d[:, None] * s_td + _plane(off, i, j, s_ti, s_tj, SAME_PLANE)[None, :]
+                    )
                     if ADJOINT:
                         b_v += tl.load(p_ddt, mask=m, other=0.0)
                         b_v = tl.where(m, b_v * b_slope, 0.0)
@@ -1239,7 +1328,11 @@ if HAS_TRITON:
                     b_decay *= b_decay_p
                 else:
                     b_coef += b_direct * tl.exp(b_s[:, :, None] * b_a[:, None, :])
-            p, i, j = _step(p, i, j, M, DESCENDING)
+            if PREFETCH:
+                shared = shared_next
+                p, i, j = p_next, i_next, j_next
+            else:
+                p, i, j = _step(p, i, j, M, DESCENDING)
         # one return type for both passes (the compiler checks it across constexpr branches)
         return b_h, b_s, b_q_sum, b_coef, b_dA, b_dbias, b_dw
 
@@ -1251,7 +1344,7 @@ if HAS_TRITON:
             "GRAD": lambda args: args["du_ptr"] is not None,
         }
     )
-    @triton.jit
+    @triton.jit(do_not_specialize=["chunk_step"])
     def ss2d_bwd_chunk_kernel(
         u_ptr,
         g_ptr,
@@ -1280,6 +1373,7 @@ if HAS_TRITON:
         pA_ptr,
         pBias_ptr,
         pW_ptr,
+        v_ptr,
         s_ub,
         s_ud,
         s_ui,
@@ -1336,6 +1430,7 @@ if HAS_TRITON:
         n_chunks,
         n_group,
         k_f,
+        chunk_step,
         N: tl.constexpr,
         R: tl.constexpr,
         NP: tl.constexpr,
@@ -1346,6 +1441,8 @@ if HAS_TRITON:
         DELTA_SOFTPLUS: tl.constexpr,
         GRAD: tl.constexpr,
         ACCUMULATE: tl.constexpr,
+        SAME_PLANE: tl.constexpr,
+        PREFETCH: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -1361,20 +1458,29 @@ if HAS_TRITON:
         n_batch = tl.num_programs(2)
         # The program walks n_group channel blocks in turn, adding each block's channel sums to
         # its one partial (fewer partials: the bound on their memory), in a fixed order.
+        # the low-rank gradient pass's scratch: d dt's state half per position of this image's
+        # orientation and channel of the block, reused by every channel block and direction
+        if LOWRANK and GRAD:
+            v_slot = v_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * BLOCK_D
+        else:
+            v_slot = v_ptr
+        offs_dl = tl.arange(0, BLOCK_D)
         for blk in range(n_group):
-            offs_d = (pid_d * n_group + blk) * BLOCK_D + tl.arange(0, BLOCK_D)
+            offs_d = (pid_d * n_group + blk) * BLOCK_D + offs_dl
             m_d = offs_d < D
             offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
             m_c = offs_c < n_chunks
             offs_n = tl.arange(0, NP)
             m_n = offs_n < N
-            offs_r = tl.arange(0, RP)
-            m_r = offs_r < R
             m_dn = m_d[:, None] & m_n[None, :]
             first = offs_c * chunk
-            offs_cs = (offs_d[:, None, None] * n_chunks + offs_c[None, :, None]) * NP + offs_n[None, None, :]
+            # chunk_step (1, not specialised): with the chunks' contiguity unknown, the compiler
+            # lays these tiles out as the walk's (chunks across lanes, channels in a thread) rather
+            # than along the chunks, and the walk's carried state needs no layout change per step
+            offs_cx = offs_c * chunk_step
+            offs_cs = (offs_d[:, None, None] * n_chunks + offs_cx[None, :, None]) * NP + offs_n[None, None, :]
             m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
-            offs_cv = offs_d[:, None] * n_chunks + offs_c[None, :]
+            offs_cv = offs_d[:, None] * n_chunks + offs_cx[None, :]
             m_cv = m_d[:, None] & m_c[None, :]
             b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
             if HAS_D and GRAD and not ACCUMULATE:
@@ -1388,13 +1494,13 @@ if HAS_TRITON:
                 else:
                     b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
                 b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
+                # the R weights of each channel (a tuple of [BLOCK_D]), held for both walks
+                b_W = ()
                 if LOWRANK:
-                    # [RP, BLOCK_D]: the R weights of each channel, held for both walks
-                    p_W = w_ptr + (k * D + offs_d[None, :]) * R + offs_r[:, None]
-                    b_W = tl.load(p_W, mask=m_r[:, None] & m_d[None, :], other=0.0)
+                    for r in tl.static_range(R):
+                        b_W = b_W + (tl.load(w_ptr + (k * D + offs_d) * R + r, mask=m_d, other=0.0),)  # noqa: RUF005
                     dt_src = low_ptr + pid_b * s_lb + k * s_lk
                 else:
-                    b_W = tl.zeros([RP, BLOCK_D], dtype=tl.float32)
                     dt_src = delta_ptr + pid_b * s_db + k * s_dk
                 bk = (pid_b * 4 + k) * D * n_chunks
                 if GRAD:
@@ -1424,6 +1530,10 @@ if HAS_TRITON:
                     b_carry = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
                     c_part = pC_ptr
                     b_part = pB_ptr
+                # dA and d bias per lane: the adjoint walk adds to the state walk's sums (no
+                # registers held for them across it)
+                b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
+                b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
                 for walk in tl.static_range(2):
                     # walk 0: the state, in sequence order (descending positions for the reversed
                     # direction), from the entering state and S at the chunk's start; walk 1: the
@@ -1443,6 +1553,8 @@ if HAS_TRITON:
                         b_h=b_h,
                         b_s=b_s,
                         b_carry=b_carry,
+                        b_dA=b_dA,
+                        b_dbias=b_dbias,
                         u_ptr=u_ptr + pid_b * s_ub,
                         s_ud=s_ud,
                         s_ui=s_ui,
@@ -1487,12 +1599,12 @@ if HAS_TRITON:
                         s_qr=s_qr,
                         s_qi=s_qi,
                         s_qj=s_qj,
+                        v_ptr=v_slot,
                         offs_d=offs_d,
+                        offs_dl=offs_dl,
                         m_d=m_d,
                         offs_n=offs_n,
                         m_n=m_n,
-                        offs_r=offs_r,
-                        m_r=m_r,
                         first=first,
                         m_c=m_c,
                         blk=blk,
@@ -1508,9 +1620,11 @@ if HAS_TRITON:
                         BLOCK_D=BLOCK_D,
                         BLOCK_C=BLOCK_C,
                         NP=NP,
-                        RP=RP,
-                        CHANNELS_IN_THREAD=RP * BLOCK_C >= 32,
+                        R=R,
+                        SAME_PLANE=SAME_PLANE,
+                        PREFETCH=PREFETCH,
                     )
+                    _, _, _, _, b_dA, b_dbias, _ = res
                     if walk == 1:
                         res_m = res
                     else:
@@ -1518,22 +1632,14 @@ if HAS_TRITON:
                 if GRAD:
                     # the next direction's adjoint walk adds to the du this one stored
                     tl.debug_barrier()
-                    _, _, _, _, b_dA_x, b_dbias_x, b_dw_x = res_x
-                    _, _, _, _, b_dA_m, b_dbias_m, b_dw_m = res_m
+                    _, _, _, _, b_dA, b_dbias, b_dw = res_m  # (both walks' sums)
                     par = ((pid_c * n_batch + pid_b) * 4 + k) * D + offs_d
-                    b_dA = tl.sum(b_dA_x + b_dA_m, axis=1)
-                    tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], b_dA, mask=m_dn)
+                    tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], tl.sum(b_dA, axis=1), mask=m_dn)
                     if HAS_BIAS:
-                        tl.store(pBias_ptr + par, tl.sum(b_dbias_x + b_dbias_m, axis=1), mask=m_d)
-                    if LOWRANK:
-                        b_dw = tl.sum(b_dw_x + b_dw_m, axis=2)
-                        if RP * BLOCK_C >= 32:  # the walks' CHANNELS_IN_THREAD: [BLOCK_D, RP]
-                            b_dw = tl.trans(b_dw)
-                        tl.store(
-                            pW_ptr + par[None, :] * RP + offs_r[:, None],
-                            b_dw,
-                            mask=m_r[:, None] & m_d[None, :],
-                        )
+                        tl.store(pBias_ptr + par, tl.sum(b_dbias, axis=1), mask=m_d)
+                    if LOWRANK:  # (only the adjoint walk gathers d dt_weight)
+                        for r in tl.static_range(R):
+                            tl.store(pW_ptr + par * RP + r, tl.sum(b_dw[r], axis=1), mask=m_d)
                 else:
                     b_x, b_s, b_qx, b_G, _, _, _ = res_x
                     b_m, _, b_ql, b_K, _, _, _ = res_m
@@ -1857,6 +1963,10 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
 
 # Four waves of blocks over the H100/H200's 132 SMs: what the backward's grid aims for.
 _BWD_MIN_BLOCKS = 4 * 132
+# The backward walks load the next position's shared values (the dt_low rows, B, C) a step
+# ahead of the math (bench/NOTES.md, v2.3 backward). Off: at stage 1 it adds ~7 % instructions
+# and spills at 128 registers; for the GPU gate to time against the default.
+_BWD_PREFETCH = False
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
@@ -1900,15 +2010,17 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
     chunk per program (N = 16: few images, one channel part), the chunks get shorter and the
     channel parts more (``_bwd_partial_split``), in the mix that adds the least memory: four
     chunk-state buffers of 4 NP values per channel and chunk against 2N values per position for
-    each further partial. Low rank: then at most as many channels per block as fill one warp
-    (BLOCK_D x BLOCK_C x NP lanes), so the R rows of d dt_low (and dB, dC) reduce over the
-    channels within the warp at every step, with shuffles and no barriers (channels across warps
-    cost a shared-memory round trip per step); a program walks more channel blocks in turn, the
-    grid and partials stay as they were or grow. (Full delta sums only dB and dC over the
-    channels; one warp would double its registers.)"""
+    each further partial. Low rank at N > 4 (N <= 4: ``_bwd_lowrank_config``): then at most as
+    many channels per block as fill one warp (BLOCK_D x BLOCK_C x NP lanes), so the R rows of
+    d dt_low (and dB, dC) reduce over the channels within the warp at every step, with shuffles
+    and no barriers (channels across warps cost a shared-memory round trip per step); a program
+    walks more channel blocks in turn, the grid and partials stay as they were or grow. (Full
+    delta sums only dB and dC over the channels; one warp would double its registers.)"""
     block_d, block_c, chunk, num_warps = _fwd_config(D, L, N)
     if TRITON_INTERPRET:
         return block_d, block_c, chunk, num_warps
+    if lowrank and N <= 4:
+        return _bwd_lowrank_config(D, L, N, batch, chunk)
     NP = _next_pow2(N)
     n_chunks = triton.cdiv(L, chunk)
     n_parts, _ = _partial_split(D, block_d, N, 0)
@@ -1928,6 +2040,43 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
         block_d = min(block_d, max(1, 32 // (block_c * NP)))
         return block_d, block_c, chunk, max(1, block_d * block_c * NP // 32)
     return block_d, block_c, chunk, max(1, min(num_warps, block_d * block_c * NP // 32))
+
+
+# Channels per block (within each thread) of the low-rank backward at N <= 4: 2 keeps the walks
+# within 128 registers without spills (4 spills ~200 bytes: the R weights and R d dt_weight sums
+# per channel are held for the whole walk).
+_BWD_LOWRANK_BLOCK_D = 2
+# The low-rank backward's one-warp blocks: at 128 registers an SM holds 16 warps, so the grid
+# aims at 16 x 132 blocks (4 x 132 would leave three quarters of the warp slots empty in a walk
+# whose every step waits on its loads).
+_BWD_LOWRANK_MIN_BLOCKS = 16 * 132
+
+
+def _bwd_lowrank_config(D: int, L: int, N: int, batch: int, chunk: int):
+    """The low-rank backward's blocks at N <= 4: one warp whose lanes are chunks x states (32 // NP
+    chunks) and whose channels lie within each thread, so every channel sum (d dt_low's R rows,
+    dB, dC) is adds in registers and each dt_low row, B and C is loaded once per thread for all
+    its channels. The chunk (about sqrt(L), the forward's) is evened out so the chunks fill
+    whole blocks of lanes, then shortened while the grid is under _BWD_LOWRANK_MIN_BLOCKS, as long
+    as the chunk states stay within one (B, 4, D, L) tensor (4 NP values per chunk and
+    channel). Channel parts as the launcher takes them (``_bwd_partial_split``); the estimate
+    takes R = D / 16 (VMamba's rank)."""
+    NP = _next_pow2(N)
+    block_c = 32 // NP
+    n_cblk = triton.cdiv(triton.cdiv(L, chunk), block_c)
+
+    def blocks(n_cblk):
+        parts, _ = _bwd_partial_split(D, _BWD_LOWRANK_BLOCK_D, N, triton.cdiv(D, 16), batch, n_cblk)
+        return batch * parts * n_cblk
+
+    def fits(n_cblk):  # the chunk states of n_cblk full blocks of chunks within the bound
+        return 4 * NP * triton.cdiv(L, triton.cdiv(L, n_cblk * block_c)) <= L
+
+    if not fits(n_cblk):  # short maps: the forward's chunks as they are
+        return _BWD_LOWRANK_BLOCK_D, block_c, chunk, 1
+    while blocks(n_cblk) < _BWD_LOWRANK_MIN_BLOCKS and fits(n_cblk + 1):
+        n_cblk += 1
+    return _BWD_LOWRANK_BLOCK_D, block_c, triton.cdiv(L, n_cblk * block_c), 1
 
 
 def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
@@ -1996,12 +2145,21 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     p_A = new_buffer(n_cblk, batch, 4, d_inner, NP, device=dev)
     p_bias = new_buffer(n_cblk, batch, 4, d_inner, device=dev) if bias is not None else None
     p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
+    # the low-rank gradient pass's scratch: each program's state half of d dt per position and
+    # channel of its block (at most (B, D, L) values, a quarter of one (B, 4, D, L) tensor)
+    v_scratch = new_buffer(batch, n_dblk, L, block_d, device=dev) if lowrank else None
     params = _param_ptrs(dt_weight, A, D, bias)
     grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
     # the chains' own channel blocks: a warp's lanes (channels x states), at least 4 channels (at
     # N = 16 two lanes per thread take fewer instructions per element than two channels)
     chain_block_d = max(block_d, min(_next_pow2(d_inner), max(4, 32 // NP)))
     carry = start = None
+
+    # every tensor the walks index by position (one shared plane offset when their strides agree)
+    planes = (u, grad_out, delta, dt_low, B, C, du, ddt, p_B, p_low)
+    # low rank: the issue's 128 registers (one-warp blocks would take up to 255; a cap on the
+    # full-delta launches makes ptxas take more, 48 -> 64 at stage 1)
+    cap = {"maxnreg": 128} if lowrank else {}
 
     def chunk_pass(column: bool, grad: bool):
         def out(t):  # the gradient buffers are None in the local pass
@@ -2031,6 +2189,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             pA_ptr=out(p_A),
             pBias_ptr=out(p_bias),
             pW_ptr=out(p_w),
+            v_ptr=out(v_scratch),
             **params,
             **_input_strides(column, u, delta, dt_low, B, C),
             **_named_strides("g", grad_out, column, "bdij"),
@@ -2045,15 +2204,19 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             n_chunks=n_chunks,
             n_group=n_group,
             k_f=int(column),
+            chunk_step=1,
             N=N,
             R=R,
             NP=NP,
             RP=RP,
             DELTA_SOFTPLUS=softplus,
             ACCUMULATE=column,
+            SAME_PLANE=len({t.stride()[-2:] for t in planes if t is not None}) == 1,
+            PREFETCH=_BWD_PREFETCH,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             num_warps=num_warps,
+            **cap,
         )
 
     with _on_device(u):
