@@ -47,6 +47,11 @@ os.environ.setdefault("SJ_LIF_CUDA_IMPLEMENTATION", "triton")
 
 import torch  # noqa: E402
 
+if os.environ.get("TRITON_INTERPRET") == "1":  # the smoke run: spare the interpreter its re-patching
+    from svm_kernels import interpreter_speed
+
+    interpreter_speed.install()
+
 HAS_CUDA = torch.cuda.is_available() and not SMOKE
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 PHASES = ("check", "ours", "peer")

@@ -11,7 +11,7 @@ except ImportError:  # pragma: no cover
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 if os.environ.get("TRITON_INTERPRET") == "1":
-    import interpreter_speed
+    from svm_kernels import interpreter_speed
 
     interpreter_speed.install()
 

@@ -12,7 +12,8 @@ launch) reuse those patches; a launch patches and restores as before.
 It also memoises the interpreter's map from a Triton dtype to a NumPy dtype, which builds a
 20-entry dict on every call (tens of thousands of calls per test).
 
-Without the interpreter, or with an interpreter of another shape, it does nothing.
+Without the interpreter, or with an interpreter of another shape, it does nothing. For the test
+suite and the gate's CPU smoke run; the package never calls it by itself.
 """
 
 from __future__ import annotations
