@@ -386,7 +386,8 @@ def test_svmamba_triton_matches_torch():
     model = create_model("svmamba_cifar", backend="triton", **TINY_TRITON)
     reference = create_model("svmamba_cifar", backend="torch", **TINY_TRITON)
     reference.load_state_dict(model.state_dict())
-    compare_backends(model, reference, images(2, 8))
+    # one image: the interpreter's time grows with the batch, the kernels' paths do not
+    compare_backends(model, reference, images(1, 8))
 
 
 def test_package_exports():
