@@ -321,20 +321,20 @@ def test_lowrank_backward_fills_the_warp_slots(monkeypatch):
     assert 4 * n_chunks <= L / 4, (chunk, n_chunks)
 
 
-@pytest.mark.slow  # D = 32 channels under the interpreter
-@pytest.mark.parametrize("N", [1, 4])
-def test_backward_with_the_gpu_launch_policy(monkeypatch, N):
+@pytest.mark.slow  # D = 20 channels under the interpreter
+@pytest.mark.parametrize("N,H,W", [(1, 4, 5), (4, 2, 5)])
+def test_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
     """The GPU's launch policy under the interpreter on one small image: blocks of one warp whose
     lanes are chunks x states (32 at N = 1, 8 at N = 4) and 2 channels within each thread. N = 1
     keeps the forward's 4 chunks of 5 (evened out to fill the 32 lanes they would break the
-    chunk-state bound) and raises the channel parts to the partials' bound (8 parts of 2 blocks);
-    N = 4 walks one chunk of 20 with 3 parts of 6 blocks (the quarter bound alone gives one)."""
+    chunk-state bound) and raises the channel parts to the partials' bound (5 parts of 2 blocks);
+    N = 4 walks one chunk of 10 with 2 parts of 5 blocks (the quarter bound alone gives one)."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
-    batch, D, H, W, R = 1, 32, 4, 5, 2
-    assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == ((2, 32, 5, 1) if N == 1 else (2, 8, 20, 1))
+    batch, D, R = 1, 20, 2
+    assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == ((2, 32, 5, 1) if N == 1 else (2, 8, 10, 1))
     chunk, n_chunks, _, n_parts = _bwd_grid(D, H * W, N, R, batch)
     assert n_chunks == (4 if N == 1 else 1)
-    assert (chunk, n_parts) == ((5, 8) if N == 1 else (20, 3))
+    assert (chunk, n_parts) == ((5, 5) if N == 1 else (10, 2))
     if N == 4:  # the quarter bound alone gives one part
         assert fused._partial_split(D, 16, N, R)[0] == 1
     check_against_reference(make_inputs(batch, D, H, W, N, R=R), lowrank=True)
