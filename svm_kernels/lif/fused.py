@@ -448,6 +448,26 @@ def _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alp
     return LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
 
 
+def _run_forward(x, v_init, p: LIFParams, return_v: bool, use_triton: bool):
+    """The forward of both autograd nodes: the Triton launcher or the vectorised PyTorch path."""
+    return (lif_fwd if use_triton else vectorized.lif_forward)(x, v_init, p, return_v)
+
+
+def _run_backward(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool, use_triton: bool):
+    """The backward of both autograd nodes, the same choice of implementation."""
+    return (lif_bwd if use_triton else vectorized.lif_backward)(
+        grad_s, grad_v, x, v_init, p, need_grad_v_init
+    )
+
+
+def _backward_inputs(ctx, grad_v):
+    """What both nodes' backwards start from: the saved x and v_init, whether v_init's gradient
+    is wanted (it exists and needs one), and the final v's gradient only when v was returned."""
+    x, v_init = ctx.saved_tensors
+    need_gvi = v_init is not None and ctx.needs_input_grad[1]
+    return x, v_init, need_gvi, grad_v if ctx.return_v else None
+
+
 @torch.library.custom_op("svmamba::lif_fwd", mutates_args=())
 def _lif_fwd_op(
     x: torch.Tensor,
@@ -463,7 +483,7 @@ def _lif_fwd_op(
     use_triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     p = _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    return (lif_fwd if use_triton else vectorized.lif_forward)(x, v_init, p, return_v)
+    return _run_forward(x, v_init, p, return_v, use_triton)
 
 
 @_lif_fwd_op.register_fake
@@ -490,9 +510,7 @@ def _lif_bwd_op(
     use_triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     p = _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    return (lif_bwd if use_triton else vectorized.lif_backward)(
-        grad_s, grad_v, x, v_init, p, need_grad_v_init
-    )
+    return _run_backward(grad_s, grad_v, x, v_init, p, need_grad_v_init, use_triton)
 
 
 @_lif_bwd_op.register_fake
@@ -521,9 +539,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_s, grad_v):
-    x, v_init = ctx.saved_tensors
-    need_gvi = v_init is not None and ctx.needs_input_grad[1]
-    grad_v = grad_v if ctx.return_v else None
+    x, v_init, need_gvi, grad_v = _backward_inputs(ctx, grad_v)
     grad_x, grad_v_init = _lif_bwd_op(grad_s, grad_v, x, v_init, *ctx.params, need_gvi, ctx.use_triton)
     return (grad_x, grad_v_init if need_gvi else None) + (None,) * 9
 
@@ -542,7 +558,7 @@ class _EagerLIF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, v_init, p: LIFParams, return_v: bool, use_triton: bool):
-        spikes, v = (lif_fwd if use_triton else vectorized.lif_forward)(x, v_init, p, return_v)
+        spikes, v = _run_forward(x, v_init, p, return_v, use_triton)
         ctx.p, ctx.return_v, ctx.use_triton = p, return_v, use_triton
         # unused outputs' gradients stay None: no zero-filled gradient of the empty v
         ctx.set_materialize_grads(False)
@@ -552,14 +568,10 @@ class _EagerLIF(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_s, grad_v):
-        x, v_init = ctx.saved_tensors
-        need_gvi = v_init is not None and ctx.needs_input_grad[1]
+        x, v_init, need_gvi, grad_v = _backward_inputs(ctx, grad_v)
         if grad_s is None:  # only the final v reaches the loss
             grad_s = torch.zeros_like(x)
-        grad_v = grad_v if ctx.return_v else None
-        grad_x, grad_v_init = (lif_bwd if ctx.use_triton else vectorized.lif_backward)(
-            grad_s, grad_v, x, v_init, ctx.p, need_gvi
-        )
+        grad_x, grad_v_init = _run_backward(grad_s, grad_v, x, v_init, ctx.p, need_gvi, ctx.use_triton)
         return grad_x, grad_v_init if need_gvi else None, None, None, None
 
 
