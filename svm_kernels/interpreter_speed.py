@@ -1,4 +1,4 @@
-"""Spare the Triton interpreter two kinds of repeated work: a quarter of the SS2D backward's test time.
+"""Spare the Triton interpreter three kinds of work whose results it throws away.
 
 When a kernel launches, the interpreter replaces triton.language's builtins with interpreted
 versions and restores them when the launch returns. Every call of a ``@triton.jit`` helper
@@ -12,12 +12,20 @@ launch) reuse those patches; a launch patches and restores as before.
 It also memoises the interpreter's map from a Triton dtype to a NumPy dtype, which builds a
 20-entry dict on every call (tens of thousands of calls per test).
 
+And it turns off the overflow sanitizer of the interpreter's builder while that builder is not in
+debug mode. The sanitizer redoes every 32-bit integer add, sub and mul in 64 bits and compares the
+result with the 32-bit range, then hands the verdict to ``device_assert``, which drops it unless
+``debug`` is on (as the compiled kernel's dead-code elimination drops it on a GPU). The
+interpreter's builder is never in debug mode, so those operations, about half of the index
+arithmetic's cost under the interpreter, check nothing.
+
 Without the interpreter, or with an interpreter of another shape, it does nothing. For the test
 suite and the gate's CPU smoke run; the package never calls it by itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 
@@ -54,7 +62,16 @@ def install() -> bool:
     patch_lang._patches_once = True
     interpreter._patch_lang = patch_lang
     _memoise_np_dtype(interpreter, tl)
+    _skip_discarded_overflow_checks(interpreter)
     return True
+
+
+def _skip_discarded_overflow_checks(interpreter) -> None:
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if options is None or getattr(options, "debug", True) or not hasattr(options, "sanitize_overflow"):
+        return  # in debug mode the checks assert: keep them
+    builder.options = dataclasses.replace(options, sanitize_overflow=False)
 
 
 def _memoise_np_dtype(interpreter, tl) -> None:

@@ -41,3 +41,40 @@ def test_nested_helpers_run_and_the_language_is_restored():
     # standard library (tl.cdiv, tl.sigmoid: helpers whose module sees only tl.core)
     assert tl.core.is_builtin(tl.load)
     assert interpreter._get_np_dtype(tl.float32) == interpreter._get_np_dtype(tl.block_type(tl.float32, [4]))
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _index_math(x_ptr, out_ptr, n, stride, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m_n = offs < n
+        # int32 products and sums, some past 2^31 (they wrap, as on a GPU)
+        b_i = tl.load(x_ptr + offs, mask=m_n, other=0)
+        tl.store(out_ptr + offs, b_i * stride + offs - 7, mask=m_n)
+
+
+def test_overflow_checks_whose_verdict_is_dropped_are_skipped():
+    """Without debug mode the interpreter drops the overflow sanitizer's verdict: turning the
+    sanitizer off changes no result, with or without wrap-around."""
+    import dataclasses
+
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    assert not builder.options.debug and not builder.options.sanitize_overflow  # installed by conftest
+    x = torch.tensor([0, 1, 3, 1 << 20, -(1 << 20), 2047, 5], dtype=torch.int32)
+    outs = []
+    for sanitize in (False, True):
+        before = builder.options
+        builder.options = dataclasses.replace(before, sanitize_overflow=sanitize)
+        try:
+            out = torch.full_like(x, -1)
+            _index_math[(2,)](x_ptr=x, out_ptr=out, n=7, stride=1 << 12, BLOCK=4)
+        finally:
+            builder.options = before
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    exact = x.long() * (1 << 12) + torch.arange(7) - 7
+    assert (exact.abs() >= 1 << 31).any()  # some wrapped
+    assert torch.equal(outs[0], ((exact + (1 << 31)) % (1 << 32) - (1 << 31)).int())
