@@ -3,6 +3,8 @@
 :class:`VisionModel` is what the accounting, the training engine and the scripts rely on:
 
 * ``spiking`` (class attribute) and ``T`` (time steps; 1 for an ANN);
+* ``num_classes``, ``img_size`` (the native input size) and ``model_name`` (the registered name,
+  set by :func:`svm_models.create_model`; None for a model built from its class);
 * ``first_conv``: the layer that sees the real-valued image (the papers' first-layer convention);
 * ``get_classifier()``: the final linear layer (the papers' head convention);
 * ``forward_features(images)`` -> the last stage's feature map, ``forward_head(features)`` ->
@@ -27,6 +29,9 @@ class VisionModel(nn.Module):
 
     spiking: bool = False
     T: int = 1
+    num_classes: int
+    img_size: int | None = None
+    model_name: str | None = None
 
     @property
     def first_conv(self) -> nn.Module:

@@ -21,6 +21,9 @@ import xdist_groups
 
 DEVICE = "cuda" if _HAS_CUDA else "cpu"
 
+# Fixtures live here; the plain helpers the tests import (``from helpers import ...``: the SMALL
+# table of tiny models, ``tiny_model(name)``, ``images``, relative-error comparisons) in helpers.py.
+
 # Under pytest-xdist (``pytest -n auto``) every worker is a process of its own: intra-op threads
 # beyond each worker's share of the cores only oversubscribe them (OpenMP spins), so a worker
 # keeps its share.

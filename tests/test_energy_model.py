@@ -334,3 +334,25 @@ def test_accounting_is_reachable_after_import_svm_models():
     code = "import svm_models; print(callable(svm_models.accounting.profile))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_the_accounting_reads_size_and_name_from_the_protocol():
+    """Without data, profile draws images of the model's own img_size and names the report after
+    the registered model (a model built from its class: after the class); a module outside the
+    protocol may declare the same attributes."""
+    model, img = tiny_model("vmamba_cifar")
+    assert (model.num_classes, model.img_size, model.model_name) == (5, img, "vmamba_cifar")
+    r = accounting.profile(model)
+    assert r.input_shape == (3, img, img) and r.model == "vmamba_cifar"
+    assert accounting.profile(model, name="mine").model == "mine"
+
+    unregistered = type(model)(num_classes=5, img_size=img, **SMALL["vmamba_cifar"][1]).eval()
+    assert unregistered.model_name is None
+    assert accounting.profile(unregistered).model == type(model).__name__
+
+    toy = Toy(spiking=False, kernel=1)
+    with pytest.raises(ValueError, match="no img_size"):
+        accounting.profile(toy)
+    toy.img_size, toy.model_name = 4, "toy"
+    r = accounting.profile(toy)
+    assert r.input_shape == (3, 4, 4) and r.model == "toy"

@@ -235,6 +235,7 @@ class ModelView:
     name: str
     spiking: bool
     T: int
+    img_size: int | None  # the size of the random images when no data is given
     first_name: str | None  # the layer that sees the image
     head_name: str | None  # the classifier
     units: dict[str, nn.Module]  # modules whose input is recorded (RATE_MODULE_TYPES)
@@ -244,26 +245,39 @@ class ModelView:
 def model_view(model: nn.Module, first_layer=None, head=None, stage_of=None, name=None) -> ModelView:
     """The :class:`~svm_models.base.VisionModel` protocol of ``model``.
 
-    Any other ``nn.Module`` is accepted as well: it is spiking when it says so (a ``spiking``
-    attribute, default True, and ``T``, default 1) and names no first layer and no head unless
-    ``first_layer`` / ``head`` are given.
+    Any other ``nn.Module`` is accepted as well (:func:`_undeclared_protocol`): it names no
+    first layer and no head unless ``first_layer`` / ``head`` are given.
     """
     names = {m: n for n, m in model.named_modules()}
     if isinstance(model, VisionModel):
-        spiking, T = bool(model.spiking), int(model.T or 1)
+        spiking, T, img_size = bool(model.spiking), int(model.T or 1), model.img_size
         first_default, head_default = model.first_conv, model.get_classifier()
+        label = model.model_name
     else:
-        spiking, T = bool(getattr(model, "spiking", True)), int(getattr(model, "T", 1) or 1)
+        spiking, T, img_size, label = _undeclared_protocol(model)
         first_default = head_default = None
-    label = name or getattr(model, "model_name", None) or getattr(model, "name", None) or type(model).__name__
     return ModelView(
-        name=label,
+        name=name or label or type(model).__name__,
         spiking=spiking,
         T=T if spiking else 1,
+        img_size=img_size,
         first_name=_resolve(model, first_layer if first_layer is not None else first_default, names),
         head_name=_resolve(model, head if head is not None else head_default, names),
         units=modules_of_types(model, RATE_MODULE_TYPES),
         stage_of=stage_of or stage_function(model),
+    )
+
+
+def _undeclared_protocol(model: nn.Module) -> tuple[bool, int, int | None, str | None]:
+    """(spiking, T, img_size, name) of a module outside the protocol, as far as it declares them
+    as attributes: spiking unless it says otherwise, T 1, no native size, no registered name."""
+    spiking = bool(getattr(model, "spiking", True))
+    T = int(getattr(model, "T", 1) or 1)
+    return (
+        spiking,
+        T,
+        getattr(model, "img_size", None),
+        getattr(model, "model_name", None) or getattr(model, "name", None),
     )
 
 
@@ -478,7 +492,7 @@ def _hardware_components(op, macs, vols, row, folds, spikes_per_image, hw, reuse
 
 def _random_batch(model, view, img_size, in_chans, random_batch, seed, calibrate_bn, device):
     """Random N(0, 1) images (and, for a spiking model, BatchNorm statistics from random batches)."""
-    size = img_size or getattr(model, "img_size", None)
+    size = img_size or view.img_size
     if size is None:
         raise ValueError("no data given and the model has no img_size: pass data or img_size")
     gen = torch.Generator().manual_seed(seed)
