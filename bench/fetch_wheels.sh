@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run here (not on the GPU machine): download the pure-Python packages the GPU image lacks into
-# .whl/ (ignored by git), so that a device run can carry them; bench/gpu_check.sh installs
+# .whl/ (ignored by git), to be copied with the tree to the GPU machine; bench/gpu_check.sh installs
 # .whl/*.whl into a private folder first. Peers of the gate: spikingjelly 2.0 (needs loguru, tqdm),
 # fla-core (flash-linear-attention's Triton kernels; needs einops). fvcore and its helpers serve
 # the accounting tests. `pip wheel` builds the ones PyPI ships only as source.

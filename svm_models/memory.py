@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.img_size or model.img_size
     gen = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch_size, 3, size, size, generator=gen).to(args.device)
-    print(f"{args.model} at {size} px, batch {args.batch_size}, T = {getattr(model, 'T', '-')}")
+    print(f"{args.model} at {size} px, batch {args.batch_size}, T = {model.T if model.spiking else '-'}")
     print("| precision | memory_efficient | saved MiB / image | peak MiB / image (CUDA) | new / old |")
     print("| --- | --- | --- | --- | --- |")
     for precision in args.precision or ["fp32"]:

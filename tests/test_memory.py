@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import SMALL
 from torch import nn
 
 import svm_models
@@ -11,13 +12,14 @@ from svm_models.memory import compare_memory_efficient, profile_training_memory
 from svm_models.memory import main as memory_main
 from svm_models.spike_layers import set_memory_efficient, spike_mul
 
-# Tiny versions of every spiking model (img_size, overrides), as in test_accounting.py.
+# Every spiking model of the shared table, plus SVMamba with SEW shortcuts; qkformer_10_384 at
+# 64 px instead of 128 (these tests build each model several times: a quarter of the pixels).
 SPIKING = {
-    "svmamba_t": (32, dict(dims=8, depths=(1, 1, 1), T=2)),
-    "svmamba_cifar": (16, dict(dims=8, depths=(1, 1, 1), T=2, d_state=2)),
-    "svmamba_cifar_sew": (16, dict(dims=8, depths=(1, 1, 1), T=2, shortcut="sew")),
-    "qkformer_cifar": (32, dict(embed_dim=32, num_heads=1, depths=(1, 1, 1), T=2)),
-    "qkformer_10_384": (64, dict(embed_dim=32, num_heads=2, depths=(1, 1, 1), T=2)),
+    "svmamba_t": SMALL["svmamba_t"],
+    "svmamba_cifar": SMALL["svmamba_cifar"],
+    "svmamba_cifar_sew": (SMALL["svmamba_cifar"][0], dict(SMALL["svmamba_cifar"][1], shortcut="sew")),
+    "qkformer_cifar": SMALL["qkformer_cifar"],
+    "qkformer_10_384": (64, SMALL["qkformer_10_384"][1]),
 }
 # Module classes whose saved bytes this change does not touch (the LIF and the scan save their own).
 OTHER_OWNERS = {"MultiStepLIF", "CrossScanSSM"}

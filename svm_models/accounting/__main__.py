@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    size = args.img_size or getattr(model, "img_size", None)
+    size = args.img_size or model.img_size
     if size is None:
         print("error: the model has no default img_size; pass --img-size", file=sys.stderr)
         return 2
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     em = report.energy_model
     print(
-        f"{args.model} at {size} px, {getattr(model, 'num_classes', args.num_classes)} classes"
+        f"{args.model} at {size} px, {model.num_classes} classes"
         + (f", T = {report.T}" if spiking else " (ANN)")
     )
     print(f"  params           {report.params:,}")
