@@ -146,7 +146,7 @@ def test_gesture_reader_rejects_a_truncated_packet(tmp_path):
 @pytest.mark.parametrize("n, T", [(100, 4), (103, 4), (16, 16), (3, 4)])
 def test_integrate_splits_by_event_count(n, T):
     x, y, t, p = _events(n, 8, seed=n)
-    ev = np.empty(n, dtype=E.readers.events_struct)
+    ev = np.empty(n, dtype=E.readers.tonic_io().events_struct)
     ev["x"], ev["y"], ev["t"], ev["p"] = x, y, t, p
     frames = E.integrate(ev, (8, 8), T)
     assert frames.shape == (T, 2, 8, 8) and frames.dtype == torch.float32

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tonic.transforms import ToFrame
 
 
 def integrate(events: np.ndarray, sensor_size: tuple[int, int], T: int) -> torch.Tensor:
@@ -22,6 +21,8 @@ def integrate(events: np.ndarray, sensor_size: tuple[int, int], T: int) -> torch
     events = events[inside]
     if len(events) < T:  # fewer events than frames: tonic would make zero slices of zero events
         return torch.zeros(T, 2, height, width)
+    from tonic.transforms import ToFrame  # on first use, as readers.tonic_io
+
     frames = ToFrame(sensor_size=(width, height, 2), n_event_bins=T)(events)
     return torch.from_numpy(frames.astype(np.float32))
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from tonic.io import events_struct
+
+from .readers import tonic_io
 
 SACCADE_US = 100_000  # N-MNIST: each saccade takes about 100 ms
 LOG_EPS = 0.1  # log(I + eps): dark pixels have a finite log intensity, as a real sensor's floor
@@ -64,6 +65,7 @@ def simulate_saccades(
     n, h, w = images.shape
     if h > canvas or w > canvas:
         raise ValueError(f"a {h}x{w} image does not fit a {canvas}x{canvas} sensor")
+    events_struct = tonic_io().events_struct
     scene = np.zeros((n, canvas, canvas))
     top, left = (canvas - h) // 2, (canvas - w) // 2
     scene[:, top : top + h, left : left + w] = images
