@@ -117,22 +117,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _walk_inputs(
-        u_ptr,
-        s_ud,
-        s_ui,
-        s_uj,
-        delta_ptr,
-        s_dd,
-        s_di,
-        s_dj,
-        B_ptr,
-        s_Bn,
-        s_Bi,
-        s_Bj,
-        C_ptr,
-        s_Cn,
-        s_Ci,
-        s_Cj,
+        planes,
+        strides,
         offs_d,
         m_d,
         offs_n,
@@ -149,6 +135,10 @@ if HAS_TRITON:
         # (full delta) delta [channels, lanes], B and (output pass) C [lanes, NP]. None of them is
         # used here, so a prefetch of the next step does not wait for them. Low rank: dt_low's
         # rows are read where dt is built (R loads per step, carried they would be R tensors).
+        # planes: the walk's u, delta, B and C pointers; strides: their (channel or state, i, j)
+        # strides, in that order.
+        u_ptr, delta_ptr, B_ptr, C_ptr = planes
+        s_ud, s_ui, s_uj, s_dd, s_di, s_dj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj = strides
         m_p = m_c & (p < L) & (p >= 0)
         m = m_d[:, None] & m_p[None, :]
         b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + (i * s_ui + j * s_uj)[None, :], mask=m, other=0.0)
@@ -169,14 +159,8 @@ if HAS_TRITON:
     @triton.jit
     def _fwd_walk(
         b_x,
-        u_ptr,
-        s_ud,
-        s_ui,
-        s_uj,
-        delta_ptr,
-        s_dd,
-        s_di,
-        s_dj,
+        planes,
+        strides,
         low_ptr,
         s_lr,
         s_li,
@@ -184,14 +168,6 @@ if HAS_TRITON:
         w_ptr,
         b_bias,
         b_a,
-        B_ptr,
-        s_Bn,
-        s_Bi,
-        s_Bj,
-        C_ptr,
-        s_Cn,
-        s_Ci,
-        s_Cj,
         out_ptr,
         s_od,
         s_oi,
@@ -224,6 +200,7 @@ if HAS_TRITON:
         # the last step loads one position past its chunk, masked outside the map).
         # State pass (OUTPUT=False): returns the chunk's exit state and its summed dt (the chunk's
         # decay is exp(A * sum dt)). Output pass: writes (or adds) y = C.x (+ D u) to out.
+        # planes and strides: u, delta, B and C as _walk_inputs reads them.
         if REVERSE:
             p = first + chunk - 1
         else:
@@ -233,9 +210,8 @@ if HAS_TRITON:
         b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
         if PREFETCH:
             b_u_next, b_delta_next, b_B_next, b_C_next = _walk_inputs(
-                u_ptr, s_ud, s_ui, s_uj, delta_ptr, s_dd, s_di, s_dj, B_ptr, s_Bn, s_Bi, s_Bj, C_ptr, s_Cn,
-                s_Ci, s_Cj, offs_d, m_d, offs_n, m_n, p, i, j, m_c, L, LOWRANK=LOWRANK, OUTPUT=OUTPUT,
-            )  # fmt: skip
+                planes, strides, offs_d, m_d, offs_n, m_n, p, i, j, m_c, L, LOWRANK, OUTPUT
+            )
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
@@ -246,10 +222,8 @@ if HAS_TRITON:
             else:
                 p_load, i_load, j_load = p, i, j
             b_u_load, b_delta_load, b_B_load, b_C_load = _walk_inputs(
-                u_ptr, s_ud, s_ui, s_uj, delta_ptr, s_dd, s_di, s_dj, B_ptr, s_Bn, s_Bi, s_Bj, C_ptr, s_Cn,
-                s_Ci, s_Cj, offs_d, m_d, offs_n, m_n, p_load, i_load, j_load, m_c, L, LOWRANK=LOWRANK,
-                OUTPUT=OUTPUT,
-            )  # fmt: skip
+                planes, strides, offs_d, m_d, offs_n, m_n, p_load, i_load, j_load, m_c, L, LOWRANK, OUTPUT
+            )
             if PREFETCH:
                 b_u_next, b_delta_next, b_B_next, b_C_next = b_u_load, b_delta_load, b_B_load, b_C_load
             else:
@@ -397,16 +371,12 @@ if HAS_TRITON:
                 out_b = out_ptr + pid_b * s_ob
             else:
                 out_b = out_ptr
+            B_k = B_ptr + pid_b * s_Bb + k * s_Bk
+            C_k = C_ptr + pid_b * s_Cb + k * s_Ck
             b_x, b_dtsum = _fwd_walk(
                 b_x,
-                u_ptr + pid_b * s_ub,
-                s_ud,
-                s_ui,
-                s_uj,
-                dt_src,
-                s_dd,
-                s_di,
-                s_dj,
+                (u_ptr + pid_b * s_ub, dt_src, B_k, C_k),
+                (s_ud, s_ui, s_uj, s_dd, s_di, s_dj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj),
                 dt_src,
                 s_lr,
                 s_li,
@@ -414,14 +384,6 @@ if HAS_TRITON:
                 w_k,
                 b_bias,
                 b_a,
-                B_ptr + pid_b * s_Bb + k * s_Bk,
-                s_Bn,
-                s_Bi,
-                s_Bj,
-                C_ptr + pid_b * s_Cb + k * s_Ck,
-                s_Cn,
-                s_Ci,
-                s_Cj,
                 out_b,
                 s_od,
                 s_oi,
@@ -623,23 +585,11 @@ if HAS_TRITON:
 
     @triton.jit
     def _tile_inputs(
-        u_b,
-        dt_b,
-        B_b,
-        C_b,
+        planes,
+        strides,
         base,
         M,
         inv_M,
-        s_ui,
-        s_uj,
-        s_ti,
-        s_tj,
-        s_Bi,
-        s_Bj,
-        s_Ci,
-        s_Cj,
-        s_oi,
-        s_oj,
         r_low,
         m_n3,
         LOWRANK: tl.constexpr,
@@ -654,7 +604,10 @@ if HAS_TRITON:
         # channel, B and C [SUB, NP, NSUB], and dt's source: the dt_low tile [RP, SUB * NSUB]
         # (DOT_DT), delta [SUB, 1, NSUB] per channel, or (low rank without the dot) the offsets of
         # dt_low's rows, which are read where dt is built. Nothing here uses a loaded value, so a
-        # prefetch of the next tile does not wait for its loads.
+        # prefetch of the next tile does not wait for its loads. planes: the walk's u, dt source,
+        # B and C pointers; strides: the (i, j) strides of u, dt's source, B, C and out.
+        u_b, dt_b, B_b, C_b = planes
+        s_ui, s_uj, s_ti, s_tj, s_Bi, s_Bj, s_Ci, s_Cj, s_oi, s_oj = strides
         i0 = base // M
         j0 = base - i0 * M
         off_u = _tile_offsets(base, i0, j0, M, inv_M, s_ui, s_uj, FLAT, ONE_WRAP, SUB, NSUB)
@@ -823,35 +776,14 @@ if HAS_TRITON:
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
             if not DOT_DT:
                 r_low = 0
+            # what every tile's loads of this walk share (_tile_inputs)
+            planes = (u_b, dt_b, B_b, C_b)
+            strides = (s_ui, s_uj, s_ti, s_tj, s_Bi, s_Bj, s_Ci, s_Cj, s_oi, s_oj)
             if PREFETCH:  # the first tile's loads, before the walk
                 b_u_next, b_src_next, b_B_next, b_C_next, _ = _tile_inputs(
-                    u_b,
-                    dt_b,
-                    B_b,
-                    C_b,
-                    _tile_base(0, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
-                    M,
-                    inv_M,
-                    s_ui,
-                    s_uj,
-                    s_ti,
-                    s_tj,
-                    s_Bi,
-                    s_Bj,
-                    s_Ci,
-                    s_Cj,
-                    s_oi,
-                    s_oj,
-                    r_low,
-                    m_n3,
-                    LOWRANK=LOWRANK,
-                    DOT_DT=DOT_DT,
-                    FLAT=FLAT,
-                    ONE_WRAP=ONE_WRAP,
-                    SAME_PLANE=SAME_PLANE,
-                    SUB=SUB,
-                    NSUB=NSUB,
-                )
+                    planes, strides, _tile_base(0, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
+                    M, inv_M, r_low, m_n3, LOWRANK, DOT_DT, FLAT, ONE_WRAP, SAME_PLANE, SUB, NSUB,
+                )  # fmt: skip
             for t in range(n_tiles):
                 # the tile [base, base + CHUNK) and its positions not done by an earlier tile
                 base = _tile_base(t, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED)
@@ -866,33 +798,9 @@ if HAS_TRITON:
                 else:
                     t_load = t
                 b_u_load, b_src_load, b_B_load, b_C_load, off_o_load = _tile_inputs(
-                    u_b,
-                    dt_b,
-                    B_b,
-                    C_b,
-                    _tile_base(t_load, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
-                    M,
-                    inv_M,
-                    s_ui,
-                    s_uj,
-                    s_ti,
-                    s_tj,
-                    s_Bi,
-                    s_Bj,
-                    s_Ci,
-                    s_Cj,
-                    s_oi,
-                    s_oj,
-                    r_low,
-                    m_n3,
-                    LOWRANK=LOWRANK,
-                    DOT_DT=DOT_DT,
-                    FLAT=FLAT,
-                    ONE_WRAP=ONE_WRAP,
-                    SAME_PLANE=SAME_PLANE,
-                    SUB=SUB,
-                    NSUB=NSUB,
-                )
+                    planes, strides, _tile_base(t_load, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
+                    M, inv_M, r_low, m_n3, LOWRANK, DOT_DT, FLAT, ONE_WRAP, SAME_PLANE, SUB, NSUB,
+                )  # fmt: skip
                 if PREFETCH:
                     b_u, b_src, b_B, b_C = b_u_next, b_src_next, b_B_next, b_C_next
                     b_u_next, b_src_next, b_B_next, b_C_next = b_u_load, b_src_load, b_B_load, b_C_load
