@@ -46,7 +46,7 @@ import math
 import torch
 
 from ..utils import HAS_TRITON, TRITON_DTYPES, TRITON_INTERPRET, is_dense, new_buffer, new_output
-from .common import MAX_D_STATE
+from .common import MAX_D_STATE, SCAN_ARGS, SCAN_ARGS_SCHEMA, call_forward_op, define_forward_ops
 
 if HAS_TRITON:
     import triton
@@ -2178,71 +2178,16 @@ def _or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(_EMPTY) if t is None else t
 
 
-@torch.library.custom_op("svmamba::ss2d_fwd", mutates_args=())
-def _ss2d_fwd_op(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    return ss2d_fwd(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+# one gradient per SCAN_ARGS, an empty tensor for an absent one
+_GRADS_SCHEMA = "(" + ", ".join(["Tensor"] * len(SCAN_ARGS)) + ")"
 
 
-@torch.library.custom_op("svmamba::ss2d_lowrank_fwd", mutates_args=())
-def _ss2d_lowrank_fwd_op(
-    u: torch.Tensor,
-    dt_low: torch.Tensor,
-    dt_weight: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    return ss2d_fwd(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype)
-
-
-@_ss2d_fwd_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
-    return torch.empty_like(u, dtype=out_dtype)
-
-
-@_ss2d_lowrank_fwd_op.register_fake
-def _(u, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype):
-    return torch.empty_like(u, dtype=out_dtype)
-
-
-@torch.library.custom_op("svmamba::ss2d_bwd", mutates_args=())
-def _ss2d_bwd_op(
-    grad_out: torch.Tensor,
-    u: torch.Tensor,
-    delta: torch.Tensor | None,
-    dt_low: torch.Tensor | None,
-    dt_weight: torch.Tensor | None,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    delta_softplus: bool,
-) -> tuple[
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-]:
+@torch.library.custom_op(
+    "svmamba::ss2d_bwd",
+    mutates_args=(),
+    schema=f"(Tensor grad_out, {SCAN_ARGS_SCHEMA}, bool delta_softplus) -> {_GRADS_SCHEMA}",
+)
+def _ss2d_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
     grads = ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus)
     return tuple(_or_empty(g, u) for g in grads)
 
@@ -2263,41 +2208,26 @@ def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
     return tuple(_grad_like(t, name, u) for name, t in like.items())
 
 
+def _save(ctx, scan_args, softplus, output):
+    ctx.delta_softplus = softplus
+    ctx.save_for_backward(*scan_args)
+
+
 def _backward(ctx, grad_out):
-    u, delta, dt_low, dt_weight, A, B, C, D, bias = ctx.saved_tensors
-    grads = _ss2d_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, ctx.delta_softplus)
-    du, ddelta, d_low, d_weight, dA, dB, dC, dD, dbias = (_or_none(g) for g in grads)
-    return du, ddelta, d_low, d_weight, dA, dB, dC, dD, dbias
+    grads = _ss2d_bwd_op(grad_out, *ctx.saved_tensors, ctx.delta_softplus)
+    return tuple(_or_none(g) for g in grads)
 
 
-def _setup_full(ctx, inputs, output):
-    u, delta, A, B, C, D, bias, softplus, _ = inputs
-    ctx.delta_softplus = softplus
-    ctx.save_for_backward(u, delta, None, None, A, B, C, D, bias)
+def _fake_forward(u, A, softplus, out_dtype):
+    return torch.empty_like(u, dtype=out_dtype)
 
 
-def _setup_lowrank(ctx, inputs, output):
-    u, dt_low, dt_weight, A, B, C, D, bias, softplus, _ = inputs
-    ctx.delta_softplus = softplus
-    ctx.save_for_backward(u, None, dt_low, dt_weight, A, B, C, D, bias)
-
-
-def _backward_full(ctx, grad_out):
-    du, ddelta, _, _, dA, dB, dC, dD, dbias = _backward(ctx, grad_out)
-    return du, ddelta, dA, dB, dC, dD, dbias, None, None
-
-
-def _backward_lowrank(ctx, grad_out):
-    du, _, d_low, d_weight, dA, dB, dC, dD, dbias = _backward(ctx, grad_out)
-    return du, d_low, d_weight, dA, dB, dC, dD, dbias, None, None
-
-
-_ss2d_fwd_op.register_autograd(_backward_full, setup_context=_setup_full)
-_ss2d_lowrank_fwd_op.register_autograd(_backward_lowrank, setup_context=_setup_lowrank)
+_FORWARD_OPS = define_forward_ops(
+    "ss2d", returns="Tensor", forward=ss2d_fwd, fake=_fake_forward, save=_save, backward=_backward
+)
+_ss2d_fwd_op, _ss2d_lowrank_fwd_op = _FORWARD_OPS
 
 
 def ss2d_triton(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
     """Dispatch to the full-delta or low-rank fused op (both differentiable)."""
-    if dt_low is None:
-        return _ss2d_fwd_op(u, delta, A, B, C, D, bias, softplus, out_dtype)
-    return _ss2d_lowrank_fwd_op(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
+    return call_forward_op(_FORWARD_OPS, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
