@@ -203,6 +203,18 @@ if HAS_TRITON:
         return b_gx * (1.0 - 1.0 / tau)
 
     @triton.jit
+    def _lif_block(v_init_ptr, N, USE_INITIAL_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
+        # The program's neurons, their mask and their membrane potential before the first step.
+        # 64-bit offsets: tensors of more than 2^31 elements are addressed correctly.
+        offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = offs < N
+        if USE_INITIAL_STATE:
+            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
+        else:
+            v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        return offs, m_n, v
+
+    @triton.jit
     def fused_lif_fwd_kernel(
         x_ptr,
         v_init_ptr,
@@ -222,13 +234,7 @@ if HAS_TRITON:
         STORE_FINAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        # 64-bit offsets: tensors of more than 2^31 elements are addressed correctly.
-        offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_n = offs < N
-        if USE_INITIAL_STATE:
-            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
-        else:
-            v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        offs, m_n, v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
         p_x = x_ptr + offs
         p_s = s_ptr + offs
         for _ in range(NUM_SEG - 1):
@@ -268,12 +274,7 @@ if HAS_TRITON:
         STORE_GRAD_INITIAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_n = offs < N
-        if USE_INITIAL_STATE:
-            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
-        else:
-            v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        offs, m_n, v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
         # dL/dv after the last step (the final state's gradient), scaled as in _lif_bwd_steps.
         if HAS_GRAD_FINAL_STATE:
             b_g = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
