@@ -1643,6 +1643,32 @@ def _input_strides(column: bool, u, delta, dt_low, B, C) -> dict:
     }
 
 
+def _orientation_args(column: bool, u, delta, dt_low, B, C, out, params: dict, softplus: bool) -> dict:
+    """The launch arguments both forward kernels take for one orientation (column: the
+    column-major one, which adds to what the row-major one stored), ``out_ptr`` aside."""
+    H, W = u.shape[-2:]
+    N = params["A_ptr"].shape[2]
+    return dict(
+        u_ptr=u,
+        delta_ptr=delta,
+        low_ptr=dt_low,
+        B_ptr=B,
+        C_ptr=C,
+        **params,
+        **_input_strides(column, u, delta, dt_low, B, C),
+        **_named_strides("o", out, column, "bdij"),
+        D=u.shape[1],
+        L=H * W,
+        M=H if column else W,
+        k_f=int(column),
+        N=N,
+        R=1 if dt_low is None else dt_low.shape[2],
+        NP=_next_pow2(N),
+        DELTA_SOFTPLUS=softplus,
+        ACCUMULATE=column,
+    )
+
+
 def _fwd_scan_config(D: int, L: int, N: int):
     """(BLOCK_D, SUB, NSUB, num_warps) of the forward.
 
@@ -1760,25 +1786,9 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
         tensors = (u, delta, dt_low, B, C, out)
         flat = all(_flat(t, column) for t in tensors)
         ss2d_fwd_scan_kernel[grid](
-            u_ptr=u,
-            delta_ptr=delta,
-            low_ptr=dt_low,
-            B_ptr=B,
-            C_ptr=C,
+            **_orientation_args(column, u, delta, dt_low, B, C, out, params, softplus),
             out_ptr=out,
-            **params,
-            **_input_strides(column, u, delta, dt_low, B, C),
-            **_named_strides("o", out, column, "bdij"),
-            D=d_inner,
-            L=L,
-            M=H if column else W,
             n_tiles=triton.cdiv(L, sub * nsub),
-            k_f=int(column),
-            N=N,
-            R=dt_low.shape[2] if lowrank else 1,
-            NP=_next_pow2(N),
-            DELTA_SOFTPLUS=softplus,
-            ACCUMULATE=column,
             FLAT=flat,
             SAME_PLANE=len({t.stride()[-2:] for t in tensors if t is not None}) == 1,
             SUB=sub,
@@ -1807,8 +1817,6 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
     L = H * W
     N = A.shape[2]
     NP = _next_pow2(N)
-    lowrank = dt_low is not None
-    R = dt_low.shape[2] if lowrank else 1
     block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
     n_chunks = triton.cdiv(L, chunk)
     out = new_output(u, dtype=out_dtype)
@@ -1818,28 +1826,12 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
 
     def chunk_pass(column: bool, output: bool):
         ss2d_fwd_chunk_kernel[grid](
-            u_ptr=u,
-            delta_ptr=delta,
-            low_ptr=dt_low,
-            B_ptr=B,
-            C_ptr=C,
+            **_orientation_args(column, u, delta, dt_low, B, C, out, params, softplus),
             state_ptr=state,
             dtsum_ptr=dtsum,
             out_ptr=out if output else None,
-            **params,
-            **_input_strides(column, u, delta, dt_low, B, C),
-            **_named_strides("o", out, column, "bdij"),
-            D=d_inner,
-            L=L,
-            M=H if column else W,
             chunk=chunk,
             n_chunks=n_chunks,
-            k_f=int(column),
-            N=N,
-            R=R,
-            NP=NP,
-            DELTA_SOFTPLUS=softplus,
-            ACCUMULATE=column,
             PREFETCH=WALK_PREFETCH,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
