@@ -254,11 +254,16 @@ if HAS_TRITON:
             p, i, j = p_next, i_next, j_next
         return b_x, b_dtsum
 
+    # The flags of the optional inputs the SS2D kernels take (an absent pointer is None).
+    _OPTIONAL_INPUTS = {
+        "LOWRANK": lambda args: args["low_ptr"] is not None,
+        "HAS_D": lambda args: args["Ds_ptr"] is not None,
+        "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+    }
+
     @triton.heuristics(
         {
-            "LOWRANK": lambda args: args["low_ptr"] is not None,
-            "HAS_D": lambda args: args["Ds_ptr"] is not None,
-            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+            **_OPTIONAL_INPUTS,
             "OUTPUT": lambda args: args["out_ptr"] is not None,
             "HAS_STATE": lambda args: args["state_ptr"] is not None,
         }
@@ -635,9 +640,7 @@ if HAS_TRITON:
 
     @triton.heuristics(
         {
-            "LOWRANK": lambda args: args["low_ptr"] is not None,
-            "HAS_D": lambda args: args["Ds_ptr"] is not None,
-            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+            **_OPTIONAL_INPUTS,
             "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
             "DOT_DT": lambda args: _dot_dt_fits(args),
             "RP": lambda args: _dot_dt_depth(args),
