@@ -23,6 +23,7 @@ v_threshold where spikingjelly's does and the spikes are bit-identical.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 
 import torch
@@ -202,6 +203,18 @@ if HAS_TRITON:
         return b_gx * (1.0 - 1.0 / tau)
 
     @triton.jit
+    def _lif_block(v_init_ptr, N, USE_INITIAL_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
+        # The program's neurons, their mask and their membrane potential before the first step.
+        # 64-bit offsets: tensors of more than 2^31 elements are addressed correctly.
+        offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = offs < N
+        if USE_INITIAL_STATE:
+            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
+        else:
+            v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        return offs, m_n, v
+
+    @triton.jit
     def fused_lif_fwd_kernel(
         x_ptr,
         v_init_ptr,
@@ -221,13 +234,7 @@ if HAS_TRITON:
         STORE_FINAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        # 64-bit offsets: tensors of more than 2^31 elements are addressed correctly.
-        offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_n = offs < N
-        if USE_INITIAL_STATE:
-            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
-        else:
-            v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        offs, m_n, v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
         p_x = x_ptr + offs
         p_s = s_ptr + offs
         for _ in range(NUM_SEG - 1):
@@ -267,12 +274,7 @@ if HAS_TRITON:
         STORE_GRAD_INITIAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-        m_n = offs < N
-        if USE_INITIAL_STATE:
-            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
-        else:
-            v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        offs, m_n, v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
         # dL/dv after the last step (the final state's gradient), scaled as in _lif_bwd_steps.
         if HAS_GRAD_FINAL_STATE:
             b_g = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
@@ -444,8 +446,13 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
 # traces through with no graph break and the backward recomputes from x (the only saved tensor).
 
 
-def _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha) -> LIFParams:
-    return LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+# LIFParams' fields as custom-op arguments, one by one (a schema has no records), in field order
+_PARAMS_SCHEMA = "float tau, float v_threshold, float? v_reset, bool decay_input, bool detach_reset, str surrogate, float alpha"
+_N_PARAMS = len(dataclasses.fields(LIFParams))
+
+
+def _param_values(p: LIFParams) -> tuple:
+    return p.tau, p.v_threshold, p.v_reset, p.decay_input, p.detach_reset, p.surrogate, p.alpha
 
 
 def _run_forward(x, v_init, p: LIFParams, return_v: bool, use_triton: bool):
@@ -468,67 +475,38 @@ def _backward_inputs(ctx, grad_v):
     return x, v_init, need_gvi, grad_v if ctx.return_v else None
 
 
-@torch.library.custom_op("svmamba::lif_fwd", mutates_args=())
-def _lif_fwd_op(
-    x: torch.Tensor,
-    v_init: torch.Tensor | None,
-    tau: float,
-    v_threshold: float,
-    v_reset: float | None,
-    decay_input: bool,
-    detach_reset: bool,
-    surrogate: str,
-    alpha: float,
-    return_v: bool,
-    use_triton: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    p = _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    return _run_forward(x, v_init, p, return_v, use_triton)
+@torch.library.custom_op(
+    "svmamba::lif_fwd",
+    mutates_args=(),
+    schema=f"(Tensor x, Tensor? v_init, {_PARAMS_SCHEMA}, bool return_v, bool use_triton) -> (Tensor, Tensor)",
+)
+def _lif_fwd_op(x, v_init, *params_and_flags):
+    *params, return_v, use_triton = params_and_flags
+    return _run_forward(x, v_init, LIFParams(*params), return_v, use_triton)
 
 
 @_lif_fwd_op.register_fake
-def _(
-    x, v_init, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, return_v, use_triton
-):
+def _(x, v_init, *params_and_flags):
+    *_, return_v, _ = params_and_flags
     return empty_outputs(as_time_major(x), return_v)
 
 
-@torch.library.custom_op("svmamba::lif_bwd", mutates_args=())
-def _lif_bwd_op(
-    grad_s: torch.Tensor,
-    grad_v: torch.Tensor | None,
-    x: torch.Tensor,
-    v_init: torch.Tensor | None,
-    tau: float,
-    v_threshold: float,
-    v_reset: float | None,
-    decay_input: bool,
-    detach_reset: bool,
-    surrogate: str,
-    alpha: float,
-    need_grad_v_init: bool,
-    use_triton: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    p = _params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    return _run_backward(grad_s, grad_v, x, v_init, p, need_grad_v_init, use_triton)
+@torch.library.custom_op(
+    "svmamba::lif_bwd",
+    mutates_args=(),
+    schema=(
+        f"(Tensor grad_s, Tensor? grad_v, Tensor x, Tensor? v_init, {_PARAMS_SCHEMA}, bool need_grad_v_init, "
+        "bool use_triton) -> (Tensor, Tensor)"
+    ),
+)
+def _lif_bwd_op(grad_s, grad_v, x, v_init, *params_and_flags):
+    *params, need_grad_v_init, use_triton = params_and_flags
+    return _run_backward(grad_s, grad_v, x, v_init, LIFParams(*params), need_grad_v_init, use_triton)
 
 
 @_lif_bwd_op.register_fake
-def _(
-    grad_s,
-    grad_v,
-    x,
-    v_init,
-    tau,
-    v_threshold,
-    v_reset,
-    decay_input,
-    detach_reset,
-    surrogate,
-    alpha,
-    need_grad_v_init,
-    use_triton,
-):
+def _(grad_s, grad_v, x, v_init, *params_and_flags):
+    *_, need_grad_v_init, _ = params_and_flags
     return empty_grads(as_time_major(x), v_init, need_grad_v_init)
 
 
@@ -541,7 +519,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_s, grad_v):
     x, v_init, need_gvi, grad_v = _backward_inputs(ctx, grad_v)
     grad_x, grad_v_init = _lif_bwd_op(grad_s, grad_v, x, v_init, *ctx.params, need_gvi, ctx.use_triton)
-    return (grad_x, grad_v_init if need_gvi else None) + (None,) * 9
+    return (grad_x, grad_v_init if need_gvi else None) + (None,) * (_N_PARAMS + 2)
 
 
 _lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -592,16 +570,4 @@ def lif_op(x, v_init, p: LIFParams, return_v: bool, use_triton: bool):
     path, called directly in eager mode and through the custom op otherwise."""
     if _eager(x, v_init):
         return _EagerLIF.apply(x, v_init, p, return_v, use_triton)
-    return _lif_fwd_op(
-        x,
-        v_init,
-        p.tau,
-        p.v_threshold,
-        p.v_reset,
-        p.decay_input,
-        p.detach_reset,
-        p.surrogate,
-        p.alpha,
-        return_v,
-        use_triton,
-    )
+    return _lif_fwd_op(x, v_init, *_param_values(p), return_v, use_triton)

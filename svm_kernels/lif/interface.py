@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..utils import TRITON_DTYPES, resolve_backend
-from .common import check_inputs, make_params
+from .common import LIFParams, check_inputs, make_params
 from .fused import lif_op
 
 
@@ -50,6 +50,19 @@ def multistep_lif(
         Arithmetic is fp32 whatever the storage dtype (fp64 for fp64 x).
     """
     p = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    return lif_with_params(x, p, v_init=v_init, return_v=return_v, backend=backend)
+
+
+def lif_with_params(
+    x: torch.Tensor,
+    p: LIFParams,
+    *,
+    v_init: torch.Tensor | None = None,
+    return_v: bool = False,
+    backend: str = "auto",
+):
+    """:func:`multistep_lif` with its neuron parameters checked already (``make_params``): what a
+    module that holds them calls."""
     check_inputs(x, v_init)
     use = resolve_backend(backend, x, v_init)
     if use == "triton" and x.dtype not in TRITON_DTYPES:

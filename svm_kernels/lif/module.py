@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .common import make_params
-from .interface import multistep_lif
+from .interface import lif_with_params
 
 
 class MultiStepLIF(nn.Module):
@@ -40,21 +40,10 @@ class MultiStepLIF(nn.Module):
         self.v = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        kwargs = dict(
-            tau=p.tau,
-            v_threshold=p.v_threshold,
-            v_reset=p.v_reset,
-            decay_input=p.decay_input,
-            detach_reset=p.detach_reset,
-            surrogate=p.surrogate,
-            alpha=p.alpha,
-            backend=self.backend,
-        )
         if not self.stateful:
-            return multistep_lif(x, **kwargs)
+            return lif_with_params(x, self.params, backend=self.backend)
         v_init = self.v if (self.v is not None and self.v.shape == x.shape[1:]) else None
-        spikes, self.v = multistep_lif(x, v_init=v_init, return_v=True, **kwargs)
+        spikes, self.v = lif_with_params(x, self.params, v_init=v_init, return_v=True, backend=self.backend)
         return spikes
 
     def extra_repr(self) -> str:

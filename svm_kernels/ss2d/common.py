@@ -1,6 +1,8 @@
-"""Input checks shared by the SS2D reference and the fused kernels."""
+"""What the SS2D paths share: the input checks, and the forward custom ops' two signatures."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -65,3 +67,83 @@ def default_out_dtype(u: torch.Tensor, out_dtype: torch.dtype | None) -> torch.d
             raise TypeError(f"out_dtype must be a floating dtype, got {out_dtype}")
         return out_dtype
     return torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
+
+
+# ---- the forward custom ops: each backend (fused.py, vectorised.py) defines the same pair, one
+# taking the full delta, one the low-rank dt = dt_weight @ dt_low; their own functions take all
+# nine SCAN_ARGS in this order, the absent dt form as None.
+
+SCAN_ARGS = ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "bias")
+# the nine as a schema, the absent dt form (and D, bias) None: the backward ops take them after grad_out
+SCAN_ARGS_SCHEMA = "Tensor u, Tensor? delta, Tensor? dt_low, Tensor? dt_weight, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? bias"
+
+# (op name suffix, schema of the op's tensor arguments, what each of them is in SCAN_ARGS)
+_FORWARD_VARIANTS = (
+    (
+        "fwd",
+        "Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias",
+        ("u", "delta", "A", "B", "C", "D", "bias"),
+    ),
+    (
+        "lowrank_fwd",
+        "Tensor u, Tensor dt_low, Tensor dt_weight, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? dt_bias",
+        ("u", "dt_low", "dt_weight", "A", "B", "C", "D", "bias"),
+    ),
+)
+
+
+def define_forward_ops(
+    prefix: str, returns: str, forward: Callable, fake: Callable, save: Callable, backward: Callable
+) -> tuple:
+    """A backend's two differentiable forward ops, ``svmamba::<prefix>_fwd`` (full delta) and
+    ``svmamba::<prefix>_lowrank_fwd``: (u, delta | dt_low, dt_weight, A, B, C, D, bias,
+    delta_softplus, out_dtype) -> ``returns`` (a schema result type).
+
+    forward(*scan_args, softplus, out_dtype) computes them; fake(u, A, softplus, out_dtype)
+    gives their outputs' metadata; save(ctx, scan_args, softplus, output) keeps what
+    backward(ctx, grad_out) needs, which returns the gradients of the nine SCAN_ARGS (None where
+    absent). scan_args: the nine SCAN_ARGS, the absent dt form None.
+    """
+    return tuple(
+        _define_forward_op(f"svmamba::{prefix}_{suffix}", args, names, returns, forward, fake, save, backward)
+        for suffix, args, names in _FORWARD_VARIANTS
+    )
+
+
+def _define_forward_op(name, args, names, returns, forward, fake, save, backward):
+    positions = [SCAN_ARGS.index(n) for n in names]
+
+    def scan_args(tensors) -> list:
+        given = dict(zip(names, tensors))
+        return [given.get(n) for n in SCAN_ARGS]
+
+    def run(*inputs):
+        *tensors, softplus, out_dtype = inputs
+        return forward(*scan_args(tensors), softplus, out_dtype)
+
+    def run_fake(*inputs):
+        *tensors, softplus, out_dtype = inputs
+        given = dict(zip(names, tensors))
+        return fake(given["u"], given["A"], softplus, out_dtype)
+
+    def setup_context(ctx, inputs, output):
+        *tensors, softplus, _ = inputs
+        save(ctx, scan_args(tensors), softplus, output)
+
+    def gradients(ctx, grad_out, *unused):  # outputs past the first (saved values) get none
+        grads = backward(ctx, grad_out)
+        return (*(grads[position] for position in positions), None, None)
+
+    schema = f"({args}, bool delta_softplus, ScalarType out_dtype) -> {returns}"
+    op = torch.library.custom_op(name, run, mutates_args=(), schema=schema)
+    op.register_fake(run_fake)
+    op.register_autograd(gradients, setup_context=setup_context)
+    return op
+
+
+def call_forward_op(ops: tuple, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
+    """The full-delta op of ``ops`` (define_forward_ops) where delta is given, else the low-rank one."""
+    full, lowrank = ops
+    if dt_low is None:
+        return full(u, delta, A, B, C, D, bias, softplus, out_dtype)
+    return lowrank(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)

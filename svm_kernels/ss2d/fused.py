@@ -46,7 +46,7 @@ import math
 import torch
 
 from ..utils import HAS_TRITON, TRITON_DTYPES, TRITON_INTERPRET, is_dense, new_buffer, new_output
-from .common import MAX_D_STATE
+from .common import MAX_D_STATE, SCAN_ARGS, SCAN_ARGS_SCHEMA, call_forward_op, define_forward_ops
 
 if HAS_TRITON:
     import triton
@@ -117,22 +117,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _walk_inputs(
-        u_ptr,
-        s_ud,
-        s_ui,
-        s_uj,
-        delta_ptr,
-        s_dd,
-        s_di,
-        s_dj,
-        B_ptr,
-        s_Bn,
-        s_Bi,
-        s_Bj,
-        C_ptr,
-        s_Cn,
-        s_Ci,
-        s_Cj,
+        planes,
+        strides,
         offs_d,
         m_d,
         offs_n,
@@ -149,6 +135,10 @@ if HAS_TRITON:
         # (full delta) delta [channels, lanes], B and (output pass) C [lanes, NP]. None of them is
         # used here, so a prefetch of the next step does not wait for them. Low rank: dt_low's
         # rows are read where dt is built (R loads per step, carried they would be R tensors).
+        # planes: the walk's u, delta, B and C pointers; strides: their (channel or state, i, j)
+        # strides, in that order.
+        u_ptr, delta_ptr, B_ptr, C_ptr = planes
+        s_ud, s_ui, s_uj, s_dd, s_di, s_dj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj = strides
         m_p = m_c & (p < L) & (p >= 0)
         m = m_d[:, None] & m_p[None, :]
         b_u = tl.load(u_ptr + offs_d[:, None] * s_ud + (i * s_ui + j * s_uj)[None, :], mask=m, other=0.0)
@@ -169,14 +159,8 @@ if HAS_TRITON:
     @triton.jit
     def _fwd_walk(
         b_x,
-        u_ptr,
-        s_ud,
-        s_ui,
-        s_uj,
-        delta_ptr,
-        s_dd,
-        s_di,
-        s_dj,
+        planes,
+        strides,
         low_ptr,
         s_lr,
         s_li,
@@ -184,14 +168,6 @@ if HAS_TRITON:
         w_ptr,
         b_bias,
         b_a,
-        B_ptr,
-        s_Bn,
-        s_Bi,
-        s_Bj,
-        C_ptr,
-        s_Cn,
-        s_Ci,
-        s_Cj,
         out_ptr,
         s_od,
         s_oi,
@@ -224,6 +200,7 @@ if HAS_TRITON:
         # the last step loads one position past its chunk, masked outside the map).
         # State pass (OUTPUT=False): returns the chunk's exit state and its summed dt (the chunk's
         # decay is exp(A * sum dt)). Output pass: writes (or adds) y = C.x (+ D u) to out.
+        # planes and strides: u, delta, B and C as _walk_inputs reads them.
         if REVERSE:
             p = first + chunk - 1
         else:
@@ -233,9 +210,8 @@ if HAS_TRITON:
         b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
         if PREFETCH:
             b_u_next, b_delta_next, b_B_next, b_C_next = _walk_inputs(
-                u_ptr, s_ud, s_ui, s_uj, delta_ptr, s_dd, s_di, s_dj, B_ptr, s_Bn, s_Bi, s_Bj, C_ptr, s_Cn,
-                s_Ci, s_Cj, offs_d, m_d, offs_n, m_n, p, i, j, m_c, L, LOWRANK=LOWRANK, OUTPUT=OUTPUT,
-            )  # fmt: skip
+                planes, strides, offs_d, m_d, offs_n, m_n, p, i, j, m_c, L, LOWRANK, OUTPUT
+            )
         for _ in range(chunk):
             m_p = m_c & (p < L)
             m = m_d[:, None] & m_p[None, :]
@@ -246,10 +222,8 @@ if HAS_TRITON:
             else:
                 p_load, i_load, j_load = p, i, j
             b_u_load, b_delta_load, b_B_load, b_C_load = _walk_inputs(
-                u_ptr, s_ud, s_ui, s_uj, delta_ptr, s_dd, s_di, s_dj, B_ptr, s_Bn, s_Bi, s_Bj, C_ptr, s_Cn,
-                s_Ci, s_Cj, offs_d, m_d, offs_n, m_n, p_load, i_load, j_load, m_c, L, LOWRANK=LOWRANK,
-                OUTPUT=OUTPUT,
-            )  # fmt: skip
+                planes, strides, offs_d, m_d, offs_n, m_n, p_load, i_load, j_load, m_c, L, LOWRANK, OUTPUT
+            )
             if PREFETCH:
                 b_u_next, b_delta_next, b_B_next, b_C_next = b_u_load, b_delta_load, b_B_load, b_C_load
             else:
@@ -280,11 +254,16 @@ if HAS_TRITON:
             p, i, j = p_next, i_next, j_next
         return b_x, b_dtsum
 
+    # The flags of the optional inputs the SS2D kernels take (an absent pointer is None).
+    _OPTIONAL_INPUTS = {
+        "LOWRANK": lambda args: args["low_ptr"] is not None,
+        "HAS_D": lambda args: args["Ds_ptr"] is not None,
+        "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+    }
+
     @triton.heuristics(
         {
-            "LOWRANK": lambda args: args["low_ptr"] is not None,
-            "HAS_D": lambda args: args["Ds_ptr"] is not None,
-            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+            **_OPTIONAL_INPUTS,
             "OUTPUT": lambda args: args["out_ptr"] is not None,
             "HAS_STATE": lambda args: args["state_ptr"] is not None,
         }
@@ -397,16 +376,12 @@ if HAS_TRITON:
                 out_b = out_ptr + pid_b * s_ob
             else:
                 out_b = out_ptr
+            B_k = B_ptr + pid_b * s_Bb + k * s_Bk
+            C_k = C_ptr + pid_b * s_Cb + k * s_Ck
             b_x, b_dtsum = _fwd_walk(
                 b_x,
-                u_ptr + pid_b * s_ub,
-                s_ud,
-                s_ui,
-                s_uj,
-                dt_src,
-                s_dd,
-                s_di,
-                s_dj,
+                (u_ptr + pid_b * s_ub, dt_src, B_k, C_k),
+                (s_ud, s_ui, s_uj, s_dd, s_di, s_dj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj),
                 dt_src,
                 s_lr,
                 s_li,
@@ -414,14 +389,6 @@ if HAS_TRITON:
                 w_k,
                 b_bias,
                 b_a,
-                B_ptr + pid_b * s_Bb + k * s_Bk,
-                s_Bn,
-                s_Bi,
-                s_Bj,
-                C_ptr + pid_b * s_Cb + k * s_Ck,
-                s_Cn,
-                s_Ci,
-                s_Cj,
                 out_b,
                 s_od,
                 s_oi,
@@ -623,23 +590,11 @@ if HAS_TRITON:
 
     @triton.jit
     def _tile_inputs(
-        u_b,
-        dt_b,
-        B_b,
-        C_b,
+        planes,
+        strides,
         base,
         M,
         inv_M,
-        s_ui,
-        s_uj,
-        s_ti,
-        s_tj,
-        s_Bi,
-        s_Bj,
-        s_Ci,
-        s_Cj,
-        s_oi,
-        s_oj,
         r_low,
         m_n3,
         LOWRANK: tl.constexpr,
@@ -654,7 +609,10 @@ if HAS_TRITON:
         # channel, B and C [SUB, NP, NSUB], and dt's source: the dt_low tile [RP, SUB * NSUB]
         # (DOT_DT), delta [SUB, 1, NSUB] per channel, or (low rank without the dot) the offsets of
         # dt_low's rows, which are read where dt is built. Nothing here uses a loaded value, so a
-        # prefetch of the next tile does not wait for its loads.
+        # prefetch of the next tile does not wait for its loads. planes: the walk's u, dt source,
+        # B and C pointers; strides: the (i, j) strides of u, dt's source, B, C and out.
+        u_b, dt_b, B_b, C_b = planes
+        s_ui, s_uj, s_ti, s_tj, s_Bi, s_Bj, s_Ci, s_Cj, s_oi, s_oj = strides
         i0 = base // M
         j0 = base - i0 * M
         off_u = _tile_offsets(base, i0, j0, M, inv_M, s_ui, s_uj, FLAT, ONE_WRAP, SUB, NSUB)
@@ -682,9 +640,7 @@ if HAS_TRITON:
 
     @triton.heuristics(
         {
-            "LOWRANK": lambda args: args["low_ptr"] is not None,
-            "HAS_D": lambda args: args["Ds_ptr"] is not None,
-            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
+            **_OPTIONAL_INPUTS,
             "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
             "DOT_DT": lambda args: _dot_dt_fits(args),
             "RP": lambda args: _dot_dt_depth(args),
@@ -823,35 +779,14 @@ if HAS_TRITON:
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
             if not DOT_DT:
                 r_low = 0
+            # what every tile's loads of this walk share (_tile_inputs)
+            planes = (u_b, dt_b, B_b, C_b)
+            strides = (s_ui, s_uj, s_ti, s_tj, s_Bi, s_Bj, s_Ci, s_Cj, s_oi, s_oj)
             if PREFETCH:  # the first tile's loads, before the walk
                 b_u_next, b_src_next, b_B_next, b_C_next, _ = _tile_inputs(
-                    u_b,
-                    dt_b,
-                    B_b,
-                    C_b,
-                    _tile_base(0, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
-                    M,
-                    inv_M,
-                    s_ui,
-                    s_uj,
-                    s_ti,
-                    s_tj,
-                    s_Bi,
-                    s_Bj,
-                    s_Ci,
-                    s_Cj,
-                    s_oi,
-                    s_oj,
-                    r_low,
-                    m_n3,
-                    LOWRANK=LOWRANK,
-                    DOT_DT=DOT_DT,
-                    FLAT=FLAT,
-                    ONE_WRAP=ONE_WRAP,
-                    SAME_PLANE=SAME_PLANE,
-                    SUB=SUB,
-                    NSUB=NSUB,
-                )
+                    planes, strides, _tile_base(0, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
+                    M, inv_M, r_low, m_n3, LOWRANK, DOT_DT, FLAT, ONE_WRAP, SAME_PLANE, SUB, NSUB,
+                )  # fmt: skip
             for t in range(n_tiles):
                 # the tile [base, base + CHUNK) and its positions not done by an earlier tile
                 base = _tile_base(t, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED)
@@ -866,33 +801,9 @@ if HAS_TRITON:
                 else:
                     t_load = t
                 b_u_load, b_src_load, b_B_load, b_C_load, off_o_load = _tile_inputs(
-                    u_b,
-                    dt_b,
-                    B_b,
-                    C_b,
-                    _tile_base(t_load, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
-                    M,
-                    inv_M,
-                    s_ui,
-                    s_uj,
-                    s_ti,
-                    s_tj,
-                    s_Bi,
-                    s_Bj,
-                    s_Ci,
-                    s_Cj,
-                    s_oi,
-                    s_oj,
-                    r_low,
-                    m_n3,
-                    LOWRANK=LOWRANK,
-                    DOT_DT=DOT_DT,
-                    FLAT=FLAT,
-                    ONE_WRAP=ONE_WRAP,
-                    SAME_PLANE=SAME_PLANE,
-                    SUB=SUB,
-                    NSUB=NSUB,
-                )
+                    planes, strides, _tile_base(t_load, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
+                    M, inv_M, r_low, m_n3, LOWRANK, DOT_DT, FLAT, ONE_WRAP, SAME_PLANE, SUB, NSUB,
+                )  # fmt: skip
                 if PREFETCH:
                     b_u, b_src, b_B, b_C = b_u_next, b_src_next, b_B_next, b_C_next
                     b_u_next, b_src_next, b_B_next, b_C_next = b_u_load, b_src_load, b_B_load, b_C_load
@@ -1735,6 +1646,32 @@ def _input_strides(column: bool, u, delta, dt_low, B, C) -> dict:
     }
 
 
+def _orientation_args(column: bool, u, delta, dt_low, B, C, out, params: dict, softplus: bool) -> dict:
+    """The launch arguments both forward kernels take for one orientation (column: the
+    column-major one, which adds to what the row-major one stored), ``out_ptr`` aside."""
+    H, W = u.shape[-2:]
+    N = params["A_ptr"].shape[2]
+    return dict(
+        u_ptr=u,
+        delta_ptr=delta,
+        low_ptr=dt_low,
+        B_ptr=B,
+        C_ptr=C,
+        **params,
+        **_input_strides(column, u, delta, dt_low, B, C),
+        **_named_strides("o", out, column, "bdij"),
+        D=u.shape[1],
+        L=H * W,
+        M=H if column else W,
+        k_f=int(column),
+        N=N,
+        R=1 if dt_low is None else dt_low.shape[2],
+        NP=_next_pow2(N),
+        DELTA_SOFTPLUS=softplus,
+        ACCUMULATE=column,
+    )
+
+
 def _fwd_scan_config(D: int, L: int, N: int):
     """(BLOCK_D, SUB, NSUB, num_warps) of the forward.
 
@@ -1852,25 +1789,9 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
         tensors = (u, delta, dt_low, B, C, out)
         flat = all(_flat(t, column) for t in tensors)
         ss2d_fwd_scan_kernel[grid](
-            u_ptr=u,
-            delta_ptr=delta,
-            low_ptr=dt_low,
-            B_ptr=B,
-            C_ptr=C,
+            **_orientation_args(column, u, delta, dt_low, B, C, out, params, softplus),
             out_ptr=out,
-            **params,
-            **_input_strides(column, u, delta, dt_low, B, C),
-            **_named_strides("o", out, column, "bdij"),
-            D=d_inner,
-            L=L,
-            M=H if column else W,
             n_tiles=triton.cdiv(L, sub * nsub),
-            k_f=int(column),
-            N=N,
-            R=dt_low.shape[2] if lowrank else 1,
-            NP=_next_pow2(N),
-            DELTA_SOFTPLUS=softplus,
-            ACCUMULATE=column,
             FLAT=flat,
             SAME_PLANE=len({t.stride()[-2:] for t in tensors if t is not None}) == 1,
             SUB=sub,
@@ -1899,8 +1820,6 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
     L = H * W
     N = A.shape[2]
     NP = _next_pow2(N)
-    lowrank = dt_low is not None
-    R = dt_low.shape[2] if lowrank else 1
     block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
     n_chunks = triton.cdiv(L, chunk)
     out = new_output(u, dtype=out_dtype)
@@ -1910,28 +1829,12 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
 
     def chunk_pass(column: bool, output: bool):
         ss2d_fwd_chunk_kernel[grid](
-            u_ptr=u,
-            delta_ptr=delta,
-            low_ptr=dt_low,
-            B_ptr=B,
-            C_ptr=C,
+            **_orientation_args(column, u, delta, dt_low, B, C, out, params, softplus),
             state_ptr=state,
             dtsum_ptr=dtsum,
             out_ptr=out if output else None,
-            **params,
-            **_input_strides(column, u, delta, dt_low, B, C),
-            **_named_strides("o", out, column, "bdij"),
-            D=d_inner,
-            L=L,
-            M=H if column else W,
             chunk=chunk,
             n_chunks=n_chunks,
-            k_f=int(column),
-            N=N,
-            R=R,
-            NP=NP,
-            DELTA_SOFTPLUS=softplus,
-            ACCUMULATE=column,
             PREFETCH=WALK_PREFETCH,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
@@ -2270,71 +2173,16 @@ def _or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(_EMPTY) if t is None else t
 
 
-@torch.library.custom_op("svmamba::ss2d_fwd", mutates_args=())
-def _ss2d_fwd_op(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    return ss2d_fwd(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+# one gradient per SCAN_ARGS, an empty tensor for an absent one
+_GRADS_SCHEMA = "(" + ", ".join(["Tensor"] * len(SCAN_ARGS)) + ")"
 
 
-@torch.library.custom_op("svmamba::ss2d_lowrank_fwd", mutates_args=())
-def _ss2d_lowrank_fwd_op(
-    u: torch.Tensor,
-    dt_low: torch.Tensor,
-    dt_weight: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    return ss2d_fwd(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype)
-
-
-@_ss2d_fwd_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
-    return torch.empty_like(u, dtype=out_dtype)
-
-
-@_ss2d_lowrank_fwd_op.register_fake
-def _(u, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype):
-    return torch.empty_like(u, dtype=out_dtype)
-
-
-@torch.library.custom_op("svmamba::ss2d_bwd", mutates_args=())
-def _ss2d_bwd_op(
-    grad_out: torch.Tensor,
-    u: torch.Tensor,
-    delta: torch.Tensor | None,
-    dt_low: torch.Tensor | None,
-    dt_weight: torch.Tensor | None,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    delta_softplus: bool,
-) -> tuple[
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-]:
+@torch.library.custom_op(
+    "svmamba::ss2d_bwd",
+    mutates_args=(),
+    schema=f"(Tensor grad_out, {SCAN_ARGS_SCHEMA}, bool delta_softplus) -> {_GRADS_SCHEMA}",
+)
+def _ss2d_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
     grads = ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus)
     return tuple(_or_empty(g, u) for g in grads)
 
@@ -2355,41 +2203,26 @@ def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
     return tuple(_grad_like(t, name, u) for name, t in like.items())
 
 
+def _save(ctx, scan_args, softplus, output):
+    ctx.delta_softplus = softplus
+    ctx.save_for_backward(*scan_args)
+
+
 def _backward(ctx, grad_out):
-    u, delta, dt_low, dt_weight, A, B, C, D, bias = ctx.saved_tensors
-    grads = _ss2d_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, ctx.delta_softplus)
-    du, ddelta, d_low, d_weight, dA, dB, dC, dD, dbias = (_or_none(g) for g in grads)
-    return du, ddelta, d_low, d_weight, dA, dB, dC, dD, dbias
+    grads = _ss2d_bwd_op(grad_out, *ctx.saved_tensors, ctx.delta_softplus)
+    return tuple(_or_none(g) for g in grads)
 
 
-def _setup_full(ctx, inputs, output):
-    u, delta, A, B, C, D, bias, softplus, _ = inputs
-    ctx.delta_softplus = softplus
-    ctx.save_for_backward(u, delta, None, None, A, B, C, D, bias)
+def _fake_forward(u, A, softplus, out_dtype):
+    return torch.empty_like(u, dtype=out_dtype)
 
 
-def _setup_lowrank(ctx, inputs, output):
-    u, dt_low, dt_weight, A, B, C, D, bias, softplus, _ = inputs
-    ctx.delta_softplus = softplus
-    ctx.save_for_backward(u, None, dt_low, dt_weight, A, B, C, D, bias)
-
-
-def _backward_full(ctx, grad_out):
-    du, ddelta, _, _, dA, dB, dC, dD, dbias = _backward(ctx, grad_out)
-    return du, ddelta, dA, dB, dC, dD, dbias, None, None
-
-
-def _backward_lowrank(ctx, grad_out):
-    du, _, d_low, d_weight, dA, dB, dC, dD, dbias = _backward(ctx, grad_out)
-    return du, d_low, d_weight, dA, dB, dC, dD, dbias, None, None
-
-
-_ss2d_fwd_op.register_autograd(_backward_full, setup_context=_setup_full)
-_ss2d_lowrank_fwd_op.register_autograd(_backward_lowrank, setup_context=_setup_lowrank)
+_FORWARD_OPS = define_forward_ops(
+    "ss2d", returns="Tensor", forward=ss2d_fwd, fake=_fake_forward, save=_save, backward=_backward
+)
+_ss2d_fwd_op, _ss2d_lowrank_fwd_op = _FORWARD_OPS
 
 
 def ss2d_triton(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
     """Dispatch to the full-delta or low-rank fused op (both differentiable)."""
-    if dt_low is None:
-        return _ss2d_fwd_op(u, delta, A, B, C, D, bias, softplus, out_dtype)
-    return _ss2d_lowrank_fwd_op(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
+    return call_forward_op(_FORWARD_OPS, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)

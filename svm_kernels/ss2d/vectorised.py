@@ -29,6 +29,7 @@ import itertools
 
 import torch
 
+from .common import SCAN_ARGS, SCAN_ARGS_SCHEMA, call_forward_op, define_forward_ops
 from .naive import softplus_thresholded
 
 
@@ -291,7 +292,6 @@ def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch
 # included) and for the FLOP counters; the backward is a custom op too.
 
 _EMPTY = (0,)
-_GRAD_NAMES = ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "bias")
 _Saved = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -322,70 +322,18 @@ def _forward_op_body(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
     return y.to(out_dtype), x.contiguous(), a.contiguous(), dt.contiguous(), dt_dz
 
 
-@torch.library.custom_op("svmamba::ss2d_torch_fwd", mutates_args=())
-def _ss2d_torch_fwd_op(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    out_dtype: torch.dtype,
-) -> _Saved:
-    return _forward_op_body(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, out_dtype)
-
-
-@torch.library.custom_op("svmamba::ss2d_torch_lowrank_fwd", mutates_args=())
-def _ss2d_torch_lowrank_fwd_op(
-    u: torch.Tensor,
-    dt_low: torch.Tensor,
-    dt_weight: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    delta_softplus: bool,
-    out_dtype: torch.dtype,
-) -> _Saved:
-    return _forward_op_body(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype)
-
-
-@_ss2d_torch_fwd_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
-    return _fake_forward(u, A, delta_softplus, out_dtype)
-
-
-@_ss2d_torch_lowrank_fwd_op.register_fake
-def _(u, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, out_dtype):
-    return _fake_forward(u, A, delta_softplus, out_dtype)
-
-
-@torch.library.custom_op("svmamba::ss2d_torch_bwd", mutates_args=())
-def _ss2d_torch_bwd_op(
-    grad_out: torch.Tensor,
-    u: torch.Tensor,
-    delta: torch.Tensor | None,
-    dt_low: torch.Tensor | None,
-    dt_weight: torch.Tensor | None,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    x: torch.Tensor,
-    a: torch.Tensor,
-    dt: torch.Tensor,
-    dt_dz: torch.Tensor,
-) -> list[torch.Tensor]:
+@torch.library.custom_op(
+    "svmamba::ss2d_torch_bwd",
+    mutates_args=(),
+    schema=f"(Tensor grad_out, {SCAN_ARGS_SCHEMA}, Tensor x, Tensor a, Tensor dt, Tensor dt_dz) -> Tensor[]",
+)
+def _ss2d_torch_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, x, a, dt, dt_dz):
     inputs = _Inputs(u, delta, dt_low, dt_weight, A, B, C, D, bias)
     grads = scan_backward(inputs, grad_out, x, a, dt, _or_none(dt_dz))
     like = dict(u=u, delta=delta, dt_low=dt_low, dt_weight=dt_weight, A=A, B=B, C=C, D=D, bias=bias)
     return [
         u.new_empty(_EMPTY) if like[k] is None else _as_promised(grads[k].to(like[k].dtype), k)
-        for k in _GRAD_NAMES
+        for k in SCAN_ARGS
     ]
 
 
@@ -403,37 +351,26 @@ def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, x, a, dt, dt_dz):
     return grads
 
 
-def _setup_full(ctx, inputs, output):
-    u, delta, A, B, C, D, bias, _, _ = inputs
-    ctx.save_for_backward(u, delta, None, None, A, B, C, D, bias, *output[1:])
-
-
-def _setup_lowrank(ctx, inputs, output):
-    u, dt_low, dt_weight, A, B, C, D, bias, _, _ = inputs
-    ctx.save_for_backward(u, None, dt_low, dt_weight, A, B, C, D, bias, *output[1:])
+def _save(ctx, scan_args, softplus, output):
+    ctx.save_for_backward(*scan_args, *output[1:])
 
 
 def _backward(ctx, grad_out):
-    grads = _ss2d_torch_bwd_op(grad_out, *ctx.saved_tensors)
-    return dict(zip(_GRAD_NAMES, (_or_none(g) for g in grads)))
+    return tuple(_or_none(g) for g in _ss2d_torch_bwd_op(grad_out, *ctx.saved_tensors))
 
 
-def _backward_full(ctx, grad_out, *unused):  # the saved states, decays, dt and dt_dz get none
-    g = _backward(ctx, grad_out)
-    return g["u"], g["delta"], g["A"], g["B"], g["C"], g["D"], g["bias"], None, None
-
-
-def _backward_lowrank(ctx, grad_out, *unused):
-    g = _backward(ctx, grad_out)
-    return g["u"], g["dt_low"], g["dt_weight"], g["A"], g["B"], g["C"], g["D"], g["bias"], None, None
-
-
-_ss2d_torch_fwd_op.register_autograd(_backward_full, setup_context=_setup_full)
-_ss2d_torch_lowrank_fwd_op.register_autograd(_backward_lowrank, setup_context=_setup_lowrank)
+_FORWARD_OPS = define_forward_ops(
+    "ss2d_torch",
+    returns="(Tensor, Tensor, Tensor, Tensor, Tensor)",  # y, then what the backward op reads
+    forward=_forward_op_body,
+    fake=_fake_forward,
+    save=_save,
+    backward=_backward,
+)
+_ss2d_torch_fwd_op, _ss2d_torch_lowrank_fwd_op = _FORWARD_OPS
 
 
 def ss2d_torch(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype) -> torch.Tensor:
     """Dispatch to the full-delta or low-rank vectorised op (both differentiable); returns y."""
-    if dt_low is None:
-        return _ss2d_torch_fwd_op(u, delta, A, B, C, D, bias, softplus, out_dtype)[0]
-    return _ss2d_torch_lowrank_fwd_op(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)[0]
+    y, *_ = call_forward_op(_FORWARD_OPS, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
+    return y
