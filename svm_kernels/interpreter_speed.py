@@ -1,4 +1,4 @@
-"""Spare the Triton interpreter three kinds of work whose results it throws away.
+"""Spare the Triton interpreter work that it repeats or whose results it throws away.
 
 When a kernel launches, the interpreter replaces triton.language's builtins with interpreted
 versions and restores them when the launch returns. Every call of a ``@triton.jit`` helper
@@ -10,7 +10,8 @@ call, and the backward's walks call helpers thousands of times per test.
 ``install()`` makes a call whose language modules are already patched (a helper inside a running
 launch) reuse those patches; a launch patches and restores as before.
 It also memoises the interpreter's map from a Triton dtype to a NumPy dtype, which builds a
-20-entry dict on every call (tens of thousands of calls per test).
+20-entry dict on every call (tens of thousands of calls per test), and the derived fields of
+Triton's block types, which every operation between a scalar and a block rebuilds.
 
 And it turns off the overflow sanitizer of the interpreter's builder while that builder is not in
 debug mode. The sanitizer redoes every 32-bit integer add, sub and mul in 64 bits and compares the
@@ -63,7 +64,37 @@ def install() -> bool:
     interpreter._patch_lang = patch_lang
     _memoise_np_dtype(interpreter, tl)
     _skip_discarded_overflow_checks(interpreter)
+    _memoise_block_types(tl)
     return True
+
+
+def _memoise_block_types(tl) -> None:
+    """A block type's derived fields (shape, size, name) looked up by (element type, shape): every
+    interpreted operation on a scalar and a block builds one, and building it validates and
+    formats the shape (a fifth of an interpreted operation's cost)."""
+    block_type = getattr(tl.core, "block_type", None)
+    original = getattr(block_type, "__init__", None)
+    if original is None or getattr(original, "_memoised", False):
+        return
+    cache = {}
+    # the shapes the original accepts: lists and the tuple type its module sees (Triton's own
+    # tuple where it has one: a block type keeps its shape as one, and with_element_ty passes it on)
+    shape_types = (list, getattr(tl.core, "tuple", tuple))
+
+    def init(self, element_ty, shape):
+        if not isinstance(shape, shape_types) or not all(type(s) is int for s in shape):
+            return original(self, element_ty, shape)  # constexpr dimensions: as the original
+        key = (str(element_ty), *shape)  # the fields depend on the element type's name only
+        fields = cache.get(key)
+        if fields is None:
+            original(self, element_ty, shape)
+            cache[key] = (self.shape, self.numel, self.name)
+        else:
+            self.element_ty = element_ty
+            self.shape, self.numel, self.name = fields
+
+    init._memoised = True
+    block_type.__init__ = init
 
 
 def _skip_discarded_overflow_checks(interpreter) -> None:

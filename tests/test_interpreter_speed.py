@@ -78,3 +78,34 @@ def test_overflow_checks_whose_verdict_is_dropped_are_skipped():
     exact = x.long() * (1 << 12) + torch.arange(7) - 7
     assert (exact.abs() >= 1 << 31).any()  # some wrapped
     assert torch.equal(outs[0], ((exact + (1 << 31)) % (1 << 32) - (1 << 31)).int())
+
+
+def test_memoised_block_types_match_fresh_ones():
+    """A block type from the memo has the fields a fresh one computes, whatever form its shape
+    takes (list, Triton's tuple through with_element_ty, constexpr dimensions)."""
+    block_type = tl.core.block_type
+    memoised = block_type.__init__
+    assert getattr(memoised, "_memoised", False)  # installed by conftest
+    original = next(
+        c.cell_contents
+        for c in memoised.__closure__
+        if getattr(c.cell_contents, "__name__", "") == "__init__"
+    )
+    for element, shape in [
+        (tl.float32, [4, 8]),
+        (tl.int32, [16]),
+        (tl.pointer_type(tl.bfloat16), [2, 1, 4]),
+        (tl.float32, [tl.constexpr(2), 4]),
+    ]:
+        for _ in range(2):  # the second build comes from the memo
+            built = block_type(element, shape)
+            fresh = block_type.__new__(block_type)
+            original(fresh, element, shape)
+            assert (built.element_ty, built.shape, built.numel, built.name) == (
+                fresh.element_ty,
+                fresh.shape,
+                fresh.numel,
+                fresh.name,
+            )
+        retyped = built.with_element_ty(tl.int8)  # the shape is Triton's tuple here
+        assert retyped.name == f"<{built.shape}, int8>" and retyped.numel == built.numel
