@@ -274,6 +274,15 @@ def test_backward_channel_sums_within_a_thread(monkeypatch):
     check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5), lowrank=True)
 
 
+def test_backward_low_rank_sums_in_channel_groups(monkeypatch):
+    """d dt_low, d dt_weight and d bias formed after the walks from a part of 20 channels (5 blocks
+    of 4) taken 16 at a time: the second group adds its d dt_low to the partial the first wrote,
+    and its last 12 channels are masked; several chunk blocks, chunks across row wraps."""
+    monkeypatch.setattr(fused, "_BWD_LOW_DOT_CHANNELS", 16)
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 4, 2, 1))
+    check_against_reference(make_inputs(1, 20, 3, 5, 1, R=3), lowrank=True)
+
+
 def _bwd_grid(D, L, N, R, batch):
     """(chunk, n_chunks, blocks, n_parts) of the backward's own GPU launch policy."""
     block_d, block_c, chunk, _ = fused._bwd_config(D, L, N, batch, lowrank=True)

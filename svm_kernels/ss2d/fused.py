@@ -1485,7 +1485,10 @@ if HAS_TRITON:
                 p_low = low_ptr + offs_r[None, :] * s_lr + (i * s_li + j * s_lj)[:, None]
                 b_low = tl.load(p_low, mask=m_pr, other=0.0)
                 if HAS_BIAS:
-                    b_low = tl.where((offs_r == R)[None, :] & m_p[:, None], 1.0, b_low).to(b_low.dtype)
+                    m_one = (offs_r == R)[None, :] & m_p[
+                        :, None
+                    ]  # (in fp32: the interpreter has no bf16 1.0)
+                    b_low = tl.where(m_one, 1.0, b_low.to(tl.float32)).to(b_low.dtype)
                 b_v1t = tl.trans(b_v1)
                 b_v2t = tl.trans(b_v2)
                 if b_low.dtype == tl.bfloat16:
@@ -2234,8 +2237,10 @@ _BWD_MIN_BLOCKS = 4 * 132
 # ahead of the math (bench/NOTES.md, v2.3 backward). Off: at stage 1 it adds ~7 % instructions
 # and spills at 128 registers; for the GPU gate to time against the default.
 _BWD_PREFETCH = False
-# Positions per product of the low-rank sums after the walks (``_bwd_low_rank_sums``).
+# Positions and channels per product of the low-rank sums after the walks (``_bwd_low_rank_sums``;
+# 64 channels spilled at N = 16, where a program's part has 48).
 _BWD_LOW_DOT_POSITIONS = 16
+_BWD_LOW_DOT_CHANNELS = 32
 
 
 def _bwd_low_dot(N: int) -> bool:
@@ -2528,7 +2533,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             RP=RP,
             RD=max(16, _next_pow2(R + 1)),  # (a row for d bias)
             V_ROW=v_row,
-            V_SUB=min(v_row, 32),
+            V_SUB=min(v_row, _BWD_LOW_DOT_CHANNELS),
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             BLOCK_P=_BWD_LOW_DOT_POSITIONS,
