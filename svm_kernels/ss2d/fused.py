@@ -1922,6 +1922,10 @@ if HAS_TRITON:
         )
 
 
+def _triton_version() -> tuple:
+    return tuple(int(x) for x in triton.__version__.split(".")[:2])
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -2325,8 +2329,10 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
 # Channels per block (within each thread) of the low-rank backward at N <= 4: 4 fit the walks'
 # 128 registers without spills since d dt_low and d dt_weight are formed after the walks
 # (``ss2d_bwd_low_rank_kernel``) and the adjoint walk reads dt back (v2.3, which held R d
-# dt_weight sums per channel through the walk: 2, 4 spilled ~200 bytes).
-_BWD_LOWRANK_BLOCK_D = 4
+# dt_weight sums per channel through the walk: 2, 4 spilled ~200 bytes). Triton 3.6 moves the
+# 4-channel tiles between layouts through shared memory at every step (5.5 barriers per
+# element) and spills 80 bytes: 2 there.
+_BWD_LOWRANK_BLOCK_D = 4 if HAS_TRITON and _triton_version() >= (3, 8) else 2
 # The low-rank backward's one-warp blocks: at 128 registers an SM holds 16 warps, so the grid
 # aims at 16 x 132 blocks (4 x 132 would leave three quarters of the warp slots empty in a walk
 # whose every step waits on its loads).
