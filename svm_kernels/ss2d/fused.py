@@ -1615,6 +1615,8 @@ if HAS_TRITON:
         LOW_DOT: tl.constexpr,
         V_ROW: tl.constexpr,
         SAME_CHANNELS: tl.constexpr,
+        REV0: tl.constexpr,
+        N_REV: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -1632,12 +1634,11 @@ if HAS_TRITON:
         # its one partial (fewer partials: the bound on their memory), in a fixed order.
         # The low-rank gradient pass's scratch, per position of this image's orientation: d dt's
         # state half for the block's channels, reused by every channel block and direction
-        # (LOW_DOT: the whole d dt of both directions for all the program's channels, V_ROW per
+        # (LOW_DOT: the whole d dt of the direction for all the program's channels, V_ROW per
         # position, which ``ss2d_bwd_low_rank_kernel`` reads next; and dt with its slope for the
-        # block's channels at vt_ptr, reused).
-        if LOWRANK and GRAD and LOW_DOT:
-            v_slot = v_ptr + (pid_b * tl.num_programs(1) + pid_d) * 2 * L * V_ROW
-        elif LOWRANK and GRAD:
+        # block's channels at vt_ptr, reused). Directions REV0 .. REV0 + N_REV - 1 of the
+        # orientation (LOW_DOT gradient pass: one per launch, so the scratch holds one).
+        if LOWRANK and GRAD:
             v_slot = v_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * V_ROW
         else:
             v_slot = v_ptr
@@ -1646,7 +1647,7 @@ if HAS_TRITON:
         else:
             vt_slot = vt_ptr
         offs_dl = tl.arange(0, BLOCK_D)
-        for rev in tl.static_range(2):
+        for rev in tl.static_range(REV0, REV0 + N_REV):
             k = k_f + 2 * rev
             for blk in range(n_group):
                 offs_d = (pid_d * n_group + blk) * BLOCK_D + offs_dl
@@ -1718,8 +1719,8 @@ if HAS_TRITON:
                 b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
                 b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
                 if LOW_DOT and GRAD:
-                    # this direction's rows, the block's channels within them
-                    v_blk = v_slot + rev * L * V_ROW + blk * BLOCK_D
+                    # the block's channels within the rows of the program's channels
+                    v_blk = v_slot + blk * BLOCK_D
                 else:
                     v_blk = v_slot
                 for walk in tl.static_range(2):
@@ -1868,6 +1869,7 @@ if HAS_TRITON:
         chunk,
         n_group,
         k_f,
+        rev,
         HAS_BIAS: tl.constexpr,
         R: tl.constexpr,
         RP: tl.constexpr,
@@ -1879,20 +1881,18 @@ if HAS_TRITON:
         BLOCK_P: tl.constexpr,
     ):
         # The low-rank gradient pass's sums after its walks (LOW_DOT), one program per program of
-        # that pass and direction: its chunk block's positions, its n_group x BLOCK_D channels.
+        # that pass (direction k_f + 2 rev): its chunk block's positions, its n_group x BLOCK_D channels.
         # (A kernel of its own: inside the walks' kernel its tiles took the registers the walks
         # need, and both spilled at 128.)
         pid_c = tl.program_id(0)
         pid_d = tl.program_id(1)
-        pid_bk = tl.program_id(2)
-        pid_b = (pid_bk // 2).to(tl.int64)
-        rev = pid_bk % 2
+        pid_b = tl.program_id(2).to(tl.int64)
         k = k_f + 2 * rev
-        n_batch = tl.num_programs(2) // 2
+        n_batch = tl.num_programs(2)
         d0 = pid_d * n_group * BLOCK_D
         par = ((pid_c * n_batch + pid_b) * 4 + k) * D
         _bwd_low_rank_sums(
-            v_ptr + ((pid_b * tl.num_programs(1) + pid_d) * 2 + rev) * L * V_ROW,
+            v_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * V_ROW,
             low_ptr + pid_b * s_lb + k * s_lk,
             s_lr,
             s_li,
@@ -2434,11 +2434,12 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
     # the low-rank gradient pass's scratch: each program's state half of d dt per position and
     # channel of its block; with the low-rank sums after the walks (low_dot), d dt of all its
-    # channels (a row of v_row >= n_group x block_d per position: about (B, D, L) values, a
-    # quarter of one (B, 4, D, L) tensor) and dt with its slope for the block's channels
+    # channels for one direction (a row of v_row >= n_group x block_d per position: about
+    # (B, D, L) values, a quarter of one (B, 4, D, L) tensor) and dt with its slope for the
+    # block's channels
     low_dot = lowrank and _bwd_low_dot(N)
     v_row = max(16, _next_pow2(n_group * block_d)) if low_dot else block_d
-    v_scratch = new_buffer(batch, n_dblk, 2 if low_dot else 1, L, v_row, device=dev) if lowrank else None
+    v_scratch = new_buffer(batch, n_dblk, L, v_row, device=dev) if lowrank else None
     vt_scratch = new_buffer(batch, n_dblk, L, 2 * block_d, device=dev) if low_dot else None
     params = _param_ptrs(dt_weight, A, D, bias)
     grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
@@ -2453,7 +2454,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     # full-delta launches makes ptxas take more, 48 -> 64 at stage 1)
     cap = {"maxnreg": 128} if lowrank else {}
 
-    def chunk_pass(column: bool, grad: bool):
+    def chunk_pass(column: bool, grad: bool, rev0: int = 0, n_rev: int = 2):
         def out(t):  # the gradient buffers are None in the local pass
             return t if grad else None
 
@@ -2510,18 +2511,20 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             V_ROW=v_row,
             # u, grad_out and du one channel stride too: one offset per step and channel for all
             SAME_CHANNELS=len({t.stride()[1:] for t in (u, grad_out, du)}) == 1,
+            REV0=rev0,
+            N_REV=n_rev,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             num_warps=num_warps,
             **cap,
         )
 
-    def low_rank_sums(column: bool):  # d dt_low, d dt_weight, d bias of the pass just run
+    def low_rank_sums(column: bool, rev: int):  # d dt_low, d dt_weight, d bias of that launch
         strides = {
             **_named_strides("l", dt_low, column, "bkrij"),
             **_named_strides("q", p_low, column, "pbkrij"),
         }
-        ss2d_bwd_low_rank_kernel[(n_cblk, n_dblk, batch * 2)](
+        ss2d_bwd_low_rank_kernel[(n_cblk, n_dblk, batch)](
             v_ptr=v_scratch,
             low_ptr=dt_low,
             w_ptr=params["w_ptr"],
@@ -2535,6 +2538,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             chunk=chunk,
             n_group=n_group,
             k_f=int(column),
+            rev=rev,
             R=R,
             RP=RP,
             RD=max(16, _next_pow2(R + 1)),  # (a row for d bias)
@@ -2565,9 +2569,12 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             )
         carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A)
         for column in (False, True):
-            chunk_pass(column=column, grad=True)
-            if low_dot:
-                low_rank_sums(column)
+            if low_dot:  # one direction per launch: the scratch of d dt holds one direction
+                for rev in (0, 1):
+                    chunk_pass(column=column, grad=True, rev0=rev, n_rev=1)
+                    low_rank_sums(column, rev)
+            else:
+                chunk_pass(column=column, grad=True)
     # fixed-order sums over channel blocks, chunk blocks and images: deterministic
     dB = p_B.sum(0).to(B.dtype)
     dC = p_C.sum(0).to(C.dtype)
