@@ -31,10 +31,11 @@ summed dt, chunk totals of those terms and their coefficients on the entering va
 chain kernel turns the exits into entering values (the adjoint in the opposite chunk order); a
 few torch ops on chunk-sized tensors give each chunk's carry; the gradient pass walks both ways
 again from the entering values, each walk writing its half of d dt (low rank: the state walk
-parks its half in a per-program scratch, the adjoint walk adds its own and turns the sum into
-d dt_low / d dt_weight / d bias, which are linear in it). Channel sums (dB, dC, d dt_low) go to
-one partial per program, which walks n_group channel blocks in turn (together at most a quarter
-of one (B, 4, D, L) tensor); parameter sums to one partial per chunk block and image; the
+parks its half, dt and dt's softplus slope in per-program scratches, the adjoint walk reads dt
+back and leaves the whole d dt, from which ``ss2d_bwd_low_rank_kernel`` forms d dt_low /
+d dt_weight / d bias, linear in it, with tl.dot; one gradient launch per direction then).
+Channel sums (dB, dC, d dt_low) go to one partial per program, which walks n_group channel
+blocks in turn (together at most a quarter of one (B, 4, D, L) tensor); parameter sums to one partial per chunk block and image; the
 launcher adds the partials in a fixed order. No float atomics: the backward is deterministic.
 """
 
