@@ -274,6 +274,15 @@ def test_backward_channel_sums_within_a_thread(monkeypatch):
     check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5), lowrank=True)
 
 
+def test_backward_low_rank_sums_in_channel_groups(monkeypatch):
+    """d dt_low, d dt_weight and d bias formed after the walks from a part of 20 channels (5 blocks
+    of 4) taken 16 at a time: the second group adds its d dt_low to the partial the first wrote,
+    and its last 12 channels are masked; several chunk blocks, chunks across row wraps."""
+    monkeypatch.setattr(fused, "_BWD_LOW_DOT_CHANNELS", 16)
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 4, 2, 1))
+    check_against_reference(make_inputs(1, 20, 3, 5, 1, R=3), lowrank=True)
+
+
 def _bwd_grid(D, L, N, R, batch):
     """(chunk, n_chunks, blocks, n_parts) of the backward's own GPU launch policy."""
     block_d, block_c, chunk, _ = fused._bwd_config(D, L, N, batch, lowrank=True)
@@ -310,12 +319,12 @@ def test_backward_prefetch(monkeypatch, lowrank):
 
 
 def test_lowrank_backward_fills_the_warp_slots(monkeypatch):
-    """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 2 channels, and chunks short
+    """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 4 channels (2 on Triton 3.6), and chunks short
     enough for 16 x 132 of them (an SM's 16 warps at 128 registers), the chunk states within a
     quarter of one (B, 4, D, L) tensor."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, L, N, R = 128, 96, 56 * 56, 1, 6
-    assert fused._bwd_config(D, L, N, batch, lowrank=True) == (2, 32, 17, 1)
+    assert fused._bwd_config(D, L, N, batch, lowrank=True) == (fused._BWD_LOWRANK_BLOCK_D, 32, 17, 1)
     chunk, n_chunks, blocks, _ = _bwd_grid(D, L, N, R, batch)
     assert blocks >= fused._BWD_LOWRANK_MIN_BLOCKS == 16 * 132
     assert 4 * n_chunks <= L / 4, (chunk, n_chunks)
@@ -325,13 +334,16 @@ def test_lowrank_backward_fills_the_warp_slots(monkeypatch):
 @pytest.mark.parametrize("N,H,W", [(1, 4, 5), (4, 2, 5)])
 def test_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
     """The GPU's launch policy under the interpreter on one small image: blocks of one warp whose
-    lanes are chunks x states (32 at N = 1, 8 at N = 4) and 2 channels within each thread. N = 1
-    keeps the forward's 4 chunks of 5 (evened out to fill the 32 lanes they would break the
-    chunk-state bound) and raises the channel parts to the partials' bound (5 parts of 2 blocks);
-    N = 4 walks one chunk of 10 with 2 parts of 5 blocks (the quarter bound alone gives one)."""
+    lanes are chunks x states (32 at N = 1, 8 at N = 4) and 4 channels within each thread (2 on
+    Triton 3.6). N = 1 keeps the forward's 4 chunks of 5 (evened out to fill the 32 lanes they
+    would break the chunk-state bound) and raises the channel parts to the partials' bound (5
+    parts); N = 4 walks one chunk of 10 with 2 parts (the quarter bound alone gives one)."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, R = 1, 20, 2
-    assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == ((2, 32, 5, 1) if N == 1 else (2, 8, 10, 1))
+    block_d = fused._BWD_LOWRANK_BLOCK_D
+    assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == (
+        (block_d, 32, 5, 1) if N == 1 else (block_d, 8, 10, 1)
+    )
     chunk, n_chunks, _, n_parts = _bwd_grid(D, H * W, N, R, batch)
     assert n_chunks == (4 if N == 1 else 1)
     assert (chunk, n_parts) == ((5, 5) if N == 1 else (10, 2))

@@ -31,10 +31,11 @@ summed dt, chunk totals of those terms and their coefficients on the entering va
 chain kernel turns the exits into entering values (the adjoint in the opposite chunk order); a
 few torch ops on chunk-sized tensors give each chunk's carry; the gradient pass walks both ways
 again from the entering values, each walk writing its half of d dt (low rank: the state walk
-parks its half in a per-program scratch, the adjoint walk adds its own and turns the sum into
-d dt_low / d dt_weight / d bias, which are linear in it). Channel sums (dB, dC, d dt_low) go to
-one partial per program, which walks n_group channel blocks in turn (together at most a quarter
-of one (B, 4, D, L) tensor); parameter sums to one partial per chunk block and image; the
+parks its half, dt and dt's softplus slope in per-program scratches, the adjoint walk reads dt
+back and leaves the whole d dt, from which ``ss2d_bwd_low_rank_kernel`` forms d dt_low /
+d dt_weight / d bias, linear in it, with tl.dot; one gradient launch per direction then).
+Channel sums (dB, dC, d dt_low) go to one partial per program, which walks n_group channel
+blocks in turn (together at most a quarter of one (B, 4, D, L) tensor); parameter sums to one partial per chunk block and image; the
 launcher adds the partials in a fixed order. No float atomics: the backward is deterministic.
 """
 
@@ -889,30 +890,55 @@ if HAS_TRITON:
         offs_d,
         m_d,
         m_p,
+        p_saved,
         R: tl.constexpr,
         LOWRANK: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
+        SAVED_DT: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
         # [lanes, NP], and the R rows of dt_low (a tuple of [lanes]), the last three from the
         # values ``_bwd_shared`` loaded (maybe a step ahead). Low rank: dt = sum_r
         # b_W[r] (the channels' weights, [BLOCK_D]) x row r, one FMA per row, each row shared by
         # the channels. dt is 0 outside the map, so padded positions decay by 1 and add nothing
-        # in either walk.
+        # in either walk. SAVED_DT: dt and its slope as the state walk saved them (at p_saved
+        # and p_saved + BLOCK_D: each thread's channels contiguous), no rows, no softplus.
         m = m_d[:, None] & m_p[None, :]
         b_u = tl.load(u_ptr + (offs_d[:, None] * s_ud + off_u[None, :]), mask=m, other=0.0).to(tl.float32)
         b_g = tl.load(g_ptr + (offs_d[:, None] * s_gd + off_g[None, :]), mask=m, other=0.0).to(tl.float32)
         b_rows, b_B, b_C = shared
         b_low = ()
+        if SAVED_DT:
+            b_dt = tl.load(p_saved, mask=m, other=0.0)
+            b_slope = tl.load(p_saved + BLOCK_D, mask=m, other=0.0)
+        else:
+            b_dt, b_slope, b_low = _bwd_dt(
+                b_rows,
+                delta_ptr + offs_d[:, None] * s_dd + off_dt[None, :],
+                b_W,
+                b_bias,
+                m,
+                R=R,
+                LOWRANK=LOWRANK,
+                DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+            )
+        return b_u, b_g, b_dt, b_slope, b_B.to(tl.float32), b_C.to(tl.float32), b_low
+
+    @triton.jit
+    def _bwd_dt(
+        b_rows, p_delta, b_W, b_bias, m, R: tl.constexpr, LOWRANK: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr
+    ):
+        # dt (after the softplus, 0 outside the map), its slope and the R rows of dt_low in fp32
+        b_low = ()
         if LOWRANK:
-            b_raw = tl.zeros(b_u.shape, dtype=tl.float32)
+            b_raw = tl.zeros(m.shape, dtype=tl.float32)
             for r in tl.static_range(R):
                 b_row = b_rows[r].to(tl.float32)
                 b_low = b_low + (b_row,)  # noqa: RUF005 (Triton's JIT has no starred unpacking)
                 b_raw += b_W[r][:, None] * b_row[None, :]
         else:
-            b_raw = tl.load(delta_ptr + offs_d[:, None] * s_dd + off_dt[None, :], mask=m, other=0.0)
-            b_raw = b_raw.to(tl.float32)
+            b_raw = tl.load(p_delta, mask=m, other=0.0).to(tl.float32)
         b_raw += b_bias[:, None]
         if DELTA_SOFTPLUS and LOWRANK:
             b_dt, b_slope = _softplus_and_slope(b_raw)
@@ -924,7 +950,7 @@ if HAS_TRITON:
             b_dt = b_raw
             b_slope = tl.full(b_raw.shape, 1.0, tl.float32)
         b_dt = tl.where(m, b_dt, 0.0)
-        return b_u, b_g, b_dt, b_slope, b_B.to(tl.float32), b_C.to(tl.float32), b_low
+        return b_dt, b_slope, b_low
 
     @triton.jit
     def _bwd_shared(
@@ -1033,6 +1059,7 @@ if HAS_TRITON:
         s_qi,
         s_qj,
         v_ptr,
+        vt_ptr,
         offs_d,
         offs_dl,
         m_d,
@@ -1056,6 +1083,8 @@ if HAS_TRITON:
         R: tl.constexpr,
         SAME_PLANE: tl.constexpr,
         PREFETCH: tl.constexpr,
+        LOW_DOT: tl.constexpr,
+        V_ROW: tl.constexpr,
     ):
         # One direction over each lane's chunk, one position per step. The state walk
         # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
@@ -1068,7 +1097,11 @@ if HAS_TRITON:
         # dt_weight: a tuple of R [BLOCK_D, BLOCK_C] per-lane sums). The low-rank values are
         # tuples over the R rows, so every tile is [BLOCK_D, BLOCK_C(, NP)]: no layout changes per
         # step, and where the lanes hold only chunks (BLOCK_C x NP = 32 lanes, one warp) every
-        # channel sum is adds within a thread.
+        # channel sum is adds within a thread. LOW_DOT (low-rank gradient pass): the state walk
+        # saves dt and its slope per position (vt_ptr), so the adjoint walk loads neither the rows
+        # nor computes the softplus, and leaves the whole d dt per position in v_ptr, from which
+        # ``_bwd_low_rank_sums`` forms d dt_low and d dt_weight after the walks.
+        SAVED: tl.constexpr = ADJOINT and GRAD and LOW_DOT
         if DESCENDING:
             p = first + chunk - 1
         else:
@@ -1098,7 +1131,7 @@ if HAS_TRITON:
                 m_n,
                 m_c & (p < L),
                 R=R,
-                LOWRANK=LOWRANK,
+                LOWRANK=LOWRANK and not SAVED,
             )
         for _ in range(chunk):
             m_p = m_c & (p < L)
@@ -1123,7 +1156,7 @@ if HAS_TRITON:
                     m_n,
                     m_c & (p_next < L) & (p_next >= 0),
                     R=R,
-                    LOWRANK=LOWRANK,
+                    LOWRANK=LOWRANK and not SAVED,
                 )
             else:
                 shared = _bwd_shared(
@@ -1140,7 +1173,7 @@ if HAS_TRITON:
                     m_n,
                     m_p,
                     R=R,
-                    LOWRANK=LOWRANK,
+                    LOWRANK=LOWRANK and not SAVED,
                 )
             b_u, b_g, b_dt, b_slope, b_B, b_C, b_low = _bwd_load(
                 u_ptr,
@@ -1158,9 +1191,12 @@ if HAS_TRITON:
                 offs_d,
                 m_d,
                 m_p,
+                vt_ptr + p[None, :] * (2 * BLOCK_D) + offs_dl[:, None] if SAVED else p,
                 R=R,
                 LOWRANK=LOWRANK,
                 DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                SAVED_DT=SAVED,
+                BLOCK_D=BLOCK_D,
             )
             b_decay_p = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
             b_in = (b_dt * b_u)[:, :, None] * b_B[None, :, :]
@@ -1208,21 +1244,28 @@ if HAS_TRITON:
                     # BLOCK_D], each thread's channels contiguous); the adjoint walk, which comes
                     # by the same positions later, adds it to its own half, so the low-rank sums
                     # run once per position instead of once per walk.
-                    p_v = v_ptr + p[None, :] * BLOCK_D + offs_dl[:, None]
+                    p_v = v_ptr + p[None, :] * V_ROW + offs_dl[:, None]
                     if ADJOINT:
                         b_v += tl.load(p_v, mask=m, other=0.0)
                         b_v = tl.where(m, b_v * b_slope, 0.0)
-                        # per row: d dt_low's channel sum, d dt_weight per lane
-                        off_q = _plane(off, i, j, s_qi, s_qj, SAME_PLANE)
-                        b_dw_next = ()
-                        for r in tl.static_range(R):
-                            b_dlow = tl.sum(b_W[r][:, None] * b_v, axis=0)
-                            _store_partial(pLow_ptr + (r * s_qr + off_q), b_dlow, m_p, blk)
-                            b_dw_next = b_dw_next + (b_dw[r] + b_v * b_low[r][None, :],)  # noqa: RUF005
-                        b_dw = b_dw_next
+                        if LOW_DOT:
+                            tl.store(p_v, b_v, mask=m)
+                        else:
+                            # per row: d dt_low's channel sum, d dt_weight per lane
+                            off_q = _plane(off, i, j, s_qi, s_qj, SAME_PLANE)
+                            b_dw_next = ()
+                            for r in tl.static_range(R):
+                                b_dlow = tl.sum(b_W[r][:, None] * b_v, axis=0)
+                                _store_partial(pLow_ptr + (r * s_qr + off_q), b_dlow, m_p, blk)
+                                b_dw_next = b_dw_next + (b_dw[r] + b_v * b_low[r][None, :],)  # noqa: RUF005
+                            b_dw = b_dw_next
                         b_dbias += b_v
                     else:
                         tl.store(p_v, b_v, mask=m)
+                        if LOW_DOT:
+                            p_saved = vt_ptr + p[None, :] * (2 * BLOCK_D) + offs_dl[:, None]
+                            tl.store(p_saved, b_dt, mask=m)
+                            tl.store(p_saved + BLOCK_D, b_slope, mask=m)
                 else:
                     p_ddt = ddt_ptr + (
                         offs_d[:, None] * s_td + _plane(off, i, j, s_ti, s_tj, SAME_PLANE)[None, :]
@@ -1246,6 +1289,132 @@ if HAS_TRITON:
                 p, i, j = _step(p, i, j, M, DESCENDING)
         # one return type for both passes (the compiler checks it across constexpr branches)
         return b_h, b_s, b_q_sum, b_coef, b_dA, b_dbias, b_dw
+
+    @triton.jit
+    def _bwd_split(x):
+        # x (fp32) as two bf16 parts, x1 = bf16(x) and x2 = bf16(x - x1), both rounded to nearest
+        # (x1 + x2 within ~2^-18 of x). The interpreter's conversion truncates (~2^-16), so there
+        # the rounding is done on the bits (to nearest even), the parts then convert exactly.
+        if _GPU_MATH:
+            x1 = x.to(tl.bfloat16)
+            x2 = (x - x1.to(tl.float32)).to(tl.bfloat16)
+        else:
+            x1 = _bwd_round_bf16(x)
+            x2 = _bwd_round_bf16(x - x1).to(tl.bfloat16)
+            x1 = x1.to(tl.bfloat16)
+        return x1, x2
+
+    @triton.jit
+    def _bwd_round_bf16(x):
+        # x rounded to bf16's 8 significant bits, to nearest even, as fp32
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _bwd_dot(a, b, acc):
+        # a half-precision product with fp32 sums (acc: None or the sum to add to); the
+        # interpreter multiplies no halves, so it takes them in fp32, which holds them exactly
+        if _GPU_MATH:
+            return tl.dot(a, b, acc)
+        else:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+
+    @triton.jit
+    def _bwd_low_rank_sums(
+        v_ptr,
+        low_ptr,
+        s_lr,
+        s_li,
+        s_lj,
+        w_ptr,
+        s_wd,
+        part_ptr,
+        s_qr,
+        s_qi,
+        s_qj,
+        dw_ptr,
+        dbias_ptr,
+        d0,
+        n_ch,
+        p0,
+        p1,
+        M,
+        chunk,
+        HAS_BIAS: tl.constexpr,
+        R: tl.constexpr,
+        RP: tl.constexpr,
+        RD: tl.constexpr,
+        V_ROW: tl.constexpr,
+        V_SUB: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):
+        # The low-rank sums of one direction, once the walks have left the whole d dt of the
+        # program's n_ch channels (from d0) at its positions p0 <= p < p1 (at most BLOCK_C chunks)
+        # in v_ptr ([positions, V_ROW]): d dt_low[r, p] = sum_d W[d, r] v[d, p], the program's one
+        # partial (no read-modify-write per channel block), and d dt_weight[d, r] = sum_p v[d, p]
+        # dt_low[r, p] over its positions; R padded to RD (tl.dot's minimum 16), masked to zero,
+        # but for a row of ones at r = R, so the same product gives d bias[d] = sum_p v[d, p].
+        # Products in bf16 with fp32 sums: each fp32 operand as two bf16 parts, x1 = bf16(x) and
+        # x2 = bf16(x - x1) (x1 + x2 within ~2^-18 of x), the x2 y2 term left out; bf16 dt_low
+        # is exact as it is. tf32x3 took twice the instructions (its NaN guards and splits).
+        # The channels go V_SUB at a time (the tiles of 64 spilled at 128 registers, N = 16);
+        # a later group adds its d dt_low to the partial the earlier ones wrote (same threads,
+        # fixed order).
+        offs_r = tl.arange(0, RD)
+        m_r = offs_r < R
+        # (i, j) of each position from a float quotient, no integer division per tile: exact while
+        # j0 + the offset past p0 stays below 2^22 (a row plus the program's chunks)
+        i0 = p0 // M
+        j0 = p0 - i0 * M
+        inv_M = 1.0 / M.to(tl.float32)
+        n_tiles = (BLOCK_C * chunk + BLOCK_P - 1) // BLOCK_P
+        for h in tl.static_range(V_ROW // V_SUB):
+            offs_ch = h * V_SUB + tl.arange(0, V_SUB)
+            m_ch = offs_ch < n_ch
+            m_wr = m_ch[:, None] & m_r[None, :]
+            b_w = tl.load(w_ptr + (d0 + offs_ch)[:, None] * s_wd + offs_r[None, :], mask=m_wr, other=0.0)
+            b_w1, b_w2 = _bwd_split(b_w)
+            b_dw = tl.zeros([V_SUB, RD], dtype=tl.float32)
+            for t in tl.range(n_tiles, num_stages=1):
+                offs_t = t * BLOCK_P + tl.arange(0, BLOCK_P)
+                m_p = p0 + offs_t < p1
+                di = (((j0 + offs_t).to(tl.float32) + 0.5) * inv_M).to(tl.int32)
+                i = i0 + di
+                j = j0 + offs_t - di * M
+                p_v = v_ptr + (p0 + offs_t)[:, None] * V_ROW + offs_ch[None, :]
+                b_v = tl.load(p_v, mask=m_p[:, None] & m_ch[None, :], other=0.0)
+                b_v1, b_v2 = _bwd_split(b_v)
+                b_dlow = _bwd_dot(b_v1, b_w1, None)
+                b_dlow = _bwd_dot(b_v1, b_w2, b_dlow)
+                b_dlow = _bwd_dot(b_v2, b_w1, b_dlow)
+                m_pr = m_p[:, None] & m_r[None, :]
+                p_part = part_ptr + offs_r[None, :] * s_qr + (i * s_qi + j * s_qj)[:, None]
+                if h > 0:
+                    b_dlow += tl.load(p_part, mask=m_pr, other=0.0)
+                tl.store(p_part, b_dlow, mask=m_pr)
+                p_low = low_ptr + offs_r[None, :] * s_lr + (i * s_li + j * s_lj)[:, None]
+                b_low = tl.load(p_low, mask=m_pr, other=0.0)
+                if HAS_BIAS:
+                    m_one = (offs_r == R)[None, :] & m_p[
+                        :, None
+                    ]  # (in fp32: the interpreter has no bf16 1.0)
+                    b_low = tl.where(m_one, 1.0, b_low.to(tl.float32)).to(b_low.dtype)
+                b_v1t = tl.trans(b_v1)
+                b_v2t = tl.trans(b_v2)
+                if b_low.dtype == tl.bfloat16:
+                    b_dw = _bwd_dot(b_v1t, b_low, b_dw)
+                    b_dw = _bwd_dot(b_v2t, b_low, b_dw)
+                else:
+                    b_low1, b_low2 = _bwd_split(b_low.to(tl.float32))
+                    b_dw = _bwd_dot(b_v1t, b_low1, b_dw)
+                    b_dw = _bwd_dot(b_v1t, b_low2, b_dw)
+                    b_dw = _bwd_dot(b_v2t, b_low1, b_dw)
+            tl.store(dw_ptr + (d0 + offs_ch)[:, None] * RP + offs_r[None, :], b_dw, mask=m_wr)
+            if HAS_BIAS:
+                m_bias = m_ch[:, None] & (offs_r == R)[None, :]
+                tl.store(dbias_ptr + (d0 + offs_ch)[:, None] + 0 * offs_r[None, :], b_dw, mask=m_bias)
 
     @triton.heuristics(
         {
@@ -1285,6 +1454,7 @@ if HAS_TRITON:
         pBias_ptr,
         pW_ptr,
         v_ptr,
+        vt_ptr,
         s_ub,
         s_ud,
         s_ui,
@@ -1354,6 +1524,11 @@ if HAS_TRITON:
         ACCUMULATE: tl.constexpr,
         SAME_PLANE: tl.constexpr,
         PREFETCH: tl.constexpr,
+        LOW_DOT: tl.constexpr,
+        V_ROW: tl.constexpr,
+        SAME_CHANNELS: tl.constexpr,
+        REV0: tl.constexpr,
+        N_REV: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -1369,37 +1544,47 @@ if HAS_TRITON:
         n_batch = tl.num_programs(2)
         # The program walks n_group channel blocks in turn, adding each block's channel sums to
         # its one partial (fewer partials: the bound on their memory), in a fixed order.
-        # the low-rank gradient pass's scratch: d dt's state half per position of this image's
-        # orientation and channel of the block, reused by every channel block and direction
+        # The low-rank gradient pass's scratch, per position of this image's orientation: d dt's
+        # state half for the block's channels, reused by every channel block and direction
+        # (LOW_DOT: the whole d dt of the direction for all the program's channels, V_ROW per
+        # position, which ``ss2d_bwd_low_rank_kernel`` reads next; and dt with its slope for the
+        # block's channels at vt_ptr, reused). Directions REV0 .. REV0 + N_REV - 1 of the
+        # orientation (LOW_DOT gradient pass: one per launch, so the scratch holds one).
         if LOWRANK and GRAD:
-            v_slot = v_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * BLOCK_D
+            v_slot = v_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * V_ROW
         else:
             v_slot = v_ptr
+        if LOW_DOT and GRAD:
+            vt_slot = vt_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * (2 * BLOCK_D)
+        else:
+            vt_slot = vt_ptr
         offs_dl = tl.arange(0, BLOCK_D)
-        for blk in range(n_group):
-            offs_d = (pid_d * n_group + blk) * BLOCK_D + offs_dl
-            m_d = offs_d < D
-            offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-            m_c = offs_c < n_chunks
-            offs_n = tl.arange(0, NP)
-            m_n = offs_n < N
-            m_dn = m_d[:, None] & m_n[None, :]
-            first = offs_c * chunk
-            # chunk_step (1, not specialised): with the chunks' contiguity unknown, the compiler
-            # lays these tiles out as the walk's (chunks across lanes, channels in a thread) rather
-            # than along the chunks, and the walk's carried state needs no layout change per step
-            offs_cx = offs_c * chunk_step
-            offs_cs = (offs_d[:, None, None] * n_chunks + offs_cx[None, :, None]) * NP + offs_n[None, None, :]
-            m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
-            offs_cv = offs_d[:, None] * n_chunks + offs_cx[None, :]
-            m_cv = m_d[:, None] & m_c[None, :]
-            b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
-            if HAS_D and GRAD and not ACCUMULATE:
-                # du's skip term (sum_k D_k) g, added once, by the row orientation's first store
-                for k in tl.static_range(4):
-                    b_skip += tl.load(Ds_ptr + k * D + offs_d, mask=m_d, other=0.0)
-            for rev in tl.static_range(2):
-                k = k_f + 2 * rev
+        for rev in tl.static_range(REV0, REV0 + N_REV):
+            k = k_f + 2 * rev
+            for blk in range(n_group):
+                offs_d = (pid_d * n_group + blk) * BLOCK_D + offs_dl
+                m_d = offs_d < D
+                offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+                m_c = offs_c < n_chunks
+                offs_n = tl.arange(0, NP)
+                m_n = offs_n < N
+                m_dn = m_d[:, None] & m_n[None, :]
+                first = offs_c * chunk
+                # chunk_step (1, not specialised): with the chunks' contiguity unknown, the compiler
+                # lays these tiles out as the walk's (chunks across lanes, channels in a thread) rather
+                # than along the chunks, and the walk's carried state needs no layout change per step
+                offs_cx = offs_c * chunk_step
+                offs_cs = (offs_d[:, None, None] * n_chunks + offs_cx[None, :, None]) * NP + offs_n[
+                    None, None, :
+                ]
+                m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
+                offs_cv = offs_d[:, None] * n_chunks + offs_cx[None, :]
+                m_cv = m_d[:, None] & m_c[None, :]
+                b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
+                if HAS_D and GRAD and not ACCUMULATE and rev == 0:
+                    # du's skip term (sum_k D_k) g, added once, by the row orientation's first store
+                    for k_d in tl.static_range(4):
+                        b_skip += tl.load(Ds_ptr + k_d * D + offs_d, mask=m_d, other=0.0)
                 if HAS_BIAS:
                     b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
                 else:
@@ -1445,6 +1630,11 @@ if HAS_TRITON:
                 # registers held for them across it)
                 b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
                 b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+                if LOW_DOT and GRAD:
+                    # the block's channels within the rows of the program's channels
+                    v_blk = v_slot + blk * BLOCK_D
+                else:
+                    v_blk = v_slot
                 for walk in tl.static_range(2):
                     # walk 0: the state, in sequence order (descending positions for the reversed
                     # direction), from the entering state and S at the chunk's start; walk 1: the
@@ -1471,7 +1661,7 @@ if HAS_TRITON:
                         s_ui=s_ui,
                         s_uj=s_uj,
                         g_ptr=g_ptr + pid_b * s_gb,
-                        s_gd=s_gd,
+                        s_gd=s_ud if SAME_CHANNELS else s_gd,
                         s_gi=s_gi,
                         s_gj=s_gj,
                         delta_ptr=dt_src,
@@ -1495,7 +1685,7 @@ if HAS_TRITON:
                         s_Ci=s_Ci,
                         s_Cj=s_Cj,
                         du_ptr=du_b,
-                        s_ed=s_ed,
+                        s_ed=s_ud if SAME_CHANNELS else s_ed,
                         s_ei=s_ei,
                         s_ej=s_ej,
                         ddt_ptr=ddt_bk,
@@ -1510,7 +1700,8 @@ if HAS_TRITON:
                         s_qr=s_qr,
                         s_qi=s_qi,
                         s_qj=s_qj,
-                        v_ptr=v_slot,
+                        v_ptr=v_blk,
+                        vt_ptr=vt_slot,
                         offs_d=offs_d,
                         offs_dl=offs_dl,
                         m_d=m_d,
@@ -1534,6 +1725,8 @@ if HAS_TRITON:
                         R=R,
                         SAME_PLANE=SAME_PLANE,
                         PREFETCH=PREFETCH,
+                        LOW_DOT=LOW_DOT,
+                        V_ROW=V_ROW,
                     )
                     _, _, _, _, b_dA, b_dbias, _ = res
                     if walk == 1:
@@ -1546,9 +1739,9 @@ if HAS_TRITON:
                     _, _, _, _, b_dA, b_dbias, b_dw = res_m  # (both walks' sums)
                     par = ((pid_c * n_batch + pid_b) * 4 + k) * D + offs_d
                     tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], tl.sum(b_dA, axis=1), mask=m_dn)
-                    if HAS_BIAS:
+                    if HAS_BIAS and not LOW_DOT:  # (LOW_DOT: after the walks, with d dt_weight)
                         tl.store(pBias_ptr + par, tl.sum(b_dbias, axis=1), mask=m_d)
-                    if LOWRANK:  # (only the adjoint walk gathers d dt_weight)
+                    if LOWRANK and not LOW_DOT:  # (only the adjoint walk gathers d dt_weight)
                         for r in tl.static_range(R):
                             tl.store(pW_ptr + par * RP + r, tl.sum(b_dw[r], axis=1), mask=m_d)
                 else:
@@ -1561,6 +1754,88 @@ if HAS_TRITON:
                     tl.store(dtsum_ptr + bk + offs_cv, b_s, mask=m_cv)
                     tl.store(qx_ptr + bk + offs_cv, b_qx, mask=m_cv)
                     tl.store(ql_ptr + bk + offs_cv, b_ql, mask=m_cv)
+
+    @triton.heuristics({"HAS_BIAS": lambda args: args["pBias_ptr"] is not None})
+    @triton.jit
+    def ss2d_bwd_low_rank_kernel(
+        v_ptr,
+        low_ptr,
+        w_ptr,
+        pLow_ptr,
+        pW_ptr,
+        pBias_ptr,
+        s_lb,
+        s_lk,
+        s_lr,
+        s_li,
+        s_lj,
+        s_qp,
+        s_qb,
+        s_qk,
+        s_qr,
+        s_qi,
+        s_qj,
+        D,
+        L,
+        M,
+        chunk,
+        n_group,
+        k_f,
+        rev,
+        HAS_BIAS: tl.constexpr,
+        R: tl.constexpr,
+        RP: tl.constexpr,
+        RD: tl.constexpr,
+        V_ROW: tl.constexpr,
+        V_SUB: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):
+        # The low-rank gradient pass's sums after its walks (LOW_DOT), one program per program of
+        # that pass (direction k_f + 2 rev): its chunk block's positions, its n_group x BLOCK_D channels.
+        # (A kernel of its own: inside the walks' kernel its tiles took the registers the walks
+        # need, and both spilled at 128.)
+        pid_c = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        pid_b = tl.program_id(2).to(tl.int64)
+        k = k_f + 2 * rev
+        n_batch = tl.num_programs(2)
+        d0 = pid_d * n_group * BLOCK_D
+        par = ((pid_c * n_batch + pid_b) * 4 + k) * D
+        _bwd_low_rank_sums(
+            v_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * V_ROW,
+            low_ptr + pid_b * s_lb + k * s_lk,
+            s_lr,
+            s_li,
+            s_lj,
+            w_ptr + k * D * R,
+            R,
+            pLow_ptr + pid_d * s_qp + pid_b * s_qb + k * s_qk,
+            s_qr,
+            s_qi,
+            s_qj,
+            pW_ptr + par * RP,
+            pBias_ptr + par if HAS_BIAS else pBias_ptr,
+            d0,
+            tl.minimum(n_group * BLOCK_D, D - d0),
+            pid_c * BLOCK_C * chunk,
+            tl.minimum(L, (pid_c + 1) * BLOCK_C * chunk),
+            M,
+            chunk,
+            HAS_BIAS=HAS_BIAS,
+            R=R,
+            RP=RP,
+            RD=RD,
+            V_ROW=V_ROW,
+            V_SUB=V_SUB,
+            BLOCK_C=BLOCK_C,
+            BLOCK_P=BLOCK_P,
+        )
+
+
+def _triton_version() -> tuple:
+    return tuple(int(x) for x in triton.__version__.split(".")[:2])
 
 
 def _next_pow2(n: int) -> int:
@@ -1870,6 +2145,16 @@ _BWD_MIN_BLOCKS = 4 * 132
 # ahead of the math (bench/NOTES.md, v2.3 backward). Off: at stage 1 it adds ~7 % instructions
 # and spills at 128 registers; for the GPU gate to time against the default.
 _BWD_PREFETCH = False
+# Positions and channels per product of the low-rank sums after the walks (``_bwd_low_rank_sums``;
+# 64 channels spilled at N = 16, where a program's part has 48).
+_BWD_LOW_DOT_POSITIONS = 16
+_BWD_LOW_DOT_CHANNELS = 32
+
+
+def _bwd_low_dot(N: int) -> bool:
+    """Whether the low-rank gradient pass forms d dt_low and d dt_weight after the walks, from
+    the whole d dt the walks leave in the scratch (tl.dot per direction), instead of per step."""
+    return True
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
@@ -1945,10 +2230,13 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
     return block_d, block_c, chunk, max(1, min(num_warps, block_d * block_c * NP // 32))
 
 
-# Channels per block (within each thread) of the low-rank backward at N <= 4: 2 keeps the walks
-# within 128 registers without spills (4 spills ~200 bytes: the R weights and R d dt_weight sums
-# per channel are held for the whole walk).
-_BWD_LOWRANK_BLOCK_D = 2
+# Channels per block (within each thread) of the low-rank backward at N <= 4: 4 fit the walks'
+# 128 registers without spills since d dt_low and d dt_weight are formed after the walks
+# (``ss2d_bwd_low_rank_kernel``) and the adjoint walk reads dt back (v2.3, which held R d
+# dt_weight sums per channel through the walk: 2, 4 spilled ~200 bytes). Triton 3.6 moves the
+# 4-channel tiles between layouts through shared memory at every step (5.5 barriers per
+# element) and spills 80 bytes: 2 there.
+_BWD_LOWRANK_BLOCK_D = 4 if HAS_TRITON and _triton_version() >= (3, 8) else 2
 # The low-rank backward's one-warp blocks: at 128 registers an SM holds 16 warps, so the grid
 # aims at 16 x 132 blocks (4 x 132 would leave three quarters of the warp slots empty in a walk
 # whose every step waits on its loads).
@@ -2049,8 +2337,14 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     p_bias = new_buffer(n_cblk, batch, 4, d_inner, device=dev) if bias is not None else None
     p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
     # the low-rank gradient pass's scratch: each program's state half of d dt per position and
-    # channel of its block (at most (B, D, L) values, a quarter of one (B, 4, D, L) tensor)
-    v_scratch = new_buffer(batch, n_dblk, L, block_d, device=dev) if lowrank else None
+    # channel of its block; with the low-rank sums after the walks (low_dot), d dt of all its
+    # channels for one direction (a row of v_row >= n_group x block_d per position: about
+    # (B, D, L) values, a quarter of one (B, 4, D, L) tensor) and dt with its slope for the
+    # block's channels
+    low_dot = lowrank and _bwd_low_dot(N)
+    v_row = max(16, _next_pow2(n_group * block_d)) if low_dot else block_d
+    v_scratch = new_buffer(batch, n_dblk, L, v_row, device=dev) if lowrank else None
+    vt_scratch = new_buffer(batch, n_dblk, L, 2 * block_d, device=dev) if low_dot else None
     params = _param_ptrs(dt_weight, A, D, bias)
     grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
     # the chains' own channel blocks: a warp's lanes (channels x states), at least 4 channels (at
@@ -2064,7 +2358,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     # full-delta launches makes ptxas take more, 48 -> 64 at stage 1)
     cap = {"maxnreg": 128} if lowrank else {}
 
-    def chunk_pass(column: bool, grad: bool):
+    def chunk_pass(column: bool, grad: bool, rev0: int = 0, n_rev: int = 2):
         def out(t):  # the gradient buffers are None in the local pass
             return t if grad else None
 
@@ -2093,6 +2387,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             pBias_ptr=out(p_bias),
             pW_ptr=out(p_w),
             v_ptr=out(v_scratch),
+            vt_ptr=out(vt_scratch),
             **params,
             **_input_strides(column, u, delta, dt_low, B, C),
             **_named_strides("g", grad_out, column, "bdij"),
@@ -2116,10 +2411,48 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             ACCUMULATE=column,
             SAME_PLANE=len({t.stride()[-2:] for t in planes if t is not None}) == 1,
             PREFETCH=_BWD_PREFETCH,
+            LOW_DOT=low_dot,
+            V_ROW=v_row,
+            # u, grad_out and du one channel stride too: one offset per step and channel for all
+            SAME_CHANNELS=len({t.stride()[1:] for t in (u, grad_out, du)}) == 1,
+            REV0=rev0,
+            N_REV=n_rev,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             num_warps=num_warps,
             **cap,
+        )
+
+    def low_rank_sums(column: bool, rev: int):  # d dt_low, d dt_weight, d bias of that launch
+        strides = {
+            **_named_strides("l", dt_low, column, "bkrij"),
+            **_named_strides("q", p_low, column, "pbkrij"),
+        }
+        ss2d_bwd_low_rank_kernel[(n_cblk, n_dblk, batch)](
+            v_ptr=v_scratch,
+            low_ptr=dt_low,
+            w_ptr=params["w_ptr"],
+            pLow_ptr=p_low,
+            pW_ptr=p_w,
+            pBias_ptr=p_bias,
+            **strides,
+            D=d_inner,
+            L=L,
+            M=H if column else W,
+            chunk=chunk,
+            n_group=n_group,
+            k_f=int(column),
+            rev=rev,
+            R=R,
+            RP=RP,
+            RD=max(16, _next_pow2(R + 1)),  # (a row for d bias)
+            V_ROW=v_row,
+            V_SUB=min(v_row, _BWD_LOW_DOT_CHANNELS),
+            BLOCK_D=block_d,
+            BLOCK_C=block_c,
+            BLOCK_P=_BWD_LOW_DOT_POSITIONS,
+            num_warps=2,  # (1 warp spilled at 128 registers)
+            maxnreg=128,
         )
 
     with _on_device(u):
@@ -2139,8 +2472,13 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
                 num_warps=1,
             )
         carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A)
-        chunk_pass(column=False, grad=True)
-        chunk_pass(column=True, grad=True)
+        for column in (False, True):
+            if low_dot:  # one direction per launch: the scratch of d dt holds one direction
+                for rev in (0, 1):
+                    chunk_pass(column=column, grad=True, rev0=rev, n_rev=1)
+                    low_rank_sums(column, rev)
+            else:
+                chunk_pass(column=column, grad=True)
     # fixed-order sums over channel blocks, chunk blocks and images: deterministic
     dB = p_B.sum(0).to(B.dtype)
     dC = p_C.sum(0).to(C.dtype)
