@@ -1370,7 +1370,7 @@ if HAS_TRITON:
         j0 = p0 - i0 * M
         inv_M = 1.0 / M.to(tl.float32)
         n_tiles = (BLOCK_C * chunk + BLOCK_P - 1) // BLOCK_P
-        for h in tl.static_range(V_ROW // V_SUB):
+        for h in tl.static_range((V_ROW + V_SUB - 1) // V_SUB):
             offs_ch = h * V_SUB + tl.arange(0, V_SUB)
             m_ch = offs_ch < n_ch
             m_wr = m_ch[:, None] & m_r[None, :]
@@ -2177,7 +2177,7 @@ def _bwd_partial_split(D: int, block_d: int, N: int, R: int, batch: int, n_cblk:
     ``_BWD_MIN_BLOCKS`` (large N, few images: the partial bound allows one part at N = 16). The
     partials may then exceed the quarter bound, up to one (B, 4, D, L) tensor in all;
     ``_bwd_config`` trades them against shorter chunks."""
-    n_parts, n_group = _partial_split(D, block_d, N, R)
+    n_parts, n_group = _split_within_scratch(*_partial_split(D, block_d, N, R), D, block_d, N, R)
     if TRITON_INTERPRET or batch * n_parts * n_cblk >= _BWD_MIN_BLOCKS:
         return n_parts, n_group
     # at most one (B, 4, D, L) tensor of partials in all
@@ -2189,6 +2189,18 @@ def _bwd_partial_split(D: int, block_d: int, N: int, R: int, batch: int, n_cblk:
     n_group = max(1, n_blocks // needed)  # parts >= needed
     if triton.cdiv(n_blocks, n_group) > bound:  # rounded up past the bound (small blocks)
         n_group = triton.cdiv(n_blocks, needed)
+    return _split_within_scratch(triton.cdiv(n_blocks, n_group), n_group, D, block_d, N, R)
+
+
+def _split_within_scratch(n_parts: int, n_group: int, D: int, block_d: int, N: int, R: int):
+    """(n_parts, n_group) with fewer parts where the low-rank gradient pass's scratch of dt and
+    its slope (2 x BLOCK_D values per part and position) would exceed (B, D, L) values, a quarter
+    of one (B, 4, D, L) tensor: on small maps the grid policy would give every channel block its
+    own part. Stage 1 and N = 16 keep their split."""
+    if not (R and _bwd_low_dot(N)) or 2 * block_d * n_parts <= D:
+        return n_parts, n_group
+    n_blocks = triton.cdiv(D, block_d)
+    n_group = triton.cdiv(n_blocks, max(1, D // (2 * block_d)))
     return triton.cdiv(n_blocks, n_group), n_group
 
 
@@ -2338,11 +2350,11 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
     # the low-rank gradient pass's scratch: each program's state half of d dt per position and
     # channel of its block; with the low-rank sums after the walks (low_dot), d dt of all its
-    # channels for one direction (a row of v_row >= n_group x block_d per position: about
-    # (B, D, L) values, a quarter of one (B, 4, D, L) tensor) and dt with its slope for the
+    # channels for one direction (a row of n_group x block_d per position: at most (B, D, L)
+    # values in all, a quarter of one (B, 4, D, L) tensor) and dt with its slope for the
     # block's channels
     low_dot = lowrank and _bwd_low_dot(N)
-    v_row = max(16, _next_pow2(n_group * block_d)) if low_dot else block_d
+    v_row = n_group * block_d if low_dot else block_d  # exactly the program's channels: no padding
     v_scratch = new_buffer(batch, n_dblk, L, v_row, device=dev) if lowrank else None
     vt_scratch = new_buffer(batch, n_dblk, L, 2 * block_d, device=dev) if low_dot else None
     params = _param_ptrs(dt_weight, A, D, bias)
@@ -2447,7 +2459,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             RP=RP,
             RD=max(16, _next_pow2(R + 1)),  # (a row for d bias)
             V_ROW=v_row,
-            V_SUB=min(v_row, _BWD_LOW_DOT_CHANNELS),
+            V_SUB=max(16, min(_next_pow2(v_row), _BWD_LOW_DOT_CHANNELS)),  # (tl.dot: >= 16)
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             BLOCK_P=_BWD_LOW_DOT_POSITIONS,
