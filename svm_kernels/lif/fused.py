@@ -41,34 +41,34 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr):
+    def _lif_charge(b_v, b_x, tau, v_reset, DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr):
         # spikingjelly's charge, its order of operations and a correctly rounded division:
         # h = v + (x - (v - v_reset)) / tau, or v - (v - v_reset) / tau + x (rest 0 with soft reset).
         if HARD_RESET:
-            b_leak = v - v_reset
+            b_leak = b_v - v_reset
         else:
-            b_leak = v
+            b_leak = b_v
         if DECAY_INPUT:
-            h = v + tl.div_rn(b_x - b_leak, tau)
+            b_h = b_v + tl.div_rn(b_x - b_leak, tau)
         else:
-            h = v - tl.div_rn(b_leak, tau) + b_x
-        return h
+            b_h = b_v - tl.div_rn(b_leak, tau) + b_x
+        return b_h
 
     @triton.jit
-    def _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET: tl.constexpr):
+    def _lif_reset(b_h, b_s, v_threshold, v_reset, HARD_RESET: tl.constexpr):
         # Equal to spikingjelly's s * v_reset + (1 - s) * h and h - s * v_threshold for s in {0, 1}.
         if HARD_RESET:
-            v = tl.where(b_s, v_reset, h)
+            b_v = tl.where(b_s, v_reset, b_h)
         else:
-            v = tl.where(b_s, h - v_threshold, h)
-        return v
+            b_v = tl.where(b_s, b_h - v_threshold, b_h)
+        return b_v
 
     @triton.jit
     def _lif_fwd_steps(
         p_x,
         p_s,
         m_n,
-        v,
+        b_v,
         N,
         tau,
         v_threshold,
@@ -81,29 +81,29 @@ if HAS_TRITON:
         """STEPS forward steps from v; returns v and the pointers advanced by STEPS rows."""
         for _ in tl.static_range(STEPS):
             b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
-            h = _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
-            b_s = h >= v_threshold
-            v = _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET)
+            b_h = _lif_charge(b_v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
+            b_s = b_h >= v_threshold
+            b_v = _lif_reset(b_h, b_s, v_threshold, v_reset, HARD_RESET)
             if STORE_SPIKES:
                 # (through fp32: the interpreter cannot convert a boolean to bf16 directly)
                 tl.store(p_s, tl.where(b_s, 1.0, 0.0).to(p_s.dtype.element_ty), mask=m_n)
                 p_s += N
             p_x += N
-        return v, p_x, p_s
+        return b_v, p_x, p_s
 
     @triton.jit
-    def _surrogate_grad(h, v_threshold, alpha, scale, SURROGATE_ATAN: tl.constexpr):
+    def _surrogate_grad(b_h, v_threshold, alpha, scale, SURROGATE_ATAN: tl.constexpr):
         """scale * d spike / d h at h: the surrogate's derivative at h - v_threshold, scaled."""
         if SURROGATE_ATAN:
             # alpha / (2 (1 + (pi/2 alpha z)^2))
-            b_q = h * (1.5707963267948966 * alpha) - v_threshold * (1.5707963267948966 * alpha)
+            b_q = b_h * (1.5707963267948966 * alpha) - v_threshold * (1.5707963267948966 * alpha)
             b_sg = (0.5 * alpha * scale) / (1.0 + b_q * b_q)
         else:
             # alpha sig (1 - sig), sig = 1 / (1 + 2^(-alpha z log2(e))): one exp2, one reciprocal.
             # The exponent is one multiply-add of h with per-launch scalars, not (h - theta) * k,
             # and sig (a - a sig) one more with the scalar a = alpha scale.
             b_k = -1.4426950408889634 * alpha
-            b_sig = 1.0 / (1.0 + tl.exp2(h * b_k - v_threshold * b_k))
+            b_sig = 1.0 / (1.0 + tl.exp2(b_h * b_k - v_threshold * b_k))
             b_a = alpha * scale
             b_sg = b_sig * (b_a + b_sig * -b_a)
         return b_sg
@@ -114,7 +114,7 @@ if HAS_TRITON:
         p_gs,
         p_gx,
         m_n,
-        v,
+        b_v,
         b_g_end,
         stop_early,
         N,
@@ -147,8 +147,8 @@ if HAS_TRITON:
             scale = 1.0
             inv_scale = 1.0
         b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
-        h = _lif_charge(v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
-        b_s = h >= v_threshold
+        b_h = _lif_charge(b_v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
+        b_s = b_h >= v_threshold
         b_g = b_g_end
         if K + 1 < STEPS:
             if K + 1 == EARLY_STEPS:
@@ -161,7 +161,7 @@ if HAS_TRITON:
                     p_gs + N,
                     p_gx + N,
                     m_n,
-                    _lif_reset(h, b_s, v_threshold, v_reset, HARD_RESET),
+                    _lif_reset(b_h, b_s, v_threshold, v_reset, HARD_RESET),
                     b_g_end,
                     stop_early,
                     N,
@@ -177,7 +177,7 @@ if HAS_TRITON:
                     DETACH_RESET,
                     SURROGATE_ATAN,
                 )
-        b_sg = _surrogate_grad(h, v_threshold, alpha, scale, SURROGATE_ATAN)
+        b_sg = _surrogate_grad(b_h, v_threshold, alpha, scale, SURROGATE_ATAN)
         b_gs = tl.load(p_gs, mask=m_n, other=0.0).to(tl.float32)
         # dL/dx = scale (grad_s sg + dL/dv dv/dh), dv/dh the reset's derivative (its spike term
         # dropped by detach_reset); b_g is scale * dL/dv. Grouped to the fewest multiply-adds:
@@ -185,14 +185,14 @@ if HAS_TRITON:
             if STEPS > 8:
                 # 1 - s as a fresh comparison: keeping 16 steps' spike predicates live across the
                 # recursion spills them into general registers (and those to memory at bf16).
-                b_below = h < v_threshold
+                b_below = b_h < v_threshold
             else:
                 b_below = b_s == 0
             b_gx = tl.where(b_below, b_g, 0.0)
             if DETACH_RESET:
                 b_gx += b_gs * b_sg
             else:
-                b_gx += (b_gs + b_g * (h * -inv_scale + v_reset * inv_scale)) * b_sg
+                b_gx += (b_gs + b_g * (b_h * -inv_scale + v_reset * inv_scale)) * b_sg
         else:  # dv/dh = 1 - v_threshold sg
             if DETACH_RESET:
                 b_gx = b_gs * b_sg + b_g
@@ -209,10 +209,10 @@ if HAS_TRITON:
         offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_n = offs < N
         if USE_INITIAL_STATE:
-            v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
+            b_v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
         else:
-            v = tl.zeros([BLOCK_N], dtype=tl.float32)
-        return offs, m_n, v
+            b_v = tl.zeros([BLOCK_N], dtype=tl.float32)
+        return offs, m_n, b_v
 
     @triton.jit
     def fused_lif_fwd_kernel(
@@ -234,18 +234,18 @@ if HAS_TRITON:
         STORE_FINAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        offs, m_n, v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
+        offs, m_n, b_v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
         p_x = x_ptr + offs
         p_s = s_ptr + offs
         for _ in range(NUM_SEG - 1):
-            v, p_x, p_s = _lif_fwd_steps(
-                p_x, p_s, m_n, v, N, tau, v_threshold, v_reset, SEG, True, DECAY_INPUT, HARD_RESET
+            b_v, p_x, p_s = _lif_fwd_steps(
+                p_x, p_s, m_n, b_v, N, tau, v_threshold, v_reset, SEG, True, DECAY_INPUT, HARD_RESET
             )
-        v, p_x, p_s = _lif_fwd_steps(
-            p_x, p_s, m_n, v, N, tau, v_threshold, v_reset, LAST_SEG, True, DECAY_INPUT, HARD_RESET
+        b_v, p_x, p_s = _lif_fwd_steps(
+            p_x, p_s, m_n, b_v, N, tau, v_threshold, v_reset, LAST_SEG, True, DECAY_INPUT, HARD_RESET
         )
         if STORE_FINAL_STATE:
-            tl.store(v_out_ptr + offs, v, mask=m_n)
+            tl.store(v_out_ptr + offs, b_v, mask=m_n)
 
     @triton.jit
     def fused_lif_bwd_kernel(
@@ -274,7 +274,7 @@ if HAS_TRITON:
         STORE_GRAD_INITIAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        offs, m_n, v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
+        offs, m_n, b_v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
         # dL/dv after the last step (the final state's gradient), scaled as in _lif_bwd_steps.
         if HAS_GRAD_FINAL_STATE:
             b_g = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
@@ -288,9 +288,9 @@ if HAS_TRITON:
             p_x = x_ptr + offs
             p_v = v_start_ptr + offs
             for _ in range(NUM_SEG - 1):
-                tl.store(p_v, v, mask=m_n)
-                v, p_x, p_v = _lif_fwd_steps(
-                    p_x, p_v, m_n, v, N, tau, v_threshold, v_reset, SEG, False, DECAY_INPUT, HARD_RESET
+                tl.store(p_v, b_v, mask=m_n)
+                b_v, p_x, p_v = _lif_fwd_steps(
+                    p_x, p_v, m_n, b_v, N, tau, v_threshold, v_reset, SEG, False, DECAY_INPUT, HARD_RESET
                 )
                 p_v += N
         # The segments from last to first; v is the last one's start, the others' are in v_start.
@@ -299,14 +299,14 @@ if HAS_TRITON:
             # (two tests: with one segment there is no scratch, and the load must not be compiled)
             if NUM_SEG > 1:  # noqa: SIM102
                 if i > 0:
-                    v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
+                    b_v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
             row = (i_seg * SEG).to(tl.int64) * N + offs
             b_g = _lif_bwd_steps(
                 x_ptr + row,
                 grad_s_ptr + row,
                 grad_x_ptr + row,
                 m_n,
-                v,
+                b_v,
                 b_g,
                 i == 0,
                 N,
