@@ -1,4 +1,4 @@
-"""The test-time shortcut in the Triton interpreter (``svm_kernels.interpreter_speed``) changes nothing but time."""
+"""The test-time shortcuts in the Triton interpreter (``svm_kernels.interpreter_speed``) change nothing but time."""
 
 import os
 

@@ -1293,7 +1293,7 @@ if HAS_TRITON:
     @triton.jit
     def _bwd_split(x):
         # x (fp32) as two bf16 parts, x1 = bf16(x) and x2 = bf16(x - x1), both rounded to nearest
-        # (x1 + x2 within ~2^-18 of x). The interpreter's conversion truncates (~2^-16), so there
+        # (x1 + x2 within ~2^-17 of x). The interpreter's conversion truncates (~2^-15), so there
         # the rounding is done on the bits (to nearest even), the parts then convert exactly.
         if _GPU_MATH:
             x1 = x.to(tl.bfloat16)
@@ -1357,7 +1357,7 @@ if HAS_TRITON:
         # dt_low[r, p] over its positions; R padded to RD (tl.dot's minimum 16), masked to zero,
         # but for a row of ones at r = R, so the same product gives d bias[d] = sum_p v[d, p].
         # Products in bf16 with fp32 sums: each fp32 operand as two bf16 parts, x1 = bf16(x) and
-        # x2 = bf16(x - x1) (x1 + x2 within ~2^-18 of x), the x2 y2 term left out; bf16 dt_low
+        # x2 = bf16(x - x1) (x1 + x2 within ~2^-17 of x), the x2 y2 term left out; bf16 dt_low
         # is exact as it is. tf32x3 took twice the instructions (its NaN guards and splits).
         # The channels go V_SUB at a time (the tiles of 64 spilled at 128 registers, N = 16);
         # a later group adds its d dt_low to the partial the earlier ones wrote (same threads,
