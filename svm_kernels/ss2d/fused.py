@@ -1416,14 +1416,7 @@ if HAS_TRITON:
                 m_bias = m_ch[:, None] & (offs_r == R)[None, :]
                 tl.store(dbias_ptr + (d0 + offs_ch)[:, None] + 0 * offs_r[None, :], b_dw, mask=m_bias)
 
-    @triton.heuristics(
-        {
-            "LOWRANK": lambda args: args["low_ptr"] is not None,
-            "HAS_D": lambda args: args["Ds_ptr"] is not None,
-            "HAS_BIAS": lambda args: args["bias_ptr"] is not None,
-            "GRAD": lambda args: args["du_ptr"] is not None,
-        }
-    )
+    @triton.heuristics({**_OPTIONAL_INPUTS, "GRAD": lambda args: args["du_ptr"] is not None})
     @triton.jit(do_not_specialize=["chunk_step"])
     def ss2d_bwd_chunk_kernel(
         u_ptr,
