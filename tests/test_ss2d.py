@@ -318,6 +318,16 @@ def test_backward_prefetch(monkeypatch, lowrank):
     check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5, lowrank=lowrank), lowrank=lowrank)
 
 
+def test_backward_with_the_per_step_low_rank_sums(monkeypatch):
+    """The v2.3 low-rank gradient pass (``_BWD_LOW_DOT`` off, for the GPU gate to time): d dt_low
+    and d dt_weight summed per step in the adjoint walk, both directions per launch, here with the
+    GPU's launch policy at 2 channels per thread (as v2.3 ran) and several channel parts."""
+    monkeypatch.setattr(fused, "_BWD_LOW_DOT", False)
+    monkeypatch.setattr(fused, "_BWD_LOWRANK_BLOCK_D", 2)
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    check_against_reference(make_inputs(1, 6, 3, 4, 1, R=3), lowrank=True)
+
+
 def test_lowrank_backward_fills_the_warp_slots(monkeypatch):
     """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 4 channels (2 on Triton 3.6), and chunks short
     enough for 16 x 132 of them (an SM's 16 warps at 128 registers), the chunk states within a

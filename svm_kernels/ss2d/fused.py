@@ -1529,7 +1529,8 @@ if HAS_TRITON:
         # channels x chunks as in the forward. Local pass: per direction a state walk and an
         # adjoint walk from zero, storing the chunk values the chains and the q totals need.
         # Gradient pass: the same two walks from the chained entering values, each writing its
-        # half of the gradients; channel sums go to one partial per channel block, parameter
+        # half of the gradients; channel sums go to one partial per program (its n_group channel
+        # blocks in turn; low rank: d dt_low by the low-rank kernel after the walks), parameter
         # sums to one partial per chunk block and image (the launcher adds them in fixed order).
         pid_c = tl.program_id(0)
         pid_d = tl.program_id(1)
@@ -1583,7 +1584,8 @@ if HAS_TRITON:
                 else:
                     b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
                 b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
-                # the R weights of each channel (a tuple of [BLOCK_D]), held for both walks
+                # the R weights of each channel (a tuple of [BLOCK_D]): dt in the state walk, and
+                # with _BWD_LOW_DOT off the per-step sums in the adjoint walk
                 b_W = ()
                 if LOWRANK:
                     for r in tl.static_range(R):
@@ -2142,12 +2144,12 @@ _BWD_PREFETCH = False
 # 64 channels spilled at N = 16, where a program's part has 48).
 _BWD_LOW_DOT_POSITIONS = 16
 _BWD_LOW_DOT_CHANNELS = 32
-
-
-def _bwd_low_dot(N: int) -> bool:
-    """Whether the low-rank gradient pass forms d dt_low and d dt_weight after the walks, from
-    the whole d dt the walks leave in the scratch (tl.dot per direction), instead of per step."""
-    return True
+# The low-rank gradient pass forms d dt_low, d dt_weight and d bias after the walks, from the
+# whole d dt they leave in a scratch (``ss2d_bwd_low_rank_kernel``). False: the v2.3 algorithm,
+# per-step channel sums in the adjoint walk, both directions per launch (it fit 128 registers
+# with 2 channels per thread: set ``_BWD_LOWRANK_BLOCK_D = 2`` with it); for the GPU gate to time
+# against the default.
+_BWD_LOW_DOT = True
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
@@ -2190,7 +2192,7 @@ def _split_within_scratch(n_parts: int, n_group: int, D: int, block_d: int, N: i
     its slope (2 x BLOCK_D values per part and position) would exceed (B, D, L) values, a quarter
     of one (B, 4, D, L) tensor: on small maps the grid policy would give every channel block its
     own part. Stage 1 and N = 16 keep their split."""
-    if not (R and _bwd_low_dot(N)) or 2 * block_d * n_parts <= D:
+    if not (R and _BWD_LOW_DOT) or 2 * block_d * n_parts <= D:
         return n_parts, n_group
     n_blocks = triton.cdiv(D, block_d)
     n_group = triton.cdiv(n_blocks, max(1, D // (2 * block_d)))
@@ -2346,7 +2348,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     # channels for one direction (a row of n_group x block_d per position: at most (B, D, L)
     # values in all, a quarter of one (B, 4, D, L) tensor) and dt with its slope for the
     # block's channels
-    low_dot = lowrank and _bwd_low_dot(N)
+    low_dot = lowrank and _BWD_LOW_DOT
     v_row = n_group * block_d if low_dot else block_d  # exactly the program's channels: no padding
     v_scratch = new_buffer(batch, n_dblk, L, v_row, device=dev) if lowrank else None
     vt_scratch = new_buffer(batch, n_dblk, L, 2 * block_d, device=dev) if low_dot else None
