@@ -194,6 +194,16 @@ FWD_VARIANTS = {
     "no_walk_prefetch": ("n16", dict(WALK_PREFETCH=False)),
 }
 FWD_VARIANT_CHECKS = {"vmamba_t_stage1": "stage1_b2", "n16": "n16_b1"}  # shape -> check shape
+# The bf16 low-rank backward under named variants, as the forward's: the default (d dt_low, d
+# dt_weight and d bias formed after the walks by their own kernel, 4 channels per thread), the
+# per-step sums in the adjoint walk at 2 channels per thread (the v2.3 algorithm: fewer
+# instructions is not yet less time), and the walks' next-position prefetch (off by default: it
+# spills at 128 registers). Each with a float64 check of every gradient at the check shape.
+BWD_VARIANTS = {
+    "low_dot": ("vmamba_t_stage1", {}),
+    "per_step_sums": ("vmamba_t_stage1", dict(_BWD_LOW_DOT=False, _BWD_LOWRANK_BLOCK_D=2)),
+    "walk_prefetch": ("vmamba_t_stage1", dict(_BWD_PREFETCH=True)),
+}
 _FWD_REFERENCE: dict = {}
 
 
@@ -220,6 +230,15 @@ def fwd_variant(overrides: dict, check_shape, shape, dtype):
         tol = tolerance(torch.bfloat16, check_shape[2] * check_shape[3])
         row = time_case(ours_lowrank, shape, dtype, "fwd")
     return dict(row, max_rel_err=float(f"{err:.3g}"), tol=tol, ok=bool(err <= tol))
+
+
+def bwd_variant(overrides: dict, check_shape, shape, dtype):
+    """One backward variant: every gradient's max relative error against float64 at
+    ``check_shape`` (bf16 storage), then its backward time at ``shape`` in ``dtype``."""
+    with launcher_overrides(**overrides):
+        checked = check(ours_lowrank, check_shape, torch.bfloat16, repeat=False)
+        row = time_case(ours_lowrank, shape, dtype, "bwd")
+    return dict(row, **{k: checked[k] for k in ("max_rel_err", "tol", "errs", "ok")})
 
 
 def fla_available():
@@ -298,4 +317,11 @@ def ss2d_cases(smoke: bool):
         v_check = SS2D_SMOKE[v_name] if smoke else SS2D_CHECK_SHAPES[FWD_VARIANT_CHECKS[v_name]]
         case = dict(shape=v_name, dims=list(shape), dtype=v_dtype, mode=f"fwd_{variant}")
         run = lambda o=overrides, s=shape, c=v_check: fwd_variant(o, c, s, DTYPES[v_dtype])
+        yield Case("ss2d", "ours_lowrank", "ours", case, run, 60)
+    for variant, (v_name, overrides) in BWD_VARIANTS.items():
+        v_name = "smoke" if smoke else v_name
+        shape = SS2D_SMOKE[v_name] if smoke else SS2D_SHAPES[v_name]
+        v_check = SS2D_SMOKE[v_name] if smoke else SS2D_CHECK_SHAPES[FWD_VARIANT_CHECKS[v_name]]
+        case = dict(shape=v_name, dims=list(shape), dtype=v_dtype, mode=f"bwd_{variant}")
+        run = lambda o=overrides, s=shape, c=v_check: bwd_variant(o, c, s, DTYPES[v_dtype])
         yield Case("ss2d", "ours_lowrank", "ours", case, run, 60)

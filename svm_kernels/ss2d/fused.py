@@ -2138,7 +2138,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
 _BWD_MIN_BLOCKS = 4 * 132
 # The backward walks load the next position's shared values (the dt_low rows, B, C) a step
 # ahead of the math (bench/NOTES.md, v2.3 backward). Off: at stage 1 it adds ~7 % instructions
-# and spills at 128 registers; for the GPU gate to time against the default.
+# and spills at 128 registers; the GPU gate times it against the default (bench/gate_ss2d.py).
 _BWD_PREFETCH = False
 # Positions and channels per product of the low-rank sums after the walks (``_bwd_low_rank_sums``;
 # 64 channels spilled at N = 16, where a program's part has 48).
@@ -2147,8 +2147,8 @@ _BWD_LOW_DOT_CHANNELS = 32
 # The low-rank gradient pass forms d dt_low, d dt_weight and d bias after the walks, from the
 # whole d dt they leave in a scratch (``ss2d_bwd_low_rank_kernel``). False: the v2.3 algorithm,
 # per-step channel sums in the adjoint walk, both directions per launch (it fit 128 registers
-# with 2 channels per thread: set ``_BWD_LOWRANK_BLOCK_D = 2`` with it); for the GPU gate to time
-# against the default.
+# with 2 channels per thread: set ``_BWD_LOWRANK_BLOCK_D = 2`` with it); the GPU gate times it
+# against the default (bench/gate_ss2d.py's BWD_VARIANTS).
 _BWD_LOW_DOT = True
 
 
