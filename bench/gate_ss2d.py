@@ -193,7 +193,7 @@ FWD_VARIANTS = {
     # the chunk walk without its prefetch (v2.2), against the n16 fwd row of ours_lowrank
     "no_walk_prefetch": ("n16", dict(WALK_PREFETCH=False)),
 }
-FWD_VARIANT_CHECKS = {"vmamba_t_stage1": "stage1_b2", "n16": "n16_b1"}  # shape -> check shape
+VARIANT_CHECKS = {"vmamba_t_stage1": "stage1_b2", "n16": "n16_b1"}  # shape -> check shape
 # The bf16 low-rank backward under named variants, as the forward's: the default (d dt_low, d
 # dt_weight and d bias formed after the walks by their own kernel, 4 channels per thread), the
 # per-step sums in the adjoint walk at 2 channels per thread (the v2.3 algorithm: fewer
@@ -311,17 +311,11 @@ def ss2d_cases(smoke: bool):
     # the forward variants, after the rows above (a run cut short keeps those); smoke: the smoke
     # shape, timed in fp32 as the interpreter's other rows
     v_dtype = "fp32" if smoke else "bf16"
-    for variant, (v_name, overrides) in FWD_VARIANTS.items():
-        v_name = "smoke" if smoke else v_name
-        shape = SS2D_SMOKE[v_name] if smoke else SS2D_SHAPES[v_name]
-        v_check = SS2D_SMOKE[v_name] if smoke else SS2D_CHECK_SHAPES[FWD_VARIANT_CHECKS[v_name]]
-        case = dict(shape=v_name, dims=list(shape), dtype=v_dtype, mode=f"fwd_{variant}")
-        run = lambda o=overrides, s=shape, c=v_check: fwd_variant(o, c, s, DTYPES[v_dtype])
-        yield Case("ss2d", "ours_lowrank", "ours", case, run, 60)
-    for variant, (v_name, overrides) in BWD_VARIANTS.items():
-        v_name = "smoke" if smoke else v_name
-        shape = SS2D_SMOKE[v_name] if smoke else SS2D_SHAPES[v_name]
-        v_check = SS2D_SMOKE[v_name] if smoke else SS2D_CHECK_SHAPES[FWD_VARIANT_CHECKS[v_name]]
-        case = dict(shape=v_name, dims=list(shape), dtype=v_dtype, mode=f"bwd_{variant}")
-        run = lambda o=overrides, s=shape, c=v_check: bwd_variant(o, c, s, DTYPES[v_dtype])
-        yield Case("ss2d", "ours_lowrank", "ours", case, run, 60)
+    for prefix, variants, timed in (("fwd", FWD_VARIANTS, fwd_variant), ("bwd", BWD_VARIANTS, bwd_variant)):
+        for variant, (v_name, overrides) in variants.items():
+            v_name = "smoke" if smoke else v_name
+            shape = SS2D_SMOKE[v_name] if smoke else SS2D_SHAPES[v_name]
+            v_check = SS2D_SMOKE[v_name] if smoke else SS2D_CHECK_SHAPES[VARIANT_CHECKS[v_name]]
+            case = dict(shape=v_name, dims=list(shape), dtype=v_dtype, mode=f"{prefix}_{variant}")
+            run = lambda t=timed, o=overrides, s=shape, c=v_check: t(o, c, s, DTYPES[v_dtype])
+            yield Case("ss2d", "ours_lowrank", "ours", case, run, 60)

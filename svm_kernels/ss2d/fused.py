@@ -954,23 +954,26 @@ if HAS_TRITON:
 
     @triton.jit
     def _bwd_shared(
-        low_ptr,
-        s_lr,
-        off_low,
-        B_ptr,
-        s_Bn,
-        off_B,
-        C_ptr,
-        s_Cn,
-        off_C,
+        planes,
+        strides,
+        off,
+        i,
+        j,
         offs_n,
         m_n,
         m_p,
         R: tl.constexpr,
         LOWRANK: tl.constexpr,
+        SAME_PLANE: tl.constexpr,
     ):
         # The loads a position's channels share, as stored: the R rows of dt_low (low rank) and
-        # B, C [lanes, NP].
+        # B, C [lanes, NP], at position (i, j) (off: its offset where the plane strides agree);
+        # planes (dt_low, B, C) and strides (s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj).
+        low_ptr, B_ptr, C_ptr = planes
+        s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj = strides
+        off_low = _plane(off, i, j, s_li, s_lj, SAME_PLANE)
+        off_B = _plane(off, i, j, s_Bi, s_Bj, SAME_PLANE)
+        off_C = _plane(off, i, j, s_Ci, s_Cj, SAME_PLANE)
         b_rows = ()
         if LOWRANK:
             for r in tl.static_range(R):
@@ -1115,23 +1118,22 @@ if HAS_TRITON:
         b_dw = ()
         for _r in tl.static_range(R):
             b_dw = b_dw + (tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32),)  # noqa: RUF005
+        shared_planes = (low_ptr, B_ptr, C_ptr)
+        shared_strides = (s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj)
         if PREFETCH:
             off = i * s_ui + j * s_uj
             shared = _bwd_shared(
-                low_ptr,
-                s_lr,
-                _plane(off, i, j, s_li, s_lj, SAME_PLANE),
-                B_ptr,
-                s_Bn,
-                _plane(off, i, j, s_Bi, s_Bj, SAME_PLANE),
-                C_ptr,
-                s_Cn,
-                _plane(off, i, j, s_Ci, s_Cj, SAME_PLANE),
+                shared_planes,
+                shared_strides,
+                off,
+                i,
+                j,
                 offs_n,
                 m_n,
                 m_c & (p < L),
                 R=R,
                 LOWRANK=LOWRANK and not SAVED,
+                SAME_PLANE=SAME_PLANE,
             )
         for _ in range(chunk):
             m_p = m_c & (p < L)
@@ -1143,37 +1145,31 @@ if HAS_TRITON:
                 p_next, i_next, j_next = _step(p, i, j, M, DESCENDING)
                 off_next = i_next * s_ui + j_next * s_uj
                 shared_next = _bwd_shared(
-                    low_ptr,
-                    s_lr,
-                    _plane(off_next, i_next, j_next, s_li, s_lj, SAME_PLANE),
-                    B_ptr,
-                    s_Bn,
-                    _plane(off_next, i_next, j_next, s_Bi, s_Bj, SAME_PLANE),
-                    C_ptr,
-                    s_Cn,
-                    _plane(off_next, i_next, j_next, s_Ci, s_Cj, SAME_PLANE),
+                    shared_planes,
+                    shared_strides,
+                    off_next,
+                    i_next,
+                    j_next,
                     offs_n,
                     m_n,
                     m_c & (p_next < L) & (p_next >= 0),
                     R=R,
                     LOWRANK=LOWRANK and not SAVED,
+                    SAME_PLANE=SAME_PLANE,
                 )
             else:
                 shared = _bwd_shared(
-                    low_ptr,
-                    s_lr,
-                    _plane(off, i, j, s_li, s_lj, SAME_PLANE),
-                    B_ptr,
-                    s_Bn,
-                    _plane(off, i, j, s_Bi, s_Bj, SAME_PLANE),
-                    C_ptr,
-                    s_Cn,
-                    _plane(off, i, j, s_Ci, s_Cj, SAME_PLANE),
+                    shared_planes,
+                    shared_strides,
+                    off,
+                    i,
+                    j,
                     offs_n,
                     m_n,
                     m_p,
                     R=R,
                     LOWRANK=LOWRANK and not SAVED,
+                    SAME_PLANE=SAME_PLANE,
                 )
             b_u, b_g, b_dt, b_slope, b_B, b_C, b_low = _bwd_load(
                 u_ptr,
