@@ -1255,7 +1255,7 @@ if HAS_TRITON:
                                 _store_partial(pLow_ptr + (r * s_qr + off_q), b_dlow, m_p, blk)
                                 b_dw_next = b_dw_next + (b_dw[r] + b_v * b_low[r][None, :],)  # noqa: RUF005
                             b_dw = b_dw_next
-                        b_dbias += b_v
+                            b_dbias += b_v  # (LOW_DOT: d bias by the low-rank kernel)
                     else:
                         tl.store(p_v, b_v, mask=m)
                         if LOW_DOT:
