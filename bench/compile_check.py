@@ -12,7 +12,12 @@ Triton -> PTX -> ptxas for sm_90a. Per kernel, shape and config it reports:
   the H100/H200's 132 SMs;
 * per element processed (the case's unit: a LIF element-step, an SS2D (b, d, position)):
   PTX instructions, special-function ops and CTA barriers, as dynamic estimates from the PTX
-  (see ``ptx_profile`` and bench/NOTES.md for the exact definition).
+  (see ``ptx_profile`` and bench/NOTES.md for the exact definition);
+* the latency view: blocks resident per SM (registers, warps, shared memory), rounds of them
+  over the grid, and the serial steps of a program (its loop trips, one after another), so
+  rounds x serial steps is the chain a launch waits through when each step waits on its loads;
+* per case, every launch of the launcher call summed (a kernel launched several times shows
+  its last launch in its row): launches, PTX and special-function ops per element, serial steps.
 
     python bench/compile_check.py [--main] [--only SUBSTR] [--json out.json] [--budgets bench/budgets.yaml]
     python bench/compile_check.py --from-json out.json --budgets bench/budgets.yaml
@@ -54,6 +59,13 @@ from shapes import LIF_SHAPES, SS2D_SHAPES
 
 N_SMS = 132  # H100 SXM / H200
 WARP_SIZE = 32  # what Triton's CUDA driver reports as the target's warp size
+# sm_90's per-SM limits that decide how many blocks of a launch run at once (CUDA occupancy rules)
+SM_REGISTERS = 65536
+SM_REGISTER_UNIT = 256  # registers are allocated per warp in units of this many
+SM_MAX_WARPS = 64
+SM_MAX_BLOCKS = 32
+SM_SHARED_BYTES = 233472  # 228 KiB
+BLOCK_RESERVED_SHARED = 1024  # the driver's reserve per block
 BUDGET_METRICS = (
     "registers",
     "spill_bytes",
@@ -382,6 +394,11 @@ def ptx_profile(ptx: str, env: dict) -> dict:
     def total(match) -> float:
         return sum(w for (op, _, _), w in zip(instrs, weight) if match(op))
 
+    # a thread's chain of loop trips: every loop's iterations (times those of the loops around
+    # it: each back edge's count), summed, since one loop runs after another (two unrolled
+    # directions are two loops); 1 for a kernel without loops
+    serial_steps = max(1.0, sum(weight[end] for end in loops.values()))
+
     return dict(
         ptx_static=len(instrs),
         ptx_dynamic=total(lambda op: True),
@@ -396,6 +413,7 @@ def ptx_profile(ptx: str, env: dict) -> dict:
         ),
         loops=len(loops),
         untraced_loops=untraced,
+        serial_steps=serial_steps,
     )
 
 
@@ -486,9 +504,20 @@ def ss2d_cases():
 CASE_PROVIDERS = [lif_cases, ss2d_cases]
 
 
+def blocks_per_sm(registers: int, num_warps: int, shared_bytes: int) -> int:
+    """Blocks of one launch resident on an SM at once (sm_90): the least of the block limit, the
+    warp limit, the registers (allocated per warp in units of 256) and the shared memory."""
+    per_warp = -(-registers * WARP_SIZE // SM_REGISTER_UNIT) * SM_REGISTER_UNIT
+    by_registers = (SM_REGISTERS // per_warp) // num_warps if per_warp else SM_MAX_BLOCKS
+    by_shared = SM_SHARED_BYTES // (shared_bytes + BLOCK_RESERVED_SHARED)
+    return max(0, min(SM_MAX_BLOCKS, SM_MAX_WARPS // num_warps, by_registers, by_shared))
+
+
 def measure(case: Case, arch: int) -> dict:
-    """{row label: figures} for every launch (and autotuner config) of one case."""
+    """{row label: figures} for every launch (and autotuner config) of one case. Launches of one
+    kernel share a label (the last one's figures are kept); ``case_totals`` sums them all."""
     rows = {}
+    every = []
     for launch in capture_configs(case.call, case.kernels):
         name = launch.fn.fn.__name__
         label = " | ".join(x for x in (case.label, name, launch.config) if x)
@@ -502,6 +531,8 @@ def measure(case: Case, arch: int) -> dict:
         blocks = math.prod(launch.grid)
         threads = blocks * info["num_warps"] * WARP_SIZE
         per = threads / case.elements
+        resident = blocks_per_sm(info["registers"] or 255, info["num_warps"], info["shared_bytes"])
+        rounds = math.ceil(blocks / (resident * N_SMS)) if resident else None
         rows[label] = dict(
             registers=info["registers"],
             spill_bytes=info["spill_bytes"],
@@ -511,6 +542,10 @@ def measure(case: Case, arch: int) -> dict:
             grid=list(launch.grid),
             blocks=blocks,
             waves=round(blocks / N_SMS, 2),
+            blocks_per_sm=resident,
+            rounds=rounds,
+            serial_steps=round(prof["serial_steps"], 1),
+            serial_per_launch=round(rounds * prof["serial_steps"], 1) if rounds else None,
             elements=case.elements,
             ptx_static=prof["ptx_static"],
             ptx_per_elem=round(prof["ptx_dynamic"] * per, 2),
@@ -523,7 +558,26 @@ def measure(case: Case, arch: int) -> dict:
             constexprs=info["constexprs"],
             compile_s=round(time.perf_counter() - start, 1),
         )
+        every.append(rows[label])
+    CASE_TOTALS[case.label] = case_totals(every)
     return rows
+
+
+CASE_TOTALS: dict = {}  # case label -> case_totals of its launches, filled by measure
+
+
+def case_totals(launches: list) -> dict:
+    """One case (a launcher call) over all its launches, in launch order: their number, PTX and
+    special-function instructions per element summed, and the serial steps summed (each launch's
+    rounds of resident blocks times its programs' longest chain of loop trips), which is what a
+    launch sequence costs when every step waits on its loads rather than on issue."""
+    ok = [r for r in launches if "error" not in r]
+    return dict(
+        launches=len(launches),
+        ptx_per_elem=round(sum(r["ptx_per_elem"] for r in ok), 2),
+        sfu_per_elem=round(sum(r["sfu_per_elem"] for r in ok), 3),
+        serial_steps=round(sum(r["serial_per_launch"] or 0 for r in ok), 1),
+    )
 
 
 # ---- budgets ----------------------------------------------------------------------------------
@@ -600,9 +654,19 @@ def run_cases(only: str = "", main_only: bool = False, arch: int = 90) -> dict:
                 results[label] = info
                 shown = {
                     k: info.get(k)
-                    for k in ("registers", "spill_bytes", "blocks", "ptx_per_elem", "sfu_per_elem")
+                    for k in (
+                        "registers",
+                        "spill_bytes",
+                        "blocks",
+                        "blocks_per_sm",
+                        "ptx_per_elem",
+                        "sfu_per_elem",
+                        "serial_per_launch",
+                    )
                 }
                 print(f"{label:72s} {info.get('error', shown)}", flush=True)
+            if case.label in CASE_TOTALS:
+                print(f"{case.label + ' | all launches':72s} {CASE_TOTALS[case.label]}", flush=True)
     return results
 
 
@@ -627,7 +691,7 @@ def main(argv=None):
     if args.json:
         meta = {"triton": triton.__version__, "torch": torch.__version__, "arch": args.arch, "sms": N_SMS}
         with open(args.json, "w") as f:
-            json.dump({**meta, "kernels": results}, f, indent=1)
+            json.dump({**meta, "kernels": results, "cases": CASE_TOTALS}, f, indent=1)
     if args.write_budgets:
         import yaml
 

@@ -70,6 +70,12 @@ def test_main_variants_compile_within_budgets(main_run):
             assert "error" not in info, label
             assert info["registers"] > 0 and info["blocks"] > 0 and info["ptx_per_elem"] > 0, label
             assert info["untraced_loops"] == 0, f"{label}: a loop's trip count was not found"
+            assert info["blocks_per_sm"] > 0 and info["serial_steps"] >= 1, label
+    # every launch of a case is summed: the SS2D backward's walks, chains and low-rank sums
+    cases = json.loads(out.read_text())["cases"]
+    bwd = next(v for k, v in cases.items() if k.startswith("ss2d_bwd "))
+    rows = [v for k, v in kernels.items() if k.startswith("ss2d_bwd ")]
+    assert bwd["launches"] > len(rows) and bwd["ptx_per_elem"] > sum(v["ptx_per_elem"] for v in rows)
 
 
 @pytest.mark.slow
@@ -170,9 +176,33 @@ def test_outer_loop_around_an_inlined_walk_counts_its_own_trips(tmp_path):
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "from compile_check import ptx_profile\n"
         "p = ptx_profile(open(sys.argv[2]).read(), {'n_group': 2, 'chunk': 50})\n"
-        "print(p['loops'], p['untraced_loops'], p['ptx_dynamic'])\n"
+        "print(p['loops'], p['untraced_loops'], p['ptx_dynamic'], p['serial_steps'])\n"
     )
     proc = _run_with_bench_on_path(code, ptx)
     assert proc.returncode == 0, proc.stderr
-    # outer: 4 own instructions x 2 trips; inner: 6 x 2 x 50; ret once
-    assert proc.stdout.split() == ["2", "0", str(4 * 2 + 6 * 2 * 50 + 1.0)]
+    # outer: 4 own instructions x 2 trips; inner: 6 x 2 x 50; ret once. The chain of loop trips:
+    # 50 inner steps in each of the 2 outer trips, and the 2 outer trips themselves.
+    assert proc.stdout.split() == ["2", "0", str(4 * 2 + 6 * 2 * 50 + 1.0), str(2 * 50 + 2.0)]
+
+
+def test_blocks_per_sm_follow_the_occupancy_limits():
+    """Resident blocks per SM (sm_90): registers allocated per warp in units of 256 of the 65,536,
+    at most 64 warps and 32 blocks, 228 KiB of shared memory with 1 KiB reserved per block; and
+    the case totals sum every launch."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import blocks_per_sm, case_totals\n"
+        "print(blocks_per_sm(128, 4, 0), blocks_per_sm(255, 1, 0), blocks_per_sm(230, 4, 0),\n"
+        "      blocks_per_sm(32, 4, 0), blocks_per_sm(16, 1, 0), blocks_per_sm(40, 4, 100 * 1024))\n"
+        "rows = [dict(ptx_per_elem=10.0, sfu_per_elem=1.0, serial_per_launch=6.0),\n"
+        "        dict(ptx_per_elem=2.5, sfu_per_elem=0.5, serial_per_launch=4.0), dict(error='x')]\n"
+        "print(case_totals(rows))\n"
+    )
+    proc = _run_with_bench_on_path(code, "-")
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    # 128 x 32 = 4096 per warp: 16 warps, 4 blocks of 4; 255 -> 8192 per warp: 8 one-warp blocks;
+    # 230 -> 7424: 8 warps, 2 blocks; 32 registers: the 64-warp limit (16 blocks of 4); one-warp
+    # blocks of 16 registers: the 32-block limit; 100 KiB of shared memory: 2 blocks
+    assert first.split() == ["4", "8", "2", "16", "32", "2"]
+    assert second == str(dict(launches=3, ptx_per_elem=12.5, sfu_per_elem=1.5, serial_steps=10.0))
