@@ -192,6 +192,10 @@ FWD_VARIANTS = {
     ),
     # the chunk walk without its prefetch (v2.2), against the n16 fwd row of ours_lowrank
     "no_walk_prefetch": ("n16", dict(WALK_PREFETCH=False)),
+    # the chunk walk (state pass, chain, output pass) at stage 1 instead of the tile scan: 4x the
+    # instructions, but on the first GPU runs its steps ran at 2-3x their issue time where the
+    # tile scan's ran at 12-19x (bench/NOTES.md, "The latency view")
+    "chunk_walk": ("vmamba_t_stage1", dict(TILE_SCAN_MAX_N=0)),
 }
 VARIANT_CHECKS = {"vmamba_t_stage1": "stage1_b2", "n16": "n16_b1"}  # shape -> check shape
 # The bf16 low-rank backward under named variants, as the forward's: the default (d dt_low, d

@@ -30,6 +30,11 @@ EXTRA = [  # (kernel, impl, mode, dtype) checked once
     ("ss2d", "ours_full", "check", "fp32"),
     ("ss2d", "fla_unfused", "check", "fp32"),
     ("ss2d", "unfused_loop", "check_pipeline", "fp32"),
+    # the launcher variants, each timed after its float64 check (fp32 under the interpreter)
+    *[
+        ("ss2d", "ours_lowrank", mode, "fp32")
+        for mode in ("fwd_prefetch", "fwd_no_prefetch", "fwd_chunk_walk", "bwd_low_dot", "bwd_per_step_sums")
+    ],
 ]
 CUDA_ONLY = {"spikingjelly", "torch_compile", "fla_unfused"}
 # One gate run serves every test: under `pytest -n ... --dist loadgroup` they share a worker.
@@ -84,6 +89,7 @@ def test_smoke_has_a_row_for_every_case(smoke_run):
             assert r["ok"] is True, r
         else:  # a timing (the device's copy bandwidth is measured first, with the checks)
             assert r["ms"] > 0 and r["gbps"] > 0 and r["timing"] == "cpu_wall_smoke", r
+            assert r.get("ok", True) is True, r  # a variant's row carries its check
 
 
 @pytest.mark.slow
