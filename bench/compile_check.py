@@ -356,6 +356,17 @@ def match_source_loop(own_locs: list, source: dict, exclude=()):
     return best
 
 
+def loop_of_back_edge(locs, source: dict, exclude=()):
+    """The source loop whose ``for`` line a loop's back-edge branch carries: the fallback where
+    the loop's instructions name no call sites (Triton 3.6 writes none for inlined helpers, so a
+    walk whose body is mostly helper code matches no loop by its instructions)."""
+    for path, line in locs[:1]:
+        for cand in source.get(path, ()):
+            if cand[0] == line and not any(cand is other for other in exclude):
+                return cand
+    return None
+
+
 def ptx_profile(ptx: str, env: dict) -> dict:
     """Dynamic per-thread instruction estimate of one program (the definition bench/NOTES.md gives).
 
@@ -364,10 +375,10 @@ def ptx_profile(ptx: str, env: dict) -> dict:
     instructions (by their ``.loc`` line, or the line of the call an inlined helper came from;
     only the instructions outside the PTX loops nested in it, see ``match_source_loop``) and
     counts its trip count: the range evaluated with the launch's argument values (``env``).
+    Where no source loop holds most of them (Triton 3.6 writes no call sites of inlined helpers
+    into the PTX line info), the loop whose ``for`` line the back-edge branch carries is taken.
     A loop that matches no source loop, or whose range cannot be evaluated, counts once and is
-    reported in ``untraced_loops``. Nested loops multiply. Triton 3.6 writes no call sites of
-    inlined helpers into the PTX line info, so there a loop whose body is mostly helper code is
-    untraced and the per-element figures undercount (the budgets are set with Triton 3.8).
+    reported in ``untraced_loops``. Nested loops multiply.
     """
     instrs, labels = _instructions(ptx)
     loops = {}
@@ -386,6 +397,8 @@ def ptx_profile(ptx: str, env: dict) -> dict:
             source,
             exclude=[matched[n] for n in nested],
         )
+        if best is None:
+            best = loop_of_back_edge(instrs[end][2], source, exclude=[matched[n] for n in nested])
         matched[(start, end)] = best
         trip = _eval_trip(best, env) if best is not None else None
         if trip is None:

@@ -208,3 +208,38 @@ def test_blocks_per_sm_follow_the_occupancy_limits():
     # blocks of 16 registers: the 32-block limit; 100 KiB of shared memory: 2 blocks
     assert first.split() == ["4", "8", "2", "16", "32", "2"]
     assert second == str(dict(launches=3, ptx_per_elem=12.5, sfu_per_elem=1.5, serial_steps=10.0))
+
+
+def test_loop_of_helper_code_is_found_by_its_back_edge(tmp_path):
+    """Triton 3.6 writes no call sites of inlined helpers into the line info: a walk whose body
+    is all helper code matches no source loop by its instructions, and is found by the ``for``
+    line its back-edge branch carries (it counts range(chunk) = 50 trips, not 1)."""
+    src = tmp_path / "k.py"
+    src.write_text(
+        "def step(acc):\n"  # 1
+        "    return acc + 1\n"  # 2
+        "\n"  # 3
+        "def kernel(chunk):\n"  # 4
+        "    acc = 0\n"  # 5
+        "    for _ in range(chunk):\n"  # 6
+        "        acc = step(acc)\n"  # 7
+    )
+    ptx = tmp_path / "k.ptx"
+    ptx.write_text(
+        f'.file 1 "{src}"\n.visible .entry k(\n)\n{{\n'
+        "\t.loc\t1 5 4\n\tmov.u32 %r1, 0;\n"
+        "$L__BB0_1:\n"
+        "\t.loc\t1 2 11\n" + "\tadd.s32 %r1, %r1, 1;\n" * 4 + "\t.loc\t1 6 4\n"
+        "\tsetp.lt.s32 %p1, %r1, %r2;\n\t@%p1 bra \t$L__BB0_1;\n"
+        "\tret;\n}\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import ptx_profile\n"
+        "p = ptx_profile(open(sys.argv[2]).read(), {'chunk': 50})\n"
+        "print(p['loops'], p['untraced_loops'], p['ptx_dynamic'], p['serial_steps'])\n"
+    )
+    proc = _run_with_bench_on_path(code, ptx)
+    assert proc.returncode == 0, proc.stderr
+    # mov and ret once; the loop's 6 instructions 50 times
+    assert proc.stdout.split() == ["1", "0", str(2 + 6 * 50.0), "50.0"]
