@@ -160,12 +160,16 @@ DOT_DT_TILES = [
 ]
 
 
+@pytest.mark.parametrize("by_position", [True, False])
 @pytest.mark.parametrize("batch,D,H,W,N,R,dtype,config", DOT_DT_TILES)
-def test_forward_tile_dot_dt(monkeypatch, batch, D, H, W, N, R, dtype, config):
+def test_forward_tile_dot_dt(monkeypatch, batch, D, H, W, N, R, dtype, config, by_position):
     """Tiles of >= 16 positions and >= 8 channels build the low-rank dt with tl.dot (fp32 dt_low:
     tf32x3; half dt_low: dt_weight split into two half parts). The output is fp32 and the
-    reference float64 on the same inputs, so a dt_weight rounded to a half would show (~1e-3)."""
+    reference float64 on the same inputs, so a dt_weight rounded to a half would show (~1e-3).
+    The dt_low tile loaded either way round in both orientations (the launch picks one per
+    orientation and Triton version)."""
     monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
+    monkeypatch.setattr(fused, "_dt_by_position", lambda args: by_position)
     inputs = make_inputs(batch, D, H, W, N, R=R, lowrank=True, dtype=dtype)
     y = cross_selective_scan_lowrank(**inputs, backend="triton")
     assert_close_rel(y, reference_forward(inputs, True), 2e-5, "output")

@@ -498,10 +498,19 @@ if HAS_TRITON:
 
     @triton.jit
     def _dt_weight_operand(
-        w_ptr, k, D, offs_d, s_lr, low_dtype: tl.constexpr, R: tl.constexpr, RP: tl.constexpr
+        w_ptr,
+        k,
+        D,
+        offs_d,
+        s_lr,
+        low_dtype: tl.constexpr,
+        R: tl.constexpr,
+        RP: tl.constexpr,
+        BY_POSITION: tl.constexpr,
     ):
         # The right operand of dt = dt_low^T W^T for direction k, [RP, BLOCK_D], and the row offsets
-        # of the left one (dt_low's rows along the RP products). fp32 dt_low: W as is (tf32x3
+        # of the left one (dt_low's rows along the RP products): [1, RP] for a dt_low tile loaded
+        # [positions, RP] (BY_POSITION), else [RP, 1] for one loaded [RP, positions]. fp32 dt_low: W as is (tf32x3
         # products). Half dt_low (exact in the products' input type): W as the sum of two parts
         # in that type, W1 = half(W) and W2 = half(W - W1), so one half-precision product of
         # dt_low, its rows twice along RP, with [W1; W2] gives each term to ~2^-18 (bf16) or
@@ -522,7 +531,11 @@ if HAS_TRITON:
             b_w1 = b_w.to(low_dtype)
             b_w2 = (b_w - b_w1.to(tl.float32)).to(low_dtype)
             b_wt = tl.where((q == 0)[:, None], b_w1, b_w2)
-        r_low = tl.where(q < n_parts, r, R - 1)[:, None] * s_lr
+        r_q = tl.where(q < n_parts, r, R - 1) * s_lr
+        if BY_POSITION:
+            r_low = r_q[None, :]
+        else:
+            r_low = r_q[:, None]
         return b_wt, r_low
 
     @triton.jit
@@ -600,6 +613,7 @@ if HAS_TRITON:
         m_n3,
         LOWRANK: tl.constexpr,
         DOT_DT: tl.constexpr,
+        DT_BY_POSITION: tl.constexpr,
         FLAT: tl.constexpr,
         ONE_WRAP: tl.constexpr,
         SAME_PLANE: tl.constexpr,
@@ -607,8 +621,8 @@ if HAS_TRITON:
         NSUB: tl.constexpr,
     ):
         # The global loads of the tile at `base`, in their stored types: u [SUB, 1, NSUB] per
-        # channel, B and C [SUB, NP, NSUB], and dt's source: the dt_low tile [RP, SUB * NSUB]
-        # (DOT_DT), delta [SUB, 1, NSUB] per channel, or (low rank without the dot) the offsets of
+        # channel, B and C [SUB, NP, NSUB], and dt's source: the dt_low tile [SUB * NSUB, RP]
+        # (DOT_DT with DT_BY_POSITION; [RP, SUB * NSUB] without), delta [SUB, 1, NSUB] per channel, or (low rank without the dot) the offsets of
         # dt_low's rows, which are read where dt is built. Nothing here uses a loaded value, so a
         # prefetch of the next tile does not wait for its loads. planes: the walk's u, dt source,
         # B and C pointers; strides: the (i, j) strides of u, dt's source, B, C and out.
@@ -630,7 +644,10 @@ if HAS_TRITON:
         b_u = tl.load(u_b + off_u[:, None, :])
         if DOT_DT:
             off_p = _spatial(base, i0, j0, tl.arange(0, SUB * NSUB), M, inv_M, s_ti, s_tj, FLAT)
-            b_src = tl.load(dt_b + r_low + off_p[None, :])
+            if DT_BY_POSITION:
+                b_src = tl.load(dt_b + off_p[:, None] + r_low)
+            else:
+                b_src = tl.load(dt_b + r_low + off_p[None, :])
         elif LOWRANK:
             b_src = off_t
         else:
@@ -645,6 +662,7 @@ if HAS_TRITON:
             "EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0,
             "DOT_DT": lambda args: _dot_dt_fits(args),
             "RP": lambda args: _dot_dt_depth(args),
+            "DT_BY_POSITION": lambda args: _dt_by_position(args),
             "ONE_WRAP": lambda args: args["M"] >= args["SUB"],
             "ALIGNED": lambda args: (
                 args["FLAT"] and args["L"] % 8 == 0 and args["SUB"] * args["NSUB"] % 8 == 0
@@ -711,6 +729,7 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
         DOT_DT: tl.constexpr,
         RP: tl.constexpr,
+        DT_BY_POSITION: tl.constexpr,
         ALIGNED: tl.constexpr,
         SAME_PLANE: tl.constexpr,
         ONE_WRAP: tl.constexpr,
@@ -776,7 +795,9 @@ if HAS_TRITON:
             B_b = B_ptr + pid_b * s_Bb + k * s_Bk + n3 * s_Bn
             C_b = C_ptr + pid_b * s_Cb + k * s_Ck + n3 * s_Cn
             if DOT_DT:
-                b_wt, r_low = _dt_weight_operand(w_ptr, k, D, offs_d, s_lr, low_ptr.dtype.element_ty, R, RP)
+                b_wt, r_low = _dt_weight_operand(
+                    w_ptr, k, D, offs_d, s_lr, low_ptr.dtype.element_ty, R, RP, DT_BY_POSITION
+                )
             b_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
             if not DOT_DT:
                 r_low = 0
@@ -786,7 +807,7 @@ if HAS_TRITON:
             if PREFETCH:  # the first tile's loads, before the walk
                 b_u_next, b_src_next, b_B_next, b_C_next, _ = _tile_inputs(
                     planes, strides, _tile_base(0, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
-                    M, inv_M, r_low, m_n3, LOWRANK, DOT_DT, FLAT, ONE_WRAP, SAME_PLANE, SUB, NSUB,
+                    M, inv_M, r_low, m_n3, LOWRANK, DOT_DT, DT_BY_POSITION, FLAT, ONE_WRAP, SAME_PLANE, SUB, NSUB,
                 )  # fmt: skip
             for t in range(n_tiles):
                 # the tile [base, base + CHUNK) and its positions not done by an earlier tile
@@ -803,7 +824,7 @@ if HAS_TRITON:
                     t_load = t
                 b_u_load, b_src_load, b_B_load, b_C_load, off_o_load = _tile_inputs(
                     planes, strides, _tile_base(t_load, L, CHUNK, REVERSE=rev == 0, ALIGNED=ALIGNED),
-                    M, inv_M, r_low, m_n3, LOWRANK, DOT_DT, FLAT, ONE_WRAP, SAME_PLANE, SUB, NSUB,
+                    M, inv_M, r_low, m_n3, LOWRANK, DOT_DT, DT_BY_POSITION, FLAT, ONE_WRAP, SAME_PLANE, SUB, NSUB,
                 )  # fmt: skip
                 if PREFETCH:
                     b_u, b_src, b_B, b_C = b_u_next, b_src_next, b_B_next, b_C_next
@@ -815,12 +836,16 @@ if HAS_TRITON:
                     # dt = dt_low[k]^T dt_weight[k]^T on the tensor cores, [CHUNK, RP] x [RP, BLOCK_D]:
                     # each dt_low value is loaded once per program, not per channel (fp32 dt_low:
                     # tf32x3, fp32 accuracy from three tf32 products; halves: _dt_weight_operand)
-                    if b_src.dtype == tl.float32:
-                        b_dt = tl.dot(tl.trans(b_src), b_wt, input_precision="tf32x3")
+                    if DT_BY_POSITION:
+                        b_low = b_src
+                    else:
+                        b_low = tl.trans(b_src)
+                    if b_low.dtype == tl.float32:
+                        b_dt = tl.dot(b_low, b_wt, input_precision="tf32x3")
                     elif _GPU_MATH:
-                        b_dt = tl.dot(tl.trans(b_src), b_wt)
+                        b_dt = tl.dot(b_low, b_wt)
                     else:  # the interpreter multiplies no halves; fp32 holds them exactly
-                        b_dt = tl.dot(tl.trans(b_src.to(tl.float32)), b_wt.to(tl.float32))
+                        b_dt = tl.dot(b_low.to(tl.float32), b_wt.to(tl.float32))
                     # tile position s * SUB + i -> [SUB, BLOCK_D, NSUB]
                     b_dt = tl.permute(tl.reshape(b_dt, [NSUB, SUB, BLOCK_D]), [1, 2, 0])
                 elif LOWRANK:
@@ -1976,6 +2001,17 @@ def _dot_dt_depth(args: dict) -> int:
     low = args["low_ptr"]
     parts = 1 if low is None or low.dtype == torch.float32 else 2
     return max(16, _next_pow2(args["R"] * parts))
+
+
+def _dt_by_position(args: dict) -> bool:
+    """Whether the forward tile loads dt_low as [positions, RP] rather than [RP, positions] (the
+    product's left operand as it is, or transposed). Each compiler lays the tile out so that the
+    positions' offsets are computed once per position in one orientation and repeated in the
+    other. Stage 1, bf16, PTX per element of the column-major launch, where every offset costs
+    a division: Triton 3.8 104 ([RP, positions]) against 122; Triton 3.6 142 against 124. The
+    row-major launch's offsets cost one multiply, and [positions, RP] is 2-3 % lower there under
+    both at bf16 (fp32 dt_low with Triton 3.8: 0.2 % higher)."""
+    return args["FLAT"] or _triton_version() < (3, 8)
 
 
 def _flat(t: torch.Tensor | None, column: bool) -> bool:
