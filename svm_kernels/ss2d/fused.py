@@ -990,10 +990,12 @@ if HAS_TRITON:
         R: tl.constexpr,
         LOWRANK: tl.constexpr,
         SAME_PLANE: tl.constexpr,
+        TILE_3D: tl.constexpr,
     ):
         # The loads a position's channels share, as stored: the R rows of dt_low (low rank) and
-        # B, C [lanes, NP], at position (i, j) (off: its offset where the plane strides agree);
-        # planes (dt_low, B, C) and strides (s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj).
+        # B, C at position (i, j) (off: its offset where the plane strides agree); planes (dt_low,
+        # B, C) and strides (s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj). B and C are
+        # [1, lanes, NP] with TILE_3D, [lanes, NP] without (see _bwd_states_tile).
         low_ptr, B_ptr, C_ptr = planes
         s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj = strides
         off_low = _plane(off, i, j, s_li, s_lj, SAME_PLANE)
@@ -1005,9 +1007,30 @@ if HAS_TRITON:
                 b_row = tl.load(low_ptr + (r * s_lr + off_low), mask=m_p, other=0.0)
                 b_rows = b_rows + (b_row,)  # noqa: RUF005
         m_pn = m_p[:, None] & m_n[None, :]
-        b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0)
-        b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0)
+        # (the 3-D offsets straight from the 1-D ones: built from the 2-D ones, they take the 2-D
+        # tiles' layout and are moved, which costs N = 16 4 % more instructions with Triton 3.8)
+        if TILE_3D:
+            m_pn = m_pn[None, :, :]
+            p_B = B_ptr + offs_n[None, None, :] * s_Bn + off_B[None, :, None]
+            p_C = C_ptr + offs_n[None, None, :] * s_Cn + off_C[None, :, None]
+        else:
+            p_B = B_ptr + offs_n[None, :] * s_Bn + off_B[:, None]
+            p_C = C_ptr + offs_n[None, :] * s_Cn + off_C[:, None]
+        b_B = tl.load(p_B, mask=m_pn, other=0.0)
+        b_C = tl.load(p_C, mask=m_pn, other=0.0)
         return b_rows, b_B, b_C
+
+    @triton.jit
+    def _bwd_states_tile(x, TILE_3D: tl.constexpr):
+        # B or C as the walk's [channels, lanes, NP] tiles broadcast it. Loaded as [1, lanes, NP]
+        # (TILE_3D), the load has the tile's own layout: Triton 3.6 otherwise moves a [lanes, NP]
+        # load into it with shuffles at every step (stage 1 low rank: 17.7 per element of the
+        # gradient launch's 222). Low rank only: the full-delta walks took 6 % more instructions
+        # at N = 1 with Triton 3.8, and 8 spilled bytes at N = 16 with 3.6.
+        if TILE_3D:
+            return x
+        else:
+            return x[None, :, :]
 
     @triton.jit
     def _plane(off, i, j, s_i, s_j, SAME_PLANE: tl.constexpr):
@@ -1130,6 +1153,7 @@ if HAS_TRITON:
         # nor computes the softplus, and leaves the whole d dt per position in v_ptr, from which
         # ``_bwd_low_rank_sums`` forms d dt_low and d dt_weight after the walks.
         SAVED: tl.constexpr = ADJOINT and GRAD and LOW_DOT
+        STATES_3D: tl.constexpr = LOWRANK  # B and C loaded as 3-D tiles (_bwd_states_tile)
         if DESCENDING:
             p = first + chunk - 1
         else:
@@ -1159,6 +1183,7 @@ if HAS_TRITON:
                 R=R,
                 LOWRANK=LOWRANK and not SAVED,
                 SAME_PLANE=SAME_PLANE,
+                TILE_3D=STATES_3D,
             )
         for _ in range(chunk):
             m_p = m_c & (p < L)
@@ -1181,6 +1206,7 @@ if HAS_TRITON:
                     R=R,
                     LOWRANK=LOWRANK and not SAVED,
                     SAME_PLANE=SAME_PLANE,
+                    TILE_3D=STATES_3D,
                 )
             else:
                 shared = _bwd_shared(
@@ -1195,6 +1221,7 @@ if HAS_TRITON:
                     R=R,
                     LOWRANK=LOWRANK and not SAVED,
                     SAME_PLANE=SAME_PLANE,
+                    TILE_3D=STATES_3D,
                 )
             b_u, b_g, b_dt, b_slope, b_B, b_C, b_low = _bwd_load(
                 u_ptr,
@@ -1220,8 +1247,10 @@ if HAS_TRITON:
                 BLOCK_D=BLOCK_D,
             )
             b_decay_p = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
-            b_in = (b_dt * b_u)[:, :, None] * b_B[None, :, :]
-            b_direct = b_g[:, :, None] * b_C[None, :, :]
+            b_B = _bwd_states_tile(b_B, STATES_3D)
+            b_C = _bwd_states_tile(b_C, STATES_3D)
+            b_in = (b_dt * b_u)[:, :, None] * b_B
+            b_direct = b_g[:, :, None] * b_C
             if ADJOINT:
                 b_lam = b_direct + b_h
                 b_h = b_decay_p * b_lam
@@ -1238,10 +1267,10 @@ if HAS_TRITON:
                 if ADJOINT:
                     # d dt = sum_n lam u B - (the adjoint's q summed from here to the chunk's end)
                     b_q_sum += b_q
-                    b_v = tl.sum(b_lam * b_B[None, :, :], axis=2) * b_u - b_q_sum
+                    b_v = tl.sum(b_lam * b_B, axis=2) * b_u - b_q_sum
                     b_dA -= b_s[:, :, None] * b_w_p
                     b_s -= b_dt
-                    b_du = tl.sum(b_lam * b_B[None, :, :], axis=2) * b_dt
+                    b_du = tl.sum(b_lam * b_B, axis=2) * b_dt
                     p_du = du_ptr + (
                         offs_d[:, None] * s_ed + _plane(off, i, j, s_ei, s_ej, SAME_PLANE)[None, :]
                     )
