@@ -77,7 +77,7 @@ BUDGET_METRICS = (
 )
 # A case's row over all its launches: "<case> | all launches", budgeted on these
 TOTAL_SUFFIX = " | all launches"
-TOTAL_METRICS = ("launches", "ptx_per_elem", "sfu_per_elem", "serial_steps")
+TOTAL_METRICS = ("launches", "ptx_per_elem", "sfu_per_elem", "serial_steps", "registers", "spill_bytes")
 
 
 # ---- launch capture -------------------------------------------------------------------------
@@ -584,15 +584,18 @@ CASE_TOTALS: dict = {}  # case label -> case_totals of its launches, filled by m
 
 def case_totals(launches: list) -> dict:
     """One case (a launcher call) over all its launches, in launch order: their number, PTX and
-    special-function instructions per element summed, and the serial steps summed (each launch's
-    rounds of resident blocks times its programs' longest chain of loop trips), which is what a
-    launch sequence costs when every step waits on its loads rather than on issue."""
+    special-function instructions per element summed, the serial steps summed (each launch's
+    rounds of resident blocks times its programs' chain of loop trips: what a launch sequence
+    costs when every step waits on its loads rather than on issue), and the most registers and
+    spilled bytes of any launch (a kernel's own row shows only its last launch)."""
     ok = [r for r in launches if "error" not in r]
     return dict(
         launches=len(launches),
         ptx_per_elem=round(sum(r["ptx_per_elem"] for r in ok), 2),
         sfu_per_elem=round(sum(r["sfu_per_elem"] for r in ok), 3),
         serial_steps=round(sum(r["serial_per_launch"] or 0 for r in ok), 1),
+        registers=max((r["registers"] or 0 for r in ok), default=0),
+        spill_bytes=max((r["spill_bytes"] for r in ok), default=0),
     )
 
 

@@ -208,8 +208,9 @@ def test_blocks_per_sm_follow_the_occupancy_limits():
         "from compile_check import blocks_per_sm, case_totals\n"
         "print(blocks_per_sm(128, 4, 0), blocks_per_sm(255, 1, 0), blocks_per_sm(230, 4, 0),\n"
         "      blocks_per_sm(32, 4, 0), blocks_per_sm(16, 1, 0), blocks_per_sm(40, 4, 100 * 1024))\n"
-        "rows = [dict(ptx_per_elem=10.0, sfu_per_elem=1.0, serial_per_launch=6.0),\n"
-        "        dict(ptx_per_elem=2.5, sfu_per_elem=0.5, serial_per_launch=4.0), dict(error='x')]\n"
+        "rows = [dict(ptx_per_elem=10.0, sfu_per_elem=1.0, serial_per_launch=6.0, registers=96, spill_bytes=4),\n"
+        "        dict(ptx_per_elem=2.5, sfu_per_elem=0.5, serial_per_launch=4.0, registers=128, spill_bytes=0),\n"
+        "        dict(error='x')]\n"
         "print(case_totals(rows))\n"
     )
     proc = _run_with_bench_on_path(code, "-")
@@ -219,7 +220,10 @@ def test_blocks_per_sm_follow_the_occupancy_limits():
     # 230 -> 7424: 8 warps, 2 blocks; 32 registers: the 64-warp limit (16 blocks of 4); one-warp
     # blocks of 16 registers: the 32-block limit; 100 KiB of shared memory: 2 blocks
     assert first.split() == ["4", "8", "2", "16", "32", "2"]
-    assert second == str(dict(launches=3, ptx_per_elem=12.5, sfu_per_elem=1.5, serial_steps=10.0))
+    # the most registers and spilled bytes of any launch: a spill in an earlier launch shows
+    assert second == str(
+        dict(launches=3, ptx_per_elem=12.5, sfu_per_elem=1.5, serial_steps=10.0, registers=128, spill_bytes=4)
+    )
 
 
 def test_loop_of_helper_code_is_found_by_its_back_edge(tmp_path):

@@ -2211,6 +2211,10 @@ _BWD_LOW_DOT_CHANNELS = 32
 # with 2 channels per thread: set ``_BWD_LOWRANK_BLOCK_D = 2`` with it); the GPU gate times it
 # against the default (bench/gate_ss2d.py's BWD_VARIANTS).
 _BWD_LOW_DOT = True
+# Warps of ``ss2d_bwd_low_rank_kernel``'s blocks at its 128-register cap: 2 (1 spilled). Triton
+# 3.6 spills 4 bytes at stage 1 with 2 (the row-major launches), none with 4, which costs it 25
+# more instructions per element-direction there (the 32-channel tiles spread over more threads).
+_BWD_LOW_DOT_WARPS = 2 if HAS_TRITON and _triton_version() >= (3, 8) else 4
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
@@ -2519,7 +2523,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             BLOCK_P=_BWD_LOW_DOT_POSITIONS,
-            num_warps=2,  # (1 warp spilled at 128 registers)
+            num_warps=_BWD_LOW_DOT_WARPS,
             maxnreg=128,
         )
 
