@@ -510,8 +510,8 @@ if HAS_TRITON:
     ):
         # The right operand of dt = dt_low^T W^T for direction k, [RP, BLOCK_D], and the row offsets
         # of the left one (dt_low's rows along the RP products): [1, RP] for a dt_low tile loaded
-        # [positions, RP] (BY_POSITION), else [RP, 1] for one loaded [RP, positions]. fp32 dt_low: W as is (tf32x3
-        # products). Half dt_low (exact in the products' input type): W as the sum of two parts
+        # [positions, RP] (BY_POSITION), else [RP, 1] for one loaded [RP, positions]. fp32
+        # dt_low: W as is (tf32x3 products). Half dt_low (exact in the products' input type): W as the sum of two parts
         # in that type, W1 = half(W) and W2 = half(W - W1), so one half-precision product of
         # dt_low, its rows twice along RP, with [W1; W2] gives each term to ~2^-18 (bf16) or
         # ~2^-22 (fp16) relative (the products are exact, the sums fp32; W1 alone: ~2^-9). Rows
@@ -622,8 +622,9 @@ if HAS_TRITON:
     ):
         # The global loads of the tile at `base`, in their stored types: u [SUB, 1, NSUB] per
         # channel, B and C [SUB, NP, NSUB], and dt's source: the dt_low tile [SUB * NSUB, RP]
-        # (DOT_DT with DT_BY_POSITION; [RP, SUB * NSUB] without), delta [SUB, 1, NSUB] per channel, or (low rank without the dot) the offsets of
-        # dt_low's rows, which are read where dt is built. Nothing here uses a loaded value, so a
+        # (DOT_DT with DT_BY_POSITION; [RP, SUB * NSUB] without), delta [SUB, 1, NSUB] per
+        # channel, or (low rank without the dot) the offsets of dt_low's rows, which are read
+        # where dt is built. Nothing here uses a loaded value, so a
         # prefetch of the next tile does not wait for its loads. planes: the walk's u, dt source,
         # B and C pointers; strides: the (i, j) strides of u, dt's source, B, C and out.
         u_b, dt_b, B_b, C_b = planes
@@ -923,7 +924,7 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
     ):
         # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
-        # [lanes, NP], and the R rows of dt_low (a tuple of [lanes]), the last three from the
+        # [1, lanes, NP], and the R rows of dt_low (a tuple of [lanes]), the last three from the
         # values ``_bwd_shared`` loaded (maybe a step ahead). Low rank: dt = sum_r
         # b_W[r] (the channels' weights, [BLOCK_D]) x row r, one FMA per row, each row shared by
         # the channels. dt is 0 outside the map, so padded positions decay by 1 and add nothing
@@ -993,9 +994,9 @@ if HAS_TRITON:
         TILE_3D: tl.constexpr,
     ):
         # The loads a position's channels share, as stored: the R rows of dt_low (low rank) and
-        # B, C at position (i, j) (off: its offset where the plane strides agree); planes (dt_low,
-        # B, C) and strides (s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj). B and C are
-        # [1, lanes, NP] with TILE_3D, [lanes, NP] without (see _bwd_states_tile).
+        # B, C [1, lanes, NP] (as the walk's [channels, lanes, NP] tiles broadcast them), at
+        # position (i, j) (off: its offset where the plane strides agree); planes (dt_low, B, C)
+        # and strides (s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj).
         low_ptr, B_ptr, C_ptr = planes
         s_lr, s_li, s_lj, s_Bn, s_Bi, s_Bj, s_Cn, s_Ci, s_Cj = strides
         off_low = _plane(off, i, j, s_li, s_lj, SAME_PLANE)
@@ -1007,30 +1008,20 @@ if HAS_TRITON:
                 b_row = tl.load(low_ptr + (r * s_lr + off_low), mask=m_p, other=0.0)
                 b_rows = b_rows + (b_row,)  # noqa: RUF005
         m_pn = m_p[:, None] & m_n[None, :]
-        # (the 3-D offsets straight from the 1-D ones: built from the 2-D ones, they take the 2-D
-        # tiles' layout and are moved, which costs N = 16 4 % more instructions with Triton 3.8)
         if TILE_3D:
+            # Loaded as [1, lanes, NP], the load has the walk's tile layout: Triton 3.6 otherwise
+            # moves a [lanes, NP] load into it with shuffles at every step (stage 1 low rank: 17.7
+            # per element of the gradient launch's 222). The offsets straight from the 1-D ones:
+            # built from the 2-D ones, they take the 2-D layout and are moved (N = 16: +4 %
+            # instructions with Triton 3.8). Low rank only: the full-delta walks took 6 % more
+            # instructions at N = 1 with Triton 3.8, and spilled 8 bytes at N = 16 with 3.6.
             m_pn = m_pn[None, :, :]
-            p_B = B_ptr + offs_n[None, None, :] * s_Bn + off_B[None, :, None]
-            p_C = C_ptr + offs_n[None, None, :] * s_Cn + off_C[None, :, None]
+            b_B = tl.load(B_ptr + offs_n[None, None, :] * s_Bn + off_B[None, :, None], mask=m_pn, other=0.0)
+            b_C = tl.load(C_ptr + offs_n[None, None, :] * s_Cn + off_C[None, :, None], mask=m_pn, other=0.0)
         else:
-            p_B = B_ptr + offs_n[None, :] * s_Bn + off_B[:, None]
-            p_C = C_ptr + offs_n[None, :] * s_Cn + off_C[:, None]
-        b_B = tl.load(p_B, mask=m_pn, other=0.0)
-        b_C = tl.load(p_C, mask=m_pn, other=0.0)
+            b_B = tl.load(B_ptr + offs_n[None, :] * s_Bn + off_B[:, None], mask=m_pn, other=0.0)[None, :, :]
+            b_C = tl.load(C_ptr + offs_n[None, :] * s_Cn + off_C[:, None], mask=m_pn, other=0.0)[None, :, :]
         return b_rows, b_B, b_C
-
-    @triton.jit
-    def _bwd_states_tile(x, TILE_3D: tl.constexpr):
-        # B or C as the walk's [channels, lanes, NP] tiles broadcast it. Loaded as [1, lanes, NP]
-        # (TILE_3D), the load has the tile's own layout: Triton 3.6 otherwise moves a [lanes, NP]
-        # load into it with shuffles at every step (stage 1 low rank: 17.7 per element of the
-        # gradient launch's 222). Low rank only: the full-delta walks took 6 % more instructions
-        # at N = 1 with Triton 3.8, and 8 spilled bytes at N = 16 with 3.6.
-        if TILE_3D:
-            return x
-        else:
-            return x[None, :, :]
 
     @triton.jit
     def _plane(off, i, j, s_i, s_j, SAME_PLANE: tl.constexpr):
@@ -1153,7 +1144,7 @@ if HAS_TRITON:
         # nor computes the softplus, and leaves the whole d dt per position in v_ptr, from which
         # ``_bwd_low_rank_sums`` forms d dt_low and d dt_weight after the walks.
         SAVED: tl.constexpr = ADJOINT and GRAD and LOW_DOT
-        STATES_3D: tl.constexpr = LOWRANK  # B and C loaded as 3-D tiles (_bwd_states_tile)
+        STATES_3D: tl.constexpr = LOWRANK  # B and C loaded as 3-D tiles (_bwd_shared)
         if DESCENDING:
             p = first + chunk - 1
         else:
@@ -1247,8 +1238,6 @@ if HAS_TRITON:
                 BLOCK_D=BLOCK_D,
             )
             b_decay_p = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
-            b_B = _bwd_states_tile(b_B, STATES_3D)
-            b_C = _bwd_states_tile(b_C, STATES_3D)
             b_in = (b_dt * b_u)[:, :, None] * b_B
             b_direct = b_g[:, :, None] * b_C
             if ADJOINT:
@@ -1879,8 +1868,9 @@ if HAS_TRITON:
         )
 
 
-def _triton_version() -> tuple:
-    return tuple(int(x) for x in triton.__version__.split(".")[:2])
+# Triton 3.8 or later (CI's): the GPU image's 3.6 lays some tiles out differently, and a few launch
+# choices below follow the version (read once: some are taken per launch)
+_TRITON_3_8 = HAS_TRITON and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 8)
 
 
 def _next_pow2(n: int) -> int:
@@ -2040,7 +2030,7 @@ def _dt_by_position(args: dict) -> bool:
     a division: Triton 3.8 104 ([RP, positions]) against 122; Triton 3.6 142 against 124. The
     row-major launch's offsets cost one multiply, and [positions, RP] is 2-3 % lower there under
     both at bf16 (fp32 dt_low with Triton 3.8: 0.2 % higher)."""
-    return args["FLAT"] or _triton_version() < (3, 8)
+    return args["FLAT"] or not _TRITON_3_8
 
 
 def _flat(t: torch.Tensor | None, column: bool) -> bool:
@@ -2214,7 +2204,7 @@ _BWD_LOW_DOT = True
 # Warps of ``ss2d_bwd_low_rank_kernel``'s blocks at its 128-register cap: 2 (1 spilled). Triton
 # 3.6 spills 4 bytes at stage 1 with 2 (the row-major launches), none with 4, which costs it 25
 # more instructions per element-direction there (the 32-channel tiles spread over more threads).
-_BWD_LOW_DOT_WARPS = 2 if HAS_TRITON and _triton_version() >= (3, 8) else 4
+_BWD_LOW_DOT_WARPS = 2 if _TRITON_3_8 else 4
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
@@ -2308,7 +2298,7 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
 # dt_weight sums per channel through the walk: 2, 4 spilled ~200 bytes). Triton 3.6 moves the
 # 4-channel tiles between layouts through shared memory at every step (5.5 barriers per
 # element) and spills 80 bytes: 2 there.
-_BWD_LOWRANK_BLOCK_D = 4 if HAS_TRITON and _triton_version() >= (3, 8) else 2
+_BWD_LOWRANK_BLOCK_D = 4 if _TRITON_3_8 else 2
 # The low-rank backward's one-warp blocks: at 128 registers an SM holds 16 warps, so the grid
 # aims at 16 x 132 blocks (4 x 132 would leave three quarters of the warp slots empty in a walk
 # whose every step waits on its loads).
