@@ -17,7 +17,8 @@ Triton -> PTX -> ptxas for sm_90a. Per kernel, shape and config it reports:
   over the grid, and the serial steps of a program (its loop trips, one after another), so
   rounds x serial steps is the chain a launch waits through when each step waits on its loads;
 * per case, every launch of the launcher call summed (a kernel launched several times shows
-  its last launch in its row): launches, PTX and special-function ops per element, serial steps.
+  its last launch in its row): launches, PTX and special-function ops per element, serial steps,
+  and the most registers and spilled bytes of any launch.
 
     python bench/compile_check.py [--main] [--only SUBSTR] [--json out.json] [--budgets bench/budgets.yaml]
     python bench/compile_check.py --from-json out.json --budgets bench/budgets.yaml
@@ -392,13 +393,14 @@ def ptx_profile(ptx: str, env: dict) -> dict:
     matched = {}  # PTX loop -> its source loop, innermost loops first
     for start, end in sorted(loops.items(), key=lambda se: se[1] - se[0]):
         nested = [(s, e) for s, e in matched if start <= s and e <= end]
+        taken = [matched[n] for n in nested]  # source loops of the PTX loops inside this one
         best = match_source_loop(
             [locs for i, (_, _, locs) in enumerate(instrs[start : end + 1], start) if not _within(i, nested)],
             source,
-            exclude=[matched[n] for n in nested],
+            exclude=taken,
         )
         if best is None:
-            best = loop_of_back_edge(instrs[end][2], source, exclude=[matched[n] for n in nested])
+            best = loop_of_back_edge(instrs[end][2], source, exclude=taken)
         matched[(start, end)] = best
         trip = _eval_trip(best, env) if best is not None else None
         if trip is None:
@@ -530,10 +532,11 @@ def blocks_per_sm(registers: int, num_warps: int, shared_bytes: int) -> int:
 
 
 def measure(case: Case, arch: int) -> dict:
-    """{row label: figures} for every launch (and autotuner config) of one case. Launches of one
-    kernel share a label (the last one's figures are kept); ``case_totals`` sums them all."""
+    """{row label: figures} for every launch (and autotuner config) of one case, and the case's
+    row over all its launches (``case_totals``): launches of one kernel share a label, whose
+    row keeps the last one's figures."""
     rows = {}
-    every = []
+    every = []  # every launch's row, in launch order
     for launch in capture_configs(case.call, case.kernels):
         name = launch.fn.fn.__name__
         label = " | ".join(x for x in (case.label, name, launch.config) if x)
@@ -542,6 +545,7 @@ def measure(case: Case, arch: int) -> dict:
             info = compile_launch(launch, arch)
         except Exception as exc:  # report every failure, not only the first
             rows[label] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            every.append(rows[label])
             continue
         prof = ptx_profile(info.pop("ptx"), info.pop("env"))
         blocks = math.prod(launch.grid)
@@ -575,11 +579,8 @@ def measure(case: Case, arch: int) -> dict:
             compile_s=round(time.perf_counter() - start, 1),
         )
         every.append(rows[label])
-    CASE_TOTALS[case.label] = case_totals(every)
+    rows[case.label + TOTAL_SUFFIX] = case_totals(every)
     return rows
-
-
-CASE_TOTALS: dict = {}  # case label -> case_totals of its launches, filled by measure
 
 
 def case_totals(launches: list) -> dict:
@@ -674,22 +675,21 @@ def run_cases(only: str = "", main_only: bool = False, arch: int = 90) -> dict:
                 continue
             for label, info in measure(case, arch).items():
                 results[label] = info
-                shown = {
-                    k: info.get(k)
-                    for k in (
-                        "registers",
-                        "spill_bytes",
-                        "blocks",
-                        "blocks_per_sm",
-                        "ptx_per_elem",
-                        "sfu_per_elem",
-                        "serial_per_launch",
-                    )
-                }
+                shown = info
+                if not label.endswith(TOTAL_SUFFIX):
+                    shown = {
+                        k: info.get(k)
+                        for k in (
+                            "registers",
+                            "spill_bytes",
+                            "blocks",
+                            "blocks_per_sm",
+                            "ptx_per_elem",
+                            "sfu_per_elem",
+                            "serial_per_launch",
+                        )
+                    }
                 print(f"{label:72s} {info.get('error', shown)}", flush=True)
-            if case.label in CASE_TOTALS:
-                results[case.label + TOTAL_SUFFIX] = CASE_TOTALS[case.label]
-                print(f"{case.label + TOTAL_SUFFIX:72s} {CASE_TOTALS[case.label]}", flush=True)
     return results
 
 
