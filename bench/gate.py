@@ -5,8 +5,9 @@
 Each kernel registers a *case provider* (``@provider("lif")``): a function of ``smoke`` that
 yields :class:`Case` objects. A case belongs to one phase: ``check`` (correctness against a
 float64 reference at real shapes), ``ours`` (timings of our kernels), ``peer`` (timings of the
-implementations we compare with). All checks run first, then ours, then the peers, so a run cut
-short still holds the rows it reached. Every case runs under its own time limit (SIGALRM: a
+implementations we compare with), ``model`` (whole models: torch.compile against eager, training
+throughput; ``gate_models.py``). All checks run first, then ours, then the peers, so a run cut
+short still holds the rows it reached; bench/gpu_check.sh runs the model phase second. Every case runs under its own time limit (SIGALRM: a
 case stuck inside one long C call overruns it until the call returns; the shell's outer
 ``timeout`` bounds the whole run), a case that raises writes a row with the error, and
 :class:`Skip` writes a row with the reason. When the run's time budget is spent the remaining
@@ -54,7 +55,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":  # the smoke run: spare the interp
 
 HAS_CUDA = torch.cuda.is_available() and not SMOKE
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-PHASES = ("check", "ours", "peer")
+PHASES = ("check", "ours", "peer", "model")
 KERNEL_ORDER = ("device", "lif", "ss2d")  # within a phase; other kernels follow
 LAST = ("torch_compile",)  # slow to prepare (compiles): after every other peer
 # errors after which the process's CUDA context is unusable
@@ -73,7 +74,7 @@ class Skip(Exception):
 
 @dataclass
 class Case:
-    kernel: str  # "lif", "ss2d", "bitpack", "device"
+    kernel: str  # "lif", "ss2d", "bitpack", "device", "model"
     impl: str  # "ours", "ours_lowrank", "spikingjelly", "torch_compile", "fla_unfused", ...
     phase: str  # one of PHASES
     case: dict  # shape (name), dims, dtype, mode (fwd / bwd / full / check)

@@ -4,8 +4,9 @@
 
 summary.md: the correctness checks (error, tolerance, bit-identical backward), then per kernel one
 table of timings: a row per (shape, dtype, mode), a column per implementation with
-"ms (GB/s, peak MiB)", and the speed-up of each of ours over each peer; then every skipped
-or failed case with its reason.
+"ms (GB/s, peak MiB)", and the speed-up of each of ours over each peer; then the whole models
+(torch.compile against eager, training throughput eager vs compiled); then every skipped or
+failed case with its reason.
 """
 
 from __future__ import annotations
@@ -55,9 +56,14 @@ def checks_table(rows) -> list[str]:
     return [*lines, ""]
 
 
+def _kernel_timings(rows) -> list[dict]:
+    """Timed rows of the kernels (the model phase has its own tables)."""
+    return [r for r in rows if "ms" in r and r["phase"] not in ("check", "model")]
+
+
 def timing_tables(rows) -> list[str]:
     lines = []
-    timed = [r for r in rows if "ms" in r and r["phase"] != "check"]
+    timed = _kernel_timings(rows)
     copy = [r["gbps"] for r in rows if r["kernel"] == "device" and "gbps" in r]
     if copy:
         lines += [f"Device copy bandwidth: {copy[0]:.4g} GB/s (read + write).", ""]
@@ -100,6 +106,44 @@ def timing_tables(rows) -> list[str]:
     return lines
 
 
+def model_tables(rows) -> list[str]:
+    """The model phase: torch.compile against eager, then training throughput eager vs compiled."""
+    done = [r for r in rows if r["phase"] == "model" and "error" not in r and "skipped" not in r]
+    if not done:
+        return []
+    lines = [
+        "## Whole models: torch.compile(fullgraph=True) against eager",
+        "",
+        "| family | dtype | batches | compile s | logits rel err | grads rel err (worst) | ok |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in done:
+        if "logits_err" in r:
+            shape, dtype, _ = _case_key(r)
+            lines.append(
+                f"| {shape} | {dtype} | {r.get('batches')} | {_fmt(r.get('compile_s'), '.1f')} "
+                f"| {_fmt(r['logits_err'])} | {_fmt(r['grads_err'])} ({r.get('worst_grad')}) "
+                f"| {'yes' if r.get('ok') else '**NO**'} |"
+            )
+    train = defaultdict(dict)
+    for r in done:
+        if "images_per_s" in r:
+            train[_case_key(r)][r["impl"]] = r
+    lines += [
+        "",
+        "| config | dtype | eager ms/step (img/s) | compiled ms/step (img/s) | compiled vs eager | compile s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in sorted(train):
+        e, c = train[key].get("eager"), train[key].get("compiled")
+        cells = [key[0], key[1]]
+        cells += [f"{r['ms']:.4g} ({r['images_per_s']:.4g})" if r else "-" for r in (e, c)]
+        cells.append(f"{e['ms'] / c['ms']:.2f}x" if e and c and c["ms"] > 0 else "-")
+        cells.append(_fmt(c.get("compile_s") if c else None, ".1f"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def problems(rows) -> list[str]:
     lines = ["## Skipped and failed cases", ""]
     for r in rows:
@@ -120,7 +164,7 @@ def markdown(rows) -> str:
     }
     methods = "; ".join(f"{t} ({how.get(t, 'see bench/gate.py')})" for t in timing) or "-"
     head = ["# GPU gate summary", "", f"{len(rows)} rows; timing: {methods}.", ""]
-    return "\n".join(head + checks_table(rows) + timing_tables(rows) + problems(rows))
+    return "\n".join(head + checks_table(rows) + timing_tables(rows) + model_tables(rows) + problems(rows))
 
 
 def plot(rows, path: Path) -> None:
@@ -129,7 +173,7 @@ def plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = [r for r in rows if "ms" in r and r["phase"] != "check"]
+    timed = _kernel_timings(rows)
     kernels = sorted({r["kernel"] for r in timed})
     fig, axes = plt.subplots(max(1, len(kernels)), 1, figsize=(14, 4.5 * max(1, len(kernels))), squeeze=False)
     for ax, kernel in zip(axes[:, 0], kernels):

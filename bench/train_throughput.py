@@ -3,6 +3,7 @@
     python bench/train_throughput.py --config configs/digits_svmamba.yaml
     python bench/train_throughput.py --config configs/digits_svmamba.yaml --src /path/to/old/tree . --rounds 3
     python bench/train_throughput.py --config configs/digits_svmamba.yaml --compile false true
+    python bench/train_throughput.py --config configs/cifar10_svmamba.yaml --device cuda --compile false true --fullgraph
     python bench/train_throughput.py --scan 64,32,8,8 --src /path/to/old/tree .   # one scan, fwd+bwd
 
 Each (tree, compile) variant runs in its own subprocess with that tree first on PYTHONPATH, so an
@@ -10,7 +11,8 @@ older checkout of the package can be compared with this one in one run; the vari
 round by round so that machine load drifts hit them alike. A step is what ``train_one_epoch``
 does: forward, label-smoothed cross-entropy, the finiteness check, backward, the step of the
 tree's own optimizer (``svm_models.training.optim.build_optimizer``: AdamW with its parameter
-groups), on synthetic images of the config's shape. Only the steps after ``--warmup`` are timed
+groups), on synthetic images of the config's shape, under bf16 autocast on CUDA when the config's
+``amp`` is on (``training_step``; the GPU gate's ``model`` phase runs it too). Only the steps after ``--warmup`` are timed
 (the first steps pay for allocations and, compiled, for compilation, which is reported
 separately). Set OMP_NUM_THREADS yourself: the subprocesses inherit it.
 
@@ -74,26 +76,33 @@ def scan_worker(args) -> dict:
     return _timed(step, args.steps, batch, first_step_s=0.0)
 
 
-def worker(args) -> dict:
+def training_step(
+    cfg: dict,
+    device: str = "cpu",
+    compile_model: bool = False,
+    fullgraph: bool = False,
+    backend: str = "inductor",
+):
+    """(step, batch): one training step of the config's model on synthetic images, as
+    ``train_one_epoch`` does it (forward under the config's autocast, label-smoothed
+    cross-entropy, the finiteness check, backward, the tree's own optimizer), on ``device``."""
     import torch
     import torch.nn.functional as F
 
-    cfg = _read_config(args.config)
-    for key in ("memory_efficient", "channels_last"):
-        if getattr(args, key) != "config":
-            cfg[key] = getattr(args, key) == "true"
     torch.manual_seed(0)
-    model = _model(cfg)
+    model = _model(cfg).to(device)
     img = cfg.get("img_size") or 32
     opt = _optimizer(model, cfg)
-    net = torch.compile(model, fullgraph=args.fullgraph) if args.compile == "true" else model
+    net = torch.compile(model, fullgraph=fullgraph, backend=backend) if compile_model else model
     batch = cfg.get("batch_size", 32)
-    images = torch.randn(batch, 3, img, img)
-    targets = torch.randint(0, 10, (batch,))
+    images = torch.randn(batch, 3, img, img, device=device)
+    targets = torch.randint(0, 10, (batch,), device=device)
+    amp = bool(cfg.get("amp")) and torch.device(device).type == "cuda"  # as engine.autocast
     model.train()
 
     def step():
-        logits = net(images)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = net(images)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.1)
         if not torch.isfinite(loss).item():
             raise RuntimeError("non-finite loss")
@@ -101,19 +110,52 @@ def worker(args) -> dict:
         loss.backward()
         opt.step()
 
+    return step, batch
+
+
+def _sync(device: str):
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def read_config(path: str, memory_efficient: str = "config", channels_last: str = "config") -> dict:
+    """The config with the command line's overrides (``config`` keeps the file's value)."""
+    cfg = _read_config(path)
+    for key, value in (("memory_efficient", memory_efficient), ("channels_last", channels_last)):
+        if value != "config":
+            cfg[key] = value == "true"
+    return cfg
+
+
+def measure(step, batch: int, steps: int, warmup: int, device: str = "cpu") -> dict:
+    """Images/s of ``steps`` steps after ``warmup`` (at least 1: the first step, timed apart,
+    pays for allocations and, compiled, for compilation)."""
+    sync = _sync(device)
     t0 = time.perf_counter()
     step()
+    sync()
     first_step_s = time.perf_counter() - t0
-    for _ in range(args.warmup - 1):
+    for _ in range(warmup - 1):
         step()
-    return _timed(step, args.steps, batch, first_step_s)
+    sync()
+    return _timed(step, steps, batch, first_step_s, sync)
 
 
-def _timed(step, steps: int, batch: int, first_step_s: float) -> dict:
+def worker(args) -> dict:
+    cfg = read_config(args.config, args.memory_efficient, args.channels_last)
+    step, batch = training_step(cfg, args.device, args.compile == "true", args.fullgraph)
+    return measure(step, batch, args.steps, args.warmup, args.device)
+
+
+def _timed(step, steps: int, batch: int, first_step_s: float, sync=lambda: None) -> dict:
     """Images/s of ``steps`` calls of ``step`` on wall and on this process's CPU clock."""
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
+    sync()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "images_per_s": steps * batch / elapsed,
@@ -126,23 +168,41 @@ def _timed(step, steps: int, batch: int, first_step_s: float) -> dict:
 def _model(cfg: dict):
     """The model as the tree's train.py builds it (``engine.build_model`` on the validated config:
     model_args, T, memory_efficient, channels_last...). A tree whose schema rejects the config's
-    keys (one older than them) gets ``create_model`` with model_args and T, as its train.py did."""
+    keys (one older than them) gets ``create_model`` with model_args and T, as its train.py did;
+    so does an environment without the training stack's imports (torchvision: the GPU image),
+    with the config's memory_efficient and channels_last applied as the engine does."""
+    import torch
+
     import svm_models
-    from svm_models.training import config as C
-    from svm_models.training import engine
 
     try:
-        return engine.build_model(C.validate(dict(cfg)), 10)
-    except C.ConfigError:
-        model_args = dict(cfg.get("model_args") or {})
-        if cfg.get("T") is not None:
-            model_args["T"] = cfg["T"]
-        img = cfg.get("img_size") or 32
-        return svm_models.create_model(cfg["model"], num_classes=10, img_size=img, **model_args)
+        from svm_models.training import config as C
+        from svm_models.training import engine
+    except ImportError:
+        C = engine = None
+    if engine is not None:
+        try:
+            return engine.build_model(C.validate(dict(cfg)), 10)
+        except C.ConfigError:
+            pass
+    model_args = dict(cfg.get("model_args") or {})
+    if cfg.get("T") is not None:
+        model_args["T"] = cfg["T"]
+    img = cfg.get("img_size") or 32
+    model = svm_models.create_model(cfg["model"], num_classes=10, img_size=img, **model_args)
+    if engine is None:
+        from svm_models.spike_layers import set_memory_efficient
+
+        if cfg.get("memory_efficient") is not None:
+            set_memory_efficient(model, cfg["memory_efficient"])
+        if cfg.get("channels_last"):
+            model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _optimizer(model, cfg: dict):
-    """The tree's own training optimizer (older trees without ``build_optimizer``: plain AdamW)."""
+    """The tree's own training optimizer (plain AdamW for older trees without ``build_optimizer``
+    and where the training stack cannot be imported)."""
     import torch
 
     args = {"lr": float(cfg.get("lr", 1e-3)), "weight_decay": float(cfg.get("weight_decay", 0.05))}
@@ -159,6 +219,9 @@ def main() -> int:
     p.add_argument("--src", nargs="+", default=[str(ROOT)], help="source trees to compare (first = baseline)")
     p.add_argument("--compile", nargs="+", default=["false"], choices=["false", "true"])
     p.add_argument("--fullgraph", action="store_true", help="torch.compile(fullgraph=True)")
+    p.add_argument(
+        "--device", default="cpu", help="cpu or cuda (bf16 autocast there when the config's amp is on)"
+    )
     for key, what in (
         ("memory-efficient", "the spiking models' memory-lean training path"),
         ("channels-last", "channels_last weights and activations"),
@@ -189,6 +252,7 @@ def main() -> int:
             cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
             cmd += ["--memory-efficient", args.memory_efficient, "--channels-last", args.channels_last]
             cmd += ["--fullgraph"] if args.fullgraph else []
+            cmd += ["--device", args.device]
             cmd += ["--scan", args.scan] if args.scan else []
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:

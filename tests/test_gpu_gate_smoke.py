@@ -35,6 +35,10 @@ EXTRA = [  # (kernel, impl, mode, dtype) checked once
         ("ss2d", "ours_lowrank", mode, "fp32")
         for mode in ("fwd_prefetch", "fwd_no_prefetch", "fwd_chunk_walk", "bwd_low_dot", "bwd_per_step_sums")
     ],
+    # whole models: torch.compile against eager (the flagship in smoke mode), training throughput
+    ("model", "compiled_vs_eager", "check", "fp64"),
+    ("model", "eager", "train", "fp32"),
+    ("model", "compiled", "train", "fp32"),
 ]
 CUDA_ONLY = {"spikingjelly", "torch_compile", "fla_unfused"}
 # One gate run serves every test: under `pytest -n ... --dist loadgroup` they share a worker.
@@ -70,6 +74,7 @@ def test_smoke_writes_the_gate_files(smoke_run):
     assert "smoke: 1" in (out / "environment.txt").read_text()
     summary = (out / "summary.md").read_text()
     assert "## Correctness" in summary and "## lif" in summary and "## ss2d" in summary
+    assert "## Whole models" in summary and "digits_svmamba" in summary
 
 
 @pytest.mark.slow
@@ -81,12 +86,14 @@ def test_smoke_has_a_row_for_every_case(smoke_run):
     assert not missing, missing
     for r in rows:
         assert "error" not in r, r
-        assert r["phase"] in ("check", "ours", "peer")
+        assert r["phase"] in ("check", "ours", "peer", "model")
         if "skipped" in r:
             assert r["skipped"].strip(), r
             assert "time budget" not in r["skipped"], r
         elif r["phase"] == "check" and r["kernel"] != "device":
             assert r["ok"] is True, r
+        elif r["kernel"] == "model":
+            assert r.get("ok", True) is True and r.get("ms", 1) > 0, r
         else:  # a timing (the device's copy bandwidth is measured first, with the checks)
             assert r["ms"] > 0 and r["gbps"] > 0 and r["timing"] == "cpu_wall_smoke", r
             assert r.get("ok", True) is True, r  # a variant's row carries its check

@@ -26,11 +26,21 @@ def packed_size(numel: int) -> int:
 _GATHER_BITS = sum(1 << (56 - 7 * j) for j in range(BITS_PER_BYTE))  # 0x0102040810204080
 
 
-@functools.lru_cache(maxsize=16)
-def _unpack_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(256, 8) of ``dtype``: row p holds the 8 bits of p, least significant first."""
     bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(BITS_PER_BYTE, device=device)) & 1
     return bits.to(dtype).contiguous()
+
+
+_cached_bit_table = functools.lru_cache(maxsize=16)(_bit_table)
+
+
+def _unpack_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Eager calls reuse one table per device and dtype; a traced graph builds its own (Dynamo
+    # would trace through the cache anyway, and warns that it does).
+    if torch.compiler.is_compiling():
+        return _bit_table(device, dtype)
+    return _cached_bit_table(device, dtype)
 
 
 def pack_bits_naive(x: torch.Tensor) -> torch.Tensor:
