@@ -78,7 +78,15 @@ BUDGET_METRICS = (
 )
 # A case's row over all its launches: "<case> | all launches", budgeted on these
 TOTAL_SUFFIX = " | all launches"
-TOTAL_METRICS = ("launches", "ptx_per_elem", "sfu_per_elem", "serial_steps", "registers", "spill_bytes")
+TOTAL_METRICS = (
+    "launches",
+    "ptx_per_elem",
+    "sfu_per_elem",
+    "serial_steps",
+    "memory_waits",
+    "registers",
+    "spill_bytes",
+)
 
 
 # ---- launch capture -------------------------------------------------------------------------
@@ -229,6 +237,10 @@ _FILE = re.compile(r'^\s*\.file\s+(\d+)\s+"([^"]+)"', re.M)
 SFU_OPS = ("ex2", "lg2", "rcp", "div", "sqrt", "rsqrt", "tanh", "sin", "cos")
 BARRIER_OPS = ("bar.sync", "barrier.sync", "bar.arrive", "barrier.arrive", "bar.red")
 GLOBAL_ACCESS = ("ld.global", "st.global")
+# PTX instructions ptxas expands with a branch around a slow path (correctly rounded division,
+# reciprocal and square root): like a branch, a load after them cannot be issued before them
+SLOW_PATH_OPS = ("div.rn.f", "rcp.rn.f", "sqrt.rn.f", "div.rz.f", "div.rm.f", "div.rp.f")
+GROUP_ENDS = ("bra", "ret", "call", "exit", *BARRIER_OPS, *SLOW_PATH_OPS)
 
 
 def _full_opcode(op: str, operands: str) -> str:
@@ -417,6 +429,21 @@ def ptx_profile(ptx: str, env: dict) -> dict:
     # directions are two loops); 1 for a kernel without loops
     serial_steps = max(1.0, sum(weight[end] for end in loops.values()))
 
+    # a thread's waits for memory: groups of global loads that can be in flight together. ptxas
+    # issues the loads of a basic block early, but not above a branch, a barrier or an
+    # instruction it expands with a branch (GROUP_ENDS); the first load after one of those
+    # starts a new group. Each group counts its executions (its loop trips).
+    starts = {labels[ops.strip()] for op, ops, _ in instrs if op.startswith("bra") and ops.strip() in labels}
+    memory_waits, open_group = 0.0, False
+    for i, (op, _, _) in enumerate(instrs):
+        if i in starts:
+            open_group = False
+        if op.startswith("ld.global") and not open_group:
+            memory_waits += weight[i]
+            open_group = True
+        if op.startswith(GROUP_ENDS):
+            open_group = False
+
     return dict(
         ptx_static=len(instrs),
         ptx_dynamic=total(lambda op: True),
@@ -432,6 +459,7 @@ def ptx_profile(ptx: str, env: dict) -> dict:
         loops=len(loops),
         untraced_loops=untraced,
         serial_steps=serial_steps,
+        memory_waits=memory_waits,
     )
 
 
@@ -455,29 +483,34 @@ def _meta(*shape, dtype=torch.float32):
 
 
 def lif_cases():
+    """Both LIF kernels at the benchmark shapes with tau = 2 (spikingjelly's default: a power of
+    two, so the kernels multiply by 1 / tau), and at T = 4 and 16 in bf16 with tau = 3 (the
+    correctly rounded division: cases ``... tau3``)."""
     from svm_kernels.lif import fused as lif
     from svm_kernels.lif.common import make_params
 
-    params = make_params(tau=2.0, v_threshold=1.0, v_reset=0.0, detach_reset=True)
     kernels = _kernels_of(lif)
-    for dtype_name, dtype in DTYPES.items():
-        for shape_name, (T, n) in LIF_SHAPES.items():
-            x = _meta(T, n, dtype=dtype)
-            main = dtype_name == "bf16" and T == 4
-            yield Case(
-                f"lif_fwd {dtype_name} {shape_name}",
-                T * n,
-                lambda x=x: lif.lif_fwd(x, None, params, False),
-                kernels,
-                main,
-            )
-            yield Case(
-                f"lif_bwd {dtype_name} {shape_name}",
-                T * n,
-                lambda x=x: lif.lif_bwd(torch.empty_like(x), None, x, None, params, False),
-                kernels,
-                main,
-            )
+    variants = [(2.0, "", dt, name) for dt in DTYPES for name in LIF_SHAPES]
+    variants += [(3.0, " tau3", "bf16", name) for name, (T, _) in LIF_SHAPES.items() if T in (4, 16)]
+    for tau, suffix, dtype_name, shape_name in variants:
+        params = make_params(tau=tau, v_threshold=1.0, v_reset=0.0, detach_reset=True)
+        T, n = LIF_SHAPES[shape_name]
+        x = _meta(T, n, dtype=DTYPES[dtype_name])
+        main = dtype_name == "bf16" and T == 4
+        yield Case(
+            f"lif_fwd {dtype_name} {shape_name}{suffix}",
+            T * n,
+            lambda x=x, p=params: lif.lif_fwd(x, None, p, False),
+            kernels,
+            main,
+        )
+        yield Case(
+            f"lif_bwd {dtype_name} {shape_name}{suffix}",
+            T * n,
+            lambda x=x, p=params: lif.lif_bwd(torch.empty_like(x), None, x, None, p, False),
+            kernels,
+            main,
+        )
 
 
 def ss2d_cases():
@@ -566,6 +599,8 @@ def measure(case: Case, arch: int) -> dict:
             rounds=rounds,
             serial_steps=round(prof["serial_steps"], 1),
             serial_per_launch=round(rounds * prof["serial_steps"], 1) if rounds else None,
+            memory_waits=round(prof["memory_waits"], 1),
+            waits_per_launch=round(rounds * prof["memory_waits"], 1) if rounds else None,
             elements=case.elements,
             ptx_static=prof["ptx_static"],
             ptx_per_elem=round(prof["ptx_dynamic"] * per, 2),
@@ -587,7 +622,8 @@ def case_totals(launches: list) -> dict:
     """One case (a launcher call) over all its launches, in launch order: their number, PTX and
     special-function instructions per element summed, the serial steps summed (each launch's
     rounds of resident blocks times its programs' chain of loop trips: what a launch sequence
-    costs when every step waits on its loads rather than on issue), and the most registers and
+    costs when every step waits on its loads rather than on issue), the memory waits summed the
+    same way (rounds times a program's groups of loads issued together), and the most registers and
     spilled bytes of any launch (a kernel's own row shows only its last launch)."""
     ok = [r for r in launches if "error" not in r]
     return dict(
@@ -595,6 +631,7 @@ def case_totals(launches: list) -> dict:
         ptx_per_elem=round(sum(r["ptx_per_elem"] for r in ok), 2),
         sfu_per_elem=round(sum(r["sfu_per_elem"] for r in ok), 3),
         serial_steps=round(sum(r["serial_per_launch"] or 0 for r in ok), 1),
+        memory_waits=round(sum(r["waits_per_launch"] or 0 for r in ok), 1),
         registers=max((r["registers"] or 0 for r in ok), default=0),
         spill_bytes=max((r["spill_bytes"] for r in ok), default=0),
     )
@@ -687,6 +724,7 @@ def run_cases(only: str = "", main_only: bool = False, arch: int = 90) -> dict:
                             "ptx_per_elem",
                             "sfu_per_elem",
                             "serial_per_launch",
+                            "waits_per_launch",
                         )
                     }
                 print(f"{label:72s} {info.get('error', shown)}", flush=True)

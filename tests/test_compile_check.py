@@ -100,8 +100,12 @@ def test_per_element_figures_follow_the_kernels(main_run):
     kernels = json.loads(out.read_text())["kernels"]
     fwd = [v for k, v in kernels.items() if k.startswith("lif_fwd ") and not k.endswith(TOTAL)]
     bwd = [v for k, v in kernels.items() if k.startswith("lif_bwd ") and not k.endswith(TOTAL)]
-    # the LIF forward divides by tau once per element-step and has no barrier
-    assert all(v["sfu_per_elem"] == pytest.approx(1.0, abs=0.05) for v in fwd)
+    # the LIF forward divides by tau once per element-step (as a multiply by 1 / tau when tau is a
+    # power of two) and has no barrier; its loads are issued a segment at a time
+    for label, v in kernels.items():
+        if label.startswith("lif_fwd ") and not label.endswith(TOTAL):
+            assert v["sfu_per_elem"] == pytest.approx(0.0 if "tau3" not in label else 1.0, abs=0.05), label
+            assert v["memory_waits"] == 1, label
     assert all(v["barriers_per_elem"] == 0 for v in fwd)
     # the backward replays earlier steps: more work per element-step than the forward
     assert min(v["ptx_per_elem"] for v in bwd) > max(v["ptx_per_elem"] for v in fwd)
@@ -156,6 +160,37 @@ def test_narrow_global_accesses_counts_loads_and_stores_below_128_bits(tmp_path)
     assert proc.stdout.splitlines()[:2] == ["[128, 16, 64]", "2"]
 
 
+def test_memory_waits_count_groups_of_loads_issued_together(tmp_path):
+    """Loads wait for memory together until a branch target, a branch, a barrier or an
+    instruction ptxas expands with a branch (a correctly rounded division) ends the group; a
+    label no branch jumps to (line info) does not."""
+    ptx = tmp_path / "k.ptx"
+    ptx.write_text(
+        ".visible .entry k(\n)\n{\n"
+        "\tld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];\n"
+        "\tld.global.v4.b32 {%r5, %r6, %r7, %r8}, [%rd2];\n"
+        "\tdiv.rn.f32 %f1, %f2, %f3;\n"
+        "\tld.global.b32 %r9, [%rd3];\n"
+        "\tsetp.lt.s32 %p1, %r9, 0;\n\t@%p1 bra \t$L__BB0_2;\n"
+        "$L__BB0_2:\n"
+        "\tld.global.b32 %r10, [%rd4];\n"
+        "$L__tmp0:\n"
+        "\tld.global.b32 %r11, [%rd5];\n"
+        "\tbar.sync 0;\n"
+        "\tadd.s32 %r12, %r10, %r11;\n"
+        "\tld.global.b32 %r13, [%rd6];\n"
+        "\tret;\n}\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import ptx_profile\n"
+        "print(ptx_profile(open(sys.argv[2]).read(), {})['memory_waits'])\n"
+    )
+    proc = _run_with_bench_on_path(code, ptx)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["4.0"]
+
+
 def test_outer_loop_around_an_inlined_walk_counts_its_own_trips(tmp_path):
     """A loop over channel blocks whose body is mostly an inlined helper's walk over positions: the
     outer PTX loop is matched by its own instructions (those outside the nested PTX loop), so it
@@ -208,8 +243,10 @@ def test_blocks_per_sm_follow_the_occupancy_limits():
         "from compile_check import blocks_per_sm, case_totals\n"
         "print(blocks_per_sm(128, 4, 0), blocks_per_sm(255, 1, 0), blocks_per_sm(230, 4, 0),\n"
         "      blocks_per_sm(32, 4, 0), blocks_per_sm(16, 1, 0), blocks_per_sm(40, 4, 100 * 1024))\n"
-        "rows = [dict(ptx_per_elem=10.0, sfu_per_elem=1.0, serial_per_launch=6.0, registers=96, spill_bytes=4),\n"
-        "        dict(ptx_per_elem=2.5, sfu_per_elem=0.5, serial_per_launch=4.0, registers=128, spill_bytes=0),\n"
+        "rows = [dict(ptx_per_elem=10.0, sfu_per_elem=1.0, serial_per_launch=6.0, waits_per_launch=3.0,\n"
+        "             registers=96, spill_bytes=4),\n"
+        "        dict(ptx_per_elem=2.5, sfu_per_elem=0.5, serial_per_launch=4.0, waits_per_launch=8.0,\n"
+        "             registers=128, spill_bytes=0),\n"
         "        dict(error='x')]\n"
         "print(case_totals(rows))\n"
     )
@@ -222,7 +259,15 @@ def test_blocks_per_sm_follow_the_occupancy_limits():
     assert first.split() == ["4", "8", "2", "16", "32", "2"]
     # the most registers and spilled bytes of any launch: a spill in an earlier launch shows
     assert second == str(
-        dict(launches=3, ptx_per_elem=12.5, sfu_per_elem=1.5, serial_steps=10.0, registers=128, spill_bytes=4)
+        dict(
+            launches=3,
+            ptx_per_elem=12.5,
+            sfu_per_elem=1.5,
+            serial_steps=10.0,
+            memory_waits=11.0,
+            registers=128,
+            spill_bytes=4,
+        )
     )
 
 

@@ -309,6 +309,34 @@ def test_exactly_on_threshold(T, tau, v_reset, detach_reset, decay_input, backen
     assert_close_rel(fused[2], ref[2], 1e-5, "grad x")
 
 
+def test_exact_reciprocal_only_for_powers_of_two():
+    from svm_kernels.lif.fused import exact_reciprocal
+
+    assert exact_reciprocal(2.0) == 0.5 and exact_reciprocal(1024.0) == 2.0**-10
+    assert exact_reciprocal(2.0**125) == 2.0**-125  # the smallest normal fp32 reciprocal is 2^-126
+    for tau in (3.0, 1.5, 2.0000001, 2.0**127):  # not a power of two; 2^-127 is subnormal in fp32
+        assert exact_reciprocal(tau) is None, tau
+
+
+@pytest.mark.parametrize("decay_input", [True, False])
+@pytest.mark.parametrize("tau", [2.0, 4.0, 1024.0])
+def test_power_of_two_tau_multiplies_to_the_same_bits(tau, decay_input, kernel_device):
+    """With tau a power of two the kernels multiply by 1 / tau instead of dividing: the same exact
+    value, so the same bits, over fp32's range (subnormal, tiny, huge; no overflow, whose NaNs
+    would differ in their bits between a GPU and the CPU reference)."""
+    g = torch.Generator().manual_seed(3)
+    n = 4096
+    magnitude = torch.exp2(torch.randint(-149, 126, (3, n), generator=g).float())
+    x = (magnitude * (torch.rand(3, n, generator=g) + 0.5) * torch.randn(3, n, generator=g).sign()).to(
+        kernel_device
+    )
+    kw = dict(tau=tau, v_threshold=3.0e38, v_reset=0.0, decay_input=decay_input)
+    s, v = multistep_lif(x, return_v=True, backend="triton", **kw)
+    s_ref, v_ref = multistep_lif_naive(x, make_params(**kw), None)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(v.view(torch.int32), v_ref.view(torch.int32))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("v_reset,detach_reset,decay_input", COMBOS)
 @pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 
 import torch
 
@@ -41,7 +42,25 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _lif_charge(b_v, b_x, tau, v_reset, DECAY_INPUT: tl.constexpr, HARD_RESET: tl.constexpr):
+    def _div_tau(a, tau, inv_tau, TAU_POW2: tl.constexpr):
+        # a / tau correctly rounded. With tau a power of two, a * (1 / tau) is the same exact value,
+        # so the same rounding, without the division's slow-path branch (tau = 2, the default).
+        if TAU_POW2:
+            return a * inv_tau
+        else:
+            return tl.div_rn(a, tau)
+
+    @triton.jit
+    def _lif_charge(
+        b_v,
+        b_x,
+        tau,
+        inv_tau,
+        v_reset,
+        DECAY_INPUT: tl.constexpr,
+        HARD_RESET: tl.constexpr,
+        TAU_POW2: tl.constexpr,
+    ):
         # spikingjelly's charge, its order of operations and a correctly rounded division:
         # h = v + (x - (v - v_reset)) / tau, or v - (v - v_reset) / tau + x (rest 0 with soft reset).
         if HARD_RESET:
@@ -49,9 +68,9 @@ if HAS_TRITON:
         else:
             b_leak = b_v
         if DECAY_INPUT:
-            b_h = b_v + tl.div_rn(b_x - b_leak, tau)
+            b_h = b_v + _div_tau(b_x - b_leak, tau, inv_tau, TAU_POW2)
         else:
-            b_h = b_v - tl.div_rn(b_leak, tau) + b_x
+            b_h = b_v - _div_tau(b_leak, tau, inv_tau, TAU_POW2) + b_x
         return b_h
 
     @triton.jit
@@ -64,6 +83,18 @@ if HAS_TRITON:
         return b_v
 
     @triton.jit
+    def _load_rows(p, m_n, N, STEPS: tl.constexpr):
+        """STEPS consecutive rows from p (a tuple, in storage dtype), every load issued before any
+        value is used. A correctly rounded division compiles to a branch around its slow path,
+        and ptxas does not move a load above a branch: loaded one step at a time, each step would
+        wait for memory on its own."""
+        b_rows = ()
+        for _ in tl.static_range(STEPS):
+            b_rows = b_rows + (tl.load(p, mask=m_n, other=0.0),)  # noqa: RUF005 (Triton: no starred tuples)
+            p += N
+        return b_rows
+
+    @triton.jit
     def _lif_fwd_steps(
         p_x,
         p_s,
@@ -71,25 +102,28 @@ if HAS_TRITON:
         b_v,
         N,
         tau,
+        inv_tau,
         v_threshold,
         v_reset,
         STEPS: tl.constexpr,
         STORE_SPIKES: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
         HARD_RESET: tl.constexpr,
+        TAU_POW2: tl.constexpr,
     ):
         """STEPS forward steps from v; returns v and the pointers advanced by STEPS rows."""
-        for _ in tl.static_range(STEPS):
-            b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
-            b_h = _lif_charge(b_v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
+        b_xs = _load_rows(p_x, m_n, N, STEPS)
+        for k in tl.static_range(STEPS):
+            b_h = _lif_charge(
+                b_v, b_xs[k].to(tl.float32), tau, inv_tau, v_reset, DECAY_INPUT, HARD_RESET, TAU_POW2
+            )
             b_s = b_h >= v_threshold
             b_v = _lif_reset(b_h, b_s, v_threshold, v_reset, HARD_RESET)
             if STORE_SPIKES:
                 # (through fp32: the interpreter cannot convert a boolean to bf16 directly)
                 tl.store(p_s, tl.where(b_s, 1.0, 0.0).to(p_s.dtype.element_ty), mask=m_n)
                 p_s += N
-            p_x += N
-        return b_v, p_x, p_s
+        return b_v, p_x + STEPS * N, p_s
 
     @triton.jit
     def _surrogate_grad(b_h, v_threshold, alpha, scale, SURROGATE_ATAN: tl.constexpr):
@@ -109,36 +143,36 @@ if HAS_TRITON:
         return b_sg
 
     @triton.jit
-    def _lif_bwd_steps(
+    def _lif_bwd_segment(
         p_x,
         p_gs,
         p_gx,
         m_n,
         b_v,
-        b_g_end,
-        stop_early,
+        b_g,
         N,
         tau,
+        inv_tau,
         v_threshold,
         v_reset,
         alpha,
-        K: tl.constexpr,
         STEPS: tl.constexpr,
-        EARLY_STEPS: tl.constexpr,
+        GS_AHEAD: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
         HARD_RESET: tl.constexpr,
+        TAU_POW2: tl.constexpr,
         DETACH_RESET: tl.constexpr,
         SURROGATE_ATAN: tl.constexpr,
     ):
-        """Gradients of steps K..STEPS-1 of a segment; p_x, p_gs, p_gx point at step K's rows.
+        """Gradients of one segment of STEPS steps; p_x, p_gs, p_gx point at its first row.
 
-        The segment ends after EARLY_STEPS steps instead where stop_early is true (a shorter last
-        segment shares this code). Unrolled by recursion on K: h of each step stays live across
-        the recursive call, so the segment's h sequence sits in registers.
-
+        Its rows of x are loaded first, all at once, and with GS_AHEAD its rows of grad_s too
+        (else after the recompute, when x is dead: fewer registers, a second wait for memory);
+        then h[0..STEPS-1] is recomputed from v (v before the segment) into registers, and the
+        steps are walked backwards.
         Gradients travel scaled by ``scale`` = dh/dx (1/tau with decay_input, else 1), so that
-        scale * dL/dh is dL/dx itself: v is v[K-1], b_g_end is scale * dL/dv after the
-        segment's last step, and the return value is scale * dL/dv[K-1].
+        scale * dL/dh is dL/dx itself: b_g is scale * dL/dv after the segment's last step, and
+        the return value is scale * dL/dv before its first.
         """
         if DECAY_INPUT:
             scale = 1.0 / tau
@@ -146,61 +180,51 @@ if HAS_TRITON:
         else:
             scale = 1.0
             inv_scale = 1.0
-        b_x = tl.load(p_x, mask=m_n, other=0.0).to(tl.float32)
-        b_h = _lif_charge(b_v, b_x, tau, v_reset, DECAY_INPUT, HARD_RESET)
-        b_s = b_h >= v_threshold
-        b_g = b_g_end
-        if K + 1 < STEPS:
-            if K + 1 == EARLY_STEPS:
-                go_on = stop_early == 0
-            else:
-                go_on = True
-            if go_on:
-                b_g = _lif_bwd_steps(
-                    p_x + N,
-                    p_gs + N,
-                    p_gx + N,
-                    m_n,
-                    _lif_reset(b_h, b_s, v_threshold, v_reset, HARD_RESET),
-                    b_g_end,
-                    stop_early,
-                    N,
-                    tau,
-                    v_threshold,
-                    v_reset,
-                    alpha,
-                    K + 1,
-                    STEPS,
-                    EARLY_STEPS,
-                    DECAY_INPUT,
-                    HARD_RESET,
-                    DETACH_RESET,
-                    SURROGATE_ATAN,
-                )
-        b_sg = _surrogate_grad(b_h, v_threshold, alpha, scale, SURROGATE_ATAN)
-        b_gs = tl.load(p_gs, mask=m_n, other=0.0).to(tl.float32)
-        # dL/dx = scale (grad_s sg + dL/dv dv/dh), dv/dh the reset's derivative (its spike term
-        # dropped by detach_reset); b_g is scale * dL/dv. Grouped to the fewest multiply-adds:
-        if HARD_RESET:  # dv/dh = (1 - s) + (v_reset - h) sg
-            if STEPS > 8:
-                # 1 - s as a fresh comparison: keeping 16 steps' spike predicates live across the
-                # recursion spills them into general registers (and those to memory at bf16).
-                b_below = b_h < v_threshold
-            else:
-                b_below = b_s == 0
-            b_gx = tl.where(b_below, b_g, 0.0)
-            if DETACH_RESET:
-                b_gx += b_gs * b_sg
-            else:
-                b_gx += (b_gs + b_g * (b_h * -inv_scale + v_reset * inv_scale)) * b_sg
-        else:  # dv/dh = 1 - v_threshold sg
-            if DETACH_RESET:
-                b_gx = b_gs * b_sg + b_g
-            else:
-                b_gx = (b_gs + b_g * (-v_threshold * inv_scale)) * b_sg + b_g
-        tl.store(p_gx, b_gx.to(p_gx.dtype.element_ty), mask=m_n)
-        # scale * dL/dv[K-1] = scale * dL/dh * dh/dv = dL/dx * (1 - 1/tau)
-        return b_gx * (1.0 - 1.0 / tau)
+        b_xs = _load_rows(p_x, m_n, N, STEPS)
+        if GS_AHEAD:
+            b_gss = _load_rows(p_gs, m_n, N, STEPS)
+        b_hs = ()
+        b_ss = ()
+        for k in tl.static_range(STEPS):
+            b_h = _lif_charge(
+                b_v, b_xs[k].to(tl.float32), tau, inv_tau, v_reset, DECAY_INPUT, HARD_RESET, TAU_POW2
+            )
+            b_s = b_h >= v_threshold
+            b_v = _lif_reset(b_h, b_s, v_threshold, v_reset, HARD_RESET)
+            b_hs = b_hs + (b_h,)  # noqa: RUF005
+            b_ss = b_ss + (b_s,)  # noqa: RUF005
+            if k > 0:  # to the last row (64-bit pointer steps: (STEPS - 1) N may pass 2^31)
+                p_gx += N
+        if not GS_AHEAD:
+            b_gss = _load_rows(p_gs, m_n, N, STEPS)
+        for i in tl.static_range(STEPS):
+            b_h = b_hs[STEPS - 1 - i]
+            b_sg = _surrogate_grad(b_h, v_threshold, alpha, scale, SURROGATE_ATAN)
+            b_gs = b_gss[STEPS - 1 - i].to(tl.float32)
+            # dL/dx = scale (grad_s sg + dL/dv dv/dh), dv/dh the reset's derivative (its spike term
+            # dropped by detach_reset); b_g is scale * dL/dv. Grouped to the fewest multiply-adds:
+            if HARD_RESET:  # dv/dh = (1 - s) + (v_reset - h) sg
+                if STEPS > 8:
+                    # 1 - s as a fresh comparison: keeping 16 steps' spike predicates live spills
+                    # them into general registers (and those to memory at bf16).
+                    b_below = b_h < v_threshold
+                else:
+                    b_below = b_ss[STEPS - 1 - i] == 0
+                b_gx = tl.where(b_below, b_g, 0.0)
+                if DETACH_RESET:
+                    b_gx += b_gs * b_sg
+                else:
+                    b_gx += (b_gs + b_g * (b_h * -inv_scale + v_reset * inv_scale)) * b_sg
+            else:  # dv/dh = 1 - v_threshold sg
+                if DETACH_RESET:
+                    b_gx = b_gs * b_sg + b_g
+                else:
+                    b_gx = (b_gs + b_g * (-v_threshold * inv_scale)) * b_sg + b_g
+            tl.store(p_gx, b_gx.to(p_gx.dtype.element_ty), mask=m_n)
+            p_gx -= N
+            # scale * dL/dv before this step = scale * dL/dh * dh/dv = dL/dx * (1 - 1/tau)
+            b_g = b_gx * (1.0 - 1.0 / tau)
+        return b_g
 
     @triton.jit
     def _lif_block(v_init_ptr, N, USE_INITIAL_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -222,11 +246,13 @@ if HAS_TRITON:
         v_out_ptr,
         N,
         tau,
+        inv_tau,
         v_threshold,
         v_reset,
         T: tl.constexpr,
         HARD_RESET: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
+        TAU_POW2: tl.constexpr,
         SEG: tl.constexpr,
         NUM_SEG: tl.constexpr,
         LAST_SEG: tl.constexpr,
@@ -239,10 +265,36 @@ if HAS_TRITON:
         p_s = s_ptr + offs
         for _ in range(NUM_SEG - 1):
             b_v, p_x, p_s = _lif_fwd_steps(
-                p_x, p_s, m_n, b_v, N, tau, v_threshold, v_reset, SEG, True, DECAY_INPUT, HARD_RESET
+                p_x,
+                p_s,
+                m_n,
+                b_v,
+                N,
+                tau,
+                inv_tau,
+                v_threshold,
+                v_reset,
+                SEG,
+                True,
+                DECAY_INPUT,
+                HARD_RESET,
+                TAU_POW2,
             )
         b_v, p_x, p_s = _lif_fwd_steps(
-            p_x, p_s, m_n, b_v, N, tau, v_threshold, v_reset, LAST_SEG, True, DECAY_INPUT, HARD_RESET
+            p_x,
+            p_s,
+            m_n,
+            b_v,
+            N,
+            tau,
+            inv_tau,
+            v_threshold,
+            v_reset,
+            LAST_SEG,
+            True,
+            DECAY_INPUT,
+            HARD_RESET,
+            TAU_POW2,
         )
         if STORE_FINAL_STATE:
             tl.store(v_out_ptr + offs, b_v, mask=m_n)
@@ -258,17 +310,20 @@ if HAS_TRITON:
         v_start_ptr,
         N,
         tau,
+        inv_tau,
         v_threshold,
         v_reset,
         alpha,
         T: tl.constexpr,
         HARD_RESET: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
+        TAU_POW2: tl.constexpr,
         DETACH_RESET: tl.constexpr,
         SURROGATE_ATAN: tl.constexpr,
         SEG: tl.constexpr,
         NUM_SEG: tl.constexpr,
         LAST_SEG: tl.constexpr,
+        GS_AHEAD: tl.constexpr,
         USE_INITIAL_STATE: tl.constexpr,
         HAS_GRAD_FINAL_STATE: tl.constexpr,
         STORE_GRAD_INITIAL_STATE: tl.constexpr,
@@ -290,38 +345,72 @@ if HAS_TRITON:
             for _ in range(NUM_SEG - 1):
                 tl.store(p_v, b_v, mask=m_n)
                 b_v, p_x, p_v = _lif_fwd_steps(
-                    p_x, p_v, m_n, b_v, N, tau, v_threshold, v_reset, SEG, False, DECAY_INPUT, HARD_RESET
+                    p_x,
+                    p_v,
+                    m_n,
+                    b_v,
+                    N,
+                    tau,
+                    inv_tau,
+                    v_threshold,
+                    v_reset,
+                    SEG,
+                    False,
+                    DECAY_INPUT,
+                    HARD_RESET,
+                    TAU_POW2,
                 )
                 p_v += N
-        # The segments from last to first; v is the last one's start, the others' are in v_start.
-        for i in range(NUM_SEG):
-            i_seg = NUM_SEG - 1 - i
-            # (two tests: with one segment there is no scratch, and the load must not be compiled)
-            if NUM_SEG > 1:  # noqa: SIM102
-                if i > 0:
-                    b_v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
-            row = (i_seg * SEG).to(tl.int64) * N + offs
-            b_g = _lif_bwd_steps(
-                x_ptr + row,
-                grad_s_ptr + row,
-                grad_x_ptr + row,
-                m_n,
-                b_v,
-                b_g,
-                i == 0,
-                N,
-                tau,
-                v_threshold,
-                v_reset,
-                alpha,
-                0,
-                SEG,
-                LAST_SEG,
-                DECAY_INPUT,
-                HARD_RESET,
-                DETACH_RESET,
-                SURROGATE_ATAN,
-            )
+        # The segments from last to first: the last one (LAST_SEG steps) from v, which is its
+        # start, the others (SEG steps each) from their starts in v_start.
+        row = tl.full([], (NUM_SEG - 1) * SEG, tl.int64) * N + offs
+        b_g = _lif_bwd_segment(
+            x_ptr + row,
+            grad_s_ptr + row,
+            grad_x_ptr + row,
+            m_n,
+            b_v,
+            b_g,
+            N,
+            tau,
+            inv_tau,
+            v_threshold,
+            v_reset,
+            alpha,
+            LAST_SEG,
+            GS_AHEAD,
+            DECAY_INPUT,
+            HARD_RESET,
+            TAU_POW2,
+            DETACH_RESET,
+            SURROGATE_ATAN,
+        )
+        if NUM_SEG > 1:  # (with one segment there is no scratch: the loop must not be compiled)
+            for i in range(1, NUM_SEG):
+                i_seg = NUM_SEG - 1 - i
+                b_v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
+                row = (i_seg * SEG).to(tl.int64) * N + offs
+                b_g = _lif_bwd_segment(
+                    x_ptr + row,
+                    grad_s_ptr + row,
+                    grad_x_ptr + row,
+                    m_n,
+                    b_v,
+                    b_g,
+                    N,
+                    tau,
+                    inv_tau,
+                    v_threshold,
+                    v_reset,
+                    alpha,
+                    SEG,
+                    GS_AHEAD,
+                    DECAY_INPUT,
+                    HARD_RESET,
+                    TAU_POW2,
+                    DETACH_RESET,
+                    SURROGATE_ATAN,
+                )
         if STORE_GRAD_INITIAL_STATE:
             if DECAY_INPUT:
                 b_g = b_g * tau
@@ -362,6 +451,26 @@ def launch_config(dtype: torch.dtype, backward: bool) -> tuple[int, int]:
     return per_thread * 32 * num_warps, num_warps
 
 
+@functools.cache
+def exact_reciprocal(tau: float) -> float | None:
+    """1 / tau when tau is a power of two whose reciprocal is a normal fp32 number (then x / tau
+    and x * (1 / tau) are the same exact value, rounded alike), else None."""
+    mantissa, exponent = math.frexp(tau)
+    return 2.0 ** (1 - exponent) if mantissa == 0.5 and -125 <= 1 - exponent <= 127 else None
+
+
+# Values of one row a backward thread may hold per step of a segment before grad_s waits for the
+# recompute: 16 steps x 4 fp32 neurons fit beside their h (158 registers at sm_90), 16 x 8 at
+# bf16 do not (56 bytes spilled).
+GS_AHEAD_VALUES = 64
+
+
+@functools.cache
+def grad_s_ahead(seg: int, dtype: torch.dtype) -> bool:
+    """Whether the backward loads a segment's grad_s rows with its x rows, before the recompute."""
+    return seg * (16 // dtype.itemsize) <= GS_AHEAD_VALUES
+
+
 def _blocks(n: int, block_n: int) -> int:
     # plain integers: triton.cdiv is a constexpr function in Triton 3.8, slower on the host
     return (n + block_n - 1) // block_n
@@ -383,11 +492,13 @@ def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torc
             v_out_ptr=v_out if return_v else None,
             N=n,
             tau=p.tau,
+            inv_tau=exact_reciprocal(p.tau) or 0.0,
             v_threshold=p.v_threshold,
             v_reset=0.0 if p.v_reset is None else p.v_reset,
             T=T,
             HARD_RESET=p.v_reset is not None,
             DECAY_INPUT=p.decay_input,
+            TAU_POW2=exact_reciprocal(p.tau) is not None,
             SEG=seg,
             NUM_SEG=num_seg,
             LAST_SEG=last_seg,
@@ -422,17 +533,20 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
             v_start_ptr=v_start,
             N=n,
             tau=p.tau,
+            inv_tau=exact_reciprocal(p.tau) or 0.0,
             v_threshold=p.v_threshold,
             v_reset=0.0 if p.v_reset is None else p.v_reset,
             alpha=p.alpha,
             T=T,
             HARD_RESET=p.v_reset is not None,
             DECAY_INPUT=p.decay_input,
+            TAU_POW2=exact_reciprocal(p.tau) is not None,
             DETACH_RESET=p.detach_reset,
             SURROGATE_ATAN=p.surrogate == "atan",
             SEG=seg,
             NUM_SEG=num_seg,
             LAST_SEG=last_seg,
+            GS_AHEAD=grad_s_ahead(seg, x.dtype),
             USE_INITIAL_STATE=v_init is not None,
             HAS_GRAD_FINAL_STATE=grad_v is not None,
             STORE_GRAD_INITIAL_STATE=store_grad_v_init,
