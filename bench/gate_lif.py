@@ -13,6 +13,7 @@ for) and ``kernels_us`` (device time per call of each kernel, memset and memcpy,
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -26,6 +27,9 @@ from svm_kernels.lif.naive import multistep_lif_naive
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 MODES = ("fwd", "bwd", "full")
 PARAMS = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, detach_reset=True)  # sigmoid surrogate, alpha 4
+# tau = 2 is a power of two: the kernels multiply by 1 / tau. The ``ours_tau3`` rows time the
+# correctly rounded division that any other tau takes (bf16 only).
+PARAMS_TAU3 = dict(PARAMS, tau=3.0)
 BYTES_PER_STEP = {"fwd": 2, "bwd": 3, "full": 5}
 HOST_SHAPES = {"T4_N1k_host": (4, 2**10)}
 SPLIT_CALLS = 5
@@ -212,6 +216,9 @@ def lif_cases(smoke: bool):
                     "lif", "spikingjelly", "peer", case, lambda a=args, s=split: spikingjelly_case(*a, s), 60
                 )
                 yield Case("lif", "torch_compile", "peer", case, lambda a=args: compile_case(*a), 90)
+                if dt_name == "bf16":
+                    tau3 = functools.partial(ours, **PARAMS_TAU3)
+                    yield Case("lif", "ours_tau3", "ours", case, lambda a=args, f=tau3: time_case(f, *a), 30)
     # host-bound: the same calls at a size where the GPU work is negligible (bf16 only)
     for name, (T, n) in HOST_SHAPES.items():
         for mode in MODES:
