@@ -361,56 +361,35 @@ if HAS_TRITON:
                     TAU_POW2,
                 )
                 p_v += N
-        # The segments from last to first: the last one (LAST_SEG steps) from v, which is its
-        # start, the others (SEG steps each) from their starts in v_start.
-        row = tl.full([], (NUM_SEG - 1) * SEG, tl.int64) * N + offs
-        b_g = _lif_bwd_segment(
-            x_ptr + row,
-            grad_s_ptr + row,
-            grad_x_ptr + row,
-            m_n,
-            b_v,
-            b_g,
-            N,
-            tau,
-            inv_tau,
-            v_threshold,
-            v_reset,
-            alpha,
-            LAST_SEG,
-            GS_AHEAD,
-            DECAY_INPUT,
-            HARD_RESET,
-            TAU_POW2,
-            DETACH_RESET,
-            SURROGATE_ATAN,
-        )
-        if NUM_SEG > 1:  # (with one segment there is no scratch: the loop must not be compiled)
-            for i in range(1, NUM_SEG):
-                i_seg = NUM_SEG - 1 - i
-                b_v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
-                row = (i_seg * SEG).to(tl.int64) * N + offs
-                b_g = _lif_bwd_segment(
-                    x_ptr + row,
-                    grad_s_ptr + row,
-                    grad_x_ptr + row,
-                    m_n,
-                    b_v,
-                    b_g,
-                    N,
-                    tau,
-                    inv_tau,
-                    v_threshold,
-                    v_reset,
-                    alpha,
-                    SEG,
-                    GS_AHEAD,
-                    DECAY_INPUT,
-                    HARD_RESET,
-                    TAU_POW2,
-                    DETACH_RESET,
-                    SURROGATE_ATAN,
-                )
+        # The segments from last to first (unrolled: NUM_SEG is small, and the last segment's
+        # length is its own constexpr), the last one from v, which is its start, the others from
+        # their starts in v_start.
+        for i in tl.static_range(NUM_SEG):
+            i_seg = NUM_SEG - 1 - i
+            row = tl.full([], i_seg * SEG, tl.int64) * N + offs
+            if i > 0:
+                b_v = tl.load(v_start_ptr + tl.full([], i_seg, tl.int64) * N + offs, mask=m_n, other=0.0)
+            b_g = _lif_bwd_segment(
+                x_ptr + row,
+                grad_s_ptr + row,
+                grad_x_ptr + row,
+                m_n,
+                b_v,
+                b_g,
+                N,
+                tau,
+                inv_tau,
+                v_threshold,
+                v_reset,
+                alpha,
+                LAST_SEG if i == 0 else SEG,
+                GS_AHEAD,
+                DECAY_INPUT,
+                HARD_RESET,
+                TAU_POW2,
+                DETACH_RESET,
+                SURROGATE_ATAN,
+            )
         if STORE_GRAD_INITIAL_STATE:
             if DECAY_INPUT:
                 b_g = b_g * tau
