@@ -436,6 +436,7 @@ if HAS_TRITON:
         NP: tl.constexpr,
         ADJOINT: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        CHAIN_STEP: tl.constexpr,
     ):
         # Chunk exit states (computed from a zero entry) -> true entering states, in place: a
         # sequential pass over the chunks of one direction, in that direction's order (the
@@ -451,12 +452,24 @@ if HAS_TRITON:
         p_state = state_ptr + (pid_bk * D + offs_d[:, None]) * n_chunks * NP + offs_n[None, :]
         p_dtsum = dtsum_ptr + (pid_bk * D + offs_d) * n_chunks
         b_x = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-        for t in range(n_chunks):
-            c = tl.where((k < 2) != ADJOINT, t, n_chunks - 1 - t)
-            b_exit = tl.load(p_state + c * NP, mask=m_dn, other=0.0)
-            b_dtsum = tl.load(p_dtsum + c, mask=m_d, other=0.0)
-            tl.store(p_state + c * NP, b_x, mask=m_dn)
-            b_x = tl.exp(b_dtsum[:, None] * b_a) * b_x + b_exit
+        in_order = (k < 2) != ADJOINT
+        # CHAIN_STEP chunks at a time: their loads first (a tuple), then the carry through them,
+        # so the program waits for memory once per CHAIN_STEP chunks, not once per chunk. Chunks
+        # past the end load zeros (dt 0: the carry passes unchanged) and store nothing.
+        for t0 in range(0, n_chunks, CHAIN_STEP):
+            b_exits = ()
+            b_decays = ()
+            for i in tl.static_range(CHAIN_STEP):
+                t = t0 + i
+                c = tl.where(in_order, t, n_chunks - 1 - t)
+                b_exits = b_exits + (tl.load(p_state + c * NP, mask=m_dn & (t < n_chunks), other=0.0),)  # noqa: RUF005
+                b_dtsum = tl.load(p_dtsum + c, mask=m_d & (t < n_chunks), other=0.0)
+                b_decays = b_decays + (tl.exp(b_dtsum[:, None] * b_a),)  # noqa: RUF005
+            for i in tl.static_range(CHAIN_STEP):
+                t = t0 + i
+                c = tl.where(in_order, t, n_chunks - 1 - t)
+                tl.store(p_state + c * NP, b_x, mask=m_dn & (t < n_chunks))
+                b_x = b_decays[i] * b_x + b_exits[i]
 
     @triton.jit
     def _entry_combine(a1, x1, e1, f1, a2, x2, e2, f2):
@@ -1873,6 +1886,11 @@ if HAS_TRITON:
 _TRITON_3_8 = HAS_TRITON and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 8)
 
 
+# Chunks the chain kernel loads at once: one wait for memory per CHAIN_STEP chunks (stage 1's
+# backward chains ~370 chunks one after another).
+CHAIN_STEP = 16
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -2178,6 +2196,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
                 NP=NP,
                 ADJOINT=False,
                 BLOCK_D=block_d,
+                CHAIN_STEP=CHAIN_STEP,
                 num_warps=1,
             )
         chunk_pass(column=False, output=True)
@@ -2531,6 +2550,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
                 NP=NP,
                 ADJOINT=adjoint,
                 BLOCK_D=chain_block_d,
+                CHAIN_STEP=CHAIN_STEP,
                 num_warps=1,
             )
         carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A)
