@@ -191,6 +191,28 @@ def test_memory_waits_count_groups_of_loads_issued_together(tmp_path):
     assert proc.stdout.split() == ["4.0"]
 
 
+def test_power_of_two_tau_charges_with_an_unfused_exact_multiply():
+    """With tau = 2 the LIF kernels multiply by 1 / tau: as mul.rn.f32, which ptxas neither fuses
+    with the add after it (an fma would skip the rounding of a subnormal quotient) nor flushes
+    to zero (libdevice's mul_rn is .ftz). Read from the sm_90 PTX of both kernels."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import compile_check as cc\n"
+        "for case in cc.lif_cases():\n"
+        "    if case.label in ('lif_fwd fp32 T4_N16M', 'lif_bwd fp32 T4_N16M'):\n"
+        "        for launch in cc.capture_configs(case.call, case.kernels):\n"
+        "            ptx = cc.compile_launch(launch, 90)['ptx']\n"
+        "            print(case.label.split()[0], ptx.count('mul.rn.f32'), ptx.count('mul.rn.ftz'),\n"
+        "                  ptx.count('fma.'), ptx.count('div.rn'))\n"
+    )
+    proc = _run_with_bench_on_path(code, "-")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: [int(v) for v in line.split()[1:]] for line in proc.stdout.splitlines()}
+    # T = 4 steps x 8 (forward) or 4 (backward, fp32) neurons per thread: one multiply each
+    assert rows["lif_fwd"] == [32, 0, 0, 0]
+    assert rows["lif_bwd"][0] == 16 and rows["lif_bwd"][1] == 0 and rows["lif_bwd"][3] == 0
+
+
 def test_outer_loop_around_an_inlined_walk_counts_its_own_trips(tmp_path):
     """A loop over channel blocks whose body is mostly an inlined helper's walk over positions: the
     outer PTX loop is matched by its own instructions (those outside the nested PTX loop), so it

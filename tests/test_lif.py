@@ -544,9 +544,15 @@ def test_segments_are_balanced_and_cover_T(T):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: 2^31 elements")
-def test_more_than_2_31_elements_cuda():
-    n = 2**29 + 7
-    x = torch.randn(5, n, device="cuda", dtype=torch.float16)  # 2.7e9 elements > 2^31
+@pytest.mark.parametrize(
+    "T,n",
+    [
+        (5, 2**29 + 7),  # 2.7e9 elements > 2^31
+        (20, 2**28 + 7),  # two segments of 10 rows: a segment's offset 10 n passes 2^31 itself
+    ],
+)
+def test_more_than_2_31_elements_cuda(T, n):
+    x = torch.randn(T, n, device="cuda", dtype=torch.float16)
     s = multistep_lif(x, backend="triton")
     tail = multistep_lif(x[:, -1000:].contiguous(), backend="torch")
     assert torch.equal(s[:, -1000:], tail)

@@ -6,18 +6,21 @@ time outermost in memory is read in place and the outputs take its strides (``co
 The time loop is specialised at compile time in cdiv(T, 16) segments of balanced lengths (one
 of T steps when T <= 16): a segment is fully unrolled, so its values live in registers.
 
-* Forward: walk the segments, one read of x and one write of the spikes per element-step.
-* Backward (only x is saved): within a segment, ``_lif_bwd_steps`` charges step k from v[k-1],
-  recurses into steps k+1.. (so h[k] stays in a register, never in memory) and, on the way back,
-  applies the chain rule for step k: h[0..T-1] is recomputed once and the time walk is O(T).
-  With several segments a first pass stores v at each segment start but the last (fp32 rows
-  of a scratch buffer freed after the launch); then the segments run from last to first
-  through one specialisation (a shorter last segment stops early). Gradients travel scaled by
+* Forward: walk the segments; each segment's rows of x are loaded before any is used (one wait
+  for memory per segment), one write of the spikes per element-step.
+* Backward (only x is saved): per segment, ``_lif_bwd_segment`` loads the segment's rows of x (and
+  of grad_s), recomputes h of its steps into registers (never memory) and walks them back
+  applying the chain rule: h[0..T-1] is recomputed once and the time walk is O(T). With several
+  segments a first pass stores v at each segment start but the last (fp32 rows of a scratch
+  buffer freed after the launch); then the segments run from last to first, the full ones
+  through one specialisation, the shorter last one through its own. Gradients travel scaled by
   dh/dx, so that dL/dx needs no multiply of its own.
 
 Arithmetic is fp32 whatever the storage dtype. The charge divides by tau with a correctly
 rounded division (``tl.div_rn``), in spikingjelly's order of operations, so h lands exactly on
-v_threshold where spikingjelly's does and the spikes are bit-identical.
+v_threshold where spikingjelly's does and the spikes are bit-identical. When tau is a power of
+two it multiplies by 1 / tau instead (the same exact value), with a multiply the compiler may
+not fuse into the following add (which would skip the rounding of a subnormal quotient).
 """
 
 from __future__ import annotations
@@ -41,12 +44,22 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    # The interpreter runs no inline PTX, and no fused multiply-adds: a plain multiply there.
+    _INTERPRETED = tl.constexpr(TRITON_INTERPRET)
+
     @triton.jit
     def _div_tau(a, tau, inv_tau, TAU_POW2: tl.constexpr):
         # a / tau correctly rounded. With tau a power of two, a * (1 / tau) is the same exact value,
         # so the same rounding, without the division's slow-path branch (tau = 2, the default).
         if TAU_POW2:
-            return a * inv_tau
+            # mul.rn.f32: never contracted with the add after it into one rounding, and no ftz
+            # (libdevice's mul_rn flushes subnormals)
+            if _INTERPRETED:
+                return a * inv_tau
+            else:
+                return tl.inline_asm_elementwise(
+                    "mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, inv_tau], dtype=tl.float32, is_pure=True, pack=1
+                )
         else:
             return tl.div_rn(a, tau)
 
@@ -92,7 +105,7 @@ if HAS_TRITON:
         for _ in tl.static_range(STEPS):
             b_rows = b_rows + (tl.load(p, mask=m_n, other=0.0),)  # noqa: RUF005 (Triton: no starred tuples)
             p += N
-        return b_rows
+        return b_rows, p
 
     @triton.jit
     def _lif_fwd_steps(
@@ -112,7 +125,7 @@ if HAS_TRITON:
         TAU_POW2: tl.constexpr,
     ):
         """STEPS forward steps from v; returns v and the pointers advanced by STEPS rows."""
-        b_xs = _load_rows(p_x, m_n, N, STEPS)
+        b_xs, p_x = _load_rows(p_x, m_n, N, STEPS)
         for k in tl.static_range(STEPS):
             b_h = _lif_charge(
                 b_v, b_xs[k].to(tl.float32), tau, inv_tau, v_reset, DECAY_INPUT, HARD_RESET, TAU_POW2
@@ -123,7 +136,7 @@ if HAS_TRITON:
                 # (through fp32: the interpreter cannot convert a boolean to bf16 directly)
                 tl.store(p_s, tl.where(b_s, 1.0, 0.0).to(p_s.dtype.element_ty), mask=m_n)
                 p_s += N
-        return b_v, p_x + STEPS * N, p_s
+        return b_v, p_x, p_s
 
     @triton.jit
     def _surrogate_grad(b_h, v_threshold, alpha, scale, SURROGATE_ATAN: tl.constexpr):
@@ -180,9 +193,9 @@ if HAS_TRITON:
         else:
             scale = 1.0
             inv_scale = 1.0
-        b_xs = _load_rows(p_x, m_n, N, STEPS)
+        b_xs, _ = _load_rows(p_x, m_n, N, STEPS)
         if GS_AHEAD:
-            b_gss = _load_rows(p_gs, m_n, N, STEPS)
+            b_gss, _ = _load_rows(p_gs, m_n, N, STEPS)
         b_hs = ()
         b_ss = ()
         for k in tl.static_range(STEPS):
@@ -196,7 +209,7 @@ if HAS_TRITON:
             if k > 0:  # to the last row (64-bit pointer steps: (STEPS - 1) N may pass 2^31)
                 p_gx += N
         if not GS_AHEAD:
-            b_gss = _load_rows(p_gs, m_n, N, STEPS)
+            b_gss, _ = _load_rows(p_gs, m_n, N, STEPS)
         for i in tl.static_range(STEPS):
             b_h = b_hs[STEPS - 1 - i]
             b_sg = _surrogate_grad(b_h, v_threshold, alpha, scale, SURROGATE_ATAN)
@@ -361,35 +374,39 @@ if HAS_TRITON:
                     TAU_POW2,
                 )
                 p_v += N
-        # The segments from last to first (unrolled: NUM_SEG is small, and the last segment's
-        # length is its own constexpr), the last one from v, which is its start, the others from
-        # their starts in v_start.
-        for i in tl.static_range(NUM_SEG):
-            i_seg = NUM_SEG - 1 - i
-            row = tl.full([], i_seg * SEG, tl.int64) * N + offs
-            if i > 0:
-                b_v = tl.load(v_start_ptr + tl.full([], i_seg, tl.int64) * N + offs, mask=m_n, other=0.0)
-            b_g = _lif_bwd_segment(
-                x_ptr + row,
-                grad_s_ptr + row,
-                grad_x_ptr + row,
-                m_n,
-                b_v,
-                b_g,
-                N,
-                tau,
-                inv_tau,
-                v_threshold,
-                v_reset,
-                alpha,
-                LAST_SEG if i == 0 else SEG,
-                GS_AHEAD,
-                DECAY_INPUT,
-                HARD_RESET,
-                TAU_POW2,
-                DETACH_RESET,
-                SURROGATE_ATAN,
-            )
+        # The segments from last to first: the last one (LAST_SEG steps) from v, which is its
+        # start; then the full ones (SEG steps), from their starts in v_start, in a loop: two
+        # specialisations of the segment whatever T (compile time stays bounded).
+        for kind in tl.static_range(2):
+            if kind == 0 or NUM_SEG > 1:  # (one segment: no scratch, and no loop compiled)
+                for j in range(1 if kind == 0 else NUM_SEG - 1):
+                    if kind == 0:
+                        i_seg = j + (NUM_SEG - 1)
+                    else:
+                        i_seg = NUM_SEG - 2 - j
+                        b_v = tl.load(v_start_ptr + i_seg.to(tl.int64) * N + offs, mask=m_n, other=0.0)
+                    row = (i_seg * SEG).to(tl.int64) * N + offs
+                    b_g = _lif_bwd_segment(
+                        x_ptr + row,
+                        grad_s_ptr + row,
+                        grad_x_ptr + row,
+                        m_n,
+                        b_v,
+                        b_g,
+                        N,
+                        tau,
+                        inv_tau,
+                        v_threshold,
+                        v_reset,
+                        alpha,
+                        LAST_SEG if kind == 0 else SEG,
+                        GS_AHEAD,
+                        DECAY_INPUT,
+                        HARD_RESET,
+                        TAU_POW2,
+                        DETACH_RESET,
+                        SURROGATE_ATAN,
+                    )
         if STORE_GRAD_INITIAL_STATE:
             if DECAY_INPUT:
                 b_g = b_g * tau
