@@ -178,7 +178,7 @@ def _model(cfg: dict):
     try:
         from svm_models.training import config as C
         from svm_models.training import engine
-    except ImportError:
+    except Exception:  # ImportError, or a torchvision built for another torch failing to load
         C = engine = None
     if engine is not None:
         try:
@@ -208,7 +208,7 @@ def _optimizer(model, cfg: dict):
     args = {"lr": float(cfg.get("lr", 1e-3)), "weight_decay": float(cfg.get("weight_decay", 0.05))}
     try:
         from svm_models.training.optim import build_optimizer
-    except ImportError:
+    except Exception:  # as in _model: the training stack cannot be imported here
         return torch.optim.AdamW(model.parameters(), **args)
     return build_optimizer(model, args)
 
