@@ -194,10 +194,15 @@ def test_layouts(layout, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_storage(dtype, backend):
-    """Half storage, fp32 arithmetic: spikes exact against the reference on the same input."""
+@pytest.mark.parametrize("T", [4, 16, 17])
+def test_half_storage(T, dtype, backend):
+    """Half storage, fp32 arithmetic: spikes exact against the reference on the same input. At
+    T = 16 and 17 the backward loads grad_s after the recompute (``grad_s_ahead``), at 4 with x."""
+    from svm_kernels.lif.fused import grad_s_ahead, segments
+
+    assert grad_s_ahead(segments(T)[0], dtype) == (T == 4)
     p = make_params(detach_reset=True)
-    x = away_from_threshold((4, 3, 41), p, dtype=dtype)
+    x = away_from_threshold((T, 3, 41), p, dtype=dtype)
     g_s = torch.randn(x.shape)
     ref, fused = run_both(x, g_s, torch.randn(x.shape[1:]), backend=backend, detach_reset=True)
     assert fused[0].dtype == dtype
