@@ -196,6 +196,9 @@ if HAS_TRITON:
         b_xs, _ = _load_rows(p_x, m_n, N, STEPS)
         if GS_AHEAD:
             b_gss, _ = _load_rows(p_gs, m_n, N, STEPS)
+        # Keeping the steps' spike predicates live through the walk back spills them into general
+        # registers past 8 steps (and those to memory at bf16): beyond, 1 - s is compared afresh.
+        KEEP_SPIKES: tl.constexpr = STEPS <= 8
         b_hs = ()
         b_ss = ()
         for k in tl.static_range(STEPS):
@@ -205,7 +208,8 @@ if HAS_TRITON:
             b_s = b_h >= v_threshold
             b_v = _lif_reset(b_h, b_s, v_threshold, v_reset, HARD_RESET)
             b_hs = b_hs + (b_h,)  # noqa: RUF005
-            b_ss = b_ss + (b_s,)  # noqa: RUF005
+            if KEEP_SPIKES:
+                b_ss = b_ss + (b_s,)  # noqa: RUF005
             if k > 0:  # to the last row (64-bit pointer steps: (STEPS - 1) N may pass 2^31)
                 p_gx += N
         if not GS_AHEAD:
@@ -217,12 +221,10 @@ if HAS_TRITON:
             # dL/dx = scale (grad_s sg + dL/dv dv/dh), dv/dh the reset's derivative (its spike term
             # dropped by detach_reset); b_g is scale * dL/dv. Grouped to the fewest multiply-adds:
             if HARD_RESET:  # dv/dh = (1 - s) + (v_reset - h) sg
-                if STEPS > 8:
-                    # 1 - s as a fresh comparison: keeping 16 steps' spike predicates live spills
-                    # them into general registers (and those to memory at bf16).
-                    b_below = b_h < v_threshold
-                else:
+                if KEEP_SPIKES:
                     b_below = b_ss[STEPS - 1 - i] == 0
+                else:
+                    b_below = b_h < v_threshold
                 b_gx = tl.where(b_below, b_g, 0.0)
                 if DETACH_RESET:
                     b_gx += b_gs * b_sg
@@ -447,12 +449,27 @@ def launch_config(dtype: torch.dtype, backward: bool) -> tuple[int, int]:
     return per_thread * 32 * num_warps, num_warps
 
 
-@functools.cache
 def exact_reciprocal(tau: float) -> float | None:
     """1 / tau when tau is a power of two whose reciprocal is a normal fp32 number (then x / tau
     and x * (1 / tau) are the same exact value, rounded alike), else None."""
     mantissa, exponent = math.frexp(tau)
     return 2.0 ** (1 - exponent) if mantissa == 0.5 and -125 <= 1 - exponent <= 127 else None
+
+
+@functools.cache
+def _charge_args(p: LIFParams) -> dict:
+    """The arguments of the charge and the reset, which both kernels take alike (once per
+    parameter set: the launchers run on every call)."""
+    inv_tau = exact_reciprocal(p.tau)
+    return dict(
+        tau=p.tau,
+        inv_tau=inv_tau or 0.0,
+        v_threshold=p.v_threshold,
+        v_reset=0.0 if p.v_reset is None else p.v_reset,
+        HARD_RESET=p.v_reset is not None,
+        DECAY_INPUT=p.decay_input,
+        TAU_POW2=inv_tau is not None,
+    )
 
 
 # Values of one row a backward thread may hold per step of a segment before grad_s waits for the
@@ -487,14 +504,8 @@ def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torc
             s_ptr=spikes,
             v_out_ptr=v_out if return_v else None,
             N=n,
-            tau=p.tau,
-            inv_tau=exact_reciprocal(p.tau) or 0.0,
-            v_threshold=p.v_threshold,
-            v_reset=0.0 if p.v_reset is None else p.v_reset,
+            **_charge_args(p),
             T=T,
-            HARD_RESET=p.v_reset is not None,
-            DECAY_INPUT=p.decay_input,
-            TAU_POW2=exact_reciprocal(p.tau) is not None,
             SEG=seg,
             NUM_SEG=num_seg,
             LAST_SEG=last_seg,
@@ -528,15 +539,9 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
             grad_v_init_ptr=grad_v_init if store_grad_v_init else None,
             v_start_ptr=v_start,
             N=n,
-            tau=p.tau,
-            inv_tau=exact_reciprocal(p.tau) or 0.0,
-            v_threshold=p.v_threshold,
-            v_reset=0.0 if p.v_reset is None else p.v_reset,
+            **_charge_args(p),
             alpha=p.alpha,
             T=T,
-            HARD_RESET=p.v_reset is not None,
-            DECAY_INPUT=p.decay_input,
-            TAU_POW2=exact_reciprocal(p.tau) is not None,
             DETACH_RESET=p.detach_reset,
             SURROGATE_ATAN=p.surrogate == "atan",
             SEG=seg,
