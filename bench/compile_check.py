@@ -394,10 +394,15 @@ def ptx_profile(ptx: str, env: dict) -> dict:
     reported in ``untraced_loops``. Nested loops multiply.
     """
     instrs, labels = _instructions(ptx)
+    # {branch instruction: the instruction it jumps to}; a jump backwards closes a loop
+    jumps = {
+        i: labels[ops.strip()]
+        for i, (op, ops, _) in enumerate(instrs)
+        if op.startswith("bra") and ops.strip() in labels
+    }
     loops = {}
-    for i, (op, ops, _) in enumerate(instrs):
-        target = labels.get(ops.strip()) if op.startswith("bra") else None
-        if target is not None and target <= i:
+    for i, target in jumps.items():
+        if target <= i:
             loops[target] = max(loops.get(target, i), i)
     source = {path: _source_loops(path) for path in set(re.findall(r'\.file\s+\d+\s+"([^"]+)"', ptx))}
     weight = [1.0] * len(instrs)
@@ -433,7 +438,7 @@ def ptx_profile(ptx: str, env: dict) -> dict:
     # issues the loads of a basic block early, but not above a branch, a barrier or an
     # instruction it expands with a branch (GROUP_ENDS); the first load after one of those
     # starts a new group. Each group counts its executions (its loop trips).
-    starts = {labels[ops.strip()] for op, ops, _ in instrs if op.startswith("bra") and ops.strip() in labels}
+    starts = set(jumps.values())
     memory_waits, open_group = 0.0, False
     for i, (op, _, _) in enumerate(instrs):
         if i in starts:

@@ -37,13 +37,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _read_config(path: str) -> dict:
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
-
-
 def scan_worker(args) -> dict:
     """Forward + backward of one PyTorch-backend low-rank scan (N = 1, R = 2) of shape (B, D, H, W)."""
     import torch
@@ -123,7 +116,10 @@ def _sync(device: str):
 
 def read_config(path: str, memory_efficient: str = "config", channels_last: str = "config") -> dict:
     """The config with the command line's overrides (``config`` keeps the file's value)."""
-    cfg = _read_config(path)
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f)
     for key, value in (("memory_efficient", memory_efficient), ("channels_last", channels_last)):
         if value != "config":
             cfg[key] = value == "true"
