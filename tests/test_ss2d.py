@@ -685,3 +685,45 @@ def test_chunked_backward_algorithm_float64(chunk):
     )
     for mine, ref in ((d_dt, dt.grad), (du, u.grad), (dA.sum(0), A.grad), (dB, B.grad), (dC, C.grad)):
         torch.testing.assert_close(mine, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 6, 17])
+def test_adjoint_chunk_values_equal_the_state_walks(chunk):
+    # The local pass walks the state only and takes the adjoint's chunk values from it; here the
+    # reverse adjoint walk from zero that it replaces, in float64: a*lam at the chunk start,
+    # its coefficient K on the entering adjoint and its q total, against G, the exit state and
+    # the state's q total.
+    from svm_kernels.ss2d.chunked_ref import adjoint_chunk_values
+
+    g = torch.Generator().manual_seed(5)
+    D, N = 3, 4
+    f64 = dict(dtype=torch.float64)
+    dt = torch.rand(D, chunk, generator=g, **f64)
+    u = torch.randn(D, chunk, generator=g, **f64)
+    gr = torch.randn(D, chunk, generator=g, **f64)
+    A = -3 * torch.rand(D, N, generator=g, **f64)
+    B = torch.randn(N, chunk, generator=g, **f64)
+    C = torch.randn(N, chunk, generator=g, **f64)
+    a = torch.exp(dt[..., None] * A[:, None, :])  # (D, chunk, N)
+    b = (dt * u)[..., None] * B.T
+    lt = gr[..., None] * C.T
+    x = torch.zeros(D, N, **f64)
+    G = torch.zeros(D, N, **f64)
+    q_x = torch.zeros(D, **f64)
+    for t in range(chunk):
+        x = a[:, t] * x + b[:, t]
+        q_x += (A * lt[:, t] * x).sum(-1)
+        G += lt[:, t] * torch.exp(dt[:, : t + 1].sum(-1, keepdim=True) * A)
+    m = torch.zeros(D, N, **f64)
+    K = torch.zeros(D, N, **f64)
+    decay = torch.ones(D, N, **f64)
+    q_l = torch.zeros(D, **f64)
+    for t in reversed(range(chunk)):
+        lam = lt[:, t] + m
+        m = a[:, t] * lam
+        q_l += (A * b[:, t] * lam).sum(-1)
+        K += b[:, t] * decay
+        decay = decay * a[:, t]
+    m_dual, K_dual = adjoint_chunk_values(x, G)
+    for mine, ref in ((m_dual, m), (K_dual, K), (q_x, q_l)):
+        torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-13)

@@ -18,14 +18,16 @@ no per-position state is stored between walks. Chunk c's carries are linear in t
 state / adjoint, which is why each walk also gathers the coefficients G and K.
 
 Passes (lanes = channels x chunks, positions walked one per step, as in the forward):
-  1. state pass:   per chunk from a zero state: exit state, summed dt, and for the q totals
+  1. local pass:   per chunk from a zero state: exit state, summed dt, and for the q totals
                    sum_t q_loc and G = sum_t C g exp(A s[t]) (s: chunk-local cumulative dt).
-  2. adjoint pass: per chunk, reverse, from a zero adjoint: exit a*lam at the chunk start, the
-                   q totals of b lam_loc, and K = sum_t b[t] exp(A (s_last - s[t])).
-  3. chains over chunks (the forward's chain; the adjoint's in the opposite order, with the same
+                   The adjoint's chunk values need no walk of their own (duality, `adjoint_chunk_values`):
+                   from a zero adjoint, a*lam at the chunk start is G, its coefficient on the
+                   entering adjoint K = sum_t b[t] exp(A (s_last - s[t])) is the exit state, and
+                   its q total is the state's.
+  2. chains over chunks (the forward's chain; the adjoint's in the opposite order, with the same
      summed dt, because a*lam shifts the decay by one position), then the chunk totals of q
      and their suffix sums over later chunks.
-  4. gradient pass: a forward walk from the entering state (dC, the x half of d dt and dA) and a
+  3. gradient pass: a forward walk from the entering state (dC, the x half of d dt and dA) and a
      reverse walk from the entering adjoint (du, dB, the lam half of d dt and dA).
 
 Shapes: dt, u, g (..., D, L); A (..., D, N); B, C (..., N, L). float64 in the tests.
@@ -52,6 +54,15 @@ def _chain(exits: torch.Tensor, dtsum: torch.Tensor, A: torch.Tensor, reverse: b
         entering[..., c, :] = carry
         carry = torch.exp(dtsum[..., c, None] * A) * carry + exits[..., c, :]
     return entering
+
+
+def adjoint_chunk_values(exit_state: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a*lam at the chunk start, K) of the reverse walk from a zero adjoint, from the state
+    pass's exit state and G. Both walks sum the same products of decays over pairs t <= t':
+    a*lam at the start is sum_t' C g[t'] prod_{s<=t'} a[s] = G, and K = sum_t b[t]
+    prod_{s>t} a[s] is the exit state from zero (and the q totals, sum over t <= t' of
+    b[t] C g[t'] prod_{t<s<=t'} a[s], agree as well)."""
+    return G, exit_state
 
 
 def chunked_scan_bwd(dt, u, A, B, C, g, chunk: int):
@@ -83,26 +94,17 @@ def chunked_scan_bwd(dt, u, A, B, C, g, chunk: int):
     dtsum = s[..., 0]
     x_in = _chain(x, dtsum, A, reverse=False)
 
-    # 2. adjoint pass (zero entry, reverse): a*lam at the chunk start, q total and K
-    m = torch.zeros_like(x)
-    decay = torch.ones_like(x)  # exp(A (s_last - s[t])): the decays after t
-    q_l = torch.zeros_like(q_x)
-    K = torch.zeros_like(x)
-    for j in reversed(range(chunk)):
-        a, b, lt = step(j)
-        lam = lt + m
-        m = a * lam
-        q_l = q_l + (Ac * b * lam).sum(-1)
-        K = K + b * decay
-        decay = decay * a
+    # the adjoint's chunk values: the state pass's (duality)
+    m, K = adjoint_chunk_values(x, G)
     m_in = _chain(m, dtsum, A, reverse=True)
 
-    # 3. exact chunk totals of q (linear in the entering values), and their sums over later chunks
-    q_tot = q_x + (Ac * x_in * G).sum(-1) - q_l - (Ac * m_in * K).sum(-1)
+    # 2. exact chunk totals of q (linear in the entering values; their zero-entry parts, q_x for
+    # the state and the same for the adjoint, cancel), and their sums over later chunks
+    q_tot = (Ac * (x_in * G - m_in * K)).sum(-1)
     later = q_tot.flip(-1).cumsum(-1).flip(-1) - q_tot
     s_start = dtsum.cumsum(-1) - dtsum  # S at each chunk's entry
 
-    # 4a. gradient pass, forward walk: dC and the x half of d dt and dA
+    # 3a. gradient pass, forward walk: dC and the x half of d dt and dA
     ddt = torch.zeros_like(dtc)
     dC = dtc.new_zeros(*dtc.shape[:-3], A.shape[-1], *dtc.shape[-2:])  # (..., N, n, T)
     dA = torch.zeros_like(x)
@@ -119,7 +121,7 @@ def chunked_scan_bwd(dt, u, A, B, C, g, chunk: int):
         prefix = prefix + q
         dA = dA + s * lt * x
         dC[..., j] = (gc[..., j, None] * x).sum(-3).transpose(-1, -2)
-    # 4b. gradient pass, reverse walk: du, dB and the lam half of d dt and dA
+    # 3b. gradient pass, reverse walk: du, dB and the lam half of d dt and dA
     du = torch.zeros_like(uc)
     dB = torch.zeros_like(dC)
     m = m_in

@@ -26,8 +26,9 @@ Backward (``ss2d_bwd_chunk_kernel``, the forward's chain kernel): the same chunk
 The gradient terms that pair the prefix state x with the suffix adjoint lam are those through
 the decays; with the cumulative dt S, they become sums of C g x and of dt u B lam terms alone
 (see ``chunked_ref.py``), so a state walk and an adjoint walk never need each other's values
-per position. A local pass walks each chunk both ways from zero (exit state, exit adjoint,
-summed dt, chunk totals of those terms and their coefficients on the entering values); the
+per position. A local pass walks each chunk's state from zero (exit state, summed dt, the
+chunk total of those terms and its coefficient on the entering state); the adjoint's exit and
+coefficient are the same two values swapped, by duality, so it needs no walk of its own; the
 chain kernel turns the exits into entering values (the adjoint in the opposite chunk order); a
 few torch ops on chunk-sized tensors give each chunk's carry; the gradient pass walks both ways
 again from the entering values, each walk writing its half of d dt (low rank: the state walk
@@ -1145,9 +1146,9 @@ if HAS_TRITON:
         # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
         # (against sequence order) carries m = a lam, lam = C g + m. b_s is the cumulative dt
         # S at the walk's start. Returns (exit value, S at the end, q sum, coefficient, dA,
-        # d bias, d dt_weight). Local pass (GRAD=False), from zero: the first four are the
-        # chunk's exit value, summed dt, q total and that total's coefficient on the entering
-        # value (G for the state, K for the adjoint). Gradient pass: the walk writes its half of
+        # d bias, d dt_weight). Local pass (GRAD=False, the state walk only), from zero: the
+        # first four are the chunk's exit state, summed dt, q total and that total's
+        # coefficient G on the entering state. Gradient pass: the walk writes its half of
         # every gradient; the last three are the lanes' sums of the parameter gradients (d
         # dt_weight: a tuple of R [BLOCK_D, BLOCK_C] per-lane sums). The low-rank values are
         # tuples over the R rows, so every tile is [BLOCK_D, BLOCK_C(, NP)]: no layout changes per
@@ -1166,7 +1167,6 @@ if HAS_TRITON:
         j = p % M
         b_q_sum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
         b_coef = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
-        b_decay = tl.full([BLOCK_D, BLOCK_C, NP], 1.0, tl.float32)
         # d dt_weight per lane and row, summed over the lanes once after the walk
         b_dw = ()
         for _r in tl.static_range(R):
@@ -1327,13 +1327,9 @@ if HAS_TRITON:
                         b_v = tl.where(m, b_v * b_slope, 0.0)
                         b_dbias += b_v
                     tl.store(p_ddt, b_v, mask=m)
-            else:
+            else:  # (the local pass walks the state only)
                 b_q_sum += b_q
-                if ADJOINT:
-                    b_coef += b_in * b_decay
-                    b_decay *= b_decay_p
-                else:
-                    b_coef += b_direct * tl.exp(b_s[:, :, None] * b_a[:, None, :])
+                b_coef += b_direct * tl.exp(b_s[:, :, None] * b_a[:, None, :])
             if PREFETCH:
                 shared = shared_next
                 p, i, j = p_next, i_next, j_next
@@ -1487,7 +1483,6 @@ if HAS_TRITON:
         K_ptr,
         dtsum_ptr,
         qx_ptr,
-        ql_ptr,
         carry_ptr,
         start_ptr,
         du_ptr,
@@ -1578,8 +1573,8 @@ if HAS_TRITON:
         BLOCK_C: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2, the same chunks of positions), lanes =
-        # channels x chunks as in the forward. Local pass: per direction a state walk and an
-        # adjoint walk from zero, storing the chunk values the chains and the q totals need.
+        # channels x chunks as in the forward. Local pass: per direction a state walk from zero,
+        # storing the chunk values the chains and the q totals need (the adjoint's by duality).
         # Gradient pass: the same two walks from the chained entering values, each writing its
         # half of the gradients; channel sums go to one partial per program (its n_group channel
         # blocks in turn; low rank: d dt_low by the low-rank kernel after the walks), parameter
@@ -1682,7 +1677,7 @@ if HAS_TRITON:
                     v_blk = v_slot + blk * BLOCK_D
                 else:
                     v_blk = v_slot
-                for walk in tl.static_range(2):
+                for walk in tl.static_range(2 if GRAD else 1):
                     # walk 0: the state, in sequence order (descending positions for the reversed
                     # direction), from the entering state and S at the chunk's start; walk 1: the
                     # adjoint, against it, from the entering adjoint and S at the chunk's end
@@ -1792,15 +1787,19 @@ if HAS_TRITON:
                         for r in tl.static_range(R):
                             tl.store(pW_ptr + par * RP + r, tl.sum(b_dw[r], axis=1), mask=m_d)
                 else:
+                    # The adjoint's chunk values are the state walk's, by duality: from zero, the
+                    # adjoint leaves the chunk (at its start) with G = sum_t C_t g_t prod_{s<=t} a_s,
+                    # the state's coefficient on its entering value; the adjoint's coefficient on
+                    # its entering value is sum_t in_t prod_{s>t} a_s, the state's exit from zero;
+                    # and both q totals are sum_t <C_t g_t, a x_t>. So one walk; the chains update
+                    # the exits in place, hence the second copies (adj_ptr, K_ptr).
                     b_x, b_s, b_qx, b_G, _, _, _ = res_x
-                    b_m, _, b_ql, b_K, _, _, _ = res_m
                     tl.store(state_ptr + bk * NP + offs_cs, b_x, mask=m_cs)
-                    tl.store(adj_ptr + bk * NP + offs_cs, b_m, mask=m_cs)
+                    tl.store(K_ptr + bk * NP + offs_cs, b_x, mask=m_cs)
                     tl.store(G_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
-                    tl.store(K_ptr + bk * NP + offs_cs, b_K, mask=m_cs)
+                    tl.store(adj_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
                     tl.store(dtsum_ptr + bk + offs_cv, b_s, mask=m_cv)
                     tl.store(qx_ptr + bk + offs_cv, b_qx, mask=m_cv)
-                    tl.store(ql_ptr + bk + offs_cv, b_ql, mask=m_cv)
 
     @triton.heuristics({"HAS_BIAS": lambda args: args["pBias_ptr"] is not None})
     @triton.jit
@@ -2356,7 +2355,7 @@ def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
     return t.flip(-1).cumsum(-1).flip(-1) - t
 
 
-def _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A):
+def _chunk_carries(state, adj, G, K, dtsum, q_x, A):
     """The gradient pass's per-chunk scalars, from the chained entering values (plain torch on
     (B, 4, D, n_chunks) tensors): the state half of d dt at each chunk's first position (this
     chunk's exact q total plus the later chunks' totals) and the cumulative dt S at each chunk's
@@ -2365,7 +2364,9 @@ def _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A):
     N = A.shape[-1]
     a = A.float()[None, :, :, None, :]
     x_total = q_x + (a * state[..., :N] * G[..., :N]).sum(-1)
-    total = x_total - q_l - (a * adj[..., :N] * K[..., :N]).sum(-1)
+    # the chunk's state q total less its adjoint q total; their parts from zero entering values
+    # are equal (the local pass's duality), so only the entering values' terms remain
+    total = (a * (state[..., :N] * G[..., :N] - adj[..., :N] * K[..., :N])).sum(-1)
     order = torch.tensor([False, False, True, True], device=state.device)[None, :, None, None]
 
     def flip(t):  # chunk order <-> each direction's sequence order (its own inverse)
@@ -2381,8 +2382,8 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     """Launcher of the backward. Returns (du, ddelta_or_None, d_dt_low_or_None,
     d_dt_weight_or_None, dA, dB, dC, dD_or_None, dbias_or_None), each in its input's dtype.
 
-    Four steps: the local pass (per orientation and direction, each chunk's state and adjoint
-    walks from zero); the chains over chunks (the forward's kernel, the adjoint in the opposite
+    Four steps: the local pass (per orientation and direction, each chunk's state walk from
+    zero; the adjoint's chunk values follow from it); the chains over chunks (the forward's kernel, the adjoint in the opposite
     order); the per-chunk carries (plain torch on chunk-sized tensors); the gradient pass.
     """
     batch, d_inner, H, W = u.shape
@@ -2398,9 +2399,8 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     n_dblk, n_group = _bwd_partial_split(d_inner, block_d, N, R if lowrank else 0, batch, n_cblk)
     dev = u.device
     chunk_state = [new_buffer(batch, 4, d_inner, n_chunks, NP, device=dev) for _ in range(4)]
-    chunk_value = [new_buffer(batch, 4, d_inner, n_chunks, device=dev) for _ in range(3)]
+    dtsum, q_x = (new_buffer(batch, 4, d_inner, n_chunks, device=dev) for _ in range(2))
     state, adj, G, K = chunk_state
-    dtsum, q_x, q_l = chunk_value
     du = new_buffer(batch, d_inner, H, W, device=dev)
     if lowrank:
         ddt = None
@@ -2456,7 +2456,6 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             K_ptr=K,
             dtsum_ptr=dtsum,
             qx_ptr=q_x,
-            ql_ptr=q_l,
             carry_ptr=carry,
             start_ptr=start,
             du_ptr=out(du),
@@ -2553,7 +2552,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
                 CHAIN_STEP=CHAIN_STEP,
                 num_warps=1,
             )
-        carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, q_l, A)
+        carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, A)
         for column in (False, True):
             if low_dot:  # one direction per launch: the scratch of d dt holds one direction
                 for rev in (0, 1):
