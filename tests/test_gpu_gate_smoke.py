@@ -33,7 +33,14 @@ EXTRA = [  # (kernel, impl, mode, dtype) checked once
     # the launcher variants, each timed after its float64 check (fp32 under the interpreter)
     *[
         ("ss2d", "ours_lowrank", mode, "fp32")
-        for mode in ("fwd_prefetch", "fwd_no_prefetch", "fwd_chunk_walk", "bwd_low_dot", "bwd_per_step_sums")
+        for mode in (
+            "fwd_prefetch",
+            "fwd_no_prefetch",
+            "fwd_chunk_walk",
+            "bwd_low_dot",
+            "bwd_per_step_sums",
+            "bwd_chunks_of_17",
+        )
     ],
     # whole models: torch.compile against eager (the flagship in smoke mode), training throughput
     ("model", "compiled_vs_eager", "check", "fp64"),

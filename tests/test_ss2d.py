@@ -332,16 +332,34 @@ def test_backward_with_the_per_step_low_rank_sums(monkeypatch):
     check_against_reference(make_inputs(1, 6, 3, 4, 1, R=3), lowrank=True)
 
 
-def test_lowrank_backward_fills_the_warp_slots(monkeypatch):
-    """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 4 channels (2 on Triton 3.6), and chunks short
-    enough for 16 x 132 of them (an SM's 16 warps at 128 registers), the chunk states within a
-    quarter of one (B, 4, D, L) tensor."""
+def test_lowrank_backward_runs_in_one_round_of_warp_slots(monkeypatch):
+    """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 4 channels (2 on Triton 3.6),
+    with the shortest chunks whose blocks all fit one round of 16 x 132 (an SM's 16 warps at 128
+    registers): one chunk less would need a second round. The chunk states within a quarter of
+    one (B, 4, D, L) tensor; other SM counts give other rounds."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, L, N, R = 128, 96, 56 * 56, 1, 6
-    assert fused._bwd_config(D, L, N, batch, lowrank=True) == (fused._BWD_LOWRANK_BLOCK_D, 32, 17, 1)
-    chunk, n_chunks, blocks, _ = _bwd_grid(D, L, N, R, batch)
-    assert blocks >= fused._BWD_LOWRANK_MIN_BLOCKS == 16 * 132
+    assert fused._bwd_config(D, L, N, batch, lowrank=True) == (fused._BWD_LOWRANK_BLOCK_D, 32, 20, 1)
+    chunk, n_chunks, blocks, n_parts = _bwd_grid(D, L, N, R, batch)
+    slots = fused._BWD_LOWRANK_BLOCKS_PER_SM * 132
+    assert slots == 16 * 132 and blocks <= slots < batch * n_parts * (-(-n_chunks // 32) + 1)
     assert 4 * n_chunks <= L / 4, (chunk, n_chunks)
+    # on a GPU with half the SMs the same blocks would take two rounds: longer chunks, fewer blocks
+    chunk_66 = fused._bwd_config(D, L, N, batch, lowrank=True, sms=66)[2]
+    assert chunk_66 > chunk
+
+
+def test_lowrank_backward_config_is_cheap_on_large_maps(monkeypatch):
+    """The launcher sizes the grid on every call: a 512 x 512 map (21,846 chunks) and stage 1
+    take a bisection, not a walk over every chunk count."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    calls = []
+    split = fused._bwd_partial_split
+    monkeypatch.setattr(fused, "_bwd_partial_split", lambda *a: calls.append(a) or split(*a))
+    for D, L, batch in ((96, 512 * 512, 1), (96, 56 * 56, 128)):
+        calls.clear()
+        fused._bwd_config(D, L, 1, batch, lowrank=True)
+        assert len(calls) <= 2 * L.bit_length(), (L, len(calls))
 
 
 @pytest.mark.slow  # D = 20 channels under the interpreter

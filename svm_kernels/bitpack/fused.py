@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import utils
-from ..utils import HAS_TRITON, autotune_configs, new_buffer
+from ..utils import HAS_TRITON, autotune_configs, cdiv, new_buffer
 from .naive import BITS_PER_BYTE, packed_size
 
 if HAS_TRITON:
@@ -57,7 +57,7 @@ if HAS_TRITON:
 
 
 def _grid(n_bytes: int):
-    return lambda meta: (triton.cdiv(n_bytes, meta["BLOCK"]),)
+    return lambda meta: (cdiv(n_bytes, meta["BLOCK"]),)
 
 
 def pack_bits_fwd(x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from ..utils import HAS_TRITON, TRITON_INTERPRET
+from ..utils import HAS_TRITON, TRITON_INTERPRET, cdiv
 from . import vectorized
 from .common import LIFParams, as_time_major, empty_grads, empty_outputs, layout_like, state_like
 
@@ -484,11 +484,6 @@ def grad_s_ahead(seg: int, dtype: torch.dtype) -> bool:
     return seg * (16 // dtype.itemsize) <= GS_AHEAD_VALUES
 
 
-def _blocks(n: int, block_n: int) -> int:
-    # plain integers: triton.cdiv is a constexpr function in Triton 3.8, slower on the host
-    return (n + block_n - 1) // block_n
-
-
 def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: spikes (x's dtype, x's layout) and final v (fp32; empty unless return_v)."""
     x = as_time_major(x)
@@ -498,7 +493,7 @@ def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torc
     seg, num_seg, last_seg = segments(T)
     block_n, num_warps = launch_config(x.dtype, False)
     with _on_device(x):
-        fused_lif_fwd_kernel[(_blocks(n, block_n),)](
+        fused_lif_fwd_kernel[(cdiv(n, block_n),)](
             x_ptr=x,
             v_init_ptr=state_like(x, v_init),
             s_ptr=spikes,
@@ -530,7 +525,7 @@ def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     store_grad_v_init = need_grad_v_init and v_init is not None
     block_n, num_warps = launch_config(x.dtype, True)
     with _on_device(x):
-        fused_lif_bwd_kernel[(_blocks(n, block_n),)](
+        fused_lif_bwd_kernel[(cdiv(n, block_n),)](
             x_ptr=x,
             v_init_ptr=state_like(x, v_init),
             grad_s_ptr=grad_s,

@@ -43,11 +43,12 @@ launcher adds the partials in a fixed order. No float atomics: the backward is d
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
 
-from ..utils import HAS_TRITON, TRITON_DTYPES, TRITON_INTERPRET, is_dense, new_buffer, new_output
+from ..utils import HAS_TRITON, TRITON_DTYPES, TRITON_INTERPRET, cdiv, is_dense, new_buffer, new_output
 from .common import MAX_D_STATE, SCAN_ARGS, SCAN_ARGS_SCHEMA, call_forward_op, define_forward_ops
 
 if HAS_TRITON:
@@ -1915,12 +1916,12 @@ def _fwd_config(D: int, L: int, N: int):
     """
     NP = _next_pow2(N)
     chunk = math.isqrt(L - 1) + 1
-    while triton.cdiv(L, chunk) * NP * 4 > L and chunk < L:
+    while cdiv(L, chunk) * NP * 4 > L and chunk < L:
         chunk *= 2
     chunk = min(chunk, L)
     if TRITON_INTERPRET:
         # the interpreter pays per step, not per lane: every channel and chunk in one program
-        return min(_next_pow2(D), 16), min(_next_pow2(triton.cdiv(L, chunk)), 64), chunk, 4
+        return min(_next_pow2(D), 16), min(_next_pow2(cdiv(L, chunk)), 64), chunk, 4
     if N <= 4:
         return min(_next_pow2(D), 16), 8, chunk, 4
     return min(_next_pow2(D), 4), 8, chunk, 4
@@ -2012,7 +2013,7 @@ def _fwd_scan_config(D: int, L: int, N: int):
     NP = _next_pow2(N)
     if TRITON_INTERPRET:
         # the interpreter pays per tile, and per element in a scan: small tiles, few programs
-        return min(_next_pow2(D), 16), 4, min(_next_pow2(triton.cdiv(L, 4)), 8), 4
+        return min(_next_pow2(D), 16), 4, min(_next_pow2(cdiv(L, 4)), 8), 4
     if NP == 1:
         # 16 positions per lane where the planes (and with them contiguous strides) are multiples
         # of 16 elements; otherwise the loads come in narrower pieces that take more registers
@@ -2121,7 +2122,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
             sub //= 2
     out = new_output(u, dtype=out_dtype)
     params = _param_ptrs(dt_weight, A, D, bias)
-    grid = (triton.cdiv(d_inner, block_d), batch)
+    grid = (cdiv(d_inner, block_d), batch)
 
     def orientation(column: bool):
         tensors = (u, delta, dt_low, B, C, out)
@@ -2129,7 +2130,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
         ss2d_fwd_scan_kernel[grid](
             **_orientation_args(column, u, delta, dt_low, B, C, out, params, softplus),
             out_ptr=out,
-            n_tiles=triton.cdiv(L, sub * nsub),
+            n_tiles=cdiv(L, sub * nsub),
             FLAT=flat,
             SAME_PLANE=len({t.stride()[-2:] for t in tensors if t is not None}) == 1,
             SUB=sub,
@@ -2159,10 +2160,10 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
     N = A.shape[2]
     NP = _next_pow2(N)
     block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
-    n_chunks = triton.cdiv(L, chunk)
+    n_chunks = cdiv(L, chunk)
     out = new_output(u, dtype=out_dtype)
     params = _param_ptrs(dt_weight, A, D, bias)
-    grid = (triton.cdiv(n_chunks, block_c), triton.cdiv(d_inner, block_d), batch)
+    grid = (cdiv(n_chunks, block_c), cdiv(d_inner, block_d), batch)
     state = dtsum = None
 
     def chunk_pass(column: bool, output: bool):
@@ -2185,7 +2186,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
             dtsum = new_buffer(batch, 4, d_inner, n_chunks, device=u.device)
             chunk_pass(column=False, output=False)
             chunk_pass(column=True, output=False)
-            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, block_d), batch * 4)](
+            ss2d_fwd_chain_kernel[(cdiv(d_inner, block_d), batch * 4)](
                 state_ptr=state,
                 dtsum_ptr=dtsum,
                 A_ptr=params["A_ptr"],
@@ -2234,10 +2235,10 @@ def _partial_split(D: int, block_d: int, N: int, R: int):
     within a quarter of one (B, 4, D, L) tensor (D / 4 values), so more parallelism where it is
     cheap.
     """
-    n_blocks = triton.cdiv(D, block_d)
+    n_blocks = cdiv(D, block_d)
     n_parts = max(1, min(n_blocks, D // (4 * (2 * N + R))))
-    n_group = triton.cdiv(n_blocks, n_parts)
-    return triton.cdiv(n_blocks, n_group), n_group
+    n_group = cdiv(n_blocks, n_parts)
+    return cdiv(n_blocks, n_group), n_group
 
 
 def _bwd_partial_split(D: int, block_d: int, N: int, R: int, batch: int, n_cblk: int):
@@ -2250,14 +2251,14 @@ def _bwd_partial_split(D: int, block_d: int, N: int, R: int, batch: int, n_cblk:
         return n_parts, n_group
     # at most one (B, 4, D, L) tensor of partials in all
     bound = max(1, D // (2 * N + R))
-    needed = min(triton.cdiv(_BWD_MIN_BLOCKS, batch * n_cblk), bound)
+    needed = min(cdiv(_BWD_MIN_BLOCKS, batch * n_cblk), bound)
     if needed <= n_parts:
         return n_parts, n_group
-    n_blocks = triton.cdiv(D, block_d)
+    n_blocks = cdiv(D, block_d)
     n_group = max(1, n_blocks // needed)  # parts >= needed
-    if triton.cdiv(n_blocks, n_group) > bound:  # rounded up past the bound (small blocks)
-        n_group = triton.cdiv(n_blocks, needed)
-    return _split_within_scratch(triton.cdiv(n_blocks, n_group), n_group, D, block_d, N, R)
+    if cdiv(n_blocks, n_group) > bound:  # rounded up past the bound (small blocks)
+        n_group = cdiv(n_blocks, needed)
+    return _split_within_scratch(cdiv(n_blocks, n_group), n_group, D, block_d, N, R)
 
 
 def _split_within_scratch(n_parts: int, n_group: int, D: int, block_d: int, N: int, R: int):
@@ -2267,12 +2268,12 @@ def _split_within_scratch(n_parts: int, n_group: int, D: int, block_d: int, N: i
     own part. Stage 1 and N = 16 keep their split."""
     if not (R and _BWD_LOW_DOT) or 2 * block_d * n_parts <= D:
         return n_parts, n_group
-    n_blocks = triton.cdiv(D, block_d)
-    n_group = triton.cdiv(n_blocks, max(1, D // (2 * block_d)))
-    return triton.cdiv(n_blocks, n_group), n_group
+    n_blocks = cdiv(D, block_d)
+    n_group = cdiv(n_blocks, max(1, D // (2 * block_d)))
+    return cdiv(n_blocks, n_group), n_group
 
 
-def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
+def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 132):
     """(BLOCK_D, BLOCK_C, chunk, num_warps) of the backward: the forward's chunks, with fewer
     chunks per program while the grid is under 4 waves of 132 SMs. Still under 4 waves with one
     chunk per program (N = 16: few images, one channel part), the chunks get shorter and the
@@ -2288,21 +2289,21 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
     if TRITON_INTERPRET:
         return block_d, block_c, chunk, num_warps
     if lowrank and N <= 4:
-        return _bwd_lowrank_config(D, L, N, batch, chunk)
+        return _bwd_lowrank_config(D, L, N, batch, chunk, sms)
     NP = _next_pow2(N)
-    n_chunks = triton.cdiv(L, chunk)
+    n_chunks = cdiv(L, chunk)
     n_parts, _ = _partial_split(D, block_d, N, 0)
-    while block_c > 1 and batch * n_parts * triton.cdiv(n_chunks, block_c) < _BWD_MIN_BLOCKS:
+    while block_c > 1 and batch * n_parts * cdiv(n_chunks, block_c) < _BWD_MIN_BLOCKS:
         block_c //= 2
     if block_c == 1 and batch * n_parts * n_chunks < _BWD_MIN_BLOCKS:
 
         def cost(c):  # (short of 4 waves, added memory per image and direction in fp32 values)
-            n_c = triton.cdiv(L, c)
+            n_c = cdiv(L, c)
             parts, _ = _bwd_partial_split(D, block_d, N, 0, batch, n_c)
             return max(0, _BWD_MIN_BLOCKS - batch * parts * n_c), 4 * NP * D * n_c + 2 * N * L * parts
 
         # chunk states within one (B, 4, D, L) tensor in all (four buffers of n_chunks x NP)
-        shorter = [c for c in range(1, chunk) if 4 * NP * triton.cdiv(L, c) <= L]
+        shorter = [c for c in range(1, chunk) if 4 * NP * cdiv(L, c) <= L]
         chunk = min([chunk, *shorter], key=cost)
     if lowrank:
         block_d = min(block_d, max(1, 32 // (block_c * NP)))
@@ -2317,37 +2318,51 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool):
 # 4-channel tiles between layouts through shared memory at every step (5.5 barriers per
 # element) and spills 80 bytes: 2 there.
 _BWD_LOWRANK_BLOCK_D = 4 if _TRITON_3_8 else 2
-# The low-rank backward's one-warp blocks: at 128 registers an SM holds 16 warps, so the grid
-# aims at 16 x 132 blocks (4 x 132 would leave three quarters of the warp slots empty in a walk
-# whose every step waits on its loads).
-_BWD_LOWRANK_MIN_BLOCKS = 16 * 132
+# The low-rank backward's one-warp blocks resident per SM at the walks' 128 registers (sm_90: the
+# register file holds 16 such warps).
+_BWD_LOWRANK_BLOCKS_PER_SM = 16
 
 
-def _bwd_lowrank_config(D: int, L: int, N: int, batch: int, chunk: int):
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """The GPU's SMs; the H100/H200's 132 elsewhere (the static check captures launches on the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
+
+
+def _bwd_lowrank_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int):
     """The low-rank backward's blocks at N <= 4: one warp whose lanes are chunks x states (32 // NP
     chunks) and whose channels lie within each thread, so every channel sum (d dt_low's R rows,
     dB, dC) is adds in registers and each dt_low row, B and C is loaded once per thread for all
     its channels. The chunk (about sqrt(L), the forward's) is evened out so the chunks fill
-    whole blocks of lanes, then shortened while the grid is under _BWD_LOWRANK_MIN_BLOCKS, as long
-    as the chunk states stay within one (B, 4, D, L) tensor (4 NP values per chunk and
-    channel). Channel parts as the launcher takes them (``_bwd_partial_split``); the estimate
-    takes R = D / 16 (VMamba's rank)."""
+    whole blocks of lanes, then shortened while the blocks still run in one round
+    (_BWD_LOWRANK_BLOCKS_PER_SM x sms at once) and the chunk states stay within one (B, 4, D, L)
+    tensor (4 NP values per chunk and channel). A block walks its chunk one position after
+    another, so a launch waits through about rounds x chunk dependent steps: at stage 1 on 132
+    SMs chunks of 20 in 1,920 blocks take one round, where filling every slot (chunks of 17 in
+    2,304 blocks) took a second round for 192 of them. Channel parts as the launcher takes them
+    (``_bwd_partial_split``); the estimate takes R = D / 16 (VMamba's rank)."""
     NP = _next_pow2(N)
     block_c = 32 // NP
-    n_cblk = triton.cdiv(triton.cdiv(L, chunk), block_c)
-
-    def blocks(n_cblk):
-        parts, _ = _bwd_partial_split(D, _BWD_LOWRANK_BLOCK_D, N, triton.cdiv(D, 16), batch, n_cblk)
-        return batch * parts * n_cblk
+    n_cblk = cdiv(cdiv(L, chunk), block_c)
+    slots = _BWD_LOWRANK_BLOCKS_PER_SM * sms
 
     def fits(n_cblk):  # the chunk states of n_cblk full blocks of chunks within the bound
-        return 4 * NP * triton.cdiv(L, triton.cdiv(L, n_cblk * block_c)) <= L
+        return 4 * NP * cdiv(L, cdiv(L, n_cblk * block_c)) <= L
+
+    def one_round(n_cblk):
+        parts, _ = _bwd_partial_split(D, _BWD_LOWRANK_BLOCK_D, N, cdiv(D, 16), batch, n_cblk)
+        return batch * parts * n_cblk <= slots and fits(n_cblk)
 
     if not fits(n_cblk):  # short maps: the forward's chunks as they are
         return _BWD_LOWRANK_BLOCK_D, block_c, chunk, 1
-    while blocks(n_cblk) < _BWD_LOWRANK_MIN_BLOCKS and fits(n_cblk + 1):
-        n_cblk += 1
-    return _BWD_LOWRANK_BLOCK_D, block_c, triton.cdiv(L, n_cblk * block_c), 1
+    if one_round(n_cblk):  # the most blocks of chunks that still run in one round (a bisection)
+        hi = max(n_cblk, L // (4 * NP * block_c) + 1)  # past the chunk-state bound
+        while hi > n_cblk:
+            mid = (n_cblk + hi + 1) // 2
+            n_cblk, hi = (mid, hi) if one_round(mid) else (n_cblk, mid - 1)
+    return _BWD_LOWRANK_BLOCK_D, block_c, cdiv(L, n_cblk * block_c), 1
 
 
 def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
@@ -2393,9 +2408,9 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     lowrank = dt_low is not None
     R = dt_low.shape[2] if lowrank else 1
     RP = _next_pow2(R)
-    block_d, block_c, chunk, num_warps = config or _bwd_config(d_inner, L, N, batch, lowrank)
-    n_chunks = triton.cdiv(L, chunk)
-    n_cblk = triton.cdiv(n_chunks, block_c)
+    block_d, block_c, chunk, num_warps = config or _bwd_config(d_inner, L, N, batch, lowrank, _sm_count(u.device))
+    n_chunks = cdiv(L, chunk)
+    n_cblk = cdiv(n_chunks, block_c)
     n_dblk, n_group = _bwd_partial_split(d_inner, block_d, N, R if lowrank else 0, batch, n_cblk)
     dev = u.device
     chunk_state = [new_buffer(batch, 4, d_inner, n_chunks, NP, device=dev) for _ in range(4)]
@@ -2539,7 +2554,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         chunk_pass(column=False, grad=False)
         chunk_pass(column=True, grad=False)
         for values, adjoint in ((state, False), (adj, True)):
-            ss2d_fwd_chain_kernel[(triton.cdiv(d_inner, chain_block_d), batch * 4)](
+            ss2d_fwd_chain_kernel[(cdiv(d_inner, chain_block_d), batch * 4)](
                 state_ptr=values,
                 dtsum_ptr=dtsum,
                 A_ptr=params["A_ptr"],
