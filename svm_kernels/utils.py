@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - exercised only on platforms without tr
 # Triton reads this variable when a kernel is *defined*, so it must be read once, at import.
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division of integers on the host: the launchers size grids on every call, and
     ``triton.cdiv`` is a constexpr function since Triton 3.8 (~3 us a call)."""

@@ -2408,7 +2408,9 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     lowrank = dt_low is not None
     R = dt_low.shape[2] if lowrank else 1
     RP = _next_pow2(R)
-    block_d, block_c, chunk, num_warps = config or _bwd_config(d_inner, L, N, batch, lowrank, _sm_count(u.device))
+    block_d, block_c, chunk, num_warps = config or _bwd_config(
+        d_inner, L, N, batch, lowrank, _sm_count(u.device)
+    )
     n_chunks = cdiv(L, chunk)
     n_cblk = cdiv(n_chunks, block_c)
     n_dblk, n_group = _bwd_partial_split(d_inner, block_d, N, R if lowrank else 0, batch, n_cblk)
