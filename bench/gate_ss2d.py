@@ -203,11 +203,14 @@ VARIANT_CHECKS = {"vmamba_t_stage1": "stage1_b2", "n16": "n16_b1"}  # shape -> c
 # per-step sums in the adjoint walk at 2 channels per thread (the v2.3 algorithm: fewer
 # instructions is not yet less time), and the walks' next-position prefetch (off by default: it
 # spills at 128 registers), and v2.5's grid: chunks of 17 filling every warp slot (2,304 blocks:
-# 1.09 rounds of 16 x 132) where the default takes chunks of 20 in one round (1,920 blocks). Each
-# with a float64 check of every gradient at the check shape.
+# 1.09 rounds of 16 x 132) where the default takes chunks of 20 in one round (1,920 blocks), and
+# 2 channels per thread (the Triton 3.6 choice before v2.8: no layout changes through shared
+# memory, twice the walk steps per program). Each with a float64 check of every gradient at the
+# check shape.
 BWD_VARIANTS = {
     "low_dot": ("vmamba_t_stage1", {}),
     "chunks_of_17": ("vmamba_t_stage1", dict(_BWD_LOWRANK_BLOCKS_PER_SM=18)),
+    "two_channels": ("vmamba_t_stage1", dict(_BWD_LOWRANK_BLOCK_D=2)),
     "per_step_sums": ("vmamba_t_stage1", dict(_BWD_LOW_DOT=False, _BWD_LOWRANK_BLOCK_D=2)),
     "walk_prefetch": ("vmamba_t_stage1", dict(_BWD_PREFETCH=True)),
 }

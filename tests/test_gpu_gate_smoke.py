@@ -40,6 +40,7 @@ EXTRA = [  # (kernel, impl, mode, dtype) checked once
             "bwd_low_dot",
             "bwd_per_step_sums",
             "bwd_chunks_of_17",
+            "bwd_two_channels",
         )
     ],
     # whole models: torch.compile against eager (the flagship in smoke mode), training throughput

@@ -333,7 +333,7 @@ def test_backward_with_the_per_step_low_rank_sums(monkeypatch):
 
 
 def test_lowrank_backward_runs_in_one_round_of_warp_slots(monkeypatch):
-    """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 4 channels (2 on Triton 3.6),
+    """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 4 channels,
     with the shortest chunks whose blocks all fit one round of 16 x 132 (an SM's 16 warps at 128
     registers): one chunk less would need a second round. The chunk states within a quarter of
     one (B, 4, D, L) tensor; other SM counts give other rounds."""
@@ -366,8 +366,7 @@ def test_lowrank_backward_config_is_cheap_on_large_maps(monkeypatch):
 @pytest.mark.parametrize("N,H,W", [(1, 4, 5), (4, 2, 5)])
 def test_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
     """The GPU's launch policy under the interpreter on one small image: blocks of one warp whose
-    lanes are chunks x states (32 at N = 1, 8 at N = 4) and 4 channels within each thread (2 on
-    Triton 3.6). N = 1 keeps the forward's 4 chunks of 5 (evened out to fill the 32 lanes they
+    lanes are chunks x states (32 at N = 1, 8 at N = 4) and 4 channels within each thread. N = 1 keeps the forward's 4 chunks of 5 (evened out to fill the 32 lanes they
     would break the chunk-state bound) and raises the channel parts as far as the scratch of dt
     and its slope allows (2 parts at 4 channels per thread; the partials' bound alone gives 5); N = 4 walks one chunk of
     10 with 2 parts (the quarter bound alone gives one)."""

@@ -1090,7 +1090,6 @@ if HAS_TRITON:
         b_W,
         b_bias,
         b_a,
-        b_skip,
         B_ptr,
         s_Bn,
         s_Bi,
@@ -1133,7 +1132,6 @@ if HAS_TRITON:
         ADJOINT: tl.constexpr,
         DESCENDING: tl.constexpr,
         GRAD: tl.constexpr,
-        DU_FIRST: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
         NP: tl.constexpr,
@@ -1277,10 +1275,8 @@ if HAS_TRITON:
                     p_du = du_ptr + (
                         offs_d[:, None] * s_ed + _plane(off, i, j, s_ei, s_ej, SAME_PLANE)[None, :]
                     )
-                    if DU_FIRST:
-                        b_du += b_skip[:, None] * b_g
-                    else:
-                        b_du += tl.load(p_du, mask=m, other=0.0)
+                    # (du starts as the skip term, (sum_k D_k) g, which the launcher writes)
+                    b_du += tl.load(p_du, mask=m, other=0.0)
                     tl.store(p_du, b_du, mask=m)
                     b_dB = tl.sum(b_lam * (b_dt * b_u)[:, :, None], axis=0)
                     _store_partial(p_part, b_dB, m_pn, blk)
@@ -1465,7 +1461,13 @@ if HAS_TRITON:
                 m_bias = m_ch[:, None] & (offs_r == R)[None, :]
                 tl.store(dbias_ptr + (d0 + offs_ch)[:, None] + 0 * offs_r[None, :], b_dw, mask=m_bias)
 
-    @triton.heuristics({**_OPTIONAL_INPUTS, "GRAD": lambda args: args["du_ptr"] is not None})
+    @triton.heuristics(
+        {
+            "LOWRANK": _OPTIONAL_INPUTS["LOWRANK"],
+            "HAS_BIAS": _OPTIONAL_INPUTS["HAS_BIAS"],
+            "GRAD": lambda args: args["du_ptr"] is not None,
+        }
+    )
     @triton.jit(do_not_specialize=["chunk_step"])
     def ss2d_bwd_chunk_kernel(
         u_ptr,
@@ -1476,7 +1478,6 @@ if HAS_TRITON:
         A_ptr,
         B_ptr,
         C_ptr,
-        Ds_ptr,
         bias_ptr,
         state_ptr,
         adj_ptr,
@@ -1558,11 +1559,9 @@ if HAS_TRITON:
         NP: tl.constexpr,
         RP: tl.constexpr,
         LOWRANK: tl.constexpr,
-        HAS_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
         GRAD: tl.constexpr,
-        ACCUMULATE: tl.constexpr,
         SAME_PLANE: tl.constexpr,
         PREFETCH: tl.constexpr,
         LOW_DOT: tl.constexpr,
@@ -1622,11 +1621,6 @@ if HAS_TRITON:
                 m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
                 offs_cv = offs_d[:, None] * n_chunks + offs_cx[None, :]
                 m_cv = m_d[:, None] & m_c[None, :]
-                b_skip = tl.zeros([BLOCK_D], dtype=tl.float32)
-                if HAS_D and GRAD and not ACCUMULATE and rev == 0:
-                    # du's skip term (sum_k D_k) g, added once, by the row orientation's first store
-                    for k_d in tl.static_range(4):
-                        b_skip += tl.load(Ds_ptr + k_d * D + offs_d, mask=m_d, other=0.0)
                 if HAS_BIAS:
                     b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
                 else:
@@ -1718,7 +1712,6 @@ if HAS_TRITON:
                         b_W=b_W,
                         b_bias=b_bias,
                         b_a=b_a,
-                        b_skip=b_skip,
                         B_ptr=B_ptr + pid_b * s_Bb + k * s_Bk,
                         s_Bn=s_Bn,
                         s_Bi=s_Bi,
@@ -1761,7 +1754,6 @@ if HAS_TRITON:
                         ADJOINT=walk == 1,
                         DESCENDING=rev != walk,
                         GRAD=GRAD,
-                        DU_FIRST=walk == 1 and rev == 0 and not ACCUMULATE,
                         BLOCK_D=BLOCK_D,
                         BLOCK_C=BLOCK_C,
                         NP=NP,
@@ -2313,11 +2305,13 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 13
 
 # Channels per block (within each thread) of the low-rank backward at N <= 4: 4 fit the walks'
 # 128 registers without spills since d dt_low and d dt_weight are formed after the walks
-# (``ss2d_bwd_low_rank_kernel``) and the adjoint walk reads dt back (v2.3, which held R d
-# dt_weight sums per channel through the walk: 2, 4 spilled ~200 bytes). Triton 3.6 moves the
-# 4-channel tiles between layouts through shared memory at every step (5.5 barriers per
-# element) and spills 80 bytes: 2 there.
-_BWD_LOWRANK_BLOCK_D = 4 if _TRITON_3_8 else 2
+# (``ss2d_bwd_low_rank_kernel``), the adjoint walk reads dt back (v2.3, which held R d dt_weight
+# sums per channel through the walk: 2, 4 spilled ~200 bytes) and du's skip term is the
+# launcher's (in the first gradient launch it spilled 12 bytes under Triton 3.6). A program walks
+# its channel blocks one after another, so 4 channels halve its chain of steps against 2.
+# Triton 3.6 moves the 4-channel tiles between layouts through shared memory in the local pass
+# (~1.1 barriers per element, 3.8 none); the GPU gate times 2 (`bwd_two_channels`).
+_BWD_LOWRANK_BLOCK_D = 4
 # The low-rank backward's one-warp blocks resident per SM at the walks' 128 registers (sm_90: the
 # register file holds 16 such warps).
 _BWD_LOWRANK_BLOCKS_PER_SM = 16
@@ -2418,7 +2412,13 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     chunk_state = [new_buffer(batch, 4, d_inner, n_chunks, NP, device=dev) for _ in range(4)]
     dtsum, q_x = (new_buffer(batch, 4, d_inner, n_chunks, device=dev) for _ in range(2))
     state, adj, G, K = chunk_state
+    # du starts as the skip term: every direction's D_k u acts on the same u, so their gradients
+    # add up to (sum_k D_k) g; the adjoint walks add their parts to it
     du = new_buffer(batch, d_inner, H, W, device=dev)
+    if D is None:
+        du.zero_()
+    else:
+        torch.mul(grad_out, D.float().sum(0)[:, None, None], out=du)
     if lowrank:
         ddt = None
         p_low = new_buffer(n_dblk, batch, 4, R, H, W, device=dev)
@@ -2444,6 +2444,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     v_scratch = new_buffer(batch, n_dblk, L, v_row, device=dev) if lowrank else None
     vt_scratch = new_buffer(batch, n_dblk, L, 2 * block_d, device=dev) if low_dot else None
     params = _param_ptrs(dt_weight, A, D, bias)
+    del params["Ds_ptr"]  # (the skip term's gradient is du's start, written above)
     grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
     # the chains' own channel blocks: a warp's lanes (channels x states), at least 4 channels (at
     # N = 16 two lanes per thread take fewer instructions per element than two channels)
@@ -2505,7 +2506,6 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             NP=NP,
             RP=RP,
             DELTA_SOFTPLUS=softplus,
-            ACCUMULATE=column,
             SAME_PLANE=len({t.stride()[-2:] for t in planes if t is not None}) == 1,
             PREFETCH=_BWD_PREFETCH,
             LOW_DOT=low_dot,
