@@ -278,13 +278,26 @@ def test_backward_channel_sums_within_a_thread(monkeypatch):
     check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5), lowrank=True)
 
 
-def test_backward_low_rank_sums_in_channel_groups(monkeypatch):
+@pytest.mark.parametrize("positions", [16, 32])
+def test_backward_low_rank_sums_in_channel_groups(monkeypatch, positions):
     """d dt_low, d dt_weight and d bias formed after the walks from a part of 20 channels (5 blocks
     of 4) taken 16 at a time: the second group adds its d dt_low to the partial the first wrote,
-    and its last 12 channels are masked; several chunk blocks, chunks across row wraps."""
+    and its last 12 channels are masked; several chunk blocks, chunks across row wraps. Tiles of
+    16 positions (Triton 3.8's) and 32 (3.6's), each past the map's 15 (masked)."""
     monkeypatch.setattr(fused, "_BWD_LOW_DOT_CHANNELS", 16)
+    monkeypatch.setattr(fused, "_BWD_LOW_DOT_POSITIONS", positions)
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 4, 2, 1))
     check_against_reference(make_inputs(1, 20, 3, 5, 1, R=3), lowrank=True)
+
+
+@pytest.mark.parametrize("positions", [16, 32])
+def test_backward_low_rank_sums_over_several_tiles(monkeypatch, positions):
+    """The low-rank sums walk a program's positions in tiles: 2 chunks of 20 per program on a 7 x 11
+    map, so 40 positions in tiles of 16 (3 tiles) or 32 (2), the last partial, and a last program
+    with 37 positions."""
+    monkeypatch.setattr(fused, "_BWD_LOW_DOT_POSITIONS", positions)
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 2, 20, 1))
+    check_against_reference(make_inputs(1, 6, 7, 11, 1, R=3), lowrank=True)
 
 
 def _bwd_grid(D, L, N, R, batch):

@@ -2203,8 +2203,10 @@ _BWD_MIN_BLOCKS = 4 * 132
 # and spills at 128 registers; the GPU gate times it against the default (bench/gate_ss2d.py).
 _BWD_PREFETCH = False
 # Positions and channels per product of the low-rank sums after the walks (``_bwd_low_rank_sums``;
-# 64 channels spilled at N = 16, where a program's part has 48).
-_BWD_LOW_DOT_POSITIONS = 16
+# 64 channels spilled at N = 16, where a program's part has 48). Triton 3.6 takes 32 positions
+# with 2 warps without spills (stage 1 and N = 16, bf16 and fp32) and half the steps; Triton
+# 3.8 spills 4-40 bytes with 32.
+_BWD_LOW_DOT_POSITIONS = 16 if _TRITON_3_8 else 32
 _BWD_LOW_DOT_CHANNELS = 32
 # The low-rank gradient pass forms d dt_low, d dt_weight and d bias after the walks, from the
 # whole d dt they leave in a scratch (``ss2d_bwd_low_rank_kernel``). False: the v2.3 algorithm,
@@ -2212,10 +2214,10 @@ _BWD_LOW_DOT_CHANNELS = 32
 # with 2 channels per thread: set ``_BWD_LOWRANK_BLOCK_D = 2`` with it); the GPU gate times it
 # against the default (bench/gate_ss2d.py's BWD_VARIANTS).
 _BWD_LOW_DOT = True
-# Warps of ``ss2d_bwd_low_rank_kernel``'s blocks at its 128-register cap: 2 (1 spilled). Triton
-# 3.6 spills 4 bytes at stage 1 with 2 (the row-major launches), none with 4, which costs it 25
-# more instructions per element-direction there (the 32-channel tiles spread over more threads).
-_BWD_LOW_DOT_WARPS = 2 if _TRITON_3_8 else 4
+# Warps of ``ss2d_bwd_low_rank_kernel``'s blocks at its 128-register cap: 2 (1 spilled; Triton 3.6
+# with tiles of 16 positions spilled 4 bytes, and with 4 warps took ~25 more instructions per
+# element-direction and half the resident blocks).
+_BWD_LOW_DOT_WARPS = 2
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
