@@ -209,9 +209,9 @@ VARIANT_CHECKS = {"vmamba_t_stage1": "stage1_b2", "n16": "n16_b1"}  # shape -> c
 # check shape.
 BWD_VARIANTS = {
     "low_dot": ("vmamba_t_stage1", {}),
-    "chunks_of_17": ("vmamba_t_stage1", dict(_BWD_LOWRANK_BLOCKS_PER_SM=18)),
-    "two_channels": ("vmamba_t_stage1", dict(_BWD_LOWRANK_BLOCK_D=2)),
-    "per_step_sums": ("vmamba_t_stage1", dict(_BWD_LOW_DOT=False, _BWD_LOWRANK_BLOCK_D=2)),
+    "chunks_of_17": ("vmamba_t_stage1", dict(_BWD_WARP_BLOCKS_PER_SM=18)),
+    "two_channels": ("vmamba_t_stage1", dict(_BWD_WARP_BLOCK_D=2)),
+    "per_step_sums": ("vmamba_t_stage1", dict(_BWD_LOW_DOT=False, _BWD_WARP_BLOCK_D=2)),
     "walk_prefetch": ("vmamba_t_stage1", dict(_BWD_PREFETCH=True)),
 }
 _FWD_REFERENCE: dict = {}

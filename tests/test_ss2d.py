@@ -11,6 +11,7 @@ from svm_kernels import cross_merge, cross_scan, cross_selective_scan, cross_sel
 from svm_kernels import utils as kutils
 from svm_kernels.ss2d import fused
 from svm_kernels.ss2d.naive import cross_selective_scan_naive, lowrank_delta
+from svm_kernels.utils import cdiv
 
 pytestmark = pytest.mark.usefixtures("kernel_device")
 
@@ -340,7 +341,7 @@ def test_backward_with_the_per_step_low_rank_sums(monkeypatch):
     and d dt_weight summed per step in the adjoint walk, both directions per launch, here with the
     GPU's launch policy at 2 channels per thread (as v2.3 ran) and several channel parts."""
     monkeypatch.setattr(fused, "_BWD_LOW_DOT", False)
-    monkeypatch.setattr(fused, "_BWD_LOWRANK_BLOCK_D", 2)
+    monkeypatch.setattr(fused, "_BWD_WARP_BLOCK_D", 2)
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     check_against_reference(make_inputs(1, 6, 3, 4, 1, R=3), lowrank=True)
 
@@ -349,30 +350,79 @@ def test_lowrank_backward_runs_in_one_round_of_warp_slots(monkeypatch):
     """Stage 1 (low rank, N = 1): one-warp blocks of 32 chunk lanes x 4 channels,
     with the shortest chunks whose blocks all fit one round of 16 x 132 (an SM's 16 warps at 128
     registers): one chunk less would need a second round. The chunk states within a quarter of
-    one (B, 4, D, L) tensor; other SM counts give other rounds."""
+    one (B, 4, D, L) tensor; other SM counts give other chunks."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, L, N, R = 128, 96, 56 * 56, 1, 6
-    assert fused._bwd_config(D, L, N, batch, lowrank=True) == (fused._BWD_LOWRANK_BLOCK_D, 32, 20, 1)
+    assert fused._bwd_config(D, L, N, batch, lowrank=True) == (fused._BWD_WARP_BLOCK_D, 32, 20, 1)
     chunk, n_chunks, blocks, n_parts = _bwd_grid(D, L, N, R, batch)
-    slots = fused._BWD_LOWRANK_BLOCKS_PER_SM * 132
+    slots = fused._BWD_WARP_BLOCKS_PER_SM * 132
     assert slots == 16 * 132 and blocks <= slots < batch * n_parts * (-(-n_chunks // 32) + 1)
     assert 4 * n_chunks <= L / 4, (chunk, n_chunks)
-    # on a GPU with half the SMs the same blocks would take two rounds: longer chunks, fewer blocks
-    chunk_66 = fused._bwd_config(D, L, N, batch, lowrank=True, sms=66)[2]
-    assert chunk_66 > chunk
+    # on a GPU with twice the SMs one round holds twice the blocks: shorter chunks
+    assert fused._bwd_config(D, L, N, batch, lowrank=True, sms=264)[2] == 9 < chunk
 
 
-def test_lowrank_backward_config_is_cheap_on_large_maps(monkeypatch):
-    """The launcher sizes the grid on every call: a 512 x 512 map (21,846 chunks) and stage 1
-    take a bisection, not a walk over every chunk count."""
+@pytest.mark.parametrize("lowrank", [True, False])
+@pytest.mark.parametrize(
+    "D,L,N,batch",
+    [
+        (96, 56 * 56, 1, 128),
+        (96, 28 * 28, 1, 32),
+        (192, 28 * 28, 4, 128),
+        (96, 1000, 1, 1),
+        (384, 14 * 14, 1, 64),
+    ],
+)
+def test_backward_warp_config_takes_the_shortest_chain(monkeypatch, lowrank, D, L, N, batch):
+    """The one-warp backward's chunk (N <= 4): the bisections per number of rounds find what a walk
+    over every chunk count finds, the least rounds x (chunk + setup steps), fewer blocks on a tie,
+    within the chunk-state bound and at most 4 rounds past the forward's chunk."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    block_d, block_c, chunk, warps = fused._bwd_config(D, L, N, batch, lowrank)
+    assert (block_d, warps) == (fused._BWD_WARP_BLOCK_D, 1)
+    NP = 1 << (N - 1).bit_length()
+    R = cdiv(D, 16) if lowrank else 0
+    slots = fused._BWD_WARP_BLOCKS_PER_SM * 132
+    n0 = cdiv(cdiv(L, fused._fwd_config(D, L, N)[2]), block_c)
+
+    def cost(n):
+        parts, _ = fused._bwd_partial_split(D, block_d, N, R, batch, n)
+        blocks = batch * parts * n
+        return cdiv(blocks, slots) * (cdiv(L, n * block_c) + fused._BWD_WALK_SETUP_STEPS), blocks
+
+    def fits(n):
+        return 4 * NP * cdiv(L, cdiv(L, n * block_c)) <= L
+
+    candidates = [n for n in range(n0, L + 1) if fits(n) and cost(n)[1] <= 4 * slots] or [n0]
+    best = min(candidates, key=cost)
+    assert chunk == cdiv(L, best * block_c), (chunk, best, cost(best))
+
+
+def test_backward_warp_config_is_cheap_and_cached(monkeypatch):
+    """The launcher sizes the grid on every call: a 512 x 512 map (21,846 chunks) and stage 1 take
+    bisections, not a walk over every chunk count, and a second call is served from the cache."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    fused._bwd_warp_search.cache_clear()
     calls = []
     split = fused._bwd_partial_split
     monkeypatch.setattr(fused, "_bwd_partial_split", lambda *a: calls.append(a) or split(*a))
     for D, L, batch in ((96, 512 * 512, 1), (96, 56 * 56, 128)):
         calls.clear()
-        fused._bwd_config(D, L, 1, batch, lowrank=True)
-        assert len(calls) <= 2 * L.bit_length(), (L, len(calls))
+        first = fused._bwd_config(D, L, 1, batch, lowrank=True)
+        assert len(calls) <= 8 * L.bit_length(), (L, len(calls))
+        calls.clear()
+        assert fused._bwd_config(D, L, 1, batch, lowrank=True) == first and not calls
+
+
+@pytest.mark.slow  # D = 20 channels under the interpreter
+@pytest.mark.parametrize("N,H,W", [(1, 4, 5), (2, 3, 7)])
+def test_full_delta_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
+    """The full-delta backward at N <= 4 takes the same one-warp blocks (channels within each
+    thread, chunk lanes) as the low-rank one since v2.8: its gradients under that policy."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    block_d, block_c, _, warps = fused._bwd_config(20, H * W, N, 1, lowrank=False)
+    assert (block_d, block_c, warps) == (fused._BWD_WARP_BLOCK_D, 32 // (1 << (N - 1).bit_length()), 1)
+    check_against_reference(make_inputs(1, 20, H, W, N, lowrank=False), lowrank=False)
 
 
 @pytest.mark.slow  # D = 20 channels under the interpreter
@@ -385,7 +435,7 @@ def test_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
     10 with 2 parts (the quarter bound alone gives one)."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, R = 1, 20, 2
-    block_d = fused._BWD_LOWRANK_BLOCK_D
+    block_d = fused._BWD_WARP_BLOCK_D
     assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == (
         (block_d, 32, 5, 1) if N == 1 else (block_d, 8, 10, 1)
     )

@@ -2211,7 +2211,7 @@ _BWD_LOW_DOT_CHANNELS = 32
 # The low-rank gradient pass forms d dt_low, d dt_weight and d bias after the walks, from the
 # whole d dt they leave in a scratch (``ss2d_bwd_low_rank_kernel``). False: the v2.3 algorithm,
 # per-step channel sums in the adjoint walk, both directions per launch (it fit 128 registers
-# with 2 channels per thread: set ``_BWD_LOWRANK_BLOCK_D = 2`` with it); the GPU gate times it
+# with 2 channels per thread: set ``_BWD_WARP_BLOCK_D = 2`` with it); the GPU gate times it
 # against the default (bench/gate_ss2d.py's BWD_VARIANTS).
 _BWD_LOW_DOT = True
 # Warps of ``ss2d_bwd_low_rank_kernel``'s blocks at its 128-register cap: 2 (1 spilled; Triton 3.6
@@ -2273,17 +2273,17 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 13
     chunk per program (N = 16: few images, one channel part), the chunks get shorter and the
     channel parts more (``_bwd_partial_split``), in the mix that adds the least memory: four
     chunk-state buffers of 4 NP values per channel and chunk against 2N values per position for
-    each further partial. Low rank at N > 4 (N <= 4: ``_bwd_lowrank_config``): then at most as
+    each further partial. N <= 4: ``_bwd_warp_config``. Low rank at N > 4: then at most as
     many channels per block as fill one warp (BLOCK_D x BLOCK_C x NP lanes), so the R rows of
     d dt_low (and dB, dC) reduce over the channels within the warp at every step, with shuffles
     and no barriers (channels across warps cost a shared-memory round trip per step); a program
     walks more channel blocks in turn, the grid and partials stay as they were or grow. (Full
-    delta sums only dB and dC over the channels; one warp would double its registers.)"""
+    delta at N > 4 sums only dB and dC over the channels; one warp would double its registers.)"""
     block_d, block_c, chunk, num_warps = _fwd_config(D, L, N)
     if TRITON_INTERPRET:
         return block_d, block_c, chunk, num_warps
-    if lowrank and N <= 4:
-        return _bwd_lowrank_config(D, L, N, batch, chunk, sms)
+    if N <= 4:  # (R: the launcher's rank is not known here; VMamba's is D / 16)
+        return _bwd_warp_config(D, L, N, batch, chunk, sms, cdiv(D, 16) if lowrank else 0)
     NP = _next_pow2(N)
     n_chunks = cdiv(L, chunk)
     n_parts, _ = _partial_split(D, block_d, N, 0)
@@ -2305,7 +2305,7 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 13
     return block_d, block_c, chunk, max(1, min(num_warps, block_d * block_c * NP // 32))
 
 
-# Channels per block (within each thread) of the low-rank backward at N <= 4: 4 fit the walks'
+# Channels per block (within each thread) of the backward at N <= 4: 4 fit the low-rank walks'
 # 128 registers without spills since d dt_low and d dt_weight are formed after the walks
 # (``ss2d_bwd_low_rank_kernel``), the adjoint walk reads dt back (v2.3, which held R d dt_weight
 # sums per channel through the walk: 2, 4 spilled ~200 bytes) and du's skip term is the
@@ -2313,10 +2313,12 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 13
 # its channel blocks one after another, so 4 channels halve its chain of steps against 2.
 # Triton 3.6 moves the 4-channel tiles between layouts through shared memory in the local pass
 # (~1.1 barriers per element, 3.8 none); the GPU gate times 2 (`bwd_two_channels`).
-_BWD_LOWRANK_BLOCK_D = 4
-# The low-rank backward's one-warp blocks resident per SM at the walks' 128 registers (sm_90: the
-# register file holds 16 such warps).
-_BWD_LOWRANK_BLOCKS_PER_SM = 16
+_BWD_WARP_BLOCK_D = 4
+# The backward's one-warp blocks (N <= 4) resident per SM at the low-rank walks' 128 registers
+# (sm_90: the register file holds 16 such warps; full delta takes fewer).
+_BWD_WARP_BLOCKS_PER_SM = 16
+# Steps of a walk beyond its chunk's positions: the entering values' loads and the sums' stores.
+_BWD_WALK_SETUP_STEPS = 2
 
 
 @functools.cache
@@ -2327,38 +2329,68 @@ def _sm_count(device: torch.device) -> int:
     return 132
 
 
-def _bwd_lowrank_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int):
-    """The low-rank backward's blocks at N <= 4: one warp whose lanes are chunks x states (32 // NP
-    chunks) and whose channels lie within each thread, so every channel sum (d dt_low's R rows,
-    dB, dC) is adds in registers and each dt_low row, B and C is loaded once per thread for all
-    its channels. The chunk (about sqrt(L), the forward's) is evened out so the chunks fill
-    whole blocks of lanes, then shortened while the blocks still run in one round
-    (_BWD_LOWRANK_BLOCKS_PER_SM x sms at once) and the chunk states stay within one (B, 4, D, L)
-    tensor (4 NP values per chunk and channel). A block walks its chunk one position after
-    another, so a launch waits through about rounds x chunk dependent steps: at stage 1 on 132
-    SMs chunks of 20 in 1,920 blocks take one round, where filling every slot (chunks of 17 in
-    2,304 blocks) took a second round for 192 of them. Channel parts as the launcher takes them
-    (``_bwd_partial_split``); the estimate takes R = D / 16 (VMamba's rank)."""
+def _bwd_warp_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R: int):
+    """The backward's blocks at N <= 4: one warp whose lanes are chunks x states (32 // NP chunks)
+    and whose channels lie within each thread, so every channel sum (dB, dC, and d dt_low's R
+    rows with the low-rank variant) is adds in registers and each B, C (and dt_low row) is
+    loaded once per thread for all its channels; no barriers (channels across warps cost a
+    shared-memory round trip per step: 8 barriers per element in the full-delta backward of
+    before).
+
+    The chunk (about sqrt(L), the forward's) is evened out so the chunks fill whole blocks of
+    lanes, then shortened where that shortens the launch's chain of dependent steps: a block
+    walks its chunk one position after another, the blocks run in rounds of
+    _BWD_WARP_BLOCKS_PER_SM x sms, and a walk costs its chunk plus _BWD_WALK_SETUP_STEPS (the
+    entering values' loads, the sums' stores). The least rounds x (chunk + setup), on a tie the
+    fewer blocks, among chunks whose states stay within one (B, 4, D, L) tensor (4 NP values per
+    chunk and channel). Within a number of rounds the shortest chunk is best, so each of 1-4
+    rounds is one bisection (past 4 nothing shortens the chain). Stage 1 on 132 SMs: low rank,
+    chunks of 20 in 1,920 blocks, one round (filling every slot took chunks of 17 in 2,304
+    blocks: a second round for 192 of them); full delta (4x the channel parts: no d dt_low
+    partials) chunks of 25 in 6,144 blocks, three rounds. Channel parts as the launcher takes
+    them (``_bwd_partial_split`` with R, 0 for full delta)."""
+    # The launcher sizes its grid on every call: the search is cached, keyed on the module's
+    # settings it reads too (tests and the GPU gate's variants change them).
+    settings = (
+        _BWD_WARP_BLOCK_D,
+        _BWD_WARP_BLOCKS_PER_SM,
+        _BWD_WALK_SETUP_STEPS,
+        _BWD_LOW_DOT,
+        _BWD_MIN_BLOCKS,
+    )
+    return _bwd_warp_search(D, L, N, batch, chunk, sms, R, settings)
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_warp_search(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R: int, settings: tuple):
+    """``_bwd_warp_config``'s search (``settings``: the module settings it reads, for the cache)."""
     NP = _next_pow2(N)
     block_c = 32 // NP
     n_cblk = cdiv(cdiv(L, chunk), block_c)
-    slots = _BWD_LOWRANK_BLOCKS_PER_SM * sms
+    slots = _BWD_WARP_BLOCKS_PER_SM * sms
+
+    def blocks(n_cblk):
+        parts, _ = _bwd_partial_split(D, _BWD_WARP_BLOCK_D, N, R, batch, n_cblk)
+        return batch * parts * n_cblk
 
     def fits(n_cblk):  # the chunk states of n_cblk full blocks of chunks within the bound
         return 4 * NP * cdiv(L, cdiv(L, n_cblk * block_c)) <= L
 
-    def one_round(n_cblk):
-        parts, _ = _bwd_partial_split(D, _BWD_LOWRANK_BLOCK_D, N, cdiv(D, 16), batch, n_cblk)
-        return batch * parts * n_cblk <= slots and fits(n_cblk)
+    def chain(n_cblk):  # (rounds x (chunk + setup), blocks)
+        n_blocks = blocks(n_cblk)
+        return cdiv(n_blocks, slots) * (cdiv(L, n_cblk * block_c) + _BWD_WALK_SETUP_STEPS), n_blocks
 
     if not fits(n_cblk):  # short maps: the forward's chunks as they are
-        return _BWD_LOWRANK_BLOCK_D, block_c, chunk, 1
-    if one_round(n_cblk):  # the most blocks of chunks that still run in one round (a bisection)
-        hi = max(n_cblk, L // (4 * NP * block_c) + 1)  # past the chunk-state bound
-        while hi > n_cblk:
-            mid = (n_cblk + hi + 1) // 2
-            n_cblk, hi = (mid, hi) if one_round(mid) else (n_cblk, mid - 1)
-    return _BWD_LOWRANK_BLOCK_D, block_c, cdiv(L, n_cblk * block_c), 1
+        return _BWD_WARP_BLOCK_D, block_c, chunk, 1
+    best = n_cblk
+    top = max(n_cblk, L // (4 * NP * block_c) + 1)  # past the chunk-state bound
+    for rounds in range(cdiv(blocks(n_cblk), slots), 5):
+        lo, hi = n_cblk, top  # the most blocks of chunks within these rounds
+        while hi > lo:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) and blocks(mid) <= rounds * slots else (lo, mid - 1)
+        best = min(best, lo, key=chain)
+    return _BWD_WARP_BLOCK_D, block_c, cdiv(L, best * block_c), 1
 
 
 def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
