@@ -278,39 +278,25 @@ if HAS_TRITON:
         offs, m_n, b_v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
         p_x = x_ptr + offs
         p_s = s_ptr + offs
-        for _ in range(NUM_SEG - 1):
-            b_v, p_x, p_s = _lif_fwd_steps(
-                p_x,
-                p_s,
-                m_n,
-                b_v,
-                N,
-                tau,
-                inv_tau,
-                v_threshold,
-                v_reset,
-                SEG,
-                True,
-                DECAY_INPUT,
-                HARD_RESET,
-                TAU_POW2,
-            )
-        b_v, p_x, p_s = _lif_fwd_steps(
-            p_x,
-            p_s,
-            m_n,
-            b_v,
-            N,
-            tau,
-            inv_tau,
-            v_threshold,
-            v_reset,
-            LAST_SEG,
-            True,
-            DECAY_INPUT,
-            HARD_RESET,
-            TAU_POW2,
-        )
+        # the full segments (SEG steps) in a loop, then the last one (LAST_SEG): two specialisations
+        for kind in tl.static_range(2):
+            for _ in range(NUM_SEG - 1 if kind == 0 else 1):
+                b_v, p_x, p_s = _lif_fwd_steps(
+                    p_x,
+                    p_s,
+                    m_n,
+                    b_v,
+                    N,
+                    tau,
+                    inv_tau,
+                    v_threshold,
+                    v_reset,
+                    SEG if kind == 0 else LAST_SEG,
+                    True,
+                    DECAY_INPUT,
+                    HARD_RESET,
+                    TAU_POW2,
+                )
         if STORE_FINAL_STATE:
             tl.store(v_out_ptr + offs, b_v, mask=m_n)
 
