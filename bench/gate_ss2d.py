@@ -149,7 +149,7 @@ def check_small_blocks(shape, dtype):
     def fwd(D, L, N):
         return (8 if D >= 32 else 2, 2, 16 if L >= 256 else 8, 4)
 
-    def bwd(D, L, N, batch, lowrank, sms=None):
+    def bwd(D, L, N, batch, lowrank, sms=None, rank=None):
         return fwd(D, L, N)
 
     with launcher_overrides(_bwd_config=bwd, _fwd_config=fwd):

@@ -362,6 +362,7 @@ def test_lowrank_backward_runs_in_one_round_of_warp_slots(monkeypatch):
     assert fused._bwd_config(D, L, N, batch, lowrank=True, sms=264)[2] == 9 < chunk
 
 
+@pytest.mark.parametrize("rank", [None, 24])
 @pytest.mark.parametrize("lowrank", [True, False])
 @pytest.mark.parametrize(
     "D,L,N,batch",
@@ -373,15 +374,16 @@ def test_lowrank_backward_runs_in_one_round_of_warp_slots(monkeypatch):
         (384, 14 * 14, 1, 64),
     ],
 )
-def test_backward_warp_config_takes_the_shortest_chain(monkeypatch, lowrank, D, L, N, batch):
+def test_backward_warp_config_takes_the_shortest_chain(monkeypatch, lowrank, rank, D, L, N, batch):
     """The one-warp backward's chunk (N <= 4): the bisections per number of rounds find what a walk
     over every chunk count finds, the least rounds x (chunk + setup steps), fewer blocks on a tie,
-    within the chunk-state bound and at most 4 rounds past the forward's chunk."""
+    within the chunk-state bound and at most 4 rounds past the forward's chunk; with the launcher's
+    rank (its channel parts depend on it) or without, VMamba's D / 16."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
-    block_d, block_c, chunk, warps = fused._bwd_config(D, L, N, batch, lowrank)
+    block_d, block_c, chunk, warps = fused._bwd_config(D, L, N, batch, lowrank, rank=rank)
     assert (block_d, warps) == (fused._BWD_WARP_BLOCK_D, 1)
     NP = 1 << (N - 1).bit_length()
-    R = cdiv(D, 16) if lowrank else 0
+    R = (cdiv(D, 16) if rank is None else rank) if lowrank else 0
     slots = fused._BWD_WARP_BLOCKS_PER_SM * 132
     n0 = cdiv(cdiv(L, fused._fwd_config(D, L, N)[2]), block_c)
 

@@ -2271,13 +2271,14 @@ def _split_within_scratch(n_parts: int, n_group: int, D: int, block_d: int, N: i
     return cdiv(n_blocks, n_group), n_group
 
 
-def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 132):
+def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 132, rank: int | None = None):
     """(BLOCK_D, BLOCK_C, chunk, num_warps) of the backward: the forward's chunks, with fewer
     chunks per program while the grid is under 4 waves of 132 SMs. Still under 4 waves with one
     chunk per program (N = 16: few images, one channel part), the chunks get shorter and the
     channel parts more (``_bwd_partial_split``), in the mix that adds the least memory: four
     chunk-state buffers of 4 NP values per channel and chunk against 2N values per position for
-    each further partial. N <= 4: ``_bwd_warp_config``. Low rank at N > 4: then at most as
+    each further partial. N <= 4: ``_bwd_warp_config`` (its channel parts depend on the low-rank R:
+    ``rank``, the launcher's; None takes VMamba's, D / 16). Low rank at N > 4: then at most as
     many channels per block as fill one warp (BLOCK_D x BLOCK_C x NP lanes), so the R rows of
     d dt_low (and dB, dC) reduce over the channels within the warp at every step, with shuffles
     and no barriers (channels across warps cost a shared-memory round trip per step); a program
@@ -2286,8 +2287,9 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 13
     block_d, block_c, chunk, num_warps = _fwd_config(D, L, N)
     if TRITON_INTERPRET:
         return block_d, block_c, chunk, num_warps
-    if N <= 4:  # (R: the launcher's rank is not known here; VMamba's is D / 16)
-        return _bwd_warp_config(D, L, N, batch, chunk, sms, cdiv(D, 16) if lowrank else 0)
+    if N <= 4:  # (rank: the low-rank variant's R; None: VMamba's, D / 16)
+        R = (cdiv(D, 16) if rank is None else rank) if lowrank else 0
+        return _bwd_warp_config(D, L, N, batch, chunk, sms, R)
     NP = _next_pow2(N)
     n_chunks = cdiv(L, chunk)
     n_parts, _ = _partial_split(D, block_d, N, 0)
@@ -2441,7 +2443,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     R = dt_low.shape[2] if lowrank else 1
     RP = _next_pow2(R)
     block_d, block_c, chunk, num_warps = config or _bwd_config(
-        d_inner, L, N, batch, lowrank, _sm_count(u.device)
+        d_inner, L, N, batch, lowrank, _sm_count(u.device), R
     )
     n_chunks = cdiv(L, chunk)
     n_cblk = cdiv(n_chunks, block_c)
