@@ -167,8 +167,6 @@ def _model(cfg: dict):
     keys (one older than them) gets ``create_model`` with model_args and T, as its train.py did;
     so does an environment without the training stack's imports (torchvision: the GPU image),
     with the config's memory_efficient and channels_last applied as the engine does."""
-    import torch
-
     import svm_models
 
     try:
@@ -187,12 +185,9 @@ def _model(cfg: dict):
     img = cfg.get("img_size") or 32
     model = svm_models.create_model(cfg["model"], num_classes=10, img_size=img, **model_args)
     if engine is None:
-        from svm_models.spike_layers import set_memory_efficient
+        from svm_models.spike_layers import apply_memory_options
 
-        if cfg.get("memory_efficient") is not None:
-            set_memory_efficient(model, cfg["memory_efficient"])
-        if cfg.get("channels_last"):
-            model.to(memory_format=torch.channels_last)
+        apply_memory_options(model, cfg.get("memory_efficient"), bool(cfg.get("channels_last")))
     return model
 
 

@@ -289,6 +289,18 @@ def set_memory_efficient(model: nn.Module, enabled: bool) -> nn.Module:
     return model
 
 
+def apply_memory_options(model: nn.Module, memory_efficient: bool | None, channels_last: bool) -> nn.Module:
+    """A training config's ``memory_efficient`` (None: the model's default) and ``channels_last``
+    keys applied to ``model``, as train.py builds it (and the throughput benchmark where the
+    training stack cannot be imported)."""
+    if memory_efficient is not None and hasattr(model, "memory_efficient"):
+        set_memory_efficient(model, memory_efficient)
+    if channels_last:
+        # Convolutions give their output the weight's layout, so every activation follows.
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 # --------------------------------------------------------------------------------------------
 # A whole sub-computation recomputed in the backward (activation checkpointing with a packed input)
 

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .. import data as D
-from ..spike_layers import set_memory_efficient
+from ..spike_layers import apply_memory_options
 from . import compiling
 from . import distributed as dist_utils
 from .checkpoint import atomic_save, load_file, load_weights
@@ -72,12 +72,7 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build model {cfg['model']!r} with these settings: {e}") from None
-    if cfg.get("memory_efficient") is not None and hasattr(model, "memory_efficient"):
-        set_memory_efficient(model, cfg["memory_efficient"])
-    if cfg.get("channels_last"):
-        # Convolutions give their output the weight's layout, so every activation follows.
-        model.to(memory_format=torch.channels_last)
-    return model
+    return apply_memory_options(model, cfg.get("memory_efficient"), bool(cfg.get("channels_last")))
 
 
 def build_split(cfg: dict[str, Any], split: str, augment: bool | None = None) -> Dataset:
