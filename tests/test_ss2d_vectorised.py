@@ -195,6 +195,36 @@ def test_output_and_u_gradient_are_channels_last(H, W, memory_format):
     assert du.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_backward_fills_no_zero_gradients_for_the_saved_outputs():
+    # The forward op's outputs past y (states, decays, dt) are saved values that nothing
+    # differentiates: autograd must pass None for them, not fill (B, 4, D, L)-sized zeros.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    inputs = make_inputs(2, 3, 4, 5, 1, 2, True, True, True, dtype=torch.float32)
+    leaves = {k: v.requires_grad_(True) for k, v in inputs.items()}
+    y = cross_selective_scan_lowrank(**leaves, backend="torch")
+    per_direction = 2 * 4 * 3 * 4 * 5
+    fills = []
+
+    class RecordFills(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            zeros = (
+                torch.ops.aten.zeros,
+                torch.ops.aten.zeros_like,
+                torch.ops.aten.fill_,
+                torch.ops.aten.zero_,
+            )
+            if func.overloadpacket in zeros:
+                fills.append(out.numel())
+            return out
+
+    with RecordFills():
+        y.backward(torch.randn_like(y))
+    assert all(leaves[k].grad is not None for k in leaves)
+    assert not [n for n in fills if n >= per_direction], fills
+
+
 @pytest.mark.parametrize("lowrank", [False, True])
 def test_traces_as_one_node(lowrank):
     inputs = make_inputs(1, 3, 4, 4, 1, 2, lowrank, True, True, dtype=torch.float32)

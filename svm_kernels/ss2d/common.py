@@ -128,9 +128,15 @@ def _define_forward_op(name, args, names, returns, forward, fake, save, backward
 
     def setup_context(ctx, inputs, output):
         *tensors, softplus, _ = inputs
+        # The outputs past the first are saved values that nothing differentiates: left
+        # unmaterialised, autograd passes None for them instead of filling zero tensors of
+        # their size (four (B, 4, D, L)-sized fills per call on the PyTorch backend).
+        ctx.set_materialize_grads(False)
         save(ctx, scan_args(tensors), softplus, output)
 
     def gradients(ctx, grad_out, *unused):  # outputs past the first (saved values) get none
+        if grad_out is None:  # only a saved value was differentiated: nothing reaches the inputs
+            return (None,) * (len(positions) + 2)
         grads = backward(ctx, grad_out)
         return (*(grads[position] for position in positions), None, None)
 
