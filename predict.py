@@ -44,6 +44,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"no files in image folder {args.img_folder}")
 
     runtime.set_threads(cfg)
+    runtime.retain_freed_memory()
     device = runtime.resolve_device(cfg["device"])
     model, path, meta = evaluation.load_trained_model(cfg, args.checkpoint, device, args.allow_mismatch)
     n_classes = model.num_classes if hasattr(model, "num_classes") else meta.get("num_classes")

@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = cli.config_from_args(args)
     runtime.set_threads(cfg)
+    runtime.retain_freed_memory()
     device = runtime.resolve_device(cfg["device"])
     model, path, meta = evaluation.load_trained_model(cfg, args.checkpoint, device, args.allow_mismatch)
     evaluation.run_test(cfg, model, path, num_classes=meta.get("num_classes"))

@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = cli.config_from_args(args)  # every rank checks it before the process group exists
     runtime.set_threads(cfg)
+    runtime.retain_freed_memory()
     info = distributed.setup(cfg["device"])
     try:
         result = engine.fit(cfg, info, resume=args.resume, overwrite=args.overwrite)

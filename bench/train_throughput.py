@@ -142,6 +142,7 @@ def measure(step, batch: int, steps: int, warmup: int, device: str = "cpu") -> d
 
 def worker(args) -> dict:
     cfg = read_config(args.config, args.memory_efficient, args.channels_last)
+    _host_setup_as_train_py()
     step, batch = training_step(cfg, args.device, args.compile == "true", args.fullgraph)
     return measure(step, batch, args.steps, args.warmup, args.device)
 
@@ -159,6 +160,16 @@ def _timed(step, steps: int, batch: int, first_step_s: float, sync=lambda: None)
         "first_step_s": first_step_s,
         "ms": 1e3 * elapsed / steps,
     }
+
+
+def _host_setup_as_train_py() -> None:
+    """What the tree's train.py does to the process before training, where the tree has it
+    (``runtime.retain_freed_memory``; the thread count comes from OMP_NUM_THREADS here)."""
+    try:
+        from svm_models.training.runtime import retain_freed_memory
+    except Exception:  # an older tree, or no training stack here
+        return
+    retain_freed_memory()
 
 
 def _model(cfg: dict):

@@ -333,6 +333,21 @@ def test_thread_count_precedence(monkeypatch):
         torch.set_num_threads(n)
 
 
+def test_retain_freed_memory_where_glibc_runs(monkeypatch):
+    import platform
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert runtime.retain_freed_memory() is glibc  # twice is fine: the same settings again
+    assert runtime.retain_freed_memory() is glibc
+    monkeypatch.setattr(runtime.sys, "platform", "darwin")
+    assert runtime.retain_freed_memory() is False
+    # the scripts apply it before the run, after the thread count
+    for script in ("train.py", "test.py", "predict.py"):
+        with open(os.path.join(ROOT, script), encoding="utf-8") as f:
+            text = f.read()
+        assert text.index("runtime.set_threads(cfg)") < text.index("runtime.retain_freed_memory()")
+
+
 def test_lock_without_hard_links_still_excludes(tmp_path, monkeypatch):
     def no_links(*a):
         raise OSError(1, "Operation not permitted")
