@@ -6,8 +6,9 @@ Each kernel registers a *case provider* (``@provider("lif")``): a function of ``
 yields :class:`Case` objects. A case belongs to one phase: ``check`` (correctness against a
 float64 reference at real shapes), ``ours`` (timings of our kernels), ``peer`` (timings of the
 implementations we compare with), ``model`` (whole models: torch.compile against eager, training
-throughput; ``gate_models.py``). All checks run first, then ours, then the peers, so a run cut
-short still holds the rows it reached; bench/gpu_check.sh runs the model phase second. Every case runs under its own time limit (SIGALRM: a
+throughput; ``gate_models.py``). All checks run first, then ours, then the peers, each phase's
+cases by priority (``Case.priority``), so a run cut short still holds the rows it reached and
+those are the ones most needed; bench/gpu_check.sh runs the model phase second. Every case runs under its own time limit (SIGALRM: a
 case stuck inside one long C call overruns it until the call returns; the shell's outer
 ``timeout`` bounds the whole run), a case that raises writes a row with the error, and
 :class:`Skip` writes a row with the reason. When the run's time budget is spent the remaining
@@ -81,6 +82,11 @@ class Case:
     run: Callable[[], dict]  # the figures of the row; raises Skip or any error
     limit_s: float = 60.0
     extra: dict = field(default_factory=dict)
+    # Within its phase a case runs by priority, so that a budget cut short costs the least
+    # needed rows: 0 = a row an open target or the next design choice is read from (stage 1 bf16
+    # low rank, LIF bf16 at T = 4 and 16, the model phase's CUDA compile and throughput), 1 = the
+    # default, 2 = completeness (other dtypes and shapes, bit packing, variants known to spill).
+    priority: int = 1
 
 
 PROVIDERS: dict[str, Callable[[bool], Iterator[Case]]] = {}
@@ -212,7 +218,8 @@ def all_cases(smoke: bool) -> list[Case]:
             cases.append(Case(kernel, "provider", "check", {"shape": "-"}, _raiser(exc)))
     first = {k: i for i, k in enumerate(KERNEL_ORDER)}
     return sorted(
-        cases, key=lambda c: (PHASES.index(c.phase), c.impl in LAST, first.get(c.kernel, len(first)))
+        cases,
+        key=lambda c: (PHASES.index(c.phase), c.priority, c.impl in LAST, first.get(c.kernel, len(first))),
     )
 
 

@@ -54,7 +54,7 @@ def bitpack_cases(smoke: bool):
         for dt_name, dtype in DTYPES.items():
             case = dict(shape=name, dims=[T, n], dtype=dt_name)
             run = lambda a=(T, n, dtype): check(*a)
-            yield Case("bitpack", "ours", "check", {**case, "mode": "check"}, run, 30)
+            yield Case("bitpack", "ours", "check", {**case, "mode": "check"}, run, 30, priority=2)
             for mode in ("pack", "unpack"):
                 run = lambda a=(T, n, dtype, mode): time_case(*a)
-                yield Case("bitpack", "ours", "ours", {**case, "mode": mode}, run, 30)
+                yield Case("bitpack", "ours", "ours", {**case, "mode": mode}, run, 30, priority=2)

@@ -22,4 +22,5 @@ def device_cases(smoke: bool):
         dict(shape=f"{n}", dims=[n], dtype="fp32", mode="copy"),
         lambda: copy_case(n),
         30,
+        priority=0,  # the copy bandwidth every target's bytes are read against
     )

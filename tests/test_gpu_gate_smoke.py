@@ -121,3 +121,41 @@ def test_smoke_skips_cuda_only_peers_with_a_reason(smoke_run):
     # the float64 checks caught nothing and the backward repeated bit for bit
     checks = [r for r in rows if r["phase"] == "check" and r["kernel"] in ("lif", "ss2d") and "ok" in r]
     assert checks and all(r["ok"] and r.get("bitwise_repeat", True) for r in checks)
+
+
+def test_the_gpu_run_orders_each_phase_by_priority(monkeypatch):
+    # the GPU run's case list (listed, not run): within a phase the rows a target is read from
+    # come first, so a phase cut short by its budget loses the least needed ones
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    monkeypatch.delitem(sys.modules, "gate", raising=False)
+    import gate
+
+    cases = gate.all_cases(smoke=False)
+    for phase in gate.PHASES:
+        priorities = [c.priority for c in cases if c.phase == phase]
+        assert priorities == sorted(priorities), phase
+    ours = [c for c in cases if c.phase == "ours"]
+
+    def at(kernel, impl=None, **case):
+        return next(
+            i
+            for i, c in enumerate(ours)
+            if c.kernel == kernel
+            and impl in (None, c.impl)
+            and all(c.case.get(k) == v for k, v in case.items())
+        )
+
+    stage1_bf16 = [
+        at("ss2d", "ours_lowrank", shape="vmamba_t_stage1", dtype="bf16", mode=m)
+        for m in ("fwd", "bwd", "full")
+    ]
+    first_variant = at("ss2d", mode="fwd_chunk_walk")
+    assert max(stage1_bf16) < first_variant < at("ss2d", mode="bwd_chunks_of_17")
+    assert at("ss2d", mode="bwd_two_channels") < at("ss2d", "ours_lowrank", dtype="fp32", mode="fwd")
+    assert at("ss2d", "ours_full", shape="vmamba_t_stage1", dtype="bf16", mode="fwd") > first_variant
+    assert at("lif", "ours", shape="T16_N16M", dtype="bf16", mode="full") < at("lif", "ours", dtype="fp32")
+    assert at("bitpack") > at("ss2d", mode="fwd_sub8_regs96") - 1 > first_variant
+    checks = [c for c in cases if c.phase == "check"]
+    assert [c.kernel for c in checks[:1]] == ["device"] and checks[-1].kernel == "bitpack"
