@@ -381,9 +381,9 @@ def test_backward_warp_config_takes_the_shortest_chain(monkeypatch, lowrank, ran
     rank (its channel parts depend on it) or without, VMamba's D / 16."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     block_d, block_c, chunk, warps = fused._bwd_config(D, L, N, batch, lowrank, rank=rank)
-    assert (block_d, warps) == (fused._BWD_WARP_BLOCK_D, 1)
     NP = 1 << (N - 1).bit_length()
     R = (cdiv(D, 16) if rank is None else rank) if lowrank else 0
+    assert (block_d, warps) == (fused._bwd_warp_block_d(R), 1)
     slots = fused._BWD_WARP_BLOCKS_PER_SM * 132
     n0 = cdiv(cdiv(L, fused._fwd_config(D, L, N)[2]), block_c)
 
@@ -398,6 +398,40 @@ def test_backward_warp_config_takes_the_shortest_chain(monkeypatch, lowrank, ran
     candidates = [n for n in range(n0, L + 1) if fits(n) and cost(n)[1] <= 4 * slots] or [n0]
     best = min(candidates, key=cost)
     assert chunk == cdiv(L, best * block_c), (chunk, best, cost(best))
+
+
+def test_backward_takes_fewer_channels_per_thread_for_larger_ranks():
+    """The low-rank walks hold R weights per channel of the block: stage 1's R = 6 keeps 4
+    channels per thread, VMamba's later stages (R = D / 16 = 12, 24) take 2 and 1 (at 4 the
+    walks spilled 4-396 bytes at 128 registers); full delta (no weights) keeps 4."""
+    assert [fused._bwd_warp_block_d(R) for R in (0, 1, 6, 7, 12, 13, 24, 100)] == [4, 4, 4, 2, 2, 1, 1, 1]
+    for R in range(1, 40):
+        block_d = fused._bwd_warp_block_d(R)
+        assert block_d == 1 or R * block_d <= fused._BWD_WARP_WEIGHTS
+        assert block_d == fused._BWD_WARP_BLOCK_D or R * 2 * block_d > fused._BWD_WARP_WEIGHTS
+
+
+@pytest.mark.parametrize("L,N,chunk", [(64, 1, 4), (16, 1, 4), (49, 1, 5), (64, 2, 8), (12, 4, 12)])
+def test_backward_on_short_maps_walks_the_shortest_chunks_within_the_bound(monkeypatch, L, N, chunk):
+    """Maps too short to fill one block's 32 lanes with chunks (CIFAR's 8 x 8 and 4 x 4 stages,
+    ImageNet's 7 x 7): one block of the shortest chunks whose states stay within one (B, 4, D, L)
+    tensor (4 NP values per chunk and channel), not the forward's longer ones."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    _, block_c, got, _ = fused._bwd_config(192, L, N, 256, lowrank=True)
+    NP = 1 << (N - 1).bit_length()
+    assert got == chunk and 4 * NP * cdiv(L, got) <= max(L, 4 * NP) and cdiv(L, got) <= block_c
+    assert got == L or 4 * NP * cdiv(L, got - 1) > L  # one shorter would break the bound
+
+
+@pytest.mark.parametrize("R,D", [(12, 6), (24, 4)])
+def test_backward_with_the_gpu_policy_at_larger_ranks_on_a_short_map(monkeypatch, R, D):
+    """VMamba's later stages under the GPU's launch policy: fewer channels per thread (2 at R = 12,
+    1 at R = 24), the low-rank sums in tiles of 16 channels on 4 warps, and a 4 x 4 map walked in
+    the shortest chunks within the bound (4 chunks of 4)."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    assert fused._bwd_config(D, 16, 1, 1, lowrank=True, rank=R)[::2] == (fused._bwd_warp_block_d(R), 4)
+    assert fused._bwd_low_dot_tiles(R) == (16, 4)
+    check_against_reference(make_inputs(1, D, 4, 4, 1, R=R), lowrank=True)
 
 
 def test_backward_warp_config_is_cheap_and_cached(monkeypatch):
@@ -431,19 +465,20 @@ def test_full_delta_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
 @pytest.mark.parametrize("N,H,W", [(1, 4, 5), (4, 2, 5)])
 def test_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
     """The GPU's launch policy under the interpreter on one small image: blocks of one warp whose
-    lanes are chunks x states (32 at N = 1, 8 at N = 4) and 4 channels within each thread. N = 1 keeps the forward's 4 chunks of 5 (evened out to fill the 32 lanes they
-    would break the chunk-state bound) and raises the channel parts as far as the scratch of dt
-    and its slope allows (2 parts at 4 channels per thread; the partials' bound alone gives 5); N = 4 walks one chunk of
-    10 with 2 parts (the quarter bound alone gives one)."""
+    lanes are chunks x states (32 at N = 1, 8 at N = 4) and 4 channels within each thread. N = 1
+    walks the shortest chunks within the chunk-state bound, 5 of 4 (evened out to fill the 32
+    lanes they would break it), and raises the channel parts as far as the scratch of dt and its
+    slope allows (2 parts at 4 channels per thread; the partials' bound alone gives 5); N = 4 walks
+    one chunk of 10 with 2 parts (the quarter bound alone gives one)."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, R = 1, 20, 2
     block_d = fused._BWD_WARP_BLOCK_D
     assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == (
-        (block_d, 32, 5, 1) if N == 1 else (block_d, 8, 10, 1)
+        (block_d, 32, 4, 1) if N == 1 else (block_d, 8, 10, 1)
     )
     chunk, n_chunks, _, n_parts = _bwd_grid(D, H * W, N, R, batch)
-    assert n_chunks == (4 if N == 1 else 1)
-    assert (chunk, n_parts) == ((5, min(5, D // (2 * block_d))) if N == 1 else (10, 2))
+    assert n_chunks == (5 if N == 1 else 1)
+    assert (chunk, n_parts) == ((4, min(5, D // (2 * block_d))) if N == 1 else (10, 2))
     if N == 4:  # the quarter bound alone gives one part
         assert fused._partial_split(D, 16, N, R)[0] == 1
     check_against_reference(make_inputs(batch, D, H, W, N, R=R), lowrank=True)

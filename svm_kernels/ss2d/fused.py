@@ -2222,6 +2222,17 @@ _BWD_LOW_DOT = True
 # with tiles of 16 positions spilled 4 bytes, and with 4 warps took ~25 more instructions per
 # element-direction and half the resident blocks).
 _BWD_LOW_DOT_WARPS = 2
+# Past this rank (VMamba's later stages: R = D / 16 = 12, 24) the products' [channels, R] tiles
+# spilled at 128 registers (4-20 bytes at R = 12, 116-232 at R = 24, Triton 3.8 / 3.6): half the
+# channels per product on twice the warps (``_bwd_low_dot_tiles``) spill nothing on either.
+_BWD_LOW_DOT_MAX_RANK = 8
+
+
+def _bwd_low_dot_tiles(R: int) -> tuple[int, int]:
+    """(channels per product, warps) of ``ss2d_bwd_low_rank_kernel`` at rank R."""
+    if R <= _BWD_LOW_DOT_MAX_RANK:
+        return _BWD_LOW_DOT_CHANNELS, _BWD_LOW_DOT_WARPS
+    return max(16, _BWD_LOW_DOT_CHANNELS // 2), 2 * _BWD_LOW_DOT_WARPS  # (tl.dot: >= 16)
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
@@ -2320,6 +2331,11 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 13
 # Triton 3.6 moves the 4-channel tiles between layouts through shared memory in the local pass
 # (~1.1 barriers per element, 3.8 none); the GPU gate times 2 (`bwd_two_channels`).
 _BWD_WARP_BLOCK_D = 4
+# The low-rank walks hold the R rows of dt_low and R weights per channel of the block; past R x
+# channels = 24 (stage 1's 6 x 4) they spilled at 128 registers (VMamba's R = D / 16 at D = 192:
+# 4-120 bytes, D = 384: 164-396 bytes, Triton 3.8 / 3.6), so larger ranks take fewer channels
+# per thread (``_bwd_warp_block_d``).
+_BWD_WARP_WEIGHTS = 24
 # The backward's one-warp blocks (N <= 4) resident per SM at the low-rank walks' 128 registers
 # (sm_90: the register file holds 16 such warps; full delta takes fewer).
 _BWD_WARP_BLOCKS_PER_SM = 16
@@ -2333,6 +2349,15 @@ def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 132
+
+
+def _bwd_warp_block_d(R: int) -> int:
+    """Channels per thread of the one-warp backward: ``_BWD_WARP_BLOCK_D``, halved while the block's
+    R weights per channel exceed ``_BWD_WARP_WEIGHTS`` (R = 0: full delta, no weights)."""
+    block_d = _BWD_WARP_BLOCK_D
+    while block_d > 1 and R * block_d > _BWD_WARP_WEIGHTS:
+        block_d //= 2
+    return block_d
 
 
 def _bwd_warp_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R: int):
@@ -2359,6 +2384,7 @@ def _bwd_warp_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
     # settings it reads too (tests and the GPU gate's variants change them).
     settings = (
         _BWD_WARP_BLOCK_D,
+        _BWD_WARP_WEIGHTS,
         _BWD_WARP_BLOCKS_PER_SM,
         _BWD_WALK_SETUP_STEPS,
         _BWD_LOW_DOT,
@@ -2372,11 +2398,12 @@ def _bwd_warp_search(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
     """``_bwd_warp_config``'s search (``settings``: the module settings it reads, for the cache)."""
     NP = _next_pow2(N)
     block_c = 32 // NP
+    block_d = _bwd_warp_block_d(R)
     n_cblk = cdiv(cdiv(L, chunk), block_c)
     slots = _BWD_WARP_BLOCKS_PER_SM * sms
 
     def blocks(n_cblk):
-        parts, _ = _bwd_partial_split(D, _BWD_WARP_BLOCK_D, N, R, batch, n_cblk)
+        parts, _ = _bwd_partial_split(D, block_d, N, R, batch, n_cblk)
         return batch * parts * n_cblk
 
     def fits(n_cblk):  # the chunk states of n_cblk full blocks of chunks within the bound
@@ -2386,8 +2413,11 @@ def _bwd_warp_search(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
         n_blocks = blocks(n_cblk)
         return cdiv(n_blocks, slots) * (cdiv(L, n_cblk * block_c) + _BWD_WALK_SETUP_STEPS), n_blocks
 
-    if not fits(n_cblk):  # short maps: the forward's chunks as they are
-        return _BWD_WARP_BLOCK_D, block_c, chunk, 1
+    if not fits(n_cblk):
+        # short maps (one block of lanes cannot be filled within the bound): one block of the
+        # shortest chunks within it, the fewest steps per walk (the blocks are as many whatever
+        # the chunk); at 8 x 8 chunks of 4 instead of the forward's 8, twice the lanes busy
+        return block_d, block_c, min(chunk, cdiv(L, max(1, L // (4 * NP)))), 1
     best = n_cblk
     top = max(n_cblk, L // (4 * NP * block_c) + 1)  # past the chunk-state bound
     for rounds in range(cdiv(blocks(n_cblk), slots), 5):
@@ -2396,7 +2426,7 @@ def _bwd_warp_search(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(mid) and blocks(mid) <= rounds * slots else (lo, mid - 1)
         best = min(best, lo, key=chain)
-    return _BWD_WARP_BLOCK_D, block_c, cdiv(L, best * block_c), 1
+    return block_d, block_c, cdiv(L, best * block_c), 1
 
 
 def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
@@ -2561,6 +2591,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         )
 
     def low_rank_sums(column: bool, rev: int):  # d dt_low, d dt_weight, d bias of that launch
+        channels, warps = _bwd_low_dot_tiles(R)
         strides = {
             **_named_strides("l", dt_low, column, "bkrij"),
             **_named_strides("q", p_low, column, "pbkrij"),
@@ -2584,11 +2615,11 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             RP=RP,
             RD=max(16, _next_pow2(R + 1)),  # (a row for d bias)
             V_ROW=v_row,
-            V_SUB=max(16, min(_next_pow2(v_row), _BWD_LOW_DOT_CHANNELS)),  # (tl.dot: >= 16)
+            V_SUB=max(16, min(_next_pow2(v_row), channels)),  # (tl.dot: >= 16)
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             BLOCK_P=_BWD_LOW_DOT_POSITIONS,
-            num_warps=_BWD_LOW_DOT_WARPS,
+            num_warps=warps,
             maxnreg=128,
         )
 
