@@ -56,7 +56,7 @@ from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shapes import LIF_SHAPES, SS2D_SHAPES
+from shapes import LIF_SHAPES, SS2D_LATER_STAGES, SS2D_SHAPES
 
 N_SMS = 132  # H100 SXM / H200
 WARP_SIZE = 32  # what Triton's CUDA driver reports as the target's warp size
@@ -522,38 +522,40 @@ def ss2d_cases():
     from svm_kernels.ss2d import fused as ss2d
 
     kernels = _kernels_of(ss2d)
-    for dtype_name, dtype in DTYPES.items():
-        for shape_name, (batch, D, H, W, N, R) in SS2D_SHAPES.items():
-            for lowrank in (True, False):
-                u = _meta(batch, D, H, W, dtype=dtype)
-                t = dict(
-                    delta=None if lowrank else _meta(batch, 4, D, H, W, dtype=dtype),
-                    dt_low=_meta(batch, 4, R, H, W, dtype=dtype) if lowrank else None,
-                    dt_weight=_meta(4, D, R) if lowrank else None,
-                    A=_meta(4, D, N),
-                    B=_meta(batch, 4, N, H, W, dtype=dtype),
-                    C=_meta(batch, 4, N, H, W, dtype=dtype),
-                    D=_meta(4, D),
-                    bias=_meta(4, D),
-                )
-                args = [t[k] for k in ("delta", "dt_low", "dt_weight", "A", "B", "C", "D", "bias")]
-                variant = "lowrank" if lowrank else "full"
-                main = dtype_name == "bf16" and lowrank and shape_name == "vmamba_t_stage1"
-                elements = batch * D * H * W
-                yield Case(
-                    f"ss2d_fwd {variant} {dtype_name} {shape_name}",
-                    elements,
-                    lambda u=u, args=args: ss2d.ss2d_fwd(u, *args, True, torch.float32),
-                    kernels,
-                    main,
-                )
-                yield Case(
-                    f"ss2d_bwd {variant} {dtype_name} {shape_name}",
-                    elements,
-                    lambda u=u, args=args: ss2d.ss2d_bwd(_meta(*u.shape), u, *args, True),
-                    kernels,
-                    main,
-                )
+    shapes = [(d, shape, lowrank) for d in DTYPES for shape in SS2D_SHAPES for lowrank in (True, False)]
+    shapes += [("bf16", shape, True) for shape in SS2D_LATER_STAGES]  # larger ranks, short maps
+    for dtype_name, shape_name, lowrank in shapes:
+        dtype = DTYPES[dtype_name]
+        batch, D, H, W, N, R = {**SS2D_SHAPES, **SS2D_LATER_STAGES}[shape_name]
+        u = _meta(batch, D, H, W, dtype=dtype)
+        t = dict(
+            delta=None if lowrank else _meta(batch, 4, D, H, W, dtype=dtype),
+            dt_low=_meta(batch, 4, R, H, W, dtype=dtype) if lowrank else None,
+            dt_weight=_meta(4, D, R) if lowrank else None,
+            A=_meta(4, D, N),
+            B=_meta(batch, 4, N, H, W, dtype=dtype),
+            C=_meta(batch, 4, N, H, W, dtype=dtype),
+            D=_meta(4, D),
+            bias=_meta(4, D),
+        )
+        args = [t[k] for k in ("delta", "dt_low", "dt_weight", "A", "B", "C", "D", "bias")]
+        variant = "lowrank" if lowrank else "full"
+        main = dtype_name == "bf16" and lowrank and shape_name == "vmamba_t_stage1"
+        elements = batch * D * H * W
+        yield Case(
+            f"ss2d_fwd {variant} {dtype_name} {shape_name}",
+            elements,
+            lambda u=u, args=args: ss2d.ss2d_fwd(u, *args, True, torch.float32),
+            kernels,
+            main,
+        )
+        yield Case(
+            f"ss2d_bwd {variant} {dtype_name} {shape_name}",
+            elements,
+            lambda u=u, args=args: ss2d.ss2d_bwd(_meta(*u.shape), u, *args, True),
+            kernels,
+            main,
+        )
 
 
 # A new op registers its cases here (a generator of Case).
