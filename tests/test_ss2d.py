@@ -255,6 +255,24 @@ def test_forward_tile_config_fills_the_gpu():
         assert sub * nsub * block_d >= 32 and sub * nsub <= L
 
 
+def test_forward_tiles_stay_within_short_maps(monkeypatch):
+    """VMamba's later stages (8 x 8, 7 x 7, 4 x 4 maps): the tile gets fewer lanes per channel, so
+    it lies within the map (no positions past its end walked with dt = 0), and more channels, so
+    the block keeps its 128 lanes; longer maps keep 8 lanes of 16 (or 8) positions and 16 channels."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    monkeypatch.setattr(fused, "SHORT_MAP_TILES", True)  # (Triton 3.6 keeps the long tiles)
+    for D, L, expected in (
+        (96, 56 * 56, (16, 16, 8, 4)),
+        (192, 64, (32, 16, 4, 4)),
+        (384, 49, (32, 8, 4, 4)),
+        (384, 16, (128, 16, 1, 4)),
+        (384, 14 * 14, (16, 8, 8, 4)),
+    ):
+        block_d, sub, nsub, warps = fused._fwd_scan_config(D, L, 1)
+        assert (block_d, sub, nsub, warps) == expected, (D, L)
+        assert sub * nsub <= L and block_d * nsub == 128
+
+
 # The backward's passes are the interpreter's slowest: one case (full delta, batch 2, chunks across
 # row and column wraps) in the fast loop, every case in the full suite.
 MULTI_CHUNK_BWD = [
@@ -427,10 +445,13 @@ def test_backward_on_short_maps_walks_the_shortest_chunks_within_the_bound(monke
 def test_backward_with_the_gpu_policy_at_larger_ranks_on_a_short_map(monkeypatch, R, D):
     """VMamba's later stages under the GPU's launch policy: fewer channels per thread (2 at R = 12,
     1 at R = 24), the low-rank sums in tiles of 16 channels on 4 warps, and a 4 x 4 map walked in
-    the shortest chunks within the bound (4 chunks of 4)."""
+    the shortest chunks within the bound (4 chunks of 4); the forward in one tile of 16 positions
+    per channel."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     assert fused._bwd_config(D, 16, 1, 1, lowrank=True, rank=R)[::2] == (fused._bwd_warp_block_d(R), 4)
     assert fused._bwd_low_dot_tiles(R) == (16, 4)
+    monkeypatch.setattr(fused, "SHORT_MAP_TILES", True)
+    assert fused._fwd_scan_config(D, 16, 1)[1:3] == (16, 1)  # the forward: one tile of the map
     check_against_reference(make_inputs(1, D, 4, 4, 1, R=R), lowrank=True)
 
 

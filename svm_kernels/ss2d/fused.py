@@ -1996,6 +1996,12 @@ def _orientation_args(column: bool, u, delta, dt_low, B, C, out, params: dict, s
     )
 
 
+# Short maps' forward tiles (``_fwd_scan_config``): Triton 3.8 compiles the wider channel blocks
+# without spills (sm_90, bf16 low rank: 8 x 8 at 32 channels, 4 x 4 at 128); Triton 3.6 spilled
+# 84 and 256 bytes there, so it keeps 16 channels and tiles that run past the map's end.
+SHORT_MAP_TILES = _TRITON_3_8
+
+
 def _fwd_scan_config(D: int, L: int, N: int):
     """(BLOCK_D, SUB, NSUB, num_warps) of the forward.
 
@@ -2014,7 +2020,14 @@ def _fwd_scan_config(D: int, L: int, N: int):
         # 16 positions per lane where the planes (and with them contiguous strides) are multiples
         # of 16 elements; otherwise the loads come in narrower pieces that take more registers
         # (sm_90: 192-244 bytes spilled at 128 with L = 1000 or 56 x 57), and 8 fit
-        return min(_next_pow2(D), 16), 16 if L % 16 == 0 else 8, 8, 4
+        sub = 16 if L % 16 == 0 else 8
+        nsub = 8
+        while SHORT_MAP_TILES and nsub > 1 and sub * nsub > L:
+            # short maps (VMamba's later stages): a tile of 8 lanes per channel would be mostly
+            # positions past the map's end (128 for 16 at 4 x 4); fewer lanes per channel and more
+            # channels per block keep the block's 128 lanes, each tile within the map
+            nsub //= 2
+        return min(_next_pow2(D), 128 // nsub), sub, nsub, 4
     return min(_next_pow2(D), 8), 4, 16, 4
 
 
