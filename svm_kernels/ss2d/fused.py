@@ -1900,6 +1900,12 @@ def triton_supports(u: torch.Tensor, N: int) -> str | None:
     return None
 
 
+def _chunk_states_fit(L: int, chunk: int, NP: int) -> bool:
+    """Whether chunks of ``chunk`` positions keep the chunk states (four buffers of n_chunks x NP
+    values per channel and direction) within one (B, 4, D, L) tensor."""
+    return 4 * NP * cdiv(L, chunk) <= L
+
+
 def _fwd_config(D: int, L: int, N: int):
     """(BLOCK_D, BLOCK_C, chunk, num_warps) of the chunk walk: the forward at N > TILE_SCAN_MAX_N
     and, through ``_bwd_config``, the backward.
@@ -1912,7 +1918,7 @@ def _fwd_config(D: int, L: int, N: int):
     """
     NP = _next_pow2(N)
     chunk = math.isqrt(L - 1) + 1
-    while cdiv(L, chunk) * NP * 4 > L and chunk < L:
+    while not _chunk_states_fit(L, chunk, NP) and chunk < L:
         chunk *= 2
     chunk = min(chunk, L)
     if TRITON_INTERPRET:
@@ -2326,8 +2332,7 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 13
             parts, _ = _bwd_partial_split(D, block_d, N, 0, batch, n_c)
             return max(0, _BWD_MIN_BLOCKS - batch * parts * n_c), 4 * NP * D * n_c + 2 * N * L * parts
 
-        # chunk states within one (B, 4, D, L) tensor in all (four buffers of n_chunks x NP)
-        shorter = [c for c in range(1, chunk) if 4 * NP * cdiv(L, c) <= L]
+        shorter = [c for c in range(1, chunk) if _chunk_states_fit(L, c, NP)]
         chunk = min([chunk, *shorter], key=cost)
     if lowrank:
         block_d = min(block_d, max(1, 32 // (block_c * NP)))
@@ -2420,7 +2425,7 @@ def _bwd_warp_search(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
         return batch * parts * n_cblk
 
     def fits(n_cblk):  # the chunk states of n_cblk full blocks of chunks within the bound
-        return 4 * NP * cdiv(L, cdiv(L, n_cblk * block_c)) <= L
+        return _chunk_states_fit(L, cdiv(L, n_cblk * block_c), NP)
 
     def chain(n_cblk):  # (rounds x (chunk + setup), blocks)
         n_blocks = blocks(n_cblk)
@@ -2430,7 +2435,8 @@ def _bwd_warp_search(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
         # short maps (one block of lanes cannot be filled within the bound): one block of the
         # shortest chunks within it, the fewest steps per walk (the blocks are as many whatever
         # the chunk); at 8 x 8 chunks of 4 instead of the forward's 8, twice the lanes busy
-        return block_d, block_c, min(chunk, cdiv(L, max(1, L // (4 * NP)))), 1
+        shortest = next((c for c in range(1, chunk) if _chunk_states_fit(L, c, NP)), chunk)
+        return block_d, block_c, shortest, 1
     best = n_cblk
     top = max(n_cblk, L // (4 * NP * block_c) + 1)  # past the chunk-state bound
     for rounds in range(cdiv(blocks(n_cblk), slots), 5):
