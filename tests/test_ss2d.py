@@ -441,18 +441,49 @@ def test_backward_on_short_maps_walks_the_shortest_chunks_within_the_bound(monke
     assert got == L or 4 * NP * cdiv(L, got - 1) > L  # one shorter would break the bound
 
 
-@pytest.mark.parametrize("R,D", [(12, 6), (24, 4)])
-def test_backward_with_the_gpu_policy_at_larger_ranks_on_a_short_map(monkeypatch, R, D):
-    """VMamba's later stages under the GPU's launch policy: fewer channels per thread (2 at R = 12,
-    1 at R = 24), the low-rank sums in tiles of 16 channels on 4 warps, and a 4 x 4 map walked in
-    the shortest chunks within the bound (4 chunks of 4); the forward in one tile of 16 positions
-    per channel."""
+@pytest.mark.parametrize("lane_weights", [24, 12])
+@pytest.mark.parametrize("R,D", [(12, 20), (24, 12)])
+def test_backward_with_the_gpu_policy_at_larger_ranks_on_a_short_map(monkeypatch, R, D, lane_weights):
+    """VMamba's later stages under the GPU's launch policy: a 4 x 4 map walked in the shortest
+    chunks within the bound (4 chunks of 4), one per lane, and the block's other lanes on
+    channels (8 lanes), each thread holding the channels its rank allows (2 at R = 12, 1 at
+    R = 24; with Triton 3.6's 12 weights per thread, 1 and 1), so D = 20 and 12 take two channel
+    blocks, the second part masked; the low-rank sums in tiles of 16 channels on 4 warps; the
+    forward in one tile of 16 positions per channel."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
-    assert fused._bwd_config(D, 16, 1, 1, lowrank=True, rank=R)[::2] == (fused._bwd_warp_block_d(R), 4)
+    monkeypatch.setattr(fused, "SHORT_MAP_LANE_WEIGHTS", lane_weights)
+    per_thread = 2 if (R, lane_weights) == (12, 24) else 1
+    assert fused._bwd_config(D, 16, 1, 1, lowrank=True, rank=R) == (8 * per_thread, 4, 4, 1)
     assert fused._bwd_low_dot_tiles(R) == (16, 4)
     monkeypatch.setattr(fused, "SHORT_MAP_TILES", True)
     assert fused._fwd_scan_config(D, 16, 1)[1:3] == (16, 1)  # the forward: one tile of the map
     check_against_reference(make_inputs(1, D, 4, 4, 1, R=R), lowrank=True)
+
+
+@pytest.mark.parametrize(
+    "n_chunks,NP,R,lanes",
+    [
+        (4, 1, 12, (4, 8, 2)),  # CIFAR-10's 4 x 4 stage at VMamba's stage-2 rank
+        (4, 1, 24, (4, 8, 1)),
+        (16, 1, 12, (16, 2, 2)),  # 8 x 8
+        (10, 1, 48, (16, 2, 1)),  # ImageNet's 7 x 7
+        (1, 1, 6, (1, 32, 4)),
+        (3, 4, 0, (4, 2, 4)),  # full delta, N = 4
+        (32, 1, 12, (32, 1, 2)),
+    ],
+)
+def test_short_maps_put_channels_on_the_idle_chunk_lanes(monkeypatch, n_chunks, NP, R, lanes):
+    """A short map's chunks take a power of two of the warp's 32 // NP chunk lanes and the rest
+    take channels (CIFAR's 4 x 4 stage: 4 chunk lanes and 8 channel lanes, not 28 idle lanes),
+    each thread holding the channels its rank allows; with Triton 3.6's smaller weight bound
+    where there are channel lanes, fewer, and full delta (no weights) keeps 4."""
+    monkeypatch.setattr(fused, "SHORT_MAP_LANE_WEIGHTS", 24)
+    assert fused._short_map_lanes(n_chunks, 32 // NP, R) == lanes
+    lanes_c, lanes_d, per_thread = lanes
+    assert lanes_c >= n_chunks and lanes_c * lanes_d * NP == 32
+    monkeypatch.setattr(fused, "SHORT_MAP_LANE_WEIGHTS", 12)
+    fewer = fused._bwd_warp_block_d(R, 12) if lanes_d > 1 else per_thread
+    assert fused._short_map_lanes(n_chunks, 32 // NP, R) == (lanes_c, lanes_d, fewer)
 
 
 def test_backward_warp_config_is_cheap_and_cached(monkeypatch):
@@ -474,11 +505,13 @@ def test_backward_warp_config_is_cheap_and_cached(monkeypatch):
 @pytest.mark.slow  # D = 20 channels under the interpreter
 @pytest.mark.parametrize("N,H,W", [(1, 4, 5), (2, 3, 7)])
 def test_full_delta_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
-    """The full-delta backward at N <= 4 takes the same one-warp blocks (channels within each
-    thread, chunk lanes) as the low-rank one since v2.8: its gradients under that policy."""
+    """The full-delta backward at N <= 4 takes the same one-warp blocks as the low-rank one since
+    v2.8; on these short maps the chunks take a power of two of the lanes (8 of 4 x 5's 5 chunks,
+    2 of 3 x 7's at N = 2) and channels the rest, 4 within each thread (no weights to hold):
+    its gradients under that policy, 20 channels in one block of 16 or 32."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
-    block_d, block_c, _, warps = fused._bwd_config(20, H * W, N, 1, lowrank=False)
-    assert (block_d, block_c, warps) == (fused._BWD_WARP_BLOCK_D, 32 // (1 << (N - 1).bit_length()), 1)
+    expected = {1: (16, 8, 4, 1), 2: (32, 2, 11, 1)}[N]
+    assert fused._bwd_config(20, H * W, N, 1, lowrank=False) == expected
     check_against_reference(make_inputs(1, 20, H, W, N, lowrank=False), lowrank=False)
 
 
@@ -486,22 +519,17 @@ def test_full_delta_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
 @pytest.mark.parametrize("N,H,W", [(1, 4, 5), (4, 2, 5)])
 def test_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
     """The GPU's launch policy under the interpreter on one small image: blocks of one warp whose
-    lanes are chunks x states (32 at N = 1, 8 at N = 4) and 4 channels within each thread. N = 1
-    walks the shortest chunks within the chunk-state bound, 5 of 4 (evened out to fill the 32
-    lanes they would break it), and raises the channel parts as far as the scratch of dt and its
-    slope allows (2 parts at 4 channels per thread; the partials' bound alone gives 5); N = 4 walks
-    one chunk of 10 with 2 parts (the quarter bound alone gives one)."""
+    lanes are states, then chunks, then channels, 4 channels within each thread (R = 2). N = 1
+    walks the shortest chunks within the chunk-state bound, 5 of 4, on 8 lanes, with 4 channel
+    lanes (16 channels a block: 20 take two blocks, the second masked); N = 4 walks one chunk of
+    10 on 4 state lanes, with 8 channel lanes (32 channels a block)."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, R = 1, 20, 2
-    block_d = fused._BWD_WARP_BLOCK_D
     assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == (
-        (block_d, 32, 4, 1) if N == 1 else (block_d, 8, 10, 1)
+        (16, 8, 4, 1) if N == 1 else (32, 1, 10, 1)
     )
-    chunk, n_chunks, _, n_parts = _bwd_grid(D, H * W, N, R, batch)
-    assert n_chunks == (5 if N == 1 else 1)
-    assert (chunk, n_parts) == ((4, min(5, D // (2 * block_d))) if N == 1 else (10, 2))
-    if N == 4:  # the quarter bound alone gives one part
-        assert fused._partial_split(D, 16, N, R)[0] == 1
+    chunk, n_chunks, _, _ = _bwd_grid(D, H * W, N, R, batch)
+    assert (chunk, n_chunks) == ((4, 5) if N == 1 else (10, 1))
     check_against_reference(make_inputs(batch, D, H, W, N, R=R), lowrank=True)
 
 

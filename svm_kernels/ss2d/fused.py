@@ -2369,11 +2369,11 @@ def _sm_count(device: torch.device) -> int:
     return 132
 
 
-def _bwd_warp_block_d(R: int) -> int:
+def _bwd_warp_block_d(R: int, weights: int = _BWD_WARP_WEIGHTS) -> int:
     """Channels per thread of the one-warp backward: ``_BWD_WARP_BLOCK_D``, halved while the block's
-    R weights per channel exceed ``_BWD_WARP_WEIGHTS`` (R = 0: full delta, no weights)."""
+    R weights per channel exceed ``weights`` (R = 0: full delta, no weights)."""
     block_d = _BWD_WARP_BLOCK_D
-    while block_d > 1 and R * block_d > _BWD_WARP_WEIGHTS:
+    while block_d > 1 and R * block_d > weights:
         block_d //= 2
     return block_d
 
@@ -2407,8 +2407,30 @@ def _bwd_warp_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
         _BWD_WALK_SETUP_STEPS,
         _BWD_LOW_DOT,
         _BWD_MIN_BLOCKS,
+        SHORT_MAP_LANE_WEIGHTS,
     )
     return _bwd_warp_search(D, L, N, batch, chunk, sms, R, settings)
+
+
+# The weights a thread holds in a short map's blocks with channel lanes (``_short_map_lanes``):
+# Triton 3.6 spilled 4 bytes at VMamba's stage 2 (8 x 8, R = 12) with the 2 channels per thread
+# (24 weights) that 3.8 compiles without spills, so it holds half as many.
+SHORT_MAP_LANE_WEIGHTS = _BWD_WARP_WEIGHTS if _TRITON_3_8 else _BWD_WARP_WEIGHTS // 2
+
+
+def _short_map_lanes(n_chunks: int, block_c: int, R: int) -> tuple[int, int, int]:
+    """(chunk lanes, channel lanes, channels per thread) of a short map's one-warp block: its
+    n_chunks chunks each on a lane (a power of two of them), and channels on the ``block_c``
+    chunk lanes left over, which otherwise idle (at 4 x 4, 28 of 32). The tile [BLOCK_D,
+    BLOCK_C, NP] spreads its lanes over states, then chunks, then channels, so a thread holds
+    channels of one chunk and loads the rows of dt_low, B and C once for them: as many as
+    ``_bwd_warp_block_d`` gives for R, within ``SHORT_MAP_LANE_WEIGHTS`` weights where there
+    are channel lanes. The channel sums (dB, dC) then reduce across the channel lanes with
+    shuffles, within the warp."""
+    lanes_c = min(block_c, _next_pow2(n_chunks))
+    lanes_d = block_c // lanes_c
+    weights = SHORT_MAP_LANE_WEIGHTS if lanes_d > 1 else _BWD_WARP_WEIGHTS
+    return lanes_c, lanes_d, _bwd_warp_block_d(R, weights)
 
 
 @functools.lru_cache(maxsize=256)
@@ -2432,11 +2454,12 @@ def _bwd_warp_search(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
         return cdiv(n_blocks, slots) * (cdiv(L, n_cblk * block_c) + _BWD_WALK_SETUP_STEPS), n_blocks
 
     if not fits(n_cblk):
-        # short maps (one block of lanes cannot be filled within the bound): one block of the
-        # shortest chunks within it, the fewest steps per walk (the blocks are as many whatever
-        # the chunk); at 8 x 8 chunks of 4 instead of the forward's 8, twice the lanes busy
+        # short maps (one block of lanes cannot be filled within the bound): the shortest chunks
+        # within it, the fewest steps per walk, each on a lane, and channels on the lanes left
+        # (``_short_map_lanes``)
         shortest = next((c for c in range(1, chunk) if _chunk_states_fit(L, c, NP)), chunk)
-        return block_d, block_c, shortest, 1
+        lanes_c, lanes_d, per_thread = _short_map_lanes(cdiv(L, shortest), block_c, R)
+        return lanes_d * per_thread, lanes_c, shortest, 1
     best = n_cblk
     top = max(n_cblk, L // (4 * NP * block_c) + 1)  # past the chunk-state bound
     for rounds in range(cdiv(blocks(n_cblk), slots), 5):
