@@ -486,6 +486,15 @@ def test_short_maps_put_channels_on_the_idle_chunk_lanes(monkeypatch, n_chunks, 
     assert fused._short_map_lanes(n_chunks, 32 // NP, R) == (lanes_c, lanes_d, fewer)
 
 
+def test_low_rank_sums_take_fewer_positions_past_rank_24(monkeypatch):
+    """Products of 32 positions (Triton 3.6's) spilled at VMamba-T's R = 48; past R = 24 they
+    take at most 16 (Triton 3.8's choice at every rank)."""
+    monkeypatch.setattr(fused, "_BWD_LOW_DOT_POSITIONS", 32)
+    assert [fused._bwd_low_dot_positions(R) for R in (6, 24, 25, 48)] == [32, 32, 16, 16]
+    monkeypatch.setattr(fused, "_BWD_LOW_DOT_POSITIONS", 16)
+    assert {fused._bwd_low_dot_positions(R) for R in (6, 24, 25, 48)} == {16}
+
+
 def test_backward_warp_config_is_cheap_and_cached(monkeypatch):
     """The launcher sizes the grid on every call: a 512 x 512 map (21,846 chunks) and stage 1 take
     bisections, not a walk over every chunk count, and a second call is served from the cache."""

@@ -2254,6 +2254,16 @@ def _bwd_low_dot_tiles(R: int) -> tuple[int, int]:
     return max(16, _BWD_LOW_DOT_CHANNELS // 2), 2 * _BWD_LOW_DOT_WARPS  # (tl.dot: >= 16)
 
 
+# Past this rank Triton 3.6's 32 positions per product spilled too (VMamba-T's stage 4, 7 x 7,
+# R = 48: 244-320 bytes per thread); 16, Triton 3.8's, spill nothing there.
+_BWD_LOW_DOT_WIDE_RANK = 24
+
+
+def _bwd_low_dot_positions(R: int) -> int:
+    """Positions per product of ``ss2d_bwd_low_rank_kernel`` at rank R."""
+    return _BWD_LOW_DOT_POSITIONS if R <= _BWD_LOW_DOT_WIDE_RANK else min(16, _BWD_LOW_DOT_POSITIONS)
+
+
 def _partial_split(D: int, block_d: int, N: int, R: int):
     """(n_parts, n_group): programs per chunk block and image along the channels, and channel
     blocks each one walks in turn.
@@ -2660,7 +2670,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             V_SUB=max(16, min(_next_pow2(v_row), channels)),  # (tl.dot: >= 16)
             BLOCK_D=block_d,
             BLOCK_C=block_c,
-            BLOCK_P=_BWD_LOW_DOT_POSITIONS,
+            BLOCK_P=_bwd_low_dot_positions(R),
             num_warps=warps,
             maxnreg=128,
         )
