@@ -486,6 +486,23 @@ def test_short_maps_put_channels_on_the_idle_chunk_lanes(monkeypatch, n_chunks, 
     assert fused._short_map_lanes(n_chunks, 32 // NP, R) == (lanes_c, lanes_d, fewer)
 
 
+@pytest.mark.parametrize(
+    "batch,D,H,W,N,R,config",
+    [
+        (1, 20, 1, 1, 1, 2, (128, 1, 1, 1)),  # one position: one chunk lane, 32 channel lanes
+        (2, 12, 1, 3, 2, 3, (64, 1, 3, 1)),  # 2 state lanes x 16 channel lanes
+        (1, 9, 2, 2, 4, 0, (32, 1, 4, 1)),  # full delta, 4 state lanes x 8 channel lanes
+    ],
+)
+def test_backward_with_the_gpu_policy_on_tiny_maps(monkeypatch, batch, D, H, W, N, R, config):
+    """Maps of one chunk under the GPU's launch policy: the whole warp's other lanes on channels,
+    a block wider than the channels (masked), and the chains over one chunk."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
+    lowrank = R > 0
+    assert fused._bwd_config(D, H * W, N, batch, lowrank, rank=R if lowrank else None) == config
+    check_against_reference(make_inputs(batch, D, H, W, N, R=max(R, 1), lowrank=lowrank), lowrank=lowrank)
+
+
 def test_low_rank_sums_take_fewer_positions_past_rank_24(monkeypatch):
     """Products of 32 positions (Triton 3.6's) spilled at VMamba-T's R = 48; past R = 24 they
     take at most 16 (Triton 3.8's choice at every rank)."""
