@@ -213,6 +213,41 @@ def test_power_of_two_tau_charges_with_an_unfused_exact_multiply():
     assert rows["lif_bwd"][0] == 16 and rows["lif_bwd"][1] == 0 and rows["lif_bwd"][3] == 0
 
 
+@pytest.mark.slow
+def test_scan_kernels_compile_for_maps_of_one_row_or_column():
+    """A map of one row or one column (1 x 37, 37 x 1) or one position: Triton passes an integer
+    argument equal to 1 (the row length M of an orientation) as a compile-time constant, which
+    the interpreter never does; every launch of the forward and backward, low rank and full
+    delta, must still compile for sm_90."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import torch\n"
+        "import compile_check as cc\n"
+        "from svm_kernels.ss2d import fused\n"
+        "M = cc._meta\n"
+        "for H, W in ((1, 37), (37, 1), (1, 1)):\n"
+        "    for low in (True, False):\n"
+        "        u = M(2, 8, H, W, dtype=torch.bfloat16)\n"
+        "        delta = None if low else M(2, 4, 8, H, W, dtype=torch.bfloat16)\n"
+        "        dt_low = M(2, 4, 2, H, W, dtype=torch.bfloat16) if low else None\n"
+        "        w = M(4, 8, 2) if low else None\n"
+        "        BC = [M(2, 4, 1, H, W, dtype=torch.bfloat16) for _ in range(2)]\n"
+        "        args = (delta, dt_low, w, M(4, 8, 1), *BC, M(4, 8), M(4, 8))\n"
+        "        calls = (lambda: fused.ss2d_fwd(u, *args, True, torch.float32),\n"
+        "                 lambda: fused.ss2d_bwd(M(*u.shape), u, *args, True))\n"
+        "        n = 0\n"
+        "        for call in calls:\n"
+        "            for launch in cc.capture_configs(call, cc._kernels_of(fused)):\n"
+        "                cc.compile_launch(launch, 90)\n"
+        "                n += 1\n"
+        "        print(H, W, low, n)\n"
+    )
+    proc = _run_with_bench_on_path(code, "-")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert len(rows) == 6 and all(int(n) > 0 for *_, n in rows), proc.stdout
+
+
 def test_outer_loop_around_an_inlined_walk_counts_its_own_trips(tmp_path):
     """A loop over channel blocks whose body is mostly an inlined helper's walk over positions: the
     outer PTX loop is matched by its own instructions (those outside the nested PTX loop), so it

@@ -467,30 +467,31 @@ def test_backward_with_the_gpu_policy_at_larger_ranks_on_a_short_map(monkeypatch
         (4, 1, 24, (4, 8, 1)),
         (16, 1, 12, (16, 2, 2)),  # 8 x 8
         (10, 1, 48, (16, 2, 1)),  # ImageNet's 7 x 7
-        (1, 1, 6, (1, 32, 4)),
-        (3, 4, 0, (4, 2, 4)),  # full delta, N = 4
+        (1, 1, 6, (1, 32, 2)),  # at most 2 channels a thread with channel lanes
+        (4, 1, 4, (4, 8, 2)),  # the digits model's 4 x 4 stage
+        (3, 4, 0, (4, 2, 4)),  # full delta, N = 4: 4 channels a thread
         (32, 1, 12, (32, 1, 2)),
     ],
 )
 def test_short_maps_put_channels_on_the_idle_chunk_lanes(monkeypatch, n_chunks, NP, R, lanes):
     """A short map's chunks take a power of two of the warp's 32 // NP chunk lanes and the rest
     take channels (CIFAR's 4 x 4 stage: 4 chunk lanes and 8 channel lanes, not 28 idle lanes),
-    each thread holding the channels its rank allows; with Triton 3.6's smaller weight bound
-    where there are channel lanes, fewer, and full delta (no weights) keeps 4."""
+    each thread holding the channels its rank allows, at most 2 at low rank where there are
+    channel lanes, fewer with Triton 3.6's smaller weight bound; full delta keeps 4."""
     monkeypatch.setattr(fused, "SHORT_MAP_LANE_WEIGHTS", 24)
     assert fused._short_map_lanes(n_chunks, 32 // NP, R) == lanes
     lanes_c, lanes_d, per_thread = lanes
     assert lanes_c >= n_chunks and lanes_c * lanes_d * NP == 32
     monkeypatch.setattr(fused, "SHORT_MAP_LANE_WEIGHTS", 12)
-    fewer = fused._bwd_warp_block_d(R, 12) if lanes_d > 1 else per_thread
+    fewer = min(per_thread, fused._bwd_warp_block_d(R, 12)) if lanes_d > 1 and R else per_thread
     assert fused._short_map_lanes(n_chunks, 32 // NP, R) == (lanes_c, lanes_d, fewer)
 
 
 @pytest.mark.parametrize(
     "batch,D,H,W,N,R,config",
     [
-        (1, 20, 1, 1, 1, 2, (128, 1, 1, 1)),  # one position: one chunk lane, 32 channel lanes
-        (2, 12, 1, 3, 2, 3, (64, 1, 3, 1)),  # 2 state lanes x 16 channel lanes
+        (1, 20, 1, 1, 1, 2, (64, 1, 1, 1)),  # one position: one chunk lane, 32 channel lanes
+        (2, 12, 1, 3, 2, 3, (32, 1, 3, 1)),  # 2 state lanes x 16 channel lanes
         (1, 9, 2, 2, 4, 0, (32, 1, 4, 1)),  # full delta, 4 state lanes x 8 channel lanes
     ],
 )
@@ -545,15 +546,13 @@ def test_full_delta_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
 @pytest.mark.parametrize("N,H,W", [(1, 4, 5), (4, 2, 5)])
 def test_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
     """The GPU's launch policy under the interpreter on one small image: blocks of one warp whose
-    lanes are states, then chunks, then channels, 4 channels within each thread (R = 2). N = 1
-    walks the shortest chunks within the chunk-state bound, 5 of 4, on 8 lanes, with 4 channel
-    lanes (16 channels a block: 20 take two blocks, the second masked); N = 4 walks one chunk of
-    10 on 4 state lanes, with 8 channel lanes (32 channels a block)."""
+    lanes are states, then chunks, then channels, 2 channels within each thread (R = 2, with
+    channel lanes). N = 1 walks the shortest chunks within the chunk-state bound, 5 of 4, on 8
+    lanes, with 4 channel lanes (8 channels a block: 20 take three blocks, the last masked); N = 4
+    walks one chunk of 10 on 4 state lanes, with 8 channel lanes (16 channels a block)."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     batch, D, R = 1, 20, 2
-    assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == (
-        (16, 8, 4, 1) if N == 1 else (32, 1, 10, 1)
-    )
+    assert fused._bwd_config(D, H * W, N, batch, lowrank=True) == ((8, 8, 4, 1) if N == 1 else (16, 1, 10, 1))
     chunk, n_chunks, _, _ = _bwd_grid(D, H * W, N, R, batch)
     assert (chunk, n_chunks) == ((4, 5) if N == 1 else (10, 1))
     check_against_reference(make_inputs(batch, D, H, W, N, R=R), lowrank=True)

@@ -1417,7 +1417,7 @@ if HAS_TRITON:
         # j0 + the offset past p0 stays below 2^22 (a row plus the program's chunks)
         i0 = p0 // M
         j0 = p0 - i0 * M
-        inv_M = 1.0 / M.to(tl.float32)
+        inv_M = 1.0 / (M * 1.0)  # (M = 1 arrives as a constant: maps of one row or column)
         n_tiles = (BLOCK_C * chunk + BLOCK_P - 1) // BLOCK_P
         for h in tl.static_range((V_ROW + V_SUB - 1) // V_SUB):
             offs_ch = h * V_SUB + tl.arange(0, V_SUB)
@@ -2417,14 +2417,18 @@ def _bwd_warp_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
         _BWD_WALK_SETUP_STEPS,
         _BWD_LOW_DOT,
         _BWD_MIN_BLOCKS,
+        SHORT_MAP_LANE_CHANNELS,
         SHORT_MAP_LANE_WEIGHTS,
     )
     return _bwd_warp_search(D, L, N, batch, chunk, sms, R, settings)
 
 
-# The weights a thread holds in a short map's blocks with channel lanes (``_short_map_lanes``):
-# Triton 3.6 spilled 4 bytes at VMamba's stage 2 (8 x 8, R = 12) with the 2 channels per thread
-# (24 weights) that 3.8 compiles without spills, so it holds half as many.
+# A thread's channels in a short map's low-rank blocks with channel lanes (``_short_map_lanes``):
+# at most 2 (4 spilled 12-116 bytes on the digits model's 8 x 8 and 4 x 4 maps, R = 2 and 4,
+# Triton 3.8), holding at most SHORT_MAP_LANE_WEIGHTS weights (Triton 3.6 spilled 4 bytes at
+# VMamba's stage 2, 8 x 8 and R = 12, with 2 channels: 24 weights, which 3.8 compiles). Full
+# delta keeps its 4 (no spills under either at 8 x 8 and 4 x 4; 3.6 spilled 8 bytes with 2).
+SHORT_MAP_LANE_CHANNELS = 2
 SHORT_MAP_LANE_WEIGHTS = _BWD_WARP_WEIGHTS if _TRITON_3_8 else _BWD_WARP_WEIGHTS // 2
 
 
@@ -2434,13 +2438,15 @@ def _short_map_lanes(n_chunks: int, block_c: int, R: int) -> tuple[int, int, int
     chunk lanes left over, which otherwise idle (at 4 x 4, 28 of 32). The tile [BLOCK_D,
     BLOCK_C, NP] spreads its lanes over states, then chunks, then channels, so a thread holds
     channels of one chunk and loads the rows of dt_low, B and C once for them: as many as
-    ``_bwd_warp_block_d`` gives for R, within ``SHORT_MAP_LANE_WEIGHTS`` weights where there
-    are channel lanes. The channel sums (dB, dC) then reduce across the channel lanes with
-    shuffles, within the warp."""
+    ``_bwd_warp_block_d`` gives for the rank R (0: full delta), and with channel lanes at low
+    rank at most SHORT_MAP_LANE_CHANNELS within SHORT_MAP_LANE_WEIGHTS weights. The channel
+    sums (dB, dC) then reduce across the channel lanes with shuffles, within the warp."""
     lanes_c = min(block_c, _next_pow2(n_chunks))
     lanes_d = block_c // lanes_c
-    weights = SHORT_MAP_LANE_WEIGHTS if lanes_d > 1 else _BWD_WARP_WEIGHTS
-    return lanes_c, lanes_d, _bwd_warp_block_d(R, weights)
+    per_thread = _bwd_warp_block_d(R)
+    if lanes_d > 1 and R:
+        per_thread = min(SHORT_MAP_LANE_CHANNELS, _bwd_warp_block_d(R, SHORT_MAP_LANE_WEIGHTS))
+    return lanes_c, lanes_d, per_thread
 
 
 @functools.lru_cache(maxsize=256)
