@@ -504,6 +504,17 @@ def test_backward_with_the_gpu_policy_on_tiny_maps(monkeypatch, batch, D, H, W, 
     check_against_reference(make_inputs(batch, D, H, W, N, R=max(R, 1), lowrank=lowrank), lowrank=lowrank)
 
 
+def test_forward_lanes_hold_fewer_positions_at_wide_ranks():
+    """From R = 24 (VMamba's D / 16 at D = 384) a lane of a channel with several lanes holds at
+    most 4 positions (8 spilled at 14 x 14 and 7 x 7); a channel on one lane keeps its tile of 16
+    (tl.dot's minimum), smaller ranks keep theirs, fp32 dt_low takes at most 8."""
+    bf16, fp32 = (torch.empty(1, 4, R, 2, 2, dtype=t) for R, t in ((24, torch.bfloat16), (6, torch.float32)))
+    assert fused._fwd_lane_positions(16, 8, bf16) == 4
+    assert fused._fwd_lane_positions(16, 1, bf16) == 16
+    assert fused._fwd_lane_positions(16, 8, bf16[:, :, :23]) == 16
+    assert fused._fwd_lane_positions(16, 8, fp32) == 8
+
+
 def test_low_rank_sums_take_fewer_positions_past_rank_24(monkeypatch):
     """Products of 32 positions (Triton 3.6's) spilled at VMamba-T's R = 48; past R = 24 they
     take at most 16 (Triton 3.8's choice at every rank)."""

@@ -2118,6 +2118,26 @@ def ss2d_fwd(
     return launch(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config)
 
 
+# From this rank on (VMamba's R = D / 16 at D >= 384) the forward's lanes hold at most 4 positions
+# each where a channel has several lanes: with 8 the dt product's [channels x positions, 2R]
+# operands spilled (sm_90, bf16, VMamba-T's 14 x 14 and 7 x 7 stages: 72 and 124 bytes under
+# Triton 3.8, 24 under 3.6). A channel on one lane (Triton 3.8's 4 x 4 tiles of 16 positions)
+# does not spill and keeps its 16: 4 would drop the tile under tl.dot's 16 positions.
+FWD_WIDE_RANK = 24
+FWD_WIDE_RANK_SUB = 4
+
+
+def _fwd_lane_positions(sub: int, nsub: int, dt_low: torch.Tensor) -> int:
+    """The forward tile's positions per lane with a low-rank dt product: at most 8 with fp32
+    dt_low (the tf32x3 product holds more registers: 16 spilled under Triton 3.6), at most
+    FWD_WIDE_RANK_SUB from rank FWD_WIDE_RANK on where a channel has several lanes."""
+    if dt_low.dtype == torch.float32:
+        sub = min(sub, 8)
+    if dt_low.shape[2] >= FWD_WIDE_RANK and nsub > 1:
+        sub = min(sub, FWD_WIDE_RANK_SUB)
+    return sub
+
+
 def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
     """The forward at N <= TILE_SCAN_MAX_N: one launch per orientation (row-major stores,
     column-major adds); each program carries its scan from tile to tile, so there is no chunk
@@ -2128,8 +2148,8 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
     N = A.shape[2]
     lowrank = dt_low is not None
     block_d, sub, nsub, num_warps = config or _fwd_scan_config(d_inner, L, N)
-    if config is None and lowrank and dt_low.dtype == torch.float32:
-        sub = min(sub, 8)  # the tf32x3 dt product holds more registers: 16 spill (Triton 3.6)
+    if config is None and lowrank:
+        sub = _fwd_lane_positions(sub, nsub, dt_low)
     while sub * nsub > L:  # a tile lies within the sequence
         if nsub > 1:
             nsub //= 2
