@@ -13,7 +13,7 @@ import math
 
 import torch
 from gate import DEVICE, HAS_CUDA, SMOKE, Case, Skip, provider, rel_err, timed_row
-from shapes import SS2D_CHECK_SHAPES, SS2D_LATER_CHECK_SHAPES, SS2D_SHAPES, SS2D_SMOKE
+from shapes import SS2D_CHECK_SHAPES, SS2D_EDGE_CHECK_SHAPES, SS2D_LATER_CHECK_SHAPES, SS2D_SHAPES, SS2D_SMOKE
 from ss2d_unfused import fla_recurrence, fla_recurrence_direct, sequential_recurrence, ss2d_unfused
 
 from svm_kernels import cross_selective_scan, cross_selective_scan_lowrank
@@ -312,7 +312,7 @@ def ss2d_cases(smoke: bool):
         yield Case(
             "ss2d", "ours_full", "check", fp32, lambda s=shape: check(ours_full, s, torch.float32, True), 120
         )
-    for name, shape in ({} if smoke else SS2D_LATER_CHECK_SHAPES).items():
+    for name, shape in ({} if smoke else {**SS2D_LATER_CHECK_SHAPES, **SS2D_EDGE_CHECK_SHAPES}).items():
         case = dict(shape=name, dims=list(shape), dtype="bf16", mode="check")
         run = lambda s=shape: check(ours_lowrank, s, torch.bfloat16)
         yield Case("ss2d", "ours_lowrank", "check", case, run, 120)

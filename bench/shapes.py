@@ -28,4 +28,7 @@ SS2D_CHECK_SHAPES = {"stage1_b2": (2, 96, 56, 56, 1, 6), "n16_b1": (1, 32, 28, 2
 # The later stages' launch policy on a GPU (larger ranks, short maps: bench/NOTES.md, SS2D v2.9),
 # checked in bf16 low rank, what the models run
 SS2D_LATER_CHECK_SHAPES = {k + "_b2": (2, *shape[1:]) for k, shape in SS2D_LATER_STAGES.items()}
+# Maps of one row and one column (issue 10's 1 x 1000 and 1000 x 1): Triton compiles a row length
+# of 1 as a constant, which the interpreter never does (they failed to compile before v2.10)
+SS2D_EDGE_CHECK_SHAPES = {"row_1x1000": (1, 16, 1, 1000, 1, 2), "column_1000x1": (1, 16, 1000, 1, 1, 2)}
 LIF_CHECK_SHAPES = {"T4_N16M": (4, 2**24), "T8_N16M": (8, 2**24)}
