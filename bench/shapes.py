@@ -15,11 +15,14 @@ SS2D_SHAPES = {
     "n16": (32, 96, 28, 28, 16, 6),  # d_state 16 (mamba's default)
 }
 SS2D_SMOKE = {"smoke": (1, 4, 3, 5, 1, 2)}
-# The later stages of the CIFAR-10 model (cifar10_svmamba.yaml: 64 images x T = 4, R = D / 16):
-# larger ranks on short maps, compiled by the static check (bf16 low rank; not timed by the gate)
+# The later stages of the CIFAR-10 model (cifar10_svmamba.yaml: 64 images x T = 4, R = D / 16) and
+# VMamba-T's wide-rank stages (ImageNet, batch 128): larger ranks on short maps, compiled by the
+# static check (bf16 low rank; not timed by the gate)
 SS2D_LATER_STAGES = {
     "cifar_stage2": (256, 192, 8, 8, 1, 12),
     "cifar_stage3": (256, 384, 4, 4, 1, 24),
+    "vmamba_t_stage3": (128, 384, 14, 14, 1, 24),
+    "vmamba_t_stage4": (128, 768, 7, 7, 1, 48),
 }
 
 # Correctness at real shapes on CUDA (the list), plus small shapes that force the
