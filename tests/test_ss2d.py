@@ -447,8 +447,8 @@ def test_backward_with_the_gpu_policy_at_larger_ranks_on_a_short_map(monkeypatch
     """VMamba's later stages under the GPU's launch policy: a 4 x 4 map walked in the shortest
     chunks within the bound (4 chunks of 4), one per lane, and the block's other lanes on
     channels (8 lanes), each thread holding the channels its rank allows (2 at R = 12, 1 at
-    R = 24; with Triton 3.6's 12 weights per thread, 1 and 1), so D = 20 and 12 take two channel
-    blocks, the second part masked; the low-rank sums in tiles of 16 channels on 4 warps; the
+    R = 24; with Triton 3.6's 12 weights per thread, 1 and 1), so D = 20 and 12 take two or three
+    channel blocks, the last part masked; the low-rank sums in tiles of 16 channels on 4 warps; the
     forward in one tile of 16 positions per channel."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     monkeypatch.setattr(fused, "SHORT_MAP_LANE_WEIGHTS", lane_weights)
@@ -505,14 +505,26 @@ def test_backward_with_the_gpu_policy_on_tiny_maps(monkeypatch, batch, D, H, W, 
 
 
 def test_forward_lanes_hold_fewer_positions_at_wide_ranks():
-    """From R = 24 (VMamba's D / 16 at D = 384) a lane of a channel with several lanes holds at
-    most 4 positions (8 spilled at 14 x 14 and 7 x 7); a channel on one lane keeps its tile of 16
-    (tl.dot's minimum), smaller ranks keep theirs, fp32 dt_low takes at most 8."""
-    bf16, fp32 = (torch.empty(1, 4, R, 2, 2, dtype=t) for R, t in ((24, torch.bfloat16), (6, torch.float32)))
-    assert fused._fwd_lane_positions(16, 8, bf16) == 4
-    assert fused._fwd_lane_positions(16, 1, bf16) == 16
-    assert fused._fwd_lane_positions(16, 8, bf16[:, :, :23]) == 16
-    assert fused._fwd_lane_positions(16, 8, fp32) == 8
+    """From R = 24 (VMamba's D / 16 at D = 384) a lane holds at most 4 positions where its channel
+    keeps several lanes (8 spilled at 14 x 14 and 7 x 7), but not where that leaves the channel
+    one lane (a 4 x 4 tile of 16) or the tile under tl.dot's 16 positions (5 x 5); smaller ranks
+    keep their tiles, fp32 dt_low takes at most 8 positions a lane; every tile lies within the
+    sequence."""
+    wide, narrow, fp32 = (
+        torch.empty(1, 4, R, 2, 2, dtype=t)
+        for R, t in ((24, torch.bfloat16), (23, torch.bfloat16), (6, torch.float32))
+    )
+    assert fused._fwd_tile(16, 8, 196, wide) == (4, 8)  # 14 x 14
+    assert fused._fwd_tile(8, 4, 49, wide) == (4, 4)  # 7 x 7
+    assert fused._fwd_tile(16, 8, 16, wide) == (4, 4)  # 4 x 4 with 8 lanes a channel (Triton 3.6)
+    assert fused._fwd_tile(16, 1, 16, wide) == (16, 1)  # one lane a channel (Triton 3.8)
+    assert fused._fwd_tile(8, 2, 25, wide) == (8, 2)  # 5 x 5: 4 x 2 would be under 16
+    assert fused._fwd_tile(16, 8, 196, narrow) == (16, 8)
+    assert fused._fwd_tile(16, 8, 196, fp32) == (8, 8)
+    assert fused._fwd_tile(16, 8, 196, None) == (16, 8)  # full delta, or a given configuration
+    for L in (1, 5, 16, 25, 49):
+        sub, nsub = fused._fwd_tile(16, 8, L, wide)
+        assert sub * nsub <= L
 
 
 def test_low_rank_sums_take_fewer_positions_past_rank_24(monkeypatch):
@@ -546,7 +558,8 @@ def test_full_delta_backward_with_the_gpu_launch_policy(monkeypatch, N, H, W):
     """The full-delta backward at N <= 4 takes the same one-warp blocks as the low-rank one since
     v2.8; on these short maps the chunks take a power of two of the lanes (8 of 4 x 5's 5 chunks,
     2 of 3 x 7's at N = 2) and channels the rest, 4 within each thread (no weights to hold):
-    its gradients under that policy, 20 channels in one block of 16 or 32."""
+    its gradients under that policy, 20 channels in blocks of 16 (two, the second masked) or one
+    of 32."""
     monkeypatch.setattr(fused, "TRITON_INTERPRET", False)
     expected = {1: (16, 8, 4, 1), 2: (32, 2, 11, 1)}[N]
     assert fused._bwd_config(20, H * W, N, 1, lowrank=False) == expected

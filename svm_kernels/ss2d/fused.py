@@ -2119,23 +2119,37 @@ def ss2d_fwd(
 
 
 # From this rank on (VMamba's R = D / 16 at D >= 384) the forward's lanes hold at most 4 positions
-# each where a channel has several lanes: with 8 the dt product's [channels x positions, 2R]
+# each where a channel keeps several lanes: with 8 the dt product's [channels x positions, 2R]
 # operands spilled (sm_90, bf16, VMamba-T's 14 x 14 and 7 x 7 stages: 72 and 124 bytes under
-# Triton 3.8, 24 under 3.6). A channel on one lane (Triton 3.8's 4 x 4 tiles of 16 positions)
-# does not spill and keeps its 16: 4 would drop the tile under tl.dot's 16 positions.
+# Triton 3.8, 24 under 3.6). Not where that would leave a channel one lane (Triton 3.8's 4 x 4
+# tile of 16 positions does not spill) or a tile under tl.dot's 16 positions (5 x 5's 8 x 2).
 FWD_WIDE_RANK = 24
 FWD_WIDE_RANK_SUB = 4
 
 
-def _fwd_lane_positions(sub: int, nsub: int, dt_low: torch.Tensor) -> int:
-    """The forward tile's positions per lane with a low-rank dt product: at most 8 with fp32
-    dt_low (the tf32x3 product holds more registers: 16 spilled under Triton 3.6), at most
-    FWD_WIDE_RANK_SUB from rank FWD_WIDE_RANK on where a channel has several lanes."""
-    if dt_low.dtype == torch.float32:
+def _fit_tile(sub: int, nsub: int, L: int) -> tuple[int, int]:
+    """(SUB, NSUB) cut down until the tile of SUB x NSUB positions lies within the sequence:
+    fewer lanes per channel first."""
+    while sub * nsub > L:
+        if nsub > 1:
+            nsub //= 2
+        else:
+            sub //= 2
+    return sub, nsub
+
+
+def _fwd_tile(sub: int, nsub: int, L: int, dt_low: torch.Tensor | None) -> tuple[int, int]:
+    """The forward tile (SUB positions on each of NSUB lanes per channel) for a sequence of L,
+    from the configuration's: with fp32 dt_low at most 8 positions a lane (the tf32x3 dt product
+    holds more registers: 16 spilled under Triton 3.6); from rank FWD_WIDE_RANK on at most
+    FWD_WIDE_RANK_SUB where the channel keeps several lanes and the tile 16 positions."""
+    if dt_low is not None and dt_low.dtype == torch.float32:
         sub = min(sub, 8)
-    if dt_low.shape[2] >= FWD_WIDE_RANK and nsub > 1:
-        sub = min(sub, FWD_WIDE_RANK_SUB)
-    return sub
+    if dt_low is not None and dt_low.shape[2] >= FWD_WIDE_RANK:
+        narrow, lanes = _fit_tile(min(sub, FWD_WIDE_RANK_SUB), nsub, L)
+        if lanes > 1 and narrow * lanes >= 16:
+            return narrow, lanes
+    return _fit_tile(sub, nsub, L)
 
 
 def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
@@ -2146,15 +2160,8 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
     batch, d_inner, H, W = u.shape
     L = H * W
     N = A.shape[2]
-    lowrank = dt_low is not None
     block_d, sub, nsub, num_warps = config or _fwd_scan_config(d_inner, L, N)
-    if config is None and lowrank:
-        sub = _fwd_lane_positions(sub, nsub, dt_low)
-    while sub * nsub > L:  # a tile lies within the sequence
-        if nsub > 1:
-            nsub //= 2
-        else:
-            sub //= 2
+    sub, nsub = _fwd_tile(sub, nsub, L, None if config else dt_low)
     out = new_output(u, dtype=out_dtype)
     params = _param_ptrs(dt_weight, A, D, bias)
     grid = (cdiv(d_inner, block_d), batch)
@@ -2275,7 +2282,8 @@ def _bwd_low_dot_tiles(R: int) -> tuple[int, int]:
 
 
 # Past this rank Triton 3.6's 32 positions per product spilled too (VMamba-T's stage 4, 7 x 7,
-# R = 48: 244-320 bytes per thread); 16, Triton 3.8's, spill nothing there.
+# R = 48: 244-320 bytes per thread); with 16, Triton 3.8's, 3.6 spills nothing there (3.8 itself
+# spills 8 bytes at R = 48).
 _BWD_LOW_DOT_WIDE_RANK = 24
 
 
@@ -2399,9 +2407,12 @@ def _sm_count(device: torch.device) -> int:
     return 132
 
 
-def _bwd_warp_block_d(R: int, weights: int = _BWD_WARP_WEIGHTS) -> int:
+def _bwd_warp_block_d(R: int, weights: int | None = None) -> int:
     """Channels per thread of the one-warp backward: ``_BWD_WARP_BLOCK_D``, halved while the block's
-    R weights per channel exceed ``weights`` (R = 0: full delta, no weights)."""
+    R weights per channel exceed ``weights`` (``_BWD_WARP_WEIGHTS`` by default; R = 0: full
+    delta, no weights)."""
+    if weights is None:
+        weights = _BWD_WARP_WEIGHTS
     block_d = _BWD_WARP_BLOCK_D
     while block_d > 1 and R * block_d > weights:
         block_d //= 2
@@ -2414,7 +2425,8 @@ def _bwd_warp_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
     rows with the low-rank variant) is adds in registers and each B, C (and dt_low row) is
     loaded once per thread for all its channels; no barriers (channels across warps cost a
     shared-memory round trip per step: 8 barriers per element in the full-delta backward of
-    before).
+    before). Short maps, whose chunks cannot fill the lanes, put channels on the lanes left
+    (``_short_map_lanes``): their dB and dC sums add across those lanes with shuffles.
 
     The chunk (about sqrt(L), the forward's) is evened out so the chunks fill whole blocks of
     lanes, then shortened where that shortens the launch's chain of dependent steps: a block
@@ -2446,7 +2458,7 @@ def _bwd_warp_config(D: int, L: int, N: int, batch: int, chunk: int, sms: int, R
 # A thread's channels in a short map's low-rank blocks with channel lanes (``_short_map_lanes``):
 # at most 2 (4 spilled 12-116 bytes on the digits model's 8 x 8 and 4 x 4 maps, R = 2 and 4,
 # Triton 3.8), holding at most SHORT_MAP_LANE_WEIGHTS weights (Triton 3.6 spilled 4 bytes at
-# VMamba's stage 2, 8 x 8 and R = 12, with 2 channels: 24 weights, which 3.8 compiles). Full
+# CIFAR's stage 2, 8 x 8 and R = 12, with 2 channels: 24 weights, which 3.8 compiles). Full
 # delta keeps its 4 (no spills under either at 8 x 8 and 4 x 4; 3.6 spilled 8 bytes with 2).
 SHORT_MAP_LANE_CHANNELS = 2
 SHORT_MAP_LANE_WEIGHTS = _BWD_WARP_WEIGHTS if _TRITON_3_8 else _BWD_WARP_WEIGHTS // 2
