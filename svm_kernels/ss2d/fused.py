@@ -2008,6 +2008,17 @@ def _orientation_args(column: bool, u, delta, dt_low, B, C, out, params: dict, s
 SHORT_MAP_TILES = _TRITON_3_8
 
 
+def _fit_tile(sub: int, nsub: int, L: int) -> tuple[int, int]:
+    """(SUB, NSUB) cut down until the tile of SUB x NSUB positions lies within the sequence:
+    fewer lanes per channel first."""
+    while sub * nsub > L:
+        if nsub > 1:
+            nsub //= 2
+        else:
+            sub //= 2
+    return sub, nsub
+
+
 def _fwd_scan_config(D: int, L: int, N: int):
     """(BLOCK_D, SUB, NSUB, num_warps) of the forward.
 
@@ -2026,13 +2037,12 @@ def _fwd_scan_config(D: int, L: int, N: int):
         # 16 positions per lane where the planes (and with them contiguous strides) are multiples
         # of 16 elements; otherwise the loads come in narrower pieces that take more registers
         # (sm_90: 192-244 bytes spilled at 128 with L = 1000 or 56 x 57), and 8 fit
-        sub = 16 if L % 16 == 0 else 8
-        nsub = 8
-        while SHORT_MAP_TILES and nsub > 1 and sub * nsub > L:
+        sub, nsub = 16 if L % 16 == 0 else 8, 8
+        if SHORT_MAP_TILES:
             # short maps (VMamba's later stages): a tile of 8 lanes per channel would be mostly
             # positions past the map's end (128 for 16 at 4 x 4); fewer lanes per channel and more
             # channels per block keep the block's 128 lanes, each tile within the map
-            nsub //= 2
+            sub, nsub = _fit_tile(sub, nsub, L)
         return min(_next_pow2(D), 128 // nsub), sub, nsub, 4
     return min(_next_pow2(D), 8), 4, 16, 4
 
@@ -2125,17 +2135,6 @@ def ss2d_fwd(
 # tile of 16 positions does not spill) or a tile under tl.dot's 16 positions (5 x 5's 8 x 2).
 FWD_WIDE_RANK = 24
 FWD_WIDE_RANK_SUB = 4
-
-
-def _fit_tile(sub: int, nsub: int, L: int) -> tuple[int, int]:
-    """(SUB, NSUB) cut down until the tile of SUB x NSUB positions lies within the sequence:
-    fewer lanes per channel first."""
-    while sub * nsub > L:
-        if nsub > 1:
-            nsub //= 2
-        else:
-            sub //= 2
-    return sub, nsub
 
 
 def _fwd_tile(sub: int, nsub: int, L: int, dt_low: torch.Tensor | None) -> tuple[int, int]:
