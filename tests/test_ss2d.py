@@ -302,9 +302,9 @@ def test_backward_low_rank_sums_in_channel_groups(monkeypatch, positions):
     """d dt_low, d dt_weight and d bias formed after the walks from a part of 20 channels (5 blocks
     of 4) taken 16 at a time: the second group adds its d dt_low to the partial the first wrote,
     and its last 12 channels are masked; several chunk blocks, chunks across row wraps. Tiles of
-    16 positions (Triton 3.8's) and 32 (3.6's), each past the map's 15 (masked)."""
+    16 positions and 32, each past the map's 15 (masked)."""
     monkeypatch.setattr(fused, "_BWD_LOW_DOT_CHANNELS", 16)
-    monkeypatch.setattr(fused, "_BWD_LOW_DOT_POSITIONS", positions)
+    monkeypatch.setattr(fused, "_bwd_low_dot_positions", lambda R, *flags: positions)
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 4, 2, 1))
     check_against_reference(make_inputs(1, 20, 3, 5, 1, R=3), lowrank=True)
 
@@ -314,7 +314,7 @@ def test_backward_low_rank_sums_over_several_tiles(monkeypatch, positions):
     """The low-rank sums walk a program's positions in tiles: 2 chunks of 20 per program on a 7 x 11
     map, so 40 positions in tiles of 16 (3 tiles) or 32 (2), the last partial, and a last program
     with 37 positions."""
-    monkeypatch.setattr(fused, "_BWD_LOW_DOT_POSITIONS", positions)
+    monkeypatch.setattr(fused, "_bwd_low_dot_positions", lambda R, *flags: positions)
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 2, 20, 1))
     check_against_reference(make_inputs(1, 6, 7, 11, 1, R=3), lowrank=True)
 
@@ -527,13 +527,19 @@ def test_forward_lanes_hold_fewer_positions_at_wide_ranks():
         assert sub * nsub <= L
 
 
-def test_low_rank_sums_take_fewer_positions_past_rank_24(monkeypatch):
-    """Products of 32 positions (Triton 3.6's) spilled at VMamba-T's R = 48; past R = 24 they
-    take at most 16 (Triton 3.8's choice at every rank)."""
-    monkeypatch.setattr(fused, "_BWD_LOW_DOT_POSITIONS", 32)
-    assert [fused._bwd_low_dot_positions(R) for R in (6, 24, 25, 48)] == [32, 32, 16, 16]
+def test_low_rank_sums_take_fewer_positions_where_32_spill(monkeypatch):
+    """Products of 32 positions spilled at VMamba-T's R = 48 under Triton 3.6, and under 3.8
+    everywhere but R <= 8 with one product of bf16 dt_low: there they take 16."""
+    positions = fused._bwd_low_dot_positions
+    monkeypatch.setattr(fused, "_TRITON_3_8", False)
+    assert [positions(R) for R in (6, 24, 25, 48)] == [32, 32, 16, 16]
+    assert positions(6, one_product=False, bf16_low=False) == 32
+    monkeypatch.setattr(fused, "_TRITON_3_8", True)
+    assert [positions(R) for R in (6, 8, 9, 24, 48)] == [32, 32, 16, 16, 16]
+    assert positions(6, one_product=False) == 16  # N = 16: a part of 48 channels, two products
+    assert positions(6, bf16_low=False) == 16
     monkeypatch.setattr(fused, "_BWD_LOW_DOT_POSITIONS", 16)
-    assert {fused._bwd_low_dot_positions(R) for R in (6, 24, 25, 48)} == {16}
+    assert {positions(R) for R in (6, 24, 25, 48)} == {16}
 
 
 def test_backward_warp_config_is_cheap_and_cached(monkeypatch):

@@ -1444,12 +1444,18 @@ if HAS_TRITON:
                     b_dlow += tl.load(p_part, mask=m_pr, other=0.0)
                 tl.store(p_part, b_dlow, mask=m_pr)
                 p_low = low_ptr + offs_r[None, :] * s_lr + (i * s_li + j * s_lj)[:, None]
-                b_low = tl.load(p_low, mask=m_pr, other=0.0)
-                if HAS_BIAS:
-                    m_one = (offs_r == R)[None, :] & m_p[
-                        :, None
-                    ]  # (in fp32: the interpreter has no bf16 1.0)
-                    b_low = tl.where(m_one, 1.0, b_low.to(tl.float32)).to(b_low.dtype)
+                # The column r = R of dt_low's tile is a row of ones (for d bias). bf16 tiles of 32
+                # positions read it as the masked entries' value (the columns past it are never
+                # stored, and past the map's end v is 0): a select converts each bf16 value to
+                # fp32 and back (the interpreter has no bf16 1.0). Elsewhere the select: fewer
+                # instructions in fp32, fewer spills at R = 48 (tiles of 16, Triton 3.8).
+                if low_ptr.dtype.element_ty == tl.bfloat16 and BLOCK_P > 16:
+                    b_low = tl.load(p_low, mask=m_pr, other=1.0)
+                else:
+                    b_low = tl.load(p_low, mask=m_pr, other=0.0)
+                    if HAS_BIAS:
+                        m_one = (offs_r == R)[None, :] & m_p[:, None]
+                        b_low = tl.where(m_one, 1.0, b_low.to(tl.float32)).to(b_low.dtype)
                 b_v1t = tl.trans(b_v1)
                 b_v2t = tl.trans(b_v2)
                 if b_low.dtype == tl.bfloat16:
@@ -2252,10 +2258,10 @@ _BWD_MIN_BLOCKS = 4 * 132
 # and spills at 128 registers; the GPU gate times it against the default (bench/gate_ss2d.py).
 _BWD_PREFETCH = False
 # Positions and channels per product of the low-rank sums after the walks (``_bwd_low_rank_sums``;
-# 64 channels spilled at N = 16, where a program's part has 48). Triton 3.6 takes 32 positions
-# with 2 warps without spills (stage 1 and N = 16, bf16 and fp32) and half the steps; Triton
-# 3.8 spills 4-40 bytes with 32.
-_BWD_LOW_DOT_POSITIONS = 16 if _TRITON_3_8 else 32
+# 64 channels spilled at N = 16, where a program's part has 48). 32 positions take half the
+# tiles of 16, so half the steps and waits for memory; where they spill, 16
+# (``_bwd_low_dot_positions``).
+_BWD_LOW_DOT_POSITIONS = 32
 _BWD_LOW_DOT_CHANNELS = 32
 # The low-rank gradient pass forms d dt_low, d dt_weight and d bias after the walks, from the
 # whole d dt they leave in a scratch (``ss2d_bwd_low_rank_kernel``). False: the v2.3 algorithm,
@@ -2280,15 +2286,24 @@ def _bwd_low_dot_tiles(R: int) -> tuple[int, int]:
     return max(16, _BWD_LOW_DOT_CHANNELS // 2), 2 * _BWD_LOW_DOT_WARPS  # (tl.dot: >= 16)
 
 
-# Past this rank Triton 3.6's 32 positions per product spilled too (VMamba-T's stage 4, 7 x 7,
-# R = 48: 244-320 bytes per thread); with 16, Triton 3.8's, 3.6 spills nothing there (3.8 itself
-# spills 8 bytes at R = 48).
+# Past this rank 32 positions per product spilled under Triton 3.6 too (VMamba-T's stage 4, 7 x 7,
+# R = 48: 244-320 bytes per thread); with 16 it spills nothing there (3.8 spills 8 bytes at R = 48).
 _BWD_LOW_DOT_WIDE_RANK = 24
 
 
-def _bwd_low_dot_positions(R: int) -> int:
-    """Positions per product of ``ss2d_bwd_low_rank_kernel`` at rank R."""
-    return _BWD_LOW_DOT_POSITIONS if R <= _BWD_LOW_DOT_WIDE_RANK else min(16, _BWD_LOW_DOT_POSITIONS)
+def _bwd_low_dot_positions(R: int, one_product: bool = True, bf16_low: bool = True) -> int:
+    """Positions per product of ``ss2d_bwd_low_rank_kernel`` at rank R; ``one_product``: the
+    program's channels fit one product; ``bf16_low``: dt_low is bf16.
+
+    Triton 3.6 takes 32 without spills up to R = 24. Triton 3.8 takes 32 only at R <= 8 with one
+    product of bf16 dt_low (stage 1); elsewhere 32 spilled 4-24 bytes (N = 16's two products,
+    R = 12 and 24, fp32 dt_low), so 16."""
+    narrow = min(16, _BWD_LOW_DOT_POSITIONS)
+    if R > _BWD_LOW_DOT_WIDE_RANK:
+        return narrow
+    if _TRITON_3_8 and not (R <= _BWD_LOW_DOT_MAX_RANK and one_product and bf16_low):
+        return narrow
+    return _BWD_LOW_DOT_POSITIONS
 
 
 def _partial_split(D: int, block_d: int, N: int, R: int):
@@ -2707,7 +2722,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             V_SUB=max(16, min(_next_pow2(v_row), channels)),  # (tl.dot: >= 16)
             BLOCK_D=block_d,
             BLOCK_C=block_c,
-            BLOCK_P=_bwd_low_dot_positions(R),
+            BLOCK_P=_bwd_low_dot_positions(R, v_row <= channels, dt_low.dtype == torch.bfloat16),
             num_warps=warps,
             maxnreg=128,
         )
