@@ -218,9 +218,12 @@ def test_scan_kernels_compile_for_maps_of_one_row_or_column():
     """A map of one row or one column (1 x 37, 37 x 1) or one position: Triton passes an integer
     argument equal to 1 (the row length M of an orientation) as a compile-time constant, which
     the interpreter never does; every launch of the forward and backward, low rank and full
-    delta, must still compile for sm_90."""
+    delta, must still compile for sm_90. And none holds a float min or max without .NaN: on the
+    GPU those return the other operand for a NaN (the interpreter's numpy propagates it), so a
+    NaN input would leave finite gradients (a clamped softplus did)."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import re\n"
         "import torch\n"
         "import compile_check as cc\n"
         "from svm_kernels.ss2d import fused\n"
@@ -235,17 +238,19 @@ def test_scan_kernels_compile_for_maps_of_one_row_or_column():
         "        args = (delta, dt_low, w, M(4, 8, 1), *BC, M(4, 8), M(4, 8))\n"
         "        calls = (lambda: fused.ss2d_fwd(u, *args, True, torch.float32),\n"
         "                 lambda: fused.ss2d_bwd(M(*u.shape), u, *args, True))\n"
-        "        n = 0\n"
+        "        n = drops = 0\n"
         "        for call in calls:\n"
         "            for launch in cc.capture_configs(call, cc._kernels_of(fused)):\n"
-        "                cc.compile_launch(launch, 90)\n"
+        "                ptx = cc.compile_launch(launch, 90)['ptx']\n"
+        "                drops += len(re.findall(r'\\b(?:min|max)(?:\\.ftz)?\\.f(?:16|32)', ptx))\n"
         "                n += 1\n"
-        "        print(H, W, low, n)\n"
+        "        print(H, W, low, n, drops)\n"
     )
     proc = _run_with_bench_on_path(code, "-")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines()]
-    assert len(rows) == 6 and all(int(n) > 0 for *_, n in rows), proc.stdout
+    assert len(rows) == 6 and all(int(n) > 0 for *_, n, _ in rows), proc.stdout
+    assert all(drops == "0" for *_, drops in rows), proc.stdout
 
 
 def test_outer_loop_around_an_inlined_walk_counts_its_own_trips(tmp_path):

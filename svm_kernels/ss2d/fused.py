@@ -70,9 +70,11 @@ if HAS_TRITON:
 
     @triton.jit
     def _softplus(x):
-        # mamba's softplus: values above 20 pass through unchanged. log1p(e) is e (1 - e / 2) where
-        # 1 + e would lose e's digits (relative error < e^2 / 3), so no division is needed.
-        e = tl.exp(tl.minimum(x, 20.0))
+        # mamba's softplus: values above 20 pass through unchanged (the select drops e, which may
+        # be inf there; no clamp of x, whose min.f32 would also turn a NaN into 20). log1p(e) is
+        # e (1 - e / 2) where 1 + e would lose e's digits (relative error < e^2 / 3), so no
+        # division is needed.
+        e = tl.exp(x)
         log1p_e = tl.where(e < 1e-3, e * (1.0 - 0.5 * e), _log2(1.0 + e) * 0.6931471805599453)
         return tl.where(x > 20.0, x, log1p_e)
 
@@ -83,8 +85,9 @@ if HAS_TRITON:
     @triton.jit
     def _softplus_and_slope(x):
         # softplus and its slope sigmoid(x) = e / (1 + e) from the softplus's own exponential
-        # (tl.sigmoid would take a second one); both pass through above 20 as mamba's softplus.
-        e = tl.exp(tl.minimum(x, 20.0))
+        # (tl.sigmoid would take a second one); both pass through above 20 as mamba's softplus
+        # (and as ``_softplus``, x is not clamped: inf / inf there is dropped by the select).
+        e = tl.exp(x)
         log1p_e = tl.where(e < 1e-3, e * (1.0 - 0.5 * e), _log2(1.0 + e) * 0.6931471805599453)
         big = x > 20.0
         return tl.where(big, x, log1p_e), tl.where(big, 1.0, e / (1.0 + e))
