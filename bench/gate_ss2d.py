@@ -218,6 +218,9 @@ BWD_VARIANTS = {
     "two_channels": ("vmamba_t_stage1", dict(_BWD_WARP_BLOCK_D=2)),
     "per_step_sums": ("vmamba_t_stage1", dict(_BWD_LOW_DOT=False, _BWD_WARP_BLOCK_D=2)),
     "walk_prefetch": ("vmamba_t_stage1", dict(_BWD_PREFETCH=True)),
+    # the walks' [channels, lanes] accesses written channels first: Triton 3.8's default, and under
+    # 3.6 (the GPU image's) the form before v2.11: more instructions, fewer barriers
+    "channels_first": ("vmamba_t_stage1", dict(_BWD_LANES_FIRST=False)),
 }
 _FWD_REFERENCE: dict = {}
 

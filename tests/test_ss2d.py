@@ -297,6 +297,18 @@ def test_backward_channel_sums_within_a_thread(monkeypatch):
     check_against_reference(make_inputs(1, 3, 5, 7, 2, R=5), lowrank=True)
 
 
+@pytest.mark.parametrize("lanes_first", [False, True])
+def test_backward_lane_accesses_in_either_form(monkeypatch, lanes_first):
+    """The low-rank walks' [channels, lanes] loads and stores (u, g, du, the scratch of d dt, dt
+    and its slope) as written for Triton 3.8 (channels first) and for 3.6 (lanes first, then
+    transposed, where the lanes hold chunks only: 16 chunk lanes x 2 states): every gradient, an
+    odd rank, two channel blocks (the second masked), two chunk blocks, chunks across row and
+    column wraps."""
+    monkeypatch.setattr(fused, "_BWD_LANES_FIRST", lanes_first)
+    monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 16, 2, 1))
+    check_against_reference(make_inputs(1, 6, 5, 7, 2, R=5), lowrank=True)
+
+
 @pytest.mark.parametrize("positions", [16, 32])
 def test_backward_low_rank_sums_in_channel_groups(monkeypatch, positions):
     """d dt_low, d dt_weight and d bias formed after the walks from a part of 20 channels (5 blocks

@@ -57,6 +57,7 @@ if HAS_TRITON:
 
     # Fast special-function ops on the GPU; the interpreter runs no inline assembly.
     _GPU_MATH: tl.constexpr = tl.constexpr(not TRITON_INTERPRET)
+    _TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 
     @triton.jit
     def _log2(x):
@@ -940,6 +941,7 @@ if HAS_TRITON:
         DELTA_SOFTPLUS: tl.constexpr,
         SAVED_DT: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        LANES_FIRST: tl.constexpr,
     ):
         # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
         # [1, lanes, NP], and the R rows of dt_low (a tuple of [lanes]), the last three from the
@@ -949,13 +951,14 @@ if HAS_TRITON:
         # in either walk. SAVED_DT: dt and its slope as the state walk saved them (at p_saved
         # and p_saved + BLOCK_D: each thread's channels contiguous), no rows, no softplus.
         m = m_d[:, None] & m_p[None, :]
-        b_u = tl.load(u_ptr + (offs_d[:, None] * s_ud + off_u[None, :]), mask=m, other=0.0).to(tl.float32)
-        b_g = tl.load(g_ptr + (offs_d[:, None] * s_gd + off_g[None, :]), mask=m, other=0.0).to(tl.float32)
+        b_u = _lane_load(u_ptr, offs_d * s_ud, off_u, m_d, m_p, LANES_FIRST)
+        b_g = _lane_load(g_ptr, offs_d * s_gd, off_g, m_d, m_p, LANES_FIRST)
         b_rows, b_B, b_C = shared
         b_low = ()
         if SAVED_DT:
-            b_dt = tl.load(p_saved, mask=m, other=0.0)
-            b_slope = tl.load(p_saved + BLOCK_D, mask=m, other=0.0)
+            vt_ptr, off_vt, offs_dl = p_saved
+            b_dt = _lane_load(vt_ptr, offs_dl, off_vt, m_d, m_p, LANES_FIRST)
+            b_slope = _lane_load(vt_ptr + BLOCK_D, offs_dl, off_vt, m_d, m_p, LANES_FIRST)
         else:
             b_dt, b_slope, b_low = _bwd_dt(
                 b_rows,
@@ -968,6 +971,35 @@ if HAS_TRITON:
                 DELTA_SOFTPLUS=DELTA_SOFTPLUS,
             )
         return b_u, b_g, b_dt, b_slope, b_B.to(tl.float32), b_C.to(tl.float32), b_low
+
+    @triton.jit
+    def _lane_load(ptr, off_d, off_p, m_d, m_p, LANES_FIRST: tl.constexpr):
+        # [channels, lanes] values at ptr + off_d + off_p (channel and lane offsets), in fp32.
+        # Triton 3.6 lays out an access whose offsets show no contiguity along its first axis:
+        # [channels, lanes] then spreads the 4 channels over lanes ([4, 8] threads), unlike the
+        # walk's tiles (lanes across threads, channels within each), and converts between the two
+        # at every step; LANES_FIRST loads [lanes, channels] and transposes, which takes the
+        # tiles' layout there. Triton 3.8 lays the direct form out like the tiles
+        # (``_BWD_LANES_FIRST``).
+        if LANES_FIRST:
+            m = m_p[:, None] & m_d[None, :]
+            b = tl.load(ptr + (off_p[:, None] + off_d[None, :]), mask=m, other=0.0)
+            return tl.trans(b.to(tl.float32))
+        else:
+            m = m_d[:, None] & m_p[None, :]
+            return tl.load(ptr + (off_d[:, None] + off_p[None, :]), mask=m, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _lane_store(ptr, off_d, off_p, value, m_d, m_p, LANES_FIRST: tl.constexpr):
+        # the store of ``_lane_load``: value [channels, lanes] at ptr + off_d + off_p
+        if LANES_FIRST:
+            m = m_p[:, None] & m_d[None, :]
+            tl.store(
+                ptr + (off_p[:, None] + off_d[None, :]), tl.trans(value).to(ptr.dtype.element_ty), mask=m
+            )
+        else:
+            m = m_d[:, None] & m_p[None, :]
+            tl.store(ptr + (off_d[:, None] + off_p[None, :]), value.to(ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _bwd_dt(
@@ -1143,6 +1175,7 @@ if HAS_TRITON:
         PREFETCH: tl.constexpr,
         LOW_DOT: tl.constexpr,
         V_ROW: tl.constexpr,
+        LANES_FIRST: tl.constexpr,
     ):
         # One direction over each lane's chunk, one position per step. The state walk
         # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
@@ -1246,12 +1279,13 @@ if HAS_TRITON:
                 offs_d,
                 m_d,
                 m_p,
-                vt_ptr + p[None, :] * (2 * BLOCK_D) + offs_dl[:, None] if SAVED else p,
+                (vt_ptr, p * (2 * BLOCK_D), offs_dl),
                 R=R,
                 LOWRANK=LOWRANK,
                 DELTA_SOFTPLUS=DELTA_SOFTPLUS,
                 SAVED_DT=SAVED,
                 BLOCK_D=BLOCK_D,
+                LANES_FIRST=LANES_FIRST,
             )
             b_decay_p = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
             b_in = (b_dt * b_u)[:, :, None] * b_B
@@ -1276,12 +1310,10 @@ if HAS_TRITON:
                     b_dA -= b_s[:, :, None] * b_w_p
                     b_s -= b_dt
                     b_du = tl.sum(b_lam * b_B, axis=2) * b_dt
-                    p_du = du_ptr + (
-                        offs_d[:, None] * s_ed + _plane(off, i, j, s_ei, s_ej, SAME_PLANE)[None, :]
-                    )
+                    off_du = _plane(off, i, j, s_ei, s_ej, SAME_PLANE)
                     # (du starts as the skip term, (sum_k D_k) g, which the launcher writes)
-                    b_du += tl.load(p_du, mask=m, other=0.0)
-                    tl.store(p_du, b_du, mask=m)
+                    b_du += _lane_load(du_ptr, offs_d * s_ed, off_du, m_d, m_p, LANES_FIRST)
+                    _lane_store(du_ptr, offs_d * s_ed, off_du, b_du, m_d, m_p, LANES_FIRST)
                     b_dB = tl.sum(b_lam * (b_dt * b_u)[:, :, None], axis=0)
                     _store_partial(p_part, b_dB, m_pn, blk)
                 else:
@@ -1297,12 +1329,12 @@ if HAS_TRITON:
                     # BLOCK_D], each thread's channels contiguous); the adjoint walk, which comes
                     # by the same positions later, adds it to its own half, so the low-rank sums
                     # run once per position instead of once per walk.
-                    p_v = v_ptr + p[None, :] * V_ROW + offs_dl[:, None]
+                    off_v = p * V_ROW
                     if ADJOINT:
-                        b_v += tl.load(p_v, mask=m, other=0.0)
+                        b_v += _lane_load(v_ptr, offs_dl, off_v, m_d, m_p, LANES_FIRST)
                         b_v = tl.where(m, b_v * b_slope, 0.0)
                         if LOW_DOT:
-                            tl.store(p_v, b_v, mask=m)
+                            _lane_store(v_ptr, offs_dl, off_v, b_v, m_d, m_p, LANES_FIRST)
                         else:
                             # per row: d dt_low's channel sum, d dt_weight per lane
                             off_q = _plane(off, i, j, s_qi, s_qj, SAME_PLANE)
@@ -1314,11 +1346,11 @@ if HAS_TRITON:
                             b_dw = b_dw_next
                             b_dbias += b_v  # (LOW_DOT: d bias by the low-rank kernel)
                     else:
-                        tl.store(p_v, b_v, mask=m)
+                        _lane_store(v_ptr, offs_dl, off_v, b_v, m_d, m_p, LANES_FIRST)
                         if LOW_DOT:
-                            p_saved = vt_ptr + p[None, :] * (2 * BLOCK_D) + offs_dl[:, None]
-                            tl.store(p_saved, b_dt, mask=m)
-                            tl.store(p_saved + BLOCK_D, b_slope, mask=m)
+                            off_vt = p * (2 * BLOCK_D)
+                            _lane_store(vt_ptr, offs_dl, off_vt, b_dt, m_d, m_p, LANES_FIRST)
+                            _lane_store(vt_ptr + BLOCK_D, offs_dl, off_vt, b_slope, m_d, m_p, LANES_FIRST)
                 else:
                     p_ddt = ddt_ptr + (
                         offs_d[:, None] * s_td + _plane(off, i, j, s_ti, s_tj, SAME_PLANE)[None, :]
@@ -1579,6 +1611,7 @@ if HAS_TRITON:
         PREFETCH: tl.constexpr,
         LOW_DOT: tl.constexpr,
         V_ROW: tl.constexpr,
+        LANES_FIRST: tl.constexpr,
         SAME_CHANNELS: tl.constexpr,
         REV0: tl.constexpr,
         N_REV: tl.constexpr,
@@ -1775,6 +1808,7 @@ if HAS_TRITON:
                         PREFETCH=PREFETCH,
                         LOW_DOT=LOW_DOT,
                         V_ROW=V_ROW,
+                        LANES_FIRST=LANES_FIRST,
                     )
                     _, _, _, _, b_dA, b_dbias, _ = res
                     if walk == 1:
@@ -1888,7 +1922,7 @@ if HAS_TRITON:
 
 # Triton 3.8 or later (CI's): the GPU image's 3.6 lays some tiles out differently, and a few launch
 # choices below follow the version (read once: some are taken per launch)
-_TRITON_3_8 = HAS_TRITON and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 8)
+_TRITON_3_8 = HAS_TRITON and _TRITON_VERSION >= (3, 8)
 
 
 # Chunks the chain kernel loads at once: one wait for memory per CHAIN_STEP chunks (stage 1's
@@ -2260,6 +2294,13 @@ _BWD_MIN_BLOCKS = 4 * 132
 # ahead of the math (bench/NOTES.md, v2.3 backward). Off: at stage 1 it adds ~7 % instructions
 # and spills at 128 registers; the GPU gate times it against the default (bench/gate_ss2d.py).
 _BWD_PREFETCH = False
+# The low-rank walks' [channels, lanes] loads and stores (u, g, du, the d dt and dt scratch)
+# written as [lanes, channels] and transposed (``_lane_load``) where every lane holds chunks:
+# under Triton 3.6 the direct form takes a layout of its own and is converted at every step
+# (stage 1 bf16 low rank: 913.8 -> 822.6 PTX per element over a backward, 0.31 -> 0.59 barriers
+# per element in a gradient launch), under 3.8 the transposed one is (786.0 -> 903.1). The GPU
+# gate times the direct form under 3.6 too (bench/gate_ss2d.py).
+_BWD_LANES_FIRST = not _TRITON_3_8
 # Positions and channels per product of the low-rank sums after the walks (``_bwd_low_rank_sums``;
 # 64 channels spilled at N = 16, where a program's part has 48). 32 positions take half the
 # tiles of 16, so half the steps and waits for memory; where they spill, 16
@@ -2633,6 +2674,9 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     # low rank: the issue's 128 registers (one-warp blocks would take up to 255; a cap on the
     # full-delta launches makes ptxas take more, 48 -> 64 at stage 1)
     cap = {"maxnreg": 128} if lowrank else {}
+    # (low rank with every lane on chunks only: with channel lanes, or full delta, the transposed
+    # form spilled up to 304 bytes under Triton 3.6)
+    lanes_first = _BWD_LANES_FIRST and lowrank and block_c * NP >= 32 * num_warps
 
     def chunk_pass(column: bool, grad: bool, rev0: int = 0, n_rev: int = 2):
         def out(t):  # the gradient buffers are None in the local pass
@@ -2687,6 +2731,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             PREFETCH=_BWD_PREFETCH,
             LOW_DOT=low_dot,
             V_ROW=v_row,
+            LANES_FIRST=lanes_first,
             # u, grad_out and du one channel stride too: one offset per step and channel for all
             SAME_CHANNELS=len({t.stride()[1:] for t in (u, grad_out, du)}) == 1,
             REV0=rev0,
