@@ -253,6 +253,31 @@ def test_scan_kernels_compile_for_maps_of_one_row_or_column():
     assert all(drops == "0" for *_, drops in rows), proc.stdout
 
 
+@pytest.mark.slow
+def test_lanes_first_backward_compiles_without_spills():
+    """The walks' lanes-first accesses (``_BWD_LANES_FIRST``) are the GPU image's (Triton 3.6)
+    default, which CI's Triton does not take: forced on, every launch of the stage-1 bf16 low-rank
+    backward must still compile for sm_90 within 128 registers and without spills."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import compile_check as cc\n"
+        "from svm_kernels.ss2d import fused\n"
+        "fused._BWD_LANES_FIRST = True\n"
+        "for case in cc.ss2d_cases():\n"
+        "    if case.label == 'ss2d_bwd lowrank bf16 vmamba_t_stage1':\n"
+        "        for launch in cc.capture_configs(case.call, case.kernels):\n"
+        "            info = cc.compile_launch(launch, 90)\n"
+        "            print(launch.fn.fn.__name__, launch.kwargs.get('LANES_FIRST'), info['registers'],\n"
+        "                  info['spill_bytes'])\n"
+    )
+    proc = _run_with_bench_on_path(code, "-")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    chunk = [r for r in rows if r[0] == "ss2d_bwd_chunk_kernel"]
+    assert len(chunk) == 6 and all(r[1] == "True" for r in chunk), proc.stdout
+    assert all(int(r[2]) <= 128 and r[3] == "0" for r in rows), proc.stdout
+
+
 def test_outer_loop_around_an_inlined_walk_counts_its_own_trips(tmp_path):
     """A loop over channel blocks whose body is mostly an inlined helper's walk over positions: the
     outer PTX loop is matched by its own instructions (those outside the nested PTX loop), so it

@@ -309,26 +309,37 @@ def test_backward_lane_accesses_in_either_form(monkeypatch, lanes_first):
     check_against_reference(make_inputs(1, 6, 5, 7, 2, R=5), lowrank=True)
 
 
-@pytest.mark.parametrize("positions", [16, 32])
-def test_backward_low_rank_sums_in_channel_groups(monkeypatch, positions):
+# (bf16 inputs with tiles of 32: dt_low's masked entries read the row of ones, fp32 selects it)
+LOW_RANK_SUMS_CASES = [
+    (16, torch.float32, True),
+    (32, torch.float32, True),
+    (32, torch.bfloat16, True),
+    (32, torch.bfloat16, False),
+]
+
+
+@pytest.mark.parametrize(("positions", "dtype", "bias"), LOW_RANK_SUMS_CASES)
+def test_backward_low_rank_sums_in_channel_groups(monkeypatch, positions, dtype, bias):
     """d dt_low, d dt_weight and d bias formed after the walks from a part of 20 channels (5 blocks
     of 4) taken 16 at a time: the second group adds its d dt_low to the partial the first wrote,
     and its last 12 channels are masked; several chunk blocks, chunks across row wraps. Tiles of
-    16 positions and 32, each past the map's 15 (masked)."""
+    16 positions and 32, each past the map's 15 (masked), with and without a bias."""
     monkeypatch.setattr(fused, "_BWD_LOW_DOT_CHANNELS", 16)
     monkeypatch.setattr(fused, "_bwd_low_dot_positions", lambda R, *flags: positions)
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 4, 2, 1))
-    check_against_reference(make_inputs(1, 20, 3, 5, 1, R=3), lowrank=True)
+    inputs = make_inputs(1, 20, 3, 5, 1, R=3, dtype=dtype, bias=bias)
+    check_against_reference(inputs, lowrank=True, tol=TOL[dtype])
 
 
-@pytest.mark.parametrize("positions", [16, 32])
-def test_backward_low_rank_sums_over_several_tiles(monkeypatch, positions):
+@pytest.mark.parametrize(("positions", "dtype", "bias"), LOW_RANK_SUMS_CASES)
+def test_backward_low_rank_sums_over_several_tiles(monkeypatch, positions, dtype, bias):
     """The low-rank sums walk a program's positions in tiles: 2 chunks of 20 per program on a 7 x 11
     map, so 40 positions in tiles of 16 (3 tiles) or 32 (2), the last partial, and a last program
-    with 37 positions."""
+    with 37 positions; R = 15 fills the 16 columns but the row of ones."""
     monkeypatch.setattr(fused, "_bwd_low_dot_positions", lambda R, *flags: positions)
     monkeypatch.setattr(fused, "_fwd_config", lambda D, L, N: (4, 2, 20, 1))
-    check_against_reference(make_inputs(1, 6, 7, 11, 1, R=3), lowrank=True)
+    inputs = make_inputs(1, 6, 7, 11, 1, R=15, dtype=dtype, bias=bias)
+    check_against_reference(inputs, lowrank=True, tol=TOL[dtype])
 
 
 def _bwd_grid(D, L, N, R, batch):

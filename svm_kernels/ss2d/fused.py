@@ -948,8 +948,9 @@ if HAS_TRITON:
         # values ``_bwd_shared`` loaded (maybe a step ahead). Low rank: dt = sum_r
         # b_W[r] (the channels' weights, [BLOCK_D]) x row r, one FMA per row, each row shared by
         # the channels. dt is 0 outside the map, so padded positions decay by 1 and add nothing
-        # in either walk. SAVED_DT: dt and its slope as the state walk saved them (at p_saved
-        # and p_saved + BLOCK_D: each thread's channels contiguous), no rows, no softplus.
+        # in either walk. SAVED_DT: dt and its slope as the state walk saved them (p_saved: the
+        # scratch, the lanes' position offsets in it and the block's channels; the slope
+        # BLOCK_D after dt: each thread's channels contiguous), no rows, no softplus.
         m = m_d[:, None] & m_p[None, :]
         b_u = _lane_load(u_ptr, offs_d * s_ud, off_u, m_d, m_p, LANES_FIRST)
         b_g = _lane_load(g_ptr, offs_d * s_gd, off_g, m_d, m_p, LANES_FIRST)
@@ -1438,8 +1439,9 @@ if HAS_TRITON:
         # program's n_ch channels (from d0) at its positions p0 <= p < p1 (at most BLOCK_C chunks)
         # in v_ptr ([positions, V_ROW]): d dt_low[r, p] = sum_d W[d, r] v[d, p], the program's one
         # partial (no read-modify-write per channel block), and d dt_weight[d, r] = sum_p v[d, p]
-        # dt_low[r, p] over its positions; R padded to RD (tl.dot's minimum 16), masked to zero,
-        # but for a row of ones at r = R, so the same product gives d bias[d] = sum_p v[d, p].
+        # dt_low[r, p] over its positions; R padded to RD (tl.dot's minimum 16) with a row of ones
+        # at r = R, so the same product gives d bias[d] = sum_p v[d, p] (the rest of the padding
+        # is zeros, or ones in bf16 tiles of 32 positions: its columns are never stored).
         # Products in bf16 with fp32 sums: each fp32 operand as two bf16 parts, x1 = bf16(x) and
         # x2 = bf16(x - x1) (x1 + x2 within ~2^-17 of x), the x2 y2 term left out; bf16 dt_low
         # is exact as it is. tf32x3 took twice the instructions (its NaN guards and splits).
@@ -1481,7 +1483,7 @@ if HAS_TRITON:
                 p_low = low_ptr + offs_r[None, :] * s_lr + (i * s_li + j * s_lj)[:, None]
                 # The column r = R of dt_low's tile is a row of ones (for d bias). bf16 tiles of 32
                 # positions read it as the masked entries' value (the columns past it are never
-                # stored, and past the map's end v is 0): a select converts each bf16 value to
+                # stored, and v is 0 wherever m_p is false): a select converts each bf16 value to
                 # fp32 and back (the interpreter has no bf16 1.0). Elsewhere the select: fewer
                 # instructions in fp32, fewer spills at R = 48 (tiles of 16, Triton 3.8).
                 if low_ptr.dtype.element_ty == tl.bfloat16 and BLOCK_P > 16:
