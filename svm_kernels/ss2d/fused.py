@@ -974,33 +974,35 @@ if HAS_TRITON:
         return b_u, b_g, b_dt, b_slope, b_B.to(tl.float32), b_C.to(tl.float32), b_low
 
     @triton.jit
-    def _lane_load(ptr, off_d, off_p, m_d, m_p, LANES_FIRST: tl.constexpr):
-        # [channels, lanes] values at ptr + off_d + off_p (channel and lane offsets), in fp32.
-        # Triton 3.6 lays out an access whose offsets show no contiguity along its first axis:
-        # [channels, lanes] then spreads the 4 channels over lanes ([4, 8] threads), unlike the
-        # walk's tiles (lanes across threads, channels within each), and converts between the two
-        # at every step; LANES_FIRST loads [lanes, channels] and transposes, which takes the
-        # tiles' layout there. Triton 3.8 lays the direct form out like the tiles
-        # (``_BWD_LANES_FIRST``).
+    def _lane_access(off_d, off_p, m_d, m_p, LANES_FIRST: tl.constexpr):
+        # (offsets, mask) of the [channels, lanes] values at off_d + off_p (channel and lane
+        # offsets), in the access's own form. Triton 3.6 lays out an access whose offsets show no
+        # contiguity along its first axis: [channels, lanes] then spreads the 4 channels over
+        # lanes ([4, 8] threads), unlike the walk's tiles (lanes across threads, channels within
+        # each), and converts between the two at every step; LANES_FIRST accesses [lanes,
+        # channels] (and transposes), which takes the tiles' layout there. Triton 3.8 lays the
+        # direct form out like the tiles (``_BWD_LANES_FIRST``).
         if LANES_FIRST:
-            m = m_p[:, None] & m_d[None, :]
-            b = tl.load(ptr + (off_p[:, None] + off_d[None, :]), mask=m, other=0.0)
-            return tl.trans(b.to(tl.float32))
+            return off_p[:, None] + off_d[None, :], m_p[:, None] & m_d[None, :]
         else:
-            m = m_d[:, None] & m_p[None, :]
-            return tl.load(ptr + (off_d[:, None] + off_p[None, :]), mask=m, other=0.0).to(tl.float32)
+            return off_d[:, None] + off_p[None, :], m_d[:, None] & m_p[None, :]
+
+    @triton.jit
+    def _lane_load(ptr, off_d, off_p, m_d, m_p, LANES_FIRST: tl.constexpr):
+        # [channels, lanes] values at ptr + off_d + off_p, in fp32 (``_lane_access``)
+        off, m = _lane_access(off_d, off_p, m_d, m_p, LANES_FIRST)
+        b = tl.load(ptr + off, mask=m, other=0.0).to(tl.float32)
+        if LANES_FIRST:
+            b = tl.trans(b)
+        return b
 
     @triton.jit
     def _lane_store(ptr, off_d, off_p, value, m_d, m_p, LANES_FIRST: tl.constexpr):
         # the store of ``_lane_load``: value [channels, lanes] at ptr + off_d + off_p
+        off, m = _lane_access(off_d, off_p, m_d, m_p, LANES_FIRST)
         if LANES_FIRST:
-            m = m_p[:, None] & m_d[None, :]
-            tl.store(
-                ptr + (off_p[:, None] + off_d[None, :]), tl.trans(value).to(ptr.dtype.element_ty), mask=m
-            )
-        else:
-            m = m_d[:, None] & m_p[None, :]
-            tl.store(ptr + (off_d[:, None] + off_p[None, :]), value.to(ptr.dtype.element_ty), mask=m)
+            value = tl.trans(value)
+        tl.store(ptr + off, value.to(ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _bwd_dt(
