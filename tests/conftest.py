@@ -41,12 +41,29 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_torch_function_mode_left_on():
+    """A test that leaves a torch function mode on (a default device, say) changes every later
+    test on its worker: torch.compile of the models fails under one with torch 2.11."""
+    yield
+    assert torch._C._len_torch_function_stack() == 0, "the test left a torch function mode on"
+
+
 @pytest.fixture
 def kernel_device():
-    """Kernel tests create their tensors on the GPU when there is one (bench/gpu_check.sh)."""
+    """Kernel tests create their tensors on the GPU when there is one (bench/gpu_check.sh).
+
+    Without one, nothing is set: ``set_default_device("cpu")`` pushes a device mode of its own,
+    which would then stay over every later test (and stops torch 2.11's Dynamo, the GPU image's,
+    from tracing the models). ``None`` takes the mode off again."""
+    if DEVICE == "cpu":
+        yield DEVICE
+        return
     torch.set_default_device(DEVICE)
-    yield DEVICE
-    torch.set_default_device("cpu")
+    try:
+        yield DEVICE
+    finally:
+        torch.set_default_device(None)
 
 
 @pytest.fixture
