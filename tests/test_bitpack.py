@@ -149,3 +149,16 @@ def test_opcheck(n):
     torch.library.opcheck(pack_bits_op, (x,))
     packed = pack_bits_op(x)
     torch.library.opcheck(unpack_bits_op, (packed, n, torch.bfloat16))
+
+
+@pytest.mark.slow
+def test_reference_compiles_with_inductor():
+    """The PyTorch path as the CPU models' memory-lean layers run it inside torch.compile: lowered
+    by inductor (not only captured), with a tail that needs padding, equal to eager."""
+    torch._dynamo.reset()
+    x = spikes((2, 3, 37), torch.float32, rate=0.5)
+    roundtrip = torch.compile(
+        lambda t: unpack_bits_naive(pack_bits_naive(t), t.shape, t.dtype), backend="inductor", fullgraph=True
+    )
+    assert torch.equal(roundtrip(x), x)
+    assert torch.equal(torch.compile(pack_bits_naive, backend="inductor", fullgraph=True)(x), spec_pack(x))

@@ -49,8 +49,11 @@ def pack_bits_naive(x: torch.Tensor) -> torch.Tensor:
     pad = packed_size(flags.numel()) * BITS_PER_BYTE - flags.numel()
     if pad:
         flags = torch.cat([flags, flags.new_zeros(pad)])
-    # Vectorised over whole bytes: 8 flags (one byte each) are one int64 word.
-    words = flags.view(torch.uint8).view(torch.int64)
+    # Vectorised over whole bytes: 8 flags (one byte each) are one int64 word. The flags as bytes
+    # are a view in eager mode; traced, a conversion (which inductor fuses), since the inductor of
+    # torch 2.11 cannot lower a bool tensor viewed as uint8.
+    flags = flags.to(torch.uint8) if torch.compiler.is_compiling() else flags.view(torch.uint8)
+    words = flags.view(torch.int64)
     return ((words * _GATHER_BITS) >> 56).to(torch.uint8)
 
 
