@@ -73,6 +73,23 @@ class Skip(Exception):
     """A case that cannot run here; the message is the reason written in its row."""
 
 
+@contextlib.contextmanager
+def module_overrides(module, **attrs):
+    """Replace a module's attributes (a launcher's config functions, a constant) for one case; a
+    name the module no longer has skips the case with the reason."""
+    missing = [name for name in attrs if not hasattr(module, name)]
+    if missing:
+        raise Skip(f"{module.__name__} exposes no {', '.join(missing)} to override")
+    saved = {name: getattr(module, name) for name in attrs}
+    try:
+        for name, value in attrs.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
 @dataclass
 class Case:
     kernel: str  # "lif", "ss2d", "bitpack", "device", "model"

@@ -17,7 +17,7 @@ import functools
 import time
 
 import torch
-from gate import DEVICE, HAS_CUDA, Case, Skip, provider, rel_err, sync, timed_row
+from gate import DEVICE, HAS_CUDA, Case, Skip, module_overrides, provider, rel_err, sync, timed_row
 from shapes import LIF_CHECK_SHAPES, LIF_SHAPES, LIF_SMOKE
 
 from svm_kernels import multistep_lif
@@ -32,6 +32,22 @@ PARAMS = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, detach_reset=True)  # sigmo
 PARAMS_TAU3 = dict(PARAMS, tau=3.0)
 BYTES_PER_STEP = {"fwd": 2, "bwd": 3, "full": 5}
 HOST_SHAPES = {"T4_N1k_host": (4, 2**10)}
+# The bf16 backward at T = 16 under named variants, each checked against float64 (at 2^20
+# neurons; the smoke run's neurons in smoke mode), then timed: what the static check cannot rank.
+# The default holds a segment of 16 steps x 8 neurons per thread in registers (250 at sm_90: 2
+# blocks of 4 warps per SM). "four_neurons": 4 per thread, 64-bit accesses (125 registers, 4
+# blocks per SM; 5 % more PTX per element-step). "segments_of_8": two segments of 8 steps, the
+# first recomputed by a first pass that stores v (168 registers, 3 blocks per SM; 15 % more PTX,
+# x of those 8 steps read twice). Values: {launcher function: its replacement, given the original}.
+BWD_VARIANT_T = 16
+BWD_VARIANTS = {
+    "four_neurons": {
+        "launch_config": lambda base: (
+            lambda dtype, backward: (4 * 32 * 4, 4) if backward else base(dtype, backward)
+        )
+    },
+    "segments_of_8": {"segments": lambda base: lambda T: base(T, max_segment=8)},
+}
 SPLIT_CALLS = 5
 
 
@@ -69,6 +85,18 @@ def check(T, n, dtype, params: dict):
     return dict(
         max_rel_err=err, tol=tol, spike_mismatch=mismatch, bitwise_repeat=torch.equal(gx, gx2), ok=bool(ok)
     )
+
+
+def bwd_variant(replacements: dict, n_check: int, n: int) -> dict:
+    """One backward variant at T = BWD_VARIANT_T, bf16: its float64 check at ``n_check`` neurons,
+    then its backward time at ``n``."""
+    from svm_kernels.lif import fused
+
+    overrides = {name: replace(getattr(fused, name)) for name, replace in replacements.items()}
+    with module_overrides(fused, **overrides):
+        checked = check(BWD_VARIANT_T, n_check, torch.bfloat16, PARAMS)
+        row = time_case(ours, BWD_VARIANT_T, n, torch.bfloat16, "bwd")
+    return dict(row, **{k: checked[k] for k in ("max_rel_err", "tol", "spike_mismatch", "ok")})
 
 
 def host_device_split(call) -> dict:
@@ -227,6 +255,14 @@ def lif_cases(smoke: bool):
                 if dt_name == "bf16":
                     tau3 = functools.partial(ours, **PARAMS_TAU3)
                     yield Case("lif", "ours_tau3", "ours", case, lambda a=args, f=tau3: time_case(f, *a), 30)
+    # the backward's variants, after the target rows (priority 1)
+    n_check, n = (next(iter(LIF_SMOKE.values()))[1],) * 2 if smoke else (2**20, LIF_SHAPES["T16_N16M"][1])
+    for variant, replacements in BWD_VARIANTS.items():
+        case = dict(
+            shape=f"T{BWD_VARIANT_T}_N{n}", dims=[BWD_VARIANT_T, n], dtype="bf16", mode=f"bwd_{variant}"
+        )
+        run = lambda r=replacements: bwd_variant(r, n_check, n)
+        yield Case("lif", "ours", "ours", case, run, 60)
     # host-bound: the same calls at a size where the GPU work is negligible (bf16 only)
     for name, (T, n) in HOST_SHAPES.items():
         for mode in MODES:

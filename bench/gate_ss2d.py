@@ -8,11 +8,10 @@ gradients. The full-delta variant also reads delta (and writes its gradient).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
-from gate import DEVICE, HAS_CUDA, SMOKE, Case, Skip, provider, rel_err, timed_row
+from gate import DEVICE, HAS_CUDA, SMOKE, Case, Skip, module_overrides, provider, rel_err, timed_row
 from shapes import SS2D_CHECK_SHAPES, SS2D_EDGE_CHECK_SHAPES, SS2D_LATER_CHECK_SHAPES, SS2D_SHAPES, SS2D_SMOKE
 from ss2d_unfused import fla_recurrence, fla_recurrence_direct, sequential_recurrence, ss2d_unfused
 
@@ -118,23 +117,12 @@ def check(fn, shape, dtype, full_delta=False, repeat=True):
     return row
 
 
-@contextlib.contextmanager
 def launcher_overrides(**configs):
     """Replace the SS2D launchers' config functions (block sizes, chunk, warps) for one case, so
     the multi-block / multi-chunk hand-offs run at sizes a real shape would not need them."""
     from svm_kernels.ss2d import fused
 
-    missing = [name for name in configs if not hasattr(fused, name)]
-    if missing:
-        raise Skip(f"svm_kernels.ss2d.fused exposes no {', '.join(missing)} to override")
-    saved = {name: getattr(fused, name) for name in configs}
-    try:
-        for name, fn in configs.items():
-            setattr(fused, name, fn)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(fused, name, fn)
+    return module_overrides(fused, **configs)
 
 
 def _pow2(n: int) -> int:

@@ -159,3 +159,29 @@ def test_the_gpu_run_orders_each_phase_by_priority(monkeypatch):
     assert at("bitpack") > at("ss2d", mode="fwd_sub8_regs96") - 1 > first_variant
     checks = [c for c in cases if c.phase == "check"]
     assert [c.kernel for c in checks[:1]] == ["device"] and checks[-1].kernel == "bitpack"
+
+
+def test_lif_backward_variants_change_the_launch(monkeypatch):
+    # each variant's replacement is what the launcher takes inside the case, and only there
+    import sys
+
+    import torch
+
+    from svm_kernels.lif import fused
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    monkeypatch.delitem(sys.modules, "gate", raising=False)
+    import gate
+    import gate_lif
+
+    seen = {}
+    for variant, replacements in gate_lif.BWD_VARIANTS.items():
+        overrides = {name: replace(getattr(fused, name)) for name, replace in replacements.items()}
+        with gate.module_overrides(fused, **overrides):
+            seen[variant] = (fused.segments(16), fused.launch_config(torch.bfloat16, True))
+    default = (fused.segments(16), fused.launch_config(torch.bfloat16, True))
+    assert default[0] == (16, 1, 16)
+    assert seen["segments_of_8"] == ((8, 2, 8), default[1])
+    assert seen["four_neurons"] == (default[0], (4 * 32 * 4, 4))
+    with pytest.raises(gate.Skip, match="no gone"), gate.module_overrides(fused, gone=None):
+        pass

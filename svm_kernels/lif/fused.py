@@ -413,11 +413,11 @@ def _on_device(x: torch.Tensor):
 
 
 @functools.cache
-def segments(T: int) -> tuple[int, int, int]:
-    """(SEG, NUM_SEG, LAST_SEG): as few segments as MAX_SEGMENT allows, of balanced lengths
+def segments(T: int, max_segment: int = MAX_SEGMENT) -> tuple[int, int, int]:
+    """(SEG, NUM_SEG, LAST_SEG): as few segments as max_segment allows, of balanced lengths
     (T = 17: 9 + 8, not 16 + 1), since the backward holds a segment's h in registers and its
     longest segment sets their number. The last one is the same length or shorter."""
-    num_seg = -(-T // MAX_SEGMENT)
+    num_seg = -(-T // max_segment)
     seg = -(-T // num_seg)
     return seg, num_seg, T - (num_seg - 1) * seg
 
