@@ -37,8 +37,8 @@ HOST_SHAPES = {"T4_N1k_host": (4, 2**10)}
 # The default holds a segment of 16 steps x 8 neurons per thread in registers (250 at sm_90: 2
 # blocks of 4 warps per SM). "four_neurons": 4 per thread, 64-bit accesses (125 registers, 4
 # blocks per SM; 5 % more PTX per element-step). "segments_of_8": two segments of 8 steps, the
-# first recomputed by a first pass that stores v (168 registers, 3 blocks per SM; 15 % more PTX,
-# x of those 8 steps read twice). Values: {launcher function: its replacement, given the original}.
+# first recomputed by a first pass that stores v (168 registers, 3 blocks per SM; 192 and 2 under
+# Triton 3.6; 15 % more PTX, x of those 8 steps read twice). Values: {launcher function: its replacement, given the original}.
 BWD_VARIANT_T = 16
 BWD_VARIANTS = {
     "four_neurons": {
