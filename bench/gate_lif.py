@@ -38,7 +38,8 @@ HOST_SHAPES = {"T4_N1k_host": (4, 2**10)}
 # blocks of 4 warps per SM). "four_neurons": 4 per thread, 64-bit accesses (125 registers, 4
 # blocks per SM; 5 % more PTX per element-step). "segments_of_8": two segments of 8 steps, the
 # first recomputed by a first pass that stores v (168 registers, 3 blocks per SM; 192 and 2 under
-# Triton 3.6; 15 % more PTX, x of those 8 steps read twice). Values: {launcher function: its replacement, given the original}.
+# Triton 3.6; 15 % more PTX, x of those 8 steps read twice). Each maps a function of
+# svm_kernels.lif.fused to its replacement, made from the original.
 BWD_VARIANT_T = 16
 BWD_VARIANTS = {
     "four_neurons": {
@@ -256,11 +257,13 @@ def lif_cases(smoke: bool):
                     tau3 = functools.partial(ours, **PARAMS_TAU3)
                     yield Case("lif", "ours_tau3", "ours", case, lambda a=args, f=tau3: time_case(f, *a), 30)
     # the backward's variants, after the target rows (priority 1)
-    n_check, n = (next(iter(LIF_SMOKE.values()))[1],) * 2 if smoke else (2**20, LIF_SHAPES["T16_N16M"][1])
+    if smoke:  # the smoke shape's neurons, checked and timed
+        v_name, n = f"T{BWD_VARIANT_T}_N1k", next(iter(LIF_SMOKE.values()))[1]
+        n_check = n
+    else:  # beside the default's row of the same shape
+        v_name, n, n_check = "T16_N16M", LIF_SHAPES["T16_N16M"][1], 2**20
     for variant, replacements in BWD_VARIANTS.items():
-        case = dict(
-            shape=f"T{BWD_VARIANT_T}_N{n}", dims=[BWD_VARIANT_T, n], dtype="bf16", mode=f"bwd_{variant}"
-        )
+        case = dict(shape=v_name, dims=[BWD_VARIANT_T, n], dtype="bf16", mode=f"bwd_{variant}")
         run = lambda r=replacements: bwd_variant(r, n_check, n)
         yield Case("lif", "ours", "ours", case, run, 60)
     # host-bound: the same calls at a size where the GPU work is negligible (bf16 only)
