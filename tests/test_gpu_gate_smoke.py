@@ -123,15 +123,10 @@ def test_smoke_skips_cuda_only_peers_with_a_reason(smoke_run):
     assert checks and all(r["ok"] and r.get("bitwise_repeat", True) for r in checks)
 
 
-def test_the_gpu_run_orders_each_phase_by_priority(monkeypatch):
+def test_the_gpu_run_orders_each_phase_by_priority(fresh_gate):
     # the GPU run's case list (listed, not run): within a phase the rows a target is read from
     # come first, so a phase cut short by its budget loses the least needed ones
-    import sys
-
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    monkeypatch.delitem(sys.modules, "gate", raising=False)
-    import gate
-
+    gate, _ = fresh_gate
     cases = gate.all_cases(smoke=False)
     for phase in gate.PHASES:
         priorities = [c.priority for c in cases if c.phase == phase]
@@ -161,27 +156,72 @@ def test_the_gpu_run_orders_each_phase_by_priority(monkeypatch):
     assert [c.kernel for c in checks[:1]] == ["device"] and checks[-1].kernel == "bitpack"
 
 
-def test_lif_backward_variants_change_the_launch(monkeypatch):
-    # each variant's replacement is what the launcher takes inside the case, and only there
+@pytest.fixture
+def fresh_gate(monkeypatch):
+    """bench/'s gate modules imported anew, and the ones of before put back afterwards, so that
+    no test finds a provider registered with another test's ``gate`` (the modules import each
+    other: a cached gate_lif would register its cases with a gate no longer imported)."""
     import sys
 
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+
+    def gate_modules():
+        return {m: sys.modules[m] for m in list(sys.modules) if m == "gate" or m.startswith("gate_")}
+
+    before = gate_modules()
+    for name in before:
+        del sys.modules[name]
+    import gate
+    import gate_cases  # noqa: F401  (registers the providers)
+    import gate_lif
+
+    yield gate, gate_lif
+    for name in gate_modules():
+        del sys.modules[name]
+    sys.modules.update(before)
+
+
+def test_lif_backward_variants_change_the_launch(fresh_gate):
+    # each variant's replacements are what the launcher takes inside the case, and only there
     import torch
 
     from svm_kernels.lif import fused
 
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    monkeypatch.delitem(sys.modules, "gate", raising=False)
-    import gate
-    import gate_lif
+    gate, gate_lif = fresh_gate
 
+    def launch():
+        return (
+            fused.segments(16),
+            fused.launch_config(torch.bfloat16, True),
+            fused.grad_s_ahead(16, torch.bfloat16),
+        )
+
+    default = launch()
+    assert default[0] == (16, 1, 16) and default[2] is False
     seen = {}
     for variant, replacements in gate_lif.BWD_VARIANTS.items():
         overrides = {name: replace(getattr(fused, name)) for name, replace in replacements.items()}
         with gate.module_overrides(fused, **overrides):
-            seen[variant] = (fused.segments(16), fused.launch_config(torch.bfloat16, True))
-    default = (fused.segments(16), fused.launch_config(torch.bfloat16, True))
-    assert default[0] == (16, 1, 16)
-    assert seen["segments_of_8"] == ((8, 2, 8), default[1])
-    assert seen["four_neurons"] == (default[0], (4 * 32 * 4, 4))
+            seen[variant] = launch()
+        assert launch() == default, variant  # undone
+    assert seen["segments_of_8"] == ((8, 2, 8), default[1], False)
+    assert seen["four_neurons"] == (default[0], (4 * 32 * 4, 4), True)
     with pytest.raises(gate.Skip, match="no gone"), gate.module_overrides(fused, gone=None):
         pass
+
+
+def test_lif_backward_variant_cases_run_at_their_shape(fresh_gate, monkeypatch):
+    # the cases call bwd_variant with the sizes their rows name (bound when the case is made)
+    _, gate_lif = fresh_gate
+    calls = []
+    monkeypatch.setattr(gate_lif, "bwd_variant", lambda r, n_check, n: calls.append((n_check, n)))
+    monkeypatch.setattr(gate_lif, "check", lambda T, n, dtype, params: calls.append((T, n)))
+    cases = [
+        c
+        for c in gate_lif.lif_cases(smoke=False)
+        if c.case["mode"] in ("check_soft_atan", "bwd_four_neurons")
+    ]
+    for c in cases:
+        c.run()
+    assert [c.case["dims"] for c in cases] == [[4, 2**24], [16, 2**24]]
+    assert calls == [(4, 2**24), (2**20, 2**24)]
