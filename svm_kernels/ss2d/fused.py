@@ -57,7 +57,6 @@ if HAS_TRITON:
 
     # Fast special-function ops on the GPU; the interpreter runs no inline assembly.
     _GPU_MATH: tl.constexpr = tl.constexpr(not TRITON_INTERPRET)
-    _TRITON_VERSION = tuple(int(x) for x in triton.__version__.split(".")[:2])
 
     @triton.jit
     def _log2(x):
@@ -1926,7 +1925,7 @@ if HAS_TRITON:
 
 # Triton 3.8 or later (CI's): the GPU image's 3.6 lays some tiles out differently, and a few launch
 # choices below follow the version (read once: some are taken per launch)
-_TRITON_3_8 = HAS_TRITON and _TRITON_VERSION >= (3, 8)
+_TRITON_3_8 = HAS_TRITON and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 8)
 
 
 # Chunks the chain kernel loads at once: one wait for memory per CHAIN_STEP chunks (stage 1's
