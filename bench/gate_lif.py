@@ -22,7 +22,6 @@ from shapes import LIF_CHECK_SHAPES, LIF_SHAPES, LIF_SMOKE
 
 from svm_kernels import multistep_lif
 from svm_kernels.lif.common import make_params
-from svm_kernels.lif.fused import GS_AHEAD_VALUES
 from svm_kernels.lif.naive import multistep_lif_naive
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -49,7 +48,7 @@ BWD_VARIANTS = {
             lambda dtype, backward: (4 * 32 * 4, 4) if backward else base(dtype, backward)
         ),
         # the launcher's rule for loading grad_s with x, at 4 neurons per thread (T = 16: with x)
-        "grad_s_ahead": lambda base: lambda seg, dtype: seg * 4 <= GS_AHEAD_VALUES,
+        "grad_s_ahead": lambda base: lambda seg, dtype: base(seg, dtype, per_thread=4),
     },
     "segments_of_8": {"segments": lambda base: lambda T: base(T, max_segment=8)},
 }

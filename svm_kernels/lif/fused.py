@@ -422,6 +422,11 @@ def segments(T: int, max_segment: int = MAX_SEGMENT) -> tuple[int, int, int]:
     return seg, num_seg, T - (num_seg - 1) * seg
 
 
+def bwd_neurons_per_thread(dtype: torch.dtype) -> int:
+    """Neurons per thread of the compiled backward: 16 bytes of x, one 128-bit access per row."""
+    return 16 // dtype.itemsize
+
+
 @functools.cache
 def launch_config(dtype: torch.dtype, backward: bool) -> tuple[int, int]:
     """(BLOCK_N, num_warps). A fixed choice, no autotuner: choosing per call cost the host more
@@ -431,7 +436,7 @@ def launch_config(dtype: torch.dtype, backward: bool) -> tuple[int, int]:
     num_warps = 4
     if TRITON_INTERPRET:  # the interpreter runs the programs one after another: small ones
         return 256, num_warps
-    per_thread = 16 // dtype.itemsize if backward else 8
+    per_thread = bwd_neurons_per_thread(dtype) if backward else 8
     return per_thread * 32 * num_warps, num_warps
 
 
@@ -465,9 +470,10 @@ GS_AHEAD_VALUES = 64
 
 
 @functools.cache
-def grad_s_ahead(seg: int, dtype: torch.dtype) -> bool:
-    """Whether the backward loads a segment's grad_s rows with its x rows, before the recompute."""
-    return seg * (16 // dtype.itemsize) <= GS_AHEAD_VALUES
+def grad_s_ahead(seg: int, dtype: torch.dtype, per_thread: int | None = None) -> bool:
+    """Whether the backward loads a segment's grad_s rows with its x rows, before the recompute;
+    ``per_thread``: neurons per thread, if not ``bwd_neurons_per_thread``'s."""
+    return seg * (per_thread or bwd_neurons_per_thread(dtype)) <= GS_AHEAD_VALUES
 
 
 def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
