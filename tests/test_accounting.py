@@ -344,6 +344,21 @@ def test_spiking_model_kinds_and_conventions():
     assert with_bn.macs > r.macs
 
 
+def test_event_frame_models_profile_from_random_input_and_refuse_once_on_frames():
+    model, img = tiny(calibrate=False, in_chans=2)
+    # No data: the random images take the first layer's 2 channels (they took 3 and crashed).
+    r = accounting.profile(model, img_size=img)
+    assert rows_by(r, "stem.conv1.conv", "conv").macs > 0
+    # Frames (B, T, C, H, W): every step's first conv sees its own frame, so it runs T times
+    # and the "once" convention (one image shown T times) does not apply.
+    frames = torch.rand(2, model.T, 2, img, img, generator=torch.Generator().manual_seed(0)).round()
+    per_step = accounting.profile(model, frames)
+    conv = rows_by(per_step, "stem.conv1.conv", "conv")
+    assert conv.mac_ops == conv.macs > 0
+    with pytest.raises(ValueError, match="frame per step"):
+        accounting.profile(model, frames, first_layer="once")
+
+
 def test_sew_residual_sums_are_integer_inputs():
     model, img = tiny(shortcut="sew")
     r = accounting.profile(model, images(3, img))

@@ -490,11 +490,21 @@ def _hardware_components(op, macs, vols, row, folds, spikes_per_image, hw, reuse
 # profile
 
 
+def _input_channels(model: nn.Module, view: ModelView) -> int:
+    """The channels of the first layer's input (3 where the model names no first layer)."""
+    if view.first_name is not None:
+        for m in model.get_submodule(view.first_name).modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                return m.in_channels
+    return 3
+
+
 def _random_batch(model, view, img_size, in_chans, random_batch, seed, calibrate_bn, device):
     """Random N(0, 1) images (and, for a spiking model, BatchNorm statistics from random batches)."""
     size = img_size or view.img_size
     if size is None:
         raise ValueError("no data given and the model has no img_size: pass data or img_size")
+    in_chans = in_chans or _input_channels(model, view)
     gen = torch.Generator().manual_seed(seed)
     data = torch.randn(random_batch, in_chans, size, size, generator=gen).to(device)
     rates_from = f"random input ({random_batch} N(0,1) image{'s' if random_batch > 1 else ''})"
@@ -517,7 +527,7 @@ def profile(
     reuse: str = "none",
     max_batches: int | None = None,
     img_size: int | None = None,
-    in_chans: int = 3,
+    in_chans: int | None = None,
     random_batch: int = 1,
     seed: int = 0,
     calibrate_bn: int = 0,
@@ -531,10 +541,12 @@ def profile(
     Args:
         model: a :class:`~svm_models.base.VisionModel` (``spiking``, ``T``, ``first_conv``,
             ``get_classifier()``), or any ``nn.Module`` taking a (B, C, H, W) image batch.
-        data: a (B, C, H, W) tensor, an (images, labels) pair, or an iterable of those (a
-            DataLoader). The firing rates are averaged over all of it; labels, when present, give
-            a top-1 accuracy. ``None``: one random batch (``random_batch`` N(0, 1) images of
-            ``img_size``, default ``model.img_size``, from ``seed``), and the report says so;
+        data: a (B, C, H, W) tensor (a spiking model's event frames: (B, T, C, H, W)), an
+            (images, labels) pair, or an iterable of those (a DataLoader). The firing rates are
+            averaged over all of it; labels, when present, give a top-1 accuracy. ``None``: one
+            random batch (``random_batch`` N(0, 1) images of ``img_size``, default
+            ``model.img_size``, with ``in_chans`` channels, default the first layer's, from
+            ``seed``), and the report says so;
             ``calibrate_bn=N`` then first sets a spiking model's BatchNorm statistics from N
             random batches (:func:`.calibrate.calibrate_batchnorm`).
         energy: the papers' convention's E_MAC / E_AC: preset name ("45nm_fp32" default,
@@ -556,7 +568,8 @@ def profile(
         max_batches: stop the rate pass after this many batches.
         first_layer: "per_step" (default: the image is presented at each of the T steps, so the
             first conv runs T times, the papers' code) or "once" (it runs once, the papers'
-            formula); or a module / module name overriding ``model.first_conv``.
+            formula; refused for frame input, where each step has its own frame); or a module /
+            module name overriding ``model.first_conv``.
         head: a module or its name overriding ``model.get_classifier()``. Without a first
             layer or a head, that convention is not applied.
         stage_of: maps a module name to its stage label (default: :func:`stage_function`).
@@ -593,6 +606,12 @@ def profile(
     if first is None:
         raise ValueError("data yielded no batch")
     first_image = first[0][:1].to(device)
+    if conventions.first_layer == "once" and view.spiking and first_image.dim() == 5:
+        # (B, T, C, H, W): each step's first conv sees its own frame, so it does run T times
+        raise ValueError(
+            "first_layer='once' counts the first layer once for an image shown at every step; "
+            "this data has a frame per step (B, T, C, H, W), where it runs T times: use 'per_step'"
+        )
     was_training = model.training
     model.eval()
     try:
