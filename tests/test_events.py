@@ -158,6 +158,30 @@ def test_integrate_splits_by_event_count(n, T):
     torch.testing.assert_close(frames, want, rtol=0, atol=0)
 
 
+def test_integrate_equals_tonic_to_frame_on_a_non_square_sensor():
+    from tonic.transforms import ToFrame
+
+    rng = np.random.default_rng(3)
+    n, width, height, T = 1001, 11, 7, 5
+    ev = np.empty(n, dtype=E.readers.tonic_io().events_struct)
+    ev["x"], ev["y"] = rng.integers(0, width, n), rng.integers(0, height, n)
+    ev["t"], ev["p"] = np.sort(rng.integers(0, 10**6, n)), rng.integers(0, 2, n)
+    want = ToFrame(sensor_size=(width, height, 2), n_event_bins=T)(ev.copy())
+    frames = E.integrate(ev, (width, height), T)
+    assert frames.shape == (T, 2, height, width)
+    np.testing.assert_array_equal(frames.numpy(), want.astype(np.float32))
+
+
+def test_integrate_counts_a_hot_pixel_past_int16():
+    # tonic's ToFrame sums into int16: 40,000 events at one pixel came out as -25,536
+    n = 40_000
+    ev = np.zeros(n, dtype=E.readers.tonic_io().events_struct)
+    ev["x"], ev["y"], ev["t"], ev["p"] = 3, 2, np.arange(n), 1
+    frames = E.integrate(ev, (8, 8), 1)
+    assert frames[0, 1, 2, 3] == n and frames.sum() == n
+    assert (E.integrate(ev, (8, 8), 2)[:, 1, 2, 3] == n // 2).all()
+
+
 def test_simulator_static_scene_gives_no_events_and_motion_gives_both_polarities():
     rng = np.random.default_rng(0)
     image = np.zeros((1, 4, 4))

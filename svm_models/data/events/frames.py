@@ -4,7 +4,9 @@
 and sums each slice per pixel and polarity: tonic's ``ToFrame(n_event_bins=T)``, the convention of
 spikingjelly's ``split_by='number'`` (each slice holds ``N // T`` events; tonic drops the last
 ``N mod T < T`` events where spikingjelly adds them to the last frame). Channel 0 counts OFF
-events, channel 1 ON events.
+events, channel 1 ON events. The slices are tonic's (``SliceByEventBins``); the counts are summed
+here in 64-bit integers, since ``ToFrame`` sums into int16 and a pixel with more than 32,767
+events in one slice (a hot pixel, a long recording at small T) would wrap around to negative.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ def integrate(events: np.ndarray, sensor_size: tuple[int, int], T: int) -> torch
     width, height = sensor_size
     inside = (events["x"] >= 0) & (events["x"] < width) & (events["y"] >= 0) & (events["y"] < height)
     events = events[inside]
+    frames = np.zeros((T, 2 * height * width), dtype=np.float32)
     if len(events) < T:  # fewer events than frames: tonic would make zero slices of zero events
-        return torch.zeros(T, 2, height, width)
-    from tonic.transforms import ToFrame  # on first use, as readers.tonic_io
+        return torch.from_numpy(frames).view(T, 2, height, width)
+    from tonic.slicers import SliceByEventBins  # on first use, as readers.tonic_io
 
-    frames = ToFrame(sensor_size=(width, height, 2), n_event_bins=T)(events)
-    return torch.from_numpy(frames.astype(np.float32))
+    for i, (start, end) in enumerate(SliceByEventBins(bin_count=T).get_slice_metadata(events, None)):
+        part = events[start:end]
+        pixel = (part["p"].astype(np.int64) * height + part["y"]) * width + part["x"]
+        frames[i] = np.bincount(pixel, minlength=frames.shape[1])
+    return torch.from_numpy(frames).view(T, 2, height, width)
 
 
 def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
