@@ -3,6 +3,7 @@ specification, not by tonic), frame integration, the simulator, the datasets and
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -291,6 +292,64 @@ def test_too_many_corrupt_recordings_is_an_error(tmp_path):
     with pytest.raises(DataError, match="unreadable"), pytest.warns(UserWarning):
         for i in range(len(ds)):
             ds[i]
+
+
+SPAWNED_EPOCH = """
+import multiprocessing, sys, torch
+from svm_models.data import build_dataset
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn")
+    ds = build_dataset("nmnist", "train", root=sys.argv[1], T=2)
+    ds[0]  # a recording in the dataset's cache
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)
+    print(sum(len(y) for _, y in loader))
+"""
+
+
+def test_recorded_datasets_run_in_spawned_workers(tmp_path):
+    # the start method of macOS and Windows (forkserver, Python 3.14's Linux default, pickles
+    # alike): the dataset is pickled into each worker, which a functools.lru_cache of the
+    # reader could not be
+    import subprocess
+    import sys
+
+    _nmnist_folder(tmp_path, per_class=1)
+    script = tmp_path / "epoch.py"
+    script.write_text(SPAWNED_EPOCH)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["10"]
+
+
+@pytest.mark.filterwarnings("ignore:.*unreadable recording")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_counts_unreadable_recordings_over_all_workers(tmp_path, monkeypatch, workers):
+    from fabricate import tiny_cfg
+
+    from svm_models.training import engine
+
+    torch.set_num_threads(1)
+    _nmnist_folder(tmp_path, per_class=2, bad=["Train/3/99998.bin", "Train/4/99999.bin"])
+    # no process stops on its own count: the training loop's count over all of them must
+    monkeypatch.setattr(E.datasets, "MAX_UNREADABLE_FRACTION", 0.5)
+    cfg = tiny_cfg(
+        tmp_path,
+        model="svmamba_cifar",
+        model_args=dict(dims=[8, 16], depths=[1, 1], backend="torch"),
+        dataset="nmnist",
+        root_path=str(tmp_path),
+        T=2,
+        img_size=16,
+        batch_size=8,
+        epochs=1,
+        workers=workers,
+    )
+    with pytest.raises(DataError, match="2 of 22 images of the train split could not be read"):
+        engine.fit(C.validate(cfg, "test"), progress=False)
 
 
 @pytest.mark.parametrize("name", ["dvs128_gesture", "cifar10_dvs", "nmnist"])

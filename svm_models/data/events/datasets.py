@@ -15,10 +15,12 @@ downloaded)::
   sorted file names (``CIFAR10_DVS_SPLIT_SEED``).
 * N-MNIST: the Train and Test folders.
 
-A recording that cannot be decoded is reported once (``warnings``), counted in ``skipped``, and
-replaced by the next readable sample, so a long run never stops on one bad file; more unreadable
-samples than one or ``MAX_UNREADABLE_FRACTION`` of them (whichever is larger) is a
-:class:`DataError` naming the first files.
+A recording that cannot be decoded is reported once per process (``warnings``), counted in
+``skipped``, and replaced by the next readable sample, so a long run never stops on one bad file;
+more unreadable samples in one process than one or ``MAX_UNREADABLE_FRACTION`` of them (whichever
+is larger) is a :class:`DataError` naming the first files. The recordings are also reported to
+the dataset's :class:`~svm_models.data.images.UnreadableImages` log, through which the training
+loop counts them over all DataLoader workers (and stops past the same fraction), as for images.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch.utils.data import Dataset
 
 from ..classes import CIFAR10_CLASSES, DIGITS_CLASSES
 from ..errors import DataError
+from ..images import MAX_UNREADABLE_FRACTION, UnreadableImages, describe_error
 from .frames import integrate, resize_frames
 from .readers import DVS128_SIZE, NMNIST_SIZE, EventFileError, read_cifar10_dvs, read_dvs_gesture, read_nmnist
 
@@ -56,7 +59,6 @@ CIFAR10_DVS_CLASSES = CIFAR10_CLASSES
 NMNIST_CLASSES = DIGITS_CLASSES
 CIFAR10_DVS_TEST_FRACTION = 0.1
 CIFAR10_DVS_SPLIT_SEED = 0
-MAX_UNREADABLE_FRACTION = 0.01
 
 LAYOUTS = {
     "dvs128_gesture": "<root>/DvsGesture/{userXX_<lighting>.aedat, userXX_<lighting>_labels.csv, "
@@ -94,20 +96,30 @@ class EventFrames(Dataset):
         self.sensor_size, self.T, self.img_size = sensor_size, T, img_size
         self.classes, self.transform = list(classes), transform
         self.targets = [s.label for s in self.samples]
-        self.unreadable: dict[int, str] = {}
-        # one recording holds several gesture samples: keep the last one read
-        self._read_cached = functools.lru_cache(maxsize=1)(read)
+        self.unreadable = UnreadableImages()  # what the training loop counts over all workers
+        self._bad: dict[int, str] = {}  # this process's unreadable samples: skipped without a read
+        # one recording holds several gesture samples: keep the last one read (a plain attribute,
+        # so that the dataset pickles for spawned DataLoader workers; dropped when pickled)
+        self._last: tuple[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_last": None}
+
     @property
     def skipped(self) -> int:
-        return len(self.unreadable)
+        return len(self._bad)
+
+    def _read(self, path: str) -> np.ndarray:
+        if self._last is None or self._last[0] != path:
+            self._last = (path, self.read(path))
+        return self._last[1]
 
     def frames(self, i: int) -> torch.Tensor:
         sample = self.samples[i]
-        events = self._read_cached(sample.path)
+        events = self._read(sample.path)
         if sample.window is not None:
             start, end = sample.window
             events = events[(events["t"] >= start) & (events["t"] < end)]
@@ -117,7 +129,7 @@ class EventFrames(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         for k in range(len(self.samples)):
             j = (i + k) % len(self.samples)
-            if j in self.unreadable:
+            if j in self._bad:
                 continue
             try:
                 x = self.frames(j)
@@ -130,12 +142,14 @@ class EventFrames(Dataset):
         raise DataError(f"{self.name}: no recording could be read")
 
     def _report(self, j: int, error: Exception) -> None:
-        self.unreadable[j] = f"{self.samples[j].path}: {error}"
+        path = self.samples[j].path
+        self._bad[j] = f"{path}: {error}"
+        self.unreadable.report(path, describe_error(error, path))
         warnings.warn(f"{self.name}: skipping an unreadable recording: {error}", stacklevel=3)
-        if len(self.unreadable) > max(1.0, MAX_UNREADABLE_FRACTION * len(self.samples)):
-            first = "; ".join(list(self.unreadable.values())[:3])
+        if len(self._bad) > max(1.0, MAX_UNREADABLE_FRACTION * len(self.samples)):
+            first = "; ".join(list(self._bad.values())[:3])
             raise DataError(
-                f"{self.name}: {len(self.unreadable)} of {len(self.samples)} recordings are unreadable "
+                f"{self.name}: {len(self._bad)} of {len(self.samples)} recordings are unreadable "
                 f"(more than {MAX_UNREADABLE_FRACTION:.0%}), e.g. {first}"
             )
 
