@@ -67,7 +67,9 @@ def test_rerun_without_resume_is_refused_and_keeps_best(tmp_path, tiny, capsys):
     capsys.readouterr()
 
     assert cli.run(main, ["--config", cfg_path, "--no-test"]) == 2
-    _one_error(capsys.readouterr().err, "already holds a run (last.pt, log.csv)", "--resume", "--overwrite")
+    _one_error(
+        capsys.readouterr().err, "already holds a run (last.pt, best.pt, log.csv)", "--resume", "--overwrite"
+    )
     assert (out / "best.pt").read_bytes() == best_before and (out / "log.csv").read_text() == log_before
 
     # --overwrite starts over; the saved config and the console log describe the new run
@@ -115,6 +117,26 @@ def test_a_live_lock_refuses_and_a_dead_one_is_reclaimed(tmp_path, tiny):
     engine.fit(cfg, progress=False)  # the stale lock is reclaimed
     assert os.path.isfile(os.path.join(folder, "last.pt"))
     assert not os.path.exists(os.path.join(folder, ".lock"))  # released at the end
+
+
+def test_a_lock_naming_this_pid_that_this_process_does_not_hold_is_stale(tmp_path, tiny):
+    # a restarted container's process gets the pid its killed predecessor wrote (pid 1, say)
+    import socket
+
+    cfg = _cfg(tmp_path, epochs=1)
+    folder = C.run_dir(cfg)
+    os.makedirs(folder)
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        f.write(f"{os.getpid()} {socket.gethostname()}\n")
+    engine.fit(cfg, progress=False)
+    assert os.path.isfile(os.path.join(folder, "last.pt"))
+    # while this process holds a lock, the same directory stays locked to it
+    held = rundir.RunLock(folder).acquire()
+    try:
+        with pytest.raises(C.ConfigError, match="in use by another run"):
+            rundir.RunLock(folder).acquire()
+    finally:
+        held.release()
 
 
 def test_lock_is_released_when_the_run_fails(tmp_path, tiny):
@@ -209,7 +231,7 @@ def test_a_failing_save_is_one_line_and_leaves_the_previous_epoch(tmp_path, tiny
     real_save = torch.save
     calls = []
 
-    def save(obj, f, *a, **k):  # the disk fills up in the middle of epoch 2's last.pt
+    def save(obj, f, *a, **k):  # the disk fills up in the middle of epoch 2's first save
         calls.append(obj["epoch"])
         if obj["epoch"] == 2:
             f.write(b"PK\x03\x04 half")
@@ -220,12 +242,73 @@ def test_a_failing_save_is_one_line_and_leaves_the_previous_epoch(tmp_path, tiny
     assert cli.run(_train_main(), ["--config", cfg_path, "--no-test"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("error: cannot write ")
-    assert "last.pt: No space left on device" in err and "Traceback" not in err
+    assert "best.pt: No space left on device" in err and "Traceback" not in err  # (epoch 2 improved)
     out = tmp_path / "runs" / "tiny"
     monkeypatch.undo()
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 1
     assert sorted(n for n in os.listdir(out) if n.startswith(".")) == []  # no temp file, lock released
     assert "error: cannot write" in (out / "train.log").read_text()
+
+
+def test_a_failure_between_best_and_last_loses_no_best(tmp_path, tiny, monkeypatch):
+    cfg = _cfg(tmp_path, epochs=2)
+    real_save = torch.save
+    saves = []
+
+    def save(obj, f, *a, **k):  # epoch 2 improves: its second save fails (the disk fills up)
+        saves.append(obj["epoch"])
+        if saves.count(2) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", save)
+    with pytest.raises(ckpt.SaveError):
+        engine.fit(cfg, progress=False)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    res = engine.fit(cfg, resume=True, progress=False)  # replays epoch 2
+    folder = C.run_dir(cfg)
+    last = torch.load(os.path.join(folder, "last.pt"), weights_only=True)
+    best = torch.load(os.path.join(folder, "best.pt"), weights_only=True)
+    assert res["best_epoch"] == last["best_epoch"] == best["epoch"] == 2
+
+
+def test_overwrite_keeps_the_previous_run_until_the_new_one_builds(tmp_path, tiny, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=1))
+    main = _train_main()
+    assert cli.run(main, ["--config", cfg_path, "--no-test"]) == 0
+    out = tmp_path / "runs" / "tiny"
+    before = {n: (out / n).read_bytes() for n in ("best.pt", "last.pt", "log.csv", "config.yaml")}
+    capsys.readouterr()
+    # a typo in model_args is only found when the model is built
+    argv = ["--config", cfg_path, "--no-test", "--overwrite", "--opts", "model_args={widht: 4}"]
+    assert cli.run(main, argv) == 2
+    _one_error(capsys.readouterr().err, "widht")
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert not (out / ".lock").exists()
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        ckpt.atomic_save({"epoch": 1}, str(tmp_path / "a.pt"))
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.pt").st_mode & 0o777 == 0o640  # mkstemp alone gave 0o600
+
+
+def test_a_folder_with_best_pt_only_holds_a_run(tmp_path, tiny, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=1))
+    main = _train_main()
+    assert cli.run(main, ["--config", cfg_path, "--no-test"]) == 0
+    out = tmp_path / "runs" / "tiny"
+    for n in ("last.pt", "log.csv"):  # (deleted to save space: best.pt is what is kept)
+        (out / n).unlink()
+    best = (out / "best.pt").read_bytes()
+    capsys.readouterr()
+    assert cli.run(main, ["--config", cfg_path, "--no-test"]) == 2
+    _one_error(capsys.readouterr().err, "already holds a run (best.pt)")
+    assert (out / "best.pt").read_bytes() == best
 
 
 def test_temp_files_of_a_killed_save_are_removed_on_the_next_start(tmp_path, tiny, capsys):
@@ -295,9 +378,11 @@ def test_resume_may_extend_epochs_and_refuses_other_changes(tmp_path, tiny):
     engine.fit(cfg, progress=False)
     last = os.path.join(C.run_dir(cfg), "last.pt")
     done_lr = torch.load(last, weights_only=True)["history"][-1]["lr"]
+    saved = os.path.join(C.run_dir(cfg), "config.yaml")
     for change, key in [({"lr": 5e-3}, "lr"), ({"seed": 1}, "seed"), ({"epochs": 1}, "below the 2 epochs")]:
         with pytest.raises(C.ConfigError, match=key):
             engine.fit(dict(cfg, **change), resume=True, progress=False)
+        assert C.load_config(saved) == cfg  # a refused resume leaves the run's config as it was
     res = engine.fit(dict(cfg, epochs=4, workers=0, threads=1), resume=True, progress=False)
     assert [r["epoch"] for r in res["history"]] == [1, 2, 3, 4]
     lrs = [r["lr"] for r in res["history"]]

@@ -500,6 +500,28 @@ def test_test_and_predict_refuse_a_checkpoint_of_other_settings(tmp_path, monkey
     assert rc == 0, capsys.readouterr().err
 
 
+def test_test_and_predict_of_a_fine_tuning_config_take_the_run_not_its_start(tmp_path, monkeypatch, capsys):
+    # pretrained: true names the weights training starts from in 'checkpoint'; what test.py and
+    # predict.py evaluate is what the run trained (they evaluated the starting weights)
+    from svm_models.training import cli
+
+    start = _trained_tiny(tmp_path, monkeypatch)
+    cfg = write_config(tmp_path / "c.yaml", pretrained=True, checkpoint=start, **tiny_cfg(tmp_path, epochs=1))
+    assert cli.run(script("train").main, ["--config", cfg, "--no-test"]) == 0
+    best = str(tmp_path / "runs" / "tiny" / "best.pt")
+    assert cli.run(script("test").main, ["--config", cfg]) == 0
+    report = json.loads((tmp_path / "runs" / "tiny" / "test_report.json").read_text())
+    assert report["checkpoint"] == best
+    folder = str(_digit_folder(tmp_path / "imgs", n=1))
+    out = tmp_path / "p.json"
+    rc = cli.run(script("predict").main, ["--config", cfg, "--img_folder", folder, "--output", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["checkpoint"] == best
+    # the starting weights stay one flag away
+    assert cli.run(script("test").main, ["--config", cfg, "--checkpoint", start]) == 0
+    report = json.loads((tmp_path / "runs" / "tiny" / "test_report.json").read_text())
+    assert report["checkpoint"] == start
+
+
 # ----------------------------------------------------------------------------------------------
 # predict.py: bit depths, odd folder entries, class-index files of the wrong size
 # ----------------------------------------------------------------------------------------------

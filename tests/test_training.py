@@ -87,6 +87,14 @@ BAD = [
     ("- just\n- a list\n", r"the top level must be a mapping of keys, got list"),
     ("", r"the top level must be a mapping of keys, got an empty file"),
     ("task_name: t\n  model: [unclosed\n", r"not valid YAML \(line 2"),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nlr: 0.5\nlr: 0.005\n",
+        r"not valid YAML \(line 5, column 1\): the key 'lr' is given twice",
+    ),
+    (
+        "task_name: t\nmodel: m\ndataset: digits\nmodel_args: {dims: 8, dims: 16}\n",
+        r"the key 'dims' is given twice",
+    ),
 ]
 
 

@@ -32,6 +32,12 @@ def write_error(path: str, e: OSError, what: str = "") -> SaveError:
     return SaveError(f"cannot write {what + ' ' if what else ''}{path}: {reason}")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # (the only way to read it: set and restore)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
     """Write through ``write(f)`` to a temporary file in the same folder, fsync, then rename.
 
@@ -44,6 +50,7 @@ def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             write(f)
             f.flush()

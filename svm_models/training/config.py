@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,11 @@ SCHEMA: dict[str, Key] = {
     "lr": Key(_NUM, 1e-3, doc="peak learning rate (AdamW)"),
     "pretrained": Key((bool, str), False, doc="true: start from `checkpoint`; a path: start from it"),
     "checkpoint": Key(
-        (str,), None, nullable=True, doc="weights file; test/predict default to output_dir/task_name/best.pt"
+        (str,),
+        None,
+        nullable=True,
+        doc="weights file (with pretrained: true, training's start); test/predict take "
+        "output_dir/task_name/best.pt without it or with pretrained: true",
     ),
     "epochs": Key((int,), 100),
     "T": Key((int,), None, nullable=True, doc="timesteps of a spiking model (model override T)"),
@@ -226,10 +231,37 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--opts expects KEY=VALUE pairs, got {text!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = _yaml(value)
         except yaml.YAMLError:
             raise ConfigError(f"--opts {key.strip()}: {value!r} is not a valid YAML value") from None
     return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last one
+    silently: ``lr`` set twice would train with the second without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue  # (yaml refuses it itself)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"the key {key!r} is given twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text_or_file) -> Any:
+    return yaml.load(text_or_file, Loader=_UniqueKeyLoader)  # a SafeLoader
 
 
 def load_config(path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -243,7 +275,7 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> dict[str,
         raise ConfigError(f"config path is not a file: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = _yaml(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

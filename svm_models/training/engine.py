@@ -488,9 +488,11 @@ def save_epoch(run: RunDir, t: Training, p: Progress, cfg: dict[str, Any], impro
         "train_time_s": p.train_time,
         "version": CHECKPOINT_VERSION,
     }
-    atomic_save(state, run.file("last.pt"))
+    # best.pt first: a crash between the two saves replays the epoch from the previous last.pt
+    # and writes best.pt again (the other order left a last.pt counting a best.pt never written)
     if improved:
         atomic_save(dict(state, model=t.eval_model.state_dict()), run.file("best.pt"))
+    atomic_save(state, run.file("last.pt"))
     write_csv(p.history, run.file("log.csv"))
     if improved or p.epoch == cfg["epochs"]:  # rendering costs more than the csv: not every epoch
         plot_curves(p.history, run.file("curves.png"), title=f"{cfg['task_name']} ({cfg['model']})")
@@ -535,8 +537,10 @@ def fit(
     """Train ``cfg`` to completion (or continue from last.pt with ``resume``).
 
     Claims ``output_dir/task_name`` first (:mod:`.rundir`: refused if it holds a run, unless
-    ``resume`` or ``overwrite``), then writes ``last.pt`` (every epoch), ``best.pt`` (when the
-    validation top-1 improves), ``log.csv``, ``curves.png``, ``config.yaml`` and ``train.log``.
+    ``resume`` or ``overwrite``); once the data and model are built (and the checkpoint accepted,
+    on ``resume``), writes ``config.yaml`` and ``train.log`` (``overwrite`` deletes the previous
+    run's files only then), then ``last.pt`` (every epoch), ``best.pt`` (when the validation
+    top-1 improves), ``log.csv`` and ``curves.png``.
     Returns a summary dict with the best accuracy, the history and the path of best.pt.
     ``on_epoch_end(epoch)`` is called after each epoch's files are written (tests use it to
     simulate a crash).
@@ -547,6 +551,8 @@ def fit(
         seed_everything(cfg["seed"])
         t = build_training(cfg, info, resume, run)
         p = restore(t, cfg, run.file("last.pt")) if resume else Progress()
+        for note in run.commit(cfg):  # only now: --overwrite's deletion, config.yaml, train.log
+            _log(info, note, run)
         t.first_epoch = p.epoch
         announce(t, p, cfg, info, resume, run)
         unreadable: dict[str, str] = {}

@@ -58,18 +58,20 @@ def load_trained_model(
 ):
     """Build the config's model and load trained weights (strictly).
 
-    Weights: ``checkpoint`` if given, else the config's ``checkpoint``, else
+    Weights: ``checkpoint`` if given, else the config's ``checkpoint`` (unless ``pretrained:
+    true``, where it names the weights training started from), else
     ``output_dir/task_name/best.pt``. Returns (model in eval mode, path, metadata dict).
     The metadata holds ``classes`` / ``num_classes`` when the file is a checkpoint of train.py.
     A checkpoint of train.py whose config differs in :data:`MUST_MATCH` is refused unless
     ``allow_mismatch``.
     """
-    path = checkpoint or cfg["checkpoint"] or default_checkpoint(cfg)
+    trained = None if cfg["pretrained"] is True else cfg["checkpoint"]
+    path = checkpoint or trained or default_checkpoint(cfg)
     require_file(
         path,
         "checkpoint"
-        if (checkpoint or cfg["checkpoint"])
-        else "checkpoint (no 'checkpoint' in the config, so the run's best.pt; train first)",
+        if (checkpoint or trained)
+        else "checkpoint (the config names no trained weights, so the run's best.pt; train first)",
     )
     obj = load_file(path, "checkpoint")
     state = extract_state_dict(obj, path)

@@ -3,13 +3,16 @@
 Rules (the README's "Run directories"):
 
 * it must be writable: checked by writing a probe file before the data or model are built;
-* a directory that holds a run (``last.pt`` or ``log.csv``) is refused unless ``--resume``
-  continues it or ``--overwrite`` deletes the run's files first;
+* a directory that holds a run (``last.pt``, ``best.pt`` or ``log.csv``) is refused unless
+  ``--resume`` continues it or ``--overwrite`` replaces it;
 * a lock file (``.lock``, holding ``pid hostname``) keeps two runs out of one directory; a lock
-  whose process is dead on this host is stale and reclaimed;
+  whose process is dead on this host is stale and reclaimed (so is one naming this process's own
+  pid that this process does not hold: a restarted container's process can get the same pid);
 * temporary files a killed save left behind (``.<name>.*.tmp``) are deleted;
-* the resolved config is saved as ``config.yaml`` and the console lines are appended to
-  ``train.log``.
+* nothing of a previous run changes until the new run has built its data and model (and, on
+  ``--resume``, accepted the checkpoint): then (:meth:`RunDir.commit`) ``--overwrite`` deletes
+  the previous run's files, the resolved config is saved as ``config.yaml`` and the console
+  lines, those before it included, are appended to ``train.log``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import yaml
 from .checkpoint import atomic_write_text, write_error
 from .config import ConfigError, run_dir
 
-RUN_MARKERS = ("last.pt", "log.csv")  # a directory holding one of these holds a run
+RUN_MARKERS = ("last.pt", "best.pt", "log.csv")  # a directory holding one of these holds a run
 RUN_FILES = (
     "last.pt",
     "best.pt",
@@ -62,6 +65,9 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+_HELD_HERE: set[str] = set()  # the lock files this process holds
 
 
 class RunLock:
@@ -105,9 +111,11 @@ class RunLock:
         for _ in range(3):
             if self._try_create():
                 self.held = True
+                _HELD_HERE.add(self.path)
                 return self
             pid, host = self._holder()
-            if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
+            ours = pid == os.getpid() and self.path not in _HELD_HERE  # left by a former process
+            if pid is not None and (host != socket.gethostname() or (_pid_alive(pid) and not ours)):
                 where = "this machine" if host == socket.gethostname() else host
                 raise ConfigError(
                     f"{os.path.dirname(self.path)} is in use by another run (pid {pid} on {where}); wait for it, "
@@ -122,6 +130,8 @@ class RunLock:
         if self.held and self._holder() == (os.getpid(), socket.gethostname()):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+        if self.held:
+            _HELD_HERE.discard(self.path)
         self.held = False
 
 
@@ -144,12 +154,16 @@ class RunDir:
         self.owner = owner
         self.lock = RunLock(self.path)
         self._log = None
+        self._pending: list[str] = []  # console lines before commit()
+        self._doomed: list[str] = []  # the previous run's files that --overwrite deletes at commit()
+        self.committed = False
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
     def claim(self, cfg: dict[str, Any], resume: bool, overwrite: bool) -> list[str]:
-        """Apply the rules of the module docstring; returns messages worth showing."""
+        """Check the rules of the module docstring and take the lock (nothing of a previous run
+        is changed: :meth:`commit` does that); returns messages worth showing."""
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         ensure_writable(self.path)
@@ -173,12 +187,7 @@ class RunDir:
                         f"{self.path} already holds a run ({', '.join(held)}); pass --resume to continue it, "
                         "--overwrite to replace it, or choose another task_name/--output-dir"
                     )
-                gone = [n for n in RUN_FILES if os.path.isfile(self.file(n))]
-                for n in gone:
-                    os.unlink(self.file(n))
-                notes.append(f"--overwrite: deleted {', '.join(gone)} of the previous run in {self.path}")
-            atomic_write_text(yaml.safe_dump(dict(cfg), sort_keys=False), self.file(CONFIG_NAME))
-            self._log = open(self.file(LOG_NAME), "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+                self._doomed = [n for n in RUN_FILES if os.path.isfile(self.file(n))]
             return notes
         except OSError as e:
             self.close()
@@ -187,9 +196,38 @@ class RunDir:
             self.close()
             raise
 
+    def commit(self, cfg: dict[str, Any]) -> list[str]:
+        """The run starts for good (its data and model are built): ``--overwrite`` deletes the
+        previous run's files, ``config.yaml`` is written, ``train.log`` opened; returns messages."""
+        if not self.owner or self.committed:
+            return []
+        notes = []
+        try:
+            if self._doomed:
+                for n in self._doomed:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.file(n))
+                notes.append(
+                    f"--overwrite: deleted {', '.join(self._doomed)} of the previous run in {self.path}"
+                )
+            atomic_write_text(yaml.safe_dump(dict(cfg), sort_keys=False), self.file(CONFIG_NAME))
+            self._open_log()
+        except OSError as e:
+            raise write_error(self.path, e, "the run directory") from None
+        self.committed = True
+        return notes
+
+    def _open_log(self) -> None:
+        self._log = open(self.file(LOG_NAME), "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        pending, self._pending = self._pending, []
+        for line in pending:
+            self.log(line)
+
     def log(self, line: str) -> None:
         """Append one console line to train.log (a failing log never stops the run)."""
-        if self._log is not None:
+        if self.owner and not self.committed and self._log is None:
+            self._pending.append(line)
+        elif self._log is not None:
             try:
                 self._log.write(line.rstrip("\n") + "\n")
                 self._log.flush()
@@ -197,6 +235,9 @@ class RunDir:
                 self._log = None
 
     def close(self) -> None:
+        if self._pending and self.lock.held:  # a run that failed before commit(): its lines
+            with contextlib.suppress(OSError):
+                self._open_log()
         if self._log is not None:
             with contextlib.suppress(OSError):
                 self._log.close()
