@@ -140,9 +140,10 @@ class ConvBN(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lean = self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_tracing()
-        if not (lean and conv_bn_supported(self.conv, self.bn)):
+        pool = getattr(self, "pool", None)
+        if not (lean and conv_bn_supported(self.conv, self.bn, pool)):
             return super().forward(x)
-        return conv_bn_train(x, self.conv, self.bn, self.spike_input, getattr(self, "pool", None))
+        return conv_bn_train(x, self.conv, self.bn, self.spike_input, pool)
 
     def extra_repr(self) -> str:
         return f"spike_input={self.spike_input}, memory_efficient={self.memory_efficient}"

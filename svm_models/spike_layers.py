@@ -115,6 +115,10 @@ class ConvBNTrainFunction(torch.autograd.Function):
         with _autocast_off(x.device.type):
             x_c = x.to(dtype)
             y = F.conv2d(x_c, _cast(conv_w, dtype), _cast(conv_b, dtype), stride, padding, dilation, groups)
+            if y.numel() == y.shape[1]:  # nn.BatchNorm2d's check: one value gives a NaN variance
+                raise ValueError(
+                    f"Expected more than 1 value per channel when training, got input size {y.shape}"
+                )
             z, mean, invstd = torch.ops.aten.native_batch_norm(
                 y, bn_w, bn_b, running_mean, running_var, True, momentum, eps
             )
@@ -182,25 +186,32 @@ def _bn_momentum(bn: nn.BatchNorm2d) -> float:
     return bn.momentum
 
 
-def _observed(*modules: nn.Module) -> bool:
-    """True when forward hooks watch these modules (or every module): the fused node would not
-    call them, so the plain path runs and the hooks see what they expect."""
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _observed(*modules: nn.Module | None) -> bool:
+    """True when hooks (forward or backward) watch these modules, or every module: the fused node
+    would not call them, so the plain path runs and the hooks see what they expect."""
     glob = torch.nn.modules.module
-    if getattr(glob, "_global_forward_hooks", None) or getattr(glob, "_global_forward_pre_hooks", None):
+    if any(getattr(glob, f"_global{h}", None) for h in _HOOKS):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(getattr(m, h) for m in modules if m is not None for h in _HOOKS)
 
 
-def conv_bn_supported(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
-    """The configurations :func:`conv_bn_train` reproduces exactly (the models' ones), with no
-    forward hooks on the two modules."""
+def conv_bn_supported(conv: nn.Conv2d, bn: nn.BatchNorm2d, pool: nn.Module | None = None) -> bool:
+    """The configurations :func:`conv_bn_train` reproduces exactly (the models' ones): the
+    plain classes (not a subclass such as SyncBatchNorm, whose forward it would skip), with no
+    hooks on the unit's modules."""
     return (
-        conv.padding_mode == "zeros"
+        type(conv) is nn.Conv2d
+        and type(bn) is nn.BatchNorm2d
+        and (pool is None or type(pool) is nn.MaxPool2d)
+        and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
         and bn.track_running_stats
         and bn.affine
         and bn.training
-        and not _observed(conv, bn)
+        and not _observed(conv, bn, pool)
     )
 
 

@@ -23,6 +23,8 @@ Deliberate differences from the original code:
 * Every LIF is stateless (v = 0 at every forward); the original's spikingjelly neurons keep their
   state until ``reset_net`` is called.
 * ``patch_size`` 2 (the original's stem is only shape-correct for 4) uses strides (2, 1).
+* ``memory_efficient`` (default on, as for the other spiking models): while training, the convs
+  built to receive spikes save them as bits (:mod:`svm_models.spike_layers`); the same numbers.
 
 The switches ``stem``, ``ffn``, ``norm`` and the mixer's ``scan_input``, ``gate`` and
 ``mixer_norm`` (see :class:`SpikeMamba`) replace one part at a time by SVMamba's spiking
@@ -54,6 +56,7 @@ from .layers import (
     unfold_time,
 )
 from .registry import build, register_model
+from .spike_layers import set_memory_efficient
 from .svmamba import SpikingDownsample, SpikingMLP, SpikingStem, SpikingVMambaBase, check_choice
 from .vmamba import SS2D
 
@@ -230,6 +233,7 @@ class SVMambaPara133(SpikingVMambaBase):
         gate: str = "mask",
         mixer_norm: str = "ln",
         backend: str = "auto",
+        memory_efficient: bool = True,
     ):
         super().__init__()
         check_choice("stem", stem, STEMS)
@@ -276,6 +280,8 @@ class SVMambaPara133(SpikingVMambaBase):
             self.layers.append(layer)
         self.head = nn.Linear(dims[-1], num_classes)
         self._init_weights()
+        self.memory_efficient = memory_efficient
+        set_memory_efficient(self, memory_efficient)
 
     def _init_weights(self) -> None:
         # The original: every Linear, the SS2D projections included, trunc_normal(0.02) with zero

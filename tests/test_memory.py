@@ -7,7 +7,7 @@ from torch import nn
 
 import svm_models
 from svm_models import spike_layers
-from svm_models.layers import SeqConvBN
+from svm_models.layers import ConvBN, SeqConvBN
 from svm_models.memory import compare_memory_efficient, profile_training_memory
 from svm_models.memory import main as memory_main
 from svm_models.spike_layers import set_memory_efficient, spike_mul
@@ -288,3 +288,63 @@ def test_recompute_scan_same_gradients_fewer_bytes():
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
     scan = [profile_training_memory(m, images).by_module.get("CrossScanSSM", 0) for m in (rs, plain)]
     assert scan[0] * 10 < scan[1], scan
+
+
+def test_backward_and_pool_hooks_take_the_plain_path():
+    """Backward hooks on a unit's conv or BN, and hooks on its pool, are called as without the
+    lean path (the fused node would skip them)."""
+    model = build("svmamba_cifar", True)
+    fired = []
+    unit = model.stem.conv2
+    handles = [
+        unit.conv.register_full_backward_hook(lambda m, gi, go: fired.append("conv")),
+        unit.bn.register_full_backward_hook(lambda m, gi, go: fired.append("bn")),
+    ]
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    for h in handles:
+        h.remove()
+    assert sorted(fired) == ["bn", "conv"]
+    img, kw = SPIKING["qkformer_10_384"]
+    torch.manual_seed(0)
+    qk = svm_models.create_model("qkformer_10_384", num_classes=5, img_size=img, memory_efficient=True, **kw)
+    pool = qk.patch_embed1.proj.conv_bn.pool
+    calls = []
+    handle = pool.register_forward_hook(lambda m, a, o: calls.append(1))
+    qk(torch.randn(1, 3, img, img)).sum().backward()
+    handle.remove()
+    assert calls == [1]
+
+
+def test_sync_batchnorm_takes_the_plain_path(monkeypatch):
+    """SyncBatchNorm (DDP) must run its own forward, which syncs the batch statistics."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(build("svmamba_cifar", True))
+    calls = []
+    # (no process group here: count the calls, and run a plain BatchNorm's forward in their place)
+    monkeypatch.setattr(
+        nn.SyncBatchNorm, "forward", lambda self, x: calls.append(1) or nn.BatchNorm2d.forward(self, x)
+    )
+    model.train()(torch.randn(2, 3, 16, 16))
+    assert len(calls) == sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+
+
+def test_one_value_per_channel_is_an_error_as_in_batchnorm():
+    """Batch 1 on a 1 x 1 map: BatchNorm2d refuses it; the lean path did not and stored NaN
+    running variances."""
+    unit = ConvBN(4, 8, 3, spike_input=True)
+    x = torch.randint(0, 2, (1, 4, 1, 1)).float()
+    for lean in (False, True):
+        unit.memory_efficient = lean
+        var = unit.bn.running_var.clone()
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            unit.train()(x)
+        assert torch.equal(unit.bn.running_var, var)
+
+
+def test_svmamba_para133_has_the_memory_switch():
+    img, kw = SMALL["svmamba_para133"]
+    for flag in (True, False):
+        model = svm_models.create_model(
+            "svmamba_para133", num_classes=5, img_size=img, memory_efficient=flag, stem="spiking", **kw
+        )
+        units = [m for m in model.modules() if isinstance(m, ConvBN)]
+        assert units and all(m.memory_efficient is flag for m in units)
