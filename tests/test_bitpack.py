@@ -121,6 +121,10 @@ def test_bad_arguments():
         unpack_bits(torch.zeros(2), (16,))
     with pytest.raises(ValueError, match="needs 2"):
         unpack_bits(torch.zeros(1, dtype=torch.uint8), (9,))
+    for backend in ("torch", "triton"):  # (torch gave an empty tensor, triton a RuntimeError)
+        for shape in ((-1,), (-1, 9)):
+            with pytest.raises(ValueError, match="negative"):
+                unpack_bits(torch.zeros(0, dtype=torch.uint8), shape, backend=backend)
     with pytest.raises(ValueError, match="backend"):
         pack_bits(torch.zeros(3), backend="cuda")
 

@@ -462,6 +462,46 @@ def test_module_stateful_streaming_equals_one_call():
     assert torch.equal(m(x[:4]), whole[:4])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_stateful_trains_chunk_by_chunk_with_detach(backend):
+    """Truncated backpropagation through time: detach() between chunks keeps the potential's
+    value and drops the earlier chunks' graph; a state of another shape is an error."""
+    p = make_params()
+    x = away_from_threshold((6, 70), p).requires_grad_(True)
+    m = MultiStepLIF(backend=backend, stateful=True)
+    first = m(x[:3])
+    first.sum().backward()
+    m.detach()
+    second = m(x[3:])
+    second.sum().backward()  # (raised "backward through the graph a second time" without detach)
+    assert torch.equal(torch.cat([first, second]), multistep_lif(x.detach(), backend="torch"))
+    with pytest.raises(ValueError, match="reset"):
+        m(x[:2, :10].detach())
+    m.reset()
+    assert m(x[:2, :10].detach()).shape == (2, 10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_input_stays_in_autograd(backend):
+    x = torch.zeros(4, 0, 3, requires_grad=True)
+    v0 = torch.zeros(0, 3, requires_grad=True)
+    spikes, v = multistep_lif(x, v_init=v0, return_v=True, backend=backend)
+    assert spikes.shape == x.shape and v.shape == (0, 3) and spikes.requires_grad and v.requires_grad
+    (spikes.sum() + v.sum()).backward()
+    assert x.grad.shape == x.shape and v0.grad.shape == v0.shape
+
+
+def test_numpy_and_float32_range_parameters():
+    """numpy numbers are numbers (the cache once decided it by what ran before); values beyond
+    float32's range, the kernels' arithmetic, are refused (they overflowed or gave NaN)."""
+    np = pytest.importorskip("numpy")
+    assert make_params(tau=np.float32(2.0)) is make_params(tau=2.0)
+    assert make_params(tau=np.float64(3.0), v_threshold=np.int64(1)).tau == 3.0
+    for bad in ({"tau": 1e39}, {"v_threshold": -1e39, "v_reset": -2e39}, {"alpha": 1e39}):
+        with pytest.raises(ValueError, match="float32"):
+            make_params(**bad)
+
+
 @pytest.mark.slow  # Dynamo captures and recompiles: a compile test
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dynamic", [None, True])

@@ -788,11 +788,27 @@ def test_reference_gradcheck_float64():
     assert torch.autograd.gradcheck(f, tuple(tensors.values()))
 
 
-def test_empty_batch():
-    inputs = make_inputs(1, 3, 2, 2, 1)
-    empty = {k: (v[:0] if k in ("u", "dt_low", "B", "C") else v) for k, v in inputs.items()}
-    y = cross_selective_scan_lowrank(**empty, backend="triton")
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("lowrank", [True, False])
+def test_empty_batch_stays_in_autograd(backend, lowrank):
+    inputs = make_inputs(1, 3, 2, 2, 1, lowrank=lowrank)
+    empty = {k: (v[:0] if k in ("u", "dt_low", "delta", "B", "C") else v) for k, v in inputs.items()}
+    y, grads = run(empty, backend, lowrank, 1.0)
     assert y.shape == (0, 3, 2, 2)
+    for k, v in empty.items():  # every gradient there, zeros (none was: backward raised)
+        assert grads[k].shape == v.shape and not grads[k].any(), k
+
+
+@pytest.mark.parametrize("N", [1, 5])
+def test_a_decay_rate_of_minus_infinity_gives_the_references_output(N):
+    """A = -inf (-exp(A_log) past float32's range): decay 0. The tile scan's padding positions
+    (dt = 0) took 0 * -inf = NaN, which its lane scan spread to every output."""
+    inputs = make_inputs(1, 3, 2, 3, N)
+    inputs["A"][0, 0, 0] = inputs["A"][2, 1, 0] = -float("inf")
+    want = reference_forward(inputs, lowrank=True)
+    got = cross_selective_scan_lowrank(**inputs, backend="triton")
+    assert torch.isfinite(want).all() and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
 
 def _bad(**changes):

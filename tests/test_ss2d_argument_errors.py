@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from svm_kernels import cross_selective_scan
+from svm_kernels import CrossSelectiveScan, cross_selective_scan
 
 
 def _args(batch=1, d=3, n=4, h=2, w=3):
@@ -29,3 +29,21 @@ def test_B_or_C_with_the_wrong_state_count_still_blames_them():
         args[name] = torch.randn(1, 4, 5, 2, 3)
         with pytest.raises(ValueError, match=rf"^{name} must have shape \(1, 4, 4, 2, 3\)"):
             cross_selective_scan(**args, backend="torch")
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"d_inner": 0}, "d_inner"),
+        ({"d_state": -1}, "d_state"),
+        ({"dt_rank": 0}, "dt_rank"),
+        ({"dt_rank": 2.5}, "dt_rank"),
+        ({"dt_min": 0.0}, "dt_min"),
+        ({"dt_min": 0.2, "dt_max": 0.1}, "dt_max"),
+        ({"dt_init_floor": 0.0}, "dt_init_floor"),
+    ],
+)
+def test_module_arguments_are_checked_at_construction(kwargs, name):
+    # (they gave ZeroDivisionError, "math domain error" or "negative dimension")
+    with pytest.raises(ValueError, match=name):
+        CrossSelectiveScan(**{"d_inner": 4, **kwargs})

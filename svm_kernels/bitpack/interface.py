@@ -55,6 +55,8 @@ def unpack_bits(
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
         raise TypeError(f"packed must be a uint8 tensor, got {getattr(packed, 'dtype', type(packed))}")
     shape = torch.Size(shape)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"shape must have no negative size, got {tuple(shape)}")
     if packed.numel() != packed_size(shape.numel()):
         raise ValueError(
             f"packed holds {packed.numel()} bytes, but shape {tuple(shape)} needs {packed_size(shape.numel())}"

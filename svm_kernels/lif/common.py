@@ -14,7 +14,7 @@ Valid ranges (checked here, once, for every backend):
 from __future__ import annotations
 
 import functools
-import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +24,21 @@ from ..utils import check_floating, new_output, same_layout, time_major_dense
 SURROGATE_DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0}
 
 
+_FP32_MAX = torch.finfo(torch.float32).max
+
+
 def _finite(value: float) -> bool:
-    # Not math.isfinite: torch.compile with dynamic shapes traces that into the graph (a break).
-    return -math.inf < value < math.inf
+    # Finite in float32, the kernels' arithmetic (1e39 is finite in Python, inf there). Not
+    # math.isfinite: torch.compile with dynamic shapes traces that into the graph (a break).
+    return -_FP32_MAX <= value <= _FP32_MAX
+
+
+def _number(value):
+    """A real number (numpy's included) as a Python float; anything else unchanged, for the
+    checks to name. So the cache's key is the same for 2, 2.0 and np.float32(2.0)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,15 @@ def make_params(
 ) -> LIFParams:
     """The checked parameters; a model repeats the same few, so they are checked once each
     (except while Dynamo traces: it would trace through the cache, and warn)."""
-    args = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    args = (
+        _number(tau),
+        _number(v_threshold),
+        _number(v_reset),
+        decay_input,
+        detach_reset,
+        surrogate,
+        _number(alpha),
+    )
     if torch.compiler.is_compiling():
         return _check_params(*args)
     try:
@@ -68,12 +88,14 @@ def _checked_params(*args) -> LIFParams:
 
 def _check_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha) -> LIFParams:
     if not isinstance(tau, (int, float)) or not _finite(tau) or tau <= 1.0:
-        raise ValueError(f"tau must be a finite number > 1, got {tau!r}")
+        raise ValueError(f"tau must be a finite (float32) number > 1, got {tau!r}")
     if not isinstance(v_threshold, (int, float)) or not _finite(v_threshold):
-        raise ValueError(f"v_threshold must be a finite number, got {v_threshold!r}")
+        raise ValueError(f"v_threshold must be a finite (float32) number, got {v_threshold!r}")
     if v_reset is not None:
         if not isinstance(v_reset, (int, float)) or not _finite(v_reset):
-            raise ValueError(f"v_reset must be None (soft reset) or a finite number, got {v_reset!r}")
+            raise ValueError(
+                f"v_reset must be None (soft reset) or a finite (float32) number, got {v_reset!r}"
+            )
         if v_reset >= v_threshold:
             raise ValueError(f"v_reset ({v_reset}) must be below v_threshold ({v_threshold})")
     if surrogate not in SURROGATE_DEFAULT_ALPHA:
@@ -81,7 +103,7 @@ def _check_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogat
     if alpha is None:
         alpha = SURROGATE_DEFAULT_ALPHA[surrogate]
     if not isinstance(alpha, (int, float)) or not _finite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        raise ValueError(f"alpha must be a finite (float32) number > 0, got {alpha!r}")
     return LIFParams(
         float(tau),
         float(v_threshold),

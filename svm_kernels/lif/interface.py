@@ -69,8 +69,11 @@ def lif_with_params(
         if backend == "triton":
             raise TypeError(f"backend='triton' supports fp16, bf16 and fp32 x, got {x.dtype}")
         use = "torch"
-    if x.numel() == 0:
-        empty_v = x.new_zeros(x.shape[1:], dtype=torch.float32)
-        return (torch.empty_like(x), empty_v) if return_v else torch.empty_like(x)
+    if x.numel() == 0:  # nothing to compute: results built from the inputs stay in autograd's graph
+        spikes = x * 0
+        if not return_v:
+            return spikes
+        v = x[0].to(torch.float32) * 0
+        return spikes, (v if v_init is None else v + v_init * 0)
     spikes, v = lif_op(x, v_init, p, return_v, use_triton=use == "triton")
     return (spikes, v) if return_v else spikes

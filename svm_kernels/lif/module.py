@@ -15,7 +15,9 @@ class MultiStepLIF(nn.Module):
     Stateless by default: every forward starts from v = 0, so nothing leaks from one batch (or
     one image) to the next. With ``stateful=True`` the final membrane potential is kept and the
     next call continues from it (streaming a long sequence in chunks); call :meth:`reset` to
-    start over. Arguments are those of :func:`svm_kernels.multistep_lif`.
+    start over, and :meth:`detach` between chunks to train them one backward at a time
+    (truncated backpropagation through time: the kept potential otherwise carries the previous
+    chunks' graph). Arguments are those of :func:`svm_kernels.multistep_lif`.
     """
 
     def __init__(
@@ -39,11 +41,20 @@ class MultiStepLIF(nn.Module):
     def reset(self) -> None:
         self.v = None
 
+    def detach(self) -> None:
+        """Keep the membrane potential's value but cut its graph (stateful mode)."""
+        if self.v is not None:
+            self.v = self.v.detach()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.stateful:
             return lif_with_params(x, self.params, backend=self.backend)
-        v_init = self.v if (self.v is not None and self.v.shape == x.shape[1:]) else None
-        spikes, self.v = lif_with_params(x, self.params, v_init=v_init, return_v=True, backend=self.backend)
+        if self.v is not None and self.v.shape != x.shape[1:]:
+            raise ValueError(
+                f"stateful MultiStepLIF: the kept potential has shape {tuple(self.v.shape)}, the input "
+                f"(T, *) has {tuple(x.shape)}; call reset() to start a new sequence"
+            )
+        spikes, self.v = lif_with_params(x, self.params, v_init=self.v, return_v=True, backend=self.backend)
         return spikes
 
     def extra_repr(self) -> str:

@@ -2005,7 +2005,10 @@ def _param_ptrs(dt_weight, A, D, bias) -> dict:
     """The parameter pointer arguments every SS2D kernel takes (None where absent)."""
     return dict(
         w_ptr=_f32_or_none(dt_weight),
-        A_ptr=_f32_or_none(A),
+        # A = -inf (-exp of a large A_log) becomes half of float32's lowest (so that A log2(e)
+        # stays finite): the same decay, 0, wherever dt > 0, but 0 * A is 0, not NaN, where a
+        # walk passes a position with dt = 0 (a tile's padding)
+        A_ptr=_f32_or_none(A).clamp(min=-torch.finfo(torch.float32).max / 2),
         Ds_ptr=_f32_or_none(D),
         bias_ptr=_f32_or_none(bias),
     )
@@ -2795,7 +2798,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
                 CHAIN_STEP=CHAIN_STEP,
                 num_warps=1,
             )
-        carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, A)
+        carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, params["A_ptr"])
         for column in (False, True):
             if low_dot:  # one direction per launch: the scratch of d dt holds one direction
                 for rev in (0, 1):

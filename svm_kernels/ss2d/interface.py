@@ -61,12 +61,22 @@ def cross_selective_scan(
     dtype = default_out_dtype(u, out_dtype)
     use = _pick_backend(backend, u, N, delta, A, B, C, D, delta_bias)
     if batch == 0:
-        return u.new_empty(u.shape, dtype=dtype)
+        return _empty_batch(u, dtype, delta, A, B, C, D, delta_bias)
     if use == "torch":
         return ss2d_torch(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, dtype)
     from .fused import ss2d_triton
 
     return ss2d_triton(u, delta, None, None, A, B, C, D, delta_bias, delta_softplus, dtype)
+
+
+def _empty_batch(u: torch.Tensor, dtype: torch.dtype, *inputs: torch.Tensor | None) -> torch.Tensor:
+    """B = 0: nothing to compute. The (empty) output is built from every input that needs a
+    gradient, so that it stays in autograd's graph (their gradients are zeros)."""
+    out = u.to(dtype) * 0
+    for t in inputs:
+        if t is not None and t.requires_grad:
+            out = out + (t.sum() * 0).to(dtype)
+    return out
 
 
 def cross_selective_scan_lowrank(
@@ -106,7 +116,7 @@ def cross_selective_scan_lowrank(
     dtype = default_out_dtype(u, out_dtype)
     use = _pick_backend(backend, u, N, dt_low, dt_weight, A, B, C, D, dt_bias)
     if batch == 0:
-        return u.new_empty(u.shape, dtype=dtype)
+        return _empty_batch(u, dtype, dt_low, dt_weight, A, B, C, D, dt_bias)
     if use == "torch":
         return ss2d_torch(u, None, dt_low, dt_weight, A, B, C, D, dt_bias, delta_softplus, dtype)
     from .fused import ss2d_triton

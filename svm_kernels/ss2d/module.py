@@ -43,6 +43,13 @@ class CrossSelectiveScan(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
+        for name, value in (("d_inner", d_inner), ("d_state", d_state), ("dt_rank", dt_rank)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (0 < dt_min <= dt_max):
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+        if not dt_init_floor > 0:
+            raise ValueError(f"dt_init_floor must be > 0, got {dt_init_floor!r}")
         self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
         self.backend = backend
         K, D, N, R = K_DIRECTIONS, d_inner, d_state, dt_rank
