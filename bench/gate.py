@@ -211,10 +211,12 @@ def run_case(c: Case) -> dict:
     except Skip as reason:
         row["skipped"] = str(reason)
     except CaseTimeout as exc:
-        row["error"] = str(exc)
+        row["error"], row["timed_out"] = str(exc), True
     except Exception as exc:  # a failing case is a row, and the run goes on
         row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:400]}"
         row["trace"] = traceback.format_exc(limit=-3)[-1500:]
+        if _caused_by(exc, CaseTimeout):  # (Dynamo, for one, wraps the alarm in its own error)
+            row["timed_out"] = True
     finally:
         if HAS_CUDA:
             with contextlib.suppress(Exception):
@@ -222,6 +224,16 @@ def run_case(c: Case) -> dict:
                 torch.cuda.empty_cache()
     row["wall_s"] = round(time.perf_counter() - start, 2)
     return row
+
+
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def all_cases(smoke: bool) -> list[Case]:
@@ -286,8 +298,12 @@ def main(argv=None) -> int:
                 row = dict(kernel=c.kernel, impl=c.impl, phase=c.phase, case=c.case, wall_s=0.0)
                 row["skipped"] = poisoned or "the gate's time budget was spent before this case"
             else:
+                cut = left - 2 < c.limit_s  # the budget, not the case's own limit, ends it
                 c.limit_s = min(c.limit_s, left - 2)
                 row = run_case(c)
+                if row.pop("timed_out", False) and cut:  # not a failure: the run ran out of time
+                    row.pop("trace", None)
+                    row["skipped"] = f"the gate's time budget ran out during this case ({row.pop('error')})"
                 if any(m in row.get("error", "") for m in CUDA_FATAL):
                     # the CUDA context is lost: every later case of this process would fail
                     poisoned = (

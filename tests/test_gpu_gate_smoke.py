@@ -225,3 +225,46 @@ def test_lif_backward_variant_cases_run_at_their_shape(fresh_gate, monkeypatch):
         c.run()
     assert [c.case["dims"] for c in cases] == [[4, 2**24], [16, 2**24]]
     assert calls == [(4, 2**24), (2**20, 2**24)]
+
+
+def test_a_case_the_budget_cuts_short_is_skipped_not_failed(fresh_gate, tmp_path, monkeypatch):
+    # a case stopped by the phase's budget (not its own limit) is no failure: the run was clean;
+    # one that times out within its own limit stays an error, also when wrapped (as by Dynamo)
+    import time
+
+    gate, _ = fresh_gate
+
+    def slow():
+        time.sleep(30)
+        return {}
+
+    def wrapped():
+        try:
+            slow()
+        except gate.CaseTimeout as exc:
+            raise RuntimeError("backend compiler failed") from exc
+
+    cases = [
+        gate.Case("lif", "ours", "ours", {"shape": "a"}, wrapped, limit_s=1.0),
+        gate.Case("lif", "ours", "ours", {"shape": "b"}, slow, limit_s=60.0),
+    ]
+    monkeypatch.setattr(gate, "all_cases", lambda smoke: cases)
+    assert gate.main([str(tmp_path), "--budget-s", "8", "--phase", "ours"]) == 1
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert "error" in rows[0] and "trace" in rows[0] and "timed_out" not in rows[0]
+    assert "error" not in rows[1] and rows[1]["skipped"].startswith("the gate's time budget ran out")
+    (tmp_path / "results.jsonl").unlink()
+    alone = [gate.Case("lif", "ours", "ours", {"shape": "b"}, slow, limit_s=60.0)]
+    monkeypatch.setattr(gate, "all_cases", lambda smoke: alone)
+    assert gate.main([str(tmp_path), "--budget-s", "8", "--phase", "ours"]) == 0
+
+
+def test_the_models_checks_come_before_fp32_and_full_delta_checks(fresh_gate):
+    gate, _ = fresh_gate
+    checks = [c for c in gate.all_cases(smoke=False) if c.phase == "check" and c.kernel == "ss2d"]
+    later = max(i for i, c in enumerate(checks) if c.case["shape"] in ("row_1x1000", "column_1000x1"))
+    assert all(
+        i > later
+        for i, c in enumerate(checks)
+        if c.impl == "ours_full" or (c.case["shape"] == "n16_b1" and c.case["dtype"] == "fp32")
+    )
