@@ -264,6 +264,58 @@ def test_first_layer_once_saves_T_minus_1_steps_of_the_first_layer():
     assert legacy.energy_mj == once.energy_mj
 
 
+def test_first_layer_once_with_ideal_reuse_still_reads_every_weight_once():
+    # "once" runs the first conv on 1 sample instead of T: its weights are still read once per
+    # image (they were charged 1 / T of a read each)
+    model, img = tiny("svmamba_cifar")
+    x = images(2, img)
+    weights = model.first_conv.weight.numel()
+    first = {m: n for n, m in model.named_modules()}[model.first_conv]
+    rows = {}
+    for mode in ("per_step", "once"):
+        r = accounting.profile(model, x, preset="hw_45nm_fp32", reuse="ideal", first_layer=mode)
+        rows[mode] = hw_row(r, first, "conv")
+        assert rows[mode].weights_mj == pytest.approx(weights * sram(weights) * 1e-9, rel=REL)
+    assert rows["once"].compute_mj == pytest.approx(rows["per_step"].compute_mj / model.T, rel=1e-9)
+
+
+def test_an_op_without_volumes_is_costed_as_its_paper_row():
+    # an einsum of spikes: SOPs x E_add, as the paper row (it was MACs x E_MAC, dense)
+    class Einsum(nn.Module):
+        spiking, T = True, 1
+
+        def forward(self, x):
+            return torch.einsum("bij,bjk->bik", x, x)
+
+    x = (torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    r = accounting.profile(Einsum(), x, preset="hw_45nm_fp32")
+    row = next(row for row in r.rows if row.op == "einsum")
+    assert row.cost == "ac" and 0 < row.sops < row.macs
+    assert hw_row(r, row.name, "einsum").compute_mj == pytest.approx(row.sops * 0.9e-9, rel=REL)
+
+
+def test_profile_and_calibration_keep_each_modules_mode():
+    model, img = tiny("svmamba_cifar")
+    model.train()
+    model.first_conv.eval()  # e.g. a frozen part
+    model.get_classifier().eval()
+    accounting.profile(model, images(2, img))
+    accounting.calibrate_batchnorm(model, images(2, img), batches=1)
+    assert model.training and not model.first_conv.training and not model.get_classifier().training
+
+
+def test_a_stages_ac_rate_is_its_ac_layers_sops_per_mac_under_either_first_layer_rule():
+    model, img = tiny("svmamba_cifar")
+    x = images(2, img)
+    for mode in ("per_step", "once"):
+        r = accounting.profile(model, x, first_layer=mode)
+        for stage in r.stages:
+            ac = [row for row in r.rows if row.stage == stage.stage and row.cost == "ac"]
+            if ac:
+                want = sum(row.sops for row in ac) / sum(row.macs for row in ac)
+                assert stage.ac_rate == pytest.approx(want, rel=1e-12), (mode, stage.stage)
+
+
 @pytest.mark.slow
 def test_cli_preset_and_first_layer(tmp_path, capsys):
     args = ["--model", "qkformer_10_384", "--img-size", "64", "--num-classes", "5", "--set", "embed_dim=32"]

@@ -6,6 +6,16 @@ import torch
 from torch import nn
 
 
+def module_modes(model: nn.Module) -> dict[nn.Module, bool]:
+    """Every module's own train/eval flag (``model.train(flag)`` would set them all alike)."""
+    return {m: m.training for m in model.modules()}
+
+
+def restore_modes(modes: dict[nn.Module, bool]) -> None:
+    for m, training in modes.items():
+        m.training = training
+
+
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, example: torch.Tensor, batches: int, seed: int = 1) -> int:
     """Set every BatchNorm's running statistics from ``batches`` random N(0, 1) batches.
@@ -18,7 +28,7 @@ def calibrate_batchnorm(model: nn.Module, example: torch.Tensor, batches: int, s
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or batches <= 0:
         return 0
-    was_training = model.training
+    modes = module_modes(model)
     momenta = [m.momentum for m in norms]
     model.eval()
     for m in norms:
@@ -32,5 +42,5 @@ def calibrate_batchnorm(model: nn.Module, example: torch.Tensor, batches: int, s
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        model.train(was_training)
+        restore_modes(modes)
     return len(norms)

@@ -21,6 +21,7 @@ input is spikes cost ``rate x MACs`` accumulates (SOPs, E_AC each); everything e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import warnings
 from collections import Counter
@@ -35,7 +36,7 @@ from svm_kernels import MultiStepLIF
 from ..base import VisionModel
 from ..layers import ConvBN, CrossScanSSM
 from . import hardware as hw_model
-from .calibrate import calibrate_batchnorm
+from .calibrate import calibrate_batchnorm, module_modes, restore_modes
 from .energy import DEFAULT, EnergyModel, get_energy_model
 from .handles import (
     INPUT_LINEAR_OPS,
@@ -449,7 +450,10 @@ def _volumes(macs: float, v: Counter) -> Volumes:
 
 def _hardware_components(op, macs, vols, row, folds, spikes_per_image, hw, reuse):
     """The hardware model's components of one (module, op); None for an op it does not cost."""
-    if vols is None:  # an op without volumes (e.g. einsum): its arithmetic only
+    if vols is None:  # an op without volumes (e.g. einsum): its arithmetic only, as the paper row costs it
+        if row is not None:
+            work = row.mac_ops * hw.e_mac_pj + row.sops * hw.e_add_pj
+            return hw_model.Components(compute=work) if work else None
         return hw_model.Components(compute=macs * hw.e_mac_pj) if macs else None
     v = _volumes(macs, vols)
     if op == NEURON_OP:
@@ -467,7 +471,18 @@ def _hardware_components(op, macs, vols, row, folds, spikes_per_image, hw, reuse
             fan_out = macs / v.inputs if v.inputs else 1.0
             comp = comp + hw_model.spike_driven(v, row.sops / fan_out, is_conv, hw)
         if row.mac_ops:
-            comp = comp + hw_model.mac_driven(v, is_conv, reuse, hw).scaled(row.mac_ops / macs)
+            # first_layer="once": the layer's samples counted once, not T times; its weights
+            # (a memory of the same size, read once per image with ideal reuse) stay as they are
+            share = row.mac_ops / macs
+            once = dataclasses.replace(
+                v,
+                macs=v.macs * share,
+                inputs=v.inputs * share,
+                outputs=v.outputs * share,
+                fan_out_cells=v.fan_out_cells * share,
+                batch=v.batch * share,
+            )
+            comp = comp + hw_model.mac_driven(once, is_conv, reuse, hw)
         return comp
     if op == "batch_norm":
         # Folded into its conv: free. Otherwise (y_norm, after the scan): one multiply-add per
@@ -612,7 +627,7 @@ def profile(
             "first_layer='once' counts the first layer once for an image shown at every step; "
             "this data has a frame per step (B, T, C, H, W), where it runs T times: use 'per_step'"
         )
-    was_training = model.training
+    modes = module_modes(model)
     model.eval()
     try:
         trace = trace_step(model, first_image, conventions, volumes=hw is not None)
@@ -620,7 +635,7 @@ def profile(
             model, view, trace, itertools.chain([first], batches), device, max_batches, hw is not None
         )
     finally:
-        model.train(was_training)
+        restore_modes(modes)
 
     rows = paper_rows(view, trace, meas, em, conventions)
     hardware = None

@@ -51,6 +51,7 @@ class StageRow:
     neuron_updates: float
     energy_mac_mj: float
     energy_ac_mj: float
+    ac_macs: float = 0.0  # the dense MACs of the AC-costed layers
 
     @property
     def energy_mj(self) -> float:
@@ -59,7 +60,9 @@ class StageRow:
     @property
     def ac_rate(self) -> float | None:
         """SOPs per dense MAC of the AC-costed layers (the MAC-weighted mean input rate)."""
-        return None if self.macs == self.mac_ops else self.sops / (self.macs - self.mac_ops)
+        # (not macs - mac_ops: with first_layer="once" the first conv's uncounted (T - 1) / T of
+        # its MACs are neither)
+        return self.sops / self.ac_macs if self.ac_macs else None
 
 
 @dataclass
@@ -213,6 +216,8 @@ class Report:
             s.neuron_updates += r.neuron_updates
             s.energy_mac_mj += r.energy_mac_mj
             s.energy_ac_mj += r.energy_ac_mj
+            if r.cost == "ac":
+                s.ac_macs += r.macs
         return list(out.values())
 
     def totals(self) -> dict[str, object]:
