@@ -65,3 +65,14 @@ class VisionModel(nn.Module):
         """Validated ``depths`` (one entry per stage) and, when given, one width per stage."""
         depths = check_depths(depths, num_stages)
         return depths, (None if dims is None else stage_dims(dims, len(depths)))
+
+
+def module_modes(model: nn.Module) -> dict[nn.Module, bool]:
+    """Every module's own train/eval flag (``model.train(flag)`` would set them all alike)."""
+    return {m: m.training for m in model.modules()}
+
+
+def restore_modes(modes: dict[nn.Module, bool]) -> None:
+    """Put back the flags :func:`module_modes` took."""
+    for m, training in modes.items():
+        m.training = training

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import module_modes, restore_modes
 from .layers import ConvBN
 from .spike_layers import set_memory_efficient
 
@@ -137,7 +138,7 @@ def profile_training_memory(model: nn.Module, batch, precision: str = "fp32") ->
     device = images.device
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     grads = {p: p.grad for p in model.parameters()}
-    was_training = model.training
+    modes = module_modes(model)
     counter = _SavedBytesCounter(model)
     amp = AMP_DTYPES[precision]
     cuda = device.type == "cuda"
@@ -162,7 +163,7 @@ def profile_training_memory(model: nn.Module, batch, precision: str = "fp32") ->
         model.load_state_dict(state)
         for p, g in grads.items():
             p.grad = g
-        model.train(was_training)
+        restore_modes(modes)
     return MemoryReport(
         images.shape[0], sum(counter.sizes.values()), len(counter.sizes), peak, precision, counter.by_module()
     )

@@ -348,3 +348,11 @@ def test_svmamba_para133_has_the_memory_switch():
         )
         units = [m for m in model.modules() if isinstance(m, ConvBN)]
         assert units and all(m.memory_efficient is flag for m in units)
+
+
+def test_memory_profile_keeps_each_modules_mode():
+    model = build("svmamba_cifar", True)
+    model.eval()
+    model.stem.conv2.train()  # a mixed state the caller set up
+    profile_training_memory(model, torch.randn(2, 3, 16, 16))
+    assert not model.training and model.stem.conv2.training and not model.head.training

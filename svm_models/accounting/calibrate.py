@@ -5,15 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def module_modes(model: nn.Module) -> dict[nn.Module, bool]:
-    """Every module's own train/eval flag (``model.train(flag)`` would set them all alike)."""
-    return {m: m.training for m in model.modules()}
-
-
-def restore_modes(modes: dict[nn.Module, bool]) -> None:
-    for m, training in modes.items():
-        m.training = training
+from ..base import module_modes, restore_modes
 
 
 @torch.no_grad()

@@ -33,10 +33,10 @@ from torch import nn
 
 from svm_kernels import MultiStepLIF
 
-from ..base import VisionModel
+from ..base import VisionModel, module_modes, restore_modes
 from ..layers import ConvBN, CrossScanSSM
 from . import hardware as hw_model
-from .calibrate import calibrate_batchnorm, module_modes, restore_modes
+from .calibrate import calibrate_batchnorm
 from .energy import DEFAULT, EnergyModel, get_energy_model
 from .handles import (
     INPUT_LINEAR_OPS,
