@@ -278,7 +278,9 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_builds(tmp_path, tin
     main = _train_main()
     assert cli.run(main, ["--config", cfg_path, "--no-test"]) == 0
     out = tmp_path / "runs" / "tiny"
-    before = {n: (out / n).read_bytes() for n in ("best.pt", "last.pt", "log.csv", "config.yaml")}
+    before = {
+        n: (out / n).read_bytes() for n in ("best.pt", "last.pt", "log.csv", "config.yaml", "train.log")
+    }
     capsys.readouterr()
     # a typo in model_args is only found when the model is built
     argv = ["--config", cfg_path, "--no-test", "--overwrite", "--opts", "model_args={widht: 4}"]

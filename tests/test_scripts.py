@@ -624,6 +624,32 @@ def test_accounting_cli_num_classes_defaults_to_the_models_own(capsys):
     assert "at 32 px, 10 classes" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_torchrun_skips_a_batch_that_is_empty_on_one_process_only(tmp_path):
+    # one image per process and step; one unreadable image empties one process's batch: the
+    # processes skip that step together (one skipping alone left DDP's collectives unmatched)
+    from fabricate import make_mini_imagenet
+
+    make_mini_imagenet(tmp_path, per_class=40, size=(8, 8))  # 1 of 121: under the 1 % limit
+    (tmp_path / "Mini-ImageNet-Dataset" / "train" / "n01532829" / "empty.jpg").write_bytes(b"")
+    cfg = write_config(
+        tmp_path / "ddp.yaml",
+        task_name="ddp",
+        model="vmamba_cifar",
+        dataset="mini_imagenet",
+        root_path=str(tmp_path),
+        img_size=8,
+        batch_size=2,
+        epochs=1,
+        workers=0,
+        output_dir=str(tmp_path / "runs"),
+        model_args={"dims": [8, 16], "depths": [1, 1]},
+    )
+    r = torchrun_train(cfg, "--no-test", timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "epoch 1: 1 unreadable image(s) skipped" in r.stdout
+
+
 # ----------------------------------------------------------------------------------------------
 # torchrun with an invalid config: one report, every rank exits 2
 # ----------------------------------------------------------------------------------------------

@@ -196,7 +196,12 @@ def train_one_epoch(
     for step, (images, targets) in enumerate(bar):
         if unreadable is not None:
             unreadable.poll()
-        if targets.numel() == 0:  # every image of the batch was unreadable (see data.images)
+        empty = targets.numel() == 0  # every image of the batch was unreadable (see data.images)
+        if info.distributed and unreadable is not None:
+            # every process skips the step together: DDP's backward and the loss check below are
+            # collectives, which a process skipping alone would leave unmatched
+            empty = dist_utils.all_reduce_sum(torch.tensor(float(empty)), info).item() > 0
+        if empty:
             continue
         images = images.to(info.device, non_blocking=True)
         targets = targets.to(info.device, non_blocking=True)

@@ -235,9 +235,7 @@ class RunDir:
                 self._log = None
 
     def close(self) -> None:
-        if self._pending and self.lock.held:  # a run that failed before commit(): its lines
-            with contextlib.suppress(OSError):
-                self._open_log()
+        self._pending = []  # a run that failed before commit() leaves the directory as it was
         if self._log is not None:
             with contextlib.suppress(OSError):
                 self._log.close()
