@@ -650,6 +650,49 @@ def test_torchrun_skips_a_batch_that_is_empty_on_one_process_only(tmp_path):
     assert "epoch 1: 1 unreadable image(s) skipped" in r.stdout
 
 
+RANK1_FAILS = """
+import os, runpy, sys
+from svm_models import data as D
+from svm_models.training import engine
+if os.environ["RANK"] == "1":  # rank 1 alone finds its shard broken in epoch 2
+    real = engine.train_one_epoch
+    def train_one_epoch(model, loader, optimizer, scheduler, cfg, info, epoch, *a, **k):
+        if epoch == 1:
+            raise D.DataError("a file of the training split vanished")
+        return real(model, loader, optimizer, scheduler, cfg, info, epoch, *a, **k)
+    engine.train_one_epoch = train_one_epoch
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path(os.path.join({root!r}, "train.py"), run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_an_error_on_one_process_only_is_reported(tmp_path):
+    # found after the processes joined their group, by rank 1 only: rank 1 prints it, rank 0
+    # (whose next collective breaks) says that another process failed, and no traceback of ours
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(RANK1_FAILS.format(root=ROOT))
+    cfg = write_config(
+        tmp_path / "ddp.yaml", task_name="ddp", output_dir=str(tmp_path / "runs"), epochs=3, **SVM_TINY
+    )
+    r = run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(launcher),
+            "--config",
+            cfg,
+            "--no-test",
+        ],
+        timeout=300,
+    )
+    assert r.returncode != 0
+    assert "rank 1: error: a file of the training split vanished" in r.stderr, r.stderr[-3000:]
+    assert "[rank0]: Traceback" not in r.stderr and "[rank1]: Traceback" not in r.stderr, r.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------------------------
 # torchrun with an invalid config: one report, every rank exits 2
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 User-fixable problems (a bad config, a missing file or dataset, an unwritable output folder) print
 ``error: <one line>`` on stderr and exit with status 2, without a traceback; a non-finite loss
-exits with status 1. Under torchrun only rank 0 prints; every rank exits with the same status.
+exits with status 1. Under torchrun, an error every rank finds before the processes join their
+group (a bad config) is printed by rank 0 only, and every rank exits with the same status; one
+found later, possibly by some ranks only (a failed save on rank 0, a data error in one rank's
+shard), is printed by each rank that found it, after ``rank N:`` but on rank 0, and the others
+stop at their next collective (torchrun then reports them too).
 
 Arguments are never abbreviated (``allow_abbrev=False``): ``-c`` is not ``-config``.
 """
@@ -16,7 +20,7 @@ from typing import Any
 
 from ..data import DataError
 from .config import ConfigError, load_config, parse_overrides
-from .distributed import env_rank, fail_together
+from .distributed import env_rank, fail_together, group_started, peer_failed
 from .engine import NonFiniteLossError
 
 
@@ -77,8 +81,11 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     """Call ``main(argv)`` and turn the known failures into one line and an exit status."""
 
     def fail(message: str, status: int) -> int:
-        if env_rank() == 0:  # under torchrun every rank fails alike; one report is enough
+        rank = env_rank()
+        if rank == 0:  # before the group exists every rank fails alike: one report is enough
             print(message, file=sys.stderr, flush=True)
+        elif group_started():  # after, this rank may be the only one that failed
+            print(f"rank {rank}: {message}", file=sys.stderr, flush=True)
         fail_together(status)
         return status
 
@@ -90,3 +97,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return fail(f"error: {e}", 1)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except RuntimeError as e:
+        if not (group_started() and peer_failed(e)):
+            raise
+        # another rank failed and printed why; this one only met the broken collective
+        return fail("error: another process of the run failed (its message is above); this one stopped", 2)

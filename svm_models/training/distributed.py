@@ -44,6 +44,22 @@ def env_rank() -> int:
 _group_started = False  # set once this process joined a process group (errors after it: see fail_together)
 
 
+def group_started() -> bool:
+    """Whether this process has joined a torchrun process group."""
+    return _group_started
+
+
+def peer_failed(e: BaseException) -> bool:
+    """Whether ``e`` is a collective broken by another process's exit (gloo: the connection
+    closed; NCCL: a backend error)."""
+    text = str(e)
+    return (
+        isinstance(e, getattr(dist, "DistBackendError", ()))
+        or "closed by peer" in text
+        or "reset by peer" in text
+    )
+
+
 def _mark_group_started() -> None:
     global _group_started
     _group_started = True
