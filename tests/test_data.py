@@ -268,3 +268,43 @@ def test_training_skips_unreadable_images_and_counts_them(tmp_path, monkeypatch,
         D.DataError, match=r"3 of 9 images of the train split could not be read \(more than 1%\)"
     ):
         engine.fit(dict(cfg, epochs=3), resume=True, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# one image, as predict.py reads it
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_image_transform_takes_a_photo_of_any_size(name):
+    # the CIFAR pipeline resized only to another img_size: at 32 a 640 x 480 photo stayed so
+    from PIL import Image
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    assert D.image_transform(name, 32)(photo).shape == (3, 32, 32)
+    assert D.image_transform(name, 48)(photo).shape == (3, 48, 48)
+
+
+def test_open_rgb_turns_a_photo_upright_by_its_exif_orientation(tmp_path):
+    from PIL import Image
+
+    upright = np.zeros((120, 80, 3), dtype=np.uint8)
+    upright[:20] = 255  # a white band at the top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": stored turned the other way
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+        tmp_path / "phone.jpg", exif=exif, quality=95
+    )
+    im = D.open_rgb(str(tmp_path / "phone.jpg"))
+    assert im.size == (80, 120)
+    assert np.abs(np.asarray(im, dtype=np.float64) - upright).max() < 30  # JPEG noise only
+
+
+def test_open_rgb_reads_16bit_files_at_their_depth_whatever_their_values(tmp_path):
+    # a dark 16-bit PGM opens as mode "I" with values <= 255: it was taken for 8-bit
+    values = (np.arange(12).reshape(3, 4) * 23).astype(np.uint16)  # at most 253 of 65535
+    (tmp_path / "dark.pgm").write_bytes(b"P5\n4 3\n65535\n" + values.astype(">u2").tobytes())
+    from PIL import Image
+
+    Image.fromarray(values).save(tmp_path / "dark.png")
+    for name in ("dark.pgm", "dark.png"):
+        got = np.asarray(D.open_rgb(str(tmp_path / name)))[..., 0]
+        np.testing.assert_array_equal(got, np.round(values / 65535 * 255), err_msg=name)  # (not 253)

@@ -591,6 +591,81 @@ def test_class_index_json_with_more_names_than_classes_is_refused(tmp_path, monk
     assert_one_error_line(capsys.readouterr().err, "100 names for a model of 10 classes")
 
 
+def test_class_index_json_contradicting_the_checkpoints_classes_is_refused(tmp_path):
+    from svm_models.training import inference
+    from svm_models.training.config import ConfigError
+
+    meta = {"classes": ["n01532829", "n01558993", "n01704323"]}
+    path = tmp_path / "c.json"
+    path.write_text(
+        json.dumps(
+            {"0": ["n01704323", "triceratops"], "1": ["n01558993", "robin"], "2": ["n01532829", "finch"]}
+        )
+    )
+    with pytest.raises(ConfigError, match="class 0 is 'n01704323' there but 'n01532829' in the checkpoint"):
+        inference.class_names({}, meta, 3, str(path))
+    path.write_text(
+        json.dumps({"0": ["n01532829", "finch"], "1": ["n01558993", "robin"], "2": "triceratops"})
+    )
+    assert inference.class_names({}, meta, 3, str(path)) == [
+        "finch (n01532829)",
+        "robin (n01558993)",
+        "triceratops",
+    ]
+    # ids of its own (digits' "0" shown as "d0") relabel, whatever the checkpoint's names
+    path.write_text(json.dumps({"0": ["a", "finch"], "1": ["b", "robin"], "2": ["c", "triceratops"]}))
+    assert inference.class_names({}, meta, 3, str(path))[2] == "triceratops (c)"
+
+
+def test_predict_decodes_one_batch_at_a_time(tmp_path):
+    # every image was decoded and held before the first batch ran: memory grew with the folder
+    from svm_models.training import inference
+
+    folder = _digit_folder(tmp_path / "imgs", n=7)
+    files, _ = inference.list_files(str(folder))
+    decoded, seen = [], []
+
+    def transform(im):
+        decoded.append(1)
+        return torch.zeros(3, 8, 8)
+
+    def model(x):
+        seen.append(x.shape[0])
+        assert len(decoded) == sum(seen)  # the images of the batches so far, not all
+        return torch.zeros(x.shape[0], 10)
+
+    model.eval = lambda: None
+    preds, skipped = inference.predict_files(
+        model, files, transform, [str(i) for i in range(10)], batch_size=2
+    )
+    assert len(preds) == len(decoded) == len(files) - len(skipped) and len(seen) > 2
+
+
+@pytest.mark.parametrize("bad", [1, 2])
+def test_test_script_names_unreadable_test_images_and_refuses_too_many(tmp_path, monkeypatch, capsys, bad):
+    # they were skipped without a word (and a batch of only unreadable ones crashed the accounting)
+    from fabricate import make_mini_imagenet
+
+    from svm_models.training import cli
+
+    weights = _trained_tiny(tmp_path, monkeypatch)
+    make_mini_imagenet(tmp_path, per_class=2, size=(8, 8))
+    spoilt = sorted((tmp_path / "Mini-ImageNet-Dataset" / "test").glob("*/*.jpg"))[:bad]
+    for path in spoilt:
+        path.write_bytes(b"")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        checkpoint=weights,
+        **tiny_cfg(tmp_path, dataset="mini_imagenet", root_path=str(tmp_path), batch_size=2),
+    )
+    rc = cli.run(script("test").main, ["--config", cfg])
+    captured = capsys.readouterr()
+    assert rc == 2
+    for path in spoilt:
+        assert f"warning: skipped unreadable image {path}" in captured.out
+    assert_one_error_line(captured.err, f"{bad} of 6 images of the test split could not be read")
+
+
 # ----------------------------------------------------------------------------------------------
 # the accounting CLI: bad arguments are one line, exit 2
 # ----------------------------------------------------------------------------------------------

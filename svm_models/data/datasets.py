@@ -286,6 +286,8 @@ def image_transform(name: str, img_size: int):
         )
     if name == "digits":
         return T.DigitsImageTransform(img_size)
+    if name in ("cifar10", "cifar100"):  # (the dataset's transform resizes only to another size)
+        return T.any_size(default_transform(name, img_size, train=False), img_size)
     return default_transform(name, img_size, train=False)
 
 

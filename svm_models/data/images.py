@@ -28,15 +28,26 @@ MAX_UNREADABLE_FRACTION = 0.01  # above this share of a split, skipping would hi
 SHOWN_FILES = 5  # files named in the error message
 
 
-def _to_8bit(im):
+def _stored_16bit(im) -> bool:
+    """Whether the file holds 16-bit samples (read before ``load()``, which drops the tiles):
+    some formats (PGM, older Pillows' PNG) open as mode "I" whatever the depth."""
+    for tile in getattr(im, "tile", None) or ():
+        args = tile[3]
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and raw.startswith("I;16"):
+            return True
+    return False
+
+
+def _to_8bit(im, stored_16bit: bool = False):
     """A PIL image of 16/32-bit integers or floats as 8-bit gray ("L"); other modes unchanged."""
     from PIL import Image
 
-    if im.mode.startswith("I;16"):
+    if im.mode.startswith("I;16") or (im.mode == "I" and stored_16bit):
         arr, top = np.asarray(im, dtype=np.float64), 65535.0
     elif im.mode == "I":
         arr = np.asarray(im, dtype=np.float64)
-        # 16-bit PNGs open as "I" in some Pillow versions: the bit depth is the smallest that fits
+        # 32-bit integers of unknown depth: the smallest of 8 and 16 bits that fits
         top = 255.0 if arr.max(initial=0) <= 255 else 65535.0 if arr.max() <= 65535 else float(arr.max())
     elif im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
@@ -53,11 +64,13 @@ def _to_8bit(im):
 
 def open_rgb(path: str):
     """The image at ``path`` as an 8-bit RGB PIL image, fully decoded (a truncated file fails here)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
+        stored_16bit = _stored_16bit(im)
         im.load()
-        return _to_8bit(im).convert("RGB")
+        # upright as a viewer shows it (a phone photo's EXIF orientation), before anything else
+        return _to_8bit(ImageOps.exif_transpose(im), stored_16bit).convert("RGB")
 
 
 def describe_error(e: BaseException, path: str | None = None) -> str:

@@ -42,6 +42,12 @@ def cifar_transform(img_size: int, train: bool, mean, std, augment: bool = True)
     return v2.Compose(ops)
 
 
+def any_size(transform, img_size: int):
+    """``transform`` (of a dataset whose images all have its size) preceded by a resize to
+    ``img_size`` x ``img_size``, for an image of any size (predict.py's photos)."""
+    return v2.Compose([v2.Resize((img_size, img_size), interpolation=_BICUBIC, antialias=True), transform])
+
+
 def imagenet_transform(img_size: int, train: bool, augment: bool = True):
     if train and augment:
         ops = [

@@ -17,7 +17,7 @@ from . import compiling
 from . import distributed as dist_utils
 from .checkpoint import atomic_write_text, extract_state_dict, load_file, load_state
 from .config import ConfigError, require_file, run_dir
-from .engine import build_model, build_split, eval_loader, evaluate, img_size_of
+from .engine import build_model, build_split, check_unreadable, eval_loader, evaluate, img_size_of
 
 ACCOUNTING_IMAGES = 512  # test images the accounting pass averages the firing rates over (at most)
 # The reports give the papers' convention and this hardware model (memory traffic included).
@@ -103,8 +103,9 @@ def accounting_report(model: nn.Module, loader, cfg: dict[str, Any]):
     from .. import accounting
 
     max_batches = max(1, math.ceil(ACCOUNTING_IMAGES / max(1, loader.batch_size or 1)))
+    batches = ((x, y) for x, y in loader if y.numel())  # (a batch of unreadable images is empty)
     return accounting.profile(
-        model, loader, max_batches=max_batches, name=cfg["model"], preset=ACCOUNTING_PRESET
+        model, batches, max_batches=max_batches, name=cfg["model"], preset=ACCOUNTING_PRESET
     )
 
 
@@ -130,12 +131,15 @@ def run_test(
     num_classes = num_classes or getattr(model, "num_classes", None) or len(getattr(ds, "classes", []))
     loader = eval_loader(ds, cfg, info)
     acc = evaluate(compiling.maybe_compile(model, cfg), loader, cfg, info, num_classes)
+    # unreadable test images: each named, and more than MAX_UNREADABLE_FRACTION refused, as in training
+    skipped = check_unreadable(loader, "test", {}, info, None)
     result: dict[str, Any] = {
         "task_name": cfg["task_name"],
         "model": cfg["model"],
         "dataset": cfg["dataset"],
         "checkpoint": checkpoint_path,
         "test_images": acc["n"],
+        "unreadable_skipped": skipped,
         "top1": round(acc["val_top1"], 4),
         "top5": round(acc["val_top5"], 4),
         "loss": round(acc["val_loss"], 6),

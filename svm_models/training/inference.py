@@ -27,6 +27,11 @@ def read_class_index(path: str, num_classes: int | None = None) -> list[str]:
 
     Each value is ``[wnid, name]`` (shown as ``name (wnid)``), a one-element list, or a string.
     """
+    return [shown for _, shown in _class_index_entries(path, num_classes)]
+
+
+def _class_index_entries(path: str, num_classes: int | None) -> list[tuple[str | None, str]]:
+    """(wnid or None, shown name) per class number of a class2index JSON."""
     require_file(path, "class index json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -37,18 +42,18 @@ def read_class_index(path: str, num_classes: int | None = None) -> list[str]:
         raise ConfigError(
             f'class index json {path}: expected a mapping like {{"0": ["n01532829", "house_finch"], ...}}'
         )
-    names: dict[int, str] = {}
+    names: dict[int, tuple[str | None, str]] = {}
     for k, v in raw.items():
         try:
             idx = int(k)
         except ValueError:
             raise ConfigError(f"class index json {path}: key {k!r} is not a class number") from None
         if isinstance(v, str):
-            names[idx] = v
+            names[idx] = (None, v)
         elif isinstance(v, list) and len(v) == 2 and all(isinstance(s, str) for s in v):
-            names[idx] = f"{v[1]} ({v[0]})"
+            names[idx] = (v[0], f"{v[1]} ({v[0]})")
         elif isinstance(v, list) and len(v) == 1 and isinstance(v[0], str):
-            names[idx] = v[0]
+            names[idx] = (None, v[0])
         else:
             raise ConfigError(f"class index json {path}: entry {k!r} must be [id, name] or a name, got {v!r}")
     n = num_classes if num_classes is not None else max(names) + 1
@@ -69,9 +74,22 @@ def read_class_index(path: str, num_classes: int | None = None) -> list[str]:
 def class_names(
     cfg: dict[str, Any], meta: dict[str, Any], num_classes: int, class_index_json: str | None = None
 ) -> list[str]:
-    if class_index_json:
-        return read_class_index(class_index_json, num_classes)
     stored = meta.get("classes")
+    if class_index_json:
+        entries = _class_index_entries(class_index_json, num_classes)
+        if stored and len(stored) == num_classes:
+            # the checkpoint knows its classes (folder names, e.g. wnids): a file naming the same
+            # ones must put them in the same order (ids of its own, e.g. "d0" for digits' "0", relabel)
+            known = {str(c) for c in stored}
+            wrong = [i for i, (wnid, _) in enumerate(entries) if wnid in known and wnid != str(stored[i])]
+            if wrong:
+                i = wrong[0]
+                raise ConfigError(
+                    f"class index json {class_index_json}: class {i} is {entries[i][0]!r} there but "
+                    f"{stored[i]!r} in the checkpoint ({len(wrong)} of {num_classes} differ); "
+                    "is it the file of another dataset or class order?"
+                )
+        return [shown for _, shown in entries]
     if stored and len(stored) == num_classes:
         return [str(c) for c in stored]
     try:
@@ -136,14 +154,15 @@ def predict_files(
     model.eval()
     k = max(1, min(topk, len(classes)))
     preds, skipped = [], []
-    tensors: list[tuple[str, torch.Tensor]] = []
-    for path in files:
-        try:
-            tensors.append((path, transform(D.open_rgb(path))))
-        except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), ...
-            skipped.append({"file": path, "error": D.describe_error(e, path)})
-    for i in range(0, len(tensors), batch_size):
-        chunk = tensors[i : i + batch_size]
+    for i in range(0, len(files), batch_size):  # decoded a batch at a time: memory of one batch
+        chunk: list[tuple[str, torch.Tensor]] = []
+        for path in files[i : i + batch_size]:
+            try:
+                chunk.append((path, transform(D.open_rgb(path))))
+            except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), ...
+                skipped.append({"file": path, "error": D.describe_error(e, path)})
+        if not chunk:
+            continue
         x = torch.stack([t for _, t in chunk]).to(device)
         probs = model(x).float().softmax(dim=1).cpu()
         p, idx = probs.topk(k, dim=1)
