@@ -91,6 +91,19 @@ def check(T, n, dtype, params: dict):
     )
 
 
+def check_int64_offsets(T: int, n: int) -> dict:
+    """More than 2^31 elements (the kernels' offsets in 64 bits): the last neurons' spikes against
+    the PyTorch path's (tests/test_lif.py's CUDA-only test, which no CI machine can run)."""
+    if not HAS_CUDA:
+        raise Skip("needs a GPU: more than 2^31 elements")
+    x = torch.randn(T, n, device=DEVICE, dtype=torch.float16)
+    s = ours(x)
+    tail = multistep_lif(x[:, -1000:].contiguous(), backend="torch", **PARAMS)
+    ok = torch.equal(s[:, -1000:], tail)
+    del x, s
+    return dict(elements=T * n, ok=bool(ok))
+
+
 def bwd_variant(replacements: dict, n_check: int, n: int) -> dict:
     """One backward variant at T = BWD_VARIANT_T, bf16: its float64 check at ``n_check`` neurons,
     then its backward time at ``n``."""
@@ -247,6 +260,10 @@ def lif_cases(smoke: bool):
     T, n = next(iter(check_shapes.values()))
     case = dict(shape=next(iter(check_shapes)), dims=[T, n], dtype="fp32", mode="check_soft_atan")
     yield Case("lif", "ours", "check", case, lambda T=T, n=n: check(T, n, torch.float32, other), 60)
+    # offsets past 2^31: 5 x (2^29 + 7) fp16 elements, and a second segment whose start passes it
+    for T, n in () if smoke else ((5, 2**29 + 7), (20, 2**28 + 7)):
+        case = dict(shape=f"T{T}_int64", dims=[T, n], dtype="fp16", mode="check_int64_offsets")
+        yield Case("lif", "ours", "check", case, lambda T=T, n=n: check_int64_offsets(T, n), 60, priority=2)
     first = next(iter(shapes))
     for name, (T, n) in shapes.items():
         for dt_name, dtype in DTYPES.items():

@@ -246,12 +246,14 @@ def test_forward_strided_planes(monkeypatch, lowrank):
     assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
 
 
-def test_forward_tile_config_fills_the_gpu():
-    """At least 4 blocks per SM (132 SMs) per launch at stage 1, and a tile of whole lanes."""
-    for batch, D, L, N in ((128, 96, 56 * 56, 1), (128, 96, 56 * 56, 4), (32, 96, 28 * 28, 2)):
+def test_forward_tile_config_fills_the_gpu(monkeypatch):
+    """The GPU's tile policy (the interpreter's tiles are its own): at least 4 blocks per SM (132
+    SMs) per launch at stage 1, B = 128 (what it promises: B = 32 at N = 2 gets 384), and a
+    tile of whole lanes."""
+    monkeypatch.setattr(fused, "TRITON_INTERPRET", False)  # the GPU's policy, not the interpreter's
+    for batch, D, L, N in ((128, 96, 56 * 56, 1), (128, 96, 56 * 56, 4)):
         block_d, sub, nsub, _ = fused._fwd_scan_config(D, L, N)
-        if not kutils.TRITON_INTERPRET:
-            assert batch * -(-D // block_d) >= 4 * 132, (batch, D, N)
+        assert batch * -(-D // block_d) >= 4 * 132, (batch, D, N)
         assert sub * nsub * block_d >= 32 and sub * nsub <= L
 
 
@@ -632,17 +634,16 @@ def test_long_thin_maps(monkeypatch, H, W):
 
 
 def test_any_map_size_is_supported(monkeypatch):
-    u = torch.empty(1, 2, 512, 512)
-    assert fused.triton_supports(u, 16) is None  # no limit on H x W (v1 stopped at 128 x 128)
-    if not u.is_cuda:
-        return  # a 512 x 512 scan is far too slow for the interpreter
-    inputs = make_inputs(1, 2, 512, 512, 1, R=2, lowrank=True)
-    y = cross_selective_scan_lowrank(**inputs, backend="triton")
-    # the same scan with tiles 8 times longer: the carry over tiles must not change the result
-    _, sub, nsub, warps = fused._fwd_scan_config(2, 512 * 512, 1)
-    monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: (2, sub, nsub * 8, warps))
-    y_long = cross_selective_scan_lowrank(**inputs, backend="triton")
-    assert_close_rel(y, y_long, 1e-4, "512x512 tiles vs longer tiles")
+    assert fused.triton_supports(torch.empty(1, 2, 512, 512), 16) is None  # (v1 stopped at 128 x 128)
+    # the carry from tile to tile: the same scan in tiles of 16 positions and of 64 (a 512 x 512
+    # scan is far too slow for the interpreter; 20 x 48 takes 60 tiles of 16 per walk)
+    inputs = make_inputs(1, 2, 20, 48, 1, R=2, lowrank=True)
+    results = []
+    for nsub in (4, 16):
+        monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N, nsub=nsub: (2, 4, nsub, 1))
+        results.append(cross_selective_scan_lowrank(**inputs, backend="triton"))
+    assert_close_rel(results[0], results[1], 1e-5, "tiles of 16 vs tiles of 64")
+    assert_close_rel(results[0], reference_forward(inputs, lowrank=True), 2e-5, "tiles of 16 vs float64")
 
 
 @pytest.mark.slow  # forward and every gradient at batch 2; the layouts' index paths
