@@ -161,7 +161,10 @@ def peak_mib(fn: Callable[[], object]) -> float | None:
 
 
 def timed_row(fn: Callable[[], object], bytes_moved: int) -> dict:
-    """ms, timing method, gbps (bytes the case must move / time), peak_mib."""
+    """ms, timing method, gbps (bytes the case must move / time), peak_mib (of a warm call: a
+    first call may autotune, and Triton's benchmark allocates a 256 MiB buffer to flush the L2)."""
+    fn()
+    sync()
     peak = peak_mib(fn)
     ms, how = time_ms(fn)
     gbps = bytes_moved / (ms * 1e-3) / 1e9

@@ -188,8 +188,10 @@ def spikingjelly_fn():
     v0 = {}
 
     def run(x):
-        v = v0.setdefault(x.shape[1:], torch.zeros(x.shape[1:], device=x.device, dtype=torch.float32))
-        return lif_multi_step(x, v, 2.0, True, 1.0, 0.0, sg, True)[0]
+        key = x.shape[1:]
+        if key not in v0:  # (setdefault would build its default, a memset of N values, every call)
+            v0[key] = torch.zeros(key, device=x.device, dtype=torch.float32)
+        return lif_multi_step(x, v0[key], 2.0, True, 1.0, 0.0, sg, True)[0]
 
     return run
 

@@ -62,6 +62,8 @@ def scan_worker(args) -> dict:
     grad_out = torch.randn(batch, D, H, W, generator=g)
 
     def step():
+        for t in inputs.values():  # (accumulating into .grad would add work the first step had not)
+            t.grad = None
         cross_selective_scan_lowrank(**inputs, backend="torch").backward(grad_out)
 
     for _ in range(args.warmup):

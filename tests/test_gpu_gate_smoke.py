@@ -268,3 +268,27 @@ def test_the_models_checks_come_before_fp32_and_full_delta_checks(fresh_gate):
         for i, c in enumerate(checks)
         if c.impl == "ours_full" or (c.case["shape"] == "n16_b1" and c.case["dtype"] == "fp32")
     )
+
+
+def test_the_report_prints_speed_ups_only_between_rows_of_the_same_work(monkeypatch):
+    # ours_full takes delta made outside its call (the fla pipeline builds it), ours_tau3 runs
+    # another tau: their rows are shown, but not divided by the peers'
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report
+
+    def row(kernel, impl, ms, mode="fwd"):
+        case = {"shape": "s", "dtype": "bf16", "mode": mode}
+        return dict(kernel=kernel, impl=impl, phase="ours", case=case, ms=ms, gbps=1.0, timing="events")
+
+    rows = [
+        row("lif", "ours", 1.0),
+        row("lif", "ours_tau3", 1.0),
+        row("lif", "spikingjelly", 2.0),
+        row("ss2d", "ours_lowrank", 1.0),
+        row("ss2d", "ours_full", 1.0),
+        row("ss2d", "fla_unfused", 3.0),
+    ]
+    text = "\n".join(report.timing_tables(rows))
+    assert "ours vs spikingjelly" in text and "ours_lowrank vs fla_unfused" in text
+    assert "ours_tau3 vs" not in text and "ours_full vs" not in text
+    assert "| 2.00x |" in text and "| 3.00x |" in text
