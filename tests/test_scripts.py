@@ -768,6 +768,29 @@ def test_torchrun_an_error_on_one_process_only_is_reported(tmp_path):
     assert "[rank0]: Traceback" not in r.stderr and "[rank1]: Traceback" not in r.stderr, r.stderr[-3000:]
 
 
+def test_a_backend_error_of_this_rank_is_not_taken_for_another_ranks_exit(monkeypatch, capsys):
+    # NCCL's own errors (out of memory, say) are this rank's: raised as they are; a connection
+    # closed by a peer is another rank's exit, one line naming it
+    from svm_models.training import cli
+
+    monkeypatch.setattr(cli, "group_started", lambda: True)
+    monkeypatch.setattr(cli, "fail_together", lambda status: None)
+
+    def own():
+        raise RuntimeError("NCCL error: unhandled cuda error, NCCL version 2.21.5: out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cli.run(lambda argv: own())
+
+    def peer():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1")
+
+    assert cli.run(lambda argv: peer()) == 2
+    assert_one_error_line(
+        capsys.readouterr().err, "another process of the run stopped", "Connection closed by peer"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # torchrun with an invalid config: one report, every rank exits 2
 # ----------------------------------------------------------------------------------------------

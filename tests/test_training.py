@@ -107,6 +107,15 @@ def test_config_errors_are_one_clear_line(tmp_path, text, message):
     assert "\n" not in str(e.value) and str(p) in str(e.value)
 
 
+def test_a_yaml_merge_may_be_overridden(tmp_path):
+    # (a key given twice in one mapping is an error; one a merge brings in may be overridden)
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "task_name: t\nmodel: m\ndataset: digits\nmodel_args:\n  <<: {dims: 8, depths: [1]}\n  dims: 16\n"
+    )
+    assert C.load_config(str(p))["model_args"] == {"dims": 16, "depths": [1]}
+
+
 def test_config_missing_file_and_folder(tmp_path):
     with pytest.raises(C.ConfigError, match="config file not found: .*nope.yaml"):
         C.load_config(str(tmp_path / "nope.yaml"))

@@ -2001,14 +2001,19 @@ def _f32_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().contiguous()
 
 
-def _param_ptrs(dt_weight, A, D, bias) -> dict:
+def _param_ptrs(dt_weight, A, D, bias, forward: bool = False) -> dict:
     """The parameter pointer arguments every SS2D kernel takes (None where absent)."""
+    A = _f32_or_none(A)
+    if forward:
+        # A = -inf (-exp of a large A_log) becomes half of float32's lowest (so that A log2(e)
+        # stays finite): the same decay, 0, wherever dt > 0, but 0 * A is 0, not NaN, where the
+        # tile scan passes a position with dt = 0 (a tile's padding). Not in the backward: there
+        # A's own terms would turn huge instead of NaN (d dt ~ 1e30), which training would take
+        # for a gradient; NaN there, as the PyTorch path's, stops it.
+        A = A.clamp(min=-torch.finfo(torch.float32).max / 2)
     return dict(
         w_ptr=_f32_or_none(dt_weight),
-        # A = -inf (-exp of a large A_log) becomes half of float32's lowest (so that A log2(e)
-        # stays finite): the same decay, 0, wherever dt > 0, but 0 * A is 0, not NaN, where a
-        # walk passes a position with dt = 0 (a tile's padding)
-        A_ptr=_f32_or_none(A).clamp(min=-torch.finfo(torch.float32).max / 2),
+        A_ptr=A,
         Ds_ptr=_f32_or_none(D),
         bias_ptr=_f32_or_none(bias),
     )
@@ -2211,7 +2216,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
     block_d, sub, nsub, num_warps = config or _fwd_scan_config(d_inner, L, N)
     sub, nsub = _fwd_tile(sub, nsub, L, None if config else dt_low)
     out = new_output(u, dtype=out_dtype)
-    params = _param_ptrs(dt_weight, A, D, bias)
+    params = _param_ptrs(dt_weight, A, D, bias, forward=True)
     grid = (cdiv(d_inner, block_d), batch)
 
     def orientation(column: bool):
@@ -2252,7 +2257,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
     block_d, block_c, chunk, num_warps = config or _fwd_config(d_inner, L, N)
     n_chunks = cdiv(L, chunk)
     out = new_output(u, dtype=out_dtype)
-    params = _param_ptrs(dt_weight, A, D, bias)
+    params = _param_ptrs(dt_weight, A, D, bias, forward=True)
     grid = (cdiv(n_chunks, block_c), cdiv(d_inner, block_d), batch)
     state = dtsum = None
 
@@ -2798,7 +2803,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
                 CHAIN_STEP=CHAIN_STEP,
                 num_warps=1,
             )
-        carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, params["A_ptr"])
+        carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, A)
         for column in (False, True):
             if low_dot:  # one direction per launch: the scratch of d dt holds one direction
                 for rev in (0, 1):

@@ -4,9 +4,10 @@ User-fixable problems (a bad config, a missing file or dataset, an unwritable ou
 ``error: <one line>`` on stderr and exit with status 2, without a traceback; a non-finite loss
 exits with status 1. Under torchrun, an error every rank finds before the processes join their
 group (a bad config) is printed by rank 0 only, and every rank exits with the same status; one
-found later, possibly by some ranks only (a failed save on rank 0, a data error in one rank's
-shard), is printed by each rank that found it, after ``rank N:`` but on rank 0, and the others
-stop at their next collective (torchrun then reports them too).
+found later, possibly by some ranks only (a data error in one rank's shard), is printed by each
+rank that found it, after ``rank N:`` but on rank 0, and the others stop at their next collective
+with one line saying so; config errors found later (a model_args typo, a refused resume) are the
+same on every rank and printed by rank 0 only.
 
 Arguments are never abbreviated (``allow_abbrev=False``): ``-c`` is not ``-config``.
 """
@@ -80,19 +81,21 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)`` and turn the known failures into one line and an exit status."""
 
-    def fail(message: str, status: int) -> int:
+    def fail(message: str, status: int, everywhere: bool = True) -> int:
         rank = env_rank()
-        if rank == 0:  # before the group exists every rank fails alike: one report is enough
+        if rank == 0:  # an error every rank finds alike: one report is enough
             print(message, file=sys.stderr, flush=True)
-        elif group_started():  # after, this rank may be the only one that failed
+        elif not everywhere and group_started():  # one that this rank may have found alone
             print(f"rank {rank}: {message}", file=sys.stderr, flush=True)
         fail_together(status)
         return status
 
     try:
         return main(argv) or 0
-    except (ConfigError, DataError) as e:
+    except ConfigError as e:  # (the config, the run directory's verdict, a model: the same on every rank)
         return fail(f"error: {e}", 2)
+    except DataError as e:  # (a file of this rank's shard, maybe of no other's)
+        return fail(f"error: {e}", 2, everywhere=False)
     except NonFiniteLossError as e:
         return fail(f"error: {e}", 1)
     except KeyboardInterrupt:
@@ -100,5 +103,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except RuntimeError as e:
         if not (group_started() and peer_failed(e)):
             raise
-        # another rank failed and printed why; this one only met the broken collective
-        return fail("error: another process of the run failed (its message is above); this one stopped", 2)
+        # another rank exited (and printed why); this one only met the broken collective
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return fail(
+            f"error: another process of the run stopped, so this one did ({first})", 2, everywhere=False
+        )

@@ -243,9 +243,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)
             seen = set()
-            for key_node, _ in node.value:
+            for key_node, _ in node.value:  # (this mapping's own keys: a merged one may be overridden)
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 if not isinstance(key, Hashable):
                     continue  # (yaml refuses it itself)

@@ -6,8 +6,7 @@ Rules (the README's "Run directories"):
 * a directory that holds a run (``last.pt``, ``best.pt`` or ``log.csv``) is refused unless
   ``--resume`` continues it or ``--overwrite`` replaces it;
 * a lock file (``.lock``, holding ``pid hostname``) keeps two runs out of one directory; a lock
-  whose process is dead on this host is stale and reclaimed (so is one naming this process's own
-  pid that this process does not hold: a restarted container's process can get the same pid);
+  whose process is dead on this host is stale and reclaimed;
 * temporary files a killed save left behind (``.<name>.*.tmp``) are deleted;
 * nothing of a previous run changes until the new run has built its data and model (and, on
   ``--resume``, accepted the checkpoint): then (:meth:`RunDir.commit`) ``--overwrite`` deletes
@@ -67,9 +66,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_HELD_HERE: set[str] = set()  # the lock files this process holds
-
-
 class RunLock:
     """An exclusive lock file; created complete (written to a temp file, then hard-linked)."""
 
@@ -111,11 +107,9 @@ class RunLock:
         for _ in range(3):
             if self._try_create():
                 self.held = True
-                _HELD_HERE.add(self.path)
                 return self
             pid, host = self._holder()
-            ours = pid == os.getpid() and self.path not in _HELD_HERE  # left by a former process
-            if pid is not None and (host != socket.gethostname() or (_pid_alive(pid) and not ours)):
+            if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
                 where = "this machine" if host == socket.gethostname() else host
                 raise ConfigError(
                     f"{os.path.dirname(self.path)} is in use by another run (pid {pid} on {where}); wait for it, "
@@ -130,8 +124,6 @@ class RunLock:
         if self.held and self._holder() == (os.getpid(), socket.gethostname()):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-        if self.held:
-            _HELD_HERE.discard(self.path)
         self.held = False
 
 
