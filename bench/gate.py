@@ -161,12 +161,11 @@ def peak_mib(fn: Callable[[], object]) -> float | None:
 
 
 def timed_row(fn: Callable[[], object], bytes_moved: int) -> dict:
-    """ms, timing method, gbps (bytes the case must move / time), peak_mib (of a warm call: a
-    first call may autotune, and Triton's benchmark allocates a 256 MiB buffer to flush the L2)."""
-    fn()
-    sync()
-    peak = peak_mib(fn)
+    """ms, timing method, gbps (bytes the case must move / time), peak_mib (of a warm call, after
+    the timing: a first call may autotune, and Triton's benchmark allocates a 256 MiB buffer to
+    flush the L2)."""
     ms, how = time_ms(fn)
+    peak = peak_mib(fn)
     gbps = bytes_moved / (ms * 1e-3) / 1e9
     return dict(ms=float(f"{ms:.5g}"), timing=how, gbps=float(f"{gbps:.4g}"), peak_mib=peak)
 

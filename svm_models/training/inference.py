@@ -22,16 +22,11 @@ from .. import data as D
 from .config import ConfigError, require_dir, require_file
 
 
-def read_class_index(path: str, num_classes: int | None = None) -> list[str]:
-    """Class names from a class2index JSON, indexed by class number.
+def read_class_index(path: str, num_classes: int | None = None) -> list[tuple[str | None, str]]:
+    """(wnid or None, shown name) per class number of a class2index JSON.
 
     Each value is ``[wnid, name]`` (shown as ``name (wnid)``), a one-element list, or a string.
     """
-    return [shown for _, shown in _class_index_entries(path, num_classes)]
-
-
-def _class_index_entries(path: str, num_classes: int | None) -> list[tuple[str | None, str]]:
-    """(wnid or None, shown name) per class number of a class2index JSON."""
     require_file(path, "class index json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -76,7 +71,7 @@ def class_names(
 ) -> list[str]:
     stored = meta.get("classes")
     if class_index_json:
-        entries = _class_index_entries(class_index_json, num_classes)
+        entries = read_class_index(class_index_json, num_classes)
         if stored and len(stored) == num_classes:
             # the checkpoint knows its classes (folder names, e.g. wnids): a file naming the same
             # ones must put them in the same order (ids of its own, e.g. "d0" for digits' "0", relabel)

@@ -203,17 +203,14 @@ class RunDir:
                     f"--overwrite: deleted {', '.join(self._doomed)} of the previous run in {self.path}"
                 )
             atomic_write_text(yaml.safe_dump(dict(cfg), sort_keys=False), self.file(CONFIG_NAME))
-            self._open_log()
+            self._log = open(self.file(LOG_NAME), "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         except OSError as e:
             raise write_error(self.path, e, "the run directory") from None
+        pending, self._pending = self._pending, []
+        for line in pending:  # the lines logged before the run started for good
+            self.log(line)
         self.committed = True
         return notes
-
-    def _open_log(self) -> None:
-        self._log = open(self.file(LOG_NAME), "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        pending, self._pending = self._pending, []
-        for line in pending:
-            self.log(line)
 
     def log(self, line: str) -> None:
         """Append one console line to train.log (a failing log never stops the run)."""
