@@ -542,17 +542,20 @@ def ss2d_cases():
         variant = "lowrank" if lowrank else "full"
         main = dtype_name == "bf16" and lowrank and shape_name == "vmamba_t_stage1"
         elements = batch * D * H * W
+        # as the differentiable op runs them: the forward saves the states entering the
+        # backward's chunks, the backward walks from them
+        _, states = ss2d._fake_forward(u, t["A"], t["dt_low"], True, torch.float32)
         yield Case(
             f"ss2d_fwd {variant} {dtype_name} {shape_name}",
             elements,
-            lambda u=u, args=args: ss2d.ss2d_fwd(u, *args, True, torch.float32),
+            lambda u=u, args=args: ss2d._forward_saving_states(u, *args, True, torch.float32),
             kernels,
             main,
         )
         yield Case(
             f"ss2d_bwd {variant} {dtype_name} {shape_name}",
             elements,
-            lambda u=u, args=args: ss2d.ss2d_bwd(_meta(*u.shape), u, *args, True),
+            lambda u=u, args=args, states=states: ss2d.ss2d_bwd(_meta(*u.shape), u, *args, True, states),
             kernels,
             main,
         )

@@ -146,7 +146,7 @@ def test_forward_tile_scan(monkeypatch, batch, D, H, W, N, lowrank, config, pref
     orientations, channel blocks that do not divide D; with and without the next tile's loads
     issued ahead (forced: the launch policy prefetches only where it fits a GPU's registers)."""
     monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
-    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta, flat: prefetch)
+    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta, flat, saving: prefetch)
     inputs = make_inputs(batch, D, H, W, N, lowrank=lowrank)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**inputs, backend="triton")
@@ -195,7 +195,7 @@ def test_forward_tile_prefetch(monkeypatch, batch, D, H, W, N, lowrank, dtype, c
     maps whose last tile is moved back, odd sizes and half-precision full delta."""
     monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: config)
     # forced on any size (the launch policy prefetches where it fits a GPU's registers)
-    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta, flat: fused.TILE_PREFETCH)
+    monkeypatch.setattr(fused, "_tile_prefetch", lambda u, delta, flat, saving: fused.TILE_PREFETCH)
     inputs = make_inputs(batch, D, H, W, N, R=3, lowrank=lowrank, dtype=dtype)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     y = op(**inputs, backend="triton")
@@ -736,11 +736,13 @@ class _LargestAllocation(TorchDispatchMode):
 @pytest.mark.slow  # the GPU's block sizes under the interpreter
 @pytest.mark.parametrize("lowrank,N,D", [(True, 1, 64), (False, 8, 16)])
 def test_no_per_direction_tensor_is_allocated(monkeypatch, lowrank, N, D):
-    """Forward and backward allocate nothing near (B, 4, D, L) size (with the GPU block sizes).
+    """Forward and backward allocate nothing of (B, 4, D, L) size (with the GPU block sizes).
 
-    With a large state (N = 8: the chunk walk of N > 4) the backward's channel-summed partials
-    (2N values per direction and position) are what the bound limits; D = 16 = 2N puts them
-    exactly at the bound (N = 16 with D = 32 checks the same ratio in 4x the interpreter time).
+    Low rank: the largest is the backward's scratch of dt and its slope for one direction (what
+    the state and adjoint walks share across their launches), half of that size. With a large
+    state (N = 8: the chunk walk of N > 4) the backward's channel-summed partials (2N values per
+    direction and position) are what the bound limits; D = 16 = 2N puts them exactly at the
+    bound (N = 16 with D = 32 checks the same ratio in 4x the interpreter time).
     """
     # the GPU's blocks, and its chunk rule at L = 20: 4 chunks of 5 for N = 1, one chunk for N = 16
     monkeypatch.setattr(
@@ -757,7 +759,7 @@ def test_no_per_direction_tensor_is_allocated(monkeypatch, lowrank, N, D):
         y = op(**leaves, **delta, backend="triton")
         y.sum().backward()
     per_direction = batch * 4 * D * H * W
-    limit = per_direction / 4 if lowrank else per_direction  # + d(delta), an input-sized output
+    limit = per_direction / 2 if lowrank else per_direction  # + d(delta), an input-sized output
     assert mode.largest <= limit, (mode.largest, per_direction)
     # the launchers' own buffers: chunk states, partials, the low-rank pass's scratches
     assert mode.largest_inside <= limit, (mode.largest_inside, per_direction)
@@ -916,24 +918,19 @@ def test_opcheck(lowrank):
     op = fused._ss2d_lowrank_fwd_op if lowrank else fused._ss2d_fwd_op
     torch.library.opcheck(op, fwd_args)
     detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in (u, delta, dt_low, dt_weight)]
-    bwd_args = (
-        torch.randn(u.shape),
-        *detached,
-        A.detach(),
-        B.detach(),
-        C.detach(),
-        D.detach(),
-        bias.detach(),
-        True,
-    )
+    scan_args = (*detached, A.detach(), B.detach(), C.detach(), D.detach(), bias.detach())
+    chunk = fused._bwd_chunk(u, A, dt_low)
+    _, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=chunk)
+    bwd_args = (torch.randn(u.shape), *scan_args, True, states)
     torch.library.opcheck(fused._ss2d_bwd_op, bwd_args)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 5, 23, 30])
 def test_chunked_backward_algorithm_float64(chunk):
-    # The v2 backward's passes (chunk-local walks, chains, decoupled x / adjoint halves of d dt
-    # and dA) in plain torch, against autograd through the plain recurrence; L = 23 leaves a
-    # partial last chunk for every chunk size but 1 and 23.
+    # The backward's passes (the state walk from the forward's entering states, the adjoint's
+    # chain, decoupled x / adjoint halves of d dt and dA) in plain torch, against autograd
+    # through the plain recurrence; L = 23 leaves a partial last chunk for every chunk size but
+    # 1 and 23.
     from svm_kernels.ss2d.chunked_ref import chunked_scan_bwd
 
     g = torch.Generator().manual_seed(3)
@@ -960,8 +957,8 @@ def test_chunked_backward_algorithm_float64(chunk):
 
 @pytest.mark.parametrize("chunk", [1, 6, 17])
 def test_adjoint_chunk_values_equal_the_state_walks(chunk):
-    # The local pass walks the state only and takes the adjoint's chunk values from it; here the
-    # reverse adjoint walk from zero that it replaces, in float64: a*lam at the chunk start,
+    # The state walk gives the adjoint's chunk values too; here the reverse adjoint walk from
+    # zero that it replaces, in float64: a*lam at the chunk start,
     # its coefficient K on the entering adjoint and its q total, against G, the exit state and
     # the state's q total.
     from svm_kernels.ss2d.chunked_ref import adjoint_chunk_values
@@ -998,3 +995,80 @@ def test_adjoint_chunk_values_equal_the_state_walks(chunk):
     m_dual, K_dual = adjoint_chunk_values(x, G)
     for mine, ref in ((m_dual, m), (K_dual, K), (q_x, q_l)):
         torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-13)
+
+
+def _entering_states_float64(inputs, lowrank, chunk):
+    """The state entering each chunk of every direction, as the forward saves it: chunks in row /
+    column order; a sequence-order direction's chunk c enters with the state after position
+    c * chunk - 1 of its walk, a reversed one's with the state after (c + 1) * chunk (walking
+    down); the first chunk each walks enters with zero. Plain recurrence in float64."""
+    from svm_kernels.ss2d.naive import direction_order
+
+    t = {k: (v.double() if v is not None else None) for k, v in inputs.items()}
+    delta = lowrank_delta(t["dt_low"], t["dt_weight"]) if lowrank else t["delta"]
+    bias = t["dt_bias"] if lowrank else t["delta_bias"]
+    u, A, B = t["u"], t["A"], t["B"]
+    batch, D, H, W = u.shape
+    L, N = H * W, A.shape[2]
+    n = cdiv(L, chunk)
+    states = torch.zeros(batch, 4, D, n, fused._next_pow2(N), dtype=torch.float64)
+    for k in range(4):
+        dt = torch.nn.functional.softplus(direction_order(delta[:, k], k) + bias[k][None, :, None])
+        uk, Bk = direction_order(u, k), direction_order(B[:, k], k)
+        x = torch.zeros(batch, D, N, dtype=torch.float64)
+        after = []  # the state after each position of the walk
+        for s in range(L):
+            x = (
+                torch.exp(dt[..., s, None] * A[k]) * x
+                + (dt[..., s] * uk[..., s])[..., None] * Bk[:, None, :, s]
+            )
+            after.append(x)
+        for c in range(n):
+            if k < 2 and c > 0:
+                states[:, k, :, c, :N] = after[c * chunk - 1]
+            elif k >= 2 and c < n - 1:
+                states[:, k, :, c, :N] = after[L - 1 - (c + 1) * chunk]
+    return states
+
+
+@pytest.mark.parametrize(
+    "H,W,N,chunk,lowrank,tile",
+    [
+        (5, 7, 1, 4, True, None),
+        (3, 9, 2, 5, False, None),
+        (6, 5, 8, 3, True, None),  # N > 4: the chunk walk saves them
+        (2, 11, 4, 1, True, None),  # every position ends a chunk
+        (5, 7, 2, 5, True, (2, 4, 2, 1)),  # lanes of 4: the pick within a lane, the last tile moved back
+        (6, 6, 2, 7, True, (2, 8, 4, 1)),
+        (2, 11, 2, 3, True, (2, 4, 2, 1)),  # chunks shorter than a lane: every element checked
+        (4, 6, 2, 2, True, (2, 4, 4, 1)),  # chunks dividing the lanes: fixed places, last tile moved back
+        (3, 8, 1, 4, False, (2, 4, 4, 1)),  # one chunk per lane
+    ],
+)
+def test_forward_saves_the_backwards_entering_states(monkeypatch, H, W, N, chunk, lowrank, tile):
+    if tile is not None:
+        monkeypatch.setattr(fused, "_fwd_scan_config", lambda D, L, N: tile)
+    inputs = make_inputs(2, 3, H, W, N, lowrank=lowrank)
+    scan_args = [inputs.get(k) for k in ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D")]
+    scan_args.append(inputs["dt_bias"] if lowrank else inputs["delta_bias"])
+    out, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=chunk)
+    assert_close_rel(out, reference_forward(inputs, lowrank), 2e-5, "output")
+    expected = _entering_states_float64(inputs, lowrank, chunk)
+    assert states.shape == expected.shape
+    assert_close_rel(states, expected, 2e-5, "entering states")
+
+
+def test_backward_without_saved_states_runs_the_forward_for_them():
+    """ss2d_bwd called without the forward's states (or with states for another number of
+    chunks) saves them itself: the same gradients, bit for bit."""
+    inputs = make_inputs(1, 3, 4, 5, 2, lowrank=True)
+    scan_args = [inputs.get(k) for k in ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias")]
+    grad_out = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(4))
+    chunk = fused._bwd_chunk(inputs["u"], inputs["A"], inputs["dt_low"])
+    _, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=chunk)
+    _, other = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=2 * chunk)
+    assert other.shape[3] != states.shape[3]
+    given = fused.ss2d_bwd(grad_out, *scan_args, True, states)
+    for states_arg in (None, other):
+        for g, h in zip(given, fused.ss2d_bwd(grad_out, *scan_args, True, states_arg)):
+            assert (g is None and h is None) or torch.equal(g, h)

@@ -18,17 +18,17 @@ no per-position state is stored between walks. Chunk c's carries are linear in t
 state / adjoint, which is why each walk also gathers the coefficients G and K.
 
 Passes (lanes = channels x chunks, positions walked one per step, as in the forward):
-  1. local pass:   per chunk from a zero state: exit state, summed dt, and for the q totals
-                   sum_t q_loc and G = sum_t C g exp(A s[t]) (s: chunk-local cumulative dt).
-                   The adjoint's chunk values need no walk of their own (duality, `adjoint_chunk_values`):
-                   from a zero adjoint, a*lam at the chunk start is G, its coefficient on the
-                   entering adjoint K = sum_t b[t] exp(A (s_last - s[t])) is the exit state, and
-                   its q total is the state's.
-  2. chains over chunks (the forward's chain; the adjoint's in the opposite order, with the same
-     summed dt, because a*lam shifts the decay by one position), then the chunk totals of q
-     and their suffix sums over later chunks.
-  3. gradient pass: a forward walk from the entering state (dC, the x half of d dt and dA) and a
-     reverse walk from the entering adjoint (du, dB, the lam half of d dt and dA).
+  0. the forward saves the state entering each chunk (``entering_states``), so no pass of the
+     backward walks a chunk from zero or chains states.
+  1. state walk, from those states: dC, the x half of d dt (less the chunk's q passed so far)
+     and of dA (with S counted from the chunk's entry), and the chunk values for the adjoint:
+     G = sum_t C g prod_{s<=t} a_s (a*lam at the chunk start from a zero adjoint, by duality,
+     ``adjoint_chunk_values``), K = exit - (the chunk's decay) x entering state (the state's exit
+     from zero, which is the adjoint's coefficient on its entering value), the q total, summed dt.
+  2. the adjoint's chain over chunks (the forward's, in the opposite order, with the same summed
+     dt, because a*lam shifts the decay by one position); the chunks' exact q totals and their
+     sums over later chunks; dA's part of S at each chunk's entry, times the chunk's total of w.
+  3. adjoint walk from the chained adjoint: du, dB, the lam half of d dt and of dA.
 
 Shapes: dt, u, g (..., D, L); A (..., D, N); B, C (..., N, L). float64 in the tests.
 """
@@ -65,12 +65,26 @@ def adjoint_chunk_values(exit_state: torch.Tensor, G: torch.Tensor) -> tuple[tor
     return G, exit_state
 
 
+def entering_states(dt, u, A, B, chunk: int) -> torch.Tensor:
+    """(..., D, n_chunks, N): the state entering each chunk, which the forward saves."""
+    dtc, uc, Bc = (_chunks(t, chunk) for t in (dt, u, B))
+    x = torch.zeros(*dtc.shape[:-2], A.shape[-1], dtype=dt.dtype, device=dt.device)
+    states = []
+    for c in range(dtc.shape[-2]):
+        states.append(x)
+        for j in range(chunk):
+            dt_j = dtc[..., c, j, None]
+            x = torch.exp(dt_j * A) * x + (dt_j * uc[..., c, j, None]) * Bc[..., c, j].unsqueeze(-2)
+    return torch.stack(states, -2)
+
+
 def chunked_scan_bwd(dt, u, A, B, C, g, chunk: int):
     """(d dt, du, dA, dB, dC) of sum(g * y) for one direction, by the chunk-parallel passes."""
     L = dt.shape[-1]
     dtc, uc, gc = (_chunks(t, chunk) for t in (dt, u, g))  # (..., D, n, T)
     Bc, Cc = (_chunks(t, chunk).unsqueeze(-4) for t in (B, C))  # (..., 1, N, n, T)
     Ac = A[..., :, None, :]  # (..., D, 1, N): broadcasts over chunks
+    x_in = entering_states(dt, u, A, B, chunk)
 
     def step(j):
         # one position of every chunk: decay, input, and the direct adjoint term, (..., D, n, N)
@@ -80,52 +94,42 @@ def chunked_scan_bwd(dt, u, A, B, C, g, chunk: int):
         lt = gc[..., j, None] * Cc[..., j].transpose(-1, -2)
         return a, b, lt
 
-    # 1. state pass (zero entry): exit state, summed dt, q total and its coefficient G
-    x = torch.zeros_like(step(0)[1])
-    s = torch.zeros_like(dtc[..., 0, None])
-    q_x = torch.zeros_like(dtc[..., 0])
-    G = torch.zeros_like(x)
-    for j in range(chunk):
-        a, b, lt = step(j)
-        x = a * x + b
-        s = s + dtc[..., j, None]
-        q_x = q_x + (Ac * lt * x).sum(-1)
-        G = G + lt * torch.exp(s * Ac)
-    dtsum = s[..., 0]
-    x_in = _chain(x, dtsum, A, reverse=False)
-
-    # the adjoint's chunk values: the state pass's (duality)
-    m, K = adjoint_chunk_values(x, G)
-    m_in = _chain(m, dtsum, A, reverse=True)
-
-    # 2. exact chunk totals of q (linear in the entering values; their zero-entry parts, q_x for
-    # the state and the same for the adjoint, cancel), and their sums over later chunks
-    q_tot = (Ac * (x_in * G - m_in * K)).sum(-1)
-    later = q_tot.flip(-1).cumsum(-1).flip(-1) - q_tot
-    s_start = dtsum.cumsum(-1) - dtsum  # S at each chunk's entry
-
-    # 3a. gradient pass, forward walk: dC and the x half of d dt and dA
+    # 1. state walk from the entering states: dC, the x halves, the chunk values
     ddt = torch.zeros_like(dtc)
     dC = dtc.new_zeros(*dtc.shape[:-3], A.shape[-1], *dtc.shape[-2:])  # (..., N, n, T)
-    dA = torch.zeros_like(x)
+    dA = torch.zeros_like(x_in)
     x = x_in
-    s = s_start[..., None]
-    prefix = torch.zeros_like(q_x)  # sum of q_x over the chunk before t
-    suffix_x = q_x + (Ac * x_in * G).sum(-1)  # the chunk's exact x total
+    s = torch.zeros_like(dtc[..., 0, None])
+    q_x = torch.zeros_like(dtc[..., 0])  # the state's q passed so far, then the chunk's total
+    G = torch.zeros_like(x)
+    decay = torch.ones_like(x)
     for j in range(chunk):
         a, b, lt = step(j)
         x = a * x + b
         s = s + dtc[..., j, None]
-        ddt[..., j] = later + suffix_x - prefix
-        q = (Ac * lt * x).sum(-1)
-        prefix = prefix + q
+        ddt[..., j] = -q_x
+        q_x = q_x + (Ac * lt * x).sum(-1)
         dA = dA + s * lt * x
+        decay = decay * a
+        G = G + lt * decay
         dC[..., j] = (gc[..., j, None] * x).sum(-3).transpose(-1, -2)
-    # 3b. gradient pass, reverse walk: du, dB and the lam half of d dt and dA
+    dtsum = s[..., 0]
+    K = x - decay * x_in
+
+    # 2. the adjoint's chain (its chunk values by duality), the carries, dA's entry part
+    m, K = adjoint_chunk_values(K, G)
+    m_in = _chain(m, dtsum, A, reverse=True)
+    w_total = x_in * G - m_in * K  # the chunk's total of w per state (zero-entry parts cancel)
+    q_tot = (Ac * w_total).sum(-1)
+    carry = q_tot.flip(-1).cumsum(-1).flip(-1) - q_tot + q_x  # later chunks' totals + this one's x total
+    s_start = dtsum.cumsum(-1) - dtsum  # S at each chunk's entry
+    dA = dA + s_start[..., None] * w_total
+
+    # 3. adjoint walk from the chained adjoint: du, dB and the lam half of d dt and dA
     du = torch.zeros_like(uc)
     dB = torch.zeros_like(dC)
     m = m_in
-    s = (s_start + dtsum)[..., None]
+    s = dtsum[..., None]
     suffix_l = torch.zeros_like(q_x)
     for j in reversed(range(chunk)):
         a, b, lt = step(j)
@@ -133,7 +137,7 @@ def chunked_scan_bwd(dt, u, A, B, C, g, chunk: int):
         m = a * lam
         suffix_l = suffix_l + (Ac * b * lam).sum(-1)
         Bj = Bc[..., j].transpose(-1, -2)
-        ddt[..., j] += (lam * uc[..., j, None] * Bj).sum(-1) - suffix_l
+        ddt[..., j] += (lam * uc[..., j, None] * Bj).sum(-1) - suffix_l + carry
         du[..., j] = (lam * dtc[..., j, None] * Bj).sum(-1)
         dB[..., j] = (lam * (dtc[..., j] * uc[..., j])[..., None]).sum(-3).transpose(-1, -2)
         dA = dA - s * b * lam

@@ -99,8 +99,8 @@ def define_forward_ops(
     ``svmamba::<prefix>_lowrank_fwd``: (u, delta | dt_low, dt_weight, A, B, C, D, bias,
     delta_softplus, out_dtype) -> ``returns`` (a schema result type).
 
-    forward(*scan_args, softplus, out_dtype) computes them; fake(u, A, softplus, out_dtype)
-    gives their outputs' metadata; save(ctx, scan_args, softplus, output) keeps what
+    forward(*scan_args, softplus, out_dtype) computes them; fake(u, A, dt_low, softplus,
+    out_dtype) gives their outputs' metadata (dt_low None for the full-delta op); save(ctx, scan_args, softplus, output) keeps what
     backward(ctx, grad_out) needs, which returns the gradients of the nine SCAN_ARGS (None where
     absent). scan_args: the nine SCAN_ARGS, the absent dt form None.
     """
@@ -124,7 +124,7 @@ def _define_forward_op(name, args, names, returns, forward, fake, save, backward
     def run_fake(*inputs):
         *tensors, softplus, out_dtype = inputs
         given = dict(zip(names, tensors))
-        return fake(given["u"], given["A"], softplus, out_dtype)
+        return fake(given["u"], given["A"], given.get("dt_low"), softplus, out_dtype)
 
     def setup_context(ctx, inputs, output):
         *tensors, softplus, _ = inputs

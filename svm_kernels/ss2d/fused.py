@@ -22,19 +22,24 @@ the low-rank variant, dt = dt_weight[k] @ dt_low[k] is rebuilt per position from
 by the program's channels. Both forwards are software-pipelined: each tile (position) issues the
 next one's loads before its own math, where the carried values fit the registers.
 
-Backward (``ss2d_bwd_chunk_kernel``, the forward's chain kernel): the same chunks and lanes.
-The gradient terms that pair the prefix state x with the suffix adjoint lam are those through
-the decays; with the cumulative dt S, they become sums of C g x and of dt u B lam terms alone
-(see ``chunked_ref.py``), so a state walk and an adjoint walk never need each other's values
-per position. A local pass walks each chunk's state from zero (exit state, summed dt, the
-chunk total of those terms and its coefficient on the entering state); the adjoint's exit and
-coefficient are the same two values swapped, by duality, so it needs no walk of its own; the
-chain kernel turns the exits into entering values (the adjoint in the opposite chunk order); a
-few torch ops on chunk-sized tensors give each chunk's carry; the gradient pass walks both ways
-again from the entering values, each walk writing its half of d dt (low rank: the state walk
-parks its half, dt and dt's softplus slope in per-program scratches, the adjoint walk reads dt
-back and leaves the whole d dt, from which ``ss2d_bwd_low_rank_kernel`` forms d dt_low /
-d dt_weight / d bias, linear in it, with tl.dot; one gradient launch per direction then).
+Both forwards also save, when asked (the differentiable ops always ask), the state entering
+each chunk of the backward, (B, 4, D, n_chunks, NP) fp32: the tile scan picks it per lane (at a
+fixed place in every lane where the chunk divides the lanes), the chunk walk per step.
+
+Backward (``ss2d_bwd_chunk_kernel``, ``ss2d_bwd_dt_kernel``, the forward's chain kernel): the
+same chunks and lanes, one direction at a time. The gradient terms that pair the prefix state x
+with the suffix adjoint lam are those through the decays; with the cumulative dt S, they become
+sums of C g x and of dt u B lam terms alone (see ``chunked_ref.py``), so a state walk and an
+adjoint walk never need each other's values per position. Low rank: ``ss2d_bwd_dt_kernel``
+first forms dt and its softplus slope per position with one product per tile (as the forward's)
+into a scratch both walks read. The state walk starts each chunk from the state the forward
+saved and writes its half of the gradients and each chunk's values for the adjoint (G, the
+adjoint's exit from a zero entry, by duality; K, the state's exit from a zero entry; the q
+total; the summed dt); the chain kernel turns G into entering adjoints (in the opposite chunk
+order); a few torch ops on chunk-sized tensors give each chunk's carry and dA's part at the
+chunks' entries; the adjoint walk then writes the other half (low rank: the whole d dt, from
+which ``ss2d_bwd_low_rank_kernel`` forms d dt_low / d dt_weight / d bias, linear in it, with
+tl.dot). No position is walked from a zero state, and no chain is run for the state.
 Channel sums (dB, dC, d dt_low) go to one partial per program, which walks n_group channel
 blocks in turn (together at most a quarter of one (B, 4, D, L) tensor); parameter sums to one partial per chunk block and image; the
 launcher adds the partials in a fixed order. No float atomics: the backward is deterministic.
@@ -188,6 +193,10 @@ if HAS_TRITON:
         L,
         M,
         chunk,
+        st_ptr,
+        st_row,
+        state_chunk,
+        n_slots,
         R: tl.constexpr,
         LOWRANK: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
@@ -196,6 +205,8 @@ if HAS_TRITON:
         HAS_D: tl.constexpr,
         REVERSE: tl.constexpr,
         PREFETCH: tl.constexpr,
+        SAVE: tl.constexpr,
+        NP: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
@@ -214,6 +225,15 @@ if HAS_TRITON:
         i = p // M
         j = p % M
         b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+        if SAVE:
+            # the first position at or past p (in the walk's order) that ends one of the
+            # backward's chunks, and the chunk it enters (none past the last: not stored)
+            if REVERSE:
+                b_end = (p // state_chunk) * state_chunk
+                b_slot = b_end // state_chunk - 1
+            else:
+                b_end = (p // state_chunk + 1) * state_chunk - 1
+                b_slot = (b_end + 1) // state_chunk
         if PREFETCH:
             b_u_next, b_delta_next, b_B_next, b_C_next = _walk_inputs(
                 planes, strides, offs_d, m_d, offs_n, m_n, p, i, j, m_c, L, LOWRANK, OUTPUT
@@ -255,6 +275,16 @@ if HAS_TRITON:
                 if ACCUMULATE:
                     b_y += tl.load(p_out, mask=m, other=0.0).to(tl.float32)
                 tl.store(p_out, b_y.to(p_out.dtype.element_ty), mask=m)
+                if SAVE:
+                    # the next end of a backward chunk is tracked, not divided out per step
+                    at_end = p == b_end
+                    _save_states(st_ptr, st_row, offs_d, offs_n, b_x, b_slot, m_p & at_end, m_d, n_slots, NP)
+                    if REVERSE:
+                        b_end = tl.where(at_end, b_end - state_chunk, b_end)
+                        b_slot = tl.where(at_end, b_slot - 1, b_slot)
+                    else:
+                        b_end = tl.where(at_end, b_end + state_chunk, b_end)
+                        b_slot = tl.where(at_end, b_slot + 1, b_slot)
             else:
                 b_dtsum += tl.where(m, b_dt, 0.0)
             p, i, j = p_next, i_next, j_next
@@ -272,6 +302,7 @@ if HAS_TRITON:
             **_OPTIONAL_INPUTS,
             "OUTPUT": lambda args: args["out_ptr"] is not None,
             "HAS_STATE": lambda args: args["state_ptr"] is not None,
+            "SAVE": lambda args: args["st_ptr"] is not None,
         }
     )
     @triton.jit
@@ -288,6 +319,7 @@ if HAS_TRITON:
         state_ptr,
         dtsum_ptr,
         out_ptr,
+        st_ptr,
         s_ub,
         s_ud,
         s_ui,
@@ -321,6 +353,8 @@ if HAS_TRITON:
         M,
         chunk,
         n_chunks,
+        state_chunk,
+        n_slots,
         k_f,
         N: tl.constexpr,
         R: tl.constexpr,
@@ -331,6 +365,7 @@ if HAS_TRITON:
         DELTA_SOFTPLUS: tl.constexpr,
         OUTPUT: tl.constexpr,
         HAS_STATE: tl.constexpr,
+        SAVE: tl.constexpr,
         ACCUMULATE: tl.constexpr,
         PREFETCH: tl.constexpr,
         BLOCK_D: tl.constexpr,
@@ -409,6 +444,10 @@ if HAS_TRITON:
                 L,
                 M,
                 chunk,
+                st_ptr,
+                (pid_b * 4 + k) * D,
+                state_chunk,
+                n_slots,
                 R=R,
                 LOWRANK=LOWRANK,
                 DELTA_SOFTPLUS=DELTA_SOFTPLUS,
@@ -417,6 +456,8 @@ if HAS_TRITON:
                 HAS_D=HAS_D and rev == 0,
                 REVERSE=rev == 0,
                 PREFETCH=PREFETCH,
+                SAVE=SAVE and OUTPUT,
+                NP=NP,
                 BLOCK_D=BLOCK_D,
                 BLOCK_C=BLOCK_C,
             )
@@ -437,8 +478,10 @@ if HAS_TRITON:
         A_ptr,
         D,
         n_chunks,
+        k0,
         N: tl.constexpr,
         NP: tl.constexpr,
+        N_K: tl.constexpr,
         ADJOINT: tl.constexpr,
         BLOCK_D: tl.constexpr,
         CHAIN_STEP: tl.constexpr,
@@ -446,9 +489,10 @@ if HAS_TRITON:
         # Chunk exit states (computed from a zero entry) -> true entering states, in place: a
         # sequential pass over the chunks of one direction, in that direction's order (the
         # opposite order for the backward's adjoint, which decays by the same summed dt).
+        # Directions k0 .. k0 + N_K - 1 of every image (grid: channel blocks, images x N_K).
         pid_d = tl.program_id(0)
-        pid_bk = tl.program_id(1).to(tl.int64)
-        k = pid_bk % 4
+        k = k0 + tl.program_id(1) % N_K
+        pid_bk = (tl.program_id(1) // N_K).to(tl.int64) * 4 + k
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         m_d = offs_d < D
         offs_n = tl.arange(0, NP)
@@ -477,6 +521,28 @@ if HAS_TRITON:
                 b_x = b_decays[i] * b_x + b_exits[i]
 
     @triton.jit
+    def _state_slot(p, L, chunk, REVERSE: tl.constexpr):
+        # The chunk of the backward whose entering state is the state after position p in a
+        # walk's order, or -1: in sequence order p + 1 starts a chunk, in reverse p does (the
+        # reversal enters chunk p / chunk - 1 from above); the first chunk a walk takes enters
+        # with zero, which the launcher's buffer holds.
+        if REVERSE:
+            return tl.where((p % chunk == 0) & (p > 0), p // chunk - 1, -1)
+        else:
+            return tl.where(((p + 1) % chunk == 0) & (p + 1 < L), (p + 1) // chunk, -1)
+
+    @triton.jit
+    def _save_states(st_ptr, row, offs_d, offs_n, b_x, b_slot, m_save, m_d, n_slots, NP: tl.constexpr):
+        # The chunk walk's states b_x [BLOCK_D, lanes, NP] where a lane's position ends one of the
+        # backward's chunks (m_save; b_slot [lanes]: the chunk it enters), as that chunk's
+        # entering state, so the backward starts each chunk's walk from its true state (no walk
+        # from zero, no chain for the state). The states are (B, 4, D, n_slots, NP); row =
+        # (image * 4 + k) * D.
+        p_st = st_ptr + ((row + offs_d[:, None, None]) * n_slots + b_slot[None, :, None]) * NP
+        m_st = m_d[:, None, None] & (m_save & (b_slot >= 0) & (b_slot < n_slots))[None, :, None]
+        tl.store(p_st + offs_n[None, None, :], b_x, mask=m_st)
+
+    @triton.jit
     def _entry_combine(a1, x1, e1, f1, a2, x2, e2, f2):
         # Affine maps x -> a x + b in walk order, as (a segment's whole map, its map without the
         # last element): the inclusive scan of these gives each lane the map of all lanes before
@@ -490,10 +556,11 @@ if HAS_TRITON:
         return tl.sum(tl.where(offs == index, x, -0.0), axis=axis)
 
     @triton.jit
-    def _lane_scan(b_a, b_b, i4, SUB: tl.constexpr, REVERSE: tl.constexpr):
+    def _lane_scan(b_a, b_b, i4, i_pick, SUB: tl.constexpr, REVERSE: tl.constexpr):
         # x_i = a_i x_(i-1) + b_i along axis 0, which lies within a thread, from a zero state;
         # sequential (tl.associative_scan would shuffle across lanes). Returns the states and
-        # decay products at every i, and the lane's exit state and product.
+        # decay products at every i, the lane's exit state and product, and its state and
+        # product at i_pick ([lanes]; None: not picked).
         if REVERSE:
             first = SUB - 1
         else:
@@ -502,6 +569,8 @@ if HAS_TRITON:
         b_x = _at_index(b_b, i4, first, 0)
         b_ps = b_a
         b_xs = b_b
+        b_x_pick = b_x
+        b_p_pick = b_p
         for step in tl.static_range(1, SUB):
             if REVERSE:
                 i = SUB - 1 - step
@@ -512,7 +581,10 @@ if HAS_TRITON:
             b_p = b_p * b_ai
             b_xs = tl.where(i4 == i, b_x[None, :, :, :], b_xs)
             b_ps = tl.where(i4 == i, b_p[None, :, :, :], b_ps)
-        return b_ps, b_xs, b_p, b_x
+            if i_pick is not None:
+                b_x_pick = tl.where(i_pick == i, b_x, b_x_pick)
+                b_p_pick = tl.where(i_pick == i, b_p, b_p_pick)
+        return b_ps, b_xs, b_p, b_x, b_x_pick, b_p_pick
 
     @triton.jit
     def _dt_weight_operand(
@@ -683,6 +755,8 @@ if HAS_TRITON:
             "RP": lambda args: _dot_dt_depth(args),
             "DT_BY_POSITION": lambda args: _dt_by_position(args),
             "ONE_WRAP": lambda args: args["M"] >= args["SUB"],
+            "SAVE": lambda args: args["st_ptr"] is not None,
+            "LANE_PICK": lambda args: args["STATIC_CHUNK"] == 0 and args["state_chunk"] >= args["SUB"],
             "ALIGNED": lambda args: (
                 args["FLAT"] and args["L"] % 8 == 0 and args["SUB"] * args["NSUB"] % 8 == 0
             ),
@@ -700,6 +774,7 @@ if HAS_TRITON:
         Ds_ptr,
         bias_ptr,
         out_ptr,
+        st_ptr,
         s_ub,
         s_ud,
         s_ui,
@@ -732,6 +807,8 @@ if HAS_TRITON:
         L,
         M,
         n_tiles,
+        state_chunk,
+        n_slots,
         k_f,
         N: tl.constexpr,
         R: tl.constexpr,
@@ -753,6 +830,9 @@ if HAS_TRITON:
         SAME_PLANE: tl.constexpr,
         ONE_WRAP: tl.constexpr,
         PREFETCH: tl.constexpr,
+        SAVE: tl.constexpr,
+        LANE_PICK: tl.constexpr,
+        STATIC_CHUNK: tl.constexpr,
     ):
         # One orientation (directions k_f and k_f + 2) of BLOCK_D channels of one image, walked
         # in tiles of SUB x NSUB positions, the state carried from tile to tile: no chunk states,
@@ -884,7 +964,19 @@ if HAS_TRITON:
                 # [SUB, NP, BLOCK_D, NSUB]: decay and input of every element and state
                 b_decay = tl.exp2(b_dt[:, None, :, :] * b_a)
                 b_in = (b_dt * b_u)[:, None, :, :] * b_B[:, :, None, :]
-                b_prod, b_xloc, b_lane_a, b_lane_x = _lane_scan(b_decay, b_in, i4, SUB, rev == 0)
+                i_end = None
+                if SAVE and LANE_PICK:
+                    # a lane's SUB positions hold at most one end of the backward's chunks (they
+                    # are at least SUB long): the lane's state there is saved
+                    lane = base + tl.arange(0, NSUB) * SUB
+                    if rev == 0:
+                        i_end = (state_chunk - lane % state_chunk) % state_chunk
+                    else:
+                        i_end = (state_chunk - 1 - lane % state_chunk) % state_chunk
+                    i_end = i_end[None, None, :]
+                b_prod, b_xloc, b_lane_a, b_lane_x, b_x_end, b_p_end = _lane_scan(
+                    b_decay, b_in, i4, i_end, SUB, rev == 0
+                )
                 # over the lanes (across threads): each lane's entering map, the tile's whole map
                 b_ta, b_tx, b_ea, b_ex = tl.associative_scan(
                     (b_lane_a, b_lane_x, tl.full(b_lane_a.shape, 1.0, tl.float32), tl.zeros_like(b_lane_x)),
@@ -897,6 +989,50 @@ if HAS_TRITON:
                 b_carry = _at_index(b_ta, s3, whole, 2) * b_carry + _at_index(b_tx, s3, whole, 2)
                 b_C = b_C.to(tl.float32)
                 b_x = b_xloc + b_prod * b_enter[None, :, :, :]
+                if SAVE and STATIC_CHUNK > 0:
+                    # the backward's chunks divide the lanes and every tile starts at a multiple
+                    # of them (the launcher's STATIC_CHUNK): their ends lie at the same places in
+                    # every lane, each state a register of the tile
+                    lane = base + tl.arange(0, NSUB) * SUB
+                    # the chunk the lane's first chunk end enters (the reversal's chunk p / chunk
+                    # - 1 from p, sequence order's (p + 1) / chunk from p); the q-th end's is
+                    # that + q
+                    slot0 = lane // STATIC_CHUNK + (2 * rev - 1)
+                    p_st = st_ptr + ((pid_b * 4 + k) * D + offs_d[None, :, None]) * n_slots * NP
+                    p_st += slot0[None, None, :] * NP + offs_n[:, None, None]
+                    for q in tl.static_range(SUB // STATIC_CHUNK):
+                        if rev == 0:
+                            i_q = q * STATIC_CHUNK
+                            at = lane + i_q
+                            m_q = (at > 0) & (at < L - t * CHUNK)
+                        else:
+                            i_q = q * STATIC_CHUNK + STATIC_CHUNK - 1
+                            at = lane + i_q
+                            m_q = (at + 1 < L) & (at >= t * CHUNK)
+                        m_st = m_d[None, :, None] & m_q[None, None, :]
+                        tl.store(p_st + q * NP, _at_index(b_x, i4, i_q, 0), mask=m_st)
+                if SAVE and STATIC_CHUNK == 0 and not LANE_PICK:
+                    # chunks shorter than a lane that do not divide it: every element that ends one
+                    b_slot = _state_slot(base + rel, L, state_chunk, REVERSE=rev == 0)
+                    p_st = st_ptr + ((pid_b * 4 + k) * D + offs_d[None, None, :, None]) * n_slots * NP
+                    p_st += b_slot[:, None, None, :] * NP + offs_n[None, :, None, None]
+                    m_st = (m_new & (b_slot >= 0))[:, None, None, :] & m_d[None, None, :, None]
+                    tl.store(p_st, b_x, mask=m_st)
+                if SAVE and LANE_PICK:
+                    # (what the pick needs no longer, computed after it: fewer registers live
+                    # through the scan)
+                    lane = base + tl.arange(0, NSUB) * SUB
+                    i_lane = tl.reshape(i_end, [NSUB])
+                    if rev == 0:
+                        m_save = (i_lane < SUB) & (lane + i_lane < L - t * CHUNK)
+                    else:
+                        m_save = (i_lane < SUB) & (lane + i_lane >= t * CHUNK)
+                    b_slot = _state_slot(lane + i_lane, L, state_chunk, REVERSE=rev == 0)
+                    # [NP, BLOCK_D, NSUB] as the states (B, 4, D, n_slots, NP)
+                    p_st = st_ptr + ((pid_b * 4 + k) * D + offs_d[None, :, None]) * n_slots * NP
+                    p_st += b_slot[None, None, :] * NP + offs_n[:, None, None]
+                    m_st = m_d[None, :, None] & (m_save & (b_slot >= 0))[None, None, :]
+                    tl.store(p_st, b_x_end + b_p_end * b_enter, mask=m_st)
                 b_y = tl.sum(b_x * b_C[:, :, None, :], axis=1)
                 if HAS_D and rev == 1:
                     b_y += b_skip * b_u
@@ -939,7 +1075,7 @@ if HAS_TRITON:
         LOWRANK: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
         SAVED_DT: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        V_ROW: tl.constexpr,
         LANES_FIRST: tl.constexpr,
     ):
         # One position per lane: u, g, dt (after the softplus), the softplus slope, B and C
@@ -947,9 +1083,9 @@ if HAS_TRITON:
         # values ``_bwd_shared`` loaded (maybe a step ahead). Low rank: dt = sum_r
         # b_W[r] (the channels' weights, [BLOCK_D]) x row r, one FMA per row, each row shared by
         # the channels. dt is 0 outside the map, so padded positions decay by 1 and add nothing
-        # in either walk. SAVED_DT: dt and its slope as the state walk saved them (p_saved: the
-        # scratch, the lanes' position offsets in it and the block's channels; the slope
-        # BLOCK_D after dt: each thread's channels contiguous), no rows, no softplus.
+        # in either walk. SAVED_DT: dt and its slope as ``ss2d_bwd_dt_kernel`` left them (p_saved:
+        # the scratch's dt and slope rows, the lanes' position offsets in them and the block's
+        # channels: each thread's channels contiguous), no rows, no softplus.
         m = m_d[:, None] & m_p[None, :]
         b_u = _lane_load(u_ptr, offs_d * s_ud, off_u, m_d, m_p, LANES_FIRST)
         b_g = _lane_load(g_ptr, offs_d * s_gd, off_g, m_d, m_p, LANES_FIRST)
@@ -958,7 +1094,7 @@ if HAS_TRITON:
         if SAVED_DT:
             vt_ptr, off_vt, offs_dl = p_saved
             b_dt = _lane_load(vt_ptr, offs_dl, off_vt, m_d, m_p, LANES_FIRST)
-            b_slope = _lane_load(vt_ptr + BLOCK_D, offs_dl, off_vt, m_d, m_p, LANES_FIRST)
+            b_slope = _lane_load(vt_ptr + V_ROW, offs_dl, off_vt, m_d, m_p, LANES_FIRST)
         else:
             b_dt, b_slope, b_low = _bwd_dt(
                 b_rows,
@@ -1168,7 +1304,6 @@ if HAS_TRITON:
         DELTA_SOFTPLUS: tl.constexpr,
         ADJOINT: tl.constexpr,
         DESCENDING: tl.constexpr,
-        GRAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
         NP: tl.constexpr,
@@ -1179,22 +1314,24 @@ if HAS_TRITON:
         V_ROW: tl.constexpr,
         LANES_FIRST: tl.constexpr,
     ):
-        # One direction over each lane's chunk, one position per step. The state walk
-        # (ADJOINT=False, in sequence order) carries x = a x + b from b_h; the adjoint walk
-        # (against sequence order) carries m = a lam, lam = C g + m. b_s is the cumulative dt
-        # S at the walk's start. Returns (exit value, S at the end, q sum, coefficient, dA,
-        # d bias, d dt_weight). Local pass (GRAD=False, the state walk only), from zero: the
-        # first four are the chunk's exit state, summed dt, q total and that total's
-        # coefficient G on the entering state. Gradient pass: the walk writes its half of
-        # every gradient; the last three are the lanes' sums of the parameter gradients (d
-        # dt_weight: a tuple of R [BLOCK_D, BLOCK_C] per-lane sums). The low-rank values are
+        # One direction over each lane's chunk, one position per step: the state walk
+        # (ADJOINT=False, in sequence order) carries x = a x + b from b_h, the state the forward
+        # saved at the chunk's entry; the adjoint walk (against sequence order) carries m = a lam,
+        # lam = C g + m, from the chained entering adjoint. b_s is the cumulative dt S at the
+        # walk's start, counted from the chunk's entry (the launcher adds S at the entry times
+        # the chunk's total of w to dA). Each walk writes its half of every gradient. Returns (exit value,
+        # S at the end, q sum, G, the decay over the chunk, dA, d bias, d dt_weight); the
+        # state walk's G = sum_t C g prod_{s<=t} a_s (the adjoint's exit from a zero entry) and
+        # q sum (the chunk's q total of the state) feed the adjoint's chain and the carries; d
+        # dt_weight: a tuple of R [BLOCK_D, BLOCK_C] per-lane sums. The low-rank values are
         # tuples over the R rows, so every tile is [BLOCK_D, BLOCK_C(, NP)]: no layout changes per
         # step, and where the lanes hold only chunks (BLOCK_C x NP = 32 lanes, one warp) every
-        # channel sum is adds within a thread. LOW_DOT (low-rank gradient pass): the state walk
-        # saves dt and its slope per position (vt_ptr), so the adjoint walk loads neither the rows
-        # nor computes the softplus, and leaves the whole d dt per position in v_ptr, from which
-        # ``_bwd_low_rank_sums`` forms d dt_low and d dt_weight after the walks.
-        SAVED: tl.constexpr = ADJOINT and GRAD and LOW_DOT
+        # channel sum is adds within a thread. LOW_DOT (low rank): both walks load dt and its slope
+        # per position as ``ss2d_bwd_dt_kernel`` left them (vt_ptr: dt, then the slope, V_ROW
+        # each per position), neither the rows nor the softplus; the adjoint walk leaves the
+        # whole d dt per position in v_ptr, from which ``_bwd_low_rank_sums`` forms d dt_low and
+        # d dt_weight after the walks.
+        SAVED: tl.constexpr = LOW_DOT
         STATES_3D: tl.constexpr = LOWRANK  # B and C loaded as 3-D tiles (_bwd_shared)
         if DESCENDING:
             p = first + chunk - 1
@@ -1281,12 +1418,12 @@ if HAS_TRITON:
                 offs_d,
                 m_d,
                 m_p,
-                (vt_ptr, p * (2 * BLOCK_D), offs_dl),
+                (vt_ptr, p * (2 * V_ROW), offs_dl),
                 R=R,
                 LOWRANK=LOWRANK,
                 DELTA_SOFTPLUS=DELTA_SOFTPLUS,
                 SAVED_DT=SAVED,
-                BLOCK_D=BLOCK_D,
+                V_ROW=V_ROW,
                 LANES_FIRST=LANES_FIRST,
             )
             b_decay_p = tl.exp(b_dt[:, :, None] * b_a[:, None, :])
@@ -1301,80 +1438,73 @@ if HAS_TRITON:
                 b_w_p = b_direct * b_h  # the state half of w
                 b_s += b_dt
             b_q = tl.sum(b_a[:, None, :] * b_w_p, axis=2)
-            if GRAD:
-                off_p = _plane(off, i, j, s_pi, s_pj, SAME_PLANE)
-                m_pn = m_p[:, None] & m_n[None, :]
-                p_part = pBC_ptr + offs_n[None, :] * s_pn + off_p[:, None]
-                if ADJOINT:
-                    # d dt = sum_n lam u B - (the adjoint's q summed from here to the chunk's end)
-                    b_q_sum += b_q
-                    b_v = tl.sum(b_lam * b_B, axis=2) * b_u - b_q_sum
-                    b_dA -= b_s[:, :, None] * b_w_p
-                    b_s -= b_dt
-                    b_du = tl.sum(b_lam * b_B, axis=2) * b_dt
-                    off_du = _plane(off, i, j, s_ei, s_ej, SAME_PLANE)
-                    # (du starts as the skip term, (sum_k D_k) g, which the launcher writes)
-                    b_du += _lane_load(du_ptr, offs_d * s_ed, off_du, m_d, m_p, LANES_FIRST)
-                    _lane_store(du_ptr, offs_d * s_ed, off_du, b_du, m_d, m_p, LANES_FIRST)
-                    b_dB = tl.sum(b_lam * (b_dt * b_u)[:, :, None], axis=0)
-                    _store_partial(p_part, b_dB, m_pn, blk)
-                else:
-                    # d dt = (the state's q from here to the sequence end): the later chunks'
-                    # totals plus this chunk's, less what this walk has passed
-                    b_v = b_carry - b_q_sum
-                    b_q_sum += b_q
-                    b_dA += b_s[:, :, None] * b_w_p
-                    _store_partial(p_part, tl.sum(b_g[:, :, None] * b_h, axis=0), m_pn, blk)
-                if LOWRANK:
-                    # d dt is linear downstream (d dt_low, d dt_weight, d bias). The state walk
-                    # parks its half per position in the program's scratch (v_ptr: [positions,
-                    # BLOCK_D], each thread's channels contiguous); the adjoint walk, which comes
-                    # by the same positions later, adds it to its own half, so the low-rank sums
-                    # run once per position instead of once per walk.
-                    off_v = p * V_ROW
-                    if ADJOINT:
-                        b_v += _lane_load(v_ptr, offs_dl, off_v, m_d, m_p, LANES_FIRST)
-                        b_v = tl.where(m, b_v * b_slope, 0.0)
-                        if LOW_DOT:
-                            _lane_store(v_ptr, offs_dl, off_v, b_v, m_d, m_p, LANES_FIRST)
-                        else:
-                            # per row: d dt_low's channel sum, d dt_weight per lane
-                            off_q = _plane(off, i, j, s_qi, s_qj, SAME_PLANE)
-                            b_dw_next = ()
-                            for r in tl.static_range(R):
-                                b_dlow = tl.sum(b_W[r][:, None] * b_v, axis=0)
-                                _store_partial(pLow_ptr + (r * s_qr + off_q), b_dlow, m_p, blk)
-                                b_dw_next = b_dw_next + (b_dw[r] + b_v * b_low[r][None, :],)  # noqa: RUF005
-                            b_dw = b_dw_next
-                            b_dbias += b_v  # (LOW_DOT: d bias by the low-rank kernel)
-                    else:
-                        _lane_store(v_ptr, offs_dl, off_v, b_v, m_d, m_p, LANES_FIRST)
-                        if LOW_DOT:
-                            off_vt = p * (2 * BLOCK_D)
-                            _lane_store(vt_ptr, offs_dl, off_vt, b_dt, m_d, m_p, LANES_FIRST)
-                            _lane_store(vt_ptr + BLOCK_D, offs_dl, off_vt, b_slope, m_d, m_p, LANES_FIRST)
-                else:
-                    p_ddt = ddt_ptr + (
-                        offs_d[:, None] * s_td + _plane(off, i, j, s_ti, s_tj, SAME_PLANE)[None, :]
-                    )
-                    if ADJOINT:
-                        b_v += tl.load(p_ddt, mask=m, other=0.0)
-                        b_v = tl.where(m, b_v * b_slope, 0.0)
-                        b_dbias += b_v
-                    tl.store(p_ddt, b_v, mask=m)
-            else:  # (the local pass walks the state only)
+            off_p = _plane(off, i, j, s_pi, s_pj, SAME_PLANE)
+            m_pn = m_p[:, None] & m_n[None, :]
+            p_part = pBC_ptr + offs_n[None, :] * s_pn + off_p[:, None]
+            if ADJOINT:
+                # d dt = sum_n lam u B - (the adjoint's q summed from here to the chunk's end)
+                # + (the state's q of the later chunks and this one: b_carry)
                 b_q_sum += b_q
+                b_v = tl.sum(b_lam * b_B, axis=2) * b_u - b_q_sum + b_carry
+                b_dA -= b_s[:, :, None] * b_w_p
+                b_s -= b_dt
+                b_du = tl.sum(b_lam * b_B, axis=2) * b_dt
+                off_du = _plane(off, i, j, s_ei, s_ej, SAME_PLANE)
+                # (du starts as the skip term, (sum_k D_k) g, which the launcher writes)
+                b_du += _lane_load(du_ptr, offs_d * s_ed, off_du, m_d, m_p, LANES_FIRST)
+                _lane_store(du_ptr, offs_d * s_ed, off_du, b_du, m_d, m_p, LANES_FIRST)
+                b_dB = tl.sum(b_lam * (b_dt * b_u)[:, :, None], axis=0)
+                _store_partial(p_part, b_dB, m_pn, blk)
+            else:
+                # d dt: less the state's q this walk has passed (the adjoint walk adds the total)
+                b_v = -b_q_sum
+                b_q_sum += b_q
+                b_dA += b_s[:, :, None] * b_w_p
                 # G's decays from the chunk's start as a running product (exp(A S) costs a
                 # special-function op per step)
                 b_decay *= b_decay_p
                 b_coef += b_direct * b_decay
+                _store_partial(p_part, tl.sum(b_g[:, :, None] * b_h, axis=0), m_pn, blk)
+            if LOWRANK:
+                # d dt is linear downstream (d dt_low, d dt_weight, d bias). The state walk
+                # parks its half per position in the scratch (v_ptr: [positions, V_ROW], each
+                # thread's channels contiguous); the adjoint walk, which comes by the same
+                # positions in the next launch, adds it to its own half, so the low-rank sums
+                # run once per position instead of once per walk.
+                off_v = p * V_ROW
+                if ADJOINT:
+                    b_v += _lane_load(v_ptr, offs_dl, off_v, m_d, m_p, LANES_FIRST)
+                    b_v = tl.where(m, b_v * b_slope, 0.0)
+                    if LOW_DOT:
+                        _lane_store(v_ptr, offs_dl, off_v, b_v, m_d, m_p, LANES_FIRST)
+                    else:
+                        # per row: d dt_low's channel sum, d dt_weight per lane
+                        off_q = _plane(off, i, j, s_qi, s_qj, SAME_PLANE)
+                        b_dw_next = ()
+                        for r in tl.static_range(R):
+                            b_dlow = tl.sum(b_W[r][:, None] * b_v, axis=0)
+                            _store_partial(pLow_ptr + (r * s_qr + off_q), b_dlow, m_p, blk)
+                            b_dw_next = b_dw_next + (b_dw[r] + b_v * b_low[r][None, :],)  # noqa: RUF005
+                        b_dw = b_dw_next
+                        b_dbias += b_v  # (LOW_DOT: d bias by the low-rank kernel)
+                else:
+                    _lane_store(v_ptr, offs_dl, off_v, b_v, m_d, m_p, LANES_FIRST)
+            else:
+                p_ddt = ddt_ptr + (
+                    offs_d[:, None] * s_td + _plane(off, i, j, s_ti, s_tj, SAME_PLANE)[None, :]
+                )
+                if ADJOINT:
+                    b_v += tl.load(p_ddt, mask=m, other=0.0)
+                    b_v = tl.where(m, b_v * b_slope, 0.0)
+                    b_dbias += b_v
+                tl.store(p_ddt, b_v, mask=m)
             if PREFETCH:
                 shared = shared_next
                 p, i, j = p_next, i_next, j_next
             else:
                 p, i, j = _step(p, i, j, M, DESCENDING)
-        # one return type for both passes (the compiler checks it across constexpr branches)
-        return b_h, b_s, b_q_sum, b_coef, b_dA, b_dbias, b_dw
+        # one return type for both walks (the compiler checks it across constexpr branches)
+        return b_h, b_s, b_q_sum, b_coef, b_decay, b_dA, b_dbias, b_dw
 
     @triton.jit
     def _bwd_split(x):
@@ -1405,6 +1535,19 @@ if HAS_TRITON:
             return tl.dot(a, b, acc)
         else:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+
+    @triton.jit
+    def _span_start(p0, M):
+        # (i0, j0) of a program's first position p0 and 1 / M, for ``_span_tile``
+        i0 = p0 // M
+        return i0, p0 - i0 * M, 1.0 / (M * 1.0)  # (M = 1 arrives as a constant: maps of one row)
+
+    @triton.jit
+    def _span_tile(offs_t, i0, j0, M, inv_M):
+        # (i, j) of the positions offs_t past (i0, j0) from a float quotient, no integer division
+        # per tile: exact while j0 + offs_t stays below 2^22 (a row plus the program's chunks)
+        di = (((j0 + offs_t).to(tl.float32) + 0.5) * inv_M).to(tl.int32)
+        return i0 + di, j0 + offs_t - di * M
 
     @triton.jit
     def _bwd_low_rank_sums(
@@ -1451,11 +1594,7 @@ if HAS_TRITON:
         # fixed order).
         offs_r = tl.arange(0, RD)
         m_r = offs_r < R
-        # (i, j) of each position from a float quotient, no integer division per tile: exact while
-        # j0 + the offset past p0 stays below 2^22 (a row plus the program's chunks)
-        i0 = p0 // M
-        j0 = p0 - i0 * M
-        inv_M = 1.0 / (M * 1.0)  # (M = 1 arrives as a constant: maps of one row or column)
+        i0, j0, inv_M = _span_start(p0, M)
         n_tiles = (BLOCK_C * chunk + BLOCK_P - 1) // BLOCK_P
         for h in tl.static_range((V_ROW + V_SUB - 1) // V_SUB):
             offs_ch = h * V_SUB + tl.arange(0, V_SUB)
@@ -1467,9 +1606,7 @@ if HAS_TRITON:
             for t in tl.range(n_tiles, num_stages=1):
                 offs_t = t * BLOCK_P + tl.arange(0, BLOCK_P)
                 m_p = p0 + offs_t < p1
-                di = (((j0 + offs_t).to(tl.float32) + 0.5) * inv_M).to(tl.int32)
-                i = i0 + di
-                j = j0 + offs_t - di * M
+                i, j = _span_tile(offs_t, i0, j0, M, inv_M)
                 p_v = v_ptr + (p0 + offs_t)[:, None] * V_ROW + offs_ch[None, :]
                 b_v = tl.load(p_v, mask=m_p[:, None] & m_ch[None, :], other=0.0)
                 b_v1, b_v2 = _bwd_split(b_v)
@@ -1509,11 +1646,88 @@ if HAS_TRITON:
                 m_bias = m_ch[:, None] & (offs_r == R)[None, :]
                 tl.store(dbias_ptr + (d0 + offs_ch)[:, None] + 0 * offs_r[None, :], b_dw, mask=m_bias)
 
+    @triton.heuristics({"HAS_BIAS": _OPTIONAL_INPUTS["HAS_BIAS"]})
+    @triton.jit
+    def ss2d_bwd_dt_kernel(
+        low_ptr,
+        w_ptr,
+        bias_ptr,
+        vt_ptr,
+        s_lb,
+        s_lk,
+        s_lr,
+        s_li,
+        s_lj,
+        D,
+        L,
+        M,
+        chunk,
+        k_f,
+        rev,
+        R: tl.constexpr,
+        RP: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        DELTA_SOFTPLUS: tl.constexpr,
+        V_ROW: tl.constexpr,
+        V_SUB: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):
+        # dt and its softplus slope of one direction (k_f + 2 rev) for the low-rank walks, before
+        # them, one program per program of theirs: its chunk block's positions, its V_ROW
+        # channels, into its scratch rows (dt, then the slope, V_ROW each per position). dt of a
+        # tile of positions is one product [BLOCK_P, RP] x [RP, V_SUB] as in the forward
+        # (``_dt_weight_operand``: half dt_low exact against dt_weight in two half parts, fp32
+        # dt_low in tf32x3), so each dt_low value is loaded once per program, not per channel,
+        # and the walks build no dt of their own (R loads and FMAs and a softplus per step).
+        pid_c = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        pid_b = tl.program_id(2).to(tl.int64)
+        k = k_f + 2 * rev
+        d0 = pid_d * V_ROW
+        p0 = pid_c * BLOCK_C * chunk
+        p1 = tl.minimum(L, p0 + BLOCK_C * chunk)
+        low_b = low_ptr + pid_b * s_lb + k * s_lk
+        vt_b = vt_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * (2 * V_ROW)
+        i0, j0, inv_M = _span_start(p0, M)
+        n_tiles = (BLOCK_C * chunk + BLOCK_P - 1) // BLOCK_P
+        for h in tl.static_range((V_ROW + V_SUB - 1) // V_SUB):
+            offs_ch = h * V_SUB + tl.arange(0, V_SUB)
+            m_ch = (offs_ch < V_ROW) & (d0 + offs_ch < D)
+            b_wt, r_low = _dt_weight_operand(
+                w_ptr, k, D, d0 + offs_ch, s_lr, low_ptr.dtype.element_ty, R, RP, True
+            )
+            if HAS_BIAS:
+                b_bias = tl.load(bias_ptr + k * D + d0 + offs_ch, mask=m_ch, other=0.0)
+            else:
+                b_bias = tl.zeros([V_SUB], dtype=tl.float32)
+            for t in tl.range(n_tiles, num_stages=1):
+                offs_t = t * BLOCK_P + tl.arange(0, BLOCK_P)
+                m_p = p0 + offs_t < p1
+                i, j = _span_tile(offs_t, i0, j0, M, inv_M)
+                off_p = i * s_li + j * s_lj
+                b_low = tl.load(low_b + off_p[:, None] + r_low, mask=m_p[:, None], other=0.0)
+                if b_low.dtype == tl.float32:
+                    b_raw = tl.dot(b_low, b_wt, input_precision="tf32x3")
+                elif _GPU_MATH:
+                    b_raw = tl.dot(b_low, b_wt)
+                else:  # the interpreter multiplies no halves; fp32 holds them exactly
+                    b_raw = tl.dot(b_low.to(tl.float32), b_wt.to(tl.float32))
+                b_raw += b_bias[None, :]
+                if DELTA_SOFTPLUS:
+                    b_dt, b_slope = _softplus_and_slope(b_raw)
+                else:
+                    b_dt = b_raw
+                    b_slope = tl.full(b_raw.shape, 1.0, tl.float32)
+                p_vt = vt_b + (p0 + offs_t)[:, None] * (2 * V_ROW) + offs_ch[None, :]
+                m_vt = m_p[:, None] & m_ch[None, :]
+                tl.store(p_vt, b_dt, mask=m_vt)
+                tl.store(p_vt + V_ROW, b_slope, mask=m_vt)
+
     @triton.heuristics(
         {
             "LOWRANK": _OPTIONAL_INPUTS["LOWRANK"],
             "HAS_BIAS": _OPTIONAL_INPUTS["HAS_BIAS"],
-            "GRAD": lambda args: args["du_ptr"] is not None,
         }
     )
     @triton.jit(do_not_specialize=["chunk_step"])
@@ -1534,7 +1748,6 @@ if HAS_TRITON:
         dtsum_ptr,
         qx_ptr,
         carry_ptr,
-        start_ptr,
         du_ptr,
         ddt_ptr,
         pB_ptr,
@@ -1609,240 +1822,202 @@ if HAS_TRITON:
         LOWRANK: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         DELTA_SOFTPLUS: tl.constexpr,
-        GRAD: tl.constexpr,
+        ADJOINT: tl.constexpr,
         SAME_PLANE: tl.constexpr,
         PREFETCH: tl.constexpr,
         LOW_DOT: tl.constexpr,
         V_ROW: tl.constexpr,
         LANES_FIRST: tl.constexpr,
         SAME_CHANNELS: tl.constexpr,
-        REV0: tl.constexpr,
-        N_REV: tl.constexpr,
+        REV: tl.constexpr,
         BLOCK_D: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
-        # One orientation (directions k_f and k_f + 2, the same chunks of positions), lanes =
-        # channels x chunks as in the forward. Local pass: per direction a state walk from zero,
-        # storing the chunk values the chains and the q totals need (the adjoint's by duality).
-        # Gradient pass: the same two walks from the chained entering values, each writing its
-        # half of the gradients; channel sums go to one partial per program (its n_group channel
-        # blocks in turn; low rank: d dt_low by the low-rank kernel after the walks), parameter
-        # sums to one partial per chunk block and image (the launcher adds them in fixed order).
+        # One direction (k_f + 2 REV) of one orientation, lanes = channels x chunks as in the
+        # forward, one walk per launch. The state walk (ADJOINT=False) starts every chunk from
+        # the state the forward saved at its entry and stores, besides its half of the
+        # gradients, the chunk values the adjoint's chain and the q totals need (G twice: the
+        # chain updates its copy in place; K, the exit from a zero entry; the q total and the summed dt). The
+        # adjoint walk (the next launch, after the chain) starts from the chained adjoint.
+        # Channel sums go to one partial per program (its n_group channel blocks in turn; low
+        # rank: d dt_low by the low-rank kernel after the walks), parameter sums to one partial
+        # per chunk block, image and walk (the launcher adds them in fixed order).
         pid_c = tl.program_id(0)
         pid_d = tl.program_id(1)
         pid_b = tl.program_id(2).to(tl.int64)
         n_batch = tl.num_programs(2)
         # The program walks n_group channel blocks in turn, adding each block's channel sums to
         # its one partial (fewer partials: the bound on their memory), in a fixed order.
-        # The low-rank gradient pass's scratch, per position of this image's orientation: d dt's
-        # state half for the block's channels, reused by every channel block and direction
-        # (LOW_DOT: the whole d dt of the direction for all the program's channels, V_ROW per
-        # position, which ``ss2d_bwd_low_rank_kernel`` reads next; and dt with its slope for the
-        # block's channels at vt_ptr, reused). Directions REV0 .. REV0 + N_REV - 1 of the
-        # orientation (LOW_DOT gradient pass: one per launch, so the scratch holds one).
-        if LOWRANK and GRAD:
-            v_slot = v_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * V_ROW
+        # The low-rank scratch, per position of this image's orientation: d dt of the direction
+        # for all the program's channels, V_ROW per position (the state walk's half, then the
+        # whole, which ``ss2d_bwd_low_rank_kernel`` reads next), and (LOW_DOT) dt with its slope
+        # (2 V_ROW per position), from the state walk for the adjoint walk.
+        slot = pid_b * tl.num_programs(1) + pid_d
+        if LOWRANK:
+            v_slot = v_ptr + slot * L * V_ROW
         else:
             v_slot = v_ptr
-        if LOW_DOT and GRAD:
-            vt_slot = vt_ptr + (pid_b * tl.num_programs(1) + pid_d) * L * (2 * BLOCK_D)
+        if LOW_DOT:
+            vt_slot = vt_ptr + slot * L * (2 * V_ROW)
         else:
             vt_slot = vt_ptr
         offs_dl = tl.arange(0, BLOCK_D)
-        for rev in tl.static_range(REV0, REV0 + N_REV):
-            k = k_f + 2 * rev
-            for blk in range(n_group):
-                offs_d = (pid_d * n_group + blk) * BLOCK_D + offs_dl
-                m_d = offs_d < D
-                offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-                m_c = offs_c < n_chunks
-                offs_n = tl.arange(0, NP)
-                m_n = offs_n < N
-                m_dn = m_d[:, None] & m_n[None, :]
-                first = offs_c * chunk
-                # chunk_step (1, not specialised): with the chunks' contiguity unknown, the compiler
-                # lays these tiles out as the walk's (chunks across lanes, channels in a thread) rather
-                # than along the chunks, and the walk's carried state needs no layout change per step
-                offs_cx = offs_c * chunk_step
-                offs_cs = (offs_d[:, None, None] * n_chunks + offs_cx[None, :, None]) * NP + offs_n[
-                    None, None, :
-                ]
-                m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
-                offs_cv = offs_d[:, None] * n_chunks + offs_cx[None, :]
-                m_cv = m_d[:, None] & m_c[None, :]
-                if HAS_BIAS:
-                    b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
-                else:
-                    b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-                b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
-                # the R weights of each channel (a tuple of [BLOCK_D]): dt in the state walk, and
-                # with _BWD_LOW_DOT off the per-step sums in the adjoint walk
-                b_W = ()
-                if LOWRANK:
+        k = k_f + 2 * REV
+        for blk in range(n_group):
+            offs_d = (pid_d * n_group + blk) * BLOCK_D + offs_dl
+            m_d = offs_d < D
+            offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+            m_c = offs_c < n_chunks
+            offs_n = tl.arange(0, NP)
+            m_n = offs_n < N
+            m_dn = m_d[:, None] & m_n[None, :]
+            first = offs_c * chunk
+            # chunk_step (1, not specialised): with the chunks' contiguity unknown, the compiler
+            # lays these tiles out as the walk's (chunks across lanes, channels in a thread) rather
+            # than along the chunks, and the walk's carried state needs no layout change per step
+            offs_cx = offs_c * chunk_step
+            offs_cs = (offs_d[:, None, None] * n_chunks + offs_cx[None, :, None]) * NP + offs_n[None, None, :]
+            m_cs = m_d[:, None, None] & m_c[None, :, None] & m_n[None, None, :]
+            offs_cv = offs_d[:, None] * n_chunks + offs_cx[None, :]
+            m_cv = m_d[:, None] & m_c[None, :]
+            if HAS_BIAS:
+                b_bias = tl.load(bias_ptr + k * D + offs_d, mask=m_d, other=0.0)
+            else:
+                b_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+            b_a = tl.load(A_ptr + (k * D + offs_d[:, None]) * N + offs_n[None, :], mask=m_dn, other=0.0)
+            # the R weights of each channel (a tuple of [BLOCK_D]): dt in the state walk, and
+            # with _BWD_LOW_DOT off the per-step sums in the adjoint walk
+            b_W = ()
+            if LOWRANK:
+                for r in tl.static_range(R):
+                    b_W = b_W + (tl.load(w_ptr + (k * D + offs_d) * R + r, mask=m_d, other=0.0),)  # noqa: RUF005
+                dt_src = low_ptr + pid_b * s_lb + k * s_lk
+                ddt_bk = ddt_ptr
+                low_part = pLow_ptr + pid_d * s_qp + pid_b * s_qb + k * s_qk
+            else:
+                dt_src = delta_ptr + pid_b * s_db + k * s_dk
+                ddt_bk = ddt_ptr + pid_b * s_tb + k * s_tk
+                low_part = pLow_ptr
+            bk = (pid_b * 4 + k) * D * n_chunks
+            part = pid_d * s_pp + pid_b * s_pb + k * s_pk
+            if ADJOINT:
+                # from the chained adjoint and the chunk's summed dt (S counted from its entry)
+                b_h = tl.load(adj_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
+                b_s = tl.load(dtsum_ptr + bk + offs_cv, mask=m_cv, other=0.0)
+                b_carry = tl.load(carry_ptr + bk + offs_cv, mask=m_cv, other=0.0)
+                p_part = pB_ptr + part
+            else:
+                # from the state the forward saved at the chunk's entry, S counted from there
+                b_h = tl.load(state_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
+                b_s = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
+                b_carry = b_s
+                p_part = pC_ptr + part
+            if LOWRANK:
+                v_blk = v_slot + blk * BLOCK_D
+            else:
+                v_blk = v_slot
+            if LOW_DOT:
+                vt_blk = vt_slot + blk * BLOCK_D
+            else:
+                vt_blk = vt_slot
+            res = _bwd_walk(
+                b_h=b_h,
+                b_s=b_s,
+                b_carry=b_carry,
+                b_dA=tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32),
+                b_dbias=tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32),
+                u_ptr=u_ptr + pid_b * s_ub,
+                s_ud=s_ud,
+                s_ui=s_ui,
+                s_uj=s_uj,
+                g_ptr=g_ptr + pid_b * s_gb,
+                s_gd=s_ud if SAME_CHANNELS else s_gd,
+                s_gi=s_gi,
+                s_gj=s_gj,
+                delta_ptr=dt_src,
+                s_dd=s_dd,
+                s_di=s_di,
+                s_dj=s_dj,
+                low_ptr=dt_src,
+                s_lr=s_lr,
+                s_li=s_li,
+                s_lj=s_lj,
+                b_W=b_W,
+                b_bias=b_bias,
+                b_a=b_a,
+                B_ptr=B_ptr + pid_b * s_Bb + k * s_Bk,
+                s_Bn=s_Bn,
+                s_Bi=s_Bi,
+                s_Bj=s_Bj,
+                C_ptr=C_ptr + pid_b * s_Cb + k * s_Ck,
+                s_Cn=s_Cn,
+                s_Ci=s_Ci,
+                s_Cj=s_Cj,
+                du_ptr=du_ptr + pid_b * s_eb,
+                s_ed=s_ud if SAME_CHANNELS else s_ed,
+                s_ei=s_ei,
+                s_ej=s_ej,
+                ddt_ptr=ddt_bk,
+                s_td=s_td,
+                s_ti=s_ti,
+                s_tj=s_tj,
+                pBC_ptr=p_part,
+                s_pn=s_pn,
+                s_pi=s_pi,
+                s_pj=s_pj,
+                pLow_ptr=low_part,
+                s_qr=s_qr,
+                s_qi=s_qi,
+                s_qj=s_qj,
+                v_ptr=v_blk,
+                vt_ptr=vt_blk,
+                offs_d=offs_d,
+                offs_dl=offs_dl,
+                m_d=m_d,
+                offs_n=offs_n,
+                m_n=m_n,
+                first=first,
+                m_c=m_c,
+                blk=blk,
+                L=L,
+                M=M,
+                chunk=chunk,
+                LOWRANK=LOWRANK,
+                DELTA_SOFTPLUS=DELTA_SOFTPLUS,
+                ADJOINT=ADJOINT,
+                DESCENDING=(REV == 1) != ADJOINT,
+                BLOCK_D=BLOCK_D,
+                BLOCK_C=BLOCK_C,
+                NP=NP,
+                R=R,
+                SAME_PLANE=SAME_PLANE,
+                PREFETCH=PREFETCH,
+                LOW_DOT=LOW_DOT,
+                V_ROW=V_ROW,
+                LANES_FIRST=LANES_FIRST,
+            )
+            b_h, b_s, b_q_sum, b_G, b_decay, b_dA, b_dbias, b_dw = res
+            # the next block's walk adds to this one's channel-sum partials
+            tl.debug_barrier()
+            par = ((pid_c * n_batch + pid_b) * 4 + k) * D + offs_d
+            tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], tl.sum(b_dA, axis=1), mask=m_dn)
+            if ADJOINT:
+                if HAS_BIAS and not LOW_DOT:  # (LOW_DOT: after the walks, with d dt_weight)
+                    tl.store(pBias_ptr + par, tl.sum(b_dbias, axis=1), mask=m_d)
+                if LOWRANK and not LOW_DOT:  # (only the adjoint walk gathers d dt_weight)
                     for r in tl.static_range(R):
-                        b_W = b_W + (tl.load(w_ptr + (k * D + offs_d) * R + r, mask=m_d, other=0.0),)  # noqa: RUF005
-                    dt_src = low_ptr + pid_b * s_lb + k * s_lk
-                else:
-                    dt_src = delta_ptr + pid_b * s_db + k * s_dk
-                bk = (pid_b * 4 + k) * D * n_chunks
-                if GRAD:
-                    du_b = du_ptr + pid_b * s_eb
-                    if LOWRANK:
-                        ddt_bk = ddt_ptr
-                        low_part = pLow_ptr + pid_d * s_qp + pid_b * s_qb + k * s_qk
-                    else:
-                        ddt_bk = ddt_ptr + pid_b * s_tb + k * s_tk
-                        low_part = pLow_ptr
-                    b_x = tl.load(state_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
-                    b_m = tl.load(adj_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
-                    b_start = tl.load(start_ptr + bk + offs_cv, mask=m_cv, other=0.0)
-                    b_dtsum = tl.load(dtsum_ptr + bk + offs_cv, mask=m_cv, other=0.0)
-                    b_carry = tl.load(carry_ptr + bk + offs_cv, mask=m_cv, other=0.0)
-                    part = pid_d * s_pp + pid_b * s_pb + k * s_pk
-                    c_part = pC_ptr + part
-                    b_part = pB_ptr + part
-                else:
-                    du_b = du_ptr
-                    ddt_bk = ddt_ptr
-                    low_part = pLow_ptr
-                    b_x = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
-                    b_m = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
-                    b_start = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-                    b_dtsum = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-                    b_carry = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-                    c_part = pC_ptr
-                    b_part = pB_ptr
-                # dA and d bias per lane: the adjoint walk adds to the state walk's sums (no
-                # registers held for them across it)
-                b_dA = tl.zeros([BLOCK_D, BLOCK_C, NP], dtype=tl.float32)
-                b_dbias = tl.zeros([BLOCK_D, BLOCK_C], dtype=tl.float32)
-                if LOW_DOT and GRAD:
-                    # the block's channels within the rows of the program's channels
-                    v_blk = v_slot + blk * BLOCK_D
-                else:
-                    v_blk = v_slot
-                for walk in tl.static_range(2 if GRAD else 1):
-                    # walk 0: the state, in sequence order (descending positions for the reversed
-                    # direction), from the entering state and S at the chunk's start; walk 1: the
-                    # adjoint, against it, from the entering adjoint and S at the chunk's end
-                    if walk == 1:
-                        b_h = b_m
-                        b_s = b_start + b_dtsum
-                        p_part = b_part
-                        if GRAD:
-                            # the adjoint walk reads back the state walk's half of d dt
-                            tl.debug_barrier()
-                    else:
-                        b_h = b_x
-                        b_s = b_start
-                        p_part = c_part
-                    res = _bwd_walk(
-                        b_h=b_h,
-                        b_s=b_s,
-                        b_carry=b_carry,
-                        b_dA=b_dA,
-                        b_dbias=b_dbias,
-                        u_ptr=u_ptr + pid_b * s_ub,
-                        s_ud=s_ud,
-                        s_ui=s_ui,
-                        s_uj=s_uj,
-                        g_ptr=g_ptr + pid_b * s_gb,
-                        s_gd=s_ud if SAME_CHANNELS else s_gd,
-                        s_gi=s_gi,
-                        s_gj=s_gj,
-                        delta_ptr=dt_src,
-                        s_dd=s_dd,
-                        s_di=s_di,
-                        s_dj=s_dj,
-                        low_ptr=dt_src,
-                        s_lr=s_lr,
-                        s_li=s_li,
-                        s_lj=s_lj,
-                        b_W=b_W,
-                        b_bias=b_bias,
-                        b_a=b_a,
-                        B_ptr=B_ptr + pid_b * s_Bb + k * s_Bk,
-                        s_Bn=s_Bn,
-                        s_Bi=s_Bi,
-                        s_Bj=s_Bj,
-                        C_ptr=C_ptr + pid_b * s_Cb + k * s_Ck,
-                        s_Cn=s_Cn,
-                        s_Ci=s_Ci,
-                        s_Cj=s_Cj,
-                        du_ptr=du_b,
-                        s_ed=s_ud if SAME_CHANNELS else s_ed,
-                        s_ei=s_ei,
-                        s_ej=s_ej,
-                        ddt_ptr=ddt_bk,
-                        s_td=s_td,
-                        s_ti=s_ti,
-                        s_tj=s_tj,
-                        pBC_ptr=p_part,
-                        s_pn=s_pn,
-                        s_pi=s_pi,
-                        s_pj=s_pj,
-                        pLow_ptr=low_part,
-                        s_qr=s_qr,
-                        s_qi=s_qi,
-                        s_qj=s_qj,
-                        v_ptr=v_blk,
-                        vt_ptr=vt_slot,
-                        offs_d=offs_d,
-                        offs_dl=offs_dl,
-                        m_d=m_d,
-                        offs_n=offs_n,
-                        m_n=m_n,
-                        first=first,
-                        m_c=m_c,
-                        blk=blk,
-                        L=L,
-                        M=M,
-                        chunk=chunk,
-                        LOWRANK=LOWRANK,
-                        DELTA_SOFTPLUS=DELTA_SOFTPLUS,
-                        ADJOINT=walk == 1,
-                        DESCENDING=rev != walk,
-                        GRAD=GRAD,
-                        BLOCK_D=BLOCK_D,
-                        BLOCK_C=BLOCK_C,
-                        NP=NP,
-                        R=R,
-                        SAME_PLANE=SAME_PLANE,
-                        PREFETCH=PREFETCH,
-                        LOW_DOT=LOW_DOT,
-                        V_ROW=V_ROW,
-                        LANES_FIRST=LANES_FIRST,
-                    )
-                    _, _, _, _, b_dA, b_dbias, _ = res
-                    if walk == 1:
-                        res_m = res
-                    else:
-                        res_x = res
-                if GRAD:
-                    # the next direction's adjoint walk adds to the du this one stored
-                    tl.debug_barrier()
-                    _, _, _, _, b_dA, b_dbias, b_dw = res_m  # (both walks' sums)
-                    par = ((pid_c * n_batch + pid_b) * 4 + k) * D + offs_d
-                    tl.store(pA_ptr + par[:, None] * NP + offs_n[None, :], tl.sum(b_dA, axis=1), mask=m_dn)
-                    if HAS_BIAS and not LOW_DOT:  # (LOW_DOT: after the walks, with d dt_weight)
-                        tl.store(pBias_ptr + par, tl.sum(b_dbias, axis=1), mask=m_d)
-                    if LOWRANK and not LOW_DOT:  # (only the adjoint walk gathers d dt_weight)
-                        for r in tl.static_range(R):
-                            tl.store(pW_ptr + par * RP + r, tl.sum(b_dw[r], axis=1), mask=m_d)
-                else:
-                    # The adjoint's chunk values are the state walk's, by duality: from zero, the
-                    # adjoint leaves the chunk (at its start) with G = sum_t C_t g_t prod_{s<=t} a_s,
-                    # the state's coefficient on its entering value; the adjoint's coefficient on
-                    # its entering value is sum_t in_t prod_{s>t} a_s, the state's exit from zero;
-                    # and both q totals are sum_t <C_t g_t, a x_t>. So one walk; the chains update
-                    # the exits in place, hence the second copies (adj_ptr, K_ptr).
-                    b_x, b_s, b_qx, b_G, _, _, _ = res_x
-                    tl.store(state_ptr + bk * NP + offs_cs, b_x, mask=m_cs)
-                    tl.store(K_ptr + bk * NP + offs_cs, b_x, mask=m_cs)
-                    tl.store(G_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
-                    tl.store(adj_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
-                    tl.store(dtsum_ptr + bk + offs_cv, b_s, mask=m_cv)
-                    tl.store(qx_ptr + bk + offs_cv, b_qx, mask=m_cv)
+                        tl.store(pW_ptr + par * RP + r, tl.sum(b_dw[r], axis=1), mask=m_d)
+            else:
+                # the adjoint's chunk values are the state walk's, by duality: from zero, the
+                # adjoint leaves the chunk (at its start) with G = sum_t C_t g_t prod_{s<=t} a_s,
+                # and its coefficient on its entering value is the state's exit from a zero
+                # entry, K = exit - (the chunk's decay) x entering state
+                b_x_in = tl.load(state_ptr + bk * NP + offs_cs, mask=m_cs, other=0.0)
+                tl.store(K_ptr + bk * NP + offs_cs, b_h - b_decay * b_x_in, mask=m_cs)
+                tl.store(G_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
+                tl.store(adj_ptr + bk * NP + offs_cs, b_G, mask=m_cs)
+                tl.store(qx_ptr + bk + offs_cv, b_q_sum, mask=m_cv)
+                tl.store(dtsum_ptr + bk + offs_cv, b_s, mask=m_cv)
 
     @triton.heuristics({"HAS_BIAS": lambda args: args["pBias_ptr"] is not None})
     @triton.jit
@@ -2162,24 +2337,42 @@ TILE_MAX_REGISTERS = 128
 WALK_PREFETCH = True
 
 
-def _tile_prefetch(u, delta, flat: bool = True) -> bool:
+def _tile_prefetch(u, delta, flat: bool = True, saving: bool = False) -> bool:
     """Whether a tile-scan launch carries the next tile's loads, where they fit in the 128
     registers without spills (sm_90, Triton 3.6 and 3.8): planes of a multiple of 16 positions
     (vector loads; with other sizes each element's address is its own and 56 x 57 or 1 x 1000
     spill 116-244 bytes), not fp32 u with fp32 delta (four carried fp32 tiles: 52 bytes spilled
-    at stage 1), and planes contiguous in walk order unless TILE_PREFETCH_STRIDED."""
+    at stage 1), planes contiguous in walk order unless TILE_PREFETCH_STRIDED, and not where
+    the launch saves the backward's states under Triton 3.8 (the pick of each lane's state and
+    the carried tiles spilled 16 bytes at stage 1; Triton 3.6, the GPU image's, fits both)."""
     L = u.shape[-2] * u.shape[-1]
     halves = delta is None or max(u.element_size(), delta.element_size()) < 4
-    return TILE_PREFETCH and L % 16 == 0 and halves and (flat or TILE_PREFETCH_STRIDED)
+    fits = not (saving and _TRITON_3_8)
+    return TILE_PREFETCH and L % 16 == 0 and halves and (flat or TILE_PREFETCH_STRIDED) and fits
 
 
 def ss2d_fwd(
-    u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype, config=None
-) -> torch.Tensor:
+    u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, out_dtype, config=None, state_chunk=None
+):
     """Launcher of the forward: out has u's shape and memory layout, in out_dtype. ``config``
-    overrides the chosen path's block sizes (``_fwd_scan_config`` or ``_fwd_config``)."""
+    overrides the chosen path's block sizes (``_fwd_scan_config`` or ``_fwd_config``). With
+    ``state_chunk``, returns (out, states): the state entering each chunk of that many positions
+    in every direction's own order, (B, 4, D, cdiv(L, state_chunk), NP) fp32, which the backward
+    walks from (chunks are numbered in row / column order; the first one a direction walks
+    enters with zero)."""
     launch = _ss2d_fwd_tiles if A.shape[2] <= TILE_SCAN_MAX_N else _ss2d_fwd_chunks
-    return launch(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config)
+    batch, d_inner, H, W = u.shape
+    states = None
+    if state_chunk is not None:
+        n_slots = cdiv(H * W, state_chunk)
+        states = torch.zeros(batch, 4, d_inner, n_slots, _next_pow2(A.shape[2]), device=u.device)
+    saving = dict(
+        st_ptr=states if states is not None and states.shape[3] > 1 else None,
+        state_chunk=state_chunk or 1,
+        n_slots=1 if states is None else states.shape[3],
+    )
+    out = launch(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config, saving)
+    return out if states is None else (out, states)
 
 
 # From this rank on (VMamba's R = D / 16 at D >= 384) the forward's lanes hold at most 4 positions
@@ -2205,7 +2398,18 @@ def _fwd_tile(sub: int, nsub: int, L: int, dt_low: torch.Tensor | None) -> tuple
     return _fit_tile(sub, nsub, L)
 
 
-def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
+def _static_state_chunk(saving: dict, sub: int, L: int) -> int:
+    """The backward's chunk as a compile-time constant where it divides the forward tile's lanes
+    and L (so every tile starts at a multiple of it: the chunks' ends lie at fixed places in
+    every lane, and each saved state is a register of the tile), else 0 (found per lane or per
+    element at run time)."""
+    chunk = saving["state_chunk"]
+    if saving["st_ptr"] is None or chunk > sub or sub % chunk or L % chunk:
+        return 0
+    return chunk
+
+
+def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config, saving):
     """The forward at N <= TILE_SCAN_MAX_N: one launch per orientation (row-major stores,
     column-major adds); each program carries its scan from tile to tile, so there is no chunk
     state, chain or second pass.
@@ -2225,13 +2429,15 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
         ss2d_fwd_scan_kernel[grid](
             **_orientation_args(column, u, delta, dt_low, B, C, out, params, softplus),
             out_ptr=out,
+            **saving,
+            STATIC_CHUNK=_static_state_chunk(saving, sub, L),
             n_tiles=cdiv(L, sub * nsub),
             FLAT=flat,
             SAME_PLANE=len({t.stride()[-2:] for t in tensors if t is not None}) == 1,
             SUB=sub,
             NSUB=nsub,
             BLOCK_D=block_d,
-            PREFETCH=_tile_prefetch(u, delta, flat),
+            PREFETCH=_tile_prefetch(u, delta, flat, saving["st_ptr"] is not None),
             num_warps=num_warps,
             # Triton 3.6 lets ptxas take 140-168 registers in the column-major launch (3.8: 128)
             maxnreg=TILE_MAX_REGISTERS,
@@ -2243,7 +2449,7 @@ def _ss2d_fwd_tiles(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out
     return out
 
 
-def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config=None):
+def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, config, saving):
     """The forward at N > TILE_SCAN_MAX_N, in three steps: per orientation, each chunk's exit
     state from a zero entry (state pass); per direction, the chain over chunks turns them into
     entering states; per orientation, the chunks again from their entering states, writing y
@@ -2267,6 +2473,7 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
             state_ptr=state,
             dtsum_ptr=dtsum,
             out_ptr=out if output else None,
+            **(saving if output else dict(st_ptr=None, state_chunk=1, n_slots=1)),
             chunk=chunk,
             n_chunks=n_chunks,
             PREFETCH=WALK_PREFETCH,
@@ -2287,8 +2494,10 @@ def _ss2d_fwd_chunks(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, ou
                 A_ptr=params["A_ptr"],
                 D=d_inner,
                 n_chunks=n_chunks,
+                k0=0,
                 N=N,
                 NP=NP,
+                N_K=4,
                 ADJOINT=False,
                 BLOCK_D=block_d,
                 CHAIN_STEP=CHAIN_STEP,
@@ -2317,6 +2526,8 @@ _BWD_LANES_FIRST = not _TRITON_3_8
 # tiles of 16, so half the steps and waits for memory; where they spill, 16
 # (``_bwd_low_dot_positions``).
 _BWD_LOW_DOT_POSITIONS = 32
+# Positions per product of ``ss2d_bwd_dt_kernel`` (dt and its slope before the low-rank walks).
+_BWD_DT_POSITIONS = 32
 _BWD_LOW_DOT_CHANNELS = 32
 # The low-rank gradient pass forms d dt_low, d dt_weight and d bias after the walks, from the
 # whole d dt they leave in a scratch (``ss2d_bwd_low_rank_kernel``). False: the v2.3 algorithm,
@@ -2593,36 +2804,56 @@ def _reverse_cumsum_exclusive(t: torch.Tensor) -> torch.Tensor:
     return t.flip(-1).cumsum(-1).flip(-1) - t
 
 
-def _chunk_carries(state, adj, G, K, dtsum, q_x, A):
-    """The gradient pass's per-chunk scalars, from the chained entering values (plain torch on
-    (B, 4, D, n_chunks) tensors): the state half of d dt at each chunk's first position (this
-    chunk's exact q total plus the later chunks' totals) and the cumulative dt S at each chunk's
-    entry. "Later" is in each direction's own order: chunks are stored in row/column order, so
-    the reversed directions (k = 2, 3) are flipped."""
+def _chunk_carries(x_in, m_in, G, K, q_x, dtsum, A, reverse: bool):
+    """One direction's per-chunk scalars for the adjoint walk, from the state walk's chunk values
+    and the chained entering adjoint (plain torch on (B, D, n_chunks[, NP]) tensors): the state's
+    q of this chunk and the later ones (its half of d dt at each chunk's end, less what the state
+    walk passed), and dA's part that the walks left out: they count S from their chunk's entry,
+    so S at the entry times the chunk's total of w = C g x - b lam, which is x_in G - m_in K per
+    state (summed in float64: S grows along the sequence, and over a whole direction these
+    totals cancel). "Later" is in the direction's own order: chunks are stored in row / column
+    order, so a reversed direction's are flipped."""
     N = A.shape[-1]
-    a = A.float()[None, :, :, None, :]
-    x_total = q_x + (a * state[..., :N] * G[..., :N]).sum(-1)
-    # the chunk's state q total less its adjoint q total; their parts from zero entering values
-    # are equal (the local pass's duality), so only the entering values' terms remain
-    total = (a * (state[..., :N] * G[..., :N] - adj[..., :N] * K[..., :N])).sum(-1)
-    order = torch.tensor([False, False, True, True], device=state.device)[None, :, None, None]
+    a = A.float()[None, :, None, :]
+    # w's total over the chunk per state, state part less adjoint part; their parts from zero
+    # entering values are equal (duality), so only the entering values' terms remain
+    w_total = x_in[..., :N] * G[..., :N] - m_in[..., :N] * K[..., :N]
+    total = (a * w_total).sum(-1)
 
-    def flip(t):  # chunk order <-> each direction's sequence order (its own inverse)
-        return torch.where(order, t.flip(-1), t)
+    def flip(t):  # chunk order <-> the direction's sequence order (its own inverse)
+        return t.flip(-1) if reverse else t
 
-    carry = flip(_reverse_cumsum_exclusive(flip(total))) + x_total
-    seq_dtsum = flip(dtsum)
+    carry = flip(_reverse_cumsum_exclusive(flip(total))) + q_x
+    seq_dtsum = flip(dtsum.double())
     start = flip(seq_dtsum.cumsum(-1) - seq_dtsum)
-    return carry.contiguous(), start.contiguous()
+    w_total = x_in[..., :N].double() * G[..., :N].double() - m_in[..., :N].double() * K[..., :N].double()
+    dA = (start[..., None] * w_total).sum((0, 2)).float()
+    return carry, dA
 
 
-def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, config=None):
+def _bwd_chunk(u: torch.Tensor, A: torch.Tensor, dt_low: torch.Tensor | None) -> int:
+    """The backward's chunk length, which the forward saves its states for."""
+    # (plain ints: under torch.compile's dynamic shapes the sizes are symbols, which the
+    # configuration search cannot take; int() specialises on them)
+    batch, d_inner, H, W = (int(size) for size in u.shape)
+    lowrank = dt_low is not None
+    R = int(dt_low.shape[2]) if lowrank else 1
+    return _bwd_config(d_inner, H * W, int(A.shape[2]), batch, lowrank, _sm_count(u.device), R)[2]
+
+
+def ss2d_bwd(
+    grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, states=None, config=None
+):
     """Launcher of the backward. Returns (du, ddelta_or_None, d_dt_low_or_None,
     d_dt_weight_or_None, dA, dB, dC, dD_or_None, dbias_or_None), each in its input's dtype.
 
-    Four steps: the local pass (per orientation and direction, each chunk's state walk from
-    zero; the adjoint's chunk values follow from it); the chains over chunks (the forward's kernel, the adjoint in the opposite
-    order); the per-chunk carries (plain torch on chunk-sized tensors); the gradient pass.
+    ``states``: the forward's entering states of the backward's chunks (``ss2d_fwd`` with
+    ``state_chunk=_bwd_chunk(u, A, dt_low)``, as the differentiable ops save them); without them,
+    or with another number of chunks, the forward runs again to save them.
+    Per direction: the state walk from those states (its half of the gradients and each chunk's
+    values for the adjoint), the adjoint's chain over chunks (the forward's chain kernel, in the
+    opposite order), the per-chunk carries (plain torch on chunk-sized tensors), the adjoint
+    walk, and at low rank the sums that form d dt_low, d dt_weight and d bias.
     """
     batch, d_inner, H, W = u.shape
     L = H * W
@@ -2635,12 +2866,15 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         d_inner, L, N, batch, lowrank, _sm_count(u.device), R
     )
     n_chunks = cdiv(L, chunk)
+    if states is None or states.shape[3] != n_chunks:
+        _, states = ss2d_fwd(
+            u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, torch.float32, state_chunk=chunk
+        )
     n_cblk = cdiv(n_chunks, block_c)
     n_dblk, n_group = _bwd_partial_split(d_inner, block_d, N, R if lowrank else 0, batch, n_cblk)
     dev = u.device
-    chunk_state = [new_buffer(batch, 4, d_inner, n_chunks, NP, device=dev) for _ in range(4)]
-    dtsum, q_x = (new_buffer(batch, 4, d_inner, n_chunks, device=dev) for _ in range(2))
-    state, adj, G, K = chunk_state
+    adj, G, K = (new_buffer(batch, 4, d_inner, n_chunks, NP, device=dev) for _ in range(3))
+    dtsum, q_x, carry = (new_buffer(batch, 4, d_inner, n_chunks, device=dev) for _ in range(3))
     # du starts as the skip term: every direction's D_k u acts on the same u, so their gradients
     # add up to (sum_k D_k) g; the adjoint walks add their parts to it
     du = new_buffer(batch, d_inner, H, W, device=dev)
@@ -2660,25 +2894,26 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         p_low = None
     p_B = new_buffer(n_dblk, batch, 4, N, H, W, device=dev)
     p_C = new_buffer(n_dblk, batch, 4, N, H, W, device=dev)
-    p_A = new_buffer(n_cblk, batch, 4, d_inner, NP, device=dev)
+    p_A = new_buffer(2, n_cblk, batch, 4, d_inner, NP, device=dev)  # (the state walk's, the adjoint's)
+    dA = torch.zeros(4, d_inner, N, device=dev)
     p_bias = new_buffer(n_cblk, batch, 4, d_inner, device=dev) if bias is not None else None
     p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
-    # the low-rank gradient pass's scratch: each program's state half of d dt per position and
-    # channel of its block; with the low-rank sums after the walks (low_dot), d dt of all its
-    # channels for one direction (a row of n_group x block_d per position: at most (B, D, L)
-    # values in all, a quarter of one (B, 4, D, L) tensor) and dt with its slope for the
-    # block's channels
+    # the low-rank scratch of one direction: d dt per position and channel (the state walk's
+    # half, then the whole, which the low-rank sums read: (B, D, L) values in all) and, from the
+    # state walk for the adjoint walk, dt with its slope (LOW_DOT: twice that)
     low_dot = lowrank and _BWD_LOW_DOT
-    v_row = n_group * block_d if low_dot else block_d  # exactly the program's channels: no padding
+    v_row = n_group * block_d  # exactly the program's channels: no padding
     v_scratch = new_buffer(batch, n_dblk, L, v_row, device=dev) if lowrank else None
-    vt_scratch = new_buffer(batch, n_dblk, L, 2 * block_d, device=dev) if low_dot else None
+    vt_scratch = new_buffer(batch, n_dblk, L, 2 * v_row, device=dev) if low_dot else None
     params = _param_ptrs(dt_weight, A, D, bias)
     del params["Ds_ptr"]  # (the skip term's gradient is du's start, written above)
     grid = (n_cblk, n_dblk, batch)  # n_dblk programs per chunk block, n_group channel blocks each
-    # the chains' own channel blocks: a warp's lanes (channels x states), at least 4 channels (at
-    # N = 16 two lanes per thread take fewer instructions per element than two channels)
+    # the chain's own channel blocks: a warp's lanes (channels x states), at least 4 channels (at
+    # N = 16 two lanes per thread take fewer instructions per element than two channels), fewer
+    # where its grid (one direction: channel blocks x images) would stay under 4 waves
     chain_block_d = max(block_d, min(_next_pow2(d_inner), max(4, 32 // NP)))
-    carry = start = None
+    while chain_block_d > 1 and cdiv(d_inner, chain_block_d) * batch < _BWD_MIN_BLOCKS:
+        chain_block_d //= 2
 
     # every tensor the walks index by position (one shared plane offset when their strides agree)
     planes = (u, grad_out, delta, dt_low, B, C, du, ddt, p_B, p_low)
@@ -2689,10 +2924,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
     # form spilled up to 304 bytes under Triton 3.6)
     lanes_first = _BWD_LANES_FIRST and lowrank and block_c * NP >= 32 * num_warps
 
-    def chunk_pass(column: bool, grad: bool, rev0: int = 0, n_rev: int = 2):
-        def out(t):  # the gradient buffers are None in the local pass
-            return t if grad else None
-
+    def walk(column: bool, rev: int, adjoint: bool):
         ss2d_bwd_chunk_kernel[grid](
             u_ptr=u,
             g_ptr=grad_out,
@@ -2700,24 +2932,23 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             low_ptr=dt_low,
             B_ptr=B,
             C_ptr=C,
-            state_ptr=state,
+            state_ptr=states,
             adj_ptr=adj,
             G_ptr=G,
             K_ptr=K,
             dtsum_ptr=dtsum,
             qx_ptr=q_x,
             carry_ptr=carry,
-            start_ptr=start,
-            du_ptr=out(du),
-            ddt_ptr=out(ddt),
-            pB_ptr=out(p_B),
-            pC_ptr=out(p_C),
-            pLow_ptr=out(p_low),
-            pA_ptr=out(p_A),
-            pBias_ptr=out(p_bias),
-            pW_ptr=out(p_w),
-            v_ptr=out(v_scratch),
-            vt_ptr=out(vt_scratch),
+            du_ptr=du,
+            ddt_ptr=ddt,
+            pB_ptr=p_B,
+            pC_ptr=p_C,
+            pLow_ptr=p_low,
+            pA_ptr=p_A[int(adjoint)],
+            pBias_ptr=p_bias,
+            pW_ptr=p_w,
+            v_ptr=v_scratch,
+            vt_ptr=vt_scratch,
             **params,
             **_input_strides(column, u, delta, dt_low, B, C),
             **_named_strides("g", grad_out, column, "bdij"),
@@ -2738,6 +2969,7 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             NP=NP,
             RP=RP,
             DELTA_SOFTPLUS=softplus,
+            ADJOINT=adjoint,
             SAME_PLANE=len({t.stride()[-2:] for t in planes if t is not None}) == 1,
             PREFETCH=_BWD_PREFETCH,
             LOW_DOT=low_dot,
@@ -2745,12 +2977,53 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
             LANES_FIRST=lanes_first,
             # u, grad_out and du one channel stride too: one offset per step and channel for all
             SAME_CHANNELS=len({t.stride()[1:] for t in (u, grad_out, du)}) == 1,
-            REV0=rev0,
-            N_REV=n_rev,
+            REV=rev,
             BLOCK_D=block_d,
             BLOCK_C=block_c,
             num_warps=num_warps,
             **cap,
+        )
+
+    def adjoint_chain(k: int):  # the entering adjoint of every chunk of direction k, in place
+        ss2d_fwd_chain_kernel[(cdiv(d_inner, chain_block_d), batch)](
+            state_ptr=adj,
+            dtsum_ptr=dtsum,
+            A_ptr=params["A_ptr"],
+            D=d_inner,
+            n_chunks=n_chunks,
+            k0=k,
+            N=N,
+            NP=NP,
+            N_K=1,
+            ADJOINT=True,
+            BLOCK_D=chain_block_d,
+            CHAIN_STEP=CHAIN_STEP,
+            num_warps=1,
+        )
+
+    def dt_and_slope(column: bool, rev: int):  # the low-rank walks' dt and slope of that direction
+        channels, warps = _bwd_low_dot_tiles(R)
+        ss2d_bwd_dt_kernel[(n_cblk, n_dblk, batch)](
+            low_ptr=dt_low,
+            w_ptr=params["w_ptr"],
+            bias_ptr=params["bias_ptr"],
+            vt_ptr=vt_scratch,
+            **_named_strides("l", dt_low, column, "bkrij"),
+            D=d_inner,
+            L=L,
+            M=H if column else W,
+            chunk=chunk,
+            k_f=int(column),
+            rev=rev,
+            R=R,
+            RP=max(16, _next_pow2(R * (1 if dt_low.dtype == torch.float32 else 2))),
+            DELTA_SOFTPLUS=softplus,
+            V_ROW=v_row,
+            V_SUB=max(16, min(_next_pow2(v_row), channels)),  # (tl.dot: >= 16)
+            BLOCK_C=block_c,
+            BLOCK_P=_BWD_DT_POSITIONS,
+            num_warps=warps,
+            maxnreg=128,
         )
 
     def low_rank_sums(column: bool, rev: int):  # d dt_low, d dt_weight, d bias of that launch
@@ -2787,34 +3060,23 @@ def ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: 
         )
 
     with _on_device(u):
-        chunk_pass(column=False, grad=False)
-        chunk_pass(column=True, grad=False)
-        for values, adjoint in ((state, False), (adj, True)):
-            ss2d_fwd_chain_kernel[(cdiv(d_inner, chain_block_d), batch * 4)](
-                state_ptr=values,
-                dtsum_ptr=dtsum,
-                A_ptr=params["A_ptr"],
-                D=d_inner,
-                n_chunks=n_chunks,
-                N=N,
-                NP=NP,
-                ADJOINT=adjoint,
-                BLOCK_D=chain_block_d,
-                CHAIN_STEP=CHAIN_STEP,
-                num_warps=1,
-            )
-        carry, start = _chunk_carries(state, adj, G, K, dtsum, q_x, A)
         for column in (False, True):
-            if low_dot:  # one direction per launch: the scratch of d dt holds one direction
-                for rev in (0, 1):
-                    chunk_pass(column=column, grad=True, rev0=rev, n_rev=1)
+            for rev in (0, 1):  # one direction at a time: the scratch holds one
+                k = int(column) + 2 * rev
+                if low_dot:
+                    dt_and_slope(column, rev)
+                walk(column, rev, adjoint=False)
+                adjoint_chain(k)
+                carry[:, k], dA[k] = _chunk_carries(
+                    states[:, k], adj[:, k], G[:, k], K[:, k], q_x[:, k], dtsum[:, k], A[k], reverse=rev == 1
+                )
+                walk(column, rev, adjoint=True)
+                if low_dot:
                     low_rank_sums(column, rev)
-            else:
-                chunk_pass(column=column, grad=True)
     # fixed-order sums over channel blocks, chunk blocks and images: deterministic
     dB = p_B.sum(0).to(B.dtype)
     dC = p_C.sum(0).to(C.dtype)
-    dA = p_A[..., :N].sum((0, 1)).to(A.dtype)
+    dA = (dA + p_A[..., :N].sum((0, 1, 2))).to(A.dtype)
     dbias = p_bias.sum((0, 1)).to(bias.dtype) if bias is not None else None
     # every direction's skip term is D_k u: the same sum of g u over images and positions
     dD = None
@@ -2850,10 +3112,10 @@ _GRADS_SCHEMA = "(" + ", ".join(["Tensor"] * len(SCAN_ARGS)) + ")"
 @torch.library.custom_op(
     "svmamba::ss2d_bwd",
     mutates_args=(),
-    schema=f"(Tensor grad_out, {SCAN_ARGS_SCHEMA}, bool delta_softplus) -> {_GRADS_SCHEMA}",
+    schema=f"(Tensor grad_out, {SCAN_ARGS_SCHEMA}, bool delta_softplus, Tensor states) -> {_GRADS_SCHEMA}",
 )
-def _ss2d_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
-    grads = ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus)
+def _ss2d_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states):
+    grads = ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states)
     return tuple(_or_empty(g, u) for g in grads)
 
 
@@ -2868,31 +3130,47 @@ def _grad_like(t: torch.Tensor | None, name: str, u: torch.Tensor) -> torch.Tens
 
 
 @_ss2d_bwd_op.register_fake
-def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus):
+def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states):
     like = dict(u=u, delta=delta, dt_low=dt_low, dt_weight=dt_weight, A=A, B=B, C=C, D=D, bias=bias)
     return tuple(_grad_like(t, name, u) for name, t in like.items())
 
 
 def _save(ctx, scan_args, softplus, output):
     ctx.delta_softplus = softplus
-    ctx.save_for_backward(*scan_args)
+    ctx.save_for_backward(*scan_args, output[1])
 
 
 def _backward(ctx, grad_out):
-    grads = _ss2d_bwd_op(grad_out, *ctx.saved_tensors, ctx.delta_softplus)
+    *scan_args, states = ctx.saved_tensors
+    grads = _ss2d_bwd_op(grad_out, *scan_args, ctx.delta_softplus, states)
     return tuple(_or_none(g) for g in grads)
 
 
-def _fake_forward(u, A, softplus, out_dtype):
-    return torch.empty_like(u, dtype=out_dtype)
+def _forward_saving_states(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
+    """(out, the states entering the backward's chunks): what the backward walks from."""
+    chunk = _bwd_chunk(u, A, dt_low)
+    return ss2d_fwd(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype, state_chunk=chunk)
+
+
+def _fake_forward(u, A, dt_low, softplus, out_dtype):
+    batch, d_inner, H, W = u.shape
+    n_chunks = cdiv(int(H) * int(W), _bwd_chunk(u, A, dt_low))
+    states = u.new_empty(batch, 4, d_inner, n_chunks, _next_pow2(A.shape[2]), dtype=torch.float32)
+    return torch.empty_like(u, dtype=out_dtype), states
 
 
 _FORWARD_OPS = define_forward_ops(
-    "ss2d", returns="Tensor", forward=ss2d_fwd, fake=_fake_forward, save=_save, backward=_backward
+    "ss2d",
+    returns="(Tensor, Tensor)",  # out, then the states the backward op reads
+    forward=_forward_saving_states,
+    fake=_fake_forward,
+    save=_save,
+    backward=_backward,
 )
 _ss2d_fwd_op, _ss2d_lowrank_fwd_op = _FORWARD_OPS
 
 
 def ss2d_triton(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
     """Dispatch to the full-delta or low-rank fused op (both differentiable)."""
-    return call_forward_op(_FORWARD_OPS, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
+    out, _ = call_forward_op(_FORWARD_OPS, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
+    return out

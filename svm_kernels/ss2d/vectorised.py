@@ -299,7 +299,7 @@ def _or_none(t: torch.Tensor) -> torch.Tensor | None:
     return None if t.dim() == 1 and t.numel() == 0 else t
 
 
-def _fake_forward(u: torch.Tensor, A: torch.Tensor, softplus: bool, out_dtype: torch.dtype) -> _Saved:
+def _fake_forward(u: torch.Tensor, A: torch.Tensor, dt_low, softplus: bool, out_dtype: torch.dtype) -> _Saved:
     """Outputs of the forward ops: y, the states x, decays a (W, H, B, 4, D, N), dt and d dt / d z
     (W, H, B, 4, D; empty without softplus), laid out as ``scan_forward`` makes them."""
     batch, d_inner, H, W = u.shape
