@@ -545,6 +545,7 @@ def ss2d_cases():
         # as the differentiable op runs them: the forward saves the states entering the
         # backward's chunks, the backward walks from them
         _, states = ss2d._fake_forward(u, t["A"], t["dt_low"], True, torch.float32)
+        chunk = ss2d._bwd_chunk(u, t["A"], t["dt_low"])
         yield Case(
             f"ss2d_fwd {variant} {dtype_name} {shape_name}",
             elements,
@@ -555,7 +556,9 @@ def ss2d_cases():
         yield Case(
             f"ss2d_bwd {variant} {dtype_name} {shape_name}",
             elements,
-            lambda u=u, args=args, states=states: ss2d.ss2d_bwd(_meta(*u.shape), u, *args, True, states),
+            lambda u=u, args=args, states=states, chunk=chunk: ss2d.ss2d_bwd(
+                _meta(*u.shape), u, *args, True, states, chunk
+            ),
             kernels,
             main,
         )

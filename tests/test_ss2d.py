@@ -921,7 +921,7 @@ def test_opcheck(lowrank):
     scan_args = (*detached, A.detach(), B.detach(), C.detach(), D.detach(), bias.detach())
     chunk = fused._bwd_chunk(u, A, dt_low)
     _, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=chunk)
-    bwd_args = (torch.randn(u.shape), *scan_args, True, states)
+    bwd_args = (torch.randn(u.shape), *scan_args, True, states, chunk)
     torch.library.opcheck(fused._ss2d_bwd_op, bwd_args)
 
 
@@ -1059,16 +1059,33 @@ def test_forward_saves_the_backwards_entering_states(monkeypatch, H, W, N, chunk
 
 
 def test_backward_without_saved_states_runs_the_forward_for_them():
-    """ss2d_bwd called without the forward's states (or with states for another number of
-    chunks) saves them itself: the same gradients, bit for bit."""
+    """ss2d_bwd called without the forward's states, or with states saved for other chunks than
+    its own (another number of them, or as many of another length), saves them itself: the same
+    gradients, bit for bit."""
     inputs = make_inputs(1, 3, 4, 5, 2, lowrank=True)
     scan_args = [inputs.get(k) for k in ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias")]
     grad_out = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(4))
     chunk = fused._bwd_chunk(inputs["u"], inputs["A"], inputs["dt_low"])
     _, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=chunk)
-    _, other = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=2 * chunk)
-    assert other.shape[3] != states.shape[3]
-    given = fused.ss2d_bwd(grad_out, *scan_args, True, states)
-    for states_arg in (None, other):
-        for g, h in zip(given, fused.ss2d_bwd(grad_out, *scan_args, True, states_arg)):
-            assert (g is None and h is None) or torch.equal(g, h)
+    given = fused.ss2d_bwd(grad_out, *scan_args, True, states, chunk)
+    L = inputs["u"].shape[2] * inputs["u"].shape[3]
+    same_count = next(c for c in range(chunk + 1, L + 1) if cdiv(L, c) == cdiv(L, chunk))
+    for other_chunk in (2 * chunk, same_count):
+        _, other = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=other_chunk)
+        for states_arg in ((None, None), (other, other_chunk)):
+            for g, h in zip(given, fused.ss2d_bwd(grad_out, *scan_args, True, *states_arg)):
+                assert (g is None and h is None) or torch.equal(g, h)
+
+
+def test_saved_states_are_fp32_whatever_the_default_dtype():
+    """The states the forward saves are fp32, as the op's fake says, under any default dtype."""
+    inputs = make_inputs(1, 2, 3, 4, 1, lowrank=True)
+    scan_args = [inputs.get(k) for k in ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias")]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=5)
+        _, fake = fused._fake_forward(inputs["u"], inputs["A"], inputs["dt_low"], True, torch.float32)
+    finally:
+        torch.set_default_dtype(previous)
+    assert states.dtype == fake.dtype == torch.float32

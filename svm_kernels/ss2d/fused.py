@@ -2365,7 +2365,9 @@ def ss2d_fwd(
     states = None
     if state_chunk is not None:
         n_slots = cdiv(H * W, state_chunk)
-        states = torch.zeros(batch, 4, d_inner, n_slots, _next_pow2(A.shape[2]), device=u.device)
+        states = torch.zeros(
+            batch, 4, d_inner, n_slots, _next_pow2(A.shape[2]), device=u.device, dtype=torch.float32
+        )
     saving = dict(
         st_ptr=states if states is not None and states.shape[3] > 1 else None,
         state_chunk=state_chunk or 1,
@@ -2842,14 +2844,28 @@ def _bwd_chunk(u: torch.Tensor, A: torch.Tensor, dt_low: torch.Tensor | None) ->
 
 
 def ss2d_bwd(
-    grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus: bool, states=None, config=None
+    grad_out,
+    u,
+    delta,
+    dt_low,
+    dt_weight,
+    A,
+    B,
+    C,
+    D,
+    bias,
+    softplus: bool,
+    states=None,
+    state_chunk=None,
+    config=None,
 ):
     """Launcher of the backward. Returns (du, ddelta_or_None, d_dt_low_or_None,
     d_dt_weight_or_None, dA, dB, dC, dD_or_None, dbias_or_None), each in its input's dtype.
 
-    ``states``: the forward's entering states of the backward's chunks (``ss2d_fwd`` with
-    ``state_chunk=_bwd_chunk(u, A, dt_low)``, as the differentiable ops save them); without them,
-    or with another number of chunks, the forward runs again to save them.
+    ``states``: the forward's entering states of chunks of ``state_chunk`` positions (``ss2d_fwd``
+    with ``state_chunk``; the differentiable ops save them for ``_bwd_chunk(u, A, dt_low)``).
+    Where they are absent or for other chunks than this backward's, the forward runs again to
+    save them.
     Per direction: the state walk from those states (its half of the gradients and each chunk's
     values for the adjoint), the adjoint's chain over chunks (the forward's chain kernel, in the
     opposite order), the per-chunk carries (plain torch on chunk-sized tensors), the adjoint
@@ -2866,7 +2882,7 @@ def ss2d_bwd(
         d_inner, L, N, batch, lowrank, _sm_count(u.device), R
     )
     n_chunks = cdiv(L, chunk)
-    if states is None or states.shape[3] != n_chunks:
+    if states is None or state_chunk != chunk:
         _, states = ss2d_fwd(
             u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, torch.float32, state_chunk=chunk
         )
@@ -2895,7 +2911,7 @@ def ss2d_bwd(
     p_B = new_buffer(n_dblk, batch, 4, N, H, W, device=dev)
     p_C = new_buffer(n_dblk, batch, 4, N, H, W, device=dev)
     p_A = new_buffer(2, n_cblk, batch, 4, d_inner, NP, device=dev)  # (the state walk's, the adjoint's)
-    dA = torch.zeros(4, d_inner, N, device=dev)
+    dA = torch.zeros(4, d_inner, N, device=dev, dtype=torch.float32)
     p_bias = new_buffer(n_cblk, batch, 4, d_inner, device=dev) if bias is not None else None
     p_w = new_buffer(n_cblk, batch, 4, d_inner, RP, device=dev) if lowrank else None
     # the low-rank scratch of one direction: d dt per position and channel (the state walk's
@@ -3112,10 +3128,17 @@ _GRADS_SCHEMA = "(" + ", ".join(["Tensor"] * len(SCAN_ARGS)) + ")"
 @torch.library.custom_op(
     "svmamba::ss2d_bwd",
     mutates_args=(),
-    schema=f"(Tensor grad_out, {SCAN_ARGS_SCHEMA}, bool delta_softplus, Tensor states) -> {_GRADS_SCHEMA}",
+    schema=(
+        f"(Tensor grad_out, {SCAN_ARGS_SCHEMA}, bool delta_softplus, Tensor states, int state_chunk)"
+        f" -> {_GRADS_SCHEMA}"
+    ),
 )
-def _ss2d_bwd_op(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states):
-    grads = ss2d_bwd(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states)
+def _ss2d_bwd_op(
+    grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states, state_chunk
+):
+    grads = ss2d_bwd(
+        grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states, state_chunk
+    )
     return tuple(_or_empty(g, u) for g in grads)
 
 
@@ -3130,19 +3153,23 @@ def _grad_like(t: torch.Tensor | None, name: str, u: torch.Tensor) -> torch.Tens
 
 
 @_ss2d_bwd_op.register_fake
-def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states):
+def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, delta_softplus, states, state_chunk):
     like = dict(u=u, delta=delta, dt_low=dt_low, dt_weight=dt_weight, A=A, B=B, C=C, D=D, bias=bias)
     return tuple(_grad_like(t, name, u) for name, t in like.items())
 
 
 def _save(ctx, scan_args, softplus, output):
     ctx.delta_softplus = softplus
+    # the chunk the forward saved its states for (the same rule as it: the backward takes them
+    # only if its own chunk is still this one)
+    u, _, dt_low, _, A = scan_args[:5]
+    ctx.state_chunk = _bwd_chunk(u, A, dt_low)
     ctx.save_for_backward(*scan_args, output[1])
 
 
 def _backward(ctx, grad_out):
     *scan_args, states = ctx.saved_tensors
-    grads = _ss2d_bwd_op(grad_out, *scan_args, ctx.delta_softplus, states)
+    grads = _ss2d_bwd_op(grad_out, *scan_args, ctx.delta_softplus, states, ctx.state_chunk)
     return tuple(_or_none(g) for g in grads)
 
 
