@@ -2666,8 +2666,9 @@ def _bwd_config(D: int, L: int, N: int, batch: int, lowrank: bool, sms: int = 13
 # sums per channel through the walk: 2, 4 spilled ~200 bytes) and du's skip term is the
 # launcher's (in the first gradient launch it spilled 12 bytes under Triton 3.6). A program walks
 # its channel blocks one after another, so 4 channels halve its chain of steps against 2.
-# Triton 3.6 moves the 4-channel tiles between layouts through shared memory in the local pass
-# (~1.1 barriers per element, 3.8 none); the GPU gate times 2 (`bwd_two_channels`).
+# Triton 3.6 moved the 4-channel tiles between layouts through shared memory in v2.8's local
+# pass (~1.1 barriers per element, 3.8 none; that pass is gone since v3); the GPU gate times 2
+# (`bwd_two_channels`).
 _BWD_WARP_BLOCK_D = 4
 # The low-rank walks hold the R rows of dt_low and R weights per channel of the block; past R x
 # channels = 24 (stage 1's 6 x 4) they spilled at 128 registers (VMamba's R = D / 16 at D = 192:
