@@ -70,12 +70,17 @@ def main_run(tmp_path_factory):
     return proc, out
 
 
+def _main_kernels(main_run) -> dict:
+    """The main compile run's rows (it must have passed its budgets)."""
+    proc, out = main_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())["kernels"]
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("compile_check_main")
 def test_main_variants_compile_within_budgets(main_run):
-    proc, out = main_run
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    kernels = json.loads(out.read_text())["kernels"]
+    kernels = _main_kernels(main_run)
     for op in MAIN_OPS:
         rows = {k: v for k, v in kernels.items() if k.startswith(op + " ") and not k.endswith(TOTAL)}
         assert rows, f"no {op} row measured"
@@ -102,9 +107,7 @@ ISSUE_BARS = {"fwd_ptx": 60, "fwd_sfu": 4, "bwd_ptx": 150, "registers": 128, "bl
 @pytest.mark.slow
 @pytest.mark.xdist_group("compile_check_main")
 def test_ss2d_stage1_meets_the_issue_bars(main_run):
-    proc, out = main_run
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    kernels = json.loads(out.read_text())["kernels"]
+    kernels = _main_kernels(main_run)
     fwd = kernels[f"ss2d_fwd {SS2D_STAGE1}{TOTAL}"]
     bwd = kernels[f"ss2d_bwd {SS2D_STAGE1}{TOTAL}"]
     assert fwd["ptx_per_elem"] / 4 <= ISSUE_BARS["fwd_ptx"], fwd
@@ -122,9 +125,7 @@ def test_ss2d_stage1_meets_the_issue_bars(main_run):
 @pytest.mark.slow
 @pytest.mark.xdist_group("compile_check_main")
 def test_per_element_figures_follow_the_kernels(main_run):
-    proc, out = main_run
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    kernels = json.loads(out.read_text())["kernels"]
+    kernels = _main_kernels(main_run)
     fwd = [v for k, v in kernels.items() if k.startswith("lif_fwd ") and not k.endswith(TOTAL)]
     bwd = [v for k, v in kernels.items() if k.startswith("lif_bwd ") and not k.endswith(TOTAL)]
     # the LIF forward divides by tau once per element-step (as a multiply by 1 / tau when tau is a

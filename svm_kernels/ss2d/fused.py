@@ -629,6 +629,17 @@ if HAS_TRITON:
         return b_wt, r_low
 
     @triton.jit
+    def _dt_product(b_low, b_wt):
+        # dt_low's tile [positions, RP] times ``_dt_weight_operand``'s [RP, channels], fp32 sums:
+        # fp32 dt_low in tf32x3 (fp32 accuracy from three tf32 products), half dt_low as it is
+        if b_low.dtype == tl.float32:
+            return tl.dot(b_low, b_wt, input_precision="tf32x3")
+        elif _GPU_MATH:
+            return tl.dot(b_low, b_wt)
+        else:  # the interpreter multiplies no halves; fp32 holds them exactly
+            return tl.dot(b_low.to(tl.float32), b_wt.to(tl.float32))
+
+    @triton.jit
     def _spatial(base, i0, j0, rel, M, inv_M, s_i, s_j, FLAT: tl.constexpr):
         # Memory offsets of the positions rel after base = (i0, j0) in the orientation's major (i)
         # and minor (j) axes. FLAT: the plane is contiguous in walk order (s_i = M s_j).
@@ -939,12 +950,7 @@ if HAS_TRITON:
                         b_low = b_src
                     else:
                         b_low = tl.trans(b_src)
-                    if b_low.dtype == tl.float32:
-                        b_dt = tl.dot(b_low, b_wt, input_precision="tf32x3")
-                    elif _GPU_MATH:
-                        b_dt = tl.dot(b_low, b_wt)
-                    else:  # the interpreter multiplies no halves; fp32 holds them exactly
-                        b_dt = tl.dot(b_low.to(tl.float32), b_wt.to(tl.float32))
+                    b_dt = _dt_product(b_low, b_wt)
                     # tile position s * SUB + i -> [SUB, BLOCK_D, NSUB]
                     b_dt = tl.permute(tl.reshape(b_dt, [NSUB, SUB, BLOCK_D]), [1, 2, 0])
                 elif LOWRANK:
@@ -1707,13 +1713,7 @@ if HAS_TRITON:
                 i, j = _span_tile(offs_t, i0, j0, M, inv_M)
                 off_p = i * s_li + j * s_lj
                 b_low = tl.load(low_b + off_p[:, None] + r_low, mask=m_p[:, None], other=0.0)
-                if b_low.dtype == tl.float32:
-                    b_raw = tl.dot(b_low, b_wt, input_precision="tf32x3")
-                elif _GPU_MATH:
-                    b_raw = tl.dot(b_low, b_wt)
-                else:  # the interpreter multiplies no halves; fp32 holds them exactly
-                    b_raw = tl.dot(b_low.to(tl.float32), b_wt.to(tl.float32))
-                b_raw += b_bias[None, :]
+                b_raw = _dt_product(b_low, b_wt) + b_bias[None, :]
                 if DELTA_SOFTPLUS:
                     b_dt, b_slope = _softplus_and_slope(b_raw)
                 else:
@@ -2817,11 +2817,10 @@ def _chunk_carries(x_in, m_in, G, K, q_x, dtsum, A, reverse: bool):
     totals cancel). "Later" is in the direction's own order: chunks are stored in row / column
     order, so a reversed direction's are flipped."""
     N = A.shape[-1]
-    a = A.float()[None, :, None, :]
     # w's total over the chunk per state, state part less adjoint part; their parts from zero
     # entering values are equal (duality), so only the entering values' terms remain
-    w_total = x_in[..., :N] * G[..., :N] - m_in[..., :N] * K[..., :N]
-    total = (a * w_total).sum(-1)
+    w_total = x_in[..., :N].double() * G[..., :N].double() - m_in[..., :N].double() * K[..., :N].double()
+    total = (A.double()[None, :, None, :] * w_total).sum(-1).float()
 
     def flip(t):  # chunk order <-> the direction's sequence order (its own inverse)
         return t.flip(-1) if reverse else t
@@ -2829,7 +2828,6 @@ def _chunk_carries(x_in, m_in, G, K, q_x, dtsum, A, reverse: bool):
     carry = flip(_reverse_cumsum_exclusive(flip(total))) + q_x
     seq_dtsum = flip(dtsum.double())
     start = flip(seq_dtsum.cumsum(-1) - seq_dtsum)
-    w_total = x_in[..., :N].double() * G[..., :N].double() - m_in[..., :N].double() * K[..., :N].double()
     dA = (start[..., None] * w_total).sum((0, 2)).float()
     return carry, dA
 
