@@ -426,3 +426,44 @@ def test_lock_without_hard_links_still_excludes(tmp_path, monkeypatch):
     first.release()
     assert not (tmp_path / ".lock").exists()
     assert sorted(os.listdir(tmp_path)) == []  # no temporary file left either
+
+
+def _write_lock(folder, *fields):
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        f.write(" ".join(map(str, fields)) + "\n")
+
+
+@pytest.mark.skipif(not rundir.process_start(os.getpid()), reason="no process start times on this system")
+def test_a_lock_whose_pid_was_handed_out_again_is_reclaimed(tmp_path):
+    # A restarted container gives a new process the pid of the one that left the lock (here:
+    # our own pid, alive, with another start time): the lock is stale.
+    import socket
+
+    host, start = socket.gethostname(), rundir.process_start(os.getpid())
+    _write_lock(tmp_path, os.getpid(), host, int(start) + 1)
+    lock = rundir.RunLock(str(tmp_path)).acquire()
+    with open(tmp_path / ".lock") as f:
+        assert f.read().split() == [str(os.getpid()), host, start]
+    lock.release()
+    assert not (tmp_path / ".lock").exists()
+    # the same start time is the same process: refused, and so is a lock without a start time
+    for fields in ((os.getpid(), host, start), (os.getpid(), host)):
+        _write_lock(tmp_path, *fields)
+        with pytest.raises(C.ConfigError, match="in use by another run"):
+            rundir.RunLock(str(tmp_path)).acquire()
+    os.unlink(tmp_path / ".lock")
+
+
+def test_process_start_names_one_process():
+    start = rundir.process_start(os.getpid())
+    if not start:
+        pytest.skip("no process start times on this system")
+    assert start.isdigit() and rundir.process_start(os.getpid()) == start
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.05)
+        assert rundir.process_start(child.pid) not in ("", None)
+    finally:
+        child.kill()
+        child.wait()
+    assert rundir.process_start(child.pid) == ""  # gone

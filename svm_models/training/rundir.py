@@ -5,8 +5,10 @@ Rules (the README's "Run directories"):
 * it must be writable: checked by writing a probe file before the data or model are built;
 * a directory that holds a run (``last.pt``, ``best.pt`` or ``log.csv``) is refused unless
   ``--resume`` continues it or ``--overwrite`` replaces it;
-* a lock file (``.lock``, holding ``pid hostname``) keeps two runs out of one directory; a lock
-  whose process is dead on this host is stale and reclaimed;
+* a lock file (``.lock``, holding ``pid hostname start``) keeps two runs out of one directory; a
+  lock whose process is dead on this host is stale and reclaimed, and so is one whose pid now
+  belongs to another process (``start``: the process's start time, where the system tells it:
+  a restarted container hands out the same small pids again);
 * temporary files a killed save left behind (``.<name>.*.tmp``) are deleted;
 * nothing of a previous run changes until the new run has built its data and model (and, on
   ``--resume``, accepted the checkpoint): then (:meth:`RunDir.commit`) ``--overwrite`` deletes
@@ -66,12 +68,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux's /proc), "" where unknown: with
+    the pid it names one process, even after the pid is handed out again."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2 :].split()  # the name, in parentheses, may hold spaces
+    return fields[19] if len(fields) > 19 else ""  # field 22 of stat, the 20th after the name
+
+
+def _holder_alive(pid: int, start: str) -> bool:
+    """Whether the process that wrote a lock on this host still runs (a lock without a start
+    time, or on a system without one, is judged by its pid alone)."""
+    if not _pid_alive(pid):
+        return False
+    now = process_start(pid)
+    return not (start and now and now != start)
+
+
 class RunLock:
     """An exclusive lock file; created complete (written to a temp file, then hard-linked)."""
 
     def __init__(self, folder: str):
         self.path = os.path.join(folder, LOCK_NAME)
-        self.owner = f"{os.getpid()} {socket.gethostname()}"
+        self.identity = (os.getpid(), socket.gethostname(), process_start(os.getpid()))
+        self.owner = " ".join(map(str, self.identity)).rstrip()
         self.held = False
 
     def _try_create(self) -> bool:
@@ -95,33 +119,34 @@ class RunLock:
         finally:
             os.unlink(tmp)
 
-    def _holder(self) -> tuple[int | None, str]:
+    def _holder(self) -> tuple[int | None, str, str]:
+        """(pid, host, start) of the lock's writer; start "" where it did not know it."""
         try:
             with open(self.path) as f:
-                pid, _, host = f.read().strip().partition(" ")
-            return int(pid), host
+                pid, host, start = [*f.read().split(), "", ""][:3]
+            return int(pid), host, start
         except (OSError, ValueError):
-            return None, ""
+            return None, "", ""
 
     def acquire(self) -> RunLock:
         for _ in range(3):
             if self._try_create():
                 self.held = True
                 return self
-            pid, host = self._holder()
-            if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
+            pid, host, start = self._holder()
+            if pid is not None and (host != socket.gethostname() or _holder_alive(pid, start)):
                 where = "this machine" if host == socket.gethostname() else host
                 raise ConfigError(
                     f"{os.path.dirname(self.path)} is in use by another run (pid {pid} on {where}); wait for it, "
                     f"choose another task_name/--output-dir, or delete {self.path} if that run is gone"
                 )
-            with contextlib.suppress(FileNotFoundError):  # stale: its process is dead
+            with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
                 os.unlink(self.path)
             time.sleep(0.01)
         raise ConfigError(f"could not take the lock {self.path} (another run keeps taking it)")
 
     def release(self) -> None:
-        if self.held and self._holder() == (os.getpid(), socket.gethostname()):
+        if self.held and self._holder() == self.identity:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         self.held = False
