@@ -308,3 +308,19 @@ def test_open_rgb_reads_16bit_files_at_their_depth_whatever_their_values(tmp_pat
     for name in ("dark.pgm", "dark.png"):
         got = np.asarray(D.open_rgb(str(tmp_path / name)))[..., 0]
         np.testing.assert_array_equal(got, np.round(values / 65535 * 255), err_msg=name)  # (not 253)
+
+
+@pytest.mark.parametrize("offset,scale", [(1000.0, 4.0), (-1000.0, -4.0), (-100.0, 4.0), (0.25, 0.5 / 255)])
+def test_open_rgb_scales_float_images_by_their_own_range(tmp_path, offset, scale):
+    # all positive, all negative, straddling 0, and inside [0, 1] but not from 0: each its own
+    # min..max (or [0, 1] for the last), as the 8-bit image it was made from
+    from PIL import Image
+
+    arr8 = np.arange(256, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(arr8 * scale + offset, mode="F").save(tmp_path / "f.tiff")
+    got = np.asarray(D.open_rgb(str(tmp_path / "f.tiff")))[..., 0].astype(np.float64)
+    if offset >= 0.0 and offset + 255 * scale <= 1.0:
+        expected = np.round((arr8 * scale + offset) * 255.0)
+    else:
+        expected = arr8 if scale > 0 else 255.0 - arr8
+    assert np.abs(got - expected).max() <= 1.0

@@ -340,6 +340,9 @@ def test_opts_and_flags_override_the_file_and_are_validated(tmp_path, capsys):
         (["epochs=many"], "'epochs' must be an integer, got 'many'"),
         (["epochs"], "--opts expects KEY=VALUE pairs, got 'epochs'"),
         (["device=tpu"], "'device' must be cpu, cuda or cuda:N"),
+        (["device=cuda:x"], "'device' must be cpu, cuda or cuda:N, got 'cuda:x'"),
+        (["device=cuda:-1"], "'device' must be cpu, cuda or cuda:N"),
+        (["lr=1e-3", "lr=2e-3"], "--opts sets 'lr' twice"),
         (["threads=0"], "'threads' must be >= 1 or null"),
     ]:
         with pytest.raises(C.ConfigError, match=".*") as e:
@@ -353,6 +356,18 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, tiny, capsys):
     cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path))
     assert cli.run(_train_main(), ["--config", cfg_path, "--device", "cuda"]) == 2
     _one_error(capsys.readouterr().err, "device 'cuda' requested but no CUDA device is available")
+
+
+def test_opts_repeat_and_merge_model_args_into_the_files(tmp_path):
+    cfg_path = write_config(
+        tmp_path / "c.yaml", **dict(tiny_cfg(tmp_path), model_args={"width": 4, "depth": 2})
+    )
+    p = cli.parser("t")
+    cli.add_training_flags(p)
+    args = p.parse_args(["--config", cfg_path, "--opts", "lr=1e-3", "--opts", "model_args={width: 8}"])
+    cfg = cli.config_from_args(args)
+    assert cfg["lr"] == 1e-3  # the first --opts is kept
+    assert cfg["model_args"] == {"width": 8, "depth": 2}  # the file's other model_args too
 
 
 def test_resume_may_extend_epochs_and_refuses_other_changes(tmp_path, tiny):

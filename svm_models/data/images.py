@@ -51,7 +51,8 @@ def _to_8bit(im, stored_16bit: bool = False):
         top = 255.0 if arr.max(initial=0) <= 255 else 65535.0 if arr.max() <= 65535 else float(arr.max())
     elif im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr, initial=0.0)), float(np.nanmax(arr, initial=0.0))
+        finite = arr[np.isfinite(arr)]  # (NaN pixels end black, infinities at the ends)
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         if lo >= 0.0 and hi <= 1.0:  # the usual [0, 1] convention
             top = 1.0
         else:  # anything else: its own range

@@ -48,10 +48,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--opts",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="override config keys, e.g. --opts lr=1e-3 'model_args={dims: [32, 64]}' (values are YAML; "
-        "checked like the file)",
+        "checked like the file; model_args merges into the file's, key by key; may be repeated)",
     )
     p.add_argument("--device", help="cpu, cuda or cuda:N (config key 'device'; default: cuda if available)")
     p.add_argument("--output-dir", help="folder of the runs (config key 'output_dir')")

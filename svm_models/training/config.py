@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -179,7 +180,7 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(c["eval_every"] >= 1, f"'eval_every' must be >= 1, got {c['eval_every']}")
     need(c["threads"] is None or c["threads"] >= 1, f"'threads' must be >= 1 or null, got {c['threads']}")
     need(
-        c["device"] is None or c["device"].split(":")[0] in ("cpu", "cuda"),
+        c["device"] is None or re.fullmatch(r"cpu|cuda(:[0-9]+)?", c["device"]) is not None,
         f"'device' must be cpu, cuda or cuda:N, got {c['device']!r}",
     )
     for k in c["model_args"]:
@@ -230,6 +231,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--opts expects KEY=VALUE pairs, got {text!r}")
+        if key.strip() in out:  # as in the file: a key given twice is an error, not "the last wins"
+            raise ConfigError(f"--opts sets {key.strip()!r} twice")
         try:
             out[key.strip()] = _yaml(value)
         except yaml.YAMLError:
@@ -287,8 +290,19 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> dict[str,
     if overrides:
         if not isinstance(raw, dict):
             return validate(raw, path)
-        return validate({**raw, **overrides}, f"{path} (with command-line overrides)")
+        return validate(apply_overrides(raw, overrides), f"{path} (with command-line overrides)")
     return validate(raw, path)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The file's keys with ``overrides`` in place; a ``model_args`` mapping is merged key by key
+    into the file's (``model_args={dims: [32, 64]}`` changes the widths and keeps the file's
+    depths and thresholds: replaced whole, it would quietly build another model)."""
+    out = {**raw, **overrides}
+    file_args, new_args = raw.get("model_args"), overrides.get("model_args")
+    if isinstance(file_args, dict) and isinstance(new_args, dict):
+        out["model_args"] = {**file_args, **new_args}
+    return out
 
 
 def run_dir(cfg: dict[str, Any]) -> str:
