@@ -500,6 +500,29 @@ def test_test_and_predict_refuse_a_checkpoint_of_other_settings(tmp_path, monkey
     assert rc == 0, capsys.readouterr().err
 
 
+def test_test_refuses_a_checkpoint_of_another_dataset(tmp_path, monkeypatch, capsys):
+    # a digits checkpoint evaluated on CIFAR-100: refused as a config mismatch, and with
+    # --allow-mismatch refused for its 10 classes against 100 labels (it crashed on a label)
+    from fabricate import make_cifar100
+
+    from svm_models.training import cli
+
+    weights = _trained_tiny(tmp_path, monkeypatch)
+    make_cifar100(tmp_path / "data")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        checkpoint=weights,
+        **tiny_cfg(tmp_path, dataset="cifar100", root_path=str(tmp_path / "data")),
+    )
+    assert cli.run(script("test").main, ["--config", cfg]) == 2
+    assert_one_error_line(capsys.readouterr().err, "dataset 'cifar100' (checkpoint: 'digits')")
+    assert cli.run(script("test").main, ["--config", cfg, "--allow-mismatch"]) == 2
+    assert_one_error_line(
+        capsys.readouterr().err, "the model predicts 10 classes but the cifar100 test split has 100"
+    )
+    assert not (tmp_path / "runs" / "tiny" / "test_report.json").exists()
+
+
 def test_test_and_predict_of_a_fine_tuning_config_take_the_run_not_its_start(tmp_path, monkeypatch, capsys):
     # pretrained: true names the weights training starts from in 'checkpoint'; what test.py and
     # predict.py evaluate is what the run trained (they evaluated the starting weights)

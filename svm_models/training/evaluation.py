@@ -29,8 +29,9 @@ def default_checkpoint(cfg: dict[str, Any]) -> str:
 
 
 # What a checkpoint of train.py must agree on with the config that evaluates it: the weights
-# may load under another img_size, T or model_args and then give silently wrong accuracy.
-MUST_MATCH = ("model", "img_size", "T", "model_args")
+# may load under another dataset (its normalisation, its classes), img_size, T or model_args and
+# then give silently wrong accuracy.
+MUST_MATCH = ("model", "dataset", "img_size", "T", "model_args")
 
 
 def config_mismatch(cfg: dict[str, Any], stored: dict[str, Any]) -> list[str]:
@@ -129,6 +130,12 @@ def run_test(
     out_dir = out_dir or run_dir(cfg)
     ds = build_split(cfg, "test", augment=False)
     num_classes = num_classes or getattr(model, "num_classes", None) or len(getattr(ds, "classes", []))
+    labels = len(getattr(ds, "classes", None) or [])
+    if labels and num_classes and labels != num_classes:  # (--allow-mismatch let another dataset in)
+        raise ConfigError(
+            f"the model predicts {num_classes} classes but the {cfg['dataset']} test split has {labels}: "
+            "evaluate it on the dataset it was trained for"
+        )
     loader = eval_loader(ds, cfg, info)
     acc = evaluate(compiling.maybe_compile(model, cfg), loader, cfg, info, num_classes)
     # unreadable test images: each named, and more than MAX_UNREADABLE_FRACTION refused, as in training
