@@ -262,6 +262,20 @@ def test_cifar10_dvs_split_is_nine_to_one_per_class_and_disjoint(tmp_path):
     assert frames.shape == (4, 2, 128, 128)
 
 
+def test_cifar10_dvs_small_copy_keeps_one_test_recording_per_class(tmp_path):
+    # 3 recordings a class: a tenth rounds to none, which left the test split empty (reported as
+    # "no recordings found" although the train split loaded)
+    for cls in E.datasets.CIFAR10_DVS_CLASSES:
+        (tmp_path / "CIFAR10-DVS" / cls).mkdir(parents=True)
+        for i in range(3):
+            write_aedat2_dvs128(
+                tmp_path / "CIFAR10-DVS" / cls / f"cifar10_{cls}_{i}.aedat", *_events(10, 128, seed=i)
+            )
+    train = build_dataset("cifar10_dvs", "train", root=str(tmp_path), T=2)
+    test = build_dataset("cifar10_dvs", "test", root=str(tmp_path), T=2)
+    assert len(train) == 20 and len(test) == 10 and sorted(test.targets) == list(range(10))
+
+
 def _nmnist_folder(root, per_class=1, bad=()):
     for split in ("Train", "Test"):
         for d in range(10):

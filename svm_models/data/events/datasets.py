@@ -200,7 +200,8 @@ def cifar10_dvs_samples(root: str, train: bool) -> list[Sample]:
             raise DataError(f"cifar10_dvs: no folder {class_dir}; expected layout: {LAYOUTS['cifar10_dvs']}")
         files = _files(class_dir, ".aedat")
         order = np.random.default_rng(CIFAR10_DVS_SPLIT_SEED + label).permutation(len(files))
-        n_test = round(CIFAR10_DVS_TEST_FRACTION * len(files))
+        # a tenth, and at least one where the class has two (a small copy keeps a test split)
+        n_test = max(round(CIFAR10_DVS_TEST_FRACTION * len(files)), int(len(files) >= 2))
         chosen = order[n_test:] if train else order[:n_test]
         samples += [Sample(files[k], label) for k in sorted(chosen)]
     return samples
