@@ -11,9 +11,10 @@ Writes last.pt, best.pt, log.csv, curves.png, config.yaml, train.log, test_repor
 test_report.png under output_dir/task_name/, which must not hold another run (see the README).
 """
 
+import functools
 import sys
 
-from svm_models.training import cli, distributed, engine, evaluation, runtime
+from svm_models.training import cli, config, distributed, engine, evaluation, rundir, runtime
 
 
 def main(argv=None) -> int:
@@ -33,14 +34,17 @@ def main(argv=None) -> int:
     try:
         result = engine.fit(cfg, info, resume=args.resume, overwrite=args.overwrite)
         if info.is_main:
-            print(
+            # the closing lines go to the run's train.log too, as the epochs' lines did
+            log = functools.partial(rundir.append_log, config.run_dir(cfg))
+            line = (
                 f"training time {result['train_time_s']:.1f}s; best val top-1 {result['best_acc']:.2f}% "
-                f"at epoch {result['best_epoch']}",
-                flush=True,
+                f"at epoch {result['best_epoch']}"
             )
+            print(line, flush=True)
+            log(line)
             if not args.no_test:
                 model, path, _ = evaluation.load_trained_model(cfg, result["best_path"], info.device)
-                evaluation.run_test(cfg, model, path, num_classes=result["num_classes"])
+                evaluation.run_test(cfg, model, path, num_classes=result["num_classes"], log=log)
     finally:
         distributed.cleanup()
     return 0

@@ -77,7 +77,18 @@ def test_rerun_without_resume_is_refused_and_keeps_best(tmp_path, tiny, capsys):
     assert C.load_config(str(out / "config.yaml"))["seed"] == 3
     log = (out / "train.log").read_text()
     assert "deleted" in log and "epoch 1/1: train loss" in log and log.count("epoch 1/1: train loss") == 1
+    assert log.rstrip().splitlines()[-1].startswith("training time ")  # the summary line too
     assert not (out / ".lock").exists()
+
+
+def test_train_log_ends_with_the_test_report(tmp_path, tiny, capsys):
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, epochs=1))
+    assert cli.run(_train_main(), ["--config", cfg_path]) == 0
+    console = capsys.readouterr().out
+    log = (tmp_path / "runs" / "tiny" / "train.log").read_text()
+    tail = [line for line in console[console.index("training time ") :].splitlines() if line]
+    lines = [line for line in log.splitlines() if line]
+    assert "test split" in tail[1] and lines[-len(tail) :] == tail  # every closing console line
 
 
 def test_dash_c_is_not_an_abbreviation_of_config(tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -110,6 +111,17 @@ def accounting_report(model: nn.Module, loader, cfg: dict[str, Any]):
     )
 
 
+def _console(log: Callable[[str], None] | None) -> Callable[[str], None]:
+    """print, and hand the line to ``log`` too (train.py's train.log)."""
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        if log is not None:
+            log(line)
+
+    return say
+
+
 def run_test(
     cfg: dict[str, Any],
     model: nn.Module,
@@ -118,6 +130,7 @@ def run_test(
     out_dir: str | None = None,
     num_classes: int | None = None,
     prefix: str = "test",
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 on the test split and the accounting report (firing rates over up to
     ACCOUNTING_IMAGES test images).
@@ -151,20 +164,20 @@ def run_test(
         "top5": round(acc["val_top5"], 4),
         "loss": round(acc["val_loss"], 6),
     }
-    print(
+    say = _console(log)
+    say(
         f"{cfg['task_name']}: {cfg['model']} on {cfg['dataset']} test split ({acc['n']} images): "
-        f"top-1 {acc['val_top1']:.2f}%  top-5 {acc['val_top5']:.2f}%",
-        flush=True,
+        f"top-1 {acc['val_top1']:.2f}%  top-5 {acc['val_top5']:.2f}%"
     )
 
     report = accounting_report(model, loader, cfg)
-    print(report.to_markdown(), flush=True)
+    say(report.to_markdown())
     result["accounting"] = json.loads(report.to_json())
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f"{prefix}_report.json")
     png_path = os.path.join(out_dir, f"{prefix}_report.png")
     atomic_write_text(json.dumps(result, indent=2) + "\n", json_path)
     report.plot(png_path)
-    print(f"wrote {json_path} and {png_path}", flush=True)
+    say(f"wrote {json_path} and {png_path}")
     result["json_path"], result["png_path"] = json_path, png_path
     return result

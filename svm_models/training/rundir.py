@@ -152,6 +152,13 @@ class RunLock:
         self.held = False
 
 
+def append_log(folder: str, line: str) -> None:
+    """Append a console line to the train.log of the run in ``folder`` after the run itself
+    closed it (its summary, its test report); a failing write never stops the script."""
+    with contextlib.suppress(OSError), open(os.path.join(folder, LOG_NAME), "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")
+
+
 def remove_temp_files(folder: str) -> list[str]:
     """Delete the ``.<name>.<random>.tmp`` files of saves that were killed; returns their names."""
     removed = []
