@@ -553,6 +553,14 @@ def ss2d_cases():
             kernels,
             main,
         )
+        if main:  # the forward without a backward to follow (no states saved): inference
+            yield Case(
+                f"ss2d_infer {variant} {dtype_name} {shape_name}",
+                elements,
+                lambda u=u, args=args: ss2d._forward_only(u, *args, True, torch.float32),
+                kernels,
+                main,
+            )
         yield Case(
             f"ss2d_bwd {variant} {dtype_name} {shape_name}",
             elements,

@@ -869,9 +869,14 @@ def test_triton_limits_are_explicit():
     assert y.shape == inputs["u"].shape
 
 
-@pytest.mark.parametrize("lowrank,name", [(False, "svmamba::ss2d_fwd"), (True, "svmamba::ss2d_lowrank_fwd")])
-def test_traces_as_one_node(lowrank, name):
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_traces_as_one_node(lowrank, grad):
+    # the differentiable op where an input requires a gradient (here only B), else the
+    # inference op (no saved states)
     inputs = make_inputs(1, 2, 2, 3, 1, lowrank=lowrank)
+    inputs["B"].requires_grad_(grad)
+    name = f"svmamba::ss2d_{'lowrank_' if lowrank else ''}{'fwd' if grad else 'infer'}"
     keys = list(inputs)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
 
@@ -917,6 +922,10 @@ def test_opcheck(lowrank):
         dt_low = dt_weight = None
     op = fused._ss2d_lowrank_fwd_op if lowrank else fused._ss2d_fwd_op
     torch.library.opcheck(op, fwd_args)
+    inference_op = fused._ss2d_lowrank_infer_op if lowrank else fused._ss2d_infer_op
+    torch.library.opcheck(
+        inference_op, tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in fwd_args)
+    )
     detached = [t.detach() if isinstance(t, torch.Tensor) else t for t in (u, delta, dt_low, dt_weight)]
     scan_args = (*detached, A.detach(), B.detach(), C.detach(), D.detach(), bias.detach())
     chunk = fused._bwd_chunk(u, A, dt_low)
@@ -1053,6 +1062,8 @@ def test_forward_saves_the_backwards_entering_states(monkeypatch, H, W, N, chunk
     scan_args.append(inputs["dt_bias"] if lowrank else inputs["delta_bias"])
     out, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=chunk)
     assert_close_rel(out, reference_forward(inputs, lowrank), 2e-5, "output")
+    # the inference path (no states saved) computes the same output
+    assert torch.equal(fused.ss2d_fwd(*scan_args, True, torch.float32), out)
     expected = _entering_states_float64(inputs, lowrank, chunk)
     assert states.shape == expected.shape
     assert_close_rel(states, expected, 2e-5, "entering states")

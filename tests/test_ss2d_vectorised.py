@@ -180,6 +180,24 @@ def test_custom_ops_pass_opcheck(lowrank, channels_last):
     else:
         op, order = torch.ops.svmamba.ss2d_torch_fwd, ("u", "delta", "A", "B", "C", "D", "delta_bias")
     torch.library.opcheck(op, (*(args[k] for k in order), True, torch.float32))
+    inference_op = getattr(torch.ops.svmamba, op.__name__.replace("fwd", "infer"))
+    torch.library.opcheck(inference_op, (*(inputs[k].detach() for k in order), True, torch.float32))
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_inference_op_gives_the_differentiable_ops_output(lowrank, softplus):
+    # without a gradient to follow, the scan skips dt's slope and reuses its decays: the same
+    # output, bit for bit, and the same layout
+    inputs = make_inputs(2, 3, 4, 5, 2, 2, lowrank, True, True, dtype=torch.float32)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    with torch.no_grad():
+        y = op(**inputs, delta_softplus=softplus, backend="torch")
+    y_grad = op(
+        **{k: v.requires_grad_(True) for k, v in inputs.items()}, delta_softplus=softplus, backend="torch"
+    )
+    assert y_grad.requires_grad and not y.requires_grad
+    assert torch.equal(y, y_grad.detach()) and y.stride() == y_grad.stride()
 
 
 @pytest.mark.parametrize("H,W", [(4, 4), (3, 5)])
@@ -225,9 +243,13 @@ def test_backward_fills_no_zero_gradients_for_the_saved_outputs():
     assert not [n for n in fills if n >= per_direction], fills
 
 
+@pytest.mark.parametrize("grad", [True, False])
 @pytest.mark.parametrize("lowrank", [False, True])
-def test_traces_as_one_node(lowrank):
+def test_traces_as_one_node(lowrank, grad):
+    # the differentiable op where an input requires a gradient (here only A), else the
+    # inference op
     inputs = make_inputs(1, 3, 4, 4, 1, 2, lowrank, True, True, dtype=torch.float32)
+    inputs["A"].requires_grad_(grad)
     op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
     keys = list(inputs)
 
@@ -235,8 +257,27 @@ def test_traces_as_one_node(lowrank):
         return op(**dict(zip(keys, args)), backend="torch")
 
     graph, _ = torch.jit._get_trace_graph(f, tuple(inputs.values()))
-    name = "svmamba::ss2d_torch_lowrank_fwd" if lowrank else "svmamba::ss2d_torch_fwd"
-    assert [n.kind() for n in graph.nodes()].count(name) == 1
+    name = f"svmamba::ss2d_torch_{'lowrank_' if lowrank else ''}{'fwd' if grad else 'infer'}"
+    kinds = [n.kind() for n in graph.nodes()]
+    assert kinds.count(name) == 1 and sum(k.startswith("svmamba::") for k in kinds) == 1, kinds
+
+
+def test_torch_compile_fullgraph_dynamic_inference_matches_eager():
+    # under no_grad the scan goes through the inference op: it traces too, shapes symbolic
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda t: cross_selective_scan_lowrank(**t, backend="torch"),
+        fullgraph=True,
+        backend="aot_eager",
+        dynamic=True,
+    )
+    for shape in ((2, 3, 5, 7), (1, 3, 4, 4)):
+        batch, D, H, W = shape
+        inputs = make_inputs(batch, D, H, W, 1, 2, True, True, True, dtype=torch.float32)
+        with torch.no_grad():
+            y = compiled(inputs)
+            y_ref = cross_selective_scan_lowrank(**inputs, backend="torch")
+        assert torch.equal(y, y_ref)
 
 
 def test_torch_compile_fullgraph_dynamic_matches_eager():

@@ -110,12 +110,46 @@ def define_forward_ops(
     )
 
 
+def define_inference_ops(prefix: str, forward: Callable, fake: Callable) -> tuple:
+    """A backend's forward for calls that no gradient can follow (grad mode off, or no input
+    requires one), without autograd and without what only the backward reads:
+    ``svmamba::<prefix>_infer`` and ``svmamba::<prefix>_lowrank_infer``, the arguments of
+    define_forward_ops' pair -> Tensor out. forward(*scan_args, softplus, out_dtype) computes
+    out; fake(u, out_dtype) gives its metadata."""
+    return tuple(
+        _define_inference_op(
+            f"svmamba::{prefix}_{suffix.replace('fwd', 'infer')}", args, names, forward, fake
+        )
+        for suffix, args, names in _FORWARD_VARIANTS
+    )
+
+
+def _scan_args(names, tensors) -> list:
+    """An op's tensor arguments (named ``names``) as the nine SCAN_ARGS, None where absent."""
+    given = dict(zip(names, tensors))
+    return [given.get(n) for n in SCAN_ARGS]
+
+
+def _define_inference_op(name, args, names, forward, fake):
+    def run(*inputs):
+        *tensors, softplus, out_dtype = inputs
+        return forward(*_scan_args(names, tensors), softplus, out_dtype)
+
+    def run_fake(*inputs):
+        *_, out_dtype = inputs
+        return fake(inputs[0], out_dtype)
+
+    schema = f"({args}, bool delta_softplus, ScalarType out_dtype) -> Tensor"
+    op = torch.library.custom_op(name, run, mutates_args=(), schema=schema)
+    op.register_fake(run_fake)
+    return op
+
+
 def _define_forward_op(name, args, names, returns, forward, fake, save, backward):
     positions = [SCAN_ARGS.index(n) for n in names]
 
     def scan_args(tensors) -> list:
-        given = dict(zip(names, tensors))
-        return [given.get(n) for n in SCAN_ARGS]
+        return _scan_args(names, tensors)
 
     def run(*inputs):
         *tensors, softplus, out_dtype = inputs
@@ -153,3 +187,15 @@ def call_forward_op(ops: tuple, u, delta, dt_low, dt_weight, A, B, C, D, bias, s
     if dt_low is None:
         return full(u, delta, A, B, C, D, bias, softplus, out_dtype)
     return lowrank(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
+
+
+def scan_output(
+    ops: tuple, inference_ops: tuple, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype
+):
+    """The scan's output: through the differentiable op of ``ops`` (define_forward_ops) where
+    autograd may ask for a gradient, else through that of ``inference_ops``
+    (define_inference_ops), which saves nothing for a backward."""
+    args = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        return call_forward_op(ops, *args, softplus, out_dtype)[0]
+    return call_forward_op(inference_ops, *args, softplus, out_dtype)

@@ -54,7 +54,14 @@ import math
 import torch
 
 from ..utils import HAS_TRITON, TRITON_DTYPES, TRITON_INTERPRET, cdiv, is_dense, new_buffer, new_output
-from .common import MAX_D_STATE, SCAN_ARGS, SCAN_ARGS_SCHEMA, call_forward_op, define_forward_ops
+from .common import (
+    MAX_D_STATE,
+    SCAN_ARGS,
+    SCAN_ARGS_SCHEMA,
+    define_forward_ops,
+    define_inference_ops,
+    scan_output,
+)
 
 if HAS_TRITON:
     import triton
@@ -3196,7 +3203,21 @@ _FORWARD_OPS = define_forward_ops(
 _ss2d_fwd_op, _ss2d_lowrank_fwd_op = _FORWARD_OPS
 
 
+def _forward_only(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
+    return ss2d_fwd(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
+
+
+def _fake_forward_only(u, out_dtype):
+    return torch.empty_like(u, dtype=out_dtype)
+
+
+_INFERENCE_OPS = define_inference_ops("ss2d", forward=_forward_only, fake=_fake_forward_only)
+_ss2d_infer_op, _ss2d_lowrank_infer_op = _INFERENCE_OPS
+
+
 def ss2d_triton(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype):
-    """Dispatch to the full-delta or low-rank fused op (both differentiable)."""
-    out, _ = call_forward_op(_FORWARD_OPS, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
-    return out
+    """The output through the full-delta or low-rank fused op: the differentiable one (which
+    saves the states the backward walks from) where a gradient may be asked for, else the
+    inference one (no states)."""
+    args = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
+    return scan_output(_FORWARD_OPS, _INFERENCE_OPS, *args, softplus, out_dtype)

@@ -29,7 +29,7 @@ import itertools
 
 import torch
 
-from .common import SCAN_ARGS, SCAN_ARGS_SCHEMA, call_forward_op, define_forward_ops
+from .common import SCAN_ARGS, SCAN_ARGS_SCHEMA, define_forward_ops, define_inference_ops, scan_output
 from .naive import softplus_thresholded
 
 
@@ -193,10 +193,10 @@ class _Inputs:
     def to_sequences(self, t: torch.Tensor) -> torch.Tensor:
         return to_sequences(t.to(self.dtype))
 
-    def dt(self, softplus: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def dt(self, softplus: bool, slope: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W, H, B, 4, D) time steps dt = softplus(z), z = delta + bias (delta = dt_weight @ dt_low
-        if low rank), and d dt / d z = sigmoid(z) = exp(z - dt) (None without softplus): one
-        vectorised exp, where sigmoid and expm1 are scalar loops on some CPUs."""
+        if low rank), and d dt / d z = sigmoid(z) = exp(z - dt) (None without softplus or
+        ``slope``): one vectorised exp, where sigmoid and expm1 are scalar loops on some CPUs."""
         if self.dt_low is not None:
             z = torch.einsum("whbkr,kdr->whbkd", self.dt_low, self.dt_weight)
         else:
@@ -206,6 +206,8 @@ class _Inputs:
         if not softplus:
             return z, None
         dt = _softplus(z)
+        if not slope:
+            return dt, None
         return dt, torch.sub(z, dt, out=z).exp_()  # z is not needed any more
 
 
@@ -237,12 +239,14 @@ def _sum_over_positions_of_outer(t: torch.Tensor, s: torch.Tensor) -> torch.Tens
     return torch.bmm(t.reshape(-1, K, D).permute(1, 2, 0), s.reshape(-1, K, R).transpose(0, 1))
 
 
-def scan_forward(inputs: _Inputs, softplus: bool):
+def scan_forward(inputs: _Inputs, softplus: bool, for_backward: bool = True):
     """Returns y (B, D, H, W) and what the backward reuses: states x and decays a
-    (W, H, B, 4, D, N), dt and d dt / d z (W, H, B, 4, D; None without softplus)."""
-    dt, dt_dz = inputs.dt(softplus)
+    (W, H, B, 4, D, N), dt and d dt / d z (W, H, B, 4, D; None without softplus). Without
+    ``for_backward``: y and x, a undefined (the scan's temporary), dt, dt_dz None."""
+    dt, dt_dz = inputs.dt(softplus, slope=for_backward)
     a = torch.mul(dt.unsqueeze(-1), inputs.A).exp_()
-    x = linear_scan(a, _times_states(dt * inputs.u, inputs.B), reuse_b=True)  # a is saved
+    # a is kept for the backward, else the scan takes it for its decay products
+    x = linear_scan(a, _times_states(dt * inputs.u, inputs.B), reuse_a=not for_backward, reuse_b=True)
     y = sum_sequences(_sum_states(x * _per_state(inputs.C)))  # (B, D, H, W)
     if inputs.D_sum is not None:
         y = y.addcmul_(inputs.D_sum, inputs.u_space)
@@ -351,6 +355,15 @@ def _(grad_out, u, delta, dt_low, dt_weight, A, B, C, D, bias, x, a, dt, dt_dz):
     return grads
 
 
+def _inference_body(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype) -> torch.Tensor:
+    inputs = _Inputs(u, delta, dt_low, dt_weight, A, B, C, D, bias)
+    return scan_forward(inputs, softplus, for_backward=False)[0].to(out_dtype)  # channels_last
+
+
+def _fake_inference(u: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    return channels_last_empty(u, tuple(u.shape), out_dtype)
+
+
 def _save(ctx, scan_args, softplus, output):
     ctx.save_for_backward(*scan_args, *output[1:])
 
@@ -368,9 +381,12 @@ _FORWARD_OPS = define_forward_ops(
     backward=_backward,
 )
 _ss2d_torch_fwd_op, _ss2d_torch_lowrank_fwd_op = _FORWARD_OPS
+_INFERENCE_OPS = define_inference_ops("ss2d_torch", forward=_inference_body, fake=_fake_inference)
+_ss2d_torch_infer_op, _ss2d_torch_lowrank_infer_op = _INFERENCE_OPS
 
 
 def ss2d_torch(u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype) -> torch.Tensor:
-    """Dispatch to the full-delta or low-rank vectorised op (both differentiable); returns y."""
-    y, *_ = call_forward_op(_FORWARD_OPS, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
-    return y
+    """y through the full-delta or low-rank vectorised op: the differentiable one where a
+    gradient may be asked for, else the inference one."""
+    args = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
+    return scan_output(_FORWARD_OPS, _INFERENCE_OPS, *args, softplus, out_dtype)

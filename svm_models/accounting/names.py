@@ -8,8 +8,13 @@ Deriving the names from the op objects keeps the accounting's handles in step wi
 from __future__ import annotations
 
 from svm_kernels.lif.fused import _lif_fwd_op
-from svm_kernels.ss2d.fused import _ss2d_fwd_op, _ss2d_lowrank_fwd_op
-from svm_kernels.ss2d.vectorised import _ss2d_torch_fwd_op, _ss2d_torch_lowrank_fwd_op
+from svm_kernels.ss2d.fused import _ss2d_fwd_op, _ss2d_infer_op, _ss2d_lowrank_fwd_op, _ss2d_lowrank_infer_op
+from svm_kernels.ss2d.vectorised import (
+    _ss2d_torch_fwd_op,
+    _ss2d_torch_infer_op,
+    _ss2d_torch_lowrank_fwd_op,
+    _ss2d_torch_lowrank_infer_op,
+)
 
 
 def custom_op_name(op) -> str:
@@ -18,5 +23,18 @@ def custom_op_name(op) -> str:
 
 
 LIF_OPS = (custom_op_name(_lif_fwd_op),)
-SCAN_FULL_OPS = (custom_op_name(_ss2d_torch_fwd_op), custom_op_name(_ss2d_fwd_op))
-SCAN_LOWRANK_OPS = (custom_op_name(_ss2d_torch_lowrank_fwd_op), custom_op_name(_ss2d_lowrank_fwd_op))
+# each backend's differentiable op and its inference op (taken where no gradient can follow)
+SCAN_FULL_OPS = tuple(
+    map(custom_op_name, (_ss2d_torch_fwd_op, _ss2d_torch_infer_op, _ss2d_fwd_op, _ss2d_infer_op))
+)
+SCAN_LOWRANK_OPS = tuple(
+    map(
+        custom_op_name,
+        (
+            _ss2d_torch_lowrank_fwd_op,
+            _ss2d_torch_lowrank_infer_op,
+            _ss2d_lowrank_fwd_op,
+            _ss2d_lowrank_infer_op,
+        ),
+    )
+)
