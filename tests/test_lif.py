@@ -385,6 +385,15 @@ def test_empty_tensor():
     x = torch.empty(4, 0, 3)
     s, v = multistep_lif(x, return_v=True, backend="triton")
     assert s.shape == x.shape and v.shape == (0, 3)
+    for backend in ("triton", "torch"):  # v is fp32 whatever v_init's dtype, as when not empty
+        _, v = multistep_lif(x, v_init=torch.empty(0, 3, dtype=torch.float64), return_v=True, backend=backend)
+        assert v.dtype == torch.float32
+
+
+def test_flags_take_bools_and_their_numpy_kin():
+    np = pytest.importorskip("numpy")
+    assert make_params(decay_input=np.bool_(False)) == make_params(decay_input=False)
+    assert make_params(detach_reset=1).detach_reset is True
 
 
 @pytest.mark.parametrize(
@@ -398,6 +407,10 @@ def test_empty_tensor():
         ({"tau": float("nan")}, torch.zeros(3, 4), ValueError),
         ({"v_reset": 1.5}, torch.zeros(3, 4), ValueError),
         ({"surrogate": "relu"}, torch.zeros(3, 4), ValueError),
+        ({"surrogate": ["atan"]}, torch.zeros(3, 4), ValueError),
+        ({"decay_input": "false"}, torch.zeros(3, 4), TypeError),
+        ({"detach_reset": "yes"}, torch.zeros(3, 4), TypeError),
+        ({"detach_reset": None}, torch.zeros(3, 4), TypeError),
         ({"alpha": -1.0}, torch.zeros(3, 4), ValueError),
         ({"v_init": torch.zeros(5)}, torch.zeros(3, 4), ValueError),
         ({"v_init": torch.zeros(4, dtype=torch.int64)}, torch.zeros(3, 4), TypeError),

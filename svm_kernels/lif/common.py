@@ -98,7 +98,11 @@ def _check_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogat
             )
         if v_reset >= v_threshold:
             raise ValueError(f"v_reset ({v_reset}) must be below v_threshold ({v_threshold})")
-    if surrogate not in SURROGATE_DEFAULT_ALPHA:
+    for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset)):
+        # (bool("false") is True: a string from a config file would run the other mode)
+        if isinstance(flag, str) or flag not in (True, False):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if not isinstance(surrogate, str) or surrogate not in SURROGATE_DEFAULT_ALPHA:
         raise ValueError(f"surrogate must be one of {sorted(SURROGATE_DEFAULT_ALPHA)}, got {surrogate!r}")
     if alpha is None:
         alpha = SURROGATE_DEFAULT_ALPHA[surrogate]

@@ -74,6 +74,7 @@ def lif_with_params(
         if not return_v:
             return spikes
         v = x[0].to(torch.float32) * 0
-        return spikes, (v if v_init is None else v + v_init * 0)
+        # (v_init's zeros keep it in the graph; v stays fp32 whatever v_init's dtype)
+        return spikes, (v if v_init is None else v + (v_init * 0).to(torch.float32))
     spikes, v = lif_op(x, v_init, p, return_v, use_triton=use == "triton")
     return (spikes, v) if return_v else spikes
