@@ -44,7 +44,10 @@ def cross_selective_scan(
     Args:
         u: (B, D, H, W) input, any strides (channels_last included).
         delta: (B, 4, D, H, W) time steps before softplus, in spatial order.
-        A: (4, D, N) state matrix (negative reals), N <= 16 on the Triton backend.
+        A: (4, D, N) state matrix (negative reals), N <= 16 on the Triton backend. There the
+            time steps' gradients (delta, dt_low, dt_weight, bias) lose precision about in
+            proportion to the largest |A| past ~100 (relative error ~5e-4 at |A| = 1e4, against
+            fp32's ~1e-6 up to |A| = 16, VMamba's largest rate at initialisation).
         B, C: (B, 4, N, H, W) input-dependent projections, in spatial order.
         D: optional (4, D) skip; delta_bias: optional (4, D) bias added before softplus.
         delta_softplus: apply softplus (values above 20 pass through unchanged, as mamba).
