@@ -546,18 +546,14 @@ def ss2d_cases():
         # backward's chunks, the backward walks from them
         _, states = ss2d._fake_forward(u, t["A"], t["dt_low"], True, torch.float32)
         chunk = ss2d._bwd_chunk(u, t["A"], t["dt_low"])
-        yield Case(
-            f"ss2d_fwd {variant} {dtype_name} {shape_name}",
-            elements,
-            lambda u=u, args=args: ss2d._forward_saving_states(u, *args, True, torch.float32),
-            kernels,
-            main,
-        )
+        forwards = {"ss2d_fwd": ss2d._forward_saving_states}
         if main:  # the forward without a backward to follow (no states saved): inference
+            forwards["ss2d_infer"] = ss2d._forward_only
+        for op, forward in forwards.items():
             yield Case(
-                f"ss2d_infer {variant} {dtype_name} {shape_name}",
+                f"{op} {variant} {dtype_name} {shape_name}",
                 elements,
-                lambda u=u, args=args: ss2d._forward_only(u, *args, True, torch.float32),
+                lambda u=u, args=args, forward=forward: forward(u, *args, True, torch.float32),
                 kernels,
                 main,
             )

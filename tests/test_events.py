@@ -244,13 +244,17 @@ def test_gesture_dataset_cuts_recordings_by_the_label_csv(tmp_path):
     assert frames.sum().item() == pytest.approx((n // 4) * 4 / 4)  # area resize to 64 averages 2x2
 
 
-def test_cifar10_dvs_split_is_nine_to_one_per_class_and_disjoint(tmp_path):
+def _cifar10_dvs_folder(root, per_class: int, events: int) -> None:
     for cls in E.datasets.CIFAR10_DVS_CLASSES:
-        (tmp_path / "CIFAR10-DVS" / cls).mkdir(parents=True)
-        for i in range(10):
+        (root / "CIFAR10-DVS" / cls).mkdir(parents=True)
+        for i in range(per_class):
             write_aedat2_dvs128(
-                tmp_path / "CIFAR10-DVS" / cls / f"cifar10_{cls}_{i}.aedat", *_events(40, 128, seed=i)
+                root / "CIFAR10-DVS" / cls / f"cifar10_{cls}_{i}.aedat", *_events(events, 128, seed=i)
             )
+
+
+def test_cifar10_dvs_split_is_nine_to_one_per_class_and_disjoint(tmp_path):
+    _cifar10_dvs_folder(tmp_path, 10, 40)
     train = build_dataset("cifar10_dvs", "train", root=str(tmp_path), T=4)
     test = build_dataset("cifar10_dvs", "test", root=str(tmp_path), T=4)
     assert len(train) == 90 and len(test) == 10
@@ -265,12 +269,7 @@ def test_cifar10_dvs_split_is_nine_to_one_per_class_and_disjoint(tmp_path):
 def test_cifar10_dvs_small_copy_keeps_one_test_recording_per_class(tmp_path):
     # 3 recordings a class: a tenth rounds to none, which left the test split empty (reported as
     # "no recordings found" although the train split loaded)
-    for cls in E.datasets.CIFAR10_DVS_CLASSES:
-        (tmp_path / "CIFAR10-DVS" / cls).mkdir(parents=True)
-        for i in range(3):
-            write_aedat2_dvs128(
-                tmp_path / "CIFAR10-DVS" / cls / f"cifar10_{cls}_{i}.aedat", *_events(10, 128, seed=i)
-            )
+    _cifar10_dvs_folder(tmp_path, 3, 10)
     train = build_dataset("cifar10_dvs", "train", root=str(tmp_path), T=2)
     test = build_dataset("cifar10_dvs", "test", root=str(tmp_path), T=2)
     assert len(train) == 20 and len(test) == 10 and sorted(test.targets) == list(range(10))
