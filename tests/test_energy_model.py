@@ -264,6 +264,31 @@ def test_first_layer_once_saves_T_minus_1_steps_of_the_first_layer():
     assert legacy.energy_mj == once.energy_mj
 
 
+class _TwoStepNet(nn.Module):
+    """A plain spiking module (no VisionModel attributes): the image at both of its 2 steps."""
+
+    spiking, T = True, 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 1, bias=False), nn.Linear(64, 5)
+
+    def forward(self, x):
+        s = (self.conv(torch.cat([x, x])) > 0).float()
+        return self.fc(s.flatten(1)).view(2, -1, 5).mean(0)
+
+
+def test_a_named_first_layer_with_the_legacy_flag_keeps_its_name():
+    # a plain module names its first layer: with first_layer_T=False it runs once (the name
+    # was dropped when the flag was given, and no first layer was found)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for flag, steps in ((None, 2), (True, 2), (False, 1)):
+        r = accounting.profile(_TwoStepNet(), x, first_layer="conv", first_layer_T=flag)
+        row = next(q for q in r.rows if q.name == "conv")
+        assert row.mac_ops == 2 * 4 * 3 * 16 * steps / 2, flag  # per image: 16 px x 3 -> 4, x steps
+        assert not any("names no first layer" in n for n in r.notes), r.notes
+
+
 def test_first_layer_once_with_ideal_reuse_still_reads_every_weight_once():
     # "once" runs the first conv on 1 sample instead of T: its weights are still read once per
     # image (they were charged 1 / T of a read each)
@@ -330,6 +355,9 @@ def test_cli_preset_and_first_layer(tmp_path, capsys):
     saved = a["per_image"]["energy_mj"] - b["per_image"]["energy_mj"]
     assert saved == pytest.approx((2 - 1) * first["macs"] / 2 * 4.6e-9, rel=1e-9)
     assert b["hardware"]["per_image"]["energy_mj"] < a["hardware"]["per_image"]["energy_mj"]
+    with pytest.raises(SystemExit) as e:  # two answers to one question
+        cli_main([*args, "--first-layer", "per_step", "--first-layer-once"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_report_shows_the_components_and_plots_them(tmp_path):
@@ -408,3 +436,14 @@ def test_the_accounting_reads_size_and_name_from_the_protocol():
     toy.img_size, toy.model_name = 4, "toy"
     r = accounting.profile(toy)
     assert r.input_shape == (3, 4, 4) and r.model == "toy"
+
+
+def test_the_test_reports_accounting_takes_at_most_its_images():
+    # whole batches of 100 overshot the stated cap of 512 (600 images)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from svm_models.training import evaluation
+
+    data = TensorDataset(torch.randn(700, 3, 4, 4), torch.zeros(700, dtype=torch.long))
+    report = evaluation.accounting_report(_TwoStepNet(), DataLoader(data, batch_size=100), {"model": "net"})
+    assert report.images == evaluation.ACCOUNTING_IMAGES == 512

@@ -73,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reuse", default="none", choices=REUSE, help="hardware model: weight reuse of the MAC layers"
     )
-    p.add_argument(
+    first = p.add_mutually_exclusive_group()  # (--first-layer per_step --first-layer-once: which?)
+    first.add_argument(
         "--first-layer",
         choices=FIRST_LAYER,
         default=None,
         help="the image conv runs at every step (per_step, default) or once",
     )
-    p.add_argument("--first-layer-once", action="store_true", help="same as --first-layer once")
+    first.add_argument("--first-layer-once", action="store_true", help="same as --first-layer once")
     p.add_argument("--count-batchnorm", action="store_true", help="count BatchNorm ops (default: folded, 0)")
     p.add_argument("--integer-as", choices=("ac", "mac"), default="ac")
     p.add_argument("--head-as", choices=("mac", "auto"), default="mac")

@@ -590,6 +590,7 @@ def profile(
         stage_of: maps a module name to its stage label (default: :func:`stage_function`).
     """
     mode = first_layer if isinstance(first_layer, str) and first_layer in FIRST_LAYER else None
+    first_module = None if mode else first_layer  # a module (or its name) overriding first_conv
     if conventions is None:
         if first_layer_T is not None:
             mode = mode or ("per_step" if first_layer_T else "once")
@@ -598,7 +599,7 @@ def profile(
         raise ValueError("give first_layer='once'/'per_step' or conventions, not both")
     em = get_energy_model(energy)
     hw = None if isinstance(preset, str) and preset == PAPER else get_hardware_model(preset)
-    view = model_view(model, None if mode else first_layer, head, stage_of, name)
+    view = model_view(model, first_module, head, stage_of, name)
     params = sum(p.numel() for p in model.parameters())
     first_param = next(model.parameters(), None)
     device = first_param.device if first_param is not None else torch.device("cpu")

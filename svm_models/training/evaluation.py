@@ -6,7 +6,6 @@ as a table and written as JSON and PNG next to the checkpoints.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -104,11 +103,20 @@ def accounting_report(model: nn.Module, loader, cfg: dict[str, Any]):
     """``svm_models.accounting.profile`` over up to ACCOUNTING_IMAGES test images."""
     from .. import accounting
 
-    max_batches = max(1, math.ceil(ACCOUNTING_IMAGES / max(1, loader.batch_size or 1)))
-    batches = ((x, y) for x, y in loader if y.numel())  # (a batch of unreadable images is empty)
     return accounting.profile(
-        model, batches, max_batches=max_batches, name=cfg["model"], preset=ACCOUNTING_PRESET
+        model, _first_images(loader, ACCOUNTING_IMAGES), name=cfg["model"], preset=ACCOUNTING_PRESET
     )
+
+
+def _first_images(loader, n: int):
+    """The loader's (images, labels) batches up to n images, the last one cut to fit (a batch
+    of unreadable images is empty: skipped)."""
+    for x, y in loader:
+        if n <= 0:
+            return
+        if y.numel():
+            yield x[:n], y[:n]
+            n -= len(y)
 
 
 def _console(log: Callable[[str], None] | None) -> Callable[[str], None]:
