@@ -459,15 +459,16 @@ def test_non_finite_loss_exits_1_with_a_message(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------------------------
 # test.py / predict.py refuse a checkpoint trained under other settings
 # ----------------------------------------------------------------------------------------------
-def _trained_tiny(tmp_path, monkeypatch):
-    """A train.py-style checkpoint of the tiny model trained at img_size 8 (stored config)."""
+def _trained_tiny(tmp_path, monkeypatch, **config):
+    """A train.py-style checkpoint of the tiny model trained at img_size 8 (stored config:
+    ``tiny_cfg`` with ``config``)."""
     register_tiny(monkeypatch)
     from fabricate import TinyNet
 
     from svm_models.training import config as C
     from svm_models.training.checkpoint import atomic_save
 
-    stored = C.validate(tiny_cfg(tmp_path), "test")
+    stored = C.validate(tiny_cfg(tmp_path, **config), "test")
     atomic_save(
         {"model": TinyNet().state_dict(), "epoch": 1, "config": stored, "num_classes": 10}, tmp_path / "w.pt"
     )
@@ -671,7 +672,7 @@ def test_test_script_names_unreadable_test_images_and_refuses_too_many(tmp_path,
 
     from svm_models.training import cli
 
-    weights = _trained_tiny(tmp_path, monkeypatch)
+    weights = _trained_tiny(tmp_path, monkeypatch, dataset="mini_imagenet")
     make_mini_imagenet(tmp_path, per_class=2, size=(8, 8))
     spoilt = sorted((tmp_path / "Mini-ImageNet-Dataset" / "test").glob("*/*.jpg"))[:bad]
     for path in spoilt:

@@ -152,7 +152,7 @@ def run_test(
     ds = build_split(cfg, "test", augment=False)
     num_classes = num_classes or getattr(model, "num_classes", None) or len(getattr(ds, "classes", []))
     labels = len(getattr(ds, "classes", None) or [])
-    if labels and num_classes and labels != num_classes:  # (--allow-mismatch let another dataset in)
+    if labels and num_classes and labels > num_classes:  # (--allow-mismatch let another dataset in)
         raise ConfigError(
             f"the model predicts {num_classes} classes but the {cfg['dataset']} test split has {labels}: "
             "evaluate it on the dataset it was trained for"
