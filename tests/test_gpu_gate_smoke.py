@@ -270,6 +270,32 @@ def test_the_models_checks_come_before_fp32_and_full_delta_checks(fresh_gate):
     )
 
 
+@pytest.mark.slow  # compiles the flagship (twice) and a training step
+def test_the_compiled_training_row_compiles_static_sizes_after_the_checks(fresh_gate, monkeypatch):
+    # the model phase's checks compile the same model classes at other sizes first; without a
+    # reset dynamo built the timed training graph with symbolic sizes (not what a user's first
+    # compile builds, and a slower compile counted as compile_s)
+    import gate_models
+    import torch
+
+    symbolic = []
+    real_compile = torch.compile
+
+    def spy_compile(model, fullgraph=False, **kw):
+        def backend(gm, example_inputs):
+            symbolic.append(sum(isinstance(x, torch.SymInt) for x in example_inputs))
+            return gm.forward
+
+        return real_compile(model, fullgraph=fullgraph, backend=backend)
+
+    monkeypatch.setattr(torch, "compile", spy_compile)
+    assert gate_models.compile_check(gate_models.FLAGSHIP, True)["ok"]
+    assert max(symbolic) > 0  # the check's second batch size compiled symbolically
+    symbolic.clear()
+    gate_models.throughput(gate_models.SMOKE_CONFIG, True, True)
+    assert symbolic and max(symbolic) == 0, symbolic
+
+
 def test_the_report_prints_speed_ups_only_between_rows_of_the_same_work(monkeypatch):
     # ours_full takes delta made outside its call (the fla pipeline builds it), ours_tau3 runs
     # another tau: their rows are shown, but not divided by the peers'
