@@ -294,7 +294,8 @@ def ss2d_cases(smoke: bool):
                 "ss2d", "ours_lowrank", "check", {**case, "dtype": dt_name}, run, 120, priority=priority
             )
         fp32 = {**case, "dtype": "fp32"}
-        if name == first:  # while this shape's reference is cached
+        if name == first:  # (run in priority order: a case after another shape's check rebuilds
+            # this shape's float64 reference, a few seconds)
             run = lambda s=shape: check_small_blocks(s, torch.float32)
             yield Case("ss2d", "ours_lowrank", "check", {**fp32, "mode": "check_small_blocks"}, run, 120)
             # the peer's pipeline with fla's kernel (CUDA)
