@@ -62,10 +62,14 @@ def stash_for_backward(x: torch.Tensor, spikes: bool, where: object) -> tuple[to
             f"{where} was built for spike input (0/1) but got other values; build it with "
             "spike_input=False, or set memory_efficient=False"
         )
-    # A channels_last input is restored channels_last: the conv backward then takes the same
-    # kernel as for the original tensor.
+    # An input laid out channels_last is restored channels_last: the conv backward then takes
+    # the same kernel as for the original tensor. That includes a channel slice of a
+    # channels_last tensor (not dense, but strided like one): empty_like on the meta device
+    # gives the layout torch's kernels would pick for it.
     channels_last = (
-        x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        x.dim() == 4
+        and not x.is_contiguous()
+        and torch.empty_like(x, device="meta").is_contiguous(memory_format=torch.channels_last)
     )
     return pack_bits(x), _Stash(x.shape, x.dtype, True, channels_last)
 

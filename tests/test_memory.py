@@ -12,16 +12,22 @@ from svm_models.memory import compare_memory_efficient, profile_training_memory
 from svm_models.memory import main as memory_main
 from svm_models.spike_layers import set_memory_efficient, spike_mul
 
-# Spiking models of the shared table (not all: svmamba_para133, qkformer_10_512 and _768 are left
-# out), plus SVMamba with SEW shortcuts; qkformer_10_384 at 64 px instead of 128 (these tests
-# build each model several times: a quarter of the pixels).
+# Spiking models of the shared table (not all: qkformer_10_512 and _768 are left out), plus
+# SVMamba with SEW shortcuts and svmamba_para133 at its ablation ladder's last two rungs (their
+# depthwise conv takes a channel slice of a channels_last tensor); qkformer_10_384 at 64 px
+# instead of 128 (these tests build each model several times: a quarter of the pixels).
+_LADDER_TOP = dict(stem="spiking", ffn="spiking", norm="bn", scan_input="spike", gate="conv")
 SPIKING = {
     "svmamba_t": SMALL["svmamba_t"],
     "svmamba_cifar": SMALL["svmamba_cifar"],
     "svmamba_cifar_sew": (SMALL["svmamba_cifar"][0], dict(SMALL["svmamba_cifar"][1], shortcut="sew")),
     "qkformer_cifar": SMALL["qkformer_cifar"],
     "qkformer_10_384": (64, SMALL["qkformer_10_384"][1]),
+    "svmamba_para133_gate": (16, dict(SMALL["svmamba_para133"][1], **_LADDER_TOP)),
+    "svmamba_para133_mixer_bn": (16, dict(SMALL["svmamba_para133"][1], **_LADDER_TOP, mixer_norm="bn")),
 }
+MODEL_OF = {"svmamba_cifar_sew": "svmamba_cifar", "svmamba_para133_gate": "svmamba_para133"}
+MODEL_OF["svmamba_para133_mixer_bn"] = "svmamba_para133"
 # Module classes whose saved bytes this change does not touch (the LIF and the scan save their own).
 OTHER_OWNERS = {"MultiStepLIF", "CrossScanSSM"}
 
@@ -29,7 +35,7 @@ OTHER_OWNERS = {"MultiStepLIF", "CrossScanSSM"}
 def build(key, memory_efficient, seed=0):
     img, kw = SPIKING[key]
     torch.manual_seed(seed)
-    name = key.removesuffix("_sew")
+    name = MODEL_OF.get(key, key)
     return svm_models.create_model(name, num_classes=5, img_size=img, memory_efficient=memory_efficient, **kw)
 
 
