@@ -53,8 +53,8 @@ class VisionModel(nn.Module):
 
     @staticmethod
     def check_time_steps(T) -> int:
-        """``T`` must be a positive int."""
-        if not isinstance(T, int) or T < 1:
+        """``T`` must be a positive int (not a bool: True would pass as 1 and fail in forward)."""
+        if not isinstance(T, int) or isinstance(T, bool) or T < 1:
             raise ValueError(f"T must be a positive int, got {T!r}")
         return T
 

@@ -187,6 +187,8 @@ class QKFormer(VisionModel):
         T = self.check_time_steps(T)
         depths, _ = self.check_stages(depths, num_stages=3)
         dims = [embed_dim // 4, embed_dim // 2, embed_dim]
+        if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
         if embed_dim % 8 or any(d % num_heads for d in dims):
             raise ValueError(
                 f"num_heads={num_heads} must divide every stage width {dims} (embed_dim / 4 even)"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from svm_kernels.bitpack import is_binary, pack_bits, unpack_bits
@@ -353,5 +354,9 @@ class RecomputeInBackwardFunction(torch.autograd.Function):
 
 def recompute_in_backward(module: nn.Module, x: torch.Tensor, spikes: bool) -> torch.Tensor:
     """``module(x, recompute=False)``, saving only x for the backward (bits when ``spikes``) and
-    recomputing the rest there: the same gradients, one more forward of ``module``."""
+    recomputing the rest there: the same gradients, one more forward of ``module``. Under
+    torch.compile, torch's own checkpoint (dynamo traces it; the Function's autograd.grad it
+    cannot): x is then saved as it is, not as bits."""
+    if torch.compiler.is_compiling():
+        return torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False, recompute=False)
     return RecomputeInBackwardFunction.apply(module, spikes, x, *module.parameters())

@@ -296,6 +296,26 @@ def test_recompute_scan_same_gradients_fewer_bytes():
     assert scan[0] * 10 < scan[1], scan
 
 
+def test_recompute_scan_compiles_fullgraph():
+    # dynamo cannot trace the recompute Function's autograd.grad: under compile the scan is
+    # checkpointed with torch's own checkpoint (the same gradients)
+    img = SPIKING["svmamba_cifar"][0]
+    images, targets = torch.randn(3, 3, img, img), torch.tensor([0, 3, 4])
+    torch.manual_seed(0)
+    model = svm_models.create_model(
+        "svmamba_cifar", num_classes=5, img_size=img, recompute_scan=True, **SPIKING["svmamba_cifar"][1]
+    )
+    _, eager, _ = train_step(model, images, targets)
+    eager = {n: g.clone() for n, g in eager.items()}
+    model.zero_grad()
+    torch._dynamo.reset()
+    _, compiled, _ = train_step(torch.compile(model, fullgraph=True, backend="aot_eager"), images, targets)
+    compiled = {name.removeprefix("_orig_mod."): g for name, g in compiled.items()}
+    assert compiled.keys() == eager.keys()
+    for name, g in eager.items():
+        torch.testing.assert_close(compiled[name], g, rtol=1e-5, atol=1e-7)
+
+
 def test_backward_and_pool_hooks_take_the_plain_path():
     """Backward hooks on a unit's conv or BN, and hooks on its pool, are called as without the
     lean path (the fused node would skip them)."""

@@ -69,6 +69,7 @@ def test_overrides_and_img_size_reach_the_model():
     [
         (dict(shortcut="resnet"), "shortcut"),
         (dict(T=0), "T"),
+        (dict(T=True), "T must be a positive int, got True"),
         (dict(patch_size=3), "patch_size"),
         (dict(dims=[8, 16]), "dims"),
     ],
@@ -81,6 +82,9 @@ def test_bad_svmamba_arguments_raise(kwargs, match):
 def test_qkformer_heads_must_divide_widths():
     with pytest.raises(ValueError, match="num_heads"):
         create_model("qkformer_cifar", embed_dim=64, num_heads=3)
+    for heads in (0, -1, 2.0):  # (0 divided by zero, -1 built a model that failed in forward)
+        with pytest.raises(ValueError, match="num_heads must be a positive int"):
+            create_model("qkformer_cifar", embed_dim=32, depths=(1, 1, 1), num_heads=heads)
 
 
 def test_model_attributes():
