@@ -213,6 +213,37 @@ def test_simulator_events_track_the_log_intensity_exactly():
 # ----------------------------------------------------------------------------------------------
 # datasets
 # ----------------------------------------------------------------------------------------------
+def test_readers_refuse_events_off_the_sensor(tmp_path):
+    # a damaged file (here text) decodes to coordinates past the sensor: it was integrated into
+    # empty frames and trained with its label, without a word
+    (tmp_path / "00002.bin").write_bytes(b"<html><body>503</body>\n\n\n")
+    with pytest.raises(E.EventFileError, match=r"off the 34 x 34 sensor"):
+        E.read_nmnist(str(tmp_path / "00002.bin"))
+    write_aedat31(tmp_path / "g.aedat", [_aedat3_packet(1, [(polarity_word(5, 200, 1), 10)])])
+    with pytest.raises(E.EventFileError, match=r"\(5, 200\) lies off the 128 x 128 sensor"):
+        E.read_dvs_gesture(str(tmp_path / "g.aedat"))
+
+
+@pytest.mark.parametrize("src,dst", [(34, 16), (34, 32), (128, 96), (128, 64), (16, 32)])
+def test_resized_frames_weigh_every_event_alike(src, dst):
+    # area interpolation's windows overlap where the size does not divide: some events counted
+    # twice. Shrinking now bins each pixel into one target pixel (tonic's Downsample), weighted
+    # by the area ratio; where the size divides that is the area resize itself.
+    x, y, t, p = _events(3000, src)
+    events = np.zeros(len(x), dtype=E.readers.tonic_io().events_struct)
+    events["x"], events["y"], events["t"], events["p"] = x, y, t, p
+    got = E.resize_frames(E.integrate(events, (src, src), 2), dst)
+    if dst < src:
+        scaled = events.copy()
+        scaled["x"], scaled["y"] = x * dst // src, y * dst // src
+        want = E.integrate(scaled, (dst, dst), 2) * (dst / src) ** 2
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    if dst % src == 0 or src % dst == 0:
+        frames = E.integrate(events, (src, src), 2)
+        torch.testing.assert_close(got, torch.nn.functional.interpolate(frames, size=(dst, dst), mode="area"))
+    assert got.sum().item() == pytest.approx(len(x) // 2 * 2 * (dst / src) ** 2, rel=1e-6)
+
+
 def _gesture_folder(root):
     folder = root / "DvsGesture"
     folder.mkdir()
@@ -228,6 +259,24 @@ def _gesture_folder(root):
         with open(folder / f"trials_to_{split}.txt", "a") as f:
             f.write(f"{name}.aedat\n")
     return folder
+
+
+def test_an_unreadable_gesture_recording_counts_each_of_its_samples(tmp_path, monkeypatch):
+    # the count over all workers merges reports by name: one name per recording counted its
+    # samples as one (2 of 4 unreadable came out as 1)
+    monkeypatch.setattr(E.datasets, "MAX_UNREADABLE_FRACTION", 1.0)
+    folder = _gesture_folder(tmp_path)
+    (folder / "user02_led.aedat").write_bytes((folder / "user01_fluorescent.aedat").read_bytes()[:200])
+    (folder / "user02_led_labels.csv").write_text((folder / "user01_fluorescent_labels.csv").read_text())
+    with open(folder / "trials_to_train.txt", "a") as f:
+        f.write("user02_led.aedat\n")
+    train = build_dataset("dvs128_gesture", "train", root=str(tmp_path), T=2)
+    bad = [i for i, s in enumerate(train.samples) if "user02" in s.path]
+    assert len(train) == 4 and len(bad) == 2
+    with pytest.warns(UserWarning, match="unreadable"):
+        train[bad[0]]  # skips both of its samples
+    names = [name for name, _ in train.unreadable.drain()]
+    assert len(names) == len(set(names)) == 2 and all("user02_led.aedat" in n for n in names)
 
 
 def test_gesture_dataset_cuts_recordings_by_the_label_csv(tmp_path):

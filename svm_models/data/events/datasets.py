@@ -142,9 +142,12 @@ class EventFrames(Dataset):
         raise DataError(f"{self.name}: no recording could be read")
 
     def _report(self, j: int, error: Exception) -> None:
-        path = self.samples[j].path
+        path, window = self.samples[j].path, self.samples[j].window
         self._bad[j] = f"{path}: {error}"
-        self.unreadable.report(path, describe_error(error, path))
+        # one report per sample, not per file: a gesture recording holds several, and the count
+        # over all workers (by name) is of samples
+        name = path if window is None else f"{path} (the sample at {window[0]}..{window[1]} us)"
+        self.unreadable.report(name, describe_error(error, path))
         warnings.warn(f"{self.name}: skipping an unreadable recording: {error}", stacklevel=3)
         if len(self._bad) > max(1.0, MAX_UNREADABLE_FRACTION * len(self.samples)):
             first = "; ".join(list(self._bad.values())[:3])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def integrate(events: np.ndarray, sensor_size: tuple[int, int], T: int) -> torch.Tensor:
@@ -34,10 +33,30 @@ def integrate(events: np.ndarray, sensor_size: tuple[int, int], T: int) -> torch
 
 
 def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Area-resize (T, 2, H, W) frames to ``size`` x ``size`` (averages counts; e.g. 128 -> 64)."""
+    """(T, 2, H, W) frames at ``size`` x ``size``. Smaller: every pixel's count goes to the one
+    target pixel floor(i size / H) (tonic's ``Downsample`` of the events), weighted by the area
+    ratio, so that 128 -> 64 averages 2 x 2 blocks and every event weighs the same whatever the
+    ratio (area interpolation's windows overlap where the size does not divide: 34 -> 16 counted
+    some events twice). Larger: each target pixel repeats the source pixel it lies in."""
     if frames.shape[-2:] == (size, size):
         return frames
-    return F.interpolate(frames, size=(size, size), mode="area")
+    rows = _assignment(frames.shape[-2], size, frames.dtype)  # (size, H)
+    cols = _assignment(frames.shape[-1], size, frames.dtype)  # (size, W)
+    return rows @ frames @ cols.T
+
+
+def _assignment(n: int, m: int, dtype: torch.dtype) -> torch.Tensor:
+    """(m, n): source index i -> target floor(i m / n) weighted m / n when shrinking; target j
+    <- source floor(j n / m) when growing."""
+    if m <= n:
+        target = torch.arange(n) * m // n
+        return torch.zeros(m, n, dtype=dtype).index_put_(
+            (target, torch.arange(n)), torch.tensor(m / n, dtype=dtype)
+        )
+    source = torch.arange(m) * n // m
+    return torch.zeros(m, n, dtype=dtype).index_put_(
+        (torch.arange(m), source), torch.tensor(1.0, dtype=dtype)
+    )
 
 
 class FrameAugment:

@@ -54,12 +54,25 @@ def _structured(x, y, t, p) -> np.ndarray:
     return events
 
 
+def _on_sensor(events: np.ndarray, size: int, path: str, fmt: str) -> np.ndarray:
+    """``events``, or EventFileError when one lies off the size x size sensor (a valid file has
+    none: such a file is another format or damaged, and would give empty frames)."""
+    off = (events["x"] >= size) | (events["y"] >= size)
+    if off.any():
+        i = int(np.argmax(off))
+        raise EventFileError(
+            f"{path}: event {i} at ({events['x'][i]}, {events['y'][i]}) lies off the {size} x {size} "
+            f"sensor: not a valid {fmt} file"
+        )
+    return events
+
+
 def read_nmnist(path: str) -> np.ndarray:
     """One N-MNIST recording (34 x 34 sensor)."""
     size = _file_size(path)
     if size == 0 or size % 5:
         raise EventFileError(f"{path}: {size} bytes is not a whole number of 5-byte N-MNIST events")
-    return tonic_io().read_mnist_file(path, dtype=tonic_io().events_struct)
+    return _on_sensor(tonic_io().read_mnist_file(path, dtype=tonic_io().events_struct), 34, path, "N-MNIST")
 
 
 def read_cifar10_dvs(path: str) -> np.ndarray:
@@ -112,7 +125,9 @@ def read_dvs_gesture(path: str) -> np.ndarray:
         pos += nbytes
     if not xs:
         raise EventFileError(f"{path}: no polarity events")
-    return _structured(*(np.concatenate(v) for v in (xs, ys, ts, ps)))
+    return _on_sensor(
+        _structured(*(np.concatenate(v) for v in (xs, ys, ts, ps))), 128, path, "DVS128 Gesture"
+    )
 
 
 def _file_size(path: str) -> int:
