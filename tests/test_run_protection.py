@@ -381,6 +381,37 @@ def test_opts_repeat_and_merge_model_args_into_the_files(tmp_path):
     assert cfg["model_args"] == {"width": 8, "depth": 2}  # the file's other model_args too
 
 
+def test_resume_refuses_other_workers_with_augment_and_an_unvalidated_end(tmp_path, tiny):
+    # with augment the random draws follow the DataLoader workers' seeds: another workers count
+    # would not continue the run as it would have gone (measured: another loss after resume)
+    cfg = _cfg(tmp_path, epochs=3, augment=True, eval_every=2)
+
+    def crash(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, progress=False, on_epoch_end=crash)
+    with pytest.raises(C.ConfigError, match="in workers"):
+        engine.fit(dict(cfg, workers=1), resume=True, progress=False)
+    # epoch 1 was not validated (eval_every 2): ending the run there would leave no best.pt of it
+    with pytest.raises(C.ConfigError, match="epoch 1, which was not validated"):
+        engine.fit(dict(cfg, epochs=1), resume=True, progress=False)
+    res = engine.fit(cfg, resume=True, progress=False)
+    assert [r["epoch"] for r in res["history"]] == [1, 2, 3]
+    # without augment the workers may change
+    plain = _cfg(tmp_path, epochs=2, task_name="plain")
+    engine.fit(dict(plain, epochs=1), progress=False)
+    assert engine.fit(dict(plain, workers=1), resume=True, progress=False)["history"][-1]["epoch"] == 2
+
+
+def test_a_non_finite_loss_elsewhere_is_named_so(tmp_path, tiny, monkeypatch):
+    # under DDP the check is summed over processes; the printing one may have a finite loss
+    monkeypatch.setattr(engine.dist_utils, "all_reduce_sum", lambda t, info: torch.ones_like(t))
+    with pytest.raises(engine.NonFiniteLossError, match="non-finite loss on another process at epoch 1"):
+        engine.fit(_cfg(tmp_path, epochs=1), progress=False)
+
+
 def test_resume_may_extend_epochs_and_refuses_other_changes(tmp_path, tiny):
     cfg = _cfg(tmp_path, epochs=2, warmup_epochs=1)
     engine.fit(cfg, progress=False)

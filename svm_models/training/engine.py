@@ -214,8 +214,10 @@ def train_one_epoch(
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg["label_smoothing"])
         bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=info.device)
         if dist_utils.all_reduce_sum(bad, info).item() > 0:
+            # (every process stops; the one printing may have had a finite loss itself)
+            where = f"({loss.item()})" if bad.item() else "on another process"
             raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; training stopped, "
+                f"non-finite loss {where} at epoch {epoch + 1}, step {step + 1}; training stopped, "
                 "no checkpoint was written for this epoch (try a lower lr, clip_grad, or amp: false)"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -395,17 +397,25 @@ def build_training(cfg: dict[str, Any], info: dist_utils.DistInfo, resume: bool,
 
 
 def restore(t: Training, cfg: dict[str, Any], path: str) -> Progress:
-    """Load last.pt into ``t``; the config may differ only in :data:`RESUME_MAY_CHANGE`."""
+    """Load last.pt into ``t``; the config may differ only in :data:`RESUME_MAY_CHANGE` (workers
+    not with augment), and may not end the run at an epoch that was not validated."""
     ck = load_file(path, "checkpoint to resume")
     if not isinstance(ck, dict) or "optimizer" not in ck or "epoch" not in ck:
         raise ConfigError(f"{path} is not a training checkpoint")
     stored = ck.get("config", {})
-    changed = [k for k in SCHEMA if k not in RESUME_MAY_CHANGE and stored.get(k, SCHEMA[k].default) != cfg[k]]
+    # with augment, the augmentations' random draws come from the DataLoader workers' seeds: a
+    # run resumed with another number of workers would not continue as it would have
+    may_change = [k for k in RESUME_MAY_CHANGE if not (k == "workers" and cfg["augment"])]
+    changed = [k for k in SCHEMA if k not in may_change and stored.get(k, SCHEMA[k].default) != cfg[k]]
     if changed:
         raise ConfigError(f"--resume: the config differs from the one in {path} in {', '.join(changed)}")
-    if cfg["epochs"] < int(ck["epoch"]):
+    done, history = int(ck["epoch"]), list(ck.get("history", []))
+    if cfg["epochs"] < done:
+        raise ConfigError(f"--resume: epochs ({cfg['epochs']}) is below the {done} epochs {path} has done")
+    if cfg["epochs"] == done and history and "val_top1" not in history[-1]:
         raise ConfigError(
-            f"--resume: epochs ({cfg['epochs']}) is below the {ck['epoch']} epochs {path} has done"
+            f"--resume: epochs ({done}) would end the run at epoch {done}, which was not validated "
+            f"(eval_every {stored.get('eval_every', cfg['eval_every'])}); give more epochs"
         )
     t.model.load_state_dict(ck["model"])
     t.optimizer.load_state_dict(ck["optimizer"])
@@ -420,7 +430,7 @@ def restore(t: Training, cfg: dict[str, Any], path: str) -> Progress:
         int(ck["epoch"]),
         float(ck["best_acc"]),
         int(ck.get("best_epoch", 0)),
-        list(ck.get("history", [])),
+        history,
         float(ck.get("train_time_s", 0.0)),
     )
 
