@@ -100,6 +100,8 @@ def rung_config(rung: Rung, seed: int = 0, epochs: int | None = None, out_dir: s
     raw.update(seed=seed, output_dir=out_dir, task_name=f"{rung.name.strip('+').replace(' ', '_')}_s{seed}")
     if epochs is not None:
         raw["epochs"] = epochs
+        # (warmup must end before the last epoch: the digits configs warm up for 1)
+        raw["warmup_epochs"] = min(raw.get("warmup_epochs", 0), epochs - 1)
     return validate(raw, rung.config)
 
 
@@ -256,6 +258,11 @@ def main() -> None:
     # Both ends of the ladder and the baselines first: on a busy machine they are what a partial
     # run must have.
     order = [LADDER[0], LADDER[-1], *BASELINES, *LADDER[1:-1]]
+    unknown = set(args.only or ()) - {r.name for r in order}
+    if unknown:
+        p.error(
+            f"--only: no rung named {', '.join(sorted(unknown))}; the rungs: {', '.join(r.name for r in order)}"
+        )
     rungs = [r for r in order if args.only is None or r.name in args.only]
     # One runs file per seed list, so that seeds can run in parallel processes into one folder;
     # finished (rung, seed) pairs are skipped when the command is repeated.

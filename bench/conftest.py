@@ -1,6 +1,7 @@
 """Shared pieces of the kernel benchmarks (pytest-benchmark).
 
-Run on a CUDA machine:  pytest bench/ --benchmark-only --benchmark-json=out.json
+Run on a CUDA machine:  pytest bench/bench_lif.py bench/bench_ss2d.py --benchmark-only --benchmark-json=out.json
+(the files are named, since pytest collects only test_*.py by itself)
 Without a GPU every provider that needs CUDA skips. ``SVM_BENCH_SMOKE=1`` runs tiny shapes on
 the CPU (Triton interpreter) to check the benchmark code itself; its timings mean nothing.
 """

@@ -43,7 +43,8 @@ def make(shape, dtype, full_delta=False):
 
 
 def ss2d_bytes(x: dict, mode: str, full_delta: bool) -> int:
-    names = ["u", "dt_low", "B", "C"] + (["delta"] if full_delta else [])
+    # the full-delta op reads delta in place of dt_low (the inputs hold both)
+    names = ["u", "B", "C"] + (["delta"] if full_delta else ["dt_low"])
     inputs = sum(x[k].numel() * x[k].element_size() for k in names)
     out = x["u"].numel() * 4  # fp32 output / grad_out
     fwd = inputs + out

@@ -48,8 +48,8 @@ def _rel_err(got: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
     """max |got - ref| / max(max |ref|, floor); inf for a non-finite value or, with a zero scale,
     any difference (a gradient that must stay exactly zero)."""
     got, ref = got.double(), ref.double()
-    if not torch.isfinite(got).all():
-        return float("inf")
+    if not (torch.isfinite(got).all() and torch.isfinite(ref).all()):
+        return float("inf")  # (a NaN scale would give NaN, and max(0.0, nan) is 0.0: a pass)
     scale = max(ref.abs().max().item(), floor)
     diff = (got - ref).abs().max().item()
     if scale == 0:

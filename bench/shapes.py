@@ -1,4 +1,5 @@
-"""The problem sizes every benchmark tool shares: the GPU gate, the static compile check, pytest-benchmark.
+"""The problem sizes the GPU gate and the static compile check share (pytest-benchmark's files keep
+their own, smaller smoke shapes).
 
 Kept in one place so that a compile-check figure and a measured time talk about the same launch.
 """

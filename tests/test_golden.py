@@ -354,3 +354,11 @@ def test_ablation_ladder_one_change_per_rung():
     ]
     assert [counts[0], counts[-1]] == [sum(p.numel() for p in m.parameters()) for m in ends]
     assert counts[-1] < counts[0]
+
+
+def test_ablation_short_runs_end_their_warmup_in_time():
+    # --epochs 1 left the digits configs' 1 warmup epoch, which validation refuses
+    ablation = load_ablation()
+    cfg = ablation.rung_config(ablation.LADDER[-1], epochs=1)
+    assert cfg["epochs"] == 1 and cfg["warmup_epochs"] == 0
+    assert ablation.rung_config(ablation.LADDER[-1], epochs=5)["warmup_epochs"] == 1

@@ -318,3 +318,15 @@ def test_the_report_prints_speed_ups_only_between_rows_of_the_same_work(monkeypa
     assert "ours vs spikingjelly" in text and "ours_lowrank vs fla_unfused" in text
     assert "ours_tau3 vs" not in text and "ours_full vs" not in text
     assert "| 2.00x |" in text and "| 3.00x |" in text
+
+
+def test_the_full_delta_rows_count_delta_not_dt_low(fresh_gate):
+    # the full-delta op never reads dt_low (the inputs hold both): it was counted, +4 % of bytes
+    import gate_ss2d
+    import torch
+
+    x = {k: torch.empty(n, dtype=torch.bfloat16) for k, n in dict(u=10, dt_low=3, B=2, C=2, delta=40).items()}
+    out = 10 * 4  # fp32 output / grad_out
+    assert gate_ss2d.ss2d_bytes(x, "fwd", True) == 2 * (10 + 2 + 2 + 40) + out
+    assert gate_ss2d.ss2d_bytes(x, "fwd", False) == 2 * (10 + 3 + 2 + 2) + out
+    assert gate_ss2d.ss2d_bytes(x, "bwd", True) == 2 * 2 * (10 + 2 + 2 + 40) + out

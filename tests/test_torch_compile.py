@@ -69,3 +69,11 @@ def test_compare_reports_a_wrong_gradient():
     res = model_compile.compare(Net(), (2,), backend="aot_eager")
     assert res["logits_err"] == 0.0
     assert res["grads_err"] == pytest.approx(1.0)
+
+
+def test_a_non_finite_reference_is_no_pass():
+    # a NaN scale gave a NaN error, and max(0.0, nan) is 0.0
+    good = torch.tensor([1.0, 2.0])
+    for bad in (float("nan"), float("inf")):
+        assert model_compile._rel_err(good, torch.tensor([bad, 2.0])) == float("inf")
+    assert model_compile._rel_err(good, good) == 0.0
