@@ -7,6 +7,7 @@ import pytest
 import torch
 from fabricate import TINY, TinyNet, register_tiny, tiny_cfg
 
+import svm_models
 from svm_models.training import checkpoint as ckpt
 from svm_models.training import config as C
 from svm_models.training import engine, history, optim
@@ -162,6 +163,19 @@ def test_weight_decay_groups_skip_biases_and_1d():
     assert id(m.conv.weight) in decayed and id(m.head.weight) in decayed
     assert id(m.conv.bias) not in decayed and id(m.bn.weight) not in decayed
     assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+
+
+@pytest.mark.parametrize("name", ["svmamba_cifar", "vmamba_cifar"])
+def test_weight_decay_skips_the_scans_rates_skips_and_time_step_bias(name):
+    # A_logs (4D, N) and dt_projs_bias (4, D) are 2-D: the 1-D rule decayed them, pulling the
+    # decay rates and the time steps' bias towards 0
+    m = svm_models.create_model(name, num_classes=10, dims=[8, 16], depths=[1, 1])
+    decayed = {id(p) for p in optim.param_groups(m, 0.05)[0]["params"]}
+    scan = [
+        (n, p) for n, p in m.named_parameters() if n.rsplit(".", 1)[-1] in ("A_logs", "Ds", "dt_projs_bias")
+    ]
+    assert len(scan) == 6 and not [n for n, p in scan if id(p) in decayed]
+    assert any(n.endswith("x_proj_weight") and id(p) in decayed for n, p in m.named_parameters())
 
 
 def test_warmup_then_cosine_per_iteration():

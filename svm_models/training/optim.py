@@ -12,8 +12,11 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: decayed weights, and undecayed biases / 1-D parameters (norms, D skips) plus
-    anything a model lists in ``no_weight_decay()`` (VMamba's and timm's convention)."""
+    anything a model lists in ``no_weight_decay()`` (timm's convention) or a module in its
+    ``NO_WEIGHT_DECAY`` (the scan's A_logs, Ds and dt bias, VMamba's convention)."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    for prefix, module in model.named_modules():
+        skip.update(f"{prefix}.{n}" if prefix else n for n in getattr(module, "NO_WEIGHT_DECAY", ()))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
