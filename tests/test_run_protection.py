@@ -405,6 +405,24 @@ def test_resume_refuses_other_workers_with_augment_and_an_unvalidated_end(tmp_pa
     assert engine.fit(dict(plain, workers=1), resume=True, progress=False)["history"][-1]["epoch"] == 2
 
 
+def test_resume_of_a_run_grouped_otherwise_is_one_error(tmp_path, monkeypatch):
+    # a last.pt saved while the scan's A_logs and dt bias were weight-decayed has other groups
+    from svm_kernels.ss2d.module import CrossSelectiveScan
+
+    cfg = _cfg(
+        tmp_path,
+        model="svmamba_cifar",
+        img_size=8,
+        epochs=2,
+        model_args=dict(dims=[8], depths=[1], patch_size=2),
+    )
+    monkeypatch.setattr(CrossSelectiveScan, "NO_WEIGHT_DECAY", ())
+    engine.fit(dict(cfg, epochs=1), progress=False)
+    monkeypatch.undo()
+    with pytest.raises(C.ConfigError, match="does not fit this code's parameter groups"):
+        engine.fit(cfg, resume=True, progress=False)
+
+
 def test_a_non_finite_loss_elsewhere_is_named_so(tmp_path, tiny, monkeypatch):
     # under DDP the check is summed over processes; the printing one may have a finite loss
     monkeypatch.setattr(engine.dist_utils, "all_reduce_sum", lambda t, info: torch.ones_like(t))

@@ -418,7 +418,13 @@ def restore(t: Training, cfg: dict[str, Any], path: str) -> Progress:
             f"(eval_every {stored.get('eval_every', cfg['eval_every'])}); give more epochs"
         )
     t.model.load_state_dict(ck["model"])
-    t.optimizer.load_state_dict(ck["optimizer"])
+    try:
+        t.optimizer.load_state_dict(ck["optimizer"])
+    except ValueError as e:  # parameter groups of other sizes: saved by code that grouped otherwise
+        raise ConfigError(
+            f"--resume: the optimizer state in {path} does not fit this code's parameter groups ({e}); "
+            "it was saved by a version that grouped the weight decay differently: start the run again"
+        ) from None
     t.scheduler.load_state_dict(ck["scheduler"])
     if cfg["epochs"] != stored.get("epochs", cfg["epochs"]):
         stretch_schedule(t.scheduler, cfg, len(t.loader))
