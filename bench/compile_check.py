@@ -62,6 +62,7 @@ N_SMS = 132  # H100 SXM / H200
 WARP_SIZE = 32  # what Triton's CUDA driver reports as the target's warp size
 # sm_90's per-SM limits that decide how many blocks of a launch run at once (CUDA occupancy rules)
 SM_REGISTERS = 65536
+SM_SUBPARTITIONS = 4  # each holds a quarter of the register file and of the warps
 SM_REGISTER_UNIT = 256  # registers are allocated per warp in units of this many
 SM_MAX_WARPS = 64
 SM_MAX_BLOCKS = 32
@@ -574,9 +575,12 @@ CASE_PROVIDERS = [lif_cases, ss2d_cases]
 
 def blocks_per_sm(registers: int, num_warps: int, shared_bytes: int) -> int:
     """Blocks of one launch resident on an SM at once (sm_90): the least of the block limit, the
-    warp limit, the registers (allocated per warp in units of 256) and the shared memory."""
+    warp limit, the registers and the shared memory. Registers are allocated per warp in units
+    of 256 from each of the SM's 4 sub-partitions' quarter of the file (CUDA's occupancy rule:
+    96 registers give 5 warps a quarter, 20 one-warp blocks, not 65,536 / 3,072 = 21)."""
     per_warp = -(-registers * WARP_SIZE // SM_REGISTER_UNIT) * SM_REGISTER_UNIT
-    by_registers = (SM_REGISTERS // per_warp) // num_warps if per_warp else SM_MAX_BLOCKS
+    quarter = SM_REGISTERS // SM_SUBPARTITIONS
+    by_registers = (quarter // per_warp) * SM_SUBPARTITIONS // num_warps if per_warp else SM_MAX_BLOCKS
     by_shared = SM_SHARED_BYTES // (shared_bytes + BLOCK_RESERVED_SHARED)
     return max(0, min(SM_MAX_BLOCKS, SM_MAX_WARPS // num_warps, by_registers, by_shared))
 
@@ -584,7 +588,7 @@ def blocks_per_sm(registers: int, num_warps: int, shared_bytes: int) -> int:
 def measure(case: Case, arch: int) -> dict:
     """{row label: figures} for every launch (and autotuner config) of one case, and the case's
     row over all its launches (``case_totals``): launches of one kernel share a label, whose
-    row keeps the last one's figures."""
+    row keeps the last one's figures, or the first failure of any of them."""
     rows = {}
     every = []  # every launch's row, in launch order
     for launch in capture_configs(case.call, case.kernels):
@@ -594,8 +598,9 @@ def measure(case: Case, arch: int) -> dict:
         try:
             info = compile_launch(launch, arch)
         except Exception as exc:  # report every failure, not only the first
-            rows[label] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-            every.append(rows[label])
+            error = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            rows[label] = error
+            every.append(error)
             continue
         prof = ptx_profile(info.pop("ptx"), info.pop("env"))
         blocks = math.prod(launch.grid)
@@ -603,7 +608,7 @@ def measure(case: Case, arch: int) -> dict:
         per = threads / case.elements
         resident = blocks_per_sm(info["registers"] or 255, info["num_warps"], info["shared_bytes"])
         rounds = math.ceil(blocks / (resident * N_SMS)) if resident else None
-        rows[label] = dict(
+        row = dict(
             registers=info["registers"],
             spill_bytes=info["spill_bytes"],
             shared_bytes=info["shared_bytes"],
@@ -630,7 +635,9 @@ def measure(case: Case, arch: int) -> dict:
             constexprs=info["constexprs"],
             compile_s=round(time.perf_counter() - start, 1),
         )
-        every.append(rows[label])
+        every.append(row)
+        if "error" not in rows.get(label, {}):  # a failure of an earlier launch of it stays reported
+            rows[label] = row
     rows[case.label + TOTAL_SUFFIX] = case_totals(every)
     return rows
 
