@@ -342,7 +342,10 @@ def _eval_trip(loop, env: dict):
     except Exception:
         return None
     lo, hi, step = (0, bounds[0], 1) if len(bounds) == 1 else ([*bounds, 1])[:3]
-    return max(0.0, (hi - lo) / step)
+    trips = (hi - lo) / step
+    # range(0, 7, 16) runs once, not 7/16 times (a bound averaged over an outer loop's variable
+    # may be fractional: with step 1 the mean is kept as it is)
+    return max(0.0, float(math.ceil(trips)) if step != 1 else trips)
 
 
 def _within(i: int, spans) -> bool:
@@ -588,7 +591,8 @@ def blocks_per_sm(registers: int, num_warps: int, shared_bytes: int) -> int:
 def measure(case: Case, arch: int) -> dict:
     """{row label: figures} for every launch (and autotuner config) of one case, and the case's
     row over all its launches (``case_totals``): launches of one kernel share a label, whose
-    row keeps the last one's figures, or the first failure of any of them."""
+    row has the last one's figures but the most any of them reports in each budgeted metric
+    (BUDGET_METRICS), or the first failure of any of them."""
     rows = {}
     every = []  # every launch's row, in launch order
     for launch in capture_configs(case.call, case.kernels):
@@ -636,8 +640,11 @@ def measure(case: Case, arch: int) -> dict:
             compile_s=round(time.perf_counter() - start, 1),
         )
         every.append(row)
-        if "error" not in rows.get(label, {}):  # a failure of an earlier launch of it stays reported
-            rows[label] = row
+        before = rows.get(label, {})
+        if "error" in before:  # a failure of an earlier launch of it stays reported
+            continue
+        # the budgets bound every launch of it (a copy: the case's totals sum each launch's own)
+        rows[label] = {**row, **{m: max(row[m], before[m]) for m in BUDGET_METRICS if before}}
     rows[case.label + TOTAL_SUFFIX] = case_totals(every)
     return rows
 

@@ -452,3 +452,64 @@ def test_a_failed_launch_stays_reported_when_a_later_one_of_its_kernel_compiles(
     first, second = proc.stdout.splitlines()[-2:]
     assert first == "2 ['ss2d_infer lowrank bf16 vmamba_t_stage1 | ss2d_fwd_scan_kernel']"
     assert "compile failed: RuntimeError: ptxas died" in second
+
+
+def test_a_loop_with_a_step_counts_whole_trips(tmp_path):
+    """range(0, n, 16) runs ceil(n / 16) times: 7 chunks one trip (it was counted 7/16), 157 ten."""
+    src = tmp_path / "k.py"
+    src.write_text(
+        "def kernel(n):\n"  # 1
+        "    acc = 0\n"  # 2
+        "    for t0 in range(0, n, 16):\n"  # 3
+        "        acc += t0\n"  # 4
+    )
+    ptx = tmp_path / "k.ptx"
+    ptx.write_text(
+        f'.file 1 "{src}"\n.visible .entry k(\n)\n{{\n'
+        "\t.loc\t1 2 4\n\tmov.u32 %r1, 0;\n"
+        "$L__BB0_1:\n\t.loc\t1 4 8\n" + "\tadd.s32 %r1, %r1, 1;\n" * 3 + "\t.loc\t1 3 4\n"
+        "\tsetp.lt.s32 %p1, %r1, %r2;\n\t@%p1 bra \t$L__BB0_1;\n"
+        "\tret;\n}\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import ptx_profile\n"
+        "for n in (7, 157, 16):\n"
+        "    p = ptx_profile(open(sys.argv[2]).read(), {'n': n})\n"
+        "    print(p['untraced_loops'], p['ptx_dynamic'], p['serial_steps'])\n"
+    )
+    proc = _run_with_bench_on_path(code, ptx)
+    assert proc.returncode == 0, proc.stderr
+    # the loop: 5 instructions a trip; outside it the mov and the ret
+    assert [line.split() for line in proc.stdout.splitlines()] == [
+        ["0", str(5 * 1 + 2.0), "1.0"],
+        ["0", str(5 * 10 + 2.0), "10.0"],
+        ["0", str(5 * 1 + 2.0), "1.0"],
+    ]
+
+
+def test_a_kernels_row_holds_the_most_any_of_its_launches_reports():
+    # the row kept the last launch's figures, so the budgets never saw an earlier launch's more
+    # registers or narrow accesses (the SS2D backward's state walks: 104 registers, 41 narrow
+    # accesses against the row's 96 and 33)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import compile_check as cc\n"
+        "case = next(c for c in cc.ss2d_cases() if c.label == 'ss2d_infer lowrank bf16 vmamba_t_stage1')\n"
+        "figures = iter([(104, 41, 30.0), (96, 33, 20.0)])\n"
+        "def fake_compile(launch, arch):\n"
+        "    regs, narrow, ptx = next(figures)\n"
+        "    return dict(registers=regs, spill_bytes=0, shared_bytes=16, num_warps=1, num_stages=1,\n"
+        "                constexprs={}, ptx=(narrow, ptx), env={})\n"
+        "def fake_profile(ptx, env):\n"
+        "    narrow, dynamic = ptx\n"
+        "    return dict(serial_steps=1.0, memory_waits=1.0, ptx_static=10, ptx_dynamic=dynamic,\n"
+        "                sfu_dynamic=0.0, barriers_dynamic=0.0, shfl_dynamic=0.0,\n"
+        "                narrow_global_accesses=narrow, loops=0, untraced_loops=0)\n"
+        "cc.compile_launch, cc.ptx_profile = fake_compile, fake_profile\n"
+        "row = cc.measure(case, 90)['ss2d_infer lowrank bf16 vmamba_t_stage1 | ss2d_fwd_scan_kernel']\n"
+        "print(row['registers'], row['narrow_global_accesses'], row['ptx_per_elem'] > 0)\n"
+    )
+    proc = _run_with_bench_on_path(code, "-")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["104", "41", "True"]
