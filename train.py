@@ -36,12 +36,10 @@ def main(argv=None) -> int:
         if info.is_main:
             # the closing lines go to the run's train.log too, as the epochs' lines did
             log = functools.partial(rundir.append_log, config.run_dir(cfg))
-            line = (
+            evaluation.console(log)(
                 f"training time {result['train_time_s']:.1f}s; best val top-1 {result['best_acc']:.2f}% "
                 f"at epoch {result['best_epoch']}"
             )
-            print(line, flush=True)
-            log(line)
             if not args.no_test:
                 model, path, _ = evaluation.load_trained_model(cfg, result["best_path"], info.device)
                 evaluation.run_test(cfg, model, path, num_classes=result["num_classes"], log=log)

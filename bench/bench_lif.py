@@ -77,8 +77,9 @@ def test_lif(benchmark, provider, T, n, dtype, mode):
 
         with torch.no_grad():
             fn(x)  # (spikingjelly picks its implementation at the first call)
-        if _spikingjelly_selected() != "triton":
-            pytest.skip(f"spikingjelly selected its {_spikingjelly_selected()!r} implementation, not Triton")
+        selected = _spikingjelly_selected()
+        if selected != "triton":
+            pytest.skip(f"spikingjelly selected its {selected!r} implementation, not Triton")
     size = x.element_size() * x.numel()
     if mode == "fwd":
         with torch.no_grad():

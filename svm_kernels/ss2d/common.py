@@ -148,17 +148,14 @@ def _define_inference_op(name, args, names, forward, fake):
 def _define_forward_op(name, args, names, returns, forward, fake, save, backward):
     positions = [SCAN_ARGS.index(n) for n in names]
 
-    def scan_args(tensors) -> list:
-        return _scan_args(names, tensors)
-
     def run(*inputs):
         *tensors, softplus, out_dtype = inputs
-        return forward(*scan_args(tensors), softplus, out_dtype)
+        return forward(*_scan_args(names, tensors), softplus, out_dtype)
 
     def run_fake(*inputs):
         *tensors, softplus, out_dtype = inputs
-        given = dict(zip(names, tensors))
-        return fake(given["u"], given["A"], given.get("dt_low"), softplus, out_dtype)
+        u, _, dt_low, _, A, *_ = _scan_args(names, tensors)
+        return fake(u, A, dt_low, softplus, out_dtype)
 
     def setup_context(ctx, inputs, output):
         *tensors, softplus, _ = inputs
@@ -166,7 +163,7 @@ def _define_forward_op(name, args, names, returns, forward, fake, save, backward
         # unmaterialised, autograd passes None for them instead of filling zero tensors of
         # their size (four (B, 4, D, L)-sized fills per call on the PyTorch backend).
         ctx.set_materialize_grads(False)
-        save(ctx, scan_args(tensors), softplus, output)
+        save(ctx, _scan_args(names, tensors), softplus, output)
 
     def gradients(ctx, grad_out, *unused):  # outputs past the first (saved values) get none
         if grad_out is None:  # only a saved value was differentiated: nothing reaches the inputs

@@ -119,7 +119,7 @@ def _first_images(loader, n: int):
             n -= len(y)
 
 
-def _console(log: Callable[[str], None] | None) -> Callable[[str], None]:
+def console(log: Callable[[str], None] | None) -> Callable[[str], None]:
     """print, and hand the line to ``log`` too (train.py's train.log)."""
 
     def say(line: str) -> None:
@@ -150,8 +150,8 @@ def run_test(
     info = info or dist_utils.DistInfo(device=next(model.parameters()).device)
     out_dir = out_dir or run_dir(cfg)
     ds = build_split(cfg, "test", augment=False)
-    num_classes = num_classes or getattr(model, "num_classes", None) or len(getattr(ds, "classes", []))
     labels = len(getattr(ds, "classes", None) or [])
+    num_classes = num_classes or getattr(model, "num_classes", None) or labels
     if labels and num_classes and labels > num_classes:  # (--allow-mismatch let another dataset in)
         raise ConfigError(
             f"the model predicts {num_classes} classes but the {cfg['dataset']} test split has {labels}: "
@@ -172,7 +172,7 @@ def run_test(
         "top5": round(acc["val_top5"], 4),
         "loss": round(acc["val_loss"], 6),
     }
-    say = _console(log)
+    say = console(log)
     say(
         f"{cfg['task_name']}: {cfg['model']} on {cfg['dataset']} test split ({acc['n']} images): "
         f"top-1 {acc['val_top1']:.2f}%  top-5 {acc['val_top5']:.2f}%"

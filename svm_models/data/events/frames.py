@@ -49,14 +49,10 @@ def _assignment(n: int, m: int, dtype: torch.dtype) -> torch.Tensor:
     """(m, n): source index i -> target floor(i m / n) weighted m / n when shrinking; target j
     <- source floor(j n / m) when growing."""
     if m <= n:
-        target = torch.arange(n) * m // n
-        return torch.zeros(m, n, dtype=dtype).index_put_(
-            (target, torch.arange(n)), torch.tensor(m / n, dtype=dtype)
-        )
-    source = torch.arange(m) * n // m
-    return torch.zeros(m, n, dtype=dtype).index_put_(
-        (torch.arange(m), source), torch.tensor(1.0, dtype=dtype)
-    )
+        rows, cols, weight = torch.arange(n) * m // n, torch.arange(n), m / n
+    else:
+        rows, cols, weight = torch.arange(m), torch.arange(m) * n // m, 1.0
+    return torch.zeros(m, n, dtype=dtype).index_put_((rows, cols), torch.tensor(weight, dtype=dtype))
 
 
 class FrameAugment:
