@@ -181,6 +181,8 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
+        if not 0.0 <= p <= 1.0:  # (also refuses NaN)
+            raise ValueError(f"drop path rate must be in [0, 1], got {p!r}")
         self.p = float(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +190,8 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        # kept samples scaled by 1 / keep (the expectation unchanged); at p = 1 every one dropped
+        return x * mask / keep if keep > 0 else x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

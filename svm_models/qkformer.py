@@ -27,7 +27,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .base import VisionModel
+from .base import VisionModel, make_classifier
 from .layers import SeqConvBN, encode_direct, init_linears_trunc_normal, make_lif
 from .registry import build, register_model
 from .spike_layers import set_memory_efficient, spike_mul
@@ -212,7 +212,8 @@ class QKFormer(VisionModel):
         self.stage2 = blocks(TokenQKAttention, dims[1], depths[1])
         self.patch_embed3 = PatchEmbedStage(dims[1], dims[2], layout, lif)
         self.stage3 = blocks(SpikingSelfAttention, dims[2], depths[2])
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.num_features = embed_dim
+        self.head = make_classifier(embed_dim, num_classes)
         init_linears_trunc_normal(self)  # only the head: convs and BNs keep PyTorch's defaults
         self.memory_efficient = memory_efficient
         set_memory_efficient(self, memory_efficient)
@@ -229,12 +230,9 @@ class QKFormer(VisionModel):
             x = getattr(self, name)(x)
         return x
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = features.mean(dim=(0, 3, 4))  # over T and space
-        return self.head(pooled)  # = the mean over T of the per-step logits
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        # over T and space: the logits are the mean over T of the per-step logits (a linear head)
+        return features.mean(dim=(0, 3, 4))
 
 
 def _qkformer(name: str, defaults: dict, num_classes: int, overrides: dict) -> QKFormer:

@@ -30,15 +30,27 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, num_classes: int = 1000, img_size: int | None = None, **overrides) -> nn.Module:
-    """Build the registered model ``name``.
+def create_model(
+    name: str, pretrained: bool = False, num_classes: int = 1000, img_size: int | None = None, **overrides
+) -> nn.Module:
+    """Build the registered model ``name``, freshly initialised.
 
-    ``img_size=None`` keeps the model's own default (224 for the ImageNet models, 32 for the
-    CIFAR ones). ``overrides`` replace any other constructor argument (dims, depths, T, d_state,
-    backend, ...). Unknown names raise ValueError; unknown overrides raise TypeError.
+    ``pretrained`` is timm's argument: the package ships no weights and downloads nothing, so only
+    False is accepted (load a checkpoint of your own with ``model.load_state_dict``, or through
+    test.py / predict.py). ``num_classes=0`` builds the model without a classifier (it returns
+    pooled features). ``img_size=None`` keeps the model's own default (224 for the ImageNet
+    models, 32 for the CIFAR ones). ``overrides`` replace any other constructor argument (dims,
+    depths, T, d_state, backend, ...). Unknown names raise ValueError; unknown overrides raise
+    TypeError.
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    if pretrained:
+        raise ValueError(
+            f"no pretrained weights for {name!r}: the package ships none and downloads nothing; "
+            "create it with pretrained=False and load weights of your own (model.load_state_dict, or "
+            "the scripts' `pretrained: <path>` config key)"
+        )
     if img_size is not None:
         overrides["img_size"] = img_size
     model = _MODELS[name](num_classes=num_classes, **overrides)

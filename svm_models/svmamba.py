@@ -28,7 +28,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .base import VisionModel
+from .base import VisionModel, make_classifier
 from .layers import (
     CrossScanSSM,
     SeqConvBN,
@@ -235,7 +235,8 @@ class SVMamba(SpikingVMambaBase):
         # With the membrane shortcut the stream is real-valued: the head fires once more so that
         # the classifier, too, only accumulates spikes.
         self.head_lif = branch_ends(shortcut, lif)[0]
-        self.head = nn.Linear(dims[-1], num_classes)
+        self.num_features = dims[-1]
+        self.head = make_classifier(self.num_features, num_classes)
         init_linears_trunc_normal(self)
         self.memory_efficient = memory_efficient
         set_memory_efficient(self, memory_efficient)
@@ -256,12 +257,9 @@ class SVMamba(SpikingVMambaBase):
             x = stage(x)
         return x
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = self.head_lif(features).mean(dim=(0, 3, 4))  # over T and space
-        return self.head(pooled)  # = the mean over T of the per-step logits (the head is linear)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        # over T and space: the logits are the mean over T of the per-step logits (a linear head)
+        return self.head_lif(features).mean(dim=(0, 3, 4))
 
 
 # SVMamba-T's layout; svmamba_cifar is the same with patch 2 at 32 px.

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .base import make_classifier
 from .layers import (
     ConvBN,
     CrossScanSSM,
@@ -278,7 +279,8 @@ class SVMambaPara133(SpikingVMambaBase):
                     down = SpikingDownsample(dims[i], dims[i + 1], lif, "membrane")
                 layer.add_module("downsample", down)
             self.layers.append(layer)
-        self.head = nn.Linear(dims[-1], num_classes)
+        self.num_features = dims[-1]
+        self.head = make_classifier(self.num_features, num_classes)
         self._init_weights()
         self.memory_efficient = memory_efficient
         set_memory_efficient(self, memory_efficient)
@@ -305,11 +307,8 @@ class SVMambaPara133(SpikingVMambaBase):
             x = layer(x)
         return x
 
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features.mean(dim=(0, 3, 4)))  # over T, then space
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean(dim=(0, 3, 4))  # over T, then space
 
 
 @register_model

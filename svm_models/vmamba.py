@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import VisionModel
+from .base import VisionModel, make_classifier
 from .layers import (
     CrossScanSSM,
     DropPath,
@@ -110,6 +110,7 @@ class VMamba(VisionModel):
 
     T = 1
     spiking = False
+    classifier_name = "classifier.head"
 
     def __init__(
         self,
@@ -132,7 +133,9 @@ class VMamba(VisionModel):
         self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
         self.dims, self.depths, self.backend = dims, depths, backend
         self.patch_embed = PatchEmbedV2(in_chans, dims[0], patch_size)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        if not 0.0 <= drop_path_rate <= 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1], got {drop_path_rate!r}")
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth rule
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
             blocks = nn.Sequential(
@@ -152,11 +155,12 @@ class VMamba(VisionModel):
             )
             downsample = DownsampleV3(dims[i], dims[i + 1]) if i + 1 < len(depths) else nn.Identity()
             self.layers.append(nn.Sequential(blocks, downsample))
+        self.num_features = dims[-1]
         self.classifier = nn.Sequential()
         self.classifier.norm = LayerNorm2d(dims[-1])
         self.classifier.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier.flatten = nn.Flatten(1)
-        self.classifier.head = nn.Linear(dims[-1], num_classes)
+        self.classifier.head = make_classifier(self.num_features, num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -180,11 +184,8 @@ class VMamba(VisionModel):
             x = layer(x)
         return x
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(features)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier.head
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier.flatten(self.classifier.avgpool(self.classifier.norm(features)))
 
 
 @register_model

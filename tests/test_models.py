@@ -266,6 +266,75 @@ def test_drop_path():
     assert torch.equal(dp.eval()(x), x)
 
 
+def test_drop_path_of_one_drops_everything_without_nan():
+    # keep = 0: x * mask / keep was 0 / 0
+    y = DropPath(1.0).train()(torch.ones(8, 3))
+    assert torch.equal(y, torch.zeros(8, 3))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_drop_path_rate_outside_zero_one_raises(p):
+    with pytest.raises(ValueError, match="drop path rate"):
+        DropPath(p)
+
+
+def test_vmamba_drop_path_rate_is_checked():
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        create_model("vmamba_cifar", dims=[8, 16], depths=[1, 1], drop_path_rate=-0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# timm's head conventions: num_classes=0, reset_classifier, pre_logits, pretrained
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_no_classifier_returns_pooled_features(name):
+    model, img = tiny_model(name, num_classes=0)
+    x = images(2, img)
+    model.eval()
+    with torch.no_grad():
+        pooled = model(x)
+        assert isinstance(model.get_classifier(), nn.Identity) and model.num_classes == 0
+        assert pooled.shape == (2, model.num_features)
+        # the same features a model with a classifier feeds it
+        model.reset_classifier(3)
+        assert torch.equal(model.forward_head(model.forward_features(x), pre_logits=True), pooled)
+        head = model.get_classifier()
+        assert isinstance(head, nn.Linear) and head.in_features == model.num_features
+        assert head.out_features == 3
+        assert model.num_classes == 3 and torch.equal(head.bias, torch.zeros(3))
+        torch.testing.assert_close(model(x), head(pooled), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["svmamba_cifar", "vmamba_cifar", "qkformer_cifar", "svmamba_para133"])
+def test_reset_classifier_trains_the_new_head(name):
+    model, img = small_model(name)
+    model.reset_classifier(7)
+    assert model.get_classifier().weight.std() < 0.05  # truncated normal(0.02), as at construction
+    logits = model(images(2, img))
+    assert logits.shape == (2, 7)
+    logits.sum().backward()
+    assert model.get_classifier().weight.grad is not None
+    model.reset_classifier(0)
+    assert model(images(2, img)).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("num_classes", [-1, 2.0, True])
+def test_bad_num_classes_raises(num_classes):
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("svmamba_cifar", num_classes=num_classes, dims=[8, 16], depths=[1, 1])
+    model, _ = small_model("vmamba_cifar")
+    with pytest.raises(ValueError, match="num_classes"):
+        model.reset_classifier(num_classes)
+
+
+def test_pretrained_weights_are_refused_clearly():
+    model = create_model("svmamba_cifar", pretrained=False, num_classes=4, dims=[8, 16], depths=[1, 1])
+    assert model.num_classes == 4
+    with pytest.raises(ValueError, match="downloads nothing"):
+        create_model("svmamba_cifar", pretrained=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Parameter counts of the published configurations
 

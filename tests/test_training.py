@@ -178,6 +178,22 @@ def test_weight_decay_skips_the_scans_rates_skips_and_time_step_bias(name):
     assert any(n.endswith("x_proj_weight") and id(p) in decayed for n, p in m.named_parameters())
 
 
+def test_scan_weight_decay_key_decays_rates_and_time_step_bias_as_vmamba():
+    # VMamba's classification optimiser reads no _no_weight_decay marks: its 2-D A_logs and
+    # dt_projs_bias are decayed, its 1-D Ds is not
+    m = svm_models.create_model("vmamba_cifar", num_classes=10, dims=[8, 16], depths=[1, 1])
+    cfg = {"lr": 1e-3, "weight_decay": 0.05, "scan_weight_decay": True}
+
+    def decayed_names(cfg):
+        groups = optim.build_optimizer(m, cfg).param_groups
+        decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+        return {n.rsplit(".", 1)[-1] for n, p in m.named_parameters() if id(p) in decayed}
+
+    names = decayed_names(cfg)
+    assert {"A_logs", "dt_projs_bias"} <= names and "Ds" not in names
+    assert not {"A_logs", "dt_projs_bias"} & decayed_names({**cfg, "scan_weight_decay": False})
+
+
 def test_warmup_then_cosine_per_iteration():
     m = TinyNet()
     cfg = dict(lr=1e-2, weight_decay=0.0, epochs=5, warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5)

@@ -32,9 +32,9 @@ class CrossSelectiveScan(nn.Module):
     The output is the sum of the four directions, (B, D, H, W), fp32 for half inputs.
     """
 
-    # Parameters an optimiser should not decay (VMamba's ``_no_weight_decay`` ones, A_logs and Ds,
+    # Parameters an optimiser should not decay (Mamba's ``_no_weight_decay`` ones, A_logs and Ds,
     # and the time steps' bias, a bias kept as one (4, D) tensor); read by the training's
-    # parameter groups.
+    # parameter groups (config key ``scan_weight_decay``).
     NO_WEIGHT_DECAY = ("dt_projs_bias", "A_logs", "Ds")
 
     def __init__(

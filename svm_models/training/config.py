@@ -72,6 +72,13 @@ SCHEMA: dict[str, Key] = {
     "workers": Key((int,), 4, doc="DataLoader worker processes"),
     "output_dir": Key((str,), "runs"),
     "model_args": Key((dict,), None, nullable=True, doc="overrides passed to create_model"),
+    "scan_weight_decay": Key(
+        (bool,),
+        False,
+        doc="decay the scan's A_logs and dt_projs_bias like weights (VMamba's classification recipe, "
+        "whose optimiser decays every parameter of 2 or more dimensions not named .bias); false: "
+        "Mamba's convention, which leaves them and Ds undecayed",
+    ),
     "compile": Key(
         (bool,), False, doc="torch.compile the model (one graph) for training and testing; off by default"
     ),

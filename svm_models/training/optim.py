@@ -10,13 +10,17 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, scan_decay: bool = False) -> list[dict[str, Any]]:
     """Two groups: decayed weights, and undecayed biases / 1-D parameters (norms, D skips) plus
-    anything a model lists in ``no_weight_decay()`` (timm's convention) or a module in its
-    ``NO_WEIGHT_DECAY`` (the scan's A_logs, Ds and dt bias, VMamba's convention)."""
+    anything a model lists in ``no_weight_decay()`` (timm's convention) or, unless ``scan_decay``,
+    a module in its ``NO_WEIGHT_DECAY`` (the scan's A_logs, Ds and dt bias: Mamba's convention).
+
+    ``scan_decay=True`` is VMamba's classification recipe: its optimiser reads no such marks, so
+    the 2-D A_logs (4D, N) and dt_projs_bias (4, D) are decayed like weights (Ds, 1-D, is not)."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
     for prefix, module in model.named_modules():
-        skip.update(f"{prefix}.{n}" if prefix else n for n in getattr(module, "NO_WEIGHT_DECAY", ()))
+        marked = () if scan_decay else getattr(module, "NO_WEIGHT_DECAY", ())
+        skip.update(f"{prefix}.{n}" if prefix else n for n in marked)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -36,7 +40,7 @@ FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups`; the fused implementation where the parameters' device has
     one (the same update; on the CPU the per-parameter loop of small ops costs more than the math)."""
-    groups = param_groups(model, cfg["weight_decay"])
+    groups = param_groups(model, cfg["weight_decay"], bool(cfg.get("scan_weight_decay")))
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = True if devices and devices <= set(FUSED_ADAMW_DEVICES) else None
     return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8, fused=fused)
