@@ -34,7 +34,8 @@ def away_from_threshold(shape, p, margin=1e-3, scale=1.5, dtype=torch.float32, v
     cpu = dict(device="cpu", dtype=torch.float64)
     x = (torch.randn(shape, **cpu) * scale + 0.5).to(dtype).double()
     for _ in range(200):
-        v = torch.zeros(shape[1:], **cpu) if v_init is None else v_init.double().cpu()
+        v_rest = 0.0 if p.v_reset is None else p.v_reset
+        v = torch.full(shape[1:], v_rest, **cpu) if v_init is None else v_init.double().cpu()
         bad = torch.zeros(shape[1:], dtype=torch.bool, device="cpu")
         for t in range(shape[0]):
             bad |= (lif_charge(v, x[t], p) - p.v_threshold).abs() < margin
@@ -95,6 +96,51 @@ def test_initial_state_and_its_gradient(v_reset, surrogate, T, backend):
     x = away_from_threshold((T, 2, 33), p, v_init=v_init)
     g_s, g_v = torch.randn(x.shape), torch.randn(x.shape[1:])
     ref, fused = run_both(x, g_s, g_v, v_init=v_init, backend=backend, **kw)
+    assert torch.equal(fused[0], ref[0]), "spikes differ"
+    assert_close_rel(fused[1], ref[1], 1e-6, "final v")
+    assert_close_rel(fused[2], ref[2], 1e-5, "grad x")
+    assert_close_rel(fused[3], ref[3], 1e-5, "grad v_init")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T", [1, 4, pytest.param(17, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("detach_reset,decay_input", [(True, True), (False, False)])
+def test_starts_from_rest_at_a_nonzero_reset(T, detach_reset, decay_input, backend):
+    """Without v_init the neuron starts at rest, v = v_reset, where spikingjelly's neurons start
+    (it started at 0, off rest, when v_reset was not 0)."""
+    kw = dict(v_reset=-0.25, detach_reset=detach_reset, decay_input=decay_input, tau=3.0, v_threshold=0.8)
+    p = make_params(**kw)
+    x = away_from_threshold((T, 3, 37), p)
+    g_s, g_v = torch.randn(x.shape), torch.randn(x.shape[1:])
+    ref, fused = run_both(x, g_s, g_v, backend=backend, **kw)
+    assert torch.equal(fused[0], ref[0]), "spikes differ"
+    assert_close_rel(fused[1], ref[1], 1e-6, "final v")
+    assert_close_rel(fused[2], ref[2], 1e-5, "grad x")
+    # bit for bit what an explicit v_init = v_reset gives, and no input leaves v at rest
+    at_rest = torch.full(x.shape[1:], -0.25)
+    for impl in (multistep_lif_naive, None):
+        if impl is None:
+            s0, v0 = multistep_lif(x, return_v=True, backend=backend, **kw)
+            s1, v1 = multistep_lif(x, v_init=at_rest, return_v=True, backend=backend, **kw)
+            s2, v2 = multistep_lif(torch.zeros_like(x), return_v=True, backend=backend, **kw)
+        else:
+            (s0, v0), (s1, v1), (s2, v2) = (impl(x, p), impl(x, p, at_rest), impl(torch.zeros_like(x), p))
+        assert torch.equal(s0, s1) and torch.equal(v0, v1)
+        assert not s2.any() and torch.equal(v2, at_rest)
+
+
+def test_cpu_blocks_take_their_own_initial_state(monkeypatch):
+    """The CPU path walks neurons in blocks: every block reads its own slice of v_init, forward
+    and backward (the tests' sizes are otherwise below one block)."""
+    from svm_kernels.lif import vectorized
+
+    monkeypatch.setattr(vectorized, "BLOCK", 64)
+    kw = dict(v_reset=-0.25, tau=3.0, v_threshold=0.8)
+    p = make_params(**kw)
+    v_init = torch.rand(150) * 0.5 - 0.2
+    x = away_from_threshold((3, 150), p, v_init=v_init)
+    g_s, g_v = torch.randn(x.shape), torch.randn(x.shape[1:])
+    ref, fused = run_both(x, g_s, g_v, v_init=v_init, backend="torch", **kw)
     assert torch.equal(fused[0], ref[0]), "spikes differ"
     assert_close_rel(fused[1], ref[1], 1e-6, "final v")
     assert_close_rel(fused[2], ref[2], 1e-5, "grad x")
@@ -343,7 +389,9 @@ def test_power_of_two_tau_multiplies_to_the_same_bits(tau, decay_input, kernel_d
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("v_reset,detach_reset,decay_input", COMBOS)
+@pytest.mark.parametrize(
+    "v_reset,detach_reset,decay_input", [*COMBOS, (-0.25, True, True), (-0.25, False, False)]
+)
 @pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
 @pytest.mark.parametrize("T", [1, 4, 16, pytest.param(64, marks=pytest.mark.slow)])
 def test_matches_spikingjelly(T, surrogate, v_reset, detach_reset, decay_input, backend):

@@ -61,10 +61,12 @@ def test_linear_scan_leaves_its_inputs_alone(c, n):
 
 
 @pytest.mark.parametrize("c,n", SCAN_SHAPES)
-def test_next_position_is_the_sequence_shifted_by_one(c, n):
+def test_shifted_is_the_sequence_shifted_by_one(c, n):
     a = torch.randn(2, c * n, dtype=torch.float64)
-    expected = torch.cat([a[:, 1:], torch.zeros(2, 1, dtype=a.dtype)], dim=-1)
-    assert torch.equal(sequence_order(vectorised.next_position(chunk_major(a, c))), expected)
+    zero = torch.zeros(2, 1, dtype=a.dtype)
+    following, preceding = torch.cat([a[:, 1:], zero], dim=-1), torch.cat([zero, a[:, :-1]], dim=-1)
+    assert torch.equal(sequence_order(vectorised.shifted(chunk_major(a, c), 1)), following)
+    assert torch.equal(sequence_order(vectorised.shifted(chunk_major(a, c), -1)), preceding)
 
 
 def test_linear_scan_keeps_tiny_decays_finite():
@@ -153,6 +155,23 @@ def test_float32_and_bfloat16_inputs():
         for name, g in ref.items():
             assert grads[name].dtype == low[name].dtype
             assert_close_rel(grads[name], g, tol * 10, f"grad {name} {dtype}")
+
+
+@pytest.mark.parametrize("dt_bias", [10.0, 25.0])
+def test_decay_rate_gradient_keeps_fp32_precision_at_large_time_steps(dt_bias):
+    """dA needs a[p] x[p - 1], which vanishes with the decay a = exp(dt A): formed as
+    x[p] - dt[p] u[p] B[p] (the same value) it cancelled to rounding noise, 1.0 relative error
+    at dt ~ 25, A = -1."""
+    inputs = make_inputs(1, 2, 2, 3, 1, 1, False, True, True, dtype=torch.float32)
+    inputs["A"] = -torch.ones(4, 2, 1)
+    inputs["delta"] = inputs["delta"] * 0.2
+    inputs["delta_bias"] = torch.full((4, 2), dt_bias)
+    grad_out = torch.randn(1, 2, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, grads = output_and_grads(lambda t: cross_selective_scan(**t, backend="torch"), inputs, grad_out)
+    wide = {k: None if v is None else v.double() for k, v in inputs.items()}
+    _, ref = output_and_grads(lambda t: reference(t, False, True), wide, grad_out)
+    for name in ("A", "u", "B", "C", "D", "delta", "delta_bias"):
+        assert_close_rel(grads[name].double(), ref[name], 1e-5, f"grad {name}")
 
 
 def test_strided_inputs_channels_last_and_sliced():
@@ -287,3 +306,24 @@ def test_torch_compile_fullgraph_dynamic_matches_eager(inference):
         assert_close_rel(y, y_ref, 1e-6, "output")
         for name, g in ref.items():
             assert_close_rel(grads[name], g, 1e-6, f"grad {name}")
+
+
+def test_module_in_float64_runs_the_scan_in_float64():
+    """A float64 CrossSelectiveScan scans in float64 (its rates, skips and biases were cast to
+    fp32: 4e-9 from the float64 reference, too far for a float64 gradcheck)."""
+    from svm_kernels.ss2d import CrossSelectiveScan
+
+    torch.manual_seed(0)
+    m = CrossSelectiveScan(2, d_state=2, dt_rank=1, backend="torch").double()
+    with torch.no_grad():
+        for p in (m.A_logs, m.Ds, m.dt_projs_bias):
+            p.add_(torch.randn_like(p) * 0.3)
+    u = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(u)
+        dt_low, B, C = m.project(u)
+        A = -torch.exp(m.A_logs).view(4, 2, 2)
+        delta = lowrank_delta(dt_low, m.dt_projs_weight)
+        ref = cross_selective_scan_naive(u, delta, A, B, C, m.Ds.view(4, 2), m.dt_projs_bias)
+    assert y.dtype == torch.float64
+    assert_close_rel(y, ref, 1e-12, "output")

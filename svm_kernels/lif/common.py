@@ -8,7 +8,8 @@ Valid ranges (checked here, once, for every backend):
   ``v_threshold`` (otherwise a neuron would fire forever).
 * ``surrogate`` in {"sigmoid", "atan"}; ``alpha > 0`` (default 4 for sigmoid, 2 for atan, as
   spikingjelly).
-* ``v_init``: ``None`` (start from 0) or a floating tensor of shape ``x.shape[1:]`` on x's device.
+* ``v_init``: ``None`` (start from rest, as spikingjelly's neurons do: v_reset, or 0 with soft
+  reset) or a floating tensor of shape ``x.shape[1:]`` on x's device.
 """
 
 from __future__ import annotations

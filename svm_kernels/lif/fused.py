@@ -242,15 +242,16 @@ if HAS_TRITON:
         return b_g
 
     @triton.jit
-    def _lif_block(v_init_ptr, N, USE_INITIAL_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
-        # The program's neurons, their mask and their membrane potential before the first step.
+    def _lif_block(v_init_ptr, N, v_reset, USE_INITIAL_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
+        # The program's neurons, their mask and their membrane potential before the first step:
+        # v_init, or rest (v_reset; 0 with soft reset, which the launchers pass as v_reset).
         # 64-bit offsets: tensors of more than 2^31 elements are addressed correctly.
         offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_n = offs < N
         if USE_INITIAL_STATE:
             b_v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
         else:
-            b_v = tl.zeros([BLOCK_N], dtype=tl.float32)
+            b_v = tl.zeros([BLOCK_N], dtype=tl.float32) + v_reset
         return offs, m_n, b_v
 
     @triton.jit
@@ -275,7 +276,7 @@ if HAS_TRITON:
         STORE_FINAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        offs, m_n, b_v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
+        offs, m_n, b_v = _lif_block(v_init_ptr, N, v_reset, USE_INITIAL_STATE, BLOCK_N)
         p_x = x_ptr + offs
         p_s = s_ptr + offs
         # the full segments (SEG steps) in a loop, then the last one (LAST_SEG): two specialisations
@@ -330,7 +331,7 @@ if HAS_TRITON:
         STORE_GRAD_INITIAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        offs, m_n, b_v = _lif_block(v_init_ptr, N, USE_INITIAL_STATE, BLOCK_N)
+        offs, m_n, b_v = _lif_block(v_init_ptr, N, v_reset, USE_INITIAL_STATE, BLOCK_N)
         # dL/dv after the last step (the final state's gradient), scaled as in _lif_bwd_steps.
         if HAS_GRAD_FINAL_STATE:
             b_g = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)

@@ -40,7 +40,8 @@ def multistep_lif(
 
     Args:
         x: (T, *) input currents, time first; fp16, bf16, fp32 (fp64 on the torch backend).
-        v_init: optional initial membrane potential of shape ``x.shape[1:]`` (default 0).
+        v_init: optional initial membrane potential of shape ``x.shape[1:]`` (default: rest,
+            ``v_reset``, or 0 with soft reset, where spikingjelly's neurons start).
         return_v: also return the final membrane potential (fp32).
         backend: "auto" (Triton on CUDA, the vectorised PyTorch path otherwise), "triton" or
             "torch".

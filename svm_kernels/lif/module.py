@@ -12,7 +12,8 @@ from .interface import lif_with_params
 class MultiStepLIF(nn.Module):
     """Multi-step LIF neuron layer over inputs of shape (T, *).
 
-    Stateless by default: every forward starts from v = 0, so nothing leaks from one batch (or
+    Stateless by default: every forward starts from rest (v = v_reset, or 0 with soft reset, as
+    spikingjelly's neurons after ``reset_net``), so nothing leaks from one batch (or
     one image) to the next. With ``stateful=True`` the final membrane potential is kept and the
     next call continues from it (streaming a long sequence in chunks); call :meth:`reset` to
     start over, and :meth:`detach` between chunks to train them one backward at a time

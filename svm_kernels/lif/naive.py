@@ -79,7 +79,9 @@ def multistep_lif_naive(
     """
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(compute_dtype)
-    v = torch.zeros_like(xc[0]) if v_init is None else v_init.to(compute_dtype)
+    # without v_init, from rest as spikingjelly's neurons start: v_reset, or 0 with soft reset
+    v_rest = 0.0 if p.v_reset is None else p.v_reset
+    v = torch.full_like(xc[0], v_rest) if v_init is None else v_init.to(compute_dtype)
     spikes = []
     for t in range(x.shape[0]):
         s, v = lif_step(v, xc[t], p, smooth)

@@ -48,13 +48,11 @@ def _charge_block(
     """Fills ``h[t]`` (T, block) with the charged potential of each step (and ``spikes[t]`` when
     given); returns the final v (None unless ``final_v``: the last reset is then skipped)."""
     T = x.shape[0]
-    # From rest (v = 0 and a resting potential of 0), step 0's charge is x / tau (x without
-    # decay_input): what the general formula gives bit for bit, in one op instead of three.
-    from_rest = v is None and not p.v_reset
-    if from_rest:
-        v = torch.empty_like(h[0])
-    else:
-        v = torch.zeros_like(h[0]) if v is None else v.to(h.dtype, copy=True)
+    # Without v, the neuron starts at rest (v = v_reset, or 0 with soft reset), where the leak is
+    # 0: step 0's charge is v_rest + x / tau (v_rest + x without decay_input), what the general
+    # formula gives bit for bit, in fewer ops.
+    from_rest = v is None
+    v = torch.empty_like(h[0]) if from_rest else v.to(h.dtype, copy=True)
     leak = torch.empty_like(v)
     fired = torch.empty_like(v)
     for t in range(T):
@@ -90,14 +88,17 @@ def _charge_block(
 
 
 def _charge_from_rest(x: torch.Tensor, p: LIFParams, out: torch.Tensor) -> None:
-    """The first charge from v = 0 with a resting potential of 0: x / tau (decay_input) or x.
-    The division runs in ``out``'s dtype (x is widened first), as in the general formula."""
+    """The first charge from rest (v = v_rest): v_rest + x / tau (decay_input) or v_rest + x; with
+    v_rest = 0, x / tau or x. The division runs in ``out``'s dtype (x is widened first), as in
+    the general formula."""
     if not p.decay_input:
         out.copy_(x)
     elif x.dtype == out.dtype:
         torch.div(x, p.tau, out=out)
     else:
         out.copy_(x).div_(p.tau)
+    if p.v_reset:
+        out.add_(p.v_reset)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -45,9 +45,11 @@ def cross_selective_scan(
         u: (B, D, H, W) input, any strides (channels_last included).
         delta: (B, 4, D, H, W) time steps before softplus, in spatial order.
         A: (4, D, N) state matrix (negative reals), N <= 16 on the Triton backend. There the
-            time steps' gradients (delta, dt_low, dt_weight, bias) lose precision about in
-            proportion to the largest |A| past ~100 (relative error ~5e-4 at |A| = 1e4, against
-            fp32's ~1e-6 up to |A| = 16, VMamba's largest rate at initialisation).
+            gradients of A and of the time steps (delta, dt_low, dt_weight, bias) lose precision
+            as the decay over one position, dt |A|, grows: fp32's ~1e-6 at VMamba's
+            initialisation (dt <= 0.1, |A| <= 16), ~2e-4 relative error at dt |A| ~ 16, and A's
+            gradient meaningless past dt |A| ~ 15 (where it is itself below ~1e-6 of the
+            others'). The PyTorch backend keeps fp32's precision.
         B, C: (B, 4, N, H, W) input-dependent projections, in spatial order.
         D: optional (4, D) skip; delta_bias: optional (4, D) bias added before softplus.
         delta_softplus: apply softplus (values above 20 pass through unchanged, as mamba).

@@ -17,6 +17,11 @@ def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 for half parameters (the scan's rates, skips and biases want fp32), fp64 kept."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class CrossSelectiveScan(nn.Module):
     """VMamba's SS2D core on an input u (B, D, H, W): y = four-direction selective scan of u.
 
@@ -99,11 +104,11 @@ class CrossSelectiveScan(nn.Module):
             u,
             dt_low,
             self.dt_projs_weight,
-            -torch.exp(self.A_logs.float()).view(K, D, N),
+            -torch.exp(_at_least_fp32(self.A_logs)).view(K, D, N),
             Bs,
             Cs,
-            D=self.Ds.float().view(K, D),
-            dt_bias=self.dt_projs_bias.float(),
+            D=_at_least_fp32(self.Ds).view(K, D),
+            dt_bias=_at_least_fp32(self.dt_projs_bias),
             delta_softplus=True,
             backend=self.backend,
         )

@@ -71,12 +71,18 @@ def linear_scan(
     return x.addcmul_(P, enter)
 
 
-def next_position(a: torch.Tensor) -> torch.Tensor:
-    """a at each sequence's next position (0 after the last), in :func:`linear_scan`'s layout."""
-    out = torch.empty_like(a, memory_format=torch.contiguous_format)
-    out[:-1] = a[1:]  # the next position in the same chunk
-    out[-1, :-1] = a[0, 1:]  # a chunk's last position: the next chunk's first
-    out[-1, -1] = 0.0
+def shifted(t: torch.Tensor, step: int) -> torch.Tensor:
+    """t at each sequence's next position (``step=1``; 0 after the last) or previous position
+    (``step=-1``; 0 before the first), in :func:`linear_scan`'s layout."""
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    if step == 1:
+        out[:-1] = t[1:]  # the next position in the same chunk
+        out[-1, :-1] = t[0, 1:]  # a chunk's last position: the next chunk's first
+        out[-1, -1] = 0.0
+    else:
+        out[1:] = t[:-1]  # the previous position in the same chunk
+        out[0, 1:] = t[-1, :-1]  # a chunk's first position: the previous chunk's last
+        out[0, 0] = 0.0
     return out
 
 
@@ -260,10 +266,11 @@ def scan_backward(inputs: _Inputs, grad_out, x, a, dt, dt_dz) -> dict[str, torch
     # Adjoint recurrence: the gradient of x[p] reaches x[p - 1] through a[p], i.e. the reversed
     # scan with the decays shifted by one position.
     b_adj = g.unsqueeze(-1) * _per_state(inputs.C)
-    gx = linear_scan(next_position(a), b_adj, reverse=True, reuse_a=True, reuse_b=True)
+    gx = linear_scan(shifted(a, 1), b_adj, reverse=True, reuse_a=True, reuse_b=True)
     dtu = dt * inputs.u
-    b = dtu.unsqueeze(-1) * _per_state(inputs.B)
-    g_alog = torch.sub(x, b, out=b).mul_(gx)  # d x[p] / d log a[p] = a[p] x[p - 1] = x[p] - b[p]
+    # d x[p] / d log a[p] = a[p] x[p - 1], formed as that product: x[p] - b[p], its value too,
+    # cancels to rounding noise where the decay a[p] is tiny (large dt |A|)
+    g_alog = shifted(x, -1).mul_(a).mul_(gx)
     gx_B = _sum_states(gx * _per_state(inputs.B))  # (W, H, B, 4, D), a fresh tensor
     g_dt = _sum_states(g_alog * inputs.A).addcmul_(gx_B, inputs.u)
     du = sum_sequences(gx_B.mul_(dt))  # (B, D, H, W)
