@@ -187,6 +187,66 @@ def test_rate_hooks_do_not_sync_with_the_host_per_batch(monkeypatch):
     assert stats["conv"].rate == pytest.approx(29 / 96)
 
 
+def test_a_layers_input_kind_is_the_widest_seen_over_all_batches():
+    # Guards the flags being OR-ed over batches: a real (or integer) batch followed by a spike
+    # batch must leave the layer "real" (or "integer"), not follow the last batch alone.
+    spikes = spike_batch(ones=29)
+    r = accounting.profile(Toy(), [torch.randn(2, 3, 4, 4), spikes])
+    conv, fc = rows_by(r, "conv", "conv"), rows_by(r, "fc", "linear")
+    assert conv.kind == fc.kind == "real" and conv.cost == fc.cost == "mac"
+    assert (conv.mac_ops, conv.sops) == (240, 0) and r.mean_firing_rate is None
+    integer = spike_batch(ones=29) + spike_batch(ones=10)  # values 0, 1, 2
+    r = accounting.profile(Toy(), [integer, spikes])
+    conv = rows_by(r, "conv", "conv")
+    assert conv.kind == "integer" and conv.cost == "ac"
+    assert conv.sops == pytest.approx((integer.sum() + spikes.sum()).item() / 4 * 5, rel=1e-12)
+
+
+class TwoInputs(nn.Module):
+    """Two linear layers on inputs of different sizes: fc1 on all 48 values, fc2 on the first 16."""
+
+    spiking = True
+    T = 1
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(48, 3)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        return self.fc1(flat) + self.fc2(flat[:, :16])
+
+
+def test_mean_firing_rate_weights_each_layer_by_its_input_elements():
+    # Guards the mean firing rate being total spikes / total elements, not the plain average of
+    # the layers' rates (which over-weights the small layer).
+    x = torch.zeros(2, 48)
+    x[:, :16] = 1.0  # fc2 sees only spikes (rate 1), fc1 a third of ones
+    x = x.view(2, 3, 4, 4)
+    r = accounting.profile(TwoInputs(), x)
+    fc1, fc2 = rows_by(r, "fc1", "linear"), rows_by(r, "fc2", "linear")
+    assert fc1.kind == fc2.kind == "spike"
+    assert (fc1.rate, fc2.rate) == (pytest.approx(1 / 3, rel=1e-15), 1.0)
+    # 32 + 32 spikes over 96 + 32 elements
+    assert r.mean_firing_rate == pytest.approx(64 / 128, rel=1e-15)
+
+
+def test_negative_integers_are_real_inputs():
+    # Guards the negative check of the integer kind: -1, 0, 1 values are not spike counts, so they
+    # cost MACs (as an integer input they would give negative SOPs).
+    x = torch.tensor([-1.0, 0.0, 1.0, -1.0]).repeat(24).view(2, 3, 4, 4)
+    r = accounting.profile(Toy(), x)
+    conv, fc = rows_by(r, "conv", "conv"), rows_by(r, "fc", "linear")
+    assert conv.kind == fc.kind == "real" and conv.cost == fc.cost == "mac"
+    assert (conv.mac_ops, fc.mac_ops) == (240, 336)
+    assert all(row.sops == 0 for row in r.rows) and r.sops == 0
+    stats = accounting.RateRecorder({"conv": nn.Identity()})
+    with stats:
+        stats.modules["conv"](x)
+    assert stats.finalize()["conv"].kind == "real"
+
+
 # --------------------------------------------------------------------------------------------
 # Handles: scan, LIF, names under both backends
 

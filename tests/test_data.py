@@ -198,6 +198,17 @@ def test_cifar_label_out_of_range_is_a_data_error_at_load_time(tmp_path):
     D.build_dataset("cifar10", "test", root=str(tmp_path))  # the test split is fine
 
 
+def test_labels_must_lie_in_0_to_n_classes_minus_1():
+    # Guards the upper bound of the label check: label n_classes is out of range (off by one).
+    from svm_models.data.datasets import _check_labels
+
+    _check_labels([0, 3, 9], 10, "x")  # the first and last class are accepted
+    with pytest.raises(D.DataError, match=r"x: 1 label\(s\) outside 0..9, the first is 10 at image 1"):
+        _check_labels([9, 10], 10, "x")
+    with pytest.raises(D.DataError, match=r"the first is -1 at image 0"):
+        _check_labels([-1, 0], 10, "x")
+
+
 def _spoil(folder):
     """Three unreadable .jpg files: 0 bytes, text, a truncated real JPEG."""
     (folder / "empty.jpg").write_bytes(b"")
@@ -281,6 +292,39 @@ def test_cifar_image_transform_takes_a_photo_of_any_size(name):
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
     assert D.image_transform(name, 32)(photo).shape == (3, 32, 32)
     assert D.image_transform(name, 48)(photo).shape == (3, 48, 48)
+
+
+@pytest.mark.parametrize(
+    "name,mean,std",
+    [
+        ("cifar10", T.CIFAR10_MEAN, T.CIFAR10_STD),
+        ("cifar100", T.CIFAR100_MEAN, T.CIFAR100_STD),
+        ("mini_imagenet", T.IMAGENET_MEAN, T.IMAGENET_STD),
+    ],
+)
+def test_each_image_dataset_is_normalised_with_its_own_statistics(name, mean, std):
+    # Guards a dataset normalised with another's mean / std (e.g. CIFAR-100 with CIFAR-10's).
+    for train in (False, True):
+        ops = D.default_transform(name, 32, train=train).transforms
+        norms = [t for t in ops if type(t).__name__ == "Normalize"]
+        assert len(norms) == 1, ops
+        assert tuple(norms[0].mean) == mean and tuple(norms[0].std) == std
+
+
+def test_imagenet_eval_resizes_to_img_size_over_0875_then_crops_the_centre():
+    # Guards the evaluation resize (img_size / 0.875, then a centre crop of img_size): resizing to
+    # img_size itself would keep the border that the crop is meant to cut off.
+    from PIL import Image
+
+    ops = D.default_transform("mini_imagenet", 28, train=False).transforms
+    resize = next(t for t in ops if type(t).__name__ == "Resize")
+    assert list(resize.size) == [32]  # int(28 / 0.875)
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[:2], pixels[-2:], pixels[:, :2], pixels[:, -2:] = 255, 255, 255, 255  # a 2 px white frame
+    x = D.default_transform("mini_imagenet", 28, train=False)(Image.fromarray(pixels))
+    assert x.shape == (3, 28, 28)
+    black = (0 - torch.tensor(T.IMAGENET_MEAN)) / torch.tensor(T.IMAGENET_STD)
+    assert torch.allclose(x, black[:, None, None].expand(3, 28, 28), atol=1e-5)  # the frame is cut off
 
 
 def test_open_rgb_turns_a_photo_upright_by_its_exif_orientation(tmp_path):

@@ -159,6 +159,57 @@ def test_formal_conv_and_linear_match_the_equations_by_hand(reuse):
     assert r.hardware.totals_by_reuse[reuse]["energy_mj"] == pytest.approx(r.hardware.energy_mj, rel=1e-12)
 
 
+@pytest.mark.parametrize("reuse", ["none", "ideal"])
+def test_selective_scan_matches_the_formal_terms_by_hand(reuse):
+    # Guards the scan's state being read *and* written per update (membrane 2 x state) and its
+    # weights being read once per update without reuse, once per image with ideal reuse.
+    v = hardware.Volumes(macs=1000.0, inputs=600.0, outputs=200.0, weights=50.0, batch=2.0, state=400.0)
+    comp = hardware.selective_scan(v, reuse, FP32, d_state_map=24.0)
+    expected = {
+        "compute": 1000 * (E_MUL + E_ADD),
+        "addressing": 0.0,
+        "weights": (50 if reuse == "ideal" else 400) * sram(50),
+        "membrane": 2 * 400 * sram(24),
+        "io": 600 * sram(300) + 200 * sram(100),  # per-sample maps: 600 / 2, 200 / 2
+    }
+    for key, value in expected.items():
+        assert getattr(comp, key) == pytest.approx(value, rel=REL, abs=0), key
+
+
+@pytest.mark.parametrize("reuse", ["none", "ideal"])
+def test_elementwise_ops_match_the_formal_terms_by_hand(reuse):
+    # Guards the weight reads of an elementwise op: one per op without reuse, each parameter once
+    # with ideal reuse; none at all for an op without parameters.
+    v = hardware.Volumes(macs=160.0, inputs=160.0, outputs=160.0, weights=16.0, batch=2.0)
+    comp = hardware.elementwise(v, False, reuse, FP32)
+    expected = {
+        "compute": 160 * (E_MUL + E_ADD),
+        "weights": (16 if reuse == "ideal" else 160) * sram(16),
+        "membrane": 0.0,
+        "io": 160 * sram(80) + 160 * sram(80),
+    }
+    for key, value in expected.items():
+        assert getattr(comp, key) == pytest.approx(value, rel=REL, abs=0), key
+    adds = hardware.elementwise(hardware.Volumes(40.0, 60.0, 20.0), True, reuse, FP32)
+    assert (adds.compute, adds.weights) == (pytest.approx(40 * E_ADD, rel=REL), 0.0)
+
+
+def test_a_sum_costs_one_add_per_summed_element():
+    # Guards the reduction's volumes: x.sum(1) over (3, 4, 5) per image adds 60 - 20 = 40 values,
+    # not one add per input element.
+    class Sum(nn.Module):
+        spiking, T = False, 1
+
+        def forward(self, x):
+            return x.sum(1)
+
+    r = accounting.profile(Sum(), torch.randn(2, 3, 4, 5), preset="hw_45nm_fp32")
+    assert_components(
+        hw_row(r, "", "sum"),
+        {"compute": (60 - 20) * E_ADD, "weights": 0.0, "io": 60 * sram(60) + 20 * sram(20)},
+    )
+
+
 class LIFToy(nn.Module):
     """The image repeated T times through one LIF layer."""
 

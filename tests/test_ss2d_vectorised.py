@@ -281,6 +281,25 @@ def test_traces_as_one_node(lowrank, grad):
     assert kinds.count(name) == 1 and sum(k.startswith("svmamba::") for k in kinds) == 1, kinds
 
 
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_no_grad_takes_the_inference_op_even_when_an_input_requires_grad(lowrank):
+    # Guards the grad-mode check: under torch.no_grad() nothing can be differentiated, so the scan
+    # must take the inference op (which saves nothing) even though A requires a gradient.
+    inputs = make_inputs(1, 3, 4, 4, 1, 2, lowrank, True, True, dtype=torch.float32)
+    inputs["A"].requires_grad_(True)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    keys = list(inputs)
+
+    def f(*args):
+        with torch.no_grad():
+            return op(**dict(zip(keys, args)), backend="torch")
+
+    graph, _ = torch.jit._get_trace_graph(f, tuple(inputs.values()))
+    kinds = [n.kind() for n in graph.nodes()]
+    name = f"svmamba::ss2d_torch_{'lowrank_' if lowrank else ''}infer"
+    assert kinds.count(name) == 1 and sum(k.startswith("svmamba::") for k in kinds) == 1, kinds
+
+
 @pytest.mark.parametrize("inference", [False, True])
 def test_torch_compile_fullgraph_dynamic_matches_eager(inference):
     # under no_grad the scan goes through the inference op: it traces as well

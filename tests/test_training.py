@@ -330,6 +330,42 @@ def test_fit_writes_checkpoints_log_and_curves(tmp_path, tiny):
         assert im.size[0] > 500 and im.size[1] > 200
 
 
+def test_each_epoch_is_seeded_from_the_seed_the_epoch_and_the_rank(tmp_path, tiny, monkeypatch):
+    # Guards the per-epoch seed: seed + 1000 x epoch + rank, so that epochs draw different
+    # augmentations / dropout (one seed for every epoch would repeat them).
+    seeds, real = [], engine.seed_everything
+
+    def spy(seed):
+        seeds.append(seed)
+        real(seed)
+
+    monkeypatch.setattr(engine, "seed_everything", spy)
+    engine.fit(_cfg(tmp_path, epochs=2, seed=7), progress=False)
+    assert seeds == [7, 7 + 0 * 1000 + 0, 7 + 1 * 1000 + 0]  # fit's own seed, then epochs 0 and 1
+
+
+def test_evaluate_averages_the_loss_and_accuracies_over_all_samples(tmp_path):
+    # Guards evaluate's sums: the loss is summed per sample (not a mean per batch) before dividing
+    # by the sample count, over batches of unequal sizes; top-1 / top-5 hit counts likewise.
+    from svm_models.training.distributed import DistInfo
+
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=10, img_size=8)
+    g = torch.Generator().manual_seed(1)
+    loader = [
+        (torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in (5, 2, 9)
+    ]
+    res = engine.evaluate(model, loader, _cfg(tmp_path), DistInfo(), 10)
+    x, y = torch.cat([b[0] for b in loader]), torch.cat([b[1] for b in loader])
+    with torch.no_grad():
+        logits = model(x)
+    top = logits.topk(5, dim=1).indices
+    assert res["n"] == 16
+    assert res["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert res["val_top1"] == pytest.approx(100.0 * (top[:, 0] == y).sum().item() / 16)
+    assert res["val_top5"] == pytest.approx(100.0 * (top == y[:, None]).any(1).sum().item() / 16)
+
+
 def test_resume_after_a_crash_continues_exactly(tmp_path, tiny):
     """Crash after epoch 2 of 4, resume: the same weights, optimizer state and log as a run that
     never stopped."""
