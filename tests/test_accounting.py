@@ -445,6 +445,20 @@ def model_first_conv_name(model):
     return {m: n for n, m in model.named_modules()}[model.first_conv]
 
 
+def test_calibration_averages_its_batches_and_restores_the_momentum():
+    # Guards calibrate_batchnorm: a cumulative average (momentum None) over all of its batches,
+    # and each BatchNorm's own momentum back afterwards
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, momentum=0.3))
+    example = torch.zeros(2, 3, 4, 4)
+    assert accounting.calibrate_batchnorm(model, example, batches=3, seed=5) == 1
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        outs = [model[0](torch.randn(example.shape, generator=gen)) for _ in range(3)]
+    want = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, want)
+    assert model[1].momentum == 0.3
+
+
 def test_labels_give_top1_and_loader_batches_are_accepted():
     model, img = tiny()
     x = images(4, img)
@@ -502,6 +516,36 @@ def test_report_outputs(tmp_path):
     r.plot(str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mJ/image" in r.summary()
+
+
+def test_markdown_layer_table_leaves_out_neuron_rows_and_says_so():
+    # Guards to_markdown's layer table: LIF rows (no MACs) are left out and counted in a note
+    from svm_models.accounting.report import LayerRow, Report
+
+    conv = LayerRow("block.conv", "conv", "block", "spike", "ac", 0.25, 4e6, 0.0, 1e6, 0.0, 9e-4)
+    lif = LayerRow("block.lif", "lif", "block", "-", "none", None, 0.0, 0.0, 0.0, 0.0, 0.0, 5e5)
+    r = Report(
+        "toy",
+        10,
+        2,
+        True,
+        (3, 8, 8),
+        1,
+        "input",
+        accounting.get_energy_model(),
+        {},
+        4e6,
+        0.0,
+        1e6,
+        0.0,
+        9e-4,
+        5e5,
+        0.25,
+        rows=[conv, lif],
+    )
+    md = r.to_markdown()
+    assert "| block.conv | conv |" in md and "block.lif" not in md
+    assert "1 neuron rows (no MACs) are left out" in md
 
 
 def test_cli_ann_and_spiking(capsys, tmp_path):

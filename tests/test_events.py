@@ -183,6 +183,14 @@ def test_integrate_counts_a_hot_pixel_past_int16():
     assert (E.integrate(ev, (8, 8), 2)[:, 1, 2, 3] == n // 2).all()
 
 
+def test_integrate_drops_events_past_the_sensor_edge():
+    # Guards the x < width bound: an event at x == width wrapped onto the next row's pixel 0
+    ev = np.zeros(2, dtype=E.readers.tonic_io().events_struct)
+    ev["x"], ev["y"], ev["t"], ev["p"] = [8, 3], [0, 5], [0, 1], 1
+    frames = E.integrate(ev, (8, 8), 1)
+    assert frames.sum() == 1 and frames[0, 1, 5, 3] == 1 and frames[0, 1, 1, 0] == 0
+
+
 def test_simulator_static_scene_gives_no_events_and_motion_gives_both_polarities():
     rng = np.random.default_rng(0)
     image = np.zeros((1, 4, 4))
@@ -291,6 +299,22 @@ def test_gesture_dataset_cuts_recordings_by_the_label_csv(tmp_path):
     full = test.frames(1)  # 128 px: counts preserved exactly
     assert full.shape == (4, 2, 128, 128)
     assert frames.sum().item() == pytest.approx((n // 4) * 4 / 4)  # area resize to 64 averages 2x2
+
+
+def test_a_gesture_sample_ends_before_its_end_time(tmp_path):
+    # Guards the window [start, end): events at t == end belong to the next gesture only
+    folder = tmp_path / "DvsGesture"
+    folder.mkdir()
+    stamps = [0, 50_000, 100_000, 100_000, 200_000, 249_999, 250_000]
+    write_aedat31(
+        folder / "user01_led.aedat", [_aedat3_packet(1, [(polarity_word(1, 2, 1), t) for t in stamps])]
+    )
+    (folder / "user01_led_labels.csv").write_text(
+        "class,startTime_usec,endTime_usec\n1,0,100000\n2,100000,250000\n"
+    )
+    (folder / "trials_to_train.txt").write_text("user01_led.aedat\n")
+    train = build_dataset("dvs128_gesture", "train", root=str(tmp_path), T=1, img_size=128)
+    assert [train.frames(i).sum().item() for i in range(len(train))] == [2.0, 4.0]
 
 
 def _cifar10_dvs_folder(root, per_class: int, events: int) -> None:

@@ -529,6 +529,33 @@ def test_a_lock_whose_pid_was_handed_out_again_is_reclaimed(tmp_path):
     os.unlink(tmp_path / ".lock")
 
 
+def test_a_lock_of_another_host_is_never_reclaimed(tmp_path):
+    # Guards the host check: a pid of another machine (dead here) says nothing about that run
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _write_lock(tmp_path, gone.pid, "another-host", 1)
+    with pytest.raises(C.ConfigError, match=rf"in use by another run \(pid {gone.pid} on another-host\)"):
+        rundir.RunLock(str(tmp_path)).acquire()
+    assert (tmp_path / ".lock").read_text().split() == [str(gone.pid), "another-host", "1"]
+
+
+def test_release_leaves_a_lock_another_run_took_over(tmp_path):
+    # Guards release's identity check: a run whose lock was reclaimed as stale deleted the new
+    # owner's lock, letting a third run in beside it
+    lock = rundir.RunLock(str(tmp_path)).acquire()
+    _write_lock(tmp_path, 12345, "another-host", 1)
+    lock.release()
+    assert (tmp_path / ".lock").read_text().split() == ["12345", "another-host", "1"]
+
+
+def test_only_hidden_temp_files_of_saves_are_removed(tmp_path):
+    # Guards the leading-dot rule: a user's own `notes.tmp` in the run directory is not a save's
+    (tmp_path / "notes.tmp").write_text("mine\n")
+    (tmp_path / ".last.pt.k3j.tmp").write_bytes(b"")
+    assert rundir.remove_temp_files(str(tmp_path)) == [".last.pt.k3j.tmp"]
+    assert os.listdir(tmp_path) == ["notes.tmp"]
+
+
 def test_process_start_names_one_process():
     start = rundir.process_start(os.getpid())
     if not start:

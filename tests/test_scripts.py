@@ -501,6 +501,19 @@ def test_test_and_predict_refuse_a_checkpoint_of_other_settings(tmp_path, monkey
     assert rc == 0, capsys.readouterr().err
 
 
+def test_config_mismatch_compares_img_size_and_model_args_by_meaning(tmp_path):
+    # Guards config_mismatch: img_size null is the dataset's own size (digits: 32), and a
+    # model_args difference (a threshold, a width) is a mismatch, as is any MUST_MATCH key
+    from svm_models.training import config as C
+    from svm_models.training import evaluation
+
+    stored = C.validate(tiny_cfg(tmp_path, img_size=32), "test")
+    assert evaluation.config_mismatch(dict(stored, img_size=None), stored) == []
+    assert evaluation.config_mismatch(stored, dict(stored, model_args=None)) == []
+    other = dict(stored, model_args={"width": 4})
+    assert evaluation.config_mismatch(stored, other) == ["model_args {} (checkpoint: {'width': 4})"]
+
+
 def test_test_refuses_a_checkpoint_of_another_dataset(tmp_path, monkeypatch, capsys):
     # a digits checkpoint evaluated on CIFAR-100: refused as a config mismatch, and with
     # --allow-mismatch refused for its 10 classes against 100 labels (it crashed on a label)
@@ -663,6 +676,29 @@ def test_predict_decodes_one_batch_at_a_time(tmp_path):
         model, files, transform, [str(i) for i in range(10)], batch_size=2
     )
     assert len(preds) == len(decoded) == len(files) - len(skipped) and len(seen) > 2
+
+
+def test_predict_table_names_each_file_on_its_first_rank_only():
+    # Guards format_table: the file name heads its top-1 row; the other ranks' rows leave it blank
+    from svm_models.training import inference
+
+    def top(*ranked):
+        return [
+            {"rank": i + 1, "class_index": c, "class": str(c), "prob": p} for i, (c, p) in enumerate(ranked)
+        ]
+
+    preds = [
+        {"file": "/x/a.png", "top": top((3, 0.75), (8, 0.125))},
+        {"file": "/x/b.png", "top": top((1, 0.5), (7, 0.25))},
+    ]
+    assert inference.format_table(preds).splitlines() == [
+        "file   rank  class  prob",
+        "-----  ----  -----  ------",
+        "a.png  1     3: 3   0.7500",
+        "       2     8: 8   0.1250",
+        "b.png  1     1: 1   0.5000",
+        "       2     7: 7   0.2500",
+    ]
 
 
 @pytest.mark.parametrize("bad", [1, 2])

@@ -133,6 +133,15 @@ def test_pretrained_path_rules(tmp_path):
     assert C.pretrained_path(_cfg(tmp_path)) is None
 
 
+def test_pretrained_true_takes_the_checkpoint_and_an_empty_path_is_refused(tmp_path):
+    # Guards `p is False`: `pretrained: ""` is a weights file that is not there, not "no weights"
+    w = tmp_path / "w.pt"
+    torch.save(TinyNet().state_dict(), w)
+    assert C.pretrained_path(_cfg(tmp_path, pretrained=True, checkpoint=str(w))) == str(w)
+    with pytest.raises(C.ConfigError, match=r"pretrained weights \('pretrained'\) not found: $"):
+        C.pretrained_path(_cfg(tmp_path, pretrained=""))
+
+
 def test_unknown_model_and_bad_override_are_config_errors(tmp_path, tiny):
     with pytest.raises(C.ConfigError, match="unknown model 'svmambaa'; registered models: .*svmamba_cifar"):
         engine.build_model(_cfg(tmp_path, model="svmambaa"), 10)
@@ -214,6 +223,18 @@ def test_warmup_then_cosine_per_iteration():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # min_lr after the last step
 
 
+def test_a_warmup_rounding_up_to_the_whole_run_still_ends_at_min_lr():
+    # Guards the warmup clamp (total - 1): 1.97 of 2 epochs of 10 steps rounds to all 20 steps,
+    # which left no cosine step and ended the run at the peak lr instead of min_lr
+    cfg = dict(lr=1e-2, weight_decay=0.0, epochs=2, warmup_epochs=1.97, warmup_lr=1e-4, min_lr=1e-5)
+    opt = optim.build_optimizer(TinyNet(), cfg)
+    sched = optim.build_scheduler(opt, cfg, steps_per_epoch=10)
+    for _ in range(20):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # checkpoints
 # ----------------------------------------------------------------------------------------------
@@ -266,6 +287,30 @@ def test_load_weights_errors_and_head_skipping(tmp_path):
         ckpt.load_weights(TinyNet(), str(tmp_path / "junk.pt"))
     with pytest.raises(C.ConfigError, match="checkpoint not found"):
         ckpt.load_weights(TinyNet(), str(tmp_path / "absent.pt"))
+
+
+def test_non_strict_load_reports_keys_the_model_lacks_as_skipped(tmp_path):
+    # Guards the (skipped, missing) result: keys of the file the model lacks are skipped too
+    sd = dict(TinyNet().state_dict(), **{"extra.weight": torch.ones(2)})
+    del sd["conv.bias"]
+    torch.save(sd, tmp_path / "w.pt")
+    skipped, missing = ckpt.load_weights(TinyNet(), str(tmp_path / "w.pt"), strict=False)
+    assert skipped == ["extra.weight"] and missing == ["conv.bias"]
+
+
+def test_a_child_named_module_is_not_taken_for_a_ddp_prefix(tmp_path):
+    # Guards the DDP rule: "module." is stripped only when every key has it (an EMA copy or a
+    # wrapper holds a child named `module` next to other weights)
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module, self.extra = TinyNet(), torch.nn.Linear(2, 2)
+
+    src = Wrapper()
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    dst = Wrapper()
+    ckpt.load_weights(dst, str(tmp_path / "w.pt"), strict=True)
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.state_dict().items())
 
 
 def test_weights_only_refuses_arbitrary_pickles(tmp_path):
@@ -408,6 +453,22 @@ def test_resume_needs_last_and_the_same_config(tmp_path, tiny):
     engine.fit(cfg, progress=False)
     with pytest.raises(C.ConfigError, match="config differs .* in img_size"):
         engine.fit(dict(cfg, img_size=16), resume=True, progress=False)
+
+
+def test_resume_restores_the_best_accuracy_so_far(tmp_path, tiny):
+    # Guards restore's best_acc: reset on resume, any later epoch counted as an improvement and
+    # replaced best.pt with worse weights
+    cfg = _cfg(tmp_path, epochs=3)
+    model = TinyNet()
+    opt = optim.build_optimizer(model, cfg)
+    t = engine.Training(model, model, None, opt, optim.build_scheduler(opt, cfg, 4), None, None, 10, [])
+    path = str(tmp_path / "last.pt")
+    state = dict(model=t.model.state_dict(), optimizer=t.optimizer.state_dict(), ema=None)
+    state.update(scheduler=t.scheduler.state_dict(), epoch=2, best_acc=87.5, best_epoch=1, config=cfg)
+    state["history"] = [{"epoch": 1, "val_top1": 87.5}, {"epoch": 2, "val_top1": 80.0}]
+    ckpt.atomic_save(state, path)
+    p = engine.restore(t, cfg, path)
+    assert (p.epoch, p.best_acc, p.best_epoch) == (2, 87.5, 1)
 
 
 def test_ema_weights_are_what_best_holds(tmp_path, tiny):
