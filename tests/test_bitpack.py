@@ -89,6 +89,13 @@ def test_non_contiguous_input_is_read_in_logical_order(backend):
     assert torch.equal(unpack_bits(pack_bits(x, backend=backend), x.shape, backend=backend), x)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_any_nonzero_value_sets_its_bit(backend):
+    # guards a kernel that tests x > 0 (a negative value lost its bit) instead of x != 0
+    x = torch.tensor([-1.0, 0.0, 2.0, 0.0, -0.5, 0.0, 0.0, 1.0, -3.0])
+    assert torch.equal(pack_bits(x, backend=backend).cpu(), spec_pack(x))
+
+
 def test_triton_block_boundaries():
     """Sizes around the kernel's block (64 bytes under the interpreter) and several programs."""
     for n in (64 * 8 - 1, 64 * 8, 64 * 8 + 1, 3 * 64 * 8 + 13):
@@ -121,6 +128,13 @@ def test_bad_arguments():
         unpack_bits(torch.zeros(2), (16,))
     with pytest.raises(ValueError, match="needs 2"):
         unpack_bits(torch.zeros(1, dtype=torch.uint8), (9,))
+    with pytest.raises(ValueError, match="needs 2"):  # too many bytes is a mismatch too
+        unpack_bits(torch.zeros(3, dtype=torch.uint8), (9,))
+    # an explicit backend='triton' refuses the dtypes its kernels lack (no silent fallback)
+    with pytest.raises(TypeError, match="backend='triton'"):
+        pack_bits(torch.zeros(9, dtype=torch.float64), backend="triton")
+    with pytest.raises(TypeError, match="backend='triton'"):
+        unpack_bits(torch.zeros(2, dtype=torch.uint8), (9,), torch.float64, backend="triton")
     for backend in ("torch", "triton"):  # (torch gave an empty tensor, triton a RuntimeError)
         for shape in ((-1,), (-1, 9)):
             with pytest.raises(ValueError, match="negative"):

@@ -454,6 +454,7 @@ def test_flags_take_bools_and_their_numpy_kin():
         ({"tau": 0.5}, torch.zeros(3, 4), ValueError),
         ({"tau": float("nan")}, torch.zeros(3, 4), ValueError),
         ({"v_reset": 1.5}, torch.zeros(3, 4), ValueError),
+        ({"v_reset": 1.0}, torch.zeros(3, 4), ValueError),  # v_reset == v_threshold fires forever
         ({"surrogate": "relu"}, torch.zeros(3, 4), ValueError),
         ({"surrogate": ["atan"]}, torch.zeros(3, 4), ValueError),
         ({"decay_input": "false"}, torch.zeros(3, 4), TypeError),
@@ -461,6 +462,8 @@ def test_flags_take_bools_and_their_numpy_kin():
         ({"detach_reset": None}, torch.zeros(3, 4), TypeError),
         ({"alpha": -1.0}, torch.zeros(3, 4), ValueError),
         ({"v_init": torch.zeros(5)}, torch.zeros(3, 4), ValueError),
+        ({"v_init": torch.zeros(4, 2)}, torch.zeros(3, 2, 4), ValueError),  # right numel, wrong shape
+        ({"v_init": torch.zeros(4, device="meta")}, torch.zeros(3, 4), ValueError),  # not on x's device
         ({"v_init": torch.zeros(4, dtype=torch.int64)}, torch.zeros(3, 4), TypeError),
         ({"backend": "cuda"}, torch.zeros(3, 4), ValueError),
     ],
@@ -629,6 +632,19 @@ def test_opcheck(use_triton):
         g_v = torch.randn(x.shape[1:]) if return_v else None
         v0 = None if v0 is None else v0.detach()  # (no double backward)
         torch.library.opcheck(_lif_bwd_op, (g, g_v, x.detach(), v0, *params, v0 is not None, use_triton))
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_opcheck_time_not_outermost(use_triton):
+    """Guards the fakes giving x's own strides where the kernels run on a time-major copy of x."""
+    from svm_kernels.lif.fused import _lif_bwd_op, _lif_fwd_op
+
+    params = (2.0, 1.0, 0.0, True, False, "sigmoid", 4.0)
+    x = torch.randn(2, 3, 5).transpose(0, 1)  # dense, but time is not outermost in memory
+    assert not kutils.time_major_dense(x)
+    torch.library.opcheck(_lif_fwd_op, (x.requires_grad_(True), None, *params, True, use_triton))
+    g_s, g_v = torch.randn(2, 3, 5).transpose(0, 1), torch.randn(2, 5)
+    torch.library.opcheck(_lif_bwd_op, (g_s, g_v, x.detach(), None, *params, False, use_triton))
 
 
 def test_public_namespace():

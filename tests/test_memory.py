@@ -341,6 +341,32 @@ def test_backward_and_pool_hooks_take_the_plain_path():
     assert calls == [1]
 
 
+def test_global_hooks_take_the_plain_path():
+    """Guards the check of global module hooks: the fused node would skip the unit's conv and BN."""
+    unit = ConvBN(2, 3, 3, spike_input=True)
+    unit.memory_efficient = True
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(lambda m, a, o: seen.append(type(m).__name__))
+    try:
+        unit(torch.randint(0, 2, (2, 2, 4, 4)).float())
+    finally:
+        handle.remove()
+    assert seen == ["Conv2d", "BatchNorm2d", "ConvBN"]
+
+
+def test_non_zero_padding_mode_takes_the_plain_path():
+    """Guards the padding_mode check: the fused node pads with zeros whatever the conv's mode."""
+    torch.manual_seed(0)
+    unit = ConvBN(2, 3, 3, spike_input=True)
+    unit.conv.padding_mode = "reflect"
+    x = torch.randint(0, 2, (2, 2, 4, 4)).float()
+    state = {k: v.clone() for k, v in unit.state_dict().items()}
+    plain = unit(x)
+    unit.load_state_dict(state)
+    unit.memory_efficient = True
+    assert torch.equal(unit(x), plain)
+
+
 def test_sync_batchnorm_takes_the_plain_path(monkeypatch):
     """SyncBatchNorm (DDP) must run its own forward, which syncs the batch statistics."""
     model = nn.SyncBatchNorm.convert_sync_batchnorm(build("svmamba_cifar", True))

@@ -397,6 +397,12 @@ def test_ssm_init_follows_vmamba():
     assert ssm.x_proj_weight.shape == (4, 4 + 8, 64) and ssm.x_proj_weight.abs().max() <= 64**-0.5
 
 
+def test_ssm_init_floors_the_time_steps():
+    # guards the dt_init_floor clamp: time steps drawn below the floor start at the floor
+    ssm = CrossScanSSM(d_inner=8, d_state=1, dt_rank=1, dt_min=1e-6, dt_max=1e-5, dt_init_floor=1e-4)
+    torch.testing.assert_close(F.softplus(ssm.dt_projs_bias), torch.full((4, 8), 1e-4))
+
+
 # --------------------------------------------------------------------------------------------
 # Backends
 

@@ -31,6 +31,22 @@ def test_B_or_C_with_the_wrong_state_count_still_blames_them():
             cross_selective_scan(**args, backend="torch")
 
 
+def test_time_steps_of_another_dtype_or_map_size_are_refused():
+    # guards the dtype check of delta / dt_low (only B and C were checked) and dt_low's (H, W) check
+    from svm_kernels import cross_selective_scan_lowrank
+
+    args = _args()
+    args["delta"] = args["delta"].double()
+    with pytest.raises(TypeError, match="delta has dtype"):
+        cross_selective_scan(**args, backend="torch")
+    low = {k: v for k, v in _args().items() if k != "delta"}
+    dt_weight = torch.randn(4, 3, 2)
+    with pytest.raises(TypeError, match="dt_low has dtype"):
+        cross_selective_scan_lowrank(**low, dt_low=torch.randn(1, 4, 2, 2, 3).double(), dt_weight=dt_weight)
+    with pytest.raises(ValueError, match="dt_low must have shape"):
+        cross_selective_scan_lowrank(**low, dt_low=torch.randn(1, 4, 2, 2, 1), dt_weight=dt_weight)
+
+
 @pytest.mark.parametrize(
     "kwargs,name",
     [

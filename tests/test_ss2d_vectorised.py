@@ -346,3 +346,16 @@ def test_module_in_float64_runs_the_scan_in_float64():
         ref = cross_selective_scan_naive(u, delta, A, B, C, m.Ds.view(4, 2), m.dt_projs_bias)
     assert y.dtype == torch.float64
     assert_close_rel(y, ref, 1e-12, "output")
+
+
+def test_module_projection_splits_dt_low_then_B_then_C():
+    """Guards the order of x_proj_weight's rows, VMamba's (dt_low R, B N, C N): B and C swapped
+    changed VMamba's golden logits by less than that test's tolerance."""
+    from svm_kernels.ss2d import CrossSelectiveScan
+
+    m = CrossSelectiveScan(2, d_state=2, dt_rank=1, backend="torch")
+    with torch.no_grad():
+        m.x_proj_weight.copy_(torch.arange(5.0).view(1, 5, 1).expand(4, 5, 2))  # row r of u's sum times r
+    dt_low, B, C = m.project(torch.ones(1, 2, 1, 1))
+    assert dt_low.flatten().tolist() == [0.0] * 4
+    assert B.flatten().tolist() == [2.0, 4.0] * 4 and C.flatten().tolist() == [6.0, 8.0] * 4
