@@ -79,7 +79,8 @@ def test_vmamba_matches_original():
         logits = model(fx["inputs"])
     assert torch.isfinite(logits).all()
     err = (logits - fx["logits"]).abs().max().item()
-    assert err <= 1e-5, f"max abs diff {err:.2e} from the original VMamba"
+    # 2.2e-7 here; 1e-5 let a scan with B and C swapped through (9.6e-6: the scan is a small part)
+    assert err <= 1e-6, f"max abs diff {err:.2e} from the original VMamba"
     assert fx["logits"].std() > 1e-2  # the fixture's logits are not trivially flat
 
 
