@@ -291,6 +291,27 @@ def test_scan_handle_reproduces_vmamba_formula():
     assert handles.cross_scan_macs(batch, d, L, n) == handles.selective_scan_macs(batch, L, 4 * d, n)
 
 
+def test_scan_volumes_read_u_once_per_direction_and_hold_d_times_n_states():
+    # guards the scan's data volumes: u read by all four directions, one direction's D x N states
+    batch, d, h, w, n = 2, 8, 5, 6, 3
+    inputs = scan_inputs(batch, d, h, w, n)
+    by_module, _ = accounting.trace_counts(ScanFull(), inputs, volumes=True)
+    macs, volumes = handles.split_volumes(by_module[""])
+    assert macs["selective_scan"] == handles.cross_scan_macs(batch, d, h * w, n)
+    u, delta, A, B, C, Ds, bias = inputs
+    assert volumes["selective_scan"] == Counter(
+        {
+            "in": 4 * u.numel() + delta.numel() + B.numel() + C.numel(),
+            "w": A.numel() + Ds.numel() + bias.numel(),
+            "out": u.numel(),
+            "batch": batch,
+            "state": 4 * batch * h * w * d * n,
+            "dn": d * n,
+            "calls": 1,
+        }
+    )
+
+
 def test_lif_counts_neuron_updates_not_macs():
     lif = svm_models.layers.make_lif(backend="torch")
     by_module, unsupported = accounting.trace_counts(lif, torch.randn(3, 2, 4, 5, 5))

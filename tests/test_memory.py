@@ -8,7 +8,7 @@ from torch import nn
 import svm_models
 from svm_models import spike_layers
 from svm_models.layers import ConvBN, SeqConvBN
-from svm_models.memory import compare_memory_efficient, profile_training_memory
+from svm_models.memory import MemoryReport, compare_memory_efficient, profile_training_memory
 from svm_models.memory import main as memory_main
 from svm_models.spike_layers import set_memory_efficient, spike_mul
 
@@ -207,6 +207,13 @@ def test_profile_restores_the_model_and_counts_per_image():
     assert sum(r4.by_module.values()) == r4.saved_bytes
     with pytest.raises(ValueError, match="precision"):
         profile_training_memory(model, torch.randn(1, 3, 16, 16), precision="int8")
+
+
+def test_bytes_per_image_are_not_rounded_down():
+    # guards MemoryReport's per-image figures: a true division, not a floor one
+    r = MemoryReport(3, 1000, 2, 10, "fp32", {})
+    assert r.saved_bytes_per_image == pytest.approx(1000 / 3)
+    assert r.peak_bytes_per_image == pytest.approx(10 / 3)
 
 
 def test_switch_off_and_on():

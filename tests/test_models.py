@@ -64,6 +64,14 @@ def test_overrides_and_img_size_reach_the_model():
     assert create_model("vmamba_cifar").img_size == 32 and create_model("svmamba_t").img_size == 224
 
 
+def test_auto_dt_rank_is_mambas_ceiling_of_a_sixteenth():
+    # guards resolve_dt_rank: "auto" rounds d_model / 16 up (VMamba-T's 96 -> 6, 24 -> 2), not down
+    from svm_models.layers import resolve_dt_rank
+
+    assert [resolve_dt_rank("auto", d) for d in (8, 16, 17, 24, 96, 200)] == [1, 1, 2, 2, 6, 13]
+    assert resolve_dt_rank(3, 96) == 3
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

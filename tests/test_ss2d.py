@@ -780,6 +780,13 @@ def test_cross_scan_merge_inverse_and_adjoint():
     assert torch.equal(ys[:, 2], x.flatten(2).flip(-1))
 
 
+def test_cross_merge_refuses_other_than_four_directions():
+    # guards cross_merge's direction-count check: a fifth direction must not be dropped silently
+    for k in (3, 5):
+        with pytest.raises(ValueError, match="cross_merge"):
+            cross_merge(torch.randn(1, k, 2, 6), 2, 3)
+
+
 def test_reference_gradcheck_float64():
     inputs = make_inputs(1, 2, 2, 3, 2, lowrank=False)
     tensors = {k: v.double().requires_grad_(True) for k, v in inputs.items()}
@@ -800,6 +807,19 @@ def test_empty_batch_stays_in_autograd(backend, lowrank):
     assert y.shape == (0, 3, 2, 2)
     for k, v in empty.items():  # every gradient there, zeros (none was: backward raised)
         assert grads[k].shape == v.shape and not grads[k].any(), k
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_the_ops_give_empty_gradients_for_an_empty_batch(lowrank):
+    # guards _or_none: only the 1-d placeholders of absent inputs become None, not the empty
+    # gradients of a batch of 0 through the op itself (the interface never passes one)
+    inputs = make_inputs(0, 3, 2, 2, 1, lowrank=lowrank)
+    leaves = [v.clone().requires_grad_(True) if v is not None else None for v in inputs.values()]
+    op = fused._ss2d_lowrank_fwd_op if lowrank else fused._ss2d_fwd_op
+    y, _ = op(*leaves, True, torch.float32)
+    y.sum().backward()
+    for name, leaf in zip(inputs, leaves):
+        assert leaf.grad is not None and leaf.grad.shape == leaf.shape, name
 
 
 @pytest.mark.parametrize("N", [1, 5])
@@ -1118,3 +1138,28 @@ def test_saved_states_are_fp32_whatever_the_default_dtype():
     finally:
         torch.set_default_dtype(previous)
     assert states.dtype == fake.dtype == torch.float32
+
+
+def test_fake_states_have_the_forwards_shape_at_a_state_count_not_a_power_of_two():
+    # guards _fake_forward: the states are padded to the next power of two of N, as the forward's
+    inputs = make_inputs(1, 2, 3, 4, 3, R=2, lowrank=True)
+    scan_args = [inputs.get(k) for k in ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias")]
+    chunk = fused._bwd_chunk(inputs["u"], inputs["A"], inputs["dt_low"])
+    _, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=chunk)
+    _, fake = fused._fake_forward(inputs["u"], inputs["A"], inputs["dt_low"], True, torch.float32)
+    assert fake.shape == states.shape and states.shape[-1] == 4
+
+
+def test_backward_fake_keeps_a_dense_deltas_layout():
+    # guards _grad_like: d(delta) of a dense but permuted delta keeps delta's strides, in the fake too
+    inputs = make_inputs(1, 2, 2, 3, 1, lowrank=False)
+    delta = inputs["delta"]
+    inputs["delta"] = (
+        delta.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
+    )  # (B, H, W, 4, D) memory
+    assert not inputs["delta"].is_contiguous()
+    scan_args = (inputs["u"], inputs["delta"], None, None, inputs["A"], inputs["B"], inputs["C"], None, None)
+    chunk = fused._bwd_chunk(inputs["u"], inputs["A"], None)
+    _, states = fused.ss2d_fwd(*scan_args, True, torch.float32, state_chunk=chunk)
+    bwd_args = (torch.randn(inputs["u"].shape), *scan_args, True, states, chunk)
+    torch.library.opcheck(fused._ss2d_bwd_op, bwd_args, test_utils="test_faketensor")
