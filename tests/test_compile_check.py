@@ -513,3 +513,103 @@ def test_a_kernels_row_holds_the_most_any_of_its_launches_reports():
     proc = _run_with_bench_on_path(code, "-")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["104", "41", "True"]
+
+
+def test_trip_counts_of_a_triangular_walk_and_an_empty_range(tmp_path):
+    # range(t) with t = T - 1 - i inside `for i in range(T)` averages (T - 1) / 2 trips: the outer
+    # variable stands at its mean (T - 1) / 2 (not T / 2), the assignment is replayed after the
+    # loop variable is known; an empty range(5, 3) runs 0 times (not -2)
+    src = tmp_path / "k.py"
+    src.write_text(
+        "def kernel(T, lo, hi):\n"  # 1
+        "    for i in range(T):\n"  # 2
+        "        t = T - 1 - i\n"  # 3
+        "        for j in range(t):\n"  # 4
+        "            pass\n"  # 5
+        "    for k in range(lo, hi):\n"  # 6
+        "        pass\n"  # 7
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import _eval_trip, _source_loops\n"
+        "loops = _source_loops(sys.argv[2])\n"
+        "print([(loop[0], _eval_trip(loop, {'T': 8, 'lo': 5, 'hi': 3})) for loop in loops])\n"
+    )
+    proc = _run_with_bench_on_path(code, src)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str([(2, 8.0), (4, 3.5), (6, 0.0)])
+
+
+def test_a_loop_head_entered_by_falling_through_starts_a_memory_wait_group(tmp_path):
+    # the loop's first load waits again every trip, though no branch comes before its label:
+    # joined to the load above the loop, the group was counted once
+    ptx = tmp_path / "k.ptx"
+    ptx.write_text(
+        ".visible .entry k(\n)\n{\n"
+        "\tld.global.b32 %r1, [%rd1];\n"
+        "$L__BB0_1:\n"
+        "\tld.global.b32 %r2, [%rd2];\n"
+        "\tadd.s32 %r3, %r1, %r2;\n"
+        "\tsetp.lt.s32 %p1, %r3, 0;\n\t@%p1 bra \t$L__BB0_1;\n"
+        "\tret;\n}\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import ptx_profile\n"
+        "p = ptx_profile(open(sys.argv[2]).read(), {})\n"
+        "print(p['loops'], p['memory_waits'])\n"
+    )
+    proc = _run_with_bench_on_path(code, ptx)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "2.0"]
+
+
+def test_blocks_per_sm_reserve_1kib_of_shared_memory_per_block():
+    # 76 KiB of shared memory: 3 x 76 KiB fit the 228 KiB, but not with the driver's 1 KiB per block
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import blocks_per_sm\n"
+        "print(blocks_per_sm(16, 1, 76 * 1024), blocks_per_sm(16, 1, 75 * 1024))\n"
+    )
+    proc = _run_with_bench_on_path(code, "-")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "3"]
+
+
+def test_initial_budgets_keep_the_launch_count_exact():
+    # a launch more is a change of design: the launches budget is today's count, not count + 5 %
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import budgets_from\n"
+        "total = dict(launches=3, ptx_per_elem=10.0, sfu_per_elem=0.0, serial_steps=4.0, memory_waits=2.0,\n"
+        "             registers=250, spill_bytes=0)\n"
+        "print(budgets_from({'c | all launches': total, 'd | all launches': {'error': 'x'}}))\n"
+    )
+    proc = _run_with_bench_on_path(code, "-")
+    assert proc.returncode == 0, proc.stderr
+    budgets = eval(proc.stdout.strip())
+    assert budgets == {
+        "c | all launches": dict(
+            launches=3,
+            ptx_per_elem=10.5,
+            sfu_per_elem=0,
+            serial_steps=4.2,
+            memory_waits=2.1,
+            registers=255,
+            spill_bytes=0,
+        )
+    }
+
+
+def test_an_empty_budgets_file_is_no_budgets(tmp_path):
+    # yaml reads an empty file as None: checking against it crashed instead of finding no budget
+    empty = tmp_path / "budgets.yaml"
+    empty.write_text("# no budgets yet\n")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from compile_check import check_budgets, load_budgets\n"
+        "print(check_budgets({'c | k': {'registers': 40}}, load_budgets(sys.argv[2]), require=True))\n"
+    )
+    proc = _run_with_bench_on_path(code, empty)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(["c | k: no budget in the budgets file"])

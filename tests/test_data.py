@@ -354,6 +354,33 @@ def test_open_rgb_reads_16bit_files_at_their_depth_whatever_their_values(tmp_pat
         np.testing.assert_array_equal(got, np.round(values / 65535 * 255), err_msg=name)  # (not 253)
 
 
+def test_open_rgb_reads_32bit_integers_up_to_255_as_8bit(tmp_path):
+    # a 32-bit integer TIFF whose values reach 255 exactly is 8-bit data: it was scaled by 65535 (black)
+    from PIL import Image
+
+    values = np.arange(256, dtype=np.int32).reshape(16, 16)
+    Image.fromarray(values, mode="I").save(tmp_path / "i32.tiff")
+    got = np.asarray(D.open_rgb(str(tmp_path / "i32.tiff")))[..., 0]
+    np.testing.assert_array_equal(got, values)
+
+
+def test_open_rgb_keeps_a_float_image_reaching_1_on_the_0_1_scale(tmp_path):
+    # [0.25, 1.0] is the usual [0, 1] convention (max exactly 1): it was stretched to its own range
+    from PIL import Image
+
+    arr = np.linspace(0.25, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(arr, mode="F").save(tmp_path / "f.tiff")
+    got = np.asarray(D.open_rgb(str(tmp_path / "f.tiff")))[..., 0].astype(np.float64)
+    assert np.abs(got - np.round(arr.astype(np.float64) * 255.0)).max() <= 1.0 and got.min() >= 63
+
+
+def test_unreadable_fraction_of_exactly_one_percent_is_allowed(tmp_path):
+    # the limit is "more than 1 %": 1 bad image of 100 must pass (a >= check refused it)
+    D.check_unreadable_fraction(["a.jpg"], 100, "train")
+    with pytest.raises(D.DataError, match="2 of 100 images"):
+        D.check_unreadable_fraction(["a.jpg", "b.jpg"], 100, "train")
+
+
 @pytest.mark.parametrize("offset,scale", [(1000.0, 4.0), (-1000.0, -4.0), (-100.0, 4.0), (0.25, 0.5 / 255)])
 def test_open_rgb_scales_float_images_by_their_own_range(tmp_path, offset, scale):
     # all positive, all negative, straddling 0, and inside [0, 1] but not from 0: each its own

@@ -141,6 +141,46 @@ def test_gesture_reader_rejects_a_truncated_packet(tmp_path):
         E.read_dvs_gesture(str(tmp_path / "a.aedat"))
 
 
+def test_gesture_reader_polarity_is_bit_1_alone(tmp_path):
+    # a polarity read with y's lowest bit (bit 2) turned OFF events at odd rows into ON
+    write_aedat31(
+        tmp_path / "odd.aedat",
+        [_aedat3_packet(1, [(polarity_word(3, 5, 0), 1), (polarity_word(3, 7, 1), 2)])],
+    )
+    ev = E.read_dvs_gesture(str(tmp_path / "odd.aedat"))
+    assert ev["y"].tolist() == [5, 7] and ev["p"].tolist() == [False, True]
+
+
+def test_gesture_reader_refuses_polarity_events_of_another_size(tmp_path):
+    # 16-byte polarity events were read as 8-byte pairs (garbage) instead of refused
+    header = struct.pack("<HHIIIIII", 1, 1, 16, 4, 0, 2, 2, 2)
+    body = b"".join(struct.pack("<IiQ", polarity_word(1, 1, 1), 5, 0) for _ in range(2))
+    write_aedat31(tmp_path / "wide.aedat", [header + body])
+    with pytest.raises(E.EventFileError, match="polarity events of 16 bytes"):
+        E.read_dvs_gesture(str(tmp_path / "wide.aedat"))
+
+
+def test_cifar10_dvs_reader_refuses_an_aedat3_file(tmp_path):
+    # an AEDAT 3.0 file (version 3 exactly) passed the version check and was decoded as 2.0
+    (tmp_path / "v3.aedat").write_bytes(b"#!AER-DAT3.0\r\n#!END-HEADER\r\n" + bytes(16))
+    with pytest.raises(E.EventFileError, match="AEDAT 3.0 file"):
+        E.read_cifar10_dvs(str(tmp_path / "v3.aedat"))
+
+
+def test_nmnist_reader_rejects_an_empty_file(tmp_path):
+    # a 0-byte recording (an interrupted download) was read as no events, an empty sample
+    (tmp_path / "empty.bin").write_bytes(b"")
+    with pytest.raises(E.EventFileError, match="0 bytes"):
+        E.read_nmnist(str(tmp_path / "empty.bin"))
+
+
+def test_readers_refuse_an_event_just_past_the_sensor_edge(tmp_path):
+    # x == 34 on the 34 x 34 sensor is off it (a > check let the first column past the edge in)
+    write_nmnist(tmp_path / "edge.bin", [33, 34], [0, 0], [1, 2], [1, 0])
+    with pytest.raises(E.EventFileError, match=r"event 1 at \(34, 0\) lies off the 34 x 34 sensor"):
+        E.read_nmnist(str(tmp_path / "edge.bin"))
+
+
 # ----------------------------------------------------------------------------------------------
 # integration and simulator
 # ----------------------------------------------------------------------------------------------

@@ -259,6 +259,35 @@ def test_a_case_the_budget_cuts_short_is_skipped_not_failed(fresh_gate, tmp_path
     assert gate.main([str(tmp_path), "--budget-s", "8", "--phase", "ours"]) == 0
 
 
+def test_a_timeout_wrapped_without_from_is_still_a_timeout(fresh_gate):
+    # an error raised while handling the alarm (no "from": only __context__) hid the timeout
+    gate, _ = fresh_gate
+
+    def implicit():
+        try:
+            raise gate.CaseTimeout("case time limit of 1 s exceeded")
+        except gate.CaseTimeout:
+            raise RuntimeError("backend compiler failed")  # noqa: B904
+
+    row = gate.run_case(gate.Case("lif", "ours", "ours", {"shape": "a"}, implicit, limit_s=5.0))
+    assert row["timed_out"] is True and "backend compiler failed" in row["error"]
+
+
+def test_a_case_whose_limit_the_budget_shortened_is_cut_by_the_budget(fresh_gate, tmp_path, monkeypatch):
+    # a limit of 7 s with 8 s left runs under left - 2 = 6 s: a timeout then is the budget's
+    # (skipped), not the case's (an error), though the case's own limit is below what was left
+    gate, _ = fresh_gate
+
+    def times_out():
+        raise gate.CaseTimeout("case time limit of 6 s exceeded")  # as the shortened alarm would
+
+    cases = [gate.Case("lif", "ours", "ours", {"shape": "a"}, times_out, limit_s=7.0)]
+    monkeypatch.setattr(gate, "all_cases", lambda smoke: cases)
+    assert gate.main([str(tmp_path), "--budget-s", "8", "--phase", "ours"]) == 0
+    row = json.loads((tmp_path / "results.jsonl").read_text())
+    assert "error" not in row and row["skipped"].startswith("the gate's time budget ran out")
+
+
 def test_the_models_checks_come_before_fp32_and_full_delta_checks(fresh_gate):
     gate, _ = fresh_gate
     checks = [c for c in gate.all_cases(smoke=False) if c.phase == "check" and c.kernel == "ss2d"]
@@ -318,6 +347,47 @@ def test_the_report_prints_speed_ups_only_between_rows_of_the_same_work(monkeypa
     assert "ours vs spikingjelly" in text and "ours_lowrank vs fla_unfused" in text
     assert "ours_tau3 vs" not in text and "ours_full vs" not in text
     assert "| 2.00x |" in text and "| 3.00x |" in text
+
+
+def test_the_kernel_tables_leave_the_model_rows_to_their_own(monkeypatch):
+    # the model phase's training rows carry ms (but no gbps): taken for kernel rows, they broke the report
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report
+
+    case = {"shape": "digits_svmamba", "dtype": "fp32", "mode": "train"}
+    rows = [
+        dict(
+            kernel="lif",
+            impl="ours",
+            phase="ours",
+            case={"shape": "s", "dtype": "bf16", "mode": "fwd"},
+            ms=1.0,
+            gbps=1.0,
+        ),
+        dict(kernel="model", impl="eager", phase="model", case=case, ms=5.0, images_per_s=100.0),
+    ]
+    text = "\n".join(report.timing_tables(rows))
+    assert "## lif" in text and "## model" not in text
+
+
+def test_the_report_puts_our_columns_first(monkeypatch):
+    # ours before the peers whatever their names sort to (fla_unfused came before ours_lowrank)
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report
+
+    rows = [
+        dict(
+            kernel="ss2d",
+            impl=impl,
+            phase="ours",
+            case={"shape": "s", "dtype": "bf16", "mode": "fwd"},
+            ms=1.0,
+            gbps=1.0,
+        )
+        for impl in ("fla_unfused", "ours_lowrank")
+    ]
+    head = next(line for line in report.timing_tables(rows) if line.startswith("| shape"))
+    assert head.index("ours_lowrank ms") < head.index("fla_unfused ms")
 
 
 def test_the_full_delta_rows_count_delta_not_dt_low(fresh_gate):

@@ -362,6 +362,20 @@ def test_opts_and_flags_override_the_file_and_are_validated(tmp_path, capsys):
         assert "command-line" in str(e.value) or "--opts" in str(e.value)
 
 
+def test_a_flag_of_zero_still_overrides_the_config(tmp_path):
+    # --seed 0 is a value, not "not given": a truthiness check kept the file's (or --opts') seed
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path, seed=5))
+    p = cli.parser("t")
+    cli.add_training_flags(p)
+    assert cli.config_from_args(p.parse_args(["--config", cfg_path, "--seed", "0"]))["seed"] == 0
+
+
+def test_one_dash_config_with_an_equals_sign_is_the_config(tmp_path):
+    # the original README's -config=FILE form is rewritten like -config FILE
+    cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path))
+    assert cli.parser("t").parse_args(["-config=" + cfg_path]).config == cfg_path
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
 def test_device_cuda_without_a_gpu_is_one_line(tmp_path, tiny, capsys):
     cfg_path = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path))
@@ -473,6 +487,30 @@ def test_thread_count_precedence(monkeypatch):
         assert runtime.set_threads({"threads": 2}) == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(n)
+
+
+def test_thread_count_ignores_an_omp_num_threads_of_zero(monkeypatch):
+    # OMP_NUM_THREADS=0 (or junk) is no count: taken as is, torch.set_num_threads(0) raised
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for value in ("0", "two", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert runtime.thread_count({"threads": None}) == runtime.DEFAULT_CPU_THREADS, value
+
+
+def test_retain_freed_memory_asks_glibc_for_what_every_version_accepts(monkeypatch):
+    # a larger mmap threshold than 32 MiB is refused by glibc before 2.35 (the call returns 0)
+    calls = []
+
+    class Libc:
+        @staticmethod
+        def mallopt(param, value):
+            calls.append((param, value))
+            return int(value <= 32 << 20 or param != -3)  # as an older glibc answers
+
+    monkeypatch.setattr(runtime.sys, "platform", "linux")
+    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda name: Libc())
+    assert runtime.retain_freed_memory() is True
+    assert calls == [(-3, 32 << 20), (-1, 1 << 30)]
 
 
 def test_retain_freed_memory_where_glibc_runs(monkeypatch):

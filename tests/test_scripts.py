@@ -851,6 +851,54 @@ def test_a_backend_error_of_this_rank_is_not_taken_for_another_ranks_exit(monkey
     )
 
 
+def test_a_connection_reset_by_a_peer_is_another_ranks_exit(monkeypatch, capsys):
+    # gloo reports a peer's exit as "reset by peer" too: that was re-raised as this rank's error
+    from svm_models.training import cli
+
+    monkeypatch.setattr(cli, "group_started", lambda: True)
+    monkeypatch.setattr(cli, "fail_together", lambda status: None)
+
+    def peer():
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection reset by peer")
+
+    assert cli.run(lambda argv: peer()) == 2
+    assert_one_error_line(capsys.readouterr().err, "another process of the run stopped", "reset by peer")
+
+
+def test_a_data_error_of_one_rank_is_printed_by_that_rank(monkeypatch, capsys):
+    # a DataError may be this rank's alone (its shard): rank 1 names it; a ConfigError is every
+    # rank's and only rank 0 prints it (rank 1's data error was lost when treated the same way)
+    from svm_models.data import DataError
+    from svm_models.training import cli
+    from svm_models.training.config import ConfigError
+
+    monkeypatch.setattr(cli, "env_rank", lambda: 1)
+    monkeypatch.setattr(cli, "group_started", lambda: True)
+    monkeypatch.setattr(cli, "fail_together", lambda status: None)
+
+    def fails(exc):
+        def main(argv):
+            raise exc
+
+        return main
+
+    assert cli.run(fails(DataError("a file of the training split vanished"))) == 2
+    assert capsys.readouterr().err == "rank 1: error: a file of the training split vanished\n"
+    assert cli.run(fails(ConfigError("bad key"))) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_predict_refuses_a_topk_of_zero(tmp_path, capsys):
+    # --topk 0 printed empty predictions instead of a one-line error
+    from svm_models.training import cli
+
+    cfg = write_config(tmp_path / "c.yaml", task_name="t", model="svmamba_cifar", dataset="digits")
+    (tmp_path / "imgs").mkdir()
+    argv = ["--config", cfg, "--img_folder", str(tmp_path / "imgs"), "--topk", "0"]
+    assert cli.run(script("predict").main, argv) == 2
+    assert_one_error_line(capsys.readouterr().err, "--topk must be >= 1, got 0")
+
+
 # ----------------------------------------------------------------------------------------------
 # torchrun with an invalid config: one report, every rank exits 2
 # ----------------------------------------------------------------------------------------------
