@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import svm_models
-from svm_models.layers import set_backend
+from svm_models.layers import Linear2d, set_backend
+from svm_models.svmamba_para133 import SCAN_INPUTS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))  # golden_io, shared with make_golden.py
@@ -271,6 +272,30 @@ def test_svmamba_para133_trains(variant):
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("variant", [{}, {"scan_input": "spike", "gate": "conv"}])
+def test_svmamba_para133_runs_with_a_wider_scan(variant):
+    # guards SpikeMamba's scan_width: s is dim wide for the real scan, d_inner for the spiking one
+    # (equal at ssm_ratio 1, which every other test uses)
+    model = svm_models.create_model(
+        "svmamba_para133", num_classes=5, img_size=16, patch_size=2, dims=[8], depths=[1], T=2,
+        ssm_ratio=2.0, backend="torch", **variant,
+    )  # fmt: skip
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("scan_input", SCAN_INPUTS)
+def test_svmamba_para133_mixer_norm_bn_replaces_the_scan_norm(scan_input):
+    # guards mixer_norm="bn" on both scan paths: the norm after the scan is a BatchNorm, not LN
+    model = svm_models.create_model(
+        "svmamba_para133", num_classes=5, img_size=16, patch_size=2, dims=[8], depths=[1], T=2,
+        mixer_norm="bn", scan_input=scan_input,
+    )  # fmt: skip
+    ssm = model.layers[0].block0.spikmamba.ssm
+    assert isinstance(ssm.out_norm, torch.nn.BatchNorm2d)
+    assert not isinstance(ssm.out_proj, Linear2d)
 
 
 def test_svmamba_para133_rejects_unknown_switches():

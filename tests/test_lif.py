@@ -555,6 +555,19 @@ def test_empty_input_stays_in_autograd(backend):
     assert x.grad.shape == x.shape and v0.grad.shape == v0.shape
 
 
+def test_empty_input_final_state_is_fp32():
+    # guards the empty-input path: v is fp32 whatever x's dtype, as for non-empty inputs
+    x = torch.zeros(3, 0, 4, dtype=torch.float16)
+    spikes, v = multistep_lif(x, return_v=True, backend="torch")
+    assert spikes.dtype == torch.float16 and v.dtype == torch.float32 and v.shape == (0, 4)
+
+
+def test_a_single_time_step_is_time_major_whatever_its_stride():
+    # guards time_major_dense's T == 1 case: a size-1 time dimension's stride is meaningless
+    x = torch.randn(64, 1).t()  # (1, 64) with strides (1, 1)
+    assert x.stride(0) != x[0].numel() and kutils.time_major_dense(x)
+
+
 def test_numpy_and_float32_range_parameters():
     """numpy numbers are numbers (the cache once decided it by what ran before); values beyond
     float32's range, the kernels' arithmetic, are refused (they overflowed or gave NaN)."""

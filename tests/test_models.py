@@ -291,6 +291,23 @@ def test_vmamba_drop_path_rate_is_checked():
         create_model("vmamba_cifar", dims=[8, 16], depths=[1, 1], drop_path_rate=-0.1)
 
 
+def test_vmamba_drop_path_grows_linearly_over_all_blocks():
+    # guards the dpr index: each block's rate is its place among *all* blocks (sum(depths[:i]) + j),
+    # not its place within its stage
+    model = create_model("vmamba_cifar", dims=8, depths=(1, 2, 1), drop_path_rate=0.3)
+    rates = [block.drop_path.p for layer in model.layers for block in layer[0]]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_vmamba_averages_event_frames_over_time():
+    # guards VMamba.forward_features: (B, T, C, H, W) frames are averaged over T, not one frame taken
+    model, img = small_model("vmamba_cifar")
+    model.eval()
+    frames = torch.randn(2, 3, 3, img, img, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(frames), model(frames.mean(dim=1)))
+
+
 # --------------------------------------------------------------------------------------------
 # timm's head conventions: num_classes=0, reset_classifier, pre_logits, pretrained
 
@@ -325,6 +342,16 @@ def test_reset_classifier_trains_the_new_head(name):
     assert model.get_classifier().weight.grad is not None
     model.reset_classifier(0)
     assert model(images(2, img)).shape == (2, model.num_features)
+
+
+def test_reset_classifier_follows_the_models_dtype():
+    # guards reset_classifier's .to(dtype=...): a float64 model got a float32 head and failed in forward
+    model, img = small_model("vmamba_cifar")
+    model = model.double().eval()
+    model.reset_classifier(3)
+    assert model.get_classifier().weight.dtype == torch.float64
+    with torch.no_grad():
+        assert model(images(1, img).double()).dtype == torch.float64
 
 
 @pytest.mark.parametrize("num_classes", [-1, 2.0, True])
