@@ -87,6 +87,7 @@ def test_real_input_counts_macs():
     conv, fc = rows_by(r, "conv", "conv"), rows_by(r, "fc", "linear")
     assert conv.kind == fc.kind == "real" and conv.cost == fc.cost == "mac"
     assert (conv.mac_ops, fc.mac_ops, conv.sops, fc.sops) == (240, 336, 0, 0)
+    assert conv.rate is None and fc.rate is None  # a real input has no firing rate
     assert r.sops == 0 and r.mean_firing_rate is None
     assert r.energy_mj == pytest.approx(r.mac_ops * E_MAC, rel=1e-12)
 
@@ -143,6 +144,32 @@ def test_matrix_products_on_spikes_cost_the_sparser_operands_rate():
     r = accounting.profile(Wrap(lambda x: real_b[: x.shape[0]]), torch.randn(2, 3, 4, 6))
     row = rows_by(r, "attn", "matmul")
     assert row.kind == "real" and row.cost == "mac" and row.mac_ops == macs and row.sops == 0
+
+
+def test_integer_matrix_operands_follow_integer_as():
+    # Guards _product_row: an integer operand (sums of spikes) drives the accumulation under
+    # integer_as="ac" (it was left out, so the product was costed as MACs)
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(2, 3, 4, 6, generator=g) < 0.5).float() + (
+        torch.rand(2, 3, 4, 6, generator=g) < 0.5
+    ).float()
+    b = torch.randn(2, 3, 6, 5, generator=g)
+
+    class Wrap(nn.Module):
+        spiking, T = True, 1
+
+        def __init__(self):
+            super().__init__()
+            self.attn = ProductToy()
+
+        def forward(self, x):
+            return self.attn(x, b[: x.shape[0]])
+
+    row = rows_by(accounting.profile(Wrap(), a), "attn", "matmul")
+    assert row.kind == "integer" and row.cost == "ac"
+    assert row.rate == pytest.approx(a.double().mean().item(), rel=1e-12)
+    row = rows_by(accounting.profile(Wrap(), a, integer_as="mac"), "attn", "matmul")
+    assert row.cost == "mac" and row.sops == 0
 
 
 def test_rates_over_several_batches_equal_the_rate_of_their_concatenation():
@@ -495,6 +522,60 @@ def test_labels_give_top1_and_loader_batches_are_accepted():
     assert r.images == 3
 
 
+def test_a_named_head_is_costed_as_macs_unless_head_as_auto():
+    # Guards model_view's head override and head_as: head="fc" makes fc the head (the override
+    # was ignored), costed as MACs; head_as="auto" costs it by its input like any other layer
+    x = spike_batch()
+    default = accounting.profile(Toy(), x)
+    assert rows_by(default, "fc", "linear").cost == "ac"
+    assert any("names no head" in n for n in default.notes)
+    named = accounting.profile(Toy(), x, head="fc")
+    fc = rows_by(named, "fc", "linear")
+    assert fc.cost == "mac" and fc.mac_ops == 336 and fc.sops == 0
+    assert not any("names no head" in n for n in named.notes)
+    auto = rows_by(accounting.profile(Toy(), x, head="fc", head_as="auto"), "fc", "linear")
+    assert auto.cost == "ac" and auto.sops == pytest.approx(14.5 * 7, rel=1e-12)
+
+
+def test_an_ann_is_reported_at_one_step_whatever_its_T():
+    # Guards model_view: an ANN runs once per image, so its T is 1 even if it declares more
+    # (with T kept, first_layer="once" divided its first conv's MACs by T)
+    model = Toy()
+    model.spiking, model.T = False, 4
+    once = accounting.Conventions(first_layer="once")
+    r = accounting.profile(model, torch.randn(2, 3, 4, 4), conventions=once, first_layer="conv")
+    assert r.T == 1 and r.mac_ops == r.macs == 240 + 336
+
+
+def test_conventions_and_separate_first_layer_are_refused_together():
+    # Guards profile: first_layer="once" next to a Conventions object is an error (it was
+    # silently dropped in favour of the conventions)
+    with pytest.raises(ValueError, match="not both"):
+        accounting.profile(Toy(), spike_batch(), conventions=accounting.Conventions(), first_layer="once")
+
+
+def test_report_conventions_say_how_the_first_layer_was_counted():
+    # Guards Conventions.to_dict: first_layer_T is True for "per_step" and False for "once"
+    x = spike_batch()
+    assert accounting.profile(Toy(), x).conventions["first_layer_T"] is True
+    assert accounting.profile(Toy(), x, first_layer="once").conventions["first_layer_T"] is False
+
+
+def test_stage_rows_sum_their_layers():
+    # Guards Report.stages: every column is the sum of the stage's rows (mac_ops took the
+    # dense MACs, neuron updates the MACs)
+    model, img = tiny()
+    r = accounting.profile(model, images(2, img), first_layer="once")
+    for stage in r.stages:
+        rows = [row for row in r.rows if row.stage == stage.stage]
+        for key in ("macs", "mac_ops", "sops", "neuron_updates", "energy_mac_mj", "energy_ac_mj"):
+            assert getattr(stage, key) == pytest.approx(sum(getattr(row, key) for row in rows), rel=1e-12), (
+                stage.stage,
+                key,
+            )
+    assert any(s.mac_ops != s.macs for s in r.stages) and any(s.neuron_updates > 0 for s in r.stages)
+
+
 # --------------------------------------------------------------------------------------------
 # Energy presets, report, CLI
 
@@ -507,6 +588,12 @@ def test_energy_presets():
     custom = accounting.get_energy_model({"e_mac_pj": 2.0, "e_ac_pj": 0.5})
     r = accounting.profile(Toy(), spike_batch(), energy=custom)
     assert r.energy_mj == pytest.approx(r.sops * 0.5e-9, rel=1e-12)
+    # the 45nm_ aliases name the presets of their own format
+    assert (
+        accounting.get_energy_model("45nm_fp16") is fp16 and accounting.get_energy_model("45nm_int8") is int8
+    )
+    # a free operation (0 pJ) is a valid model; only negative costs are refused
+    assert accounting.EnergyModel("free", 0.0, 0.0).ac_mj(1e6) == 0.0
     with pytest.raises(ValueError, match="unknown energy preset"):
         accounting.get_energy_model("7nm")
     with pytest.raises(ValueError):
@@ -625,3 +712,19 @@ def test_cli_ann_and_spiking(capsys, tmp_path):
     assert (tmp_path / "e.png").exists()
     assert cli_main(["--list"]) == 0
     assert capsys.readouterr().out.split() == list_models()
+
+
+def test_cli_passes_the_convention_flags_and_checks_the_size(capsys, tmp_path):
+    # Guards the CLI: --first-layer-once, --head-as and --integer-as reach profile (they were
+    # dropped), and an image under 8 px is refused with one error line
+    args = ["--model", "svmamba_cifar", "--img-size", "16", "--num-classes", "5", "--set", "dims=8"]
+    args += ["--set", "depths=[1, 1, 1]", "--set", "T=2", "--set", "backend=torch"]
+    path = tmp_path / "r.json"
+    flags = ["--first-layer-once", "--head-as", "auto", "--integer-as", "mac", "--json", str(path)]
+    assert cli_main([*args, *flags]) == 0
+    conventions = json.loads(path.read_text())["conventions"]
+    assert conventions["first_layer_T"] is False
+    assert (conventions["head_as"], conventions["integer_as"]) == ("auto", "mac")
+    capsys.readouterr()
+    assert cli_main(["--model", "svmamba_cifar", "--img-size", "4"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --img-size must be >= 8, got 4"

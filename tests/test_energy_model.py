@@ -340,6 +340,19 @@ def test_a_named_first_layer_with_the_legacy_flag_keeps_its_name():
         assert not any("names no first layer" in n for n in r.notes), r.notes
 
 
+def test_an_explicit_first_layer_mode_wins_over_the_legacy_flag():
+    # Guards profile: first_layer="once" is kept when first_layer_T is also given (the legacy
+    # flag overrode it)
+    model, img = tiny("svmamba_cifar")
+    x = images(2, img)
+    first = {m: n for n, m in model.named_modules()}[model.first_conv]
+    for mode, flag, steps in (("once", True, 1), ("per_step", False, model.T)):
+        r = accounting.profile(model, x, first_layer=mode, first_layer_T=flag)
+        assert r.conventions["first_layer_T"] is (mode == "per_step")
+        row = next(q for q in r.rows if q.name == first and q.op == "conv")
+        assert row.mac_ops == row.macs * steps / model.T, mode
+
+
 def test_first_layer_once_with_ideal_reuse_still_reads_every_weight_once():
     # "once" runs the first conv on 1 sample instead of T: its weights are still read once per
     # image (they were charged 1 / T of a read each)

@@ -239,6 +239,18 @@ def test_cli_table_and_bad_arguments(capsys):
     assert memory_main(["--model", "vmamba_cifar", "--img-size", "16", "--compare"]) == 2
 
 
+def test_cli_plain_t_and_ratio(capsys):
+    # Guards the memory CLI: --plain builds with memory_efficient off, --T reaches the model,
+    # and the new / old column is the efficient run's bytes over the plain run's (below 1)
+    args = ["--model", "svmamba_cifar", "--img-size", "16", "--batch-size", "2", "--T", "3"]
+    assert memory_main([*args, "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert "T = 3" in out.splitlines()[0] and "| fp32 | False |" in out and "| fp32 | True |" not in out
+    assert memory_main([*args, "--compare"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp32 | True |"))
+    assert 0 < float(row.split("|")[5]) < 1
+
+
 def test_config_key(tmp_path):
     from svm_models.training import config as C
     from svm_models.training import engine
