@@ -52,6 +52,12 @@ class LIFParams:
     surrogate: str
     alpha: float
 
+    @property
+    def v_rest(self) -> float:
+        """The resting potential: v_reset, or 0 with soft reset. The leak decays v towards it, and
+        a neuron without v_init starts there (as spikingjelly's)."""
+        return 0.0 if self.v_reset is None else self.v_reset
+
 
 def make_params(
     tau=2.0,

@@ -242,14 +242,24 @@ if HAS_TRITON:
         return b_g
 
     @triton.jit
-    def _lif_block(v_init_ptr, N, v_reset, USE_INITIAL_STATE: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _lif_block(
+        v_init_ptr,
+        N,
+        v_reset,
+        USE_INITIAL_STATE: tl.constexpr,
+        REST_AT_ZERO: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         # The program's neurons, their mask and their membrane potential before the first step:
-        # v_init, or rest (v_reset; 0 with soft reset, which the launchers pass as v_reset).
+        # v_init, or rest (v_reset; 0 with soft reset). A rest of 0 is a constant: adding a zero
+        # v_reset, which the compiler may not fold, cost ptxas registers.
         # 64-bit offsets: tensors of more than 2^31 elements are addressed correctly.
         offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         m_n = offs < N
         if USE_INITIAL_STATE:
             b_v = tl.load(v_init_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
+        elif REST_AT_ZERO:
+            b_v = tl.zeros([BLOCK_N], dtype=tl.float32)
         else:
             b_v = tl.zeros([BLOCK_N], dtype=tl.float32) + v_reset
         return offs, m_n, b_v
@@ -269,6 +279,7 @@ if HAS_TRITON:
         HARD_RESET: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
         TAU_POW2: tl.constexpr,
+        REST_AT_ZERO: tl.constexpr,
         SEG: tl.constexpr,
         NUM_SEG: tl.constexpr,
         LAST_SEG: tl.constexpr,
@@ -276,7 +287,7 @@ if HAS_TRITON:
         STORE_FINAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        offs, m_n, b_v = _lif_block(v_init_ptr, N, v_reset, USE_INITIAL_STATE, BLOCK_N)
+        offs, m_n, b_v = _lif_block(v_init_ptr, N, v_reset, USE_INITIAL_STATE, REST_AT_ZERO, BLOCK_N)
         p_x = x_ptr + offs
         p_s = s_ptr + offs
         # the full segments (SEG steps) in a loop, then the last one (LAST_SEG): two specialisations
@@ -320,6 +331,7 @@ if HAS_TRITON:
         HARD_RESET: tl.constexpr,
         DECAY_INPUT: tl.constexpr,
         TAU_POW2: tl.constexpr,
+        REST_AT_ZERO: tl.constexpr,
         DETACH_RESET: tl.constexpr,
         SURROGATE_ATAN: tl.constexpr,
         SEG: tl.constexpr,
@@ -331,7 +343,7 @@ if HAS_TRITON:
         STORE_GRAD_INITIAL_STATE: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        offs, m_n, b_v = _lif_block(v_init_ptr, N, v_reset, USE_INITIAL_STATE, BLOCK_N)
+        offs, m_n, b_v = _lif_block(v_init_ptr, N, v_reset, USE_INITIAL_STATE, REST_AT_ZERO, BLOCK_N)
         # dL/dv after the last step (the final state's gradient), scaled as in _lif_bwd_steps.
         if HAS_GRAD_FINAL_STATE:
             b_g = tl.load(grad_v_ptr + offs, mask=m_n, other=0.0).to(tl.float32)
@@ -457,10 +469,11 @@ def _charge_args(p: LIFParams) -> dict:
         tau=p.tau,
         inv_tau=inv_tau or 0.0,
         v_threshold=p.v_threshold,
-        v_reset=0.0 if p.v_reset is None else p.v_reset,
+        v_reset=p.v_rest,  # 0 with soft reset: where a neuron without v_init starts
         HARD_RESET=p.v_reset is not None,
         DECAY_INPUT=p.decay_input,
         TAU_POW2=inv_tau is not None,
+        REST_AT_ZERO=not p.v_reset,  # soft reset, or a hard reset to 0
     )
 
 

@@ -43,10 +43,9 @@ class _HeavisideSurrogate(torch.autograd.Function):
 
 def lif_charge(v: torch.Tensor, x: torch.Tensor, p: LIFParams) -> torch.Tensor:
     """Membrane potential after integrating x, before firing (with soft reset, rest is 0)."""
-    v_rest = 0.0 if p.v_reset is None else p.v_reset
     if p.decay_input:
-        return v + (x - (v - v_rest)) / p.tau
-    return v - (v - v_rest) / p.tau + x
+        return v + (x - (v - p.v_rest)) / p.tau
+    return v - (v - p.v_rest) / p.tau + x
 
 
 def lif_step(v: torch.Tensor, x: torch.Tensor, p: LIFParams, smooth: bool = False):
@@ -79,9 +78,7 @@ def multistep_lif_naive(
     """
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(compute_dtype)
-    # without v_init, from rest as spikingjelly's neurons start: v_reset, or 0 with soft reset
-    v_rest = 0.0 if p.v_reset is None else p.v_reset
-    v = torch.full_like(xc[0], v_rest) if v_init is None else v_init.to(compute_dtype)
+    v = torch.full_like(xc[0], p.v_rest) if v_init is None else v_init.to(compute_dtype)
     spikes = []
     for t in range(x.shape[0]):
         s, v = lif_step(v, xc[t], p, smooth)
