@@ -28,6 +28,16 @@ except ImportError:  # pragma: no cover - exercised only on platforms without tr
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def is_int(value) -> bool:
+    """An int that is no bool: True is an int to Python, and ``d_state=True`` would build 1."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """An int or a float that is no bool (``v_threshold=True`` would run as 1.0)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division of integers on the host: the launchers size grids on every call, and
     ``triton.cdiv`` is a constexpr function since Triton 3.8 (~3 us a call)."""

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from svm_kernels.utils import is_int
+
 from .layers import check_depths, init_linears_trunc_normal, stage_dims
 
 
@@ -33,7 +35,7 @@ def make_classifier(num_features: int, num_classes: int) -> nn.Module:
     """The linear classifier of every model (the constructors initialise it with their other
     linears), or ``nn.Identity`` for ``num_classes=0`` (no classifier: the model returns its pooled
     features)."""
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+    if not is_int(num_classes) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
     return nn.Linear(num_features, num_classes) if num_classes else nn.Identity()
 

@@ -14,6 +14,7 @@ Layout conventions:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 
 from svm_kernels import MultiStepLIF
 from svm_kernels.ss2d.module import CrossSelectiveScan
+from svm_kernels.utils import is_int
 
 from .spike_layers import conv_bn_supported, conv_bn_train, recompute_in_backward
 
@@ -205,21 +207,33 @@ def stem_strides(patch_size: int) -> tuple[int, int]:
     return table[patch_size]
 
 
+def _positive_ints(name: str, values: Sequence[int], minimum: int) -> list:
+    """``values`` as a list of Python ints >= minimum, or a ValueError naming ``name`` (no
+    truncation of 16.5, no bool taken for 1)."""
+    if is_int(values) or not isinstance(values, Sequence) or isinstance(values, str):
+        raise ValueError(f"{name} must be a sequence of ints, got {values!r}")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum for v in values):
+        raise ValueError(f"{name} must be ints >= {minimum}, got {list(values)!r}")
+    return [int(v) for v in values]
+
+
 def stage_dims(dims: int | Sequence[int], num_stages: int) -> list:
     """``dims`` as VMamba takes it: an int C (stages C, 2C, 4C, ...) or one width per stage."""
-    if isinstance(dims, int):
+    if is_int(dims):
+        if dims < 1:
+            raise ValueError(f"dims must be >= 1, got {dims}")
         return [dims * 2**i for i in range(num_stages)]
-    dims = [int(d) for d in dims]
+    dims = _positive_ints("dims", dims, 1)
     if len(dims) != num_stages:
         raise ValueError(f"dims has {len(dims)} entries but depths has {num_stages} stages")
     return dims
 
 
 def check_depths(depths: Sequence[int], num_stages: int | None = None) -> list:
-    depths = [int(d) for d in depths]
+    depths = _positive_ints("depths", depths, 0)
     if num_stages is not None and len(depths) != num_stages:
         raise ValueError(f"depths must have {num_stages} entries, got {depths}")
-    if not depths or any(d < 0 for d in depths):
+    if not depths:
         raise ValueError(f"depths must be non-negative, got {depths}")
     return depths
 
@@ -241,7 +255,7 @@ def resolve_dt_rank(dt_rank: int | str, d_model: int) -> int:
     """Mamba's "auto" rank of the time-step projection: ceil(d_model / 16)."""
     if dt_rank == "auto":
         return math.ceil(d_model / 16)
-    if not isinstance(dt_rank, int) or dt_rank < 1:
+    if not is_int(dt_rank) or dt_rank < 1:
         raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
     return dt_rank
 

@@ -27,6 +27,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from svm_kernels.utils import is_int
+
 from .base import VisionModel, make_classifier
 from .layers import SeqConvBN, encode_direct, init_linears_trunc_normal, make_lif
 from .registry import build, register_model
@@ -187,7 +189,7 @@ class QKFormer(VisionModel):
         T = self.check_time_steps(T)
         depths, _ = self.check_stages(depths, num_stages=3)
         dims = [embed_dim // 4, embed_dim // 2, embed_dim]
-        if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+        if not is_int(num_heads) or num_heads < 1:
             raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
         if embed_dim % 8 or any(d % num_heads for d in dims):
             raise ValueError(

@@ -598,6 +598,8 @@ def test_energy_presets():
         accounting.get_energy_model("7nm")
     with pytest.raises(ValueError):
         accounting.EnergyModel("bad", -1.0, 0.1)
+    with pytest.raises(ValueError, match="e_ac_pj"):  # a bool is no energy (True was 1 pJ)
+        accounting.EnergyModel("bad", 1.0, True)
 
 
 def test_report_outputs(tmp_path):

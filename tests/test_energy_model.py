@@ -442,6 +442,8 @@ def test_presets_cite_their_sources_and_bad_values_are_refused():
         accounting.get_hardware_model("hw_7nm")
     with pytest.raises(ValueError):
         accounting.HardwareModel("bad", -1.0, 1.0, 4, "")
+    with pytest.raises(ValueError, match="e_add_pj"):  # a bool is no energy (True was 1 pJ)
+        accounting.HardwareModel("bad", True, 1.0, 4, "")
     with pytest.raises(ValueError, match="reuse"):
         accounting.Conventions(reuse="some")
     with pytest.raises(ValueError, match="first_layer"):

@@ -461,6 +461,10 @@ def test_flags_take_bools_and_their_numpy_kin():
         ({"detach_reset": "yes"}, torch.zeros(3, 4), TypeError),
         ({"detach_reset": None}, torch.zeros(3, 4), TypeError),
         ({"alpha": -1.0}, torch.zeros(3, 4), ValueError),
+        ({"v_threshold": True}, torch.zeros(3, 4), ValueError),  # a bool is no number here
+        ({"v_reset": False}, torch.zeros(3, 4), ValueError),
+        ({"tau": True}, torch.zeros(3, 4), ValueError),
+        ({"alpha": True}, torch.zeros(3, 4), ValueError),
         ({"v_init": torch.zeros(5)}, torch.zeros(3, 4), ValueError),
         ({"v_init": torch.zeros(4, 2)}, torch.zeros(3, 2, 4), ValueError),  # right numel, wrong shape
         ({"v_init": torch.zeros(4, device="meta")}, torch.zeros(3, 4), ValueError),  # not on x's device

@@ -80,6 +80,14 @@ def test_auto_dt_rank_is_mambas_ceiling_of_a_sixteenth():
         (dict(T=True), "T must be a positive int, got True"),
         (dict(patch_size=3), "patch_size"),
         (dict(dims=[8, 16]), "dims"),
+        # bools and fractions are refused, not taken for 1 or truncated
+        (dict(dims=True), "dims must be a sequence of ints, got True"),
+        (dict(dims=0), "dims must be >= 1"),
+        (dict(dims=[8, 16.5]), "dims must be ints >= 1"),
+        (dict(depths=[1, True]), "depths must be ints >= 0"),
+        (dict(depths=[1.5, 1]), "depths must be ints >= 0"),
+        (dict(depths=[1, -1]), "depths must be ints >= 0"),
+        (dict(dt_rank=True), "dt_rank"),
     ],
 )
 def test_bad_svmamba_arguments_raise(kwargs, match):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..utils import check_floating, new_output, same_layout, time_major_dense
+from ..utils import check_floating, is_real, new_output, same_layout, time_major_dense
 
 SURROGATE_DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0}
 
@@ -87,19 +87,20 @@ def make_params(
         return _check_params(*args)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64, typed=True)
 def _checked_params(*args) -> LIFParams:
-    # (errors are not cached: an invalid set is checked, and raises, every time)
+    # (errors are not cached: an invalid set is checked, and raises, every time; typed, since
+    # True == 1.0 and would find the checked v_threshold=1.0; numbers arrive as floats)
     return _check_params(*args)
 
 
 def _check_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha) -> LIFParams:
-    if not isinstance(tau, (int, float)) or not _finite(tau) or tau <= 1.0:
+    if not is_real(tau) or not _finite(tau) or tau <= 1.0:
         raise ValueError(f"tau must be a finite (float32) number > 1, got {tau!r}")
-    if not isinstance(v_threshold, (int, float)) or not _finite(v_threshold):
+    if not is_real(v_threshold) or not _finite(v_threshold):
         raise ValueError(f"v_threshold must be a finite (float32) number, got {v_threshold!r}")
     if v_reset is not None:
-        if not isinstance(v_reset, (int, float)) or not _finite(v_reset):
+        if not is_real(v_reset) or not _finite(v_reset):
             raise ValueError(
                 f"v_reset must be None (soft reset) or a finite (float32) number, got {v_reset!r}"
             )
@@ -113,7 +114,7 @@ def _check_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogat
         raise ValueError(f"surrogate must be one of {sorted(SURROGATE_DEFAULT_ALPHA)}, got {surrogate!r}")
     if alpha is None:
         alpha = SURROGATE_DEFAULT_ALPHA[surrogate]
-    if not isinstance(alpha, (int, float)) or not _finite(alpha) or alpha <= 0:
+    if not is_real(alpha) or not _finite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a finite (float32) number > 0, got {alpha!r}")
     return LIFParams(
         float(tau),

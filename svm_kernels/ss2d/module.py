@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import is_int
 from .interface import cross_selective_scan_lowrank
 from .naive import K_DIRECTIONS
 
@@ -54,7 +55,7 @@ class CrossSelectiveScan(nn.Module):
     ):
         super().__init__()
         for name, value in (("d_inner", d_inner), ("d_state", d_state), ("dt_rank", dt_rank)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (0 < dt_min <= dt_max):
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from svm_kernels.utils import is_real
+
 HOROWITZ = "Horowitz, ISSCC 2014 (45 nm CMOS, 0.9 V)"
 
 
@@ -33,7 +35,7 @@ class EnergyModel:
     def __post_init__(self):
         for field in ("e_mac_pj", "e_ac_pj"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or value < 0 or value != value:
+            if not is_real(value) or value < 0 or value != value:
                 raise ValueError(f"{field} must be a non-negative number, got {value!r}")
 
     def mac_mj(self, macs: float) -> float:

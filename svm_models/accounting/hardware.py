@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
+from svm_kernels.utils import is_real
+
 HOROWITZ = "Horowitz, ISSCC 2014 (45 nm CMOS, 0.9 V), Fig. 1.1.9"
 
 # SRAM read energy of a 64-bit access against the memory size (Horowitz, ISSCC 2014: 8 KB 10 pJ,
@@ -74,7 +76,7 @@ class HardwareModel:
             value = getattr(self, f.name)
             if f.name in ("name", "source") or value is None:
                 continue
-            if not isinstance(value, (int, float)) or value < 0 or value != value:
+            if not is_real(value) or value < 0 or value != value:
                 raise ValueError(f"{f.name} must be a non-negative number, got {value!r}")
         if self.value_bytes <= 0:
             raise ValueError(f"value_bytes must be positive, got {self.value_bytes!r}")
