@@ -490,71 +490,78 @@ def grad_s_ahead(seg: int, dtype: torch.dtype, per_thread: int | None = None) ->
     return seg * (per_thread or bwd_neurons_per_thread(dtype)) <= GS_AHEAD_VALUES
 
 
+@functools.cache
+def _time_args(T: int) -> dict:
+    """The time-step arguments both kernels take: T and its segments."""
+    seg, num_seg, last_seg = segments(T)
+    return dict(T=T, SEG=seg, NUM_SEG=num_seg, LAST_SEG=last_seg)
+
+
+def _launch(kernel, x, v_init, p: LIFParams, backward: bool, **args) -> None:
+    """Launch ``kernel`` over x's neurons (x time-major) with the arguments both kernels take
+    alike, and ``args``, its own."""
+    T = x.shape[0]
+    n = x.numel() // T
+    block_n, num_warps = launch_config(x.dtype, backward)
+    with _on_device(x):
+        kernel[(cdiv(n, block_n),)](
+            x_ptr=x,
+            v_init_ptr=state_like(x, v_init),
+            N=n,
+            **_charge_args(p),
+            **_time_args(T),
+            USE_INITIAL_STATE=v_init is not None,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+            **args,
+        )
+
+
 def lif_fwd(x, v_init, p: LIFParams, return_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: spikes (x's dtype, x's layout) and final v (fp32; empty unless return_v)."""
     x = as_time_major(x)
-    T = x.shape[0]
-    n = x.numel() // T
     spikes, v_out = empty_outputs(x, return_v)
-    seg, num_seg, last_seg = segments(T)
-    block_n, num_warps = launch_config(x.dtype, False)
-    with _on_device(x):
-        fused_lif_fwd_kernel[(cdiv(n, block_n),)](
-            x_ptr=x,
-            v_init_ptr=state_like(x, v_init),
-            s_ptr=spikes,
-            v_out_ptr=v_out if return_v else None,
-            N=n,
-            **_charge_args(p),
-            T=T,
-            SEG=seg,
-            NUM_SEG=num_seg,
-            LAST_SEG=last_seg,
-            USE_INITIAL_STATE=v_init is not None,
-            STORE_FINAL_STATE=return_v,
-            BLOCK_N=block_n,
-            num_warps=num_warps,
-        )
+    _launch(
+        fused_lif_fwd_kernel,
+        x,
+        v_init,
+        p,
+        False,
+        s_ptr=spikes,
+        v_out_ptr=v_out if return_v else None,
+        STORE_FINAL_STATE=return_v,
+    )
     return spikes, v_out
 
 
 def lif_bwd(grad_s, grad_v, x, v_init, p: LIFParams, need_grad_v_init: bool):
     """Launcher: (grad_x in x's dtype and layout, grad_v_init in v_init's dtype or empty)."""
     x = as_time_major(x)
-    T = x.shape[0]
-    n = x.numel() // T
     grad_s = layout_like(x, grad_s)
     grad_x, grad_v_init = empty_grads(x, v_init, need_grad_v_init)
-    seg, num_seg, last_seg = segments(T)
+    seg, num_seg, _ = segments(x.shape[0])
     # Scratch for the membrane potential at each segment start but the last's (several segments only).
+    n = x.numel() // x.shape[0]
     v_start = torch.empty((num_seg - 1, n), dtype=torch.float32, device=x.device) if num_seg > 1 else None
     store_grad_v_init = need_grad_v_init and v_init is not None
-    block_n, num_warps = launch_config(x.dtype, True)
-    with _on_device(x):
-        fused_lif_bwd_kernel[(cdiv(n, block_n),)](
-            x_ptr=x,
-            v_init_ptr=state_like(x, v_init),
-            grad_s_ptr=grad_s,
-            grad_v_ptr=state_like(x, grad_v),
-            grad_x_ptr=grad_x,
-            grad_v_init_ptr=grad_v_init if store_grad_v_init else None,
-            v_start_ptr=v_start,
-            N=n,
-            **_charge_args(p),
-            alpha=p.alpha,
-            T=T,
-            DETACH_RESET=p.detach_reset,
-            SURROGATE_ATAN=p.surrogate == "atan",
-            SEG=seg,
-            NUM_SEG=num_seg,
-            LAST_SEG=last_seg,
-            GS_AHEAD=grad_s_ahead(seg, x.dtype),
-            USE_INITIAL_STATE=v_init is not None,
-            HAS_GRAD_FINAL_STATE=grad_v is not None,
-            STORE_GRAD_INITIAL_STATE=store_grad_v_init,
-            BLOCK_N=block_n,
-            num_warps=num_warps,
-        )
+    _launch(
+        fused_lif_bwd_kernel,
+        x,
+        v_init,
+        p,
+        True,
+        grad_s_ptr=grad_s,
+        grad_v_ptr=state_like(x, grad_v),
+        grad_x_ptr=grad_x,
+        grad_v_init_ptr=grad_v_init if store_grad_v_init else None,
+        v_start_ptr=v_start,
+        alpha=p.alpha,
+        DETACH_RESET=p.detach_reset,
+        SURROGATE_ATAN=p.surrogate == "atan",
+        GS_AHEAD=grad_s_ahead(seg, x.dtype),
+        HAS_GRAD_FINAL_STATE=grad_v is not None,
+        STORE_GRAD_INITIAL_STATE=store_grad_v_init,
+    )
     return grad_x, grad_v_init
 
 
