@@ -745,3 +745,118 @@ def test_host_cost_script_runs_the_real_path():
     for row in ("fwd", "bwd", "full", "launcher fwd (lif_fwd)", "launcher bwd (lif_bwd)"):
         assert times[row] > 0, out
     assert "launched: fused_lif_bwd_kernel, fused_lif_fwd_kernel" in out, out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("decay_input", [True, False])
+@pytest.mark.parametrize("v_reset", [0.0, -0.25])
+def test_any_tau_charges_to_the_reference_bits(v_reset, decay_input, backend):
+    """Guards the correctly rounded division by a tau that is not a power of two (x * (1 / tau)
+    differs in the last bit) and spikingjelly's order of operations without decay_input
+    (v - leak / tau + x, not v + x - leak / tau), on both paths: the final v bit for bit."""
+    g = torch.Generator().manual_seed(5)
+    shape = (5, 2048)
+    magnitude = torch.exp2(torch.randint(-8, 9, shape, generator=g).float())
+    x = (torch.randn(shape, generator=g) * magnitude).to(torch.get_default_device())
+    for tau in (3.0, 1.7):
+        kw = dict(tau=tau, v_threshold=3.0e38, v_reset=v_reset, decay_input=decay_input)
+        s, v = multistep_lif(x, return_v=True, backend=backend, **kw)
+        s_ref, v_ref = multistep_lif_naive(x, make_params(**kw), None)
+        assert not s_ref.any() and torch.equal(s, s_ref)
+        assert torch.equal(v.view(torch.int32), v_ref.view(torch.int32)), f"tau={tau}"
+
+
+def test_reference_fires_on_the_threshold_without_autograd():
+    """Guards the reference's comparison without autograd (h >= v_threshold, as with it): the
+    CPU and model paths are checked against the reference under no_grad too."""
+    for tau in (2.0, 3.0):
+        p = make_params(tau=tau, v_threshold=threshold_for(tau))
+        x = on_threshold_inputs(4, 64, tau)
+        s, v = multistep_lif_naive(x, p)
+        with torch.no_grad():
+            s_ng, v_ng = multistep_lif_naive(x, p)
+        assert s[0].any(), "the test must put some h exactly on the threshold"
+        assert torch.equal(s_ng, s) and torch.equal(v_ng, v)
+
+
+def test_float64_runs_in_float64_on_the_cpu_path():
+    """Guards fp64 arithmetic for fp64 x on the torch path: gradients (and v_init's) to fp64
+    rounding, not fp32's; the final v is fp32 as always."""
+    # (tau = 2: the final v's gradient is fp32, like v, and its scaling by 1 / tau stays exact)
+    kw = dict(tau=2.0, v_reset=-0.25, v_threshold=0.8, surrogate="atan")
+    p = make_params(**kw)
+    v_init = torch.rand(2, 40, dtype=torch.float64) * 0.5 - 0.2
+    x = away_from_threshold((6, 2, 40), p, dtype=torch.float64, v_init=v_init)
+    g_s, g_v = torch.randn(x.shape, dtype=torch.float64), torch.randn(x.shape[1:]).double()  # (v: fp32)
+    ref, got = run_both(x, g_s, g_v, v_init=v_init, backend="torch", **kw)
+    assert torch.equal(got[0], ref[0])
+    assert got[1].dtype == torch.float32
+    assert_close_rel(got[1], ref[1].float(), 1e-6, "final v")
+    assert got[2].dtype == torch.float64 and got[3].dtype == torch.float64
+    assert_close_rel(got[2], ref[2], 1e-12, "grad x")
+    assert_close_rel(got[3], ref[3], 1e-12, "grad v_init")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_initial_state_gradient_keeps_its_own_precision(backend):
+    """Guards grad_v_init in v_init's dtype: an fp32 v_init beside fp16 x gets an fp32-accurate
+    gradient (not one rounded to fp16 and widened back)."""
+    kw = dict(tau=3.0, v_threshold=0.8)
+    p = make_params(**kw)
+    v_init = torch.rand(3, 41) * 0.5 - 0.2
+    x = away_from_threshold((4, 3, 41), p, dtype=torch.float16, v_init=v_init)
+    g_s, g_v = torch.randn(x.shape), torch.randn(x.shape[1:])
+    ref, got = run_both(x, g_s, g_v, v_init=v_init, backend=backend, **kw)
+    assert got[3].dtype == torch.float32
+    assert_close_rel(got[3], ref[3], 1e-5, "grad v_init")
+    from svm_kernels.lif.fused import _run_backward
+
+    grad_s = torch.randn(x.shape, dtype=x.dtype)
+    _, gvi = _run_backward(grad_s, g_v, x, v_init, p, True, backend == "triton")
+    assert gvi.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_storage_gradient_is_rounded_once(dtype, backend):
+    """Guards the walk back in fp32 whatever the storage dtype: grad_x in fp16 / bf16 is the
+    fp32 gradient of the same input rounded once (to within one unit in the last place), not
+    accumulated in half precision step after step."""
+    p = make_params()
+    x = away_from_threshold((16, 300), p, dtype=dtype)
+    g_s, g_v = torch.randn(x.shape).to(dtype), torch.randn(x.shape[1:])
+    grads = []
+    for xs, gs in ((x, g_s), (x.float(), g_s.float())):
+        xb = xs.clone().requires_grad_(True)
+        s, v = multistep_lif(xb, return_v=True, backend=backend)
+        torch.autograd.backward([s, v], [gs, g_v])
+        grads.append(xb.grad)
+    got, ref = grads[0].float(), grads[1]
+    assert grads[0].dtype == dtype
+    finfo = torch.finfo(dtype)
+    ulp = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(finfo.smallest_normal)))) * finfo.eps
+    assert ((got - ref).abs() <= ulp).all(), ((got - ref).abs() / ulp).max().item()
+
+
+def test_float32_extremes_are_finite_parameters():
+    """Guards the inclusive float32 range check: +-float32 max are finite parameters."""
+    big = torch.finfo(torch.float32).max
+    assert make_params(tau=big).tau == big
+    assert make_params(v_threshold=big, alpha=big).v_threshold == big
+    assert make_params(v_threshold=0.0, v_reset=-big).v_reset == -big
+    with pytest.raises(ValueError, match="float32"):
+        make_params(tau=float("inf"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
+def test_default_alpha_gives_a_unit_slope_at_the_threshold(surrogate, backend):
+    """Guards spikingjelly's default alpha (sigmoid 4, atan 2: alpha / 4 and alpha / 2 at the
+    threshold, both 1); every other comparison shares the default with the reference, and the
+    comparison with spikingjelly needs the peer installed."""
+    assert make_params(surrogate=surrogate).alpha == {"sigmoid": 4.0, "atan": 2.0}[surrogate]
+    x = torch.tensor([[1.0, 0.5]], requires_grad=True)  # h = x without decay_input: on, below
+    s = multistep_lif(x, decay_input=False, surrogate=surrogate, backend=backend)
+    assert s.tolist() == [[1.0, 0.0]]
+    s.sum().backward()
+    assert x.grad[0, 0].item() == pytest.approx(1.0, rel=1e-6)
