@@ -49,10 +49,16 @@ BACKENDS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def check_backend(backend: str) -> str:
+    """``backend`` if it names one (modules check it when built, not at their first call)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def resolve_backend(backend: str, *tensors: torch.Tensor | None) -> str:
     """Turn ``backend`` into "triton" or "torch" for the given tensors, or raise."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     devices = {t.device.type for t in tensors if t is not None}
     on_cuda = devices == {"cuda"}
     if backend == "torch":

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from svm_kernels.utils import is_int
+from svm_kernels.utils import is_int, is_real
 
 from .layers import check_depths, init_linears_trunc_normal, stage_dims
 
@@ -94,9 +94,19 @@ class VisionModel(nn.Module):
     @staticmethod
     def check_time_steps(T) -> int:
         """``T`` must be a positive int (not a bool: True would pass as 1 and fail in forward)."""
-        if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        if not is_int(T) or T < 1:
             raise ValueError(f"T must be a positive int, got {T!r}")
         return T
+
+    @staticmethod
+    def check_sizes(in_chans, **ratios) -> None:
+        """``in_chans`` a positive int, each width ratio (mlp_ratio, ssm_ratio) a positive number:
+        0 built layers that failed only in the first forward."""
+        if not is_int(in_chans) or in_chans < 1:
+            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        for name, ratio in ratios.items():
+            if not is_real(ratio) or not ratio > 0:
+                raise ValueError(f"{name} must be a positive number, got {ratio!r}")
 
     @staticmethod
     def check_stages(

@@ -23,7 +23,7 @@ from torch import nn
 
 from svm_kernels import MultiStepLIF
 from svm_kernels.ss2d.module import CrossSelectiveScan
-from svm_kernels.utils import is_int
+from svm_kernels.utils import check_backend, is_int
 
 from .spike_layers import conv_bn_supported, conv_bn_train, recompute_in_backward
 
@@ -77,6 +77,7 @@ def make_lif(
 
 def set_backend(model: nn.Module, backend: str) -> nn.Module:
     """Point every LIF and scan of ``model`` at ``backend`` ("auto", "torch" or "triton")."""
+    check_backend(backend)
     for m in model.modules():
         if isinstance(m, (MultiStepLIF, CrossScanSSM)):
             m.backend = backend

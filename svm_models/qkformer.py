@@ -187,6 +187,7 @@ class QKFormer(VisionModel):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         T = self.check_time_steps(T)
+        self.check_sizes(in_chans, mlp_ratio=mlp_ratio)
         depths, _ = self.check_stages(depths, num_stages=3)
         dims = [embed_dim // 4, embed_dim // 2, embed_dim]
         if not is_int(num_heads) or num_heads < 1:

@@ -213,6 +213,7 @@ class SVMamba(SpikingVMambaBase):
     ):
         super().__init__()
         check_choice("shortcut", shortcut, SHORTCUTS)
+        self.check_sizes(in_chans, mlp_ratio=mlp_ratio, ssm_ratio=ssm_ratio)
         self.shortcut = shortcut
         lif = self.setup(
             num_classes, img_size, patch_size, dims, depths, T, backend,

@@ -243,6 +243,7 @@ class SVMambaPara133(SpikingVMambaBase):
         check_choice("scan_input", scan_input, SCAN_INPUTS)
         check_choice("gate", gate, GATES)
         check_choice("mixer_norm", mixer_norm, NORMS)
+        self.check_sizes(in_chans, ssm_ratio=ssm_ratio)
         lif = self.setup(
             num_classes, img_size, patch_size, dims, depths, T, backend,
             tau=tau, v_threshold=v_threshold, detach_reset=True,

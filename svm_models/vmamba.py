@@ -129,6 +129,7 @@ class VMamba(VisionModel):
         backend: str = "auto",
     ):
         super().__init__()
+        self.check_sizes(in_chans, mlp_ratio=mlp_ratio, ssm_ratio=ssm_ratio)
         depths, dims = self.check_stages(depths, dims)
         self.num_classes, self.img_size, self.patch_size = num_classes, img_size, patch_size
         self.dims, self.depths, self.backend = dims, depths, backend

@@ -730,3 +730,22 @@ def test_cli_passes_the_convention_flags_and_checks_the_size(capsys, tmp_path):
     capsys.readouterr()
     assert cli_main(["--model", "svmamba_cifar", "--img-size", "4"]) == 2
     assert capsys.readouterr().err.strip() == "error: --img-size must be >= 8, got 4"
+
+
+def test_cli_refuses_an_unwritable_output_in_one_line(capsys, tmp_path):
+    # A --json / --png in a folder that does not exist is refused before the profile (it crashed
+    # with a traceback after it); a bad backend is refused when the model is built
+    small = ["--model", "vmamba_cifar", "--img-size", "16", "--set", "dims=8", "--set", "depths=[1, 1, 1]"]
+    for flag in ("--json", "--png"):
+        path = tmp_path / "missing" / "r.out"
+        assert cli_main([*small, flag, str(path)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {flag} {path}: no folder {path.parent}"
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert cli_main([*small, "--png", str(tmp_path / "taken" / "r.png")]) == 2
+    assert "no folder" in capsys.readouterr().err
+    blocker = tmp_path / "dir.json"
+    blocker.mkdir()  # a folder where the JSON should go: found only when writing
+    assert cli_main([*small, "--json", str(blocker)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: cannot write {blocker}")
+    assert cli_main([*small, "--set", "backend=foo"]) == 2
+    assert "backend must be one of" in capsys.readouterr().err

@@ -88,11 +88,30 @@ def test_auto_dt_rank_is_mambas_ceiling_of_a_sixteenth():
         (dict(depths=[1.5, 1]), "depths must be ints >= 0"),
         (dict(depths=[1, -1]), "depths must be ints >= 0"),
         (dict(dt_rank=True), "dt_rank"),
+        # refused when built, not at the first forward
+        (dict(backend="foo"), "backend must be one of"),
+        (dict(mlp_ratio=0), "mlp_ratio must be a positive number"),
+        (dict(ssm_ratio=0.0), "ssm_ratio must be a positive number"),
+        (dict(in_chans=0), "in_chans must be a positive int"),
     ],
 )
 def test_bad_svmamba_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_model("svmamba_cifar", **kwargs)
+
+
+@pytest.mark.parametrize("family", ["svmamba_cifar", "svmamba_para133", "vmamba_cifar", "qkformer_cifar"])
+def test_every_family_checks_backend_and_sizes_when_built(family):
+    small = SMALL[family][1]
+    for kwargs, match in [
+        (dict(backend="foo"), "backend must be one of"),
+        (dict(in_chans=0), "in_chans"),
+        (dict(in_chans=True), "in_chans"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            create_model(family, **{**small, **kwargs})
+    with pytest.raises(ValueError, match="backend must be one of"):
+        set_backend(create_model(family, **small), "cuda")
 
 
 def test_qkformer_heads_must_divide_widths():

@@ -324,17 +324,26 @@ def test_weights_only_refuses_arbitrary_pickles(tmp_path):
     msg = str(e.value)  # one whole sentence: no colour codes, no line breaks, not cut off
     assert "\x1b" not in msg and "\n" not in msg and msg.endswith("if you trust the file")
     assert "GLOBAL posix.system" in msg or "GLOBAL os.system" in msg  # what it refused
+    # the legacy (non-zip) format is a plain pickle: refused alike
+    torch.save({"x": Evil()}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(C.ConfigError, match="holds Python objects beyond tensors"):
+        ckpt.load_weights(TinyNet(), str(tmp_path / "old.pt"))
 
 
 def test_empty_text_and_truncated_checkpoints_are_named_plainly(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "text.pt").write_text("epoch: 3\nnot a checkpoint\n")
+    # (safe loading called these "Python objects beyond tensors (Unsupported operand 35)")
+    (tmp_path / "readme.pt").write_text("# A README\n\nnot a checkpoint\n")
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 256)) * 4)
     good = tmp_path / "good.pt"
     torch.save({"model": TinyNet().state_dict()}, good)
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
     for name, fragment in [
         ("empty.pt", "the file is empty (0 bytes)"),
         ("text.pt", "not a PyTorch checkpoint, or a truncated one"),
+        ("readme.pt", "not a PyTorch checkpoint, or a truncated one"),
+        ("noise.pt", "not a PyTorch checkpoint, or a truncated one"),
         ("cut.pt", "not a PyTorch checkpoint, or a truncated one"),
     ]:
         with pytest.raises(C.ConfigError) as e:
@@ -594,3 +603,20 @@ def test_digits_configs_share_one_budget_and_build():
         m = engine.build_model(c, 10)
         x = torch.randn(2, 3, c["img_size"], c["img_size"])
         assert m(x).shape == (2, 10)
+
+
+def test_a_report_folder_that_cannot_be_made_stops_test_before_the_evaluation(tiny, tmp_path, monkeypatch):
+    # test.py ran the whole evaluation, then crashed with a traceback on os.makedirs; now the
+    # folder is made first and a failure is one SaveError (one "error:" line, status 2)
+    from svm_models.training import evaluation
+
+    cfg = _cfg(tmp_path)
+    model = svm_models.create_model(cfg["model"], num_classes=10)
+    (tmp_path / "taken").write_text("a file where the folder should go")
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before checking the report folder")
+
+    monkeypatch.setattr(evaluation, "build_split", no_evaluation)
+    with pytest.raises(ckpt.SaveError, match="cannot write the report folder .*taken/sub: Not a directory"):
+        evaluation.run_test(cfg, model, "x.pt", out_dir=str(tmp_path / "taken" / "sub"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..utils import check_backend
 from .common import make_params
 from .interface import lif_with_params
 
@@ -35,7 +36,7 @@ class MultiStepLIF(nn.Module):
     ):
         super().__init__()
         self.params = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-        self.backend = backend
+        self.backend = check_backend(backend)
         self.stateful = stateful
         self.v: torch.Tensor | None = None
 

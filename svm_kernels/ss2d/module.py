@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import is_int
+from ..utils import check_backend, is_int
 from .interface import cross_selective_scan_lowrank
 from .naive import K_DIRECTIONS
 
@@ -62,7 +62,7 @@ class CrossSelectiveScan(nn.Module):
         if not dt_init_floor > 0:
             raise ValueError(f"dt_init_floor must be > 0, got {dt_init_floor!r}")
         self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
-        self.backend = backend
+        self.backend = check_backend(backend)
         K, D, N, R = K_DIRECTIONS, d_inner, d_state, dt_rank
         self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, D))
         self.dt_projs_weight = nn.Parameter(torch.empty(K, D, R))

@@ -11,6 +11,7 @@ hardware preset) adds the hardware energy model; ``--first-layer once`` costs th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -119,6 +120,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--device: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA device is available")
+    for flag, path in (("--json", args.json), ("--png", args.png)):
+        # checked before the profile, which can take minutes, not after it
+        folder = os.path.dirname(path or "") or "."
+        if path and not os.path.isdir(folder):
+            raise UsageError(f"{flag} {path}: no folder {folder}")
 
 
 def build_model(args: argparse.Namespace):
@@ -206,13 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print()
         print(report.to_markdown(layers=args.layers), end="")
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(report.to_json() + "\n")
-        print(f"wrote {args.json}")
-    if args.png:
-        report.plot(args.png)
-        print(f"wrote {args.png}")
+    try:
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(report.to_json() + "\n")
+            print(f"wrote {args.json}")
+        if args.png:
+            report.plot(args.png)
+            print(f"wrote {args.png}")
+    except OSError as e:
+        print(f"error: cannot write {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -94,7 +94,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def _load_failure(path: str, e: Exception) -> str:
     """Why torch.load failed, as one readable clause (no ANSI colours, no cut sentence)."""
     text = " ".join(_ANSI.sub("", str(e)).split())
-    if isinstance(e, pickle_errors()) and "weights_only" in text.lower():
+    # Safe loading words every failure as a weights_only refusal, a text file's too: only a zip
+    # archive (torch.save) or a pickle (protocol 2+, the legacy format) can hold such objects.
+    if isinstance(e, pickle_errors()) and "weights_only" in text.lower() and _pickled(path):
         found = re.search(
             r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+|Unsupported operand \S+)", text
         )
@@ -109,6 +111,14 @@ def _load_failure(path: str, e: Exception) -> str:
         return f"not a PyTorch checkpoint, or a truncated one ({type(e).__name__}: {text[:80]})"
     first = text.split(". ")[0]  # torch's zip errors continue with a paragraph of advice
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _pickled(path: str) -> bool:
+    """Whether the file is a zip archive or starts as a pickle of protocol 2 or later does."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def pickle_errors() -> tuple[type[Exception], ...]:

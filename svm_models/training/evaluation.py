@@ -15,7 +15,7 @@ from torch import nn
 
 from . import compiling
 from . import distributed as dist_utils
-from .checkpoint import atomic_write_text, extract_state_dict, load_file, load_state
+from .checkpoint import atomic_write_text, extract_state_dict, load_file, load_state, write_error
 from .config import ConfigError, require_file, run_dir
 from .engine import build_model, build_split, check_unreadable, eval_loader, evaluate, img_size_of
 
@@ -149,6 +149,10 @@ def run_test(
     """
     info = info or dist_utils.DistInfo(device=next(model.parameters()).device)
     out_dir = out_dir or run_dir(cfg)
+    try:  # before the evaluation, not after it: a folder that cannot be made is one error line
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise write_error(out_dir, e, "the report folder") from None
     ds = build_split(cfg, "test", augment=False)
     labels = len(getattr(ds, "classes", None) or [])
     num_classes = num_classes or getattr(model, "num_classes", None) or labels
@@ -181,7 +185,6 @@ def run_test(
     report = accounting_report(model, loader, cfg)
     say(report.to_markdown())
     result["accounting"] = json.loads(report.to_json())
-    os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f"{prefix}_report.json")
     png_path = os.path.join(out_dir, f"{prefix}_report.png")
     atomic_write_text(json.dumps(result, indent=2) + "\n", json_path)
