@@ -8,7 +8,8 @@ profiled on the test split (360 images) with ``svm_models.accounting.profile``:
 
 Seeds can run as parallel processes (``--seeds 0 1``, ``--seeds 2``, ... into one ``--out``); the
 last one to finish writes the summary of all, and a repeated command skips the (rung, seed) pairs
-already in its runs file. Writes ``runs.csv`` (one row per rung and seed), ``summary.csv`` and
+already in its runs file. A folder holds runs of one length: a command that would train another
+number of epochs into it is refused. Writes ``runs.csv`` (one row per rung and seed), ``summary.csv`` and
 ``summary.md`` (mean and std over the seeds) and ``pareto.png`` (test top-1 vs energy per image)
 into ``--out``.
 Top-1 is the last epoch's (digits has no validation split, so no checkpoint is picked on test).
@@ -191,10 +192,14 @@ def markdown(summary: list[dict]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summary:
+        # (one seed has no spread to show: no "± 0.00")
+        top1_std, energy_std = (
+            (f" ± {s['top1_std']:.2f}", f" ± {s['energy_uJ_std']:.2f}") if s["seeds"] > 1 else ("", "")
+        )
         lines.append(
-            f"| {s['rung']} | {s['change']} | {s['top1_mean']:.2f} ± {s['top1_std']:.2f} | "
+            f"| {s['rung']} | {s['change']} | {s['top1_mean']:.2f}{top1_std} | "
             f"{s['spike_input_layers']} | {s['params']:,} | {s['macs_M']:.2f} M | {s['sops_M']:.2f} M | "
-            f"{s['energy_uJ_mean']:.2f} ± {s['energy_uJ_std']:.2f} uJ |"
+            f"{s['energy_uJ_mean']:.2f}{energy_std} uJ |"
         )
     return "\n".join(lines) + "\n"
 
@@ -244,15 +249,29 @@ def plot(path: str, summary: list[dict]) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def check_epochs(p: argparse.ArgumentParser, out: str, rows: list[dict], rungs: list[Rung], epochs) -> None:
+    """Refuse to mix training lengths in one results folder: its summary averages every run in
+    it, and a repeated command would take another length's runs for done."""
+    planned = {r.name: rung_config(r, epochs=epochs, out_dir=out)["epochs"] for r in rungs}
+    lengths = {int(r["epochs"]) for r in rows} | set(planned.values())
+    if len(lengths) > 1:
+        p.error(
+            f"{out} would hold runs of {' and '.join(map(str, sorted(lengths)))} epochs; "
+            "one length per results folder: use another --out"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument(
         "--epochs", type=int, default=None, help="override every config's epochs (all rungs alike)"
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--only", nargs="*", default=None, help="rung names to run (default: all)")
-    args = p.parse_args()
+    p.add_argument("--only", nargs="+", default=None, help="rung names to run (default: all)")
+    args = p.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        p.error(f"--epochs must be >= 1, got {args.epochs}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.makedirs(args.out, exist_ok=True)
     # Both ends of the ladder and the baselines first: on a busy machine they are what a partial
@@ -268,6 +287,9 @@ def main() -> None:
     # finished (rung, seed) pairs are skipped when the command is repeated.
     runs_path = os.path.join(args.out, f"runs_seed{'_'.join(map(str, args.seeds))}.csv")
     rows = read_runs([runs_path])
+    check_epochs(
+        p, args.out, read_runs(glob.glob(os.path.join(args.out, "runs_seed*.csv"))), rungs, args.epochs
+    )
     done = {(r["rung"], r["seed"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for rung in rungs:

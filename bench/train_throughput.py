@@ -37,13 +37,47 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def scan_shape(text: str) -> tuple[int, int, int, int]:
+    """B,D,H,W as four positive ints, or a ValueError."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"--scan takes B,D,H,W (four positive ints), got {text!r}")
+    return shape
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """What the workers would otherwise meet one by one, as one usage error. A tree without
+    svm_models would not fail: its worker would import the installed package, and the
+    comparison would time another tree under its name."""
+    for src in args.src:
+        if not (Path(src) / "svm_models" / "__init__.py").is_file():
+            p.error(f"--src {src}: no svm_models package there")
+    if not (ROOT / args.config).is_file():  # (the workers run in the repository root)
+        p.error(f"--config {args.config}: no such file (relative paths from {ROOT})")
+    for flag, value, low in (
+        ("--steps", args.steps, 1),
+        ("--rounds", args.rounds, 1),
+        ("--warmup", args.warmup, 0),
+    ):
+        if value < low:
+            p.error(f"{flag} must be >= {low}, got {value}")
+    if args.scan:
+        try:
+            scan_shape(args.scan)
+        except ValueError as e:
+            p.error(str(e))
+
+
 def scan_worker(args) -> dict:
     """Forward + backward of one PyTorch-backend low-rank scan (N = 1, R = 2) of shape (B, D, H, W)."""
     import torch
 
     from svm_kernels import cross_selective_scan_lowrank
 
-    batch, D, H, W = (int(v) for v in args.scan.split(","))
+    batch, D, H, W = scan_shape(args.scan)
     g = torch.Generator().manual_seed(0)
 
     def rnd(*shape):
@@ -217,7 +251,7 @@ def _optimizer(model, cfg: dict):
     return build_optimizer(model, args)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/digits_svmamba.yaml")
     p.add_argument("--src", nargs="+", default=[str(ROOT)], help="source trees to compare (first = baseline)")
@@ -241,11 +275,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--scan", help="B,D,H,W: time one scan (forward + backward) instead of training")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         args.compile = args.compile[0]
         print(json.dumps(scan_worker(args) if args.scan else worker(args)))
         return 0
+    check_args(p, args)
 
     variants = [(src, c) for src in args.src for c in args.compile]
     results: dict[tuple[str, str], list[dict]] = {v: [] for v in variants}

@@ -1,7 +1,23 @@
 """Helpers shared by the tests (imported as ``from helpers import ...``): comparisons, and one table
 of tiny versions of every registered model with the inputs to feed them."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench(name: str):
+    """The bench/ script ``name`` (no .py) as a module: bench/ is no package. Registered in
+    sys.modules, as dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

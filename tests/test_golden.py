@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_bench
 
 import svm_models
 from svm_models.layers import Linear2d, set_backend
@@ -339,14 +340,7 @@ def test_svmamba_para133_mixer_spikes_where_documented():
 
 
 def load_ablation():
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "bench" / "ablation.py"
-    spec = importlib.util.spec_from_file_location("bench_ablation", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("ablation")
 
 
 def test_ablation_ladder_one_change_per_rung():
@@ -388,3 +382,29 @@ def test_ablation_short_runs_end_their_warmup_in_time():
     cfg = ablation.rung_config(ablation.LADDER[-1], epochs=1)
     assert cfg["epochs"] == 1 and cfg["warmup_epochs"] == 0
     assert ablation.rung_config(ablation.LADDER[-1], epochs=5)["warmup_epochs"] == 1
+
+
+def test_ablation_keeps_one_training_length_per_results_folder(tmp_path, capsys, monkeypatch):
+    # A repeated command with another --epochs reused the old length's runs as done and summarised
+    # them as if they were the new length's; now it is refused, as are --epochs 0 and a bare --only
+    ablation = load_ablation()
+    row = dict(
+        rung="vmamba", seed=0, epochs=1, top1_last=18.6, top1_profile=18.6, params=1000,
+        spike_input_layers=0, conv_linear_layers=5, macs_M=1.0, mac_ops_M=1.0, sops_M=0.0,
+        energy_uJ=4.6, mean_rate="", train_s=1.0,
+    )  # fmt: skip
+    ablation.write_csv(str(tmp_path / "runs_seed0.csv"), [row])
+    monkeypatch.setattr(ablation, "run_one", lambda *a: pytest.fail("trained although the run is done"))
+    base = ["--out", str(tmp_path), "--seeds", "0"]
+    for argv, message in [
+        (["--epochs", "2", "--only", "vmamba"], "would hold runs of 1 and 2 epochs"),
+        (["--only", "vmamba"], "would hold runs of 1 and 15 epochs"),  # (the config's length)
+        (["--epochs", "0", "--only", "vmamba"], "--epochs must be >= 1"),
+        (["--epochs", "1", "--only"], "expected at least one argument"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            ablation.main(base + argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    ablation.main([*base, "--epochs", "1", "--only", "vmamba"])  # the run is done: no training
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| vmamba |" in summary and "18.60 |" in summary and "±" not in summary  # one seed: no spread

@@ -19,6 +19,7 @@ import time
 import pytest
 import torch
 from fabricate import register_tiny, save_digit_png, tiny_cfg, tiny_checkpoint, write_config
+from helpers import load_bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -930,3 +931,22 @@ def test_every_rank_exits_2_on_a_bad_config_and_only_rank_0_reports(tmp_path, mo
         assert cli.run(script("train").main, ["--config", bad]) == 2
         err = capsys.readouterr().err
         assert (err == "") if rank == "1" else err.startswith("error: ")
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/train_throughput.py
+# ----------------------------------------------------------------------------------------------
+def test_train_throughput_refuses_what_its_workers_would_get_wrong(tmp_path, capsys):
+    # A --src without svm_models timed the installed package under that tree's name (exit 0); a
+    # missing config and a bad --scan crashed in the worker with a traceback
+    throughput = load_bench("train_throughput")
+    for argv, message in [
+        (["--src", str(tmp_path)], f"--src {tmp_path}: no svm_models package there"),
+        (["--config", "configs/nope.yaml"], "--config configs/nope.yaml: no such file"),
+        (["--scan", "1,8"], "--scan takes B,D,H,W (four positive ints), got '1,8'"),
+        (["--scan", "1,8,0,4"], "four positive ints"),
+        (["--steps", "0"], "--steps must be >= 1"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            throughput.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err

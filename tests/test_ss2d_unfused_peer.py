@@ -6,28 +6,18 @@ chunk_hgrn through it when fla-core is importable (forward under the Triton inte
 gradients on CUDA only, as fla's backward cannot run in the interpreter).
 """
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEVICE, assert_close_rel
+from helpers import DEVICE, assert_close_rel, load_bench
 
 from svm_kernels.ss2d.naive import cross_selective_scan_naive, lowrank_delta
 
 ARGS = ("u", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias")
 
 
-def _load_peer():
-    path = Path(__file__).resolve().parents[1] / "bench" / "ss2d_unfused.py"
-    spec = importlib.util.spec_from_file_location("bench_ss2d_unfused", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-peer = _load_peer()
+peer = load_bench("ss2d_unfused")
 
 
 def make_inputs(batch, D, H, W, R, dtype=torch.float64, device="cpu"):

@@ -9,19 +9,13 @@ autograd through the custom ops) is what inductor builds on. On a GPU the same c
 with inductor and the Triton kernels (bench/model_compile.py, the gate's ``model`` phase).
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import load_bench
 
 import svm_models
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_model_compile", Path(__file__).resolve().parents[1] / "bench" / "model_compile.py"
-)
-model_compile = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(model_compile)
+model_compile = load_bench("model_compile")
 
 # Dynamic shapes are checked on the flagship only: every recompilation costs CI time.
 DYNAMIC_CHECKED = "svmamba_cifar"
