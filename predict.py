@@ -57,14 +57,16 @@ def main(argv=None) -> int:
         print(f"skipped {s['file']}: {s['error']}", file=sys.stderr, flush=True)
     if preds:
         print(inference.format_table(preds), flush=True)
+    if not preds:  # (before writing: an earlier predictions file stays as it was)
+        n = len(files) + len(unlisted)
+        raise ConfigError(
+            f"no image could be read among the {n} entries of {args.img_folder} (each skipped above, with why)"
+        )
     out = args.output or os.path.join(run_dir(cfg), "predictions.json")
     atomic_write_text(
         json.dumps({"checkpoint": path, "predictions": preds, "skipped": skipped}, indent=2) + "\n", out
     )
     print(f"{len(preds)} image(s) predicted, {len(skipped)} skipped; wrote {out}", flush=True)
-    if not preds:
-        n = len(files) + len(unlisted)
-        raise ConfigError(f"none of the {n} file(s) in {args.img_folder} could be read as an image")
     return 0
 
 

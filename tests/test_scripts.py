@@ -230,11 +230,16 @@ def test_predict_folder_of_only_bad_files_is_an_error(tmp_path, monkeypatch, cap
     cfg_path = write_config(tmp_path / "c.yaml", checkpoint=str(tmp_path / "w.pt"), **cfg)
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "imgs" / "sub").mkdir()
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text('{"predictions": ["kept"]}')
     from svm_models.training import cli
 
-    rc = cli.run(script("predict").main, ["--config", cfg_path, "--img_folder", str(tmp_path / "imgs")])
+    argv = ["--config", cfg_path, "--img_folder", str(tmp_path / "imgs"), "--output", str(earlier)]
+    rc = cli.run(script("predict").main, argv)
     err = capsys.readouterr().err
-    assert rc == 2 and "skipped" in err and "error: none of the 1 file(s)" in err
+    assert rc == 2 and "skipped" in err and "error: no image could be read among the 2 entries" in err
+    assert earlier.read_text() == '{"predictions": ["kept"]}'  # not replaced by an empty result
 
 
 # ----------------------------------------------------------------------------------------------

@@ -256,6 +256,13 @@ def test_atomic_save_keeps_the_old_file_when_a_write_dies(tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
 
 
+def test_a_file_in_the_way_of_the_folder_is_named_as_such(tmp_path):
+    # (os.makedirs says "File exists" of a file where the folder should be)
+    (tmp_path / "notes.md").write_text("a file")
+    with pytest.raises(ckpt.SaveError, match=r"cannot write .*notes.md/p.json: Not a directory$"):
+        ckpt.atomic_write_text("{}", str(tmp_path / "notes.md" / "p.json"))
+
+
 def test_load_weights_accepts_the_usual_layouts(tmp_path):
     src = TinyNet()
     sd = src.state_dict()

@@ -8,6 +8,7 @@ holding it under ``model`` or ``state_dict``; a ``module.`` prefix (DDP) is stri
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -48,6 +49,8 @@ def _atomic_write(path: str, write: Callable[[IO], None], binary: bool) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
+        if os.path.exists(folder) and not os.path.isdir(folder):  # (makedirs: "File exists")
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
