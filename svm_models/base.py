@@ -30,6 +30,10 @@ from svm_kernels.utils import is_int, is_real
 
 from .layers import check_depths, init_linears_trunc_normal, stage_dims
 
+# The smallest input side the scripts and CLIs take: a few pixels per side are left after the
+# models' downsampling (4x to 32x), and below 8 px nothing is worth measuring.
+MIN_IMG_SIZE = 8
+
 
 def make_classifier(num_features: int, num_classes: int) -> nn.Module:
     """The linear classifier of every model (the constructors initialise it with their other

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import module_modes, restore_modes
+from .base import MIN_IMG_SIZE, module_modes, restore_modes
 from .layers import ConvBN
 from .spike_layers import set_memory_efficient
 
@@ -229,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.model not in svm_models.list_models():
         print(f"error: unknown model {args.model!r}; see svm_models.list_models()", file=sys.stderr)
         return 2
-    if args.batch_size < 1 or (args.img_size is not None and args.img_size < 1):
-        print("error: --batch-size and --img-size must be positive", file=sys.stderr)
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    if args.img_size is not None and args.img_size < MIN_IMG_SIZE:
+        print(f"error: --img-size must be >= {MIN_IMG_SIZE}, got {args.img_size}", file=sys.stderr)
         return 2
     overrides = {} if args.T is None else {"T": args.T}
     if args.plain:

@@ -229,7 +229,12 @@ def test_cli_table_and_bad_arguments(capsys):
     assert memory_main([*args, "--compare", "--precision", "fp32", "--by-module"]) == 0
     out = capsys.readouterr().out
     assert "| fp32 | False |" in out and "| fp32 | True |" in out and "MultiStepLIF" in out
-    for bad in (["--model", "nope"], ["--model", "svmamba_cifar", "--batch-size", "0"], ["--precision", "x"]):
+    for bad in (
+        ["--model", "nope"],
+        ["--model", "svmamba_cifar", "--batch-size", "0"],
+        ["--precision", "x"],
+        ["--model", "svmamba_cifar", "--img-size", "5"],  # (the accounting CLI's and configs' minimum)
+    ):
         with pytest.raises(SystemExit) as e:
             code = memory_main(bad)
             raise SystemExit(code)

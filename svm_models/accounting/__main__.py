@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from ..base import MIN_IMG_SIZE
 from .energy import ALIASES, PRESETS
 from .hardware import REUSE
 from .profiler import FIRST_LAYER, PAPER, profile
@@ -108,7 +109,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown model {args.model!r}; registered: {', '.join(svm_models.list_models())}")
     for flag, value, low in (
         ("--batch", args.batch, 1),
-        ("--img-size", args.img_size, 8),
+        ("--img-size", args.img_size, MIN_IMG_SIZE),
         ("--num-classes", args.num_classes, 1),
         ("--calibrate-bn", args.calibrate_bn, 0),
     ):

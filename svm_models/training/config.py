@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..base import MIN_IMG_SIZE
 from ..data import DATASETS
 
 
@@ -158,7 +159,10 @@ def _check_ranges(c: dict[str, Any]) -> None:
         c["dataset"] in DATASET_NAMES,
         f"'dataset' must be one of {', '.join(DATASET_NAMES)}, got {c['dataset']!r}",
     )
-    need(c["img_size"] is None or c["img_size"] >= 8, f"'img_size' must be >= 8, got {c['img_size']}")
+    need(
+        c["img_size"] is None or c["img_size"] >= MIN_IMG_SIZE,
+        f"'img_size' must be >= {MIN_IMG_SIZE}, got {c['img_size']}",
+    )
     need(c["batch_size"] >= 1, f"'batch_size' must be >= 1, got {c['batch_size']}")
     need(c["epochs"] >= 1, f"'epochs' must be >= 1, got {c['epochs']}")
     need(c["lr"] > 0, f"'lr' must be > 0, got {c['lr']}")
