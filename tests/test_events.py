@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import svm_models
-from svm_models.data import DataError, build_dataset
+from svm_models.data import DataError, build_dataset, collate_skipping_unreadable
 from svm_models.data import events as E
 from svm_models.training import config as C
 
@@ -322,9 +322,50 @@ def test_an_unreadable_gesture_recording_counts_each_of_its_samples(tmp_path, mo
     bad = [i for i, s in enumerate(train.samples) if "user02" in s.path]
     assert len(train) == 4 and len(bad) == 2
     with pytest.warns(UserWarning, match="unreadable"):
-        train[bad[0]]  # skips both of its samples
+        assert train[bad[0]] is None and train[bad[1]] is None
     names = [name for name, _ in train.unreadable.drain()]
     assert len(names) == len(set(names)) == 2 and all("user02_led.aedat" in n for n in names)
+
+
+@pytest.mark.parametrize(
+    "csv_text,message",
+    [
+        ("class,start,end\n1,0,100000\n", "the header must name class,startTime_usec,endTime_usec"),
+        ("1,0,100000\n2,100000,200000\n", "the header must name"),  # no header: its first row taken for one
+        ("class,startTime_usec,endTime_usec\none,0,100000\n", "line 2 is not three integers"),
+        ("class,startTime_usec,endTime_usec\n1,0,100000\n2,5\n", "line 3 is not three integers"),
+        ("class,startTime_usec,endTime_usec\n12,0,100000\n", "class 12 outside 1..11"),
+        (
+            "class,startTime_usec,endTime_usec\n1,200000,100000\n",
+            "line 2: the window 200000..100000 us is empty",
+        ),
+    ],
+)
+def test_a_malformed_gesture_labels_file_is_one_data_error(tmp_path, csv_text, message):
+    # (a KeyError, ValueError or TypeError traceback from train.py before)
+    folder = _gesture_folder(tmp_path)
+    (folder / "user01_fluorescent_labels.csv").write_text(csv_text)
+    with pytest.raises(DataError, match=message):
+        build_dataset("dvs128_gesture", "train", root=str(tmp_path), T=2)
+
+
+def test_a_gesture_window_without_events_is_skipped_as_unreadable(tmp_path):
+    # A window past the recording's end (labels of another recording) became an all-zero sample
+    # with a real label, trained on and scored; it is reported and dropped like a bad file
+    folder = _gesture_folder(tmp_path)
+    (folder / "user01_fluorescent_labels.csv").write_text(
+        "class,startTime_usec,endTime_usec\n1,0,100000\n4,900000,950000\n"
+    )
+    train = build_dataset("dvs128_gesture", "train", root=str(tmp_path), T=2)
+    assert len(train) == 2 and train[0] is not None
+    with pytest.warns(UserWarning, match="no events in the labelled window 900000..950000 us"):
+        assert train[1] is None
+    assert train.skipped == 1
+
+
+def test_zero_frames_are_refused_not_replaced_by_the_default():
+    with pytest.raises(DataError, match="T must be >= 1, got 0"):
+        build_dataset("event_digits", "test", T=0)
 
 
 def test_gesture_dataset_cuts_recordings_by_the_label_csv(tmp_path):
@@ -405,11 +446,12 @@ def test_nmnist_dataset_and_a_corrupt_recording_is_skipped_and_reported(tmp_path
     assert len(ds) == 111
     bad = next(i for i, s in enumerate(ds.samples) if s.path.endswith("99999.bin"))
     with pytest.warns(UserWarning, match="99999.bin"):
-        frames, label = ds[bad]
-    assert frames.shape == (4, 2, 34, 34) and ds.skipped == 1
-    assert label == ds.samples[(bad + 1) % len(ds)].label  # the next readable sample
-    loader = torch.utils.data.DataLoader(ds, batch_size=37)
-    assert sum(len(y) for _, y in loader) == 111  # a whole epoch runs
+        assert ds[bad] is None  # (it was replaced by its neighbour, which a test split counted twice)
+    assert ds.skipped == 1 and ds[bad] is None  # reported once, not read again
+    frames, _ = ds[(bad + 1) % len(ds)]
+    assert frames.shape == (4, 2, 34, 34)
+    loader = torch.utils.data.DataLoader(ds, batch_size=37, collate_fn=collate_skipping_unreadable)
+    assert sum(len(y) for _, y in loader) == 110  # a whole epoch runs, without the unreadable one
 
 
 def test_too_many_corrupt_recordings_is_an_error(tmp_path):

@@ -24,6 +24,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
+from svm_kernels.utils import is_int
+
 from . import events as E
 from . import transforms as T
 from .classes import CIFAR10_CLASSES, DIGITS_CLASSES
@@ -314,8 +316,8 @@ def build_dataset(
     if transform is None:
         transform = default_transform(name, img_size, train, augment and train)
     if info.is_event:
-        frames = T or info.frames
-        if frames < 1:
+        frames = info.frames if T is None else T
+        if not is_int(frames) or frames < 1:
             raise DataError(f"{name}: the number of frames T must be >= 1, got {frames}")
         if name == "event_digits":
             return E.EventDigits("train" if train else "test", frames, img_size, transform)

@@ -123,23 +123,25 @@ class EventFrames(Dataset):
         if sample.window is not None:
             start, end = sample.window
             events = events[(events["t"] >= start) & (events["t"] < end)]
+            if len(events) == 0:  # (labels that do not belong to the recording, not a blank sample)
+                raise EventFileError(f"no events in the labelled window {start}..{end} us")
         frames = integrate(events, (self.sensor_size, self.sensor_size), self.T)
         return resize_frames(frames, self.img_size)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        for k in range(len(self.samples)):
-            j = (i + k) % len(self.samples)
-            if j in self._bad:
-                continue
-            try:
-                x = self.frames(j)
-            except (EventFileError, OSError, ValueError) as e:
-                self._report(j, e)
-                continue
-            if self.transform is not None:
-                x = self.transform(x)
-            return x, self.samples[j].label
-        raise DataError(f"{self.name}: no recording could be read")
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        """(frames, label), or None for an unreadable recording, as an image dataset's unreadable
+        file: ``collate_skipping_unreadable`` drops it from its batch, so a test split's count
+        and accuracy cover the recordings read, none twice."""
+        if i in self._bad:
+            return None
+        try:
+            x = self.frames(i)
+        except (EventFileError, OSError, ValueError) as e:
+            self._report(i, e)
+            return None
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.samples[i].label
 
     def _report(self, j: int, error: Exception) -> None:
         path, window = self.samples[j].path, self.samples[j].window
@@ -184,13 +186,38 @@ def gesture_samples(root: str, train: bool) -> list[Sample]:
                 f"dvs128_gesture: {rec} is listed in {os.path.basename(trials)} but {path} or its labels "
                 f"{labels} is missing; expected layout: {LAYOUTS['dvs128_gesture']}"
             )
-        with open(labels, newline="") as f:
-            for row in csv.DictReader(f):
-                label = int(row["class"]) - 1
-                if not 0 <= label < len(GESTURE_CLASSES):
-                    raise DataError(f"dvs128_gesture: {labels}: class {row['class']} outside 1..11")
-                window = (int(row["startTime_usec"]), int(row["endTime_usec"]))
-                samples.append(Sample(path, label, window))
+        samples += _gesture_labels(path, labels)
+    return samples
+
+
+GESTURE_LABEL_COLUMNS = ("class", "startTime_usec", "endTime_usec")
+
+
+def _gesture_labels(path: str, labels: str) -> list[Sample]:
+    """The samples of one recording from its labels CSV: a header naming GESTURE_LABEL_COLUMNS,
+    then one gesture a row (class 1..11, start < end in us); anything else is a DataError."""
+    with open(labels, newline="") as f:
+        rows = csv.DictReader(f)
+        if not set(GESTURE_LABEL_COLUMNS) <= set(rows.fieldnames or ()):
+            raise DataError(
+                f"dvs128_gesture: {labels}: the header must name {','.join(GESTURE_LABEL_COLUMNS)}, "
+                f"got {rows.fieldnames}"
+            )
+        samples = []
+        for line, row in enumerate(rows, 2):
+            try:
+                label, start, end = (int(row[k]) for k in GESTURE_LABEL_COLUMNS)
+            except (TypeError, ValueError):  # (a short row gives None)
+                raise DataError(
+                    f"dvs128_gesture: {labels}: line {line} is not three integers: {row}"
+                ) from None
+            if not 1 <= label <= len(GESTURE_CLASSES):
+                raise DataError(f"dvs128_gesture: {labels}: class {label} outside 1..{len(GESTURE_CLASSES)}")
+            if start >= end:
+                raise DataError(
+                    f"dvs128_gesture: {labels}: line {line}: the window {start}..{end} us is empty"
+                )
+            samples.append(Sample(path, label - 1, (start, end)))
     return samples
 
 
