@@ -10,8 +10,9 @@ Layout under ``root_path`` (the original project's ``data/`` folder)::
 Event-camera datasets (``event_digits``, ``dvs128_gesture``, ``cifar10_dvs``, ``nmnist``) give
 (T, 2, H, W) frame sequences: see :mod:`svm_models.data.events` for their layouts.
 
-Splits: ``train``, ``val`` and ``test``. Mini-ImageNet has all three folders. digits and CIFAR have
-no validation split: ``val`` is their test split, which is what the papers report.
+Splits: ``train``, ``val`` and ``test``. Mini-ImageNet has all three folders. digits, CIFAR and the
+event datasets have no validation split: ``val`` is their test split, which is what the papers
+report (``best.pt`` is then chosen on the test split).
 """
 
 from __future__ import annotations
