@@ -465,6 +465,23 @@ def test_ssm_init_floors_the_time_steps():
     torch.testing.assert_close(F.softplus(ssm.dt_projs_bias), torch.full((4, 8), 1e-4))
 
 
+def test_ssm_init_draws_vmambas_distributions():
+    """Not only within VMamba's bounds: x_proj U(-D^-0.5, D^-0.5) and dt_proj U(-R^-0.5, R^-0.5)
+    fill their ranges symmetrically, and dt = softplus(bias) is log-uniform over [dt_min, dt_max]
+    (a uniform dt puts 90 % of the time steps above 0.01 instead of half)."""
+    torch.manual_seed(0)
+    D, R = 256, 4
+    ssm = CrossScanSSM(d_inner=D, d_state=2, dt_rank=R)
+    for w, bound in ((ssm.x_proj_weight, D**-0.5), (ssm.dt_projs_weight, R**-0.5)):
+        w = w.detach() / bound
+        assert w.abs().max() <= 1 and w.max() > 0.98 and w.min() < -0.98
+        assert abs(w.mean()) < 0.05 and abs(w.std() - 3**-0.5) < 0.02
+    log_dt = torch.log10(F.softplus(ssm.dt_projs_bias.detach().double()))
+    assert log_dt.min() >= -3 - 1e-4 and log_dt.max() <= -1 + 1e-4
+    assert log_dt.min() < -2.95 and log_dt.max() > -1.05
+    assert abs(log_dt.mean() + 2) < 0.1 and abs(log_dt.std() - 3**-0.5) < 0.05
+
+
 # --------------------------------------------------------------------------------------------
 # Backends
 

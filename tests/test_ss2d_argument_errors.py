@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from svm_kernels import CrossSelectiveScan, cross_selective_scan
+from svm_kernels import CrossSelectiveScan, cross_selective_scan, cross_selective_scan_lowrank
 
 
 def _args(batch=1, d=3, n=4, h=2, w=3):
@@ -63,3 +63,57 @@ def test_module_arguments_are_checked_at_construction(kwargs, name):
     # (they gave ZeroDivisionError, "math domain error" or "negative dimension")
     with pytest.raises(ValueError, match=name):
         CrossSelectiveScan(**{"d_inner": 4, **kwargs})
+
+
+def _lowrank_args(batch=1, d=3, n=4, h=2, w=3, r=2):
+    args = {k: v for k, v in _args(batch, d, n, h, w).items() if k != "delta"}
+    return dict(args, dt_low=torch.randn(batch, 4, r, h, w), dt_weight=torch.randn(4, d, r))
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        (dict(h=0), "empty spatial size"),
+        (dict(w=0), "empty spatial size"),
+        (dict(n=0), "N = 0"),
+        (dict(d=0), "D = 0"),
+        (dict(r=0), "R = 0"),
+    ],
+)
+def test_empty_sizes_are_refused_by_name(shape, match):
+    # every other shape agrees, so only the empty-size checks can refuse these
+    with pytest.raises(ValueError, match=match):
+        cross_selective_scan_lowrank(**_lowrank_args(**shape), backend="torch")
+    if "r" not in shape:
+        with pytest.raises(ValueError, match=match):
+            cross_selective_scan(**_args(**shape), backend="torch")
+
+
+def test_delta_of_another_map_size_is_refused():
+    args = _args()
+    args["delta"] = torch.randn(1, 4, 3, 2, 4)
+    with pytest.raises(ValueError, match="delta must have shape"):
+        cross_selective_scan(**args, backend="torch")
+
+
+@pytest.mark.parametrize("name", ["D", "bias", "dt_weight"])
+def test_integer_parameters_are_refused(name):
+    # D and the bias are cast to the compute dtype, so nothing else would notice
+    args = _lowrank_args()
+    args["D"], args["dt_bias"] = torch.randn(4, 3), torch.randn(4, 3)
+    key = "dt_bias" if name == "bias" else name
+    args[key] = torch.ones_like(args[key], dtype=torch.int64)
+    with pytest.raises(TypeError, match=f"{key} must be a floating-point tensor"):
+        cross_selective_scan_lowrank(**args, backend="torch")
+
+
+def test_dt_weight_on_another_device_is_refused():
+    args = _lowrank_args()
+    args["dt_weight"] = args["dt_weight"].to("meta")
+    with pytest.raises(ValueError, match="dt_weight is on meta"):
+        cross_selective_scan_lowrank(**args, backend="torch")
+
+
+def test_out_dtype_must_be_floating():
+    with pytest.raises(TypeError, match="out_dtype must be a floating dtype"):
+        cross_selective_scan(**_args(), out_dtype=torch.int32, backend="torch")

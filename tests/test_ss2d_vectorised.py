@@ -121,6 +121,8 @@ CASES = [
     (1, 3, 1, 6, 1, 1, True, False, False, False),  # H = 1, no softplus, no D, no bias
     (1, 2, 1, 1, 3, 1, False, True, True, True),  # a single position
     (3, 2, 17, 3, 1, 2, False, False, True, False),  # L = 51: a ragged last chunk
+    (2, 3, 4, 1, 2, 1, False, False, False, True),  # W = 1, no softplus but a bias
+    (1, 2, 3, 4, 3, 2, True, False, True, True),  # low rank, no softplus but a bias
 ]
 
 
@@ -359,3 +361,104 @@ def test_module_projection_splits_dt_low_then_B_then_C():
     dt_low, B, C = m.project(torch.ones(1, 2, 1, 1))
     assert dt_low.flatten().tolist() == [0.0] * 4
     assert B.flatten().tolist() == [2.0, 4.0] * 4 and C.flatten().tolist() == [6.0, 8.0] * 4
+
+
+def test_softplus_is_mambas_thresholded_softplus():
+    """Both softplus forms against F.softplus (mamba's: threshold 20), elementwise: log1p, not
+    log(1 + exp), keeps the relative precision of the tiny time steps of very negative z, and
+    float64 passes values above 20 through as the reference does."""
+    from svm_kernels.ss2d.naive import softplus_thresholded
+
+    z = torch.cat([torch.linspace(-60.0, 40.0, 2001, dtype=torch.float64), torch.tensor([19.5, 20.0, 20.5])])
+    want = torch.nn.functional.softplus(z)
+    torch.testing.assert_close(softplus_thresholded(z), want, rtol=1e-15, atol=0)
+    torch.testing.assert_close(vectorised._softplus(z.clone()), want, rtol=1e-15, atol=0)
+    z32 = z.float()  # against the exact softplus of the rounded values
+    want32 = torch.nn.functional.softplus(z32.double())
+    torch.testing.assert_close(vectorised._softplus(z32).double(), want32, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_scan_in_fp32(dtype):
+    """Half storage, fp32 arithmetic and output: against the float64 reference on the same rounded
+    inputs the output keeps fp32's precision (a scan run in the storage dtype is ~1e-2 off)."""
+    inputs = make_inputs(2, 3, 4, 5, 2, 2, True, True, True)
+    low = {k: v.to(dtype) if k in ("u", "dt_low", "B", "C") else v for k, v in inputs.items()}
+    y = cross_selective_scan_lowrank(**low, backend="torch")
+    assert y.dtype == torch.float32
+    assert_close_rel(y, reference({k: v.double() for k, v in low.items()}, True, True), 2e-5)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_explicit_out_dtype(lowrank, out_dtype):
+    # both ops (differentiable and inference) return y in out_dtype, not the compute dtype
+    inputs = make_inputs(1, 3, 3, 4, 2, 2, lowrank, True, True, dtype=torch.float32)
+    op = cross_selective_scan_lowrank if lowrank else cross_selective_scan
+    want = op(**inputs, backend="torch").to(out_dtype)
+    with torch.no_grad():
+        y = op(**inputs, out_dtype=out_dtype, backend="torch")
+    inputs["u"].requires_grad_(True)
+    y_grad = op(**inputs, out_dtype=out_dtype, backend="torch")
+    assert y.dtype == y_grad.dtype == out_dtype
+    assert torch.equal(y, want) and torch.equal(y_grad.detach(), want)
+    (du,) = torch.autograd.grad(y_grad.sum(), inputs["u"])
+    assert du.dtype == torch.float32
+
+
+@pytest.mark.parametrize("lowrank", [False, True])
+def test_the_torch_ops_give_empty_gradients_for_an_empty_batch(lowrank):
+    # guards _or_none: only the 1-d placeholders of absent inputs become None, not the empty
+    # gradients of a batch of 0 through the op itself (the interface never passes one)
+    inputs = make_inputs(0, 3, 2, 2, 1, 2, lowrank, True, True, dtype=torch.float32)
+    if lowrank:
+        op, order = (
+            torch.ops.svmamba.ss2d_torch_lowrank_fwd,
+            ("u", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias"),
+        )
+    else:
+        op, order = torch.ops.svmamba.ss2d_torch_fwd, ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    leaves = [inputs[k].clone().requires_grad_(True) for k in order]
+    y = op(*leaves, True, torch.float32)[0]
+    y.sum().backward()
+    for name, leaf in zip(order, leaves):
+        assert leaf.grad is not None and leaf.grad.shape == leaf.shape, name
+
+
+def test_backward_op_returns_each_gradient_in_its_inputs_dtype():
+    # as its fake promises: half inputs' gradients in half, the fp32 parameters' in fp32 (autograd
+    # casts what the op returns, torch.compile's graph trusts the fake)
+    inputs = make_inputs(1, 3, 3, 4, 2, 2, True, True, True, dtype=torch.bfloat16)
+    for k in ("A", "D", "dt_weight", "dt_bias"):
+        inputs[k] = inputs[k].float()
+    args = [inputs.get(k) for k in ("u", "delta", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias")]
+    _, *saved = torch.ops.svmamba.ss2d_torch_lowrank_fwd(
+        *(a for a in args if a is not None), True, torch.float32
+    )
+    grads = torch.ops.svmamba.ss2d_torch_bwd(torch.randn(1, 3, 3, 4), *args, *saved)
+    for name, arg, grad in zip(vectorised.SCAN_ARGS, args, grads):
+        if arg is not None:
+            assert grad.dtype == arg.dtype and grad.shape == arg.shape, name
+
+
+def test_module_in_half_keeps_its_rates_in_fp32():
+    """A bfloat16 CrossSelectiveScan computes A = -exp(A_logs) in fp32: exp in bfloat16 rounded
+    the decay rates by up to 0.4 %."""
+    from svm_kernels.ss2d import CrossSelectiveScan
+
+    torch.manual_seed(0)
+    m = CrossSelectiveScan(3, d_state=2, dt_rank=2, backend="torch")
+    with torch.no_grad():
+        m.A_logs.add_(torch.randn_like(m.A_logs) * 0.3)
+        m.dt_projs_bias.fill_(0.5)  # dt ~ 1: decays that matter
+    m = m.to(torch.bfloat16)
+    u = torch.randn(1, 3, 3, 4).to(torch.bfloat16)
+    with torch.no_grad():
+        y = m(u)
+        dt_low, B, C = (t.double() for t in m.project(u))
+        A = -torch.exp(m.A_logs.double()).view(4, 3, 2)
+        delta = lowrank_delta(dt_low, m.dt_projs_weight.double())
+        D, bias = m.Ds.double().view(4, 3), m.dt_projs_bias.double()
+        ref = cross_selective_scan_naive(u.double(), delta, A, B, C, D, bias)
+    assert y.dtype == torch.float32
+    assert_close_rel(y, ref, 2e-5, "output")
