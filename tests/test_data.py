@@ -78,6 +78,23 @@ def test_digit_image_transform_matches_the_dataset(tmp_path):
     assert torch.allclose(x, te.images[0], atol=0.02)  # 8-bit quantisation only
 
 
+def test_digit_image_levels_map_exactly_and_upscaling_is_bilinear():
+    # Guards the image -> tensor scale (a white pixel is gray level 1.0: /255, not /256) and the
+    # bilinear upscaling (a step between two 8x8 pixels gets intermediate levels at 16 px, not
+    # nearest-neighbour blocks), which the dataset and predict.py share
+    from PIL import Image
+
+    mean, std = T.DIGITS_MEAN[0], T.DIGITS_STD[0]
+    to_tensor = T.DigitsImageTransform(8)
+    for level in (0, 255):
+        x = to_tensor(Image.new("L", (32, 32), level))
+        assert torch.allclose(x, torch.full((3, 8, 8), (level / 255 - mean) / std), atol=1e-6)
+    step = torch.zeros(1, 8, 8)
+    step[..., 4:] = 1.0
+    row = T.upscale_digits(step, 16)[0, 0, 0] * std + mean
+    assert torch.allclose(row[6:10], torch.tensor([0.0, 0.25, 0.75, 1.0]), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # CIFAR
 # ----------------------------------------------------------------------------------------------
@@ -110,6 +127,57 @@ def test_cifar_train_transform_applies_the_paper_augmentation(tmp_path):
     assert differs >= 5
     up = D.build_dataset("cifar10", "test", root=str(tmp_path), img_size=48)
     assert up[0][0].shape == (3, 48, 48)
+
+
+def test_augmentations_follow_the_papers_recipes():
+    # Guards the module docstring's recipes, parameter by parameter (a stronger or weaker
+    # augmentation trains without error, only to another accuracy): CIFAR one RandAugment op at
+    # magnitude 9, RandomErasing p=0.25 with zero fill; ImageNet two ops, random fill, flip;
+    # digits a small affine jitter and no flip
+    def ops(transform):
+        return {type(t).__name__: t for t in transform.transforms}
+
+    cifar = ops(T.cifar_transform(32, True, T.CIFAR10_MEAN, T.CIFAR10_STD))
+    assert list(cifar) == [
+        "RandomHorizontalFlip",
+        "RandAugment",
+        "ToImage",
+        "ToDtype",
+        "Normalize",
+        "RandomErasing",
+    ]
+    assert (cifar["RandAugment"].num_ops, cifar["RandAugment"].magnitude) == (1, 9)
+    assert cifar["RandomErasing"].p == 0.25 and cifar["RandomErasing"].value == [0.0]
+    net = ops(T.imagenet_transform(32, True))
+    assert "RandomHorizontalFlip" in net and net["RandomResizedCrop"].size == (32, 32)
+    assert (net["RandAugment"].num_ops, net["RandAugment"].magnitude) == (2, 9)
+    assert net["RandomErasing"].p == 0.25 and net["RandomErasing"].value is None  # "random"
+    for plain in (
+        T.cifar_transform(32, False, T.CIFAR10_MEAN, T.CIFAR10_STD),
+        T.cifar_transform(32, True, T.CIFAR10_MEAN, T.CIFAR10_STD, augment=False),
+        T.imagenet_transform(32, False),
+    ):
+        assert not {"RandomHorizontalFlip", "RandAugment", "RandomErasing"} & set(ops(plain))
+    jitter = T.digits_train_transform()
+    assert jitter.degrees == [-10.0, 10.0] and jitter.translate == (0.1, 0.1) and jitter.scale == (0.9, 1.1)
+
+
+def test_image_statistics_are_the_datasets_published_ones():
+    # Guards the normalisation constants (the tests elsewhere compare a transform with them, so a
+    # wrong constant passed): e.g. CIFAR-10's widely copied std (0.2023, 0.1994, 0.2010) is the
+    # std of per-image means, not of the pixels
+    assert T.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465) and T.CIFAR10_STD == (0.2470, 0.2435, 0.2616)
+    assert T.CIFAR100_MEAN == (0.5071, 0.4865, 0.4409) and T.CIFAR100_STD == (0.2673, 0.2564, 0.2762)
+    assert T.IMAGENET_MEAN == (0.485, 0.456, 0.406) and T.IMAGENET_STD == (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_at_a_smaller_img_size_is_resized_down(tmp_path, name):
+    # Guards the resize rule (any img_size but 32, smaller ones too)
+    (make_cifar10 if name == "cifar10" else make_cifar100)(tmp_path)
+    for train in (False, True):
+        ds = D.build_dataset(name, "train" if train else "test", root=str(tmp_path), img_size=16)
+        assert ds[0][0].shape == (3, 16, 16)
 
 
 def test_cifar100_fine_labels_and_meta(tmp_path):

@@ -281,6 +281,65 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_builds(tmp_path, tin
     assert not (out / ".lock").exists()
 
 
+def test_overwrite_deletes_every_file_of_the_previous_run_and_only_those(tmp_path):
+    # Guards RUN_FILES: a test report or predictions of the replaced run left beside the new
+    # run's checkpoints would describe weights that are gone; a file of the user's is kept
+    cfg = _cfg(tmp_path)
+    folder = C.run_dir(cfg)
+    os.makedirs(folder)
+    previous = ["last.pt", "best.pt", "log.csv", "curves.png", "config.yaml", "train.log"]
+    previous += ["test_report.json", "test_report.png", "predictions.json"]
+    for name in [*previous, "notes.txt"]:
+        open(os.path.join(folder, name), "w").close()
+    run = rundir.RunDir(cfg)
+    run.claim(cfg, resume=False, overwrite=True)
+    try:
+        assert set(previous) <= set(os.listdir(folder))  # nothing deleted before commit()
+        (note,) = run.commit(cfg)
+    finally:
+        run.close()
+    assert sorted(os.listdir(folder)) == ["config.yaml", "notes.txt", "train.log"]
+    assert note.startswith("--overwrite: deleted ") and all(n in note for n in previous)
+
+
+def test_lines_logged_before_commit_open_train_log_and_other_ranks_write_nothing(tmp_path):
+    # Guards RunDir's log buffer: the lines of the start (removed temp files, pretrained weights)
+    # are logged before commit() and belong in train.log, first; a non-owner rank (torchrun's
+    # others) writes neither config.yaml nor train.log, whose lines rank 0 writes once
+    cfg = _cfg(tmp_path)
+    folder = C.run_dir(cfg)
+    other = rundir.RunDir(cfg, owner=False)
+    other.log("from rank 1")
+    assert other.commit(cfg) == [] and not os.path.exists(folder)
+    other.close()
+    run = rundir.RunDir(cfg)
+    run.claim(cfg, resume=False, overwrite=False)
+    try:
+        run.log("before commit")
+        assert not os.path.exists(os.path.join(folder, "train.log"))
+        run.commit(cfg)
+        run.log("after commit")
+    finally:
+        run.close()
+    assert open(os.path.join(folder, "train.log")).read() == "before commit\nafter commit\n"
+    assert sorted(os.listdir(folder)) == ["config.yaml", "train.log"]
+
+
+def test_a_refused_claim_takes_nothing_and_resume_with_overwrite_is_refused(tmp_path):
+    # Guards claim(): --resume with --overwrite is refused by the engine too (not only by the
+    # command line's parser), and a refused claim releases its lock
+    cfg = _cfg(tmp_path)
+    folder = C.run_dir(cfg)
+    with pytest.raises(C.ConfigError, match="--resume and --overwrite exclude each other"):
+        rundir.RunDir(cfg).claim(cfg, resume=True, overwrite=True)
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "log.csv"), "w").close()
+    for resume in (False, True):  # a run without --resume, or a --resume without last.pt
+        with pytest.raises(C.ConfigError, match="already holds a run|nothing to resume"):
+            rundir.RunDir(cfg).claim(cfg, resume=resume, overwrite=False)
+        assert sorted(os.listdir(folder)) == ["log.csv"]
+
+
 def test_saved_files_follow_the_umask(tmp_path):
     old = os.umask(0o027)
     try:
@@ -567,6 +626,21 @@ def test_a_lock_whose_pid_was_handed_out_again_is_reclaimed(tmp_path):
     os.unlink(tmp_path / ".lock")
 
 
+def test_a_lock_of_another_users_live_process_refuses(tmp_path, monkeypatch):
+    # Guards _pid_alive's PermissionError: signalling another user's process is refused, but the
+    # process exists; taking it for dead reclaimed the lock of a run still training
+    import socket
+
+    def not_permitted(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(rundir.os, "kill", not_permitted)
+    _write_lock(tmp_path, 4242, socket.gethostname())
+    with pytest.raises(C.ConfigError, match=r"in use by another run \(pid 4242 on this machine\)"):
+        rundir.RunLock(str(tmp_path)).acquire()
+    assert (tmp_path / ".lock").read_text().split() == ["4242", socket.gethostname()]
+
+
 def test_a_lock_of_another_host_is_never_reclaimed(tmp_path):
     # Guards the host check: a pid of another machine (dead here) says nothing about that run
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -575,6 +649,15 @@ def test_a_lock_of_another_host_is_never_reclaimed(tmp_path):
     with pytest.raises(C.ConfigError, match=rf"in use by another run \(pid {gone.pid} on another-host\)"):
         rundir.RunLock(str(tmp_path)).acquire()
     assert (tmp_path / ".lock").read_text().split() == [str(gone.pid), "another-host", "1"]
+
+
+def test_a_garbled_lock_is_reclaimed(tmp_path):
+    # Guards the unreadable-holder case: a lock file without a pid (cut short, edited) names no
+    # run; it was refused as held by "pid None", for ever
+    (tmp_path / ".lock").write_text("not a lock\n")
+    lock = rundir.RunLock(str(tmp_path)).acquire()
+    assert (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
+    lock.release()
 
 
 def test_release_leaves_a_lock_another_run_took_over(tmp_path):
@@ -607,3 +690,24 @@ def test_process_start_names_one_process():
         child.kill()
         child.wait()
     assert rundir.process_start(child.pid) == ""  # gone
+
+
+def test_process_start_is_the_start_time_not_a_field_that_changes():
+    # Guards the field read from /proc/<pid>/stat (the 22nd, starttime): its neighbours (vsize,
+    # rss) change while the process runs, and a live run's lock would then be reclaimed as stale
+    start = rundir.process_start(os.getpid())
+    if not start:
+        pytest.skip("no process start times on this system")
+    grown = bytearray(64 << 20)  # 64 MiB more (zero-filled, so touched): vsize and rss grow
+    assert rundir.process_start(os.getpid()) == start
+    del grown
+    with open("/proc/uptime") as f:
+        uptime_ticks = float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK")
+    assert 0 < int(start) <= uptime_ticks  # in clock ticks since boot
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.05)
+        assert int(start) <= int(rundir.process_start(child.pid)) <= uptime_ticks + 1000
+    finally:
+        child.kill()
+        child.wait()

@@ -938,6 +938,72 @@ def test_every_rank_exits_2_on_a_bad_config_and_only_rank_0_reports(tmp_path, mo
         assert (err == "") if rank == "1" else err.startswith("error: ")
 
 
+def test_fail_together_waits_for_every_rank_but_not_once_the_group_started(monkeypatch):
+    # Guards fail_together: each rank counts itself failed in torchrun's store and exits only when
+    # all WORLD_SIZE have (an early exit has torchrun SIGTERM the rank still checking); once the
+    # process group exists, errors take the collective's path and no store is opened
+    from svm_models.training import distributed
+
+    made, polls = [], []
+
+    class Store:
+        def __init__(self, host, port, is_master, timeout):
+            made.append((host, port, is_master))
+            self.failed = 0
+
+        def add(self, key, n):  # n=1: a rank counts itself failed; n=0: a poll
+            assert key == "svm_models/failed/run7"
+            self.failed += n
+            if n == 0:
+                self.failed += len(polls) == 1  # the other rank fails while this one waits
+                polls.append(self.failed)
+            return self.failed
+
+    class Exited(Exception):
+        pass
+
+    def exit_(status):
+        raise Exited(status)
+
+    for name, value in dict(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run7")
+    monkeypatch.setattr(distributed.dist, "TCPStore", Store)
+    monkeypatch.setattr(distributed.signal, "signal", lambda *a: None)
+    monkeypatch.setattr(distributed.time, "sleep", lambda s: None)
+    monkeypatch.setattr(distributed.os, "_exit", exit_)
+    with pytest.raises(Exited) as e:
+        distributed.fail_together(2)
+    assert e.value.args == (2,) and made == [("127.0.0.1", 29500, False)] and polls == [1, 2]
+    monkeypatch.setattr(distributed, "_group_started", True)
+    assert distributed.fail_together(2) is None and len(made) == 1
+
+
+def test_other_ranks_take_rank_0s_run_directory_verdict_and_barriers_span_processes(tmp_path, monkeypatch):
+    # Guards broadcast_object and barrier: rank 1 does not claim the run directory itself; it
+    # stops with rank 0's refusal (going on, it hung in the first collective without rank 0); a
+    # barrier waits for the other processes and costs nothing alone
+    from svm_models.training import config as C
+    from svm_models.training import distributed, engine
+
+    sent, barriers = [], []
+
+    def broadcast_object_list(box, src):
+        sent.append((box[0], src))
+        box[0] = "runs/tiny already holds a run (last.pt)"  # rank 0's verdict
+
+    monkeypatch.setattr(distributed.dist, "broadcast_object_list", broadcast_object_list)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda **kw: barriers.append(kw))
+    cfg = C.validate(tiny_cfg(tmp_path), "test")
+    with pytest.raises(C.ConfigError, match=r"^runs/tiny already holds a run \(last.pt\)$"):
+        engine.open_run_dir(cfg, distributed.DistInfo(rank=1, world_size=2), resume=False, overwrite=False)
+    assert sent == [(None, 0)] and not os.path.exists(tmp_path / "runs")
+    distributed.barrier(distributed.DistInfo())
+    assert barriers == []
+    distributed.barrier(distributed.DistInfo(rank=1, world_size=2))
+    assert barriers == [{}]
+
+
 # ----------------------------------------------------------------------------------------------
 # bench/train_throughput.py
 # ----------------------------------------------------------------------------------------------

@@ -235,6 +235,77 @@ def test_a_warmup_rounding_up_to_the_whole_run_still_ends_at_min_lr():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
 
 
+def test_weight_decay_groups_no_weight_decay_frozen_weights_n_d_biases_and_no_empty_group():
+    # Guards param_groups' other rules: timm's no_weight_decay() hook (a 2-D position embedding
+    # it lists is not decayed), a bias of more than one dimension is a bias, a frozen weight is in
+    # no group (fine-tuning with a frozen stem), and an empty group is dropped (a model without
+    # decayed weights has one group, so that a checkpoint of it resumes into the same layout)
+    class Extras(TinyNet):
+        def __init__(self):
+            super().__init__()
+            self.pos_embed = torch.nn.Parameter(torch.zeros(16, 8))
+            self.table = torch.nn.Module()
+            self.table.bias = torch.nn.Parameter(torch.zeros(4, 4))
+
+        def no_weight_decay(self):
+            return {"pos_embed"}
+
+    m = Extras()
+    m.conv.weight.requires_grad_(False)
+    decay, no_decay = ({id(p) for p in g["params"]} for g in optim.param_groups(m, 0.05))
+    assert id(m.head.weight) in decay and {id(m.pos_embed), id(m.table.bias)} <= no_decay
+    assert id(m.conv.weight) not in decay | no_decay
+    assert len(decay | no_decay) == len(list(m.parameters())) - 1
+    (only,) = optim.param_groups(torch.nn.BatchNorm2d(4), 0.05)
+    assert only["weight_decay"] == 0.0 and len(only["params"]) == 2
+
+
+def test_fractional_warmup_rounds_to_the_nearest_step():
+    # Guards the rounding of warmup_epochs x steps: 0.29 x 10 steps is a 3-step warmup, not 2
+    cfg = dict(lr=1e-2, weight_decay=0.0, epochs=2, warmup_epochs=0.29, warmup_lr=1e-4, min_lr=1e-5)
+    opt = optim.build_optimizer(TinyNet(), cfg)
+    sched = optim.build_scheduler(opt, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[2] < 1e-2 and lrs[3] == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize("stop", [5, 10, 15])
+def test_an_extended_resume_follows_the_longer_schedule_from_any_step(stop):
+    # Guards stretch_schedule: a run of 2 epochs stopped at step `stop` (in the warmup, at its
+    # end, in the cosine) and resumed for 4 epochs takes, at every later step, the learning rate
+    # of a run planned for 4 epochs (a resume in the warmup was set to the peak at once)
+    base = dict(lr=1e-2, weight_decay=0.0, warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5)
+    short, long = dict(base, epochs=2), dict(base, epochs=4)
+
+    def schedule(cfg):
+        opt = optim.build_optimizer(TinyNet(), cfg)
+        return opt, optim.build_scheduler(opt, cfg, steps_per_epoch=10)
+
+    def run(opt, sched, steps):
+        lrs = []
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        return lrs
+
+    opt, sched = schedule(long)
+    planned = run(opt, sched, 40)
+    opt, sched = schedule(short)
+    run(opt, sched, stop)
+    opt2, sched2 = schedule(long)  # as restore() does: built for the new length, then loaded
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    optim.stretch_schedule(sched2, long, steps_per_epoch=10)
+    assert sched2.get_last_lr() == [g["lr"] for g in opt2.param_groups]
+    assert opt2.param_groups[0]["lr"] == pytest.approx(planned[stop - 1], rel=1e-9)
+    assert run(opt2, sched2, 40 - stop) == pytest.approx(planned[stop:], rel=1e-9)
+
+
 # ----------------------------------------------------------------------------------------------
 # checkpoints
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +365,23 @@ def test_load_weights_errors_and_head_skipping(tmp_path):
         ckpt.load_weights(TinyNet(), str(tmp_path / "junk.pt"))
     with pytest.raises(C.ConfigError, match="checkpoint not found"):
         ckpt.load_weights(TinyNet(), str(tmp_path / "absent.pt"))
+
+
+def test_strict_load_names_missing_and_unexpected_keys_and_a_foreign_file_is_refused(tmp_path):
+    # Guards load_state's checks: a strict load (test.py, predict.py) names every kind of misfit
+    # in one ConfigError, not torch's RuntimeError; a pretrained file sharing no weight with the
+    # model is an error, not a start from scratch that merely reports every key skipped
+    sd = dict(TinyNet().state_dict(), **{"extra.weight": torch.ones(2)})
+    del sd["conv.bias"]
+    torch.save(sd, tmp_path / "w.pt")
+    with pytest.raises(C.ConfigError) as e:
+        ckpt.load_weights(TinyNet(), str(tmp_path / "w.pt"), strict=True)
+    assert str(e.value).endswith(
+        "does not fit the model: 1 missing key(s), e.g. conv.bias; 1 unexpected key(s), e.g. extra.weight"
+    )
+    torch.save({"other.weight": torch.ones(3, 3)}, tmp_path / "foreign.pt")
+    with pytest.raises(C.ConfigError, match=r"foreign.pt shares no weights with the model"):
+        ckpt.load_weights(TinyNet(), str(tmp_path / "foreign.pt"), strict=False, what="pretrained weights")
 
 
 def test_non_strict_load_reports_keys_the_model_lacks_as_skipped(tmp_path):
@@ -389,6 +477,49 @@ def test_fit_writes_checkpoints_log_and_curves(tmp_path, tiny):
 
     with Image.open(os.path.join(C.run_dir(cfg), "curves.png")) as im:
         assert im.size[0] > 500 and im.size[1] > 200
+
+
+def test_log_csv_columns_in_order_values_to_six_significant_digits(tmp_path):
+    # Guards log.csv's layout: the columns (all of them, in this order: a spreadsheet or a script
+    # reading them by position), floats to 6 significant digits, integers as they are, an epoch
+    # not validated left empty, keys of no column (first_step_s) left out
+    rows = [
+        {"epoch": 1, "lr": 0.0123456789, "train_loss": 2.0, "train_acc": 12.5, "epoch_time_s": 3.25}
+        | {"images_per_s": 1234.5678, "first_step_s": 9.0},
+        {"epoch": 2, "lr": 1e-05, "train_loss": 1.0, "train_acc": 50.0, "val_loss": 0.123456789}
+        | {"val_top1": 87.654321, "val_top5": 100.0, "epoch_time_s": 3.0, "images_per_s": 1000.0},
+    ]
+    path = str(tmp_path / "log.csv")
+    history.write_csv(rows, path)
+    assert open(path).read().splitlines() == [
+        "epoch,lr,train_loss,train_acc,val_loss,val_top1,val_top5,epoch_time_s,images_per_s",
+        "1,0.0123457,2,12.5,,,,3.25,1234.57",
+        "2,1e-05,1,50,0.123457,87.6543,100,3,1000",
+    ]
+
+
+def test_curves_plot_validated_epochs_only_and_carry_the_title(tmp_path, monkeypatch):
+    # Guards plot_curves: the val curves take only the epochs that were validated (eval_every),
+    # at their own epochs; the figure is titled with the run
+    import matplotlib.pyplot as plt
+
+    figures, real_close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (figures.append(fig), real_close(fig)))
+    rows = [
+        {"epoch": e, "train_loss": 3.0 - e, "train_acc": 10.0 * e}
+        | ({"val_loss": 2.5 - e, "val_top1": 11.0 * e, "val_top5": 12.0 * e} if e % 2 == 0 else {})
+        for e in (1, 2, 3, 4)
+    ]
+    history.plot_curves(rows, str(tmp_path / "curves.png"), title="tiny (net)")
+    (fig,) = figures
+    assert fig.get_suptitle() == "tiny (net)"
+    loss, acc = fig.axes
+    lines = {(ax.get_title(), ln.get_label()): ln for ax in (loss, acc) for ln in ax.get_lines()}
+    assert list(lines[("loss", "train")].get_xdata()) == [1, 2, 3, 4]
+    assert list(lines[("loss", "val")].get_xdata()) == [2, 4]
+    assert list(lines[("loss", "val")].get_ydata()) == [0.5, -1.5]
+    assert list(lines[("accuracy", "val top-5")].get_ydata()) == [24.0, 48.0]
+    assert os.path.getsize(tmp_path / "curves.png") > 0
 
 
 def test_each_epoch_is_seeded_from_the_seed_the_epoch_and_the_rank(tmp_path, tiny, monkeypatch):

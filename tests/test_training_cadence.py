@@ -72,6 +72,18 @@ def test_compile_key_wraps_the_model(tmp_path, monkeypatch):
     assert calls == [{"fullgraph": True}]
 
 
+def test_compile_of_a_ddp_model_allows_graph_breaks_and_needs_the_key(monkeypatch):
+    # Guards the DDP rule: Dynamo splits a DDP model's graph at the gradient buckets itself, so
+    # fullgraph=True would fail there; a config without the key does not compile
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: (calls.append(kw), m)[1])
+    ddp = torch.nn.parallel.DistributedDataParallel.__new__(torch.nn.parallel.DistributedDataParallel)
+    assert compiling.maybe_compile(ddp, {"compile": True}) is ddp
+    assert calls == [{"fullgraph": False}]
+    model = torch.nn.Linear(2, 2)
+    assert compiling.maybe_compile(model, {}) is model and len(calls) == 1
+
+
 @pytest.mark.slow
 def test_fit_with_compile_logs_the_compile_time(tmp_path, tiny, capsys):
     cfg = _cfg(tmp_path, epochs=1, compile=True)
