@@ -463,3 +463,15 @@ def test_open_rgb_scales_float_images_by_their_own_range(tmp_path, offset, scale
     else:
         expected = arr8 if scale > 0 else 255.0 - arr8
     assert np.abs(got - expected).max() <= 1.0
+
+
+def test_digit_jitter_fills_what_it_uncovers_with_the_background():
+    # RandomAffine's default fill 0 is, after the normalisation, the dataset's mean gray: every
+    # rotation or shift framed the digit in gray that no clean image holds
+    torch.manual_seed(0)
+    ds = D.build_dataset("digits", "train", img_size=16, augment=True)
+    background = (0.0 - T.DIGITS_MEAN[0]) / T.DIGITS_STD[0]
+    for i in range(8):
+        x = ds[i][0]
+        assert x.min().item() == pytest.approx(background, abs=1e-6)
+        assert not (x == 0).any(), "a border filled with the normalised mean gray"

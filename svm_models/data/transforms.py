@@ -67,8 +67,11 @@ def imagenet_transform(img_size: int, train: bool, augment: bool = True):
 
 
 def digits_train_transform():
-    """Jitter for the (already upscaled, normalised) digit tensors."""
-    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
+    """Jitter for the (already upscaled, normalised) digit tensors. What the affine map uncovers
+    is filled with the background (gray level 0, normalised), not with 0, which after the
+    normalisation is the dataset's mean gray."""
+    background = -DIGITS_MEAN[0] / DIGITS_STD[0]
+    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=background)
 
 
 def upscale_digits(x: torch.Tensor, img_size: int) -> torch.Tensor:
