@@ -77,11 +77,23 @@ def resolve_backend(backend: str, *tensors: torch.Tensor | None) -> str:
     return "triton"
 
 
+# The floating dtypes every op takes (float8 has no arithmetic of its own in PyTorch)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_floating(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 tensor, got dtype {t.dtype}")
+
+
+def check_flag(name: str, value) -> bool:
+    """``value`` if it is a bool (numpy's included): "false" from a config file, or None, would
+    otherwise pass as true or false."""
+    if isinstance(value, str) or value not in (True, False):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def check_shape(name: str, t: torch.Tensor, shape: Sequence[int]) -> None:

@@ -860,3 +860,33 @@ def test_default_alpha_gives_a_unit_slope_at_the_threshold(surrogate, backend):
     assert s.tolist() == [[1.0, 0.0]]
     s.sum().backward()
     assert x.grad[0, 0].item() == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reset_near_float32s_limit_gives_finite_gradients(backend):
+    # v_reset * tau overflowed to -inf in the Triton backward, and -inf times a zero gradient
+    # (no gradient reaching the last step's reset) is NaN; the reference stays finite
+    torch.manual_seed(0)
+    x = (torch.randn(4, 50) * 2).to(torch.get_default_device())
+    for kw in (dict(v_reset=-1.5e38, tau=3.0), dict(v_reset=-2e38)):
+        ref, got = run_both(x, torch.randn(x.shape), torch.zeros(x.shape[1:]), backend=backend, **kw)
+        assert torch.isfinite(got[2]).all(), kw
+        assert_close_rel(got[2], ref[2], 1e-5, "grad x")
+
+
+def test_stateful_potential_moves_with_the_module_and_flags_are_bools():
+    # .to() left the kept potential behind (a plain attribute): the next chunk on the new device
+    # was refused; a string flag would pass as true
+    m = MultiStepLIF(stateful=True)
+    m(torch.randn(3, 2, 4))
+    m.to("meta")
+    assert m.v.device.type == "meta"
+    assert m(torch.randn(3, 2, 4, device="meta")).device.type == "meta"
+    assert m.state_dict() == {}  # a sequence's state, not the model's
+    with pytest.raises(TypeError, match="stateful must be a bool"):
+        MultiStepLIF(stateful="no")
+    for flag in ("false", None):
+        with pytest.raises(TypeError, match="return_v must be a bool"):
+            multistep_lif(torch.randn(2, 3), return_v=flag)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+        multistep_lif(torch.randn(2, 3).to(torch.float8_e4m3fn))

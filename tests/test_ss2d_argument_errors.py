@@ -103,7 +103,7 @@ def test_integer_parameters_are_refused(name):
     args["D"], args["dt_bias"] = torch.randn(4, 3), torch.randn(4, 3)
     key = "dt_bias" if name == "bias" else name
     args[key] = torch.ones_like(args[key], dtype=torch.int64)
-    with pytest.raises(TypeError, match=f"{key} must be a floating-point tensor"):
+    with pytest.raises(TypeError, match=f"{key} must be a float16, bfloat16, float32 or float64 tensor"):
         cross_selective_scan_lowrank(**args, backend="torch")
 
 
@@ -115,5 +115,40 @@ def test_dt_weight_on_another_device_is_refused():
 
 
 def test_out_dtype_must_be_floating():
-    with pytest.raises(TypeError, match="out_dtype must be a floating dtype"):
-        cross_selective_scan(**_args(), out_dtype=torch.int32, backend="torch")
+    for bad in (torch.int32, torch.float8_e4m3fn, "float32"):
+        with pytest.raises(TypeError, match="out_dtype must be a floating dtype"):
+            cross_selective_scan(**_args(), out_dtype=bad, backend="torch")
+
+
+def test_float8_inputs_and_non_bool_flags_are_refused_by_name():
+    # float8 passed the floating check and came back as float8 output (the LIF crashed deep
+    # inside); delta_softplus=None ran without softplus, "no" failed in the op's schema
+    args = _args()
+    for name in ("u", "delta", "B", "C"):
+        bad = {**args, name: args[name].to(torch.float8_e4m3fn)}
+        with pytest.raises(TypeError, match=f"{name} must be a float16, bfloat16, float32 or float64"):
+            cross_selective_scan(**bad, backend="torch")
+    for flag in (None, "no"):
+        with pytest.raises(TypeError, match="delta_softplus must be a bool"):
+            cross_selective_scan(**args, delta_softplus=flag, backend="torch")
+        with pytest.raises(TypeError, match="delta_softplus must be a bool"):
+            cross_selective_scan_lowrank(**_lowrank_args(), delta_softplus=flag, backend="torch")
+
+
+def test_forward_mode_ad_is_refused_not_answered_with_zeros():
+    # the inference op (taken when no input requires a gradient) dropped the tangents: jvp gave 0
+    import torch.autograd.forward_ad as fwAD
+
+    args = _args()
+    with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+        torch.func.jvp(
+            lambda u: cross_selective_scan(**{**args, "u": u}, backend="torch"),
+            (args["u"],),
+            (torch.ones_like(args["u"]),),
+        )
+    with fwAD.dual_level():
+        plain = cross_selective_scan(**args, backend="torch")  # no dual input: computed as usual
+        torch.testing.assert_close(plain, cross_selective_scan(**args, backend="torch"))
+        dual = fwAD.make_dual(args["B"], torch.ones_like(args["B"]))
+        with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+            cross_selective_scan(**{**args, "B": dual}, backend="torch")

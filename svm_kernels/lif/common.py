@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..utils import check_floating, is_real, new_output, same_layout, time_major_dense
+from ..utils import check_flag, check_floating, is_real, new_output, same_layout, time_major_dense
 
 SURROGATE_DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0}
 
@@ -106,10 +106,8 @@ def _check_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogat
             )
         if v_reset >= v_threshold:
             raise ValueError(f"v_reset ({v_reset}) must be below v_threshold ({v_threshold})")
-    for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset)):
-        # (bool("false") is True: a string from a config file would run the other mode)
-        if isinstance(flag, str) or flag not in (True, False):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    check_flag("decay_input", decay_input)
+    check_flag("detach_reset", detach_reset)
     if not isinstance(surrogate, str) or surrogate not in SURROGATE_DEFAULT_ALPHA:
         raise ValueError(f"surrogate must be one of {sorted(SURROGATE_DEFAULT_ALPHA)}, got {surrogate!r}")
     if alpha is None:

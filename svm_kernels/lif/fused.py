@@ -229,7 +229,9 @@ if HAS_TRITON:
                 if DETACH_RESET:
                     b_gx += b_gs * b_sg
                 else:
-                    b_gx += (b_gs + b_g * (b_h * -inv_scale + v_reset * inv_scale)) * b_sg
+                    # (v_reset - h) unscaled, as the reference: v_reset * tau overflows for a
+                    # v_reset near float32's limit, and -inf * a zero gradient is NaN
+                    b_gx += (b_gs + (b_g * inv_scale) * (v_reset - b_h)) * b_sg
             else:  # dv/dh = 1 - v_threshold sg
                 if DETACH_RESET:
                     b_gx = b_gs * b_sg + b_g

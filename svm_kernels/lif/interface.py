@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import TRITON_DTYPES, resolve_backend
+from ..utils import TRITON_DTYPES, check_flag, resolve_backend
 from .common import LIFParams, check_inputs, make_params
 from .fused import lif_op
 
@@ -51,7 +51,7 @@ def multistep_lif(
         Arithmetic is fp32 whatever the storage dtype (fp64 for fp64 x).
     """
     p = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    return lif_with_params(x, p, v_init=v_init, return_v=return_v, backend=backend)
+    return lif_with_params(x, p, v_init=v_init, return_v=check_flag("return_v", return_v), backend=backend)
 
 
 def lif_with_params(

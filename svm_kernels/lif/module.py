@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..utils import check_backend
+from ..utils import check_backend, check_flag
 from .common import make_params
 from .interface import lif_with_params
 
@@ -19,7 +19,8 @@ class MultiStepLIF(nn.Module):
     next call continues from it (streaming a long sequence in chunks); call :meth:`reset` to
     start over, and :meth:`detach` between chunks to train them one backward at a time
     (truncated backpropagation through time: the kept potential otherwise carries the previous
-    chunks' graph). Arguments are those of :func:`svm_kernels.multistep_lif`.
+    chunks' graph). ``.to()`` moves the kept potential with the module; it is a sequence's
+    state, not the model's, and stays out of ``state_dict``. Arguments are those of :func:`svm_kernels.multistep_lif`.
     """
 
     def __init__(
@@ -37,8 +38,17 @@ class MultiStepLIF(nn.Module):
         super().__init__()
         self.params = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
         self.backend = check_backend(backend)
-        self.stateful = stateful
+        self.stateful = check_flag("stateful", stateful)
         self.v: torch.Tensor | None = None
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .half() move and convert the kept potential with the parameters (a
+        # plain attribute, not a buffer: it is a sequence's state, not the model's, so it stays
+        # out of state_dict, as spikingjelly's memories do)
+        module = super()._apply(fn, *args, **kwargs)
+        if self.v is not None:
+            self.v = fn(self.v)
+        return module
 
     def reset(self) -> None:
         self.v = None

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
-from ..utils import check_floating, check_same_device, check_shape
+from ..utils import FLOAT_DTYPES, check_floating, check_same_device, check_shape
 
 # The fused kernels keep the per-direction state for every n in registers.
 MAX_D_STATE = 16
@@ -63,7 +64,7 @@ def check_scan_inputs(
 def default_out_dtype(u: torch.Tensor, out_dtype: torch.dtype | None) -> torch.dtype:
     """fp32 for half inputs (VMamba's "oflex"), else u's dtype, unless asked otherwise."""
     if out_dtype is not None:
-        if not out_dtype.is_floating_point:
+        if not isinstance(out_dtype, torch.dtype) or out_dtype not in FLOAT_DTYPES:
             raise TypeError(f"out_dtype must be a floating dtype, got {out_dtype}")
         return out_dtype
     return torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
@@ -186,13 +187,27 @@ def call_forward_op(ops: tuple, u, delta, dt_low, dt_weight, A, B, C, D, bias, s
     return lowrank(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
 
 
+def _check_no_tangents(args) -> None:
+    """Refuse forward-mode AD (``torch.func.jvp``, ``forward_ad`` dual tensors) by name: the ops
+    define no forward derivative, and an input that needs none would take the inference op,
+    which drops the tangents and returns zeros."""
+    if getattr(fwAD, "_current_level", -1) < 0:
+        return
+    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in args):
+        raise NotImplementedError(
+            "the selective scan has no forward-mode derivative (torch.func.jvp, forward_ad); "
+            "use reverse mode (backward, torch.func.grad / vjp)"
+        )
+
+
 def scan_output(
     ops: tuple, inference_ops: tuple, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype
 ):
     """The scan's output: through the differentiable op of ``ops`` (define_forward_ops) where
     autograd may ask for a gradient, else through that of ``inference_ops``
-    (define_inference_ops), which saves nothing for a backward."""
+    (define_inference_ops), which saves nothing for a backward. Forward-mode AD is refused."""
     args = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
+    _check_no_tangents(args)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         return call_forward_op(ops, *args, softplus, out_dtype)[0]
     return call_forward_op(inference_ops, *args, softplus, out_dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import check_floating, check_same_device, resolve_backend
+from ..utils import check_flag, check_floating, check_same_device, resolve_backend
 from .common import MAX_D_STATE, check_scan_inputs, default_out_dtype
 from .vectorised import ss2d_torch
 
@@ -61,6 +61,7 @@ def cross_selective_scan(
         (B, D, H, W) tensor in ``out_dtype``. Gradients flow to every tensor argument.
     """
     batch, d_inner, H, W, N = check_scan_inputs(u, A, B, C, D, delta_bias, "delta_bias", delta=delta)
+    check_flag("delta_softplus", delta_softplus)
     if delta.shape != (batch, 4, d_inner, H, W):
         raise ValueError(f"delta must have shape {(batch, 4, d_inner, H, W)}, got {tuple(delta.shape)}")
     dtype = default_out_dtype(u, out_dtype)
@@ -109,6 +110,7 @@ def cross_selective_scan_lowrank(
         Other arguments as :func:`cross_selective_scan`.
     """
     batch, d_inner, H, W, N = check_scan_inputs(u, A, B, C, D, dt_bias, "dt_bias", dt_low=dt_low)
+    check_flag("delta_softplus", delta_softplus)
     if dt_low.dim() != 5 or dt_low.shape[:2] != (batch, 4) or dt_low.shape[3:] != (H, W):
         raise ValueError(f"dt_low must have shape (B={batch}, 4, R, H={H}, W={W}), got {tuple(dt_low.shape)}")
     R = dt_low.shape[2]
