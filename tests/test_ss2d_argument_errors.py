@@ -57,6 +57,9 @@ def test_time_steps_of_another_dtype_or_map_size_are_refused():
         ({"dt_min": 0.0}, "dt_min"),
         ({"dt_min": 0.2, "dt_max": 0.1}, "dt_max"),
         ({"dt_init_floor": 0.0}, "dt_init_floor"),
+        ({"dt_max": float("inf")}, "finite numbers"),  # (every dt bias became inf)
+        ({"dt_min": "0.1"}, "finite numbers"),  # (a bare TypeError from '<')
+        ({"backend": "cuda"}, "backend must be one of"),
     ],
 )
 def test_module_arguments_are_checked_at_construction(kwargs, name):

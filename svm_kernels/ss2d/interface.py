@@ -58,7 +58,9 @@ def cross_selective_scan(
             PyTorch scan of ``vectorised.py``, any device and dtype).
 
     Returns:
-        (B, D, H, W) tensor in ``out_dtype``. Gradients flow to every tensor argument.
+        (B, D, H, W) tensor in ``out_dtype``. Gradients flow to every tensor argument. Its strides
+        depend on the backend (Triton: contiguous; the PyTorch scan: channels-last, its working
+        layout): flatten it with ``reshape``, not ``view``.
     """
     batch, d_inner, H, W, N = check_scan_inputs(u, A, B, C, D, delta_bias, "delta_bias", delta=delta)
     check_flag("delta_softplus", delta_softplus)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import check_backend, is_int
+from ..utils import check_backend, is_int, is_real
 from .interface import cross_selective_scan_lowrank
 from .naive import K_DIRECTIONS
 
@@ -57,6 +57,10 @@ class CrossSelectiveScan(nn.Module):
         for name, value in (("d_inner", d_inner), ("d_state", d_state), ("dt_rank", dt_rank)):
             if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not all(is_real(v) and math.isfinite(v) for v in (dt_min, dt_max, dt_init_floor)):
+            raise ValueError(
+                f"dt_min, dt_max and dt_init_floor must be finite numbers, got {dt_min!r}, {dt_max!r}, {dt_init_floor!r}"
+            )
         if not (0 < dt_min <= dt_max):
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
         if not dt_init_floor > 0:
