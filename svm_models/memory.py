@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.model not in svm_models.list_models():
         print(f"error: unknown model {args.model!r}; see svm_models.list_models()", file=sys.stderr)
         return 2
+    if args.plain and args.compare:
+        print("error: --compare builds both ways itself; drop --plain", file=sys.stderr)
+        return 2
     if args.batch_size < 1:
         print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2

@@ -736,8 +736,8 @@ def test_cli_refuses_an_unwritable_output_in_one_line(capsys, tmp_path):
     # A --json / --png in a folder that does not exist is refused before the profile (it crashed
     # with a traceback after it); a bad backend is refused when the model is built
     small = ["--model", "vmamba_cifar", "--img-size", "16", "--set", "dims=8", "--set", "depths=[1, 1, 1]"]
-    for flag in ("--json", "--png"):
-        path = tmp_path / "missing" / "r.out"
+    for flag, name in (("--json", "r.json"), ("--png", "r.png")):
+        path = tmp_path / "missing" / name
         assert cli_main([*small, flag, str(path)]) == 2
         assert capsys.readouterr().err.strip() == f"error: {flag} {path}: no folder {path.parent}"
     (tmp_path / "taken").write_text("a file, not a folder")

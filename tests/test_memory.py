@@ -234,6 +234,7 @@ def test_cli_table_and_bad_arguments(capsys):
         ["--model", "svmamba_cifar", "--batch-size", "0"],
         ["--precision", "x"],
         ["--model", "svmamba_cifar", "--img-size", "5"],  # (the accounting CLI's and configs' minimum)
+        ["--model", "svmamba_cifar", "--plain", "--compare"],  # (--plain was ignored)
     ):
         with pytest.raises(SystemExit) as e:
             code = memory_main(bad)

@@ -745,6 +745,10 @@ def test_accounting_cli_bad_arguments_are_one_line(capsys):
         (["--model", "svmamba_cifar", "--batch", "0"], "--batch must be >= 1, got 0"),
         (["--model", "svmamba_cifar", "--num-classes", "0"], "--num-classes must be >= 1"),
         (["--model", "svmamba_cifar", "--device", "nonsense"], "--device"),
+        # options that were ignored without a word
+        (["--model", "svmamba_cifar", "--reuse", "ideal"], "--reuse applies to a hardware model"),
+        (["--model", "svmamba_cifar", "--layers"], "--layers extends the --markdown report"),
+        (["--model", "svmamba_cifar", "--png", "chart.pdf"], "--png writes a PNG image"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--model", "svmamba_cifar", "--device", "cuda"], "no CUDA device is available"))

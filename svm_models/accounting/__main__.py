@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         "traffic, neuron updates and addressing per layer)",
     )
     p.add_argument(
-        "--reuse", default="none", choices=REUSE, help="hardware model: weight reuse of the MAC layers"
+        "--reuse",
+        default=None,
+        choices=REUSE,
+        help="hardware model: weight reuse of the MAC layers (default none)",
     )
     first = p.add_mutually_exclusive_group()  # (--first-layer per_step --first-layer-once: which?)
     first.add_argument(
@@ -121,6 +124,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--device: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA device is available")
+    # options that would otherwise be ignored without a word
+    if args.reuse is not None and args.preset == PAPER:
+        raise UsageError("--reuse applies to a hardware model: add --preset hw_45nm_fp32 (or another)")
+    if args.layers and not args.markdown:
+        raise UsageError("--layers extends the --markdown report: add --markdown")
+    if args.png and not args.png.lower().endswith(".png"):
+        raise UsageError(f"--png writes a PNG image: name it *.png, got {args.png}")
     for flag, path in (("--json", args.json), ("--png", args.png)):
         # checked before the profile, which can take minutes, not after it
         folder = os.path.dirname(path or "") or "."
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         count_batchnorm=args.count_batchnorm,
         integer_as=args.integer_as,
         head_as=args.head_as,
-        reuse=args.reuse,
+        reuse=args.reuse or "none",
     )
     em = report.energy_model
     print(
