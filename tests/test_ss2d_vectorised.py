@@ -186,6 +186,22 @@ def test_strided_inputs_channels_last_and_sliced():
     assert_close_rel(cross_selective_scan_lowrank(**strided, backend="torch"), y_ref, 1e-6)
 
 
+def _torch_forward_op(lowrank: bool):
+    """The PyTorch backend's differentiable op and the order of its tensor arguments."""
+    if lowrank:
+        return torch.ops.svmamba.ss2d_torch_lowrank_fwd, (
+            "u",
+            "dt_low",
+            "dt_weight",
+            "A",
+            "B",
+            "C",
+            "D",
+            "dt_bias",
+        )
+    return torch.ops.svmamba.ss2d_torch_fwd, ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("lowrank", [False, True])
 def test_custom_ops_pass_opcheck(lowrank, channels_last):
@@ -193,13 +209,7 @@ def test_custom_ops_pass_opcheck(lowrank, channels_last):
     if channels_last:  # the fakes promise the real strides whatever u's layout
         inputs["u"] = inputs["u"].contiguous(memory_format=torch.channels_last)
     args = {k: v.requires_grad_(True) if v is not None else None for k, v in inputs.items()}
-    if lowrank:
-        op, order = (
-            torch.ops.svmamba.ss2d_torch_lowrank_fwd,
-            ("u", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias"),
-        )
-    else:
-        op, order = torch.ops.svmamba.ss2d_torch_fwd, ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    op, order = _torch_forward_op(lowrank)
     torch.library.opcheck(op, (*(args[k] for k in order), True, torch.float32))
     inference_op = getattr(torch.ops.svmamba, op.__name__.replace("fwd", "infer"))
     torch.library.opcheck(inference_op, (*(inputs[k].detach() for k in order), True, torch.float32))
@@ -411,13 +421,7 @@ def test_the_torch_ops_give_empty_gradients_for_an_empty_batch(lowrank):
     # guards _or_none: only the 1-d placeholders of absent inputs become None, not the empty
     # gradients of a batch of 0 through the op itself (the interface never passes one)
     inputs = make_inputs(0, 3, 2, 2, 1, 2, lowrank, True, True, dtype=torch.float32)
-    if lowrank:
-        op, order = (
-            torch.ops.svmamba.ss2d_torch_lowrank_fwd,
-            ("u", "dt_low", "dt_weight", "A", "B", "C", "D", "dt_bias"),
-        )
-    else:
-        op, order = torch.ops.svmamba.ss2d_torch_fwd, ("u", "delta", "A", "B", "C", "D", "delta_bias")
+    op, order = _torch_forward_op(lowrank)
     leaves = [inputs[k].clone().requires_grad_(True) for k in order]
     y = op(*leaves, True, torch.float32)[0]
     y.sum().backward()

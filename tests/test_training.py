@@ -203,24 +203,30 @@ def test_scan_weight_decay_key_decays_rates_and_time_step_bias_as_vmamba():
     assert not {"A_logs", "dt_projs_bias"} & decayed_names({**cfg, "scan_weight_decay": False})
 
 
-def test_warmup_then_cosine_per_iteration():
-    m = TinyNet()
-    cfg = dict(lr=1e-2, weight_decay=0.0, epochs=5, warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5)
-    opt = optim.build_optimizer(m, cfg)
-    sched = optim.build_scheduler(opt, cfg, steps_per_epoch=10)
+def _lr_trace(cfg: dict, steps: int, steps_per_epoch: int = 10) -> list[float]:
+    """The learning rate of each of the first ``steps`` optimiser steps under cfg's schedule, then
+    the one after the last (steps + 1 values)."""
+    opt = optim.build_optimizer(TinyNet(), cfg)
+    sched = optim.build_scheduler(opt, cfg, steps_per_epoch=steps_per_epoch)
     lrs = []
-    for _ in range(50):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return [*lrs, opt.param_groups[0]["lr"]]
+
+
+def test_warmup_then_cosine_per_iteration():
+    cfg = dict(lr=1e-2, weight_decay=0.0, epochs=5, warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5)
+    lrs = _lr_trace(cfg, 50)
     assert lrs[0] == pytest.approx(1e-4)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # linear ramp
     assert lrs[10] == pytest.approx(1e-2)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay
+    assert all(a >= b for a, b in zip(lrs[10:50], lrs[11:50]))  # cosine decay
     assert lrs[30] == pytest.approx(
         1e-5 + (1e-2 - 1e-5) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 20 / 40)).item())
     )
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # min_lr after the last step
+    assert lrs[50] == pytest.approx(1e-5)  # min_lr after the last step
 
 
 def test_a_warmup_rounding_up_to_the_whole_run_still_ends_at_min_lr():
@@ -263,13 +269,7 @@ def test_weight_decay_groups_no_weight_decay_frozen_weights_n_d_biases_and_no_em
 def test_fractional_warmup_rounds_to_the_nearest_step():
     # Guards the rounding of warmup_epochs x steps: 0.29 x 10 steps is a 3-step warmup, not 2
     cfg = dict(lr=1e-2, weight_decay=0.0, epochs=2, warmup_epochs=0.29, warmup_lr=1e-4, min_lr=1e-5)
-    opt = optim.build_optimizer(TinyNet(), cfg)
-    sched = optim.build_scheduler(opt, cfg, steps_per_epoch=10)
-    lrs = []
-    for _ in range(4):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _lr_trace(cfg, 4)
     assert lrs[2] < 1e-2 and lrs[3] == pytest.approx(1e-2)
 
 
