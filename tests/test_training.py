@@ -342,6 +342,8 @@ def test_load_weights_accepts_the_usual_layouts(tmp_path):
         "model.pt": {"model": sd, "epoch": 3},
         "state_dict.pt": {"state_dict": sd},
         "ddp.pt": {"model": {f"module.{k}": v for k, v in sd.items()}},
+        # with both keys, 'model' (train.py's) is the one taken
+        "both.pt": {"state_dict": TinyNet().state_dict(), "model": sd},
     }
     for name, obj in layouts.items():
         torch.save(obj, tmp_path / name)
