@@ -143,6 +143,19 @@ def test_bad_arguments():
         pack_bits(torch.zeros(3), backend="cuda")
 
 
+def test_shape_as_one_int_and_check_as_a_bool():
+    # a bare int shape raised "'int' object is not iterable"; check="no" ran the check
+    x = spikes((13,), torch.float32)
+    for backend in ("torch", "triton"):
+        assert torch.equal(unpack_bits(pack_bits(x, backend=backend), 13, backend=backend), x)
+    for bad in ((2.0, 8), "16", None):
+        with pytest.raises(TypeError, match="shape must be an int or a sequence of ints"):
+            unpack_bits(torch.zeros(2, dtype=torch.uint8), bad)
+    for flag in ("no", None):
+        with pytest.raises(TypeError, match="check must be a bool"):
+            pack_bits(torch.tensor([0.0, 0.5]), check=flag)
+
+
 def test_empty():
     x = torch.zeros(0, 4)
     for backend in ("torch", "triton"):

@@ -210,8 +210,28 @@ def test_double_backward_raises(backend):
     x = torch.randn(3, 8, requires_grad=True)
     s = multistep_lif(x, backend=backend)
     (gx,) = torch.autograd.grad(s, x, torch.randn(3, 8), create_graph=True)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="double backward|no autograd formula"):
         torch.autograd.grad(gx.sum(), x)
+
+
+@pytest.mark.parametrize("path", ["eager", "custom_op"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_penalty_raises_instead_of_dropping_its_terms(backend, path, monkeypatch):
+    """A penalty on the gradient beside the loss itself (one backward through both): the eager
+    node's gradients were constants there, so the penalty's terms vanished from x's gradient
+    without a word. Both paths refuse it, on v_init's gradient too."""
+    from svm_kernels.lif import fused
+
+    if path == "custom_op":
+        monkeypatch.setattr(fused, "_eager", lambda x, v_init: False)
+    x = torch.randn(3, 8, requires_grad=True)
+    v_init = torch.randn(8, requires_grad=True)
+    s, v = multistep_lif(x, v_init=v_init, return_v=True, backend=backend)
+    gx, gv = torch.autograd.grad(s.sum() + v.sum(), (x, v_init), create_graph=True)
+    assert gx.requires_grad and gv.requires_grad
+    loss = s.sum() + (gx**2).sum() + (gv**2).sum()
+    with pytest.raises(RuntimeError, match="double backward|no autograd formula"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -890,3 +910,28 @@ def test_stateful_potential_moves_with_the_module_and_flags_are_bools():
             multistep_lif(torch.randn(2, 3), return_v=flag)
     with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
         multistep_lif(torch.randn(2, 3).to(torch.float8_e4m3fn))
+
+
+def test_stateful_module_copies_mid_sequence_without_the_graph():
+    # the kept potential carries the chunk's graph until detach(): deepcopy (an EMA copy of the
+    # model) raised "Only Tensors created explicitly by the user ... support the deepcopy protocol"
+    import copy
+    import io
+
+    m = MultiStepLIF(stateful=True)
+    x = (torch.randn(3, 2, 4) * 2).requires_grad_()
+    m(x)
+    assert m.v.grad_fn is not None
+    twins = copy.deepcopy(m), torch.load(_saved(m, io.BytesIO()), weights_only=False)
+    assert m.v.grad_fn is not None  # the original keeps its graph
+    for twin in twins:
+        assert torch.equal(twin.v, m.v) and not twin.v.requires_grad
+    spikes = m(x.detach())
+    for twin in twins:  # both continue the same sequence
+        assert torch.equal(twin(x.detach()), spikes)
+
+
+def _saved(module, buffer):
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return buffer

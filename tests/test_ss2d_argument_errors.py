@@ -68,6 +68,13 @@ def test_module_arguments_are_checked_at_construction(kwargs, name):
         CrossSelectiveScan(**{"d_inner": 4, **kwargs})
 
 
+@pytest.mark.parametrize("shape", [(4, 2, 3), (1, 3, 2, 3), (1, 1, 4, 2, 3)])
+def test_module_input_of_the_wrong_shape_is_refused_by_name(shape):
+    # a 3-d u went through conv2d as one unbatched image and failed in unflatten
+    with pytest.raises(ValueError, match=r"u must have shape \(B, D=4, H, W\)"):
+        CrossSelectiveScan(4, backend="torch")(torch.randn(shape))
+
+
 def _lowrank_args(batch=1, d=3, n=4, h=2, w=3, r=2):
     args = {k: v for k, v in _args(batch, d, n, h, w).items() if k != "delta"}
     return dict(args, dt_low=torch.randn(batch, 4, r, h, w), dt_weight=torch.randn(4, d, r))

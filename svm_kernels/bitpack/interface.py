@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import TRITON_DTYPES, resolve_backend
+from ..utils import TRITON_DTYPES, check_flag, is_int, resolve_backend
 from .fused import pack_bits_op, unpack_bits_op
 from .naive import pack_bits_naive, packed_size, unpack_bits_naive
 
@@ -36,7 +36,7 @@ def pack_bits(x: torch.Tensor, check: bool = False, backend: str = "auto") -> to
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in PACKABLE_DTYPES:
         raise TypeError(f"x must be one of {PACKABLE_DTYPES}, got {x.dtype}")
-    if check and not is_binary(x):
+    if check_flag("check", check) and not is_binary(x):
         raise ValueError("pack_bits got a tensor with values other than 0 and 1 (not spikes)")
     use = resolve_backend(backend, x)
     if use == "triton" and x.dtype not in TRITON_DTYPES:
@@ -54,7 +54,7 @@ def unpack_bits(
     """Inverse of :func:`pack_bits`: a contiguous tensor of ``shape`` and ``dtype`` holding 0 and 1."""
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
         raise TypeError(f"packed must be a uint8 tensor, got {getattr(packed, 'dtype', type(packed))}")
-    shape = torch.Size(shape)
+    shape = _as_shape(shape)
     if any(n < 0 for n in shape):
         raise ValueError(f"shape must have no negative size, got {tuple(shape)}")
     if packed.numel() != packed_size(shape.numel()):
@@ -71,6 +71,16 @@ def unpack_bits(
     if use == "torch":
         return unpack_bits_naive(packed, shape, dtype)
     return unpack_bits_op(packed.contiguous(), shape.numel(), dtype).view(shape)
+
+
+def _as_shape(shape) -> torch.Size:
+    """``shape`` as a torch.Size: a sequence of ints, or one int (as ``torch.empty`` takes)."""
+    if is_int(shape):
+        return torch.Size((shape,))
+    try:
+        return torch.Size(shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
 
 
 def pack_bytes_moved(numel: int, dtype: torch.dtype) -> int:

@@ -669,13 +669,35 @@ class _EagerLIF(torch.autograd.Function):
         return spikes, v
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_s, grad_v):
         x, v_init, need_gvi, grad_v = _backward_inputs(ctx, grad_v)
         if grad_s is None:  # only the final v reaches the loss
             grad_s = torch.zeros_like(x)
-        grad_x, grad_v_init = _run_backward(grad_s, grad_v, x, v_init, ctx.p, need_gvi, ctx.use_triton)
-        return grad_x, grad_v_init if need_gvi else None, None, None, None
+        with torch.no_grad():
+            grad_x, grad_v_init = _run_backward(grad_s, grad_v, x, v_init, ctx.p, need_gvi, ctx.use_triton)
+        grad_v_init = grad_v_init if need_gvi else None
+        if torch.is_grad_enabled():  # create_graph=True: a second backward must fail, not see zeros
+            grad_x, grad_v_init = _NoDoubleBackward.apply(x, v_init, grad_x, grad_v_init)
+        return grad_x, grad_v_init, None, None, None
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """The eager node's gradients, unchanged, tied to x and v_init by a node whose backward raises:
+    differentiating them (create_graph=True, then a second backward) fails as the custom op's path
+    does. (``once_differentiable`` ties them only when the incoming gradients require grad: with
+    a constant one, as ``s.sum()``'s, the gradients came back as constants, and a gradient penalty
+    built on them lost its second-order terms without a word.)"""
+
+    @staticmethod
+    def forward(ctx, x, v_init, grad_x, grad_v_init):
+        return grad_x.view_as(grad_x), None if grad_v_init is None else grad_v_init.view_as(grad_v_init)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "multistep_lif's backward is not differentiable: no double backward (create_graph=True, "
+            "then a gradient of the gradient)"
+        )
 
 
 def _eager(x: torch.Tensor, v_init: torch.Tensor | None) -> bool:

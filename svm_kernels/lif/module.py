@@ -50,6 +50,14 @@ class MultiStepLIF(nn.Module):
             self.v = fn(self.v)
         return module
 
+    def __getstate__(self):
+        # deepcopy and pickle take the kept potential's value, not the graph it still carries
+        # mid-sequence (a tensor with a graph refuses deepcopy: copying the model for an EMA failed)
+        state = super().__getstate__()
+        if state.get("v") is not None:
+            state = {**state, "v": state["v"].detach()}
+        return state
+
     def reset(self) -> None:
         self.v = None
 

@@ -196,7 +196,8 @@ def _check_no_tangents(args) -> None:
     if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in args):
         raise NotImplementedError(
             "the selective scan has no forward-mode derivative (torch.func.jvp, forward_ad); "
-            "use reverse mode (backward, torch.func.grad / vjp)"
+            "use reverse mode (.backward() or torch.autograd.grad; torch.func.grad and vjp "
+            "reject the custom ops' autograd)"
         )
 
 

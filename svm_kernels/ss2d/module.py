@@ -96,6 +96,10 @@ class CrossSelectiveScan(nn.Module):
 
     def project(self, u: torch.Tensor):
         """Per-direction projections of u: dt_low (B, 4, R, H, W), B and C (B, 4, N, H, W)."""
+        # (conv2d takes a 3-d u as one unbatched image: the error came from deep inside)
+        if not isinstance(u, torch.Tensor) or u.dim() != 4 or u.shape[1] != self.d_inner:
+            shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"u must have shape (B, D={self.d_inner}, H, W), got {shape}")
         K, R, N = K_DIRECTIONS, self.dt_rank, self.d_state
         w = self.x_proj_weight.to(u.dtype).reshape(K * (R + 2 * N), self.d_inner, 1, 1)
         x_dbl = F.conv2d(u, w).unflatten(1, (K, R + 2 * N))
