@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 try:  # triton is a Linux-only dependency; the reference paths work without it.
     import triton  # noqa: F401
@@ -94,6 +95,20 @@ def check_flag(name: str, value) -> bool:
     if isinstance(value, str) or value not in (True, False):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
+
+
+def check_no_tangents(op: str, *tensors: torch.Tensor | None) -> None:
+    """Refuse forward-mode AD (``torch.func.jvp``, ``forward_ad`` dual tensors) by name: the ops
+    define no forward derivative, and the custom ops' path drops the tangents (jvp returned
+    zeros) where the eager one fails with autograd's own message."""
+    if getattr(fwAD, "_current_level", -1) < 0:
+        return
+    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            f"{op} has no forward-mode derivative (torch.func.jvp, forward_ad); use reverse mode "
+            "(.backward() or torch.autograd.grad; torch.func.grad and vjp reject the custom ops' "
+            "autograd)"
+        )
 
 
 def check_shape(name: str, t: torch.Tensor, shape: Sequence[int]) -> None:

@@ -234,6 +234,26 @@ def test_gradient_penalty_raises_instead_of_dropping_its_terms(backend, path, mo
         loss.backward()
 
 
+@pytest.mark.parametrize("path", ["eager", "custom_op"])
+def test_forward_mode_ad_is_refused_by_name(path, monkeypatch):
+    # the custom op's path dropped the tangents (jvp returned zeros, a dual x a plain result)
+    import torch.autograd.forward_ad as fwAD
+
+    from svm_kernels.lif import fused
+
+    if path == "custom_op":
+        monkeypatch.setattr(fused, "_eager", lambda x, v_init: False)
+    x, v_init = torch.randn(3, 8), torch.randn(8)
+    with pytest.raises(NotImplementedError, match="multistep_lif has no forward-mode derivative"):
+        torch.func.jvp(lambda a: multistep_lif(a, return_v=True)[1], (x,), (torch.ones_like(x),))
+    with fwAD.dual_level():
+        plain = multistep_lif(x, v_init=v_init)  # no dual input: computed as usual
+        assert torch.equal(plain, multistep_lif(x, v_init=v_init))
+        dual = fwAD.make_dual(v_init, torch.ones_like(v_init))
+        with pytest.raises(NotImplementedError, match="multistep_lif has no forward-mode derivative"):
+            multistep_lif(x, v_init=dual)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["transposed_inner", "channels_last", "strided_slice"])
 def test_layouts(layout, backend):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import TRITON_DTYPES, check_flag, resolve_backend
+from ..utils import TRITON_DTYPES, check_flag, check_no_tangents, resolve_backend
 from .common import LIFParams, check_inputs, make_params
 from .fused import lif_op
 
@@ -65,6 +65,7 @@ def lif_with_params(
     """:func:`multistep_lif` with its neuron parameters checked already (``make_params``): what a
     module that holds them calls."""
     check_inputs(x, v_init)
+    check_no_tangents("multistep_lif", x, v_init)
     use = resolve_backend(backend, x, v_init)
     if use == "triton" and x.dtype not in TRITON_DTYPES:
         if backend == "triton":

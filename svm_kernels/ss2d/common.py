@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
-from ..utils import FLOAT_DTYPES, check_floating, check_same_device, check_shape
+from ..utils import FLOAT_DTYPES, check_floating, check_no_tangents, check_same_device, check_shape
 
 # The fused kernels keep the per-direction state for every n in registers.
 MAX_D_STATE = 16
@@ -187,20 +186,6 @@ def call_forward_op(ops: tuple, u, delta, dt_low, dt_weight, A, B, C, D, bias, s
     return lowrank(u, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype)
 
 
-def _check_no_tangents(args) -> None:
-    """Refuse forward-mode AD (``torch.func.jvp``, ``forward_ad`` dual tensors) by name: the ops
-    define no forward derivative, and an input that needs none would take the inference op,
-    which drops the tangents and returns zeros."""
-    if getattr(fwAD, "_current_level", -1) < 0:
-        return
-    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in args):
-        raise NotImplementedError(
-            "the selective scan has no forward-mode derivative (torch.func.jvp, forward_ad); "
-            "use reverse mode (.backward() or torch.autograd.grad; torch.func.grad and vjp "
-            "reject the custom ops' autograd)"
-        )
-
-
 def scan_output(
     ops: tuple, inference_ops: tuple, u, delta, dt_low, dt_weight, A, B, C, D, bias, softplus, out_dtype
 ):
@@ -208,7 +193,7 @@ def scan_output(
     autograd may ask for a gradient, else through that of ``inference_ops``
     (define_inference_ops), which saves nothing for a backward. Forward-mode AD is refused."""
     args = (u, delta, dt_low, dt_weight, A, B, C, D, bias)
-    _check_no_tangents(args)
+    check_no_tangents("the selective scan", *args)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         return call_forward_op(ops, *args, softplus, out_dtype)[0]
     return call_forward_op(inference_ops, *args, softplus, out_dtype)
