@@ -162,3 +162,14 @@ def test_forward_mode_ad_is_refused_not_answered_with_zeros():
         dual = fwAD.make_dual(args["B"], torch.ones_like(args["B"]))
         with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
             cross_selective_scan(**{**args, "B": dual}, backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_gradient_of_a_gradient_is_refused(backend):
+    # a penalty on the scan's gradient needs its backward's derivative, which no backend defines
+    args = _args()
+    u = args.pop("u").requires_grad_()
+    y = cross_selective_scan(u, **args, backend=backend)
+    (g,) = torch.autograd.grad(y.sum(), u, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        (g**2).sum().backward()
