@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     cfg = cli.config_from_args(args)
     if args.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {args.topk}")
+    if args.output is not None and not args.output.lower().endswith(".json"):
+        # (it replaced whatever file it named: an image of the folder, the checkpoint itself)
+        raise ConfigError(f"--output writes the predictions as JSON: name it *.json, got {args.output}")
     require_dir(args.img_folder, "image folder")
     if args.class_index_json:
         require_file(args.class_index_json, "class index json")

@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
+    if args.num_classes < 1:  # (the step's loss needs classes: 0 would divide by zero)
+        print(f"error: --num-classes must be >= 1, got {args.num_classes}", file=sys.stderr)
+        return 2
     if args.img_size is not None and args.img_size < MIN_IMG_SIZE:
         print(f"error: --img-size must be >= {MIN_IMG_SIZE}, got {args.img_size}", file=sys.stderr)
         return 2

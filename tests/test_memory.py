@@ -235,6 +235,7 @@ def test_cli_table_and_bad_arguments(capsys):
         ["--precision", "x"],
         ["--model", "svmamba_cifar", "--img-size", "5"],  # (the accounting CLI's and configs' minimum)
         ["--model", "svmamba_cifar", "--plain", "--compare"],  # (--plain was ignored)
+        ["--model", "svmamba_cifar", "--num-classes", "0"],  # (a ZeroDivisionError traceback)
     ):
         with pytest.raises(SystemExit) as e:
             code = memory_main(bad)

@@ -478,6 +478,26 @@ def test_resume_refuses_other_workers_with_augment_and_an_unvalidated_end(tmp_pa
     assert engine.fit(dict(plain, workers=1), resume=True, progress=False)["history"][-1]["epoch"] == 2
 
 
+def test_resume_that_changes_the_planned_epochs_says_so(tmp_path, tiny):
+    # trained with --epochs 2, interrupted, resumed with a plain --resume: the file's epochs (1
+    # here) shortened the run and its schedule without a word
+    cfg = _cfg(tmp_path, epochs=2)
+
+    def crash(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, progress=False, on_epoch_end=crash)
+    log = os.path.join(C.run_dir(cfg), "train.log")
+    with open(log) as f:
+        assert "planned for" not in f.read()
+    res = engine.fit(dict(cfg, epochs=1), resume=True, progress=False)
+    assert res["history"][-1]["epoch"] == 1
+    with open(log) as f:
+        assert "note: the run was planned for 2 epochs and now ends after 1" in f.read()
+
+
 def test_resume_of_a_run_grouped_otherwise_is_one_error(tmp_path, monkeypatch):
     # a last.pt saved while the scan's A_logs and dt bias were weight-decayed has other groups
     from svm_kernels.ss2d.module import CrossSelectiveScan

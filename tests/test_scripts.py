@@ -660,6 +660,26 @@ def test_class_index_json_contradicting_the_checkpoints_classes_is_refused(tmp_p
     assert inference.class_names({}, meta, 3, str(path))[2] == "triceratops (c)"
 
 
+def test_class_index_json_of_bare_names_in_another_order_is_refused(tmp_path):
+    # a name alone ("n01704323" or ["n01704323"]) is the class's id: checked like [id, name]
+    from svm_models.training import inference
+    from svm_models.training.config import ConfigError
+
+    meta = {"classes": ["n01532829", "n01558993", "n01704323"]}
+    path = tmp_path / "c.json"
+    for entry in ("n01704323", ["n01704323"]):
+        path.write_text(json.dumps({"0": entry, "1": "n01558993", "2": "n01532829"}))
+        with pytest.raises(ConfigError, match="class 0 is 'n01704323' there but 'n01532829'"):
+            inference.class_names({}, meta, 3, str(path))
+    path.write_text(json.dumps({"0": "n01532829", "1": ["n01558993"], "2": "triceratops"}))
+    assert inference.class_names({}, meta, 3, str(path)) == ["n01532829", "n01558993", "triceratops"]
+    # digits: the checkpoint's names are "0".."9"; a file listing them reversed would relabel every class
+    meta = {"classes": [str(i) for i in range(10)]}
+    path.write_text(json.dumps({str(i): str(9 - i) for i in range(10)}))
+    with pytest.raises(ConfigError, match="class 0 is '9' there but '0'"):
+        inference.class_names({}, meta, 10, str(path))
+
+
 def test_predict_decodes_one_batch_at_a_time(tmp_path):
     # every image was decoded and held before the first batch ran: memory grew with the folder
     from svm_models.training import inference
@@ -907,6 +927,20 @@ def test_predict_refuses_a_topk_of_zero(tmp_path, capsys):
     argv = ["--config", cfg, "--img_folder", str(tmp_path / "imgs"), "--topk", "0"]
     assert cli.run(script("predict").main, argv) == 2
     assert_one_error_line(capsys.readouterr().err, "--topk must be >= 1, got 0")
+
+
+def test_predict_refuses_an_output_not_named_json(tmp_path, capsys):
+    # --output best.pt (or an image of the folder) was replaced by the predictions' JSON
+    from svm_models.training import cli
+
+    cfg = write_config(tmp_path / "c.yaml", task_name="t", model="svmamba_cifar", dataset="digits")
+    (tmp_path / "imgs").mkdir()
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"weights")
+    argv = ["--config", cfg, "--img_folder", str(tmp_path / "imgs"), "--output", str(weights)]
+    assert cli.run(script("predict").main, argv) == 2
+    assert_one_error_line(capsys.readouterr().err, "--output writes the predictions as JSON: name it *.json")
+    assert weights.read_bytes() == b"weights"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -337,6 +337,7 @@ class Progress:
     best_epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     train_time: float = 0.0
+    planned_epochs: int | None = None  # on --resume: the epochs the checkpoint's run was planned for
 
 
 def _log(info: dist_utils.DistInfo, msg: str, run: RunDir | None = None) -> None:
@@ -438,6 +439,7 @@ def restore(t: Training, cfg: dict[str, Any], path: str) -> Progress:
         int(ck.get("best_epoch", 0)),
         history,
         float(ck.get("train_time_s", 0.0)),
+        stored.get("epochs"),
     )
 
 
@@ -536,6 +538,14 @@ def announce(t: Training, p: Progress, cfg: dict[str, Any], info, resume: bool, 
     if resume:
         last = run.file("last.pt")
         _log(info, f"resuming from {last} after epoch {p.epoch} (best top-1 {p.best_acc:.2f}%)", run)
+        if p.planned_epochs is not None and p.planned_epochs != cfg["epochs"]:
+            # (the file's epochs, when the first run had --epochs: a plain --resume changes the length)
+            _log(
+                info,
+                f"note: the run was planned for {p.planned_epochs} epochs and now ends after {cfg['epochs']}; "
+                f"the learning rate follows the cosine of {cfg['epochs']} epochs from here",
+                run,
+            )
     n_params = sum(x.numel() for x in t.model.parameters())
     _log(
         info,

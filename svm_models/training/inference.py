@@ -74,13 +74,15 @@ def class_names(
         entries = read_class_index(class_index_json, num_classes)
         if stored and len(stored) == num_classes:
             # the checkpoint knows its classes (folder names, e.g. wnids): a file naming the same
-            # ones must put them in the same order (ids of its own, e.g. "d0" for digits' "0", relabel)
+            # ones must put them in the same order (ids of its own, e.g. "d0" for digits' "0", relabel);
+            # an entry that is only a name ("n01532829", ["n01532829"]) is its own id
             known = {str(c) for c in stored}
-            wrong = [i for i, (wnid, _) in enumerate(entries) if wnid in known and wnid != str(stored[i])]
+            ids = [wnid if wnid is not None else shown for wnid, shown in entries]
+            wrong = [i for i, k in enumerate(ids) if k in known and k != str(stored[i])]
             if wrong:
                 i = wrong[0]
                 raise ConfigError(
-                    f"class index json {class_index_json}: class {i} is {entries[i][0]!r} there but "
+                    f"class index json {class_index_json}: class {i} is {ids[i]!r} there but "
                     f"{stored[i]!r} in the checkpoint ({len(wrong)} of {num_classes} differ); "
                     "is it the file of another dataset or class order?"
                 )
