@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import tempfile
+import textwrap
 import zipfile
 from collections.abc import Callable
 from typing import IO, Any
@@ -111,7 +112,9 @@ def _load_failure(path: str, e: Exception) -> str:
     if os.path.getsize(path) == 0:
         return "the file is empty (0 bytes)"
     if not zipfile.is_zipfile(path):
-        return f"not a PyTorch checkpoint, or a truncated one ({type(e).__name__}: {text[:80]})"
+        # its first sentence, shortened at a word: torch's messages run on with advice
+        detail = textwrap.shorten(text.split(". ")[0], 100, placeholder=" ...")
+        return f"not a PyTorch checkpoint, or a truncated one ({type(e).__name__}: {detail})"
     first = text.split(". ")[0]  # torch's zip errors continue with a paragraph of advice
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 

@@ -169,7 +169,8 @@ def _check_ranges(c: dict[str, Any]) -> None:
     need(c["weight_decay"] >= 0, f"'weight_decay' must be >= 0, got {c['weight_decay']}")
     need(
         0 <= c["warmup_epochs"] < c["epochs"],
-        f"'warmup_epochs' must be >= 0 and below epochs ({c['epochs']}), got {c['warmup_epochs']}",
+        f"'warmup_epochs' must be >= 0 and below epochs ({c['epochs']}), got {c['warmup_epochs']} "
+        "(a shorter run: --opts warmup_epochs=0, or fewer)",
     )
     need(0 < c["warmup_lr"] <= c["lr"], f"'warmup_lr' must be > 0 and <= lr, got {c['warmup_lr']}")
     need(0 <= c["min_lr"] <= c["lr"], f"'min_lr' must be >= 0 and <= lr, got {c['min_lr']}")
