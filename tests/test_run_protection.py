@@ -731,3 +731,16 @@ def test_process_start_is_the_start_time_not_a_field_that_changes():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_run_refused_before_it_starts_leaves_no_directory_it_made(tmp_path, tiny):
+    # a model_args typo is found once the run directory is claimed: the empty folder stayed
+    cfg = _cfg(tmp_path, model_args={"widht": 4})
+    folder = C.run_dir(cfg)
+    with pytest.raises(C.ConfigError, match="widht"):
+        engine.fit(cfg, progress=False)
+    assert not os.path.exists(folder) and os.path.isdir(os.path.dirname(folder))
+    os.makedirs(folder)
+    with pytest.raises(C.ConfigError, match="widht"):  # a folder that was there stays
+        engine.fit(cfg, progress=False)
+    assert os.listdir(folder) == []

@@ -181,6 +181,7 @@ class RunDir:
         self._pending: list[str] = []  # console lines before commit()
         self._doomed: list[str] = []  # the previous run's files that --overwrite deletes at commit()
         self.committed = False
+        self._created = False  # claim() made the directory: a run refused before commit() removes it
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -190,6 +191,7 @@ class RunDir:
         is changed: :meth:`commit` does that); returns messages worth showing."""
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
+        self._created = not os.path.isdir(self.path)
         ensure_writable(self.path)
         try:
             self.lock.acquire()
@@ -262,3 +264,6 @@ class RunDir:
                 self._log.close()
             self._log = None
         self.lock.release()
+        if self._created and not self.committed:
+            with contextlib.suppress(OSError):  # (only while empty: rmdir refuses otherwise)
+                os.rmdir(self.path)
