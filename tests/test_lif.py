@@ -955,3 +955,20 @@ def _saved(module, buffer):
     torch.save(module, buffer)
     buffer.seek(0)
     return buffer
+
+
+@pytest.mark.parametrize("v_reset", [0.0, -0.25, None])
+def test_backends_agree_bit_for_bit_and_differ_only_after_an_infinite_charge(v_reset):
+    x = torch.randn(6, 37) * 2
+    x[0, :3] = 2.0  # h exactly on the threshold (tau = 2)
+    kw = dict(v_reset=v_reset, return_v=True)
+    for a, b in zip(multistep_lif(x, backend="torch", **kw), multistep_lif(x, backend="triton", **kw)):
+        assert torch.equal(a, b)
+    x[0, 0] = float("inf")
+    (s_t, v_t), (s_k, v_k) = (multistep_lif(x, backend=be, **kw) for be in ("torch", "triton"))
+    assert s_t[0, 0] == 1 and s_k[0, 0] == 1
+    if v_reset is None:  # soft reset: inf - theta, then inf - inf / tau, NaN on both
+        torch.testing.assert_close(v_t, v_k, rtol=0, atol=0, equal_nan=True)
+        assert v_t[0].isnan()
+    else:  # spikingjelly's h * (1 - s) is NaN on the PyTorch path; the kernels reset to v_reset
+        assert v_t[0].isnan() and torch.isfinite(v_k[0]) and torch.equal(v_t[1:], v_k[1:])

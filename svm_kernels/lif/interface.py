@@ -48,7 +48,9 @@ def multistep_lif(
 
     Returns:
         Spikes of x's shape and dtype (exact 0/1), or ``(spikes, v_final)`` when ``return_v``.
-        Arithmetic is fp32 whatever the storage dtype (fp64 for fp64 x).
+        Arithmetic is fp32 whatever the storage dtype (fp64 for fp64 x). With finite x the
+        backends agree bit for bit; a hard reset of an infinite h is spikingjelly's on the
+        PyTorch path (h * (1 - s): NaN from then on) and to ``v_reset`` by the Triton kernels.
     """
     p = make_params(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     return lif_with_params(x, p, v_init=v_init, return_v=check_flag("return_v", return_v), backend=backend)
