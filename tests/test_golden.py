@@ -408,3 +408,108 @@ def test_ablation_keeps_one_training_length_per_results_folder(tmp_path, capsys,
     ablation.main([*base, "--epochs", "1", "--only", "vmamba"])  # the run is done: no training
     summary = (tmp_path / "summary.md").read_text()
     assert "| vmamba |" in summary and "18.60 |" in summary and "±" not in summary  # one seed: no spread
+
+
+def test_ablation_counts_spike_and_spike_count_inputs_of_conv_and_linear_layers():
+    # Guards spike_input_share: spikes and SEW spike counts are both spike inputs; only Conv and
+    # Linear layers are counted
+    from types import SimpleNamespace as Row
+
+    ablation = load_ablation()
+    rows = [
+        Row(op="conv", kind="spike"),
+        Row(op="linear", kind="integer"),
+        Row(op="linear", kind="real"),
+        Row(op="conv", kind="real"),
+        Row(op="lif", kind="real"),
+        Row(op="matmul", kind="spike"),
+    ]
+    assert ablation.spike_input_share(Row(rows=rows)) == (2, 4)
+
+
+def test_ablation_names_each_run_after_its_rung_and_seed():
+    # two seeds of one rung (or two rungs) trained into one folder must not share a run directory
+    ablation = load_ablation()
+    names = {
+        ablation.rung_config(rung, seed=seed, epochs=1)["task_name"]
+        for rung in ablation.LADDER
+        for seed in (0, 1)
+    }
+    assert len(names) == 2 * len(ablation.LADDER)
+    assert ablation.rung_config(ablation.LADDER[1], seed=2)["task_name"] == "spiking_stem_s2"
+
+
+def test_ablation_summary_averages_each_rungs_seeds(tmp_path):
+    # Guards summarise and read_runs: mean and std over the rung's own seeds, the spike-input
+    # share as spiking/all, rungs without runs left out; a runs file not written yet reads as none
+    ablation = load_ablation()
+    base = dict(
+        epochs=1, top1_profile=0.0, params=1000, spike_input_layers=3, conv_linear_layers=5,
+        mac_ops_M=1.0, mean_rate="", train_s=1.0, macs_M=2.0, sops_M=1.0,
+    )  # fmt: skip
+    runs = [
+        dict(base, rung="svmamba", seed=0, top1_last=90.0, energy_uJ=1.0),
+        dict(base, rung="svmamba", seed=1, top1_last=80.0, energy_uJ=2.0),
+        dict(base, rung="svmamba", seed=2, top1_last=70.0, energy_uJ=6.0),
+        dict(base, rung="vmamba", seed=0, top1_last=50.0, energy_uJ=9.0, spike_input_layers=0),
+    ]
+    ablation.write_csv(str(tmp_path / "runs.csv"), runs)
+    rows = ablation.read_runs([str(tmp_path / "runs.csv"), str(tmp_path / "absent.csv")])
+    assert rows[0]["seed"] == 0 and rows[0]["top1_last"] == 90.0
+    summary = ablation.summarise(rows, ablation.LADDER + ablation.BASELINES)
+    assert [s["rung"] for s in summary] == ["svmamba", "vmamba"]
+    s, v = summary
+    assert s["seeds"] == 3 and v["seeds"] == 1
+    assert s["top1_mean"] == pytest.approx(80.0) and s["top1_std"] == pytest.approx(10.0)
+    assert s["energy_uJ_mean"] == pytest.approx(3.0) and v["energy_uJ_std"] == 0.0
+    assert s["spike_input_layers"] == "3/5" and v["spike_input_layers"] == "0/5"
+
+
+def test_ablation_only_takes_every_rung_and_refuses_unknown_names(tmp_path, capsys, monkeypatch):
+    ablation = load_ablation()
+    row = dict(
+        rung="svmamba", seed=0, epochs=1, top1_last=91.0, top1_profile=91.0, params=1000,
+        spike_input_layers=4, conv_linear_layers=5, macs_M=1.0, mac_ops_M=1.0, sops_M=0.5,
+        energy_uJ=2.0, mean_rate="", train_s=1.0,
+    )  # fmt: skip
+    ablation.write_csv(str(tmp_path / "runs_seed0.csv"), [row])
+    monkeypatch.setattr(ablation, "run_one", lambda *a: pytest.fail("trained although the run is done"))
+    base = ["--out", str(tmp_path), "--seeds", "0", "--epochs", "1"]
+    with pytest.raises(SystemExit) as e:
+        ablation.main([*base, "--only", "svmamba", "nope"])
+    assert e.value.code == 2 and "--only: no rung named nope" in capsys.readouterr().err
+    ablation.main([*base, "--only", "svmamba"])  # the ladder's last rung is a rung too
+    assert "| svmamba |" in (tmp_path / "summary.md").read_text()
+
+
+def test_ablation_run_takes_the_last_epochs_accuracy(tmp_path, monkeypatch):
+    # digits has no validation split: the row's top-1 is the last epoch's, not the best one's
+    from types import SimpleNamespace
+
+    ablation = load_ablation()
+    engine = ablation.engine
+
+    def fit(cfg, progress=True):
+        run = tmp_path / cfg["task_name"]
+        run.mkdir()
+        torch.save({"model": engine.build_model(cfg, 10).state_dict()}, run / "last.pt")
+        return {"history": [{"val_top1": 90.0}, {"val_top1": 85.0}]}
+
+    rows = [SimpleNamespace(op="conv", kind="spike"), SimpleNamespace(op="linear", kind="real")]
+    report = SimpleNamespace(
+        rows=rows,
+        top1=84.0,
+        params=123,
+        macs=2e6,
+        mac_ops=1e6,
+        sops=3e6,
+        energy_mj=0.004,
+        mean_firing_rate=0.1,
+    )
+    monkeypatch.setattr(engine, "fit", fit)
+    monkeypatch.setattr(ablation.accounting, "profile", lambda model, loader, name: report)
+    row = ablation.run_one(ablation.BASELINES[1], 3, 2, str(tmp_path))
+    assert row["rung"] == "vmamba" and row["seed"] == 3 and row["epochs"] == 2
+    assert row["top1_last"] == 85.0 and row["top1_profile"] == 84.0
+    assert (row["spike_input_layers"], row["conv_linear_layers"]) == (1, 2)
+    assert row["macs_M"] == 2.0 and row["sops_M"] == 3.0 and row["energy_uJ"] == pytest.approx(4.0)

@@ -400,3 +400,77 @@ def test_the_full_delta_rows_count_delta_not_dt_low(fresh_gate):
     assert gate_ss2d.ss2d_bytes(x, "fwd", True) == 2 * (10 + 2 + 2 + 40) + out
     assert gate_ss2d.ss2d_bytes(x, "fwd", False) == 2 * (10 + 3 + 2 + 2) + out
     assert gate_ss2d.ss2d_bytes(x, "bwd", True) == 2 * 2 * (10 + 2 + 2 + 40) + out
+
+
+def _gate_row(kernel, impl, phase, mode="fwd", dtype="bf16", shape="s", **fields):
+    return dict(
+        kernel=kernel, impl=impl, phase=phase, case={"shape": shape, "dtype": dtype, "mode": mode}, **fields
+    )
+
+
+def test_the_report_reads_the_rows_a_killed_run_left(monkeypatch, tmp_path):
+    # a line cut short by a killed run is left out; the rows before and after it are read
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report
+
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"kernel": "lif"}\n\n{"kernel": "ss2d", "im\n{"kernel": "bitpack"}\n')
+    assert [r["kernel"] for r in report.load_rows(path)] == ["lif", "bitpack"]
+
+
+def test_the_report_lists_checks_failures_and_skips_each_where_it_belongs(monkeypatch):
+    # Guards checks_table and problems: only checks that ran are in the correctness table; a
+    # wrong result is FAILED as an error is, a skip is "skipped"
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report
+
+    rows = [
+        _gate_row("lif", "ours", "check", "check", ok=True, max_rel_err=1e-7, tol=1e-5),
+        _gate_row("ss2d", "ours_lowrank", "check", "check", ok=False, max_rel_err=0.5, tol=1e-5),
+        _gate_row("bitpack", "ours", "check", "check", skipped="no CUDA", ok=True),
+        _gate_row("lif", "spikingjelly", "peer", error="ImportError: no module"),
+    ]
+    checks = report.checks_table(rows)
+    assert sum(line.startswith("| lif | ours |") for line in checks) == 1
+    assert any(line.startswith("| ss2d | ours_lowrank |") and line.endswith("| **NO** |") for line in checks)
+    assert not any("bitpack" in line or "spikingjelly" in line for line in checks)
+    listed = report.problems(rows)[2:-1]
+    assert listed == [
+        "- FAILED: ss2d ours_lowrank s bf16 check: wrong result",
+        "- skipped: bitpack ours s bf16 check: no CUDA",
+        "- FAILED: lif spikingjelly s bf16 fwd: ImportError: no module",
+    ]
+
+
+def test_the_report_model_tables_divide_eager_by_compiled(monkeypatch):
+    # Guards model_tables: compiled vs eager is eager ms / compiled ms; skipped rows are left out
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report
+
+    rows = [
+        _gate_row("model", "eager", "model", "train", "fp32", "digits", ms=6.0, images_per_s=10.0),
+        _gate_row(
+            "model", "compiled", "model", "train", "fp32", "digits", ms=2.0, images_per_s=30.0, compile_s=7.0
+        ),
+        _gate_row("model", "eager", "model", "train", "bf16", "cifar", skipped="CUDA only", images_per_s=0),
+    ]
+    lines = report.model_tables(rows)
+    (digits,) = [line for line in lines if line.startswith("| digits |")]
+    assert digits == "| digits | fp32 | 6 (10) | 2 (30) | 3.00x | 7.0 |"
+    assert not any(line.startswith("| cifar |") for line in lines)
+
+
+def test_the_report_shows_copy_bandwidth_and_each_kernels_own_compile_times(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import report
+
+    rows = [
+        _gate_row("device", "torch_copy", "check", "copy", "fp32", gbps=123.4),
+        _gate_row("lif", "torch_compile", "peer", ms=1.0, gbps=1.0, compile_s=3.0),
+        _gate_row("ss2d", "ours_lowrank", "ours", ms=1.0, gbps=1.0, compile_s=9.0),
+    ]
+    text = "\n".join(report.timing_tables(rows))
+    assert "Device copy bandwidth: 123.4 GB/s" in text
+    lif, ss2d = text.split("## ss2d")
+    assert "torch_compile s bf16 fwd: 3.0 s" in lif and "9.0 s" not in lif
+    assert "ours_lowrank s bf16 fwd: 9.0 s" in ss2d and "3.0 s" not in ss2d

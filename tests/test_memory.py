@@ -434,3 +434,134 @@ def test_memory_profile_keeps_each_modules_mode():
     model.stem.conv2.train()  # a mixed state the caller set up
     profile_training_memory(model, torch.randn(2, 3, 16, 16))
     assert not model.training and model.stem.conv2.training and not model.head.training
+
+
+class _Toy(nn.Module):
+    """A sigmoid of the model's own forward, a Linear reading its output again, and a Tanh."""
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(12))
+        self.fc, self.act = nn.Linear(12, 3), nn.Tanh()
+
+    def forward(self, x):
+        h = torch.sigmoid(x.flatten(1) + self.bias)  # saved by the model's own op, then by the Linear again
+        return self.act(self.fc(h))
+
+
+def test_saved_bytes_by_module_count_each_storage_once_for_its_first_saver():
+    # Guards the counter: the model's own ops are "(model)", a storage saved twice is counted
+    # once for the first module that saved it, parameters not at all, largest owner first
+    model = _Toy()
+    r = profile_training_memory(model, torch.randn(5, 3, 2, 2))  # 5 images, 3 classes: labels % 3
+    assert list(r.by_module) == ["(model)", "Tanh"]
+    assert r.by_module["Tanh"] == 5 * 3 * 4  # its fp32 output
+    assert r.by_module["(model)"] >= 5 * 12 * 4 and sum(r.by_module.values()) == r.saved_bytes
+    with pytest.raises(ValueError, match="batch must be images"):
+        profile_training_memory(model, torch.randn(5, 12))
+
+
+def test_profile_leaves_the_callers_gradients_as_they_were():
+    # the step's gradients must not be added into gradients the caller holds
+    model = _Toy()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    held = [p.grad for p in model.parameters()]
+    profile_training_memory(model, torch.randn(4, 3, 2, 2))
+    for p, g in zip(model.parameters(), held):
+        assert p.grad is g and torch.equal(g, torch.ones_like(p))
+
+
+def test_compare_memory_efficient_plain_first_and_the_switch_restored():
+    model = build("svmamba_cifar", False)
+    r = compare_memory_efficient(model, torch.randn(1, 3, 16, 16))
+    assert list(r) == [False, True] and r[True].saved_bytes < r[False].saved_bytes
+    assert model.memory_efficient is False and not model.stem.conv2.memory_efficient
+    with pytest.raises(ValueError, match="no memory_efficient switch"):
+        compare_memory_efficient(_Toy(), torch.randn(1, 3, 2, 2))
+
+
+def test_cli_default_size_smallest_size_and_settings_the_model_refuses(monkeypatch, capsys):
+    # Guards the CLI: the model's own img_size by default, --img-size 8 (the minimum) accepted,
+    # a setting the model refuses (a ValueError) one error line; the ratio only on the lean row
+    from fabricate import register_tiny
+
+    tiny = register_tiny(monkeypatch)
+    assert memory_main(["--model", tiny]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tiny} at 8 px, batch 4, T = -") and "| fp32 | None |" in out
+    assert memory_main(["--model", tiny, "--img-size", "8", "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    assert memory_main(["--model", "svmamba_cifar", "--T", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    args = ["--model", "svmamba_cifar", "--img-size", "8", "--batch-size", "2", "--T", "1", "--compare"]
+    assert memory_main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp32 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["False", "True"]
+    assert rows[0].split("|")[5].strip() == "" and 0 < float(rows[1].split("|")[5]) < 1
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/memory_check.py
+# ----------------------------------------------------------------------------------------------
+def test_memory_check_bytes_table_shows_lif_and_scan_apart(capsys):
+    # Guards memory_check's bytes table: MiB (2**20), and the "of which LIF + scan" column is the
+    # bytes the LIFs and the scan save, which the lean path leaves as they are
+    import argparse
+
+    from helpers import load_bench
+
+    check = load_bench("memory_check")
+    assert check.mib(3 * 2**20) == "3.00"
+    args = argparse.Namespace(
+        models=["svmamba_cifar"],
+        precisions=["fp32"],
+        img_size=8,
+        T=2,
+        batch=2,
+        device="cpu",
+        recompute_scan=False,
+    )
+    check.saved_bytes(args)
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| svmamba_cifar |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    plain, lean, ratio = float(cells[2]), float(cells[3]), float(cells[4])
+    others = [float(v) for v in cells[5].split(" / ")]
+    assert lean < plain and ratio == pytest.approx(lean / plain, abs=2e-3)
+    assert others[0] == others[1] > 0 and others[0] < lean
+
+
+def test_memory_check_speed_compares_plain_and_lean_in_alternating_rounds(monkeypatch, capsys):
+    # Guards memory_check's speed rows: the plain model has the lean path and recompute_scan off,
+    # the lean one both on (even where the config turns the lean path off), the rounds alternate
+    # which runs first, and the ratio is lean / plain
+    import argparse
+
+    from helpers import load_bench
+
+    check = load_bench("memory_check")
+    calls = []
+
+    def fake_steps(model, opt, batches, device):
+        recompute = {m.recompute_scan for m in model.modules() if hasattr(m, "recompute_scan")}
+        calls.append((model.memory_efficient, recompute))
+        return 3.0 if model.memory_efficient else 1.0
+
+    monkeypatch.setattr(check, "_steps", fake_steps)
+    args = argparse.Namespace(
+        config="configs/digits_svmamba.yaml",  # (memory_efficient: false)
+        model_arg=["recompute_scan=true"],
+        device="cpu",
+        steps=1,
+        rounds=2,
+        verbose=True,
+    )
+    check.speed(args)
+    assert calls[:2] == [(False, {False}), (True, {True})]  # the warm-up steps
+    assert [flag for flag, _ in calls[2:]] == [False, True, True, False]
+    out = capsys.readouterr().out
+    assert "round 0: plain 1.000 s, lean 3.000 s, lean / plain 3.000" in out
+    assert "median of ratios 3.000" in out

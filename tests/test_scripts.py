@@ -445,6 +445,49 @@ def test_checkpoint_for_another_model_is_a_clear_error(tmp_path, monkeypatch, ca
     assert_one_error_line(capsys.readouterr().err, "does not fit the model", "shape mismatch")
 
 
+def test_train_script_tests_the_best_weights_and_logs_its_closing_lines(tmp_path, monkeypatch, capsys):
+    # Guards train.py after engine.fit: rank 0 prints the summary, then tests best.pt (not
+    # last.pt) with the run's class count, both into train.log; other ranks do neither
+    register_tiny(monkeypatch)
+    from svm_models.training import cli, distributed, engine, evaluation
+    from svm_models.training.distributed import DistInfo
+
+    cfg = write_config(tmp_path / "c.yaml", **tiny_cfg(tmp_path))
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    result = dict(
+        train_time_s=12.34, best_acc=87.5, best_epoch=4, num_classes=7,
+        best_path=str(run / "best.pt"), last_path=str(run / "last.pt"),
+    )  # fmt: skip
+    seen = {}
+    infos = [DistInfo(rank=1, world_size=2), DistInfo()]
+    monkeypatch.setattr(distributed, "setup", lambda device: infos.pop())
+    monkeypatch.setattr(distributed, "cleanup", lambda: seen.setdefault("cleanup", []).append(1))
+    monkeypatch.setattr(
+        engine, "fit", lambda cfg, info, resume, overwrite: seen.update(fit=(resume, overwrite)) or result
+    )
+
+    def load(cfg, path, device):
+        seen["loaded"] = path
+        return "model", path, {}
+
+    def run_test(cfg, model, path, num_classes, log):
+        seen["test"] = (model, path, num_classes)
+        log("test top-1 80.00%")
+
+    monkeypatch.setattr(evaluation, "load_trained_model", load)
+    monkeypatch.setattr(evaluation, "run_test", run_test)
+    assert cli.run(script("train").main, ["--config", cfg, "--resume"]) == 0
+    summary = "training time 12.3s; best val top-1 87.50% at epoch 4"
+    assert summary in capsys.readouterr().out
+    assert seen["fit"] == (True, False) and seen["loaded"] == result["best_path"]
+    assert seen["test"] == ("model", result["best_path"], 7)
+    assert (run / "train.log").read_text() == f"{summary}\ntest top-1 80.00%\n"
+    seen.clear()
+    assert cli.run(script("train").main, ["--config", cfg]) == 0  # rank 1 of 2
+    assert capsys.readouterr().out == "" and seen == {"fit": (False, False), "cleanup": [1]}
+
+
 def test_non_finite_loss_exits_1_with_a_message(tmp_path, monkeypatch, capsys):
     register_tiny(monkeypatch)
     from fabricate import TinyNet
@@ -606,10 +649,12 @@ def test_predict_lists_symlink_loops_dangling_links_and_folders_as_skipped(tmp_p
     (folder / "x.jpg").mkdir()
     out = tmp_path / "p.json"
     rc = cli.run(script("predict").main, ["--config", cfg, "--img_folder", str(folder), "--output", str(out)])
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert rc == 0 and "Traceback" not in err
     res = json.loads(out.read_text())
     assert len(res["predictions"]) == 2
+    assert f"2 image(s) predicted, 6 skipped; wrote {out}" in captured.out
     reasons = {os.path.basename(s["file"]): s["error"] for s in res["skipped"]}
     assert reasons["loop_a.png"] == reasons["loop_b.png"] == "symlink loop"
     assert reasons["dangling.png"].startswith("dangling symlink to ")
@@ -617,6 +662,47 @@ def test_predict_lists_symlink_loops_dangling_links_and_folders_as_skipped(tmp_p
     assert set(reasons) == {"loop_a.png", "loop_b.png", "dangling.png", "x.jpg", "broken.jpg", "notes.txt"}
     for name in reasons:
         assert f"skipped {folder / name}: " in err
+    # one list by name, the unlisted entries among the unreadable files (in the JSON and on stderr)
+    names = [os.path.basename(s["file"]) for s in res["skipped"]]
+    assert names == sorted(reasons)
+    assert [err.index(f"skipped {folder / name}: ") for name in names] == sorted(
+        err.index(f"skipped {folder / name}: ") for name in names
+    )
+
+
+def test_predict_folder_of_only_folders_and_links_names_each_entry(tmp_path, monkeypatch, capsys):
+    # a folder without a single regular file still lists what it holds, each with why it was skipped
+    from svm_models.training import cli
+
+    weights = _trained_tiny(tmp_path, monkeypatch)
+    cfg = write_config(tmp_path / "c.yaml", checkpoint=weights, **tiny_cfg(tmp_path))
+    folder = tmp_path / "imgs"
+    (folder / "sub.png").mkdir(parents=True)
+    os.symlink(str(tmp_path / "gone.png"), folder / "dangling.png")
+    out = tmp_path / "p.json"
+    rc = cli.run(script("predict").main, ["--config", cfg, "--img_folder", str(folder), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert f"skipped {folder / 'sub.png'}: a directory" in err
+    assert f"skipped {folder / 'dangling.png'}: dangling symlink to " in err
+    assert "error: no image could be read among the 2 entries" in err
+
+
+def test_predict_with_a_bare_state_dict_takes_the_models_classes(tmp_path, monkeypatch, capsys):
+    # a plain state_dict carries no class count: the built model's own decides the names
+    register_tiny(monkeypatch)
+    from fabricate import TinyNet
+
+    from svm_models.training import cli
+
+    torch.save(TinyNet().state_dict(), tmp_path / "w.pt")
+    cfg = write_config(tmp_path / "c.yaml", checkpoint=str(tmp_path / "w.pt"), **tiny_cfg(tmp_path))
+    folder = str(_digit_folder(tmp_path / "imgs", n=1))
+    out = tmp_path / "p.json"
+    rc = cli.run(script("predict").main, ["--config", cfg, "--img_folder", folder, "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    (pred,) = json.loads(out.read_text())["predictions"]
+    assert len(pred["top"]) == 5 and all(t["class"] == str(t["class_index"]) for t in pred["top"])
 
 
 def test_class_index_json_with_more_names_than_classes_is_refused(tmp_path, monkeypatch, capsys):
@@ -1059,3 +1145,83 @@ def test_train_throughput_refuses_what_its_workers_would_get_wrong(tmp_path, cap
         with pytest.raises(SystemExit) as e:
             throughput.main(argv)
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_train_throughput_accepts_no_warmup_and_needs_a_package_with_its_init(tmp_path, capsys):
+    # Guards check_args' limits: --warmup 0 is fine (the first step is timed apart anyway),
+    # --rounds 0 is not, and a folder named svm_models without __init__.py is no package
+    import argparse
+
+    throughput = load_bench("train_throughput")
+    parser = argparse.ArgumentParser()
+    ok = dict(src=[ROOT], config="configs/digits_svmamba.yaml", steps=1, rounds=1, warmup=0, scan=None)
+    throughput.check_args(parser, argparse.Namespace(**ok))
+    (tmp_path / "svm_models").mkdir()
+    for bad, message in [
+        (dict(rounds=0), "--rounds must be >= 1, got 0"),
+        (dict(src=[str(tmp_path)]), f"--src {tmp_path}: no svm_models package there"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            throughput.check_args(parser, argparse.Namespace(**{**ok, **bad}))
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_train_throughput_times_the_steps_after_the_warmup(monkeypatch):
+    # Guards measure and _timed: the first step, then warmup - 1 more, untimed; images/s is
+    # steps x batch over the wall clock, and over the CPU clock for the CPU rate
+    throughput = load_bench("train_throughput")
+    clocks = {"wall": 0.0, "cpu": 0.0}
+    calls = []
+
+    def step():
+        calls.append(1)
+        clocks["wall"] += 0.5  # each step: 0.5 s of wall time, 0.25 s of CPU time
+        clocks["cpu"] += 0.25
+
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clocks["wall"])
+    monkeypatch.setattr(throughput.time, "process_time", lambda: clocks["cpu"])
+    res = throughput.measure(step, batch=8, steps=4, warmup=3)
+    assert len(calls) == 3 + 4
+    assert res["first_step_s"] == pytest.approx(0.5) and res["ms"] == pytest.approx(500.0)
+    assert res["images_per_s"] == pytest.approx(4 * 8 / 2.0)
+    assert res["cpu_images_per_s"] == pytest.approx(4 * 8 / 1.0)
+
+
+def test_train_throughput_config_overrides(tmp_path):
+    # Guards read_config: "config" keeps the file's value, "true" / "false" set it
+    throughput = load_bench("train_throughput")
+    path = write_config(
+        tmp_path / "c.yaml", model="svmamba_cifar", memory_efficient=True, channels_last=False
+    )
+    assert throughput.read_config(path)["memory_efficient"] is True
+    cfg = throughput.read_config(path, memory_efficient="false", channels_last="true")
+    assert cfg["memory_efficient"] is False and cfg["channels_last"] is True
+    cfg = throughput.read_config(path, memory_efficient="config", channels_last="config")
+    assert cfg["memory_efficient"] is True and cfg["channels_last"] is False
+
+
+def test_train_throughput_passes_the_flags_to_its_workers_and_reports_ratios(tmp_path, monkeypatch, capsys):
+    # Guards main's worker command line and summary: each variant's rate over the first variant's
+    throughput = load_bench("train_throughput")
+    other = tmp_path / "old"
+    (other / "svm_models").mkdir(parents=True)
+    (other / "svm_models" / "__init__.py").write_text("")
+    cmds = []
+
+    def fake_run(cmd, env, **kw):
+        cmds.append((cmd, env["PYTHONPATH"]))
+        rate = 100.0 if env["PYTHONPATH"] == os.path.abspath(ROOT) else 50.0
+        res = {"images_per_s": rate, "cpu_images_per_s": 2 * rate, "first_step_s": 1.0, "ms": 1.0}
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(res) + "\n", stderr="")
+
+    monkeypatch.setattr(throughput.subprocess, "run", fake_run)
+    argv = ["--src", ROOT, str(other), "--fullgraph", "--compile", "true", "--steps", "2", "--rounds", "1"]
+    assert throughput.main(argv) == 0
+    assert [env for _, env in cmds] == [os.path.abspath(ROOT), os.path.abspath(other)]
+    for cmd, _ in cmds:
+        assert "--worker" in cmd and "--fullgraph" in cmd and cmd[cmd.index("--compile") + 1] == "true"
+        assert cmd[cmd.index("--steps") + 1] == "2"
+    summary = capsys.readouterr().out.splitlines()
+    old = next(line for line in summary if line.startswith(f"  src={other} "))
+    assert "wall: median 50.0 (best 50.0) img/s, 0.50x the first" in old
+    assert "CPU: median 100.0 (best 100.0) img/s, 0.50x the first" in old
