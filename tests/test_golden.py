@@ -299,6 +299,35 @@ def test_svmamba_para133_mixer_norm_bn_replaces_the_scan_norm(scan_input):
     assert not isinstance(ssm.out_proj, Linear2d)
 
 
+def test_svmamba_para133_inits_the_scan_projections_as_linears():
+    # the original's x_proj and dt_projs are nn.Linear layers: trunc_normal(0.02) like every linear
+    # (VMamba's own init would draw U(-D^-0.5, D^-0.5) and U(-R^-0.5, R^-0.5), stds near 0.1 and 0.4)
+    torch.manual_seed(0)
+    model = svm_models.create_model(
+        "svmamba_para133", num_classes=5, img_size=16, patch_size=2, dims=[32], depths=[1], T=2
+    )
+    ssm = model.layers[0].block0.spikmamba.ssm.ssm
+    for w in (ssm.x_proj_weight, ssm.dt_projs_weight):
+        assert abs(w.std().item() - 0.02) < 0.004
+
+
+def test_svmamba_para133_spiking_ffn_fires_at_its_entry():
+    """ffn="spiking" is SVMamba's MLP with the membrane shortcut: its first conv reads spikes."""
+    model = svm_models.create_model(
+        "svmamba_para133", num_classes=5, img_size=16, patch_size=2, dims=[8], depths=[1], T=2,
+        v_threshold=0.02, ffn="spiking",
+    )  # fmt: skip
+    set_backend(model, "torch").eval()
+    seen = []
+    fc1 = model.layers[0].block0.ffn.fc1.conv
+    handle = fc1.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 16, 16))
+    handle.remove()
+    (x,) = seen
+    assert ((x == 0) | (x == 1)).all() and 0 < x.mean() < 1
+
+
 def test_svmamba_para133_rejects_unknown_switches():
     for arg in ("stem", "ffn", "norm", "scan_input", "gate", "mixer_norm"):
         with pytest.raises(ValueError, match=arg):

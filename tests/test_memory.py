@@ -170,6 +170,36 @@ def test_every_layer_built_for_spikes_receives_spikes(key, monkeypatch):
         out.float().sum().backward()
 
 
+def spike_input_flags(model):
+    return {n: m.spike_input for n, m in model.named_modules() if hasattr(m, "spike_input")}
+
+
+def test_svmamba_builds_every_layer_after_the_first_conv_for_spikes():
+    """Membrane shortcut: every conv and scan after the stem's first conv reads LIF spikes, so
+    every one of them saves its input as bits (the converse of the test above)."""
+    flags = spike_input_flags(build("svmamba_cifar", True))
+    assert len(flags) > 10 and [n for n, f in flags.items() if not f] == ["stem.conv1"]
+
+
+def test_qkformer_builds_the_layers_after_a_lif_for_spikes():
+    """SPEDS main paths after the first conv, the stem's shortcut, the attention projections
+    and fc2 read LIF outputs; the image, q/k/v, fc1 and the stage entries (proj3 and the stage
+    shortcuts) read the SEW stream."""
+
+    def reads_spikes(unit):
+        last = unit.rsplit(".", 1)[-1]
+        return (
+            last in ("proj1", "proj2", "proj4", "fc2")
+            or unit.endswith("attn.proj")
+            or unit == "patch_embed1.shortcut"
+        )
+
+    for key in ("qkformer_cifar", "qkformer_10_384"):
+        flags = {n.removesuffix(".conv_bn"): f for n, f in spike_input_flags(build(key, True)).items()}
+        assert len(flags) > 10
+        assert {n: reads_spikes(n) for n in flags} == flags, key
+
+
 # QKFormer's q/k/v/fc1 read spike counts (the SEW stream), saved as they are: a smaller factor.
 @pytest.mark.parametrize("key,factor", [("svmamba_cifar", 5), ("qkformer_cifar", 3)])
 def test_saved_bytes_drop(key, factor):
@@ -322,6 +352,22 @@ def test_recompute_scan_same_gradients_fewer_bytes():
     assert scan[0] * 10 < scan[1], scan
 
 
+def test_recompute_scan_keeps_only_its_spike_input_as_bits():
+    """A scan built for spikes with recompute_scan saves nothing for the backward but u, 1 bit
+    per spike: 8 * 2 * 4 * 4 = 256 spikes in 32 bytes (4 bytes each as float)."""
+    from svm_models.layers import CrossScanSSM
+
+    ssm = CrossScanSSM(8, 1, 1, backend="torch").train()
+    ssm.spike_input = ssm.recompute_scan = True
+    u = (torch.rand(2, 8, 4, 4) < 0.5).float().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = ssm(u)
+    y.square().sum().backward()
+    assert sum(t.numel() * t.element_size() for t in saved) == u.numel() // 8
+    assert u.grad is not None and torch.isfinite(u.grad).all()
+
+
 def test_recompute_scan_compiles_fullgraph():
     # dynamo cannot trace the recompute Function's autograd.grad: under compile the scan is
     # checkpointed with torch's own checkpoint (the same gradients)
@@ -403,6 +449,23 @@ def test_sync_batchnorm_takes_the_plain_path(monkeypatch):
     )
     model.train()(torch.randn(2, 3, 16, 16))
     assert len(calls) == sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+
+
+def test_batchnorm_subclass_takes_the_plain_path():
+    """A BatchNorm2d subclass with a forward of its own (here one that counts its calls) is not
+    the plain class the fused Conv -> BN node reproduces: its forward runs."""
+    calls = []
+
+    class CountingBN(nn.BatchNorm2d):
+        def forward(self, x):
+            calls.append(1)
+            return super().forward(x)
+
+    unit = ConvBN(4, 6, 3, spike_input=True)
+    unit.bn = CountingBN(6)
+    unit.memory_efficient = True
+    unit.train()((torch.rand(2, 4, 5, 5) < 0.5).float().requires_grad_()).sum().backward()
+    assert calls == [1]
 
 
 def test_one_value_per_channel_is_an_error_as_in_batchnorm():

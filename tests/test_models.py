@@ -15,8 +15,8 @@ from torch import nn
 
 import svm_models
 from svm_kernels import MultiStepLIF
-from svm_models import create_model, list_models
-from svm_models.layers import CrossScanSSM, DropPath, set_backend
+from svm_models import create_model, list_models, register_model
+from svm_models.layers import CrossScanSSM, DropPath, Linear2d, set_backend
 
 NUM_CLASSES = 5
 SPIKING = ["svmamba_t", "svmamba_cifar", "qkformer_cifar", "qkformer_10_384"]
@@ -37,6 +37,20 @@ def param_count(model):
 def test_registry_lists_every_model():
     assert list_models() == sorted(SMALL), "every registered model needs a tiny test config in SMALL"
     assert list_models("qkformer_10_*") == ["qkformer_10_384", "qkformer_10_512", "qkformer_10_768"]
+
+
+def test_registering_a_taken_name_raises_and_keeps_the_first(monkeypatch):
+    from svm_models import registry
+
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+    first = registry._MODELS["vmamba_cifar"]
+
+    def vmamba_cifar(num_classes=1000, **overrides):  # a second factory under a taken name
+        raise AssertionError("not to be called")
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(vmamba_cifar)
+    assert registry._MODELS["vmamba_cifar"] is first
 
 
 def test_unknown_model_names_the_known_ones():
@@ -70,6 +84,9 @@ def test_auto_dt_rank_is_mambas_ceiling_of_a_sixteenth():
 
     assert [resolve_dt_rank("auto", d) for d in (8, 16, 17, 24, 96, 200)] == [1, 1, 2, 2, 6, 13]
     assert resolve_dt_rank(3, 96) == 3
+    for bad in (0, -2):  # a rank is a positive number of channels
+        with pytest.raises(ValueError, match="dt_rank"):
+            resolve_dt_rank(bad, 96)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +117,23 @@ def test_bad_svmamba_arguments_raise(kwargs, match):
         create_model("svmamba_cifar", **kwargs)
 
 
+def test_stage_lists_must_match_the_number_of_stages():
+    # one width per stage, not more (a fourth width for three stages was silently dropped)
+    with pytest.raises(ValueError, match="dims has 4 entries"):
+        create_model("svmamba_cifar", dims=[8, 16, 32, 64], depths=[1, 1, 1])
+    with pytest.raises(ValueError, match="dims has 2 entries"):
+        create_model("vmamba_cifar", dims=[8, 16], depths=[1, 1, 1])
+    # QKFormer has exactly three stages: a fourth depth is refused, not ignored, and two are
+    # refused when built, not with an IndexError
+    for depths in ((1, 1, 1, 1), (1, 1)):
+        with pytest.raises(ValueError, match="depths must have 3 entries"):
+            create_model("qkformer_cifar", embed_dim=32, num_heads=1, depths=depths)
+    # no stage at all is refused when built (not an IndexError)
+    for family in ("svmamba_cifar", "vmamba_cifar"):
+        with pytest.raises(ValueError, match="depths"):
+            create_model(family, depths=[])
+
+
 @pytest.mark.parametrize("family", ["svmamba_cifar", "svmamba_para133", "vmamba_cifar", "qkformer_cifar"])
 def test_every_family_checks_backend_and_sizes_when_built(family):
     small = SMALL[family][1]
@@ -117,6 +151,9 @@ def test_every_family_checks_backend_and_sizes_when_built(family):
 def test_qkformer_heads_must_divide_widths():
     with pytest.raises(ValueError, match="num_heads"):
         create_model("qkformer_cifar", embed_dim=64, num_heads=3)
+    # the stem halves E/4: an odd E/4 (embed_dim 36 -> 9) is refused even with one head
+    with pytest.raises(ValueError, match="embed_dim / 4 even"):
+        create_model("qkformer_cifar", embed_dim=36, depths=(1, 1, 1), num_heads=1)
     for heads in (0, -1, 2.0):  # (0 divided by zero, -1 built a model that failed in forward)
         with pytest.raises(ValueError, match="num_heads must be a positive int"):
             create_model("qkformer_cifar", embed_dim=32, depths=(1, 1, 1), num_heads=heads)
@@ -252,6 +289,35 @@ def test_only_the_first_conv_sees_real_values(name, extra):
     assert checked > 10
 
 
+def test_svmamba_cifar_stages_run_at_16_8_and_4_px():
+    # patch 2 (strides 2 then 1: the first conv already at half resolution) and a stride-2
+    # downsampling before stages 2 and 3: 32 px -> 16, 8, 4
+    model = create_model("svmamba_cifar", num_classes=5, dims=8, depths=(1, 1, 1), T=2, backend="torch")
+    shapes = []
+    modules = [model.first_conv, *model.stages]
+    hooks = [s.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for s in modules]
+    with torch.no_grad():
+        model.eval()(images(1, 32))
+    for h in hooks:
+        h.remove()
+    assert shapes == [(2, 4, 16, 16), (2, 1, 8, 16, 16), (2, 1, 16, 8, 8), (2, 1, 32, 4, 4)]
+
+
+def test_svmamba_block_adds_both_branches_to_the_stream():
+    """x = x + Mixer(x); x = x + MLP(x): with a branch's last BN zeroed the branch adds nothing,
+    and the block passes the rest through unchanged."""
+    model = create_model("svmamba_cifar", num_classes=5, dims=8, depths=(1, 1, 1), T=2, backend="torch")
+    block = model.stages[0].block0.eval()
+    x = torch.randn(2, 3, 8, 4, 4)
+    with torch.no_grad():
+        for bn in (block.mixer.out_proj.bn, block.mlp.fc2.bn):
+            bn.weight.zero_()
+            bn.bias.zero_()
+        assert torch.equal(block(x), x)
+        block.mlp.fc2.bn.bias.fill_(1.5)  # the MLP now adds 1.5 everywhere
+        torch.testing.assert_close(block(x), x + 1.5)
+
+
 # --------------------------------------------------------------------------------------------
 # No leaked state; batch independence
 
@@ -291,6 +357,22 @@ def test_batch_of_one_matches_row_of_batch_fp32():
     torch.testing.assert_close(singles, batch, rtol=1e-5, atol=1e-5)
 
 
+def test_direct_encoding_presents_each_frame_at_its_own_step():
+    # (B, T, C, H, W) frames -> (T, B, C, H, W): step t of sample b is that sample's frame t
+    from svm_models.layers import encode_direct
+
+    B, T = 2, 3
+    frames = torch.arange(B * T, dtype=torch.float32).view(B, T, 1, 1, 1).expand(B, T, 2, 4, 4)
+    x = encode_direct(frames, T)
+    assert x.shape == (T, B, 2, 4, 4)
+    for t in range(T):
+        for b in range(B):
+            assert (x[t, b] == b * T + t).all(), (t, b)
+    # a static image is the same at every step
+    img = torch.randn(B, 2, 4, 4)
+    assert all(torch.equal(step, img) for step in encode_direct(img, T))
+
+
 def test_drop_path():
     dp = DropPath(0.5).train()
     x = torch.ones(64, 3, 2, 2)
@@ -316,6 +398,12 @@ def test_drop_path_rate_outside_zero_one_raises(p):
 def test_vmamba_drop_path_rate_is_checked():
     with pytest.raises(ValueError, match="drop_path_rate"):
         create_model("vmamba_cifar", dims=[8, 16], depths=[1, 1], drop_path_rate=-0.1)
+
+
+def test_vmamba_drop_path_rate_of_one_is_accepted():
+    # the range is [0, 1], both ends included: the last block is then always dropped in training
+    model = create_model("vmamba_cifar", dims=[8, 16], depths=[1, 1], drop_path_rate=1.0)
+    assert model.layers[-1][0][-1].drop_path.p == 1.0
 
 
 def test_vmamba_drop_path_grows_linearly_over_all_blocks():
@@ -439,12 +527,27 @@ def test_svmamba_parameter_count(name, capsys):
     assert n == svmamba_param_formula(96, [1, 2, 4], 1000)
     small = create_model(name, num_classes=10, dims=32, depths=[2, 1], d_state=4, mlp_ratio=2)
     assert param_count(small) == svmamba_param_formula(32, [2, 1], 10, d_state=4, mlp_ratio=2)
+    # a scan twice as wide as the block: dt_rank still follows the block width (VMamba's rule)
+    wide = create_model(name, num_classes=10, dims=32, depths=[1, 1], ssm_ratio=2.0)
+    assert param_count(wide) == svmamba_param_formula(32, [1, 1], 10, ssm_ratio=2)
     with capsys.disabled():
         print(f"\n{name}: {n:,} parameters at 1000 classes")
 
 
 # --------------------------------------------------------------------------------------------
 # Initialisation
+
+
+def test_vmamba_position_wise_linears_start_truncated_normal():
+    # VMamba initialises every linear, its 1x1 Linear2d layers included, with trunc_normal(0.02)
+    # and zero bias (PyTorch's conv default at fan-in 32 would have a std near 0.1)
+    torch.manual_seed(0)
+    model = create_model("vmamba_cifar", dims=32, depths=(1, 1, 1))
+    linears = [m for m in model.modules() if isinstance(m, Linear2d)]
+    assert len(linears) == 3 * 4  # in_proj, out_proj, fc1, fc2 per block
+    for m in linears:
+        assert abs(m.weight.std().item() - 0.02) < 0.004, m
+        assert m.bias is None or torch.equal(m.bias, torch.zeros_like(m.bias)), m
 
 
 def test_ssm_init_follows_vmamba():
