@@ -156,6 +156,22 @@ def test_shape_as_one_int_and_check_as_a_bool():
             pack_bits(torch.tensor([0.0, 0.5]), check=flag)
 
 
+def test_a_bool_is_no_shape():
+    # True is an int to Python: it would unpack one element instead of naming the bad shape
+    with pytest.raises(TypeError, match="shape must be an int or a sequence of ints"):
+        unpack_bits(torch.zeros(1, dtype=torch.uint8), True)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_strided_packed_bytes_are_read_in_logical_order(backend):
+    # the bytes as every other element of a wider buffer: the kernel walks flat offsets
+    x = spikes((5, 7), torch.float32, rate=0.5)
+    packed = spec_pack(x).to(x.device)
+    wide = torch.full((2 * packed.numel(),), 0xFF, dtype=torch.uint8)
+    wide[::2] = packed
+    assert torch.equal(unpack_bits(wide[::2], x.shape, backend=backend), x)
+
+
 def test_empty():
     x = torch.zeros(0, 4)
     for backend in ("torch", "triton"):

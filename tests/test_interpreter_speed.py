@@ -109,3 +109,68 @@ def test_memoised_block_types_match_fresh_ones():
             )
         retyped = built.with_element_ty(tl.int8)  # the shape is Triton's tuple here
         assert retyped.name == f"<{built.shape}, int8>" and retyped.numel == built.numel
+
+
+def test_installing_twice_wraps_once():
+    from triton.runtime import interpreter
+
+    from svm_kernels import interpreter_speed
+
+    patch_lang = interpreter._patch_lang
+    assert interpreter_speed.install() is False  # installed by conftest already
+    assert interpreter._patch_lang is patch_lang
+
+
+def test_a_function_that_cannot_see_the_language_fails_as_without_the_shortcut():
+    # the interpreter asserts that triton.language is visible; the shortcut must not answer for it
+    from triton.runtime import interpreter
+
+    fn = type(_twice.fn)(_twice.fn.__code__, {})  # the same code with no module globals
+    with pytest.raises(AssertionError, match="triton.language must be visible"):
+        interpreter._patch_lang(fn)
+
+
+def test_a_helper_that_sees_only_the_core_module_counts_as_patched():
+    """Triton's standard library (tl.sum, tl.sigmoid...) sees only tl.core: inside a launch its
+    builtins are replaced already, so the call reuses them (fakes stand for tl and tl.core)."""
+    import types
+
+    from svm_kernels.interpreter_speed import _already_patched
+
+    def builtin():
+        pass
+
+    builtin.__triton_builtin__ = True
+    core = types.ModuleType("core")
+    core.is_builtin = lambda f: getattr(f, "__triton_builtin__", False)
+    core.load = lambda: None  # replaced by the interpreter: no longer a builtin
+    lang = types.ModuleType("language")
+    lang.core, lang.load = core, builtin  # the language module itself still unpatched
+
+    def in_module(**globals_):
+        return type(_twice.fn)(_twice.fn.__code__, globals_)
+
+    assert _already_patched(in_module(core=core), lang, {})
+    assert not _already_patched(in_module(tl=lang), lang, {})
+    assert not _already_patched(in_module(tl=lang, core=core), lang, {})
+    assert not _already_patched(in_module(), lang, {})  # nothing visible: the interpreter's assert
+
+
+def test_overflow_checks_stay_in_debug_mode():
+    """In debug mode the sanitizer's verdict asserts: the shortcut leaves it on there."""
+    import dataclasses
+    import types
+
+    from triton.runtime import interpreter
+
+    from svm_kernels.interpreter_speed import _skip_discarded_overflow_checks
+
+    options = interpreter.interpreter_builder.options
+    for debug in (True, False):
+        fake = types.SimpleNamespace(
+            interpreter_builder=types.SimpleNamespace(
+                options=dataclasses.replace(options, debug=debug, sanitize_overflow=True)
+            )
+        )
+        _skip_discarded_overflow_checks(fake)
+        assert fake.interpreter_builder.options.sanitize_overflow is debug

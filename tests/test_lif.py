@@ -518,6 +518,15 @@ def test_bad_inputs_raise(kwargs, x, err):
             multistep_lif(x, **{"backend": backend, **kwargs})
 
 
+def test_explicit_triton_refuses_float64_and_auto_falls_back():
+    # the kernels store fp16, bf16 and fp32: an explicit backend='triton' says so, no silent fallback
+    x = torch.tensor([[0.6], [0.9]], dtype=torch.float64)
+    with pytest.raises(TypeError, match="backend='triton'"):
+        multistep_lif(x, backend="triton")
+    s = multistep_lif(x, backend="auto")  # h = 0.3, then 0.3 + (0.9 - 0.3) / 2 = 0.6: no spike
+    assert s.dtype == torch.float64 and torch.equal(s, torch.zeros_like(x))
+
+
 def test_params_are_checked_once_and_bad_ones_raise_every_time():
     """make_params caches a checked set (a model repeats a few); errors are never cached."""
     assert make_params(tau=3.0, alpha=2) is make_params(tau=3, alpha=2.0)
@@ -548,6 +557,14 @@ def test_auto_backend_uses_vectorised_path_on_cpu(monkeypatch):
     monkeypatch.setattr(vectorized, "lif_forward", lambda *a: calls.append(1) or real(*a))
     multistep_lif(torch.zeros(2, 3, device="cpu"), backend="auto")
     assert calls == [1]
+
+
+def test_module_runs_its_own_backend():
+    # backend='triton' on a float64 input refuses as the function does (the default 'auto' falls back)
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="backend='triton'"):
+        MultiStepLIF(backend="triton")(x)
+    assert torch.equal(MultiStepLIF(backend="auto")(x), x)
 
 
 def test_module_is_stateless_by_default():
@@ -743,6 +760,28 @@ def test_traces_as_one_node(backend, name="svmamba::lif_fwd"):
     graph, _ = torch.jit._get_trace_graph(lambda x: multistep_lif(x, backend=backend), (torch.randn(4, 6),))
     kinds = [n.kind() for n in graph.nodes() if n.kind() not in ("prim::Constant", "prim::TupleUnpack")]
     assert kinds == [name]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dispatch_modes_see_one_named_op(backend):
+    """A dispatch mode (a FLOP or memory counter) sees the neuron as the custom op, not the ops of
+    its implementation."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.tensor([[0.6, 3.0], [0.9, -1.0]])
+    with Ops() as mode:
+        s = multistep_lif(x, backend=backend)
+    assert mode.names == ["svmamba.lif_fwd"]
+    assert torch.equal(s, torch.tensor([[0.0, 1.0], [0.0, 0.0]]))  # h = (0.3, 1.5), then (0.6, -0.5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

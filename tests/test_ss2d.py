@@ -246,6 +246,18 @@ def test_forward_strided_planes(monkeypatch, lowrank):
     assert_close_rel(y, reference_forward(inputs, lowrank), 2e-5, "output")
 
 
+@pytest.mark.parametrize("N", [2, 5])  # the tile scan and the chunk walk
+def test_forward_takes_parameters_of_any_layout(N):
+    """A, D, the bias and dt_weight as transposed views (the kernels read them as flat arrays)."""
+    inputs = make_inputs(1, 3, 2, 3, N)
+    for name in ("A", "dt_weight", "D", "dt_bias"):
+        t = inputs[name]
+        inputs[name] = t.transpose(-1, -2).contiguous().transpose(-1, -2)
+        assert not inputs[name].is_contiguous()
+    y = cross_selective_scan_lowrank(**inputs, backend="triton")
+    assert_close_rel(y, reference_forward(inputs, True), 2e-5, "output")
+
+
 def test_forward_tile_config_fills_the_gpu(monkeypatch):
     """The GPU's tile policy (the interpreter's tiles are its own): at least 4 blocks per SM (132
     SMs) per launch at stage 1, B = 128 (what it promises: B = 32 at N = 2 gets 384), and a
@@ -907,6 +919,15 @@ def test_triton_limits_are_explicit():
     assert y.shape == inputs["u"].shape
 
 
+def test_triton_refuses_float64_and_auto_falls_back():
+    inputs = {k: v.double() if v is not None else v for k, v in make_inputs(1, 2, 2, 2, 1).items()}
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        cross_selective_scan_lowrank(**inputs, backend="triton")
+    y = cross_selective_scan_lowrank(**inputs, backend="auto")
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, reference_forward(inputs, lowrank=True))
+
+
 @pytest.mark.parametrize("grad", [True, False])
 @pytest.mark.parametrize("lowrank", [False, True])
 def test_traces_as_one_node(lowrank, grad):
@@ -1124,6 +1145,18 @@ def test_backward_without_saved_states_runs_the_forward_for_them():
         for states_arg in ((None, None), (other, other_chunk)):
             for g, h in zip(given, fused.ss2d_bwd(grad_out, *scan_args, True, *states_arg)):
                 assert (g is None and h is None) or torch.equal(g, h)
+
+
+def test_the_differentiable_op_saves_the_states_its_backward_takes(monkeypatch):
+    """The forward saves the states for the backward's own chunk, so the backward runs no
+    forward of its own."""
+    inputs = {k: v.requires_grad_() if v is not None else v for k, v in make_inputs(1, 2, 2, 3, 2).items()}
+    y = cross_selective_scan_lowrank(**inputs, backend="triton")
+    forwards = []
+    fwd = fused.ss2d_fwd
+    monkeypatch.setattr(fused, "ss2d_fwd", lambda *a, **kw: forwards.append(kw) or fwd(*a, **kw))
+    y.sum().backward()
+    assert not forwards and inputs["u"].grad is not None
 
 
 def test_saved_states_are_fp32_whatever_the_default_dtype():

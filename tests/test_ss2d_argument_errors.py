@@ -117,6 +117,26 @@ def test_integer_parameters_are_refused(name):
         cross_selective_scan_lowrank(**args, backend="torch")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_leading_sizes_are_checked_too(backend):
+    # B and C of another image count (the kernels index them by u's), D and the bias of 3 directions
+    args = _args()
+    for name, bad in (
+        ("B", torch.randn(2, 4, 4, 2, 3)),
+        ("C", torch.randn(2, 4, 4, 2, 3)),
+        ("D", torch.randn(3, 3)),
+        ("delta_bias", torch.randn(3, 3)),
+    ):
+        with pytest.raises(ValueError, match=rf"^{name} must have shape \("):
+            cross_selective_scan(**{**args, name: bad}, backend=backend)
+
+
+def test_equal_time_step_bounds_are_allowed():
+    # dt_min == dt_max: every time step starts at that value
+    m = CrossSelectiveScan(4, dt_min=0.01, dt_max=0.01, backend="torch")
+    torch.testing.assert_close(torch.nn.functional.softplus(m.dt_projs_bias), torch.full((4, 4), 0.01))
+
+
 def test_dt_weight_on_another_device_is_refused():
     args = _lowrank_args()
     args["dt_weight"] = args["dt_weight"].to("meta")
