@@ -413,17 +413,24 @@ def test_ablation_short_runs_end_their_warmup_in_time():
     assert ablation.rung_config(ablation.LADDER[-1], epochs=5)["warmup_epochs"] == 1
 
 
-def test_ablation_keeps_one_training_length_per_results_folder(tmp_path, capsys, monkeypatch):
-    # A repeated command with another --epochs reused the old length's runs as done and summarised
-    # them as if they were the new length's; now it is refused, as are --epochs 0 and a bare --only
+def _one_run_done(tmp_path, monkeypatch, rung, top1, spike_inputs, sops):
+    """The ablation module, with one finished 1-epoch run of ``rung`` (seed 0) in tmp_path's
+    runs file and any further training failing the test."""
     ablation = load_ablation()
     row = dict(
-        rung="vmamba", seed=0, epochs=1, top1_last=18.6, top1_profile=18.6, params=1000,
-        spike_input_layers=0, conv_linear_layers=5, macs_M=1.0, mac_ops_M=1.0, sops_M=0.0,
-        energy_uJ=4.6, mean_rate="", train_s=1.0,
+        rung=rung, seed=0, epochs=1, top1_last=top1, top1_profile=top1, params=1000,
+        spike_input_layers=spike_inputs, conv_linear_layers=5, macs_M=1.0, mac_ops_M=1.0,
+        sops_M=sops, energy_uJ=2.0, mean_rate="", train_s=1.0,
     )  # fmt: skip
     ablation.write_csv(str(tmp_path / "runs_seed0.csv"), [row])
     monkeypatch.setattr(ablation, "run_one", lambda *a: pytest.fail("trained although the run is done"))
+    return ablation
+
+
+def test_ablation_keeps_one_training_length_per_results_folder(tmp_path, capsys, monkeypatch):
+    # A repeated command with another --epochs reused the old length's runs as done and summarised
+    # them as if they were the new length's; now it is refused, as are --epochs 0 and a bare --only
+    ablation = _one_run_done(tmp_path, monkeypatch, rung="vmamba", top1=18.6, spike_inputs=0, sops=0.0)
     base = ["--out", str(tmp_path), "--seeds", "0"]
     for argv, message in [
         (["--epochs", "2", "--only", "vmamba"], "would hold runs of 1 and 2 epochs"),
@@ -495,14 +502,7 @@ def test_ablation_summary_averages_each_rungs_seeds(tmp_path):
 
 
 def test_ablation_only_takes_every_rung_and_refuses_unknown_names(tmp_path, capsys, monkeypatch):
-    ablation = load_ablation()
-    row = dict(
-        rung="svmamba", seed=0, epochs=1, top1_last=91.0, top1_profile=91.0, params=1000,
-        spike_input_layers=4, conv_linear_layers=5, macs_M=1.0, mac_ops_M=1.0, sops_M=0.5,
-        energy_uJ=2.0, mean_rate="", train_s=1.0,
-    )  # fmt: skip
-    ablation.write_csv(str(tmp_path / "runs_seed0.csv"), [row])
-    monkeypatch.setattr(ablation, "run_one", lambda *a: pytest.fail("trained although the run is done"))
+    ablation = _one_run_done(tmp_path, monkeypatch, rung="svmamba", top1=91.0, spike_inputs=4, sops=0.5)
     base = ["--out", str(tmp_path), "--seeds", "0", "--epochs", "1"]
     with pytest.raises(SystemExit) as e:
         ablation.main([*base, "--only", "svmamba", "nope"])
