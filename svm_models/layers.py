@@ -235,7 +235,7 @@ def check_depths(depths: Sequence[int], num_stages: int | None = None) -> list:
     if num_stages is not None and len(depths) != num_stages:
         raise ValueError(f"depths must have {num_stages} entries, got {depths}")
     if not depths:
-        raise ValueError(f"depths must be non-negative, got {depths}")
+        raise ValueError("depths must name at least one stage, got []")
     return depths
 
 

@@ -130,7 +130,7 @@ def test_stage_lists_must_match_the_number_of_stages():
             create_model("qkformer_cifar", embed_dim=32, num_heads=1, depths=depths)
     # no stage at all is refused when built (not an IndexError)
     for family in ("svmamba_cifar", "vmamba_cifar"):
-        with pytest.raises(ValueError, match="depths"):
+        with pytest.raises(ValueError, match="depths must name at least one stage"):
             create_model(family, depths=[])
 
 

@@ -111,11 +111,10 @@ def _load_failure(path: str, e: Exception) -> str:
         )
     if os.path.getsize(path) == 0:
         return "the file is empty (0 bytes)"
+    first = text.split(". ")[0]  # torch's messages continue with a paragraph of advice
     if not zipfile.is_zipfile(path):
-        # its first sentence, shortened at a word: torch's messages run on with advice
-        detail = textwrap.shorten(text.split(". ")[0], 100, placeholder=" ...")
+        detail = textwrap.shorten(first, 100, placeholder=" ...")  # (at a word)
         return f"not a PyTorch checkpoint, or a truncated one ({type(e).__name__}: {detail})"
-    first = text.split(". ")[0]  # torch's zip errors continue with a paragraph of advice
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
